@@ -1,0 +1,1 @@
+"""amic: the collector daemon, its stores, scheduler, commands and CLI."""

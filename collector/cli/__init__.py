@@ -1,0 +1,20 @@
+"""The ``amic`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from .decode import decode
+from .read import read
+from .simulate import simulate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="amic")
+def main() -> None:
+    """amic: head-end meter data acquisition (DL/T645 / Modbus / MQTT)."""
+
+
+main.add_command(decode)
+main.add_command(read)
+main.add_command(simulate)

@@ -1,0 +1,8 @@
+"""``amic simulate`` (being written)."""
+
+import click
+
+
+@click.group()
+def simulate() -> None:
+    """Run meter simulators."""

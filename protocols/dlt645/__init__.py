@@ -1,0 +1,79 @@
+"""DL/T645-2007 and -1997: frames, typed messages, the DI catalogue and a stream extractor.
+
+Sans-I/O: bytes in, typed values out.  The caller owns the serial port or socket.
+"""
+
+from ._bcd import add_33, sub_33
+from ._catalogue import (
+    CATALOGUE,
+    STATUS_BITS,
+    Bit,
+    DataItem,
+    Format,
+    StatusWord,
+    Value,
+    by_di,
+    by_name,
+    decode_value,
+    encode_value,
+    items,
+    lookup,
+    parse_di,
+    value_to_json,
+)
+from ._connection import Master, ReplyMismatch, check_reply
+from ._errors import DLT645Error, FrameError, PayloadError, UnknownDataItem
+from ._events import (
+    ERROR_BITS,
+    AbnormalReply,
+    Ack,
+    ChangeBaudReply,
+    ChangeBaudRequest,
+    ChangePasswordReply,
+    ChangePasswordRequest,
+    ClearDemandRequest,
+    ClearEventsRequest,
+    ClearMeterRequest,
+    FreezeRequest,
+    Message,
+    ReadAddressReply,
+    ReadAddressRequest,
+    ReadFollowUpReply,
+    ReadFollowUpRequest,
+    ReadReply,
+    ReadRequest,
+    RelayCommand,
+    RemoteControlRequest,
+    TimeSyncRequest,
+    Unknown,
+    WriteAddressRequest,
+    WriteRequest,
+    decode_message,
+    error_names,
+)
+from ._frame import (
+    Frame,
+    Function1997,
+    Function2007,
+    Version,
+    build_frame,
+    control_code,
+    parse_frame,
+    version_of,
+)
+from ._receivebuffer import ExtractorStats, FrameExtractor, address_matches
+
+__all__ = [
+    "CATALOGUE", "ERROR_BITS", "STATUS_BITS", "AbnormalReply", "Ack", "Bit", "ChangeBaudReply",
+    "ChangeBaudRequest", "ChangePasswordReply", "ChangePasswordRequest", "ClearDemandRequest",
+    "ClearEventsRequest", "ClearMeterRequest", "DLT645Error", "DataItem", "ExtractorStats",
+    "Format", "Frame", "FrameError", "FrameExtractor", "FreezeRequest", "Function1997",
+    "Function2007", "Master", "Message", "PayloadError", "ReadAddressReply",
+    "ReadAddressRequest", "ReadFollowUpReply", "ReadFollowUpRequest", "ReadReply",
+    "ReadRequest", "RelayCommand", "RemoteControlRequest", "ReplyMismatch", "StatusWord",
+    "TimeSyncRequest", "Unknown", "UnknownDataItem", "Value", "Version", "WriteAddressRequest",
+    "WriteRequest", "add_33", "address_matches", "build_frame", "by_di", "by_name",
+    "check_reply", "control_code", "decode_message", "decode_value", "encode_value",
+    "error_names", "items", "lookup", "parse_di", "parse_frame", "sub_33", "value_to_json",
+    "version_of",
+]

@@ -1,0 +1,106 @@
+"""Find frames in a byte stream: skip garbage and wake-up bytes, wait for partial frames.
+
+Never raises on bad bytes; what it throws away is counted so a driver can log it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ._bcd import MINUS_33
+from ._frame import END, HEADER_SIZE, START, Frame, address_from_wire
+
+AddressFilter = Callable[[str, int], bool]
+
+
+@dataclass(slots=True)
+class ExtractorStats:
+    frames: int = 0
+    garbage_bytes: int = 0  # bytes that belonged to no frame (FE preambles not counted)
+    bad_checksums: int = 0
+    skipped_frames: int = 0  # valid frames the filter refused (not addressed to us)
+
+
+def address_matches(pattern: str, address: str) -> bool:
+    """True if ``address`` fits ``pattern`` where ``A`` nibbles in the pattern match anything."""
+    if pattern == address:
+        return True
+    return len(pattern) == len(address) and all(
+        p == "A" or p == a for p, a in zip(pattern, address, strict=True)
+    )
+
+
+class FrameExtractor:
+    """Feed bytes in any chunks; take complete, checksum-valid frames out in order.
+
+    ``accept(address, control)`` decides which frames are for us (e.g. this
+    meter's address, or replies only); refused frames are counted and dropped.
+    """
+
+    def __init__(self, accept: AddressFilter | None = None, *, max_buffer: int = 4096) -> None:
+        self._buf = bytearray()
+        self._accept = accept
+        self._max = max_buffer
+        self.stats = ExtractorStats()
+        self.last_raw = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self._max:
+            # Only the tail can still start a frame; count the rest as garbage.
+            drop = len(self._buf) - self._max
+            self.stats.garbage_bytes += drop
+            del self._buf[:drop]
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that may still become a frame."""
+        return len(self._buf)
+
+    def clear(self) -> None:
+        self._buf.clear()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (f := self.next_frame()) is not None:
+            yield f
+
+    def next_frame(self) -> Frame | None:
+        buf = self._buf
+        stats = self.stats
+        while True:
+            start = buf.find(START)
+            if start < 0:
+                stats.garbage_bytes += len(buf) - buf.count(0xFE)
+                buf.clear()
+                return None
+            if start:
+                stats.garbage_bytes += start - buf.count(0xFE, 0, start)
+                del buf[:start]
+            if len(buf) < HEADER_SIZE:
+                return None
+            if buf[7] != START:
+                stats.garbage_bytes += 1
+                del buf[:1]
+                continue
+            length = buf[9]
+            total = HEADER_SIZE + length + 2
+            if len(buf) < total:
+                return None
+            if buf[total - 1] != END or (sum(buf[: total - 2]) & 0xFF) != buf[total - 2]:
+                # Not a frame after all: resynchronise on the next 68.
+                if buf[total - 1] == END:
+                    stats.bad_checksums += 1
+                stats.garbage_bytes += 1
+                del buf[:1]
+                continue
+            raw = bytes(buf[:total])
+            del buf[:total]
+            address = address_from_wire(raw[1:7])
+            control = raw[8]
+            if self._accept is not None and not self._accept(address, control):
+                stats.skipped_frames += 1
+                continue
+            stats.frames += 1
+            self.last_raw = raw
+            return Frame(address, control, raw[10 : 10 + length].translate(MINUS_33))

@@ -1,0 +1,153 @@
+"""The one vocabulary: quantity names, units and meter identities.
+
+Every protocol codec, device profile, store and the CLI use these names, so a
+reading of ``voltage_a`` means the same whether it came from DL/T645, Modbus or
+an MQTT gateway.  Names are identifier-safe because time-series stores build
+series names from them (``measurement_field``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """What a quantity's value is."""
+
+    NUMBER = "number"  # exact decimal with a unit
+    COUNT = "count"  # integer counter
+    STATUS = "status"  # bit field with named bits
+    DATE = "date"
+    TIME = "time"
+    DATETIME = "datetime"
+    ADDRESS = "address"
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    name: str
+    unit: str
+    kind: Kind
+    description: str
+
+
+KWH = "kWh"
+KVARH = "kvarh"
+VOLT = "V"
+AMP = "A"
+KW = "kW"
+KVAR = "kvar"
+KVA = "kVA"
+HZ = "Hz"
+YUAN = "yuan"
+NONE = ""
+
+_TARIFFS = ("total", "t1", "t2", "t3", "t4")
+_PHASES = ("a", "b", "c")
+
+
+def _build() -> dict[str, Quantity]:
+    q: list[Quantity] = []
+    N = Kind.NUMBER
+    for direction, text in (
+        ("combined", "combined active energy"),
+        ("forward", "forward (import) active energy"),
+        ("reverse", "reverse (export) active energy"),
+    ):
+        for t in _TARIFFS:
+            q.append(Quantity(f"energy_active_{direction}_{t}", KWH, N, f"{text}, {t}"))
+    for t in _TARIFFS:
+        q.append(Quantity(f"energy_reactive_combined1_{t}", KVARH, N, f"combined reactive 1, {t}"))
+        q.append(Quantity(f"energy_reactive_combined2_{t}", KVARH, N, f"combined reactive 2, {t}"))
+    for quad in range(1, 5):
+        q.append(Quantity(f"energy_reactive_q{quad}_total", KVARH, N, f"quadrant {quad} reactive"))
+    for p in _PHASES:
+        q.append(Quantity(f"voltage_{p}", VOLT, N, f"phase {p.upper()} voltage"))
+    for p in _PHASES:
+        q.append(Quantity(f"current_{p}", AMP, N, f"phase {p.upper()} current (signed)"))
+    q.append(Quantity("current_n", AMP, N, "neutral current"))
+    for kind, unit, text in (
+        ("active", KW, "active power"),
+        ("reactive", KVAR, "reactive power"),
+        ("apparent", KVA, "apparent power"),
+    ):
+        for p in ("total", *_PHASES):
+            q.append(Quantity(f"power_{kind}_{p}", unit, N, f"{text}, {p} (signed)"))
+    for p in ("total", *_PHASES):
+        q.append(Quantity(f"power_factor_{p}", NONE, N, f"power factor, {p} (signed)"))
+    q.append(Quantity("frequency", HZ, N, "grid frequency"))
+    q.append(Quantity("meter_date", NONE, Kind.DATE, "meter date (meter local time)"))
+    q.append(Quantity("meter_time", NONE, Kind.TIME, "meter time of day (meter local time)"))
+    q.append(Quantity("meter_datetime", NONE, Kind.DATETIME, "meter clock (meter local time)"))
+    q.append(Quantity("meter_address", NONE, Kind.ADDRESS, "communication address"))
+    for i in range(1, 8):
+        q.append(Quantity(f"status_word_{i}", NONE, Kind.STATUS, f"meter run status word {i}"))
+    q.append(Quantity("balance_energy", KWH, N, "prepaid remaining energy"))
+    q.append(Quantity("overdraft_energy", KWH, N, "prepaid overdraft energy"))
+    q.append(Quantity("balance_amount", YUAN, N, "prepaid remaining amount"))
+    q.append(Quantity("overdraft_amount", YUAN, N, "prepaid overdraft amount"))
+    q.append(Quantity("purchase_count", NONE, Kind.COUNT, "total purchase count"))
+    q.append(Quantity("freeze_daily_time", NONE, Kind.DATETIME, "last daily freeze time"))
+    for direction in ("forward", "reverse"):
+        for t in _TARIFFS:
+            q.append(
+                Quantity(
+                    f"freeze_daily_energy_active_{direction}_{t}",
+                    KWH,
+                    N,
+                    f"{direction} active energy at the last daily freeze, {t}",
+                )
+            )
+    q.append(Quantity("power_down_count", NONE, Kind.COUNT, "total power-down count"))
+    q.append(Quantity("cover_open_count", NONE, Kind.COUNT, "meter cover opened count"))
+    return {x.name: x for x in q}
+
+
+QUANTITIES: dict[str, Quantity] = _build()
+
+# Names an operator types at the CLI, expanded to quantities.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "energy": (
+        "energy_active_combined_total",
+        "energy_active_forward_total",
+        "energy_active_reverse_total",
+    ),
+    "voltage": tuple(f"voltage_{p}" for p in _PHASES),
+    "current": tuple(f"current_{p}" for p in _PHASES),
+    "power": tuple(f"power_active_{p}" for p in ("total", *_PHASES)),
+    "pf": ("power_factor_total",),
+    "frequency": ("frequency",),
+    "balance": ("balance_amount", "overdraft_amount"),
+    "status": ("status_word_1", "status_word_3"),
+    "datetime": ("meter_date", "meter_time"),
+    "address": ("meter_address",),
+}
+
+
+def quantity(name: str) -> Quantity:
+    """Look up a quantity by name; KeyError names the unknown one."""
+    try:
+        return QUANTITIES[name]
+    except KeyError:
+        raise KeyError(f"unknown quantity {name!r}") from None
+
+
+_ADDRESS_RE = re.compile(r"^[0-9A]{12}$")
+BROADCAST_ADDRESS = "999999999999"
+WILDCARD_ADDRESS = "AAAAAAAAAAAA"
+
+
+def normalise_address(text: str) -> str:
+    """A DL/T645 meter address as 12 digits (left-padded); ``A`` marks wildcard nibbles.
+
+    Raises ValueError naming what is wrong.
+    """
+    t = text.strip().upper()
+    if not t or len(t) > 12:
+        raise ValueError(f"meter address {text!r}: expected 1-12 digits")
+    t = t.rjust(12, "0")
+    if not _ADDRESS_RE.match(t):
+        raise ValueError(f"meter address {text!r}: only digits 0-9 and wildcard A allowed")
+    return t
