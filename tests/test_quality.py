@@ -1,0 +1,37 @@
+"""The project's own checks: ruff clean everywhere, mypy --strict clean for protocols/ and drivers/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_ruff_clean() -> None:
+    r = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_strict_protocols_and_drivers() -> None:
+    r = subprocess.run([str(BIN / "mypy"), "--strict", "protocols", "drivers"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_protocols_do_no_io() -> None:
+    # Sans-I/O: no sockets, serial ports, asyncio or file access inside protocols/.
+    forbidden = ("import asyncio", "import socket", "import serial", "open(", "import os")
+    for path in (ROOT / "protocols").rglob("*.py"):
+        text = path.read_text()
+        for word in forbidden:
+            assert word not in text, f"{path.relative_to(ROOT)} uses {word!r}"
+
+
+def test_simulators_do_not_use_the_collector() -> None:
+    for path in (ROOT / "simulators").rglob("*.py"):
+        text = path.read_text()
+        assert "from collector" not in text and "import collector" not in text, path
