@@ -1,4 +1,4 @@
-"""The project's own checks: ruff clean everywhere, mypy --strict clean for protocols/ and drivers/."""
+"""Project checks: ruff clean everywhere, mypy --strict clean for protocols/ and drivers/."""
 
 from __future__ import annotations
 
