@@ -46,15 +46,15 @@ def int_to_bcd(value: int, size: int, *, what: str = "value") -> bytes:
 
 def decode_number(data: bytes, decimals: int, signed: bool, *, what: str = "value") -> Decimal:
     """A BCD number; for signed formats bit 7 of the most significant byte is the sign."""
-    negative = False
-    if signed and data and data[-1] & 0x80:
-        negative = True
+    negative = signed and bool(data) and data[-1] >= 0x80
+    if negative:
         data = data[:-1] + bytes((data[-1] & 0x7F,))
     s = data[::-1].hex()
     if not s.isdigit():
         raise PayloadError(f"{what}: {s.upper()} is not BCD")
-    value = Decimal(int(s)).scaleb(-decimals) if decimals else Decimal(int(s))
-    return -value if negative else value
+    if decimals:
+        s = f"{s[:-decimals]}.{s[-decimals:]}"
+    return Decimal("-" + s) if negative else Decimal(s)
 
 
 def encode_number(
