@@ -11,7 +11,7 @@ from functools import lru_cache
 from io import BytesIO
 from typing import Any, NamedTuple
 
-from construct import Bytes, Const, Container, ConstructError, Int8ub, Struct, this
+from construct import Bytes, Const, ConstructError, Container, Int8ub, Struct, this
 
 from ._bcd import MINUS_33, PLUS_33
 from ._errors import FrameError
@@ -168,10 +168,8 @@ def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
             base + len(body), f"frame too short: {len(body)} bytes, a frame has at least 12"
         )
     try:
-        if compiled:
-            c = _PARSE_COMPILED(BytesIO(body), _PARSE_CONTEXT)
-        else:
-            c = FRAME_FORMAT.parse(body)
+        c = (_PARSE_COMPILED(BytesIO(body), _PARSE_CONTEXT) if compiled
+             else FRAME_FORMAT.parse(body))
     except Exception:
         # Compiled parsers report neither the field nor the offset: ask the plain one.
         try:
