@@ -170,3 +170,23 @@ def test_remote_control_layout_matches_the_standard() -> None:
     assert data == bytes.fromhex("02563412" "78563412" "1A00" "153010241126")
     assert raw[8] == 0x1C and raw[9] == 16
     assert "02123456" not in repr(msg)  # passwords stay out of logs
+
+
+@settings(max_examples=500, deadline=None)
+@given(control=st.integers(0, 255), data=st.binary(max_size=40))
+def test_decode_message_raises_only_payload_errors(control: int, data: bytes) -> None:
+    from protocols.dlt645 import Frame, PayloadError
+
+    try:
+        decode_message(Frame("000000000001", control, data))
+    except PayloadError:
+        pass
+
+
+def test_short_data_fields_are_refused() -> None:
+    from protocols.dlt645 import Frame, PayloadError
+
+    for control, data in [(0x11, b"\x01\x02"), (0x14, b""), (0xD1, b""), (0x98, b"\x01"),
+                          (0x1C, b"\x00" * 9), (0x93, b"\x01" * 5)]:
+        with pytest.raises(PayloadError, match="data field|bytes"):
+            decode_message(Frame("000000000001", control, data))

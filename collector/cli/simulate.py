@@ -1,8 +1,146 @@
-"""``amic simulate`` (being written)."""
+"""``amic simulate``: meter simulators to test the collector against."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
 
 import click
+
+from protocols.quantities import BROADCAST_ADDRESS, normalise_address
+from simulators.bus import BusServer, BusStats, parse_faults, serve
+from simulators.dlt645 import DEFAULT_PASSWORDS, make_meters, parse_password
+from simulators.meter import MeterConfig
+
+BAUDS = ("600", "1200", "2400", "4800", "9600", "19200")
 
 
 @click.group()
 def simulate() -> None:
     """Run meter simulators."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8899 (port 0: any free)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def read_addresses(path: Path) -> list[str]:
+    """One 12-digit meter address a line; ``#`` starts a comment.  ValueError names the line."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            address = normalise_address(text)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: {e}") from None
+        if "A" in address or address == BROADCAST_ADDRESS:
+            raise ValueError(f"{path}:{n}: {address} is a wildcard or broadcast, not a meter")
+        if address in seen:
+            raise ValueError(f"{path}:{n}: {address} appears twice")
+        seen.add(address)
+        out.append(address)
+    if not out:
+        raise ValueError(f"{path}: no meter addresses")
+    return out
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@simulate.command("dlt645")
+@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="TCP address of the bus (port 0 picks a free one).")
+@click.option("--meters", type=click.IntRange(1, 9999), default=1, show_default=True,
+              help="Meters on the bus, addresses 000000000001..N.")
+@click.option("--addresses", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File of meter addresses, one a line (# comments); replaces --meters.")
+@click.option("--baud", type=click.Choice(BAUDS), default="2400", show_default=True,
+              help="Line rate: paces every byte (11 bits each).")
+@click.option("--td-ms", type=click.IntRange(0, 2000), default=20, show_default=True,
+              help="Reply delay Td after the request (meters: 20-500 ms).")
+@click.option("--faults", default="", metavar="KIND:ADDR[:P],...",
+              help="Faults: dead, garble, slow, truncate, wrong-address; ADDR * = every meter; "
+                   "P = probability.")
+@click.option("--slow-ms", type=click.IntRange(0, 60000), default=2000, show_default=True,
+              help="Reply delay of meters with the slow fault.")
+@click.option("--pty", "use_pty", is_flag=True,
+              help="Also serve the bus on a pseudo-terminal (serial://PATH).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of loads, noise and fault dice.")
+@click.option("--password", "passwords", multiple=True, metavar="LLPPPPPP",
+              help="Meter password, level then 6 digits (repeat for more levels) "
+                   f"[default: {', '.join(DEFAULT_PASSWORDS)}].")
+@click.option("--version", "edition", type=click.Choice(["2007", "1997"]), default="2007",
+              show_default=True, help="DL/T645 edition the meters speak.")
+@click.option("--max-frame-data", type=click.IntRange(7, 255), default=200, show_default=True,
+              help="Longest reply data field; longer values need follow-up frames.")
+@click.option("--clock-offset", type=int, default=0, show_default=True, metavar="SECONDS",
+              help="Meter clocks start this far from the host clock.")
+@click.option("--sync-once-a-day/--sync-any-time", default=True, show_default=True,
+              help="Accept broadcast time sync once a day (as meters do) or every time.")
+@click.option("-v", "--verbose", count=True, help="Log lines (-v) and every exchange (-vv).")
+@click.pass_context
+def dlt645(ctx: click.Context, listen: str, meters: int, addresses: Path | None, baud: str,
+           td_ms: int, faults: str, slow_ms: int, use_pty: bool, seed: int,
+           passwords: tuple[str, ...], edition: str, max_frame_data: int, clock_offset: int,
+           sync_once_a_day: bool, verbose: int) -> None:
+    """DL/T645 meters on one RS-485 bus behind a TCP port (and a pty).
+
+    Prints ``listening on tcp://HOST:PORT`` (and ``listening on serial://PATH``) and
+    serves until SIGINT or SIGTERM.
+    """
+    try:
+        host, port = parse_listen(listen)
+        fault_list = parse_faults(faults)
+        for p in passwords:
+            parse_password(p)
+        if addresses is not None:
+            meter_addresses = read_addresses(addresses)
+            source = ctx.get_parameter_source("meters")
+            if source is click.core.ParameterSource.COMMANDLINE \
+                    and meters != len(meter_addresses):
+                raise ValueError(f"--meters {meters} but {addresses} holds "
+                                 f"{len(meter_addresses)} addresses")
+        else:
+            meter_addresses = [f"{i:012d}" for i in range(1, meters + 1)]
+    except (ValueError, OSError) as e:
+        raise click.UsageError(str(e)) from None
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = MeterConfig(clock_offset=dt.timedelta(seconds=clock_offset))
+    sims = make_meters(meter_addresses, seed=seed, version=edition,
+                       passwords=passwords or DEFAULT_PASSWORDS,
+                       max_frame_data=max_frame_data, baud=int(baud),
+                       time_sync_once_a_day=sync_once_a_day, config=config)
+    server = BusServer(sims, host=host, port=port, pty=use_pty, baud=int(baud),
+                       td=td_ms / 1000, faults=fault_list, slow_delay=slow_ms / 1000,
+                       seed=seed)
+
+    def ready(bus: BusServer) -> None:
+        click.echo(f"listening on tcp://{_url_host(host)}:{bus.port}")
+        if bus.pty_path is not None:
+            click.echo(f"listening on serial://{bus.pty_path}")
+        sys.stdout.flush()
+
+    try:
+        stats = serve(server, ready=ready)
+    except OSError as e:  # e.g. the port is taken
+        raise click.ClickException(f"cannot listen on {listen}: {e}") from None
+    _summary(stats)
+
+
+def _summary(stats: BusStats) -> None:
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(stats.faults.items())) or "none"
+    click.echo(f"stopped: {stats.requests} requests, {stats.replies} replies, "
+               f"{stats.broadcasts} broadcasts, {stats.unanswered} unanswered, "
+               f"{stats.collisions} collisions; faults: {faults}", err=True)

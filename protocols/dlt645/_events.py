@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from construct import Bytes, GreedyBytes, Int8ub, Struct
+from construct import Bytes, GreedyBytes, Int8ub, SizeofError, Struct
 
 from ..quantities import BROADCAST_ADDRESS, WILDCARD_ADDRESS
 from ._bcd import bcd_digits, decode_number, digits_to_bcd
@@ -122,14 +122,27 @@ LAYOUTS: dict[str, Any] = {
 COMPILED: dict[str, Any] = {k: v.compile() for k, v in LAYOUTS.items()}
 
 
+def _sizes(layout: Any) -> tuple[int, bool]:
+    """(bytes of the fixed fields, whether the layout is fixed-size)."""
+    total, fixed = 0, True
+    for sub in layout.subcons:
+        try:
+            total += sub.sizeof()
+        except SizeofError:
+            fixed = False
+    return total, fixed
+
+
+# Compiled layouts do not check lengths (Bytes(4) returns what is there): check first.
+SIZES: dict[str, tuple[int, bool]] = {k: _sizes(v) for k, v in LAYOUTS.items()}
+
+
 def _parse(layout: str, data: bytes, what: str) -> Any:
-    fmt = COMPILED[layout]
-    try:
-        return fmt.parse(data)
-    except Exception:
-        need = LAYOUTS[layout].sizeof() if "Greedy" not in repr(LAYOUTS[layout]) else None
-        hint = f", expected {need}" if need is not None else ""
-        raise PayloadError(f"{what}: data field of {len(data)} bytes does not fit{hint}") from None
+    need, fixed = SIZES[layout]
+    if len(data) < need or (fixed and len(data) != need):
+        expected = f"{need}" if fixed else f"at least {need}"
+        raise PayloadError(f"{what}: data field of {len(data)} bytes, expected {expected}")
+    return COMPILED[layout].parse(data)
 
 
 def _build(layout: str, **values: Any) -> bytes:
@@ -403,7 +416,7 @@ class RemoteControlRequest(Message):
 
     password: str = field(repr=False)
     operator: str = "00000000"
-    command: RelayCommand | int = RelayCommand.TRIP
+    command: RelayCommand | int | None = None
     expiry: dt.datetime | None = None
     n2: int = 0
     ciphertext: bytes | None = field(default=None, repr=False)
@@ -413,8 +426,8 @@ class RemoteControlRequest(Message):
         if self.ciphertext is not None:
             body = self.ciphertext
         else:
-            if self.expiry is None:
-                raise PayloadError("remote control: an expiry time is required")
+            if self.command is None or self.expiry is None:
+                raise PayloadError("remote control: a command and an expiry time are required")
             body = _build("control_plain", command=int(self.command), n2=self.n2,
                           expiry=_datetime_wire(self.expiry))
         return _build("control", password=_password_wire(self.password),
@@ -581,6 +594,9 @@ def _dec_control(f: Frame, v: Version) -> Message:
     c = _parse("control", f.data, "remote control request")
     password, operator = _password_text(c.password), bcd_digits(c.operator)
     if len(c.body) != 8:
+        if len(c.body) < 16:
+            raise PayloadError(f"remote control request: {len(c.body)} bytes after the operator "
+                               "code: neither N1..N8 (8) nor ciphertext (16 or more)")
         return RemoteControlRequest(address=f.address, version=v, password=password,
                                     operator=operator, ciphertext=c.body)
     p = _parse("control_plain", c.body, "remote control request")

@@ -1,0 +1,611 @@
+"""A protocol-neutral electricity meter: registers, live values, clock, relay and prepaid balance.
+
+State is keyed by the quantity names of :mod:`protocols.quantities`, so a DL/T645 and a
+Modbus simulator can serve the same meter.  Everything is deterministic given a seed
+and a :class:`Clock`:
+
+* energy is the exact integral of a load curve (24 hourly factors x base kW), split into
+  tariffs t1..t4 by the hour of the *meter* clock, and stops while the relay is open;
+* live values (voltage, current, power, pf, frequency) carry seeded noise that depends
+  only on the current meter second, so every read within one second agrees;
+* the meter clock is a free-running RTC started at host time + offset (optionally with
+  drift); time sync re-anchors it.
+"""
+
+from __future__ import annotations
+
+import cmath
+import contextlib
+import datetime as dt
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Protocol
+
+from protocols.dlt645 import Format, Version, items
+from protocols.quantities import QUANTITIES
+
+Reading = Decimal | int | str | dt.date | dt.time | dt.datetime
+
+# Decimals of every number quantity, as the DL/T645-2007 catalogue encodes it: the
+# model rounds to what a meter would show, whatever protocol serves it.
+DECIMALS: dict[str, int] = {
+    i.name: i.decimals
+    for i in items(Version.V2007)
+    if i.format is Format.NUMBER and not i.settlement
+}
+
+# A household-like day: low at night, a morning bump, the evening peak (fractions of base kW).
+DEFAULT_LOAD_CURVE: tuple[float, ...] = (
+    0.35, 0.30, 0.28, 0.27, 0.27, 0.30, 0.45, 0.70, 0.80, 0.65, 0.55, 0.55,
+    0.60, 0.55, 0.50, 0.50, 0.60, 0.85, 1.00, 1.00, 0.95, 0.85, 0.65, 0.45,
+)
+# Tariff of each hour: 1 sharp, 2 peak, 3 flat, 4 valley (a typical Chinese TOU table).
+DEFAULT_TARIFFS: tuple[int, ...] = (
+    4, 4, 4, 4, 4, 4, 4, 3, 2, 2, 2, 1, 1, 3, 3, 3, 3, 2, 2, 1, 1, 2, 3, 4,
+)
+
+_HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
+_KWH_PER_KW_US = Decimal(_HOUR_US)
+_ENERGY_Q = Decimal("0.01")
+_PHASE_INDEX = {"a": 0, "b": 1, "c": 2}
+_POWER_GROUPS = ("power_active", "power_reactive", "power_apparent", "power_factor")
+
+
+class Unavailable(LookupError):
+    """The meter does not hold this quantity (e.g. phase B of a single-phase meter)."""
+
+
+class Clock(Protocol):
+    """Host time: wall clock for the meter's start, monotonic seconds for its running."""
+
+    def now(self) -> dt.datetime: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The real host clock (naive local time)."""
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests and reproducible runs."""
+
+    def __init__(self, start: dt.datetime = dt.datetime(2024, 1, 1), monotonic: float = 0.0):
+        self._now = start
+        self._mono = monotonic
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a clock cannot run backwards")
+        self._now += dt.timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """How a simulated meter behaves; ``None`` values are drawn from the meter's seed."""
+
+    base_kw: Decimal | None = None  # load at factor 1.0; seeded 1.0-3.0 kW
+    load_curve: tuple[float, ...] = DEFAULT_LOAD_CURVE
+    tariff_by_hour: tuple[int, ...] = DEFAULT_TARIFFS
+    phases: int = 3  # 1 or 3
+    nominal_voltage: float = 220.0
+    voltage_noise: float = 0.01  # relative standard deviation
+    load_noise: float = 0.03  # relative noise of the displayed load around the curve
+    power_factor: float = 0.95
+    frequency: float = 50.0
+    initial_energy: Decimal | None = None  # forward active kWh; seeded 1000-20000
+    prepaid: bool = True  # money-prepaid (status word 3 prepaid_type = 2)
+    price: Decimal = Decimal("0.5")  # yuan per kWh
+    initial_balance: Decimal = Decimal("100")
+    alarm_amount: Decimal = Decimal("10")  # pre-trip alarm below this balance
+    overdraft_limit: Decimal = Decimal("10")  # trip once the overdraft reaches this
+    clock_offset: dt.timedelta = dt.timedelta(0)  # meter clock - host clock at start
+    drift_ppm: float = 0.0  # meter clock rate error
+    settlement_day: int = 1  # monthly settlement at 00:00 of this day
+    auto_close_on_permit: bool = True  # the customer presses the button at once
+
+    def __post_init__(self) -> None:
+        if len(self.load_curve) != 24 or any(f < 0 for f in self.load_curve):
+            raise ValueError("load_curve: 24 non-negative hourly factors")
+        if len(self.tariff_by_hour) != 24 or any(t not in (1, 2, 3, 4)
+                                                  for t in self.tariff_by_hour):
+            raise ValueError("tariff_by_hour: 24 tariff numbers 1-4")
+        if self.phases not in (1, 3):
+            raise ValueError("phases: 1 or 3")
+        if not 0 < self.power_factor <= 1:
+            raise ValueError("power_factor: in (0, 1]")
+        if not 1 <= self.settlement_day <= 28:
+            raise ValueError("settlement_day: 1-28")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Live values of one meter second (phase tuples are a, b, c; power tuples total, a, b, c)."""
+
+    voltage: tuple[Decimal, ...]
+    current: tuple[Decimal, ...]
+    current_n: Decimal
+    power_active: tuple[Decimal, ...]
+    power_reactive: tuple[Decimal, ...]
+    power_apparent: tuple[Decimal, ...]
+    power_factor: tuple[Decimal, ...]
+    frequency: Decimal
+
+
+@dataclass(slots=True)
+class _Registers:
+    """Energy per tariff (index 0..3 = t1..t4); reactive per quadrant and tariff."""
+
+    forward: list[Decimal] = field(default_factory=lambda: [Decimal(0)] * 4)
+    reverse: list[Decimal] = field(default_factory=lambda: [Decimal(0)] * 4)
+    reactive: list[list[Decimal]] = field(
+        default_factory=lambda: [[Decimal(0)] * 4 for _ in range(4)])
+
+    def copy(self) -> _Registers:
+        return _Registers(list(self.forward), list(self.reverse),
+                          [list(q) for q in self.reactive])
+
+    def values(self) -> dict[str, Decimal]:
+        """Every energy quantity, unrounded."""
+        out: dict[str, Decimal] = {}
+        regs = {
+            "energy_active_forward": self.forward,
+            "energy_active_reverse": self.reverse,
+            # Combined active in the usual mode word: forward + reverse.
+            "energy_active_combined": [f + r for f, r in
+                                       zip(self.forward, self.reverse, strict=True)],
+            "energy_reactive_combined1": [a + b for a, b in
+                                          zip(self.reactive[0], self.reactive[1], strict=True)],
+            "energy_reactive_combined2": [a + b for a, b in
+                                          zip(self.reactive[2], self.reactive[3], strict=True)],
+        }
+        for base, per_tariff in regs.items():
+            out[f"{base}_total"] = sum(per_tariff, Decimal(0))
+            for i, v in enumerate(per_tariff):
+                out[f"{base}_t{i + 1}"] = v
+        for quad in range(4):
+            out[f"energy_reactive_q{quad + 1}_total"] = sum(self.reactive[quad], Decimal(0))
+        return out
+
+
+def _q(value: float | Decimal, decimals: int) -> Decimal:
+    return Decimal(value).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
+
+
+def _energy(value: Decimal) -> Decimal:
+    # A register shows whole hundredths and never rounds up (it must not run ahead).
+    return value.quantize(_ENERGY_Q, ROUND_DOWN)
+
+
+class MeterModel:
+    """One meter's state; every read first brings it up to the clock's present."""
+
+    def __init__(self, address: str, config: MeterConfig | None = None, *,
+                 seed: int | str = 0, clock: Clock | None = None) -> None:
+        self.address = address
+        self.config = cfg = config or MeterConfig()
+        self._seed = f"{seed}"
+        self._clock = clock or SystemClock()
+        setup = random.Random(f"{self._seed}/setup")
+        self.base_kw = cfg.base_kw if cfg.base_kw is not None else \
+            Decimal(setup.randint(100, 300)) / 100
+        self._tan_phi = Decimal(math.tan(math.acos(cfg.power_factor)))
+        # kW of each hour while the relay is closed, and the kWh a full day adds per tariff.
+        self._hour_kw = [self.base_kw * Decimal(str(f)) for f in cfg.load_curve]
+        self._daily = [Decimal(0)] * 4
+        for hour, kw in enumerate(self._hour_kw):
+            self._daily[cfg.tariff_by_hour[hour] - 1] += kw
+
+        start_energy = cfg.initial_energy if cfg.initial_energy is not None else \
+            Decimal(setup.randint(100_000, 2_000_000)) / 100
+        day_total = sum(self._daily, Decimal(0)) or Decimal(1)
+        self._regs = _Registers()
+        for t in range(4):
+            share = start_energy * self._daily[t] / day_total
+            self._regs.forward[t] = share
+            self._regs.reactive[0][t] = share * self._tan_phi
+            self._regs.reactive[3][t] = share / 50  # a little capacitive energy at night
+
+        self._mono0 = self._clock.monotonic()
+        self._anchor = self._clock.now().replace(microsecond=0) + cfg.clock_offset
+        self._local = self._anchor
+        self._done_us = 0  # meter-clock microseconds since the anchor already integrated
+
+        self._remaining = cfg.initial_balance  # yuan; negative = overdraft
+        self.purchase_count = 0
+        self.power_down_count = setup.randint(0, 30)
+        self.cover_open_count = setup.randint(0, 2)
+
+        self._relay_open = False
+        self.relay_command_open = False
+        self.hold_power = False
+        self.alarm_commanded = False
+        self._tripped_by_balance = False
+        self.programming_allowed = False
+
+        # The last daily freeze and the last 12 monthly settlements, as if the meter had
+        # run on its curve before we started it.
+        midnight = self._local.replace(hour=0, minute=0, second=0)
+        self._freeze_time = midnight
+        self._freeze = self._rewound(midnight)
+        self._settlements: deque[_Registers] = deque(maxlen=12)
+        month = midnight.replace(day=cfg.settlement_day)
+        if month > self._local:
+            month = _previous_month(month)
+        for _ in range(12):
+            self._settlements.append(self._rewound(month))
+            month = _previous_month(month)
+
+        self._sample_second = -1
+        self._sample: Sample | None = None
+
+    # ---- time -------------------------------------------------------------------------
+
+    def update(self) -> None:
+        """Integrate energy and balance from the last update to the clock's present."""
+        elapsed_s = max(0.0, self._clock.monotonic() - self._mono0)
+        local_us = round(elapsed_s * 1e6 * (1 + self.config.drift_ppm / 1e6))
+        if local_us > self._done_us:
+            self._advance(local_us - self._done_us)
+            self._done_us = local_us
+        self._check_balance()  # e.g. a meter started, or closed, without credit
+
+    def now(self) -> dt.datetime:
+        """The meter clock (whole seconds, as a meter shows it)."""
+        self.update()
+        return self._local.replace(microsecond=0)
+
+    def set_clock(self, when: dt.datetime) -> None:
+        """Set the meter clock (time sync or write): energy so far is booked on the old one."""
+        self.update()
+        self._mono0 = self._clock.monotonic()
+        self._anchor = self._local = when.replace(microsecond=0)
+        self._done_us = 0
+        self._sample_second = -1
+
+    def _advance(self, us: int) -> None:
+        # Piecewise per meter-clock hour: load and tariff are constant inside one hour.
+        while us > 0:
+            hour_start = self._local.replace(minute=0, second=0, microsecond=0)
+            boundary = hour_start + dt.timedelta(hours=1)
+            gap = (boundary - self._local) // dt.timedelta(microseconds=1)
+            step = min(us, gap)
+            self._accrue(self._local.hour, step)
+            self._local += dt.timedelta(microseconds=step)
+            us -= step
+            if self._local == boundary and boundary.hour == 0:
+                self._midnight(boundary)
+
+    def _accrue(self, hour: int, us: int) -> None:
+        cfg = self.config
+        self._check_balance()
+        if self._relay_open:
+            return
+        kw = self._hour_kw[hour]
+        if kw <= 0:
+            return
+        kwh = kw * us / _KWH_PER_KW_US
+        if cfg.prepaid and not self.hold_power:
+            headroom = self._remaining + cfg.overdraft_limit  # yuan until the trip
+            if kwh * cfg.price >= headroom:
+                # The balance runs out inside this step: book up to that instant, then trip.
+                kwh = headroom / cfg.price
+                self._book(hour, kwh)
+                self._trip_for_balance()
+                return
+        self._book(hour, kwh)
+
+    def _book(self, hour: int, kwh: Decimal) -> None:
+        t = self.config.tariff_by_hour[hour] - 1
+        self._regs.forward[t] += kwh
+        self._regs.reactive[0][t] += kwh * self._tan_phi
+        if self.config.prepaid:
+            self._remaining -= kwh * self.config.price
+
+    def _check_balance(self) -> None:
+        cfg = self.config
+        if cfg.prepaid and not self.hold_power and not self._relay_open \
+                and self._remaining + cfg.overdraft_limit <= 0:
+            self._trip_for_balance()
+
+    def _trip_for_balance(self) -> None:
+        self._relay_open = True
+        self._tripped_by_balance = True
+
+    def _midnight(self, when: dt.datetime) -> None:
+        self._freeze_time = when
+        self._freeze = self._regs.copy()
+        if when.day == self.config.settlement_day:
+            self._settlements.appendleft(self._regs.copy())
+
+    def _rewound(self, when: dt.datetime) -> _Registers:
+        """Registers as they were at ``when`` (before start), assuming the curve ran."""
+        used = self._curve_energy(when, self._local)
+        regs = self._regs.copy()
+        for t in range(4):
+            regs.forward[t] = max(Decimal(0), regs.forward[t] - used[t])
+            regs.reactive[0][t] = max(Decimal(0), regs.reactive[0][t] - used[t] * self._tan_phi)
+        return regs
+
+    def _curve_energy(self, a: dt.datetime, b: dt.datetime) -> list[Decimal]:
+        """kWh per tariff the load curve adds between ``a`` and ``b``."""
+        out = [Decimal(0)] * 4
+        t = a
+        while t < b:
+            if t.hour == 0 and t.minute == 0 and t.second == 0 and t.microsecond == 0 \
+                    and b - t >= dt.timedelta(days=1):
+                days = (b - t).days  # whole days at once
+                for i in range(4):
+                    out[i] += self._daily[i] * days
+                t += dt.timedelta(days=days)
+                continue
+            boundary = t.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+            end = min(boundary, b)
+            us = (end - t) // dt.timedelta(microseconds=1)
+            out[self.config.tariff_by_hour[t.hour] - 1] += \
+                self._hour_kw[t.hour] * us / _KWH_PER_KW_US
+            t = end
+        return out
+
+    # ---- live values ------------------------------------------------------------------
+
+    def sample(self) -> Sample:
+        """Live values of the current meter second (same second, same values)."""
+        self.update()
+        second = self._done_us // 1_000_000
+        if self._sample is None or second != self._sample_second:
+            self._sample = self._make_sample(second)
+            self._sample_second = second
+        return self._sample
+
+    def _make_sample(self, second: int) -> Sample:
+        cfg = self.config
+        rng = random.Random(f"{self._seed}/{self._anchor.isoformat()}/{second}")
+        kw = 0.0 if self._relay_open else float(self._hour_kw[self._local.hour])
+        kw = max(0.0, kw * (1 + rng.gauss(0, cfg.load_noise)))
+        weights = [max(0.1, 1 + rng.gauss(0, 0.1)) for _ in range(cfg.phases)]
+        share = [w / sum(weights) for w in weights]
+        zero = Decimal(0)
+        v, i, p, q, s, pf = [], [], [], [], [], []
+        for ph in range(3):
+            if ph >= cfg.phases:
+                continue
+            volts = _q(cfg.nominal_voltage * (1 + rng.gauss(0, cfg.voltage_noise)), 1)
+            phase_pf = _q(min(1.0, max(0.5, cfg.power_factor + rng.gauss(0, 0.01))), 3)
+            amps = _q(kw * share[ph] * 1000 / (float(volts) * float(phase_pf)), 3)
+            # Power from the values the meter shows, so V x I x pf checks out on the reading.
+            va = volts * amps / 1000
+            watts = va * phase_pf
+            v.append(volts)
+            i.append(amps)
+            p.append(_q(watts, 4))
+            s.append(_q(va, 4))
+            q.append(_q(Decimal(math.sqrt(max(0.0, float(va * va - watts * watts)))), 4))
+            pf.append(phase_pf if amps else Decimal("1.000"))
+        p_total, s_total = sum(p, zero), sum(s, zero)
+        pf_total = _q(p_total / s_total, 3) if s_total else Decimal("1.000")
+        if cfg.phases == 1:
+            neutral = i[0]
+        else:
+            # Phasor sum of the three phase currents, 120 degrees apart.
+            phasor = sum(float(x) * cmath.exp(-2j * math.pi * k / 3) for k, x in enumerate(i))
+            neutral = _q(abs(phasor), 3)
+        return Sample(
+            voltage=tuple(v), current=tuple(i), current_n=neutral,
+            power_active=(p_total, *p), power_reactive=(sum(q, zero), *q),
+            power_apparent=(s_total, *s), power_factor=(pf_total, *pf),
+            frequency=_q(cfg.frequency + rng.gauss(0, 0.02), 2),
+        )
+
+    # ---- reading ----------------------------------------------------------------------
+
+    @property
+    def remaining(self) -> Decimal:
+        """Prepaid balance in yuan, negative in overdraft (unrounded)."""
+        self.update()
+        return self._remaining
+
+    def read(self, name: str, settlement: int = 0) -> Reading:
+        """A quantity's present value (``settlement`` N: as of the Nth last settlement day).
+
+        Numbers are Decimals with the catalogue's decimals; raises :class:`Unavailable`.
+        """
+        self.update()
+        if settlement:
+            if name.startswith("energy_") and 1 <= settlement <= len(self._settlements):
+                values = self._settlements[settlement - 1].values()
+                if name in values:
+                    return _energy(values[name])
+            raise Unavailable(f"{name} of settlement {settlement}")
+        if name.startswith("energy_"):
+            values = self._regs.values()
+            if name in values:
+                return _energy(values[name])
+        elif name.startswith("freeze_daily_energy_active_"):
+            key = name.removeprefix("freeze_daily_")
+            values = self._freeze.values()
+            if key in values:
+                return _energy(values[key])
+        live = self._live(name)
+        if live is not None:
+            return live
+        return self._other(name)
+
+    def _live(self, name: str) -> Decimal | None:
+        if name == "frequency":
+            return self.sample().frequency
+        if name == "current_n":
+            return self.sample().current_n
+        prefix, _, part = name.rpartition("_")
+        phases = self.config.phases
+        if prefix in ("voltage", "current") and part in _PHASE_INDEX:
+            if _PHASE_INDEX[part] >= phases:
+                raise Unavailable(f"{name}: single-phase meter")
+            return getattr(self.sample(), prefix)[_PHASE_INDEX[part]]  # type: ignore[no-any-return]
+        if prefix in _POWER_GROUPS and (part == "total" or part in _PHASE_INDEX):
+            pos = 0 if part == "total" else _PHASE_INDEX[part] + 1
+            if pos > phases:
+                raise Unavailable(f"{name}: single-phase meter")
+            values: tuple[Decimal, ...] = getattr(self.sample(), prefix)
+            return values[pos]
+        return None
+
+    def _other(self, name: str) -> Reading:
+        cfg = self.config
+        if name == "meter_address":
+            return self.address
+        if name in ("meter_date", "meter_time", "meter_datetime"):
+            now = self.now()
+            if name == "meter_date":
+                return now.date()
+            return now.time() if name == "meter_time" else now
+        if name.startswith("status_word_"):
+            n = int(name.removeprefix("status_word_") or 0)
+            if 1 <= n <= 7:
+                return self.status_word(n)
+        if name == "freeze_daily_time":
+            return self._freeze_time
+        if name == "power_down_count":
+            return self.power_down_count
+        if name == "cover_open_count":
+            return self.cover_open_count
+        if cfg.prepaid:  # a money-prepaid meter: no energy balance registers
+            if name == "balance_amount":
+                return _q(max(self._remaining, Decimal(0)), 2)
+            if name == "overdraft_amount":
+                return _q(max(-self._remaining, Decimal(0)), 2)
+            if name == "purchase_count":
+                return self.purchase_count
+        raise Unavailable(name)
+
+    def status_word(self, n: int) -> int:
+        """Run status word ``n`` (1-7) as an integer; bits as in DL/T645 STATUS_BITS."""
+        self.update()
+        if n == 3:
+            balance_alarm = self.config.prepaid and self._remaining < self.config.alarm_amount
+            return (
+                (self.programming_allowed << 3)
+                | (self._relay_open << 4)
+                | (self.relay_command_open << 6)
+                | ((self.alarm_commanded or balance_alarm) << 7)
+                | ((2 if self.config.prepaid else 0) << 8)
+                | (self.hold_power << 12)
+            )
+        return 0  # no battery, reverse-power or fault condition is simulated
+
+    # ---- relay, payment, clearing -------------------------------------------------------
+
+    @property
+    def relay_open(self) -> bool:
+        """Relay state now (a prepaid meter may have tripped since the last look)."""
+        self.update()
+        return self._relay_open
+
+    @property
+    def tripped_by_balance(self) -> bool:
+        self.update()
+        return self._tripped_by_balance
+
+    def trip(self) -> bool:
+        """Remote trip; refused (False) while hold power is on."""
+        self.update()
+        if self.hold_power:
+            return False
+        self.relay_command_open = True
+        self._relay_open = True
+        return True
+
+    def permit_close(self) -> None:
+        """Close permitted: the relay closes when the customer presses the button."""
+        self.update()
+        self.relay_command_open = False
+        if self.config.auto_close_on_permit:
+            self.press_button()
+
+    def press_button(self) -> None:
+        """The customer's button: closes the relay unless a trip command is in force."""
+        self.update()
+        if not self.relay_command_open:
+            self._close()
+
+    def close(self) -> None:
+        """Direct close."""
+        self.update()
+        self.relay_command_open = False
+        self._close()
+
+    def _close(self) -> None:
+        self._relay_open = False
+        self._tripped_by_balance = False
+        # Without credit a prepaid meter trips again straight away.
+        self._check_balance()
+
+    def set_alarm(self, on: bool) -> None:
+        self.update()
+        self.alarm_commanded = on
+
+    def set_hold_power(self, on: bool) -> None:
+        """Hold power (保电): no trip, remote or for balance, while it is on."""
+        self.update()
+        self.hold_power = on
+
+    def purchase(self, amount: Decimal) -> None:
+        """A payment: credit the balance; a meter tripped for balance closes again."""
+        self.update()
+        if not self.config.prepaid:
+            raise Unavailable("not a prepaid meter")
+        self._remaining += amount
+        self.purchase_count += 1
+        if self._tripped_by_balance and self._remaining + self.config.overdraft_limit > 0:
+            if self.config.auto_close_on_permit and not self.relay_command_open:
+                self._close()
+            else:
+                self._tripped_by_balance = False
+
+    def clear_energy(self) -> None:
+        """Meter clear: energy registers, freezes, settlements and event counts to zero."""
+        self.update()
+        self._regs = _Registers()
+        self._freeze = _Registers()
+        self._settlements = deque([_Registers() for _ in self._settlements], maxlen=12)
+        self.clear_events()
+
+    def clear_events(self, which: str = "all") -> None:
+        """Event clear: ``all``, ``power_down`` or ``cover_open``."""
+        if which in ("all", "power_down"):
+            self.power_down_count = 0
+        if which in ("all", "cover_open"):
+            self.cover_open_count = 0
+
+    def snapshot(self) -> Mapping[str, Reading]:
+        """Every quantity this meter holds, by name (for logs and other protocols)."""
+        out: dict[str, Reading] = {}
+        for name in QUANTITIES:
+            with contextlib.suppress(Unavailable):
+                out[name] = self.read(name)
+        return out
+
+
+def _previous_month(when: dt.datetime) -> dt.datetime:
+    if when.month == 1:
+        return when.replace(year=when.year - 1, month=12)
+    return when.replace(month=when.month - 1)
