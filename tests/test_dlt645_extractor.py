@@ -138,3 +138,25 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     # unless the junk left a long half-header that swallows it; feed more to flush.
     ex.feed(FRAMES[0] * 12)  # more than the longest frame (267 bytes)
     assert any(f.address == EXPECTED[0][0] for f in ex)
+
+
+def test_false_long_header_does_not_hide_the_real_frame() -> None:
+    # Garbage shaped like the header of a 200-byte frame, then a real reply.
+    false_header = bytes.fromhex("681122334455666891C8")
+    ex = FrameExtractor()
+    ex.feed(false_header + FRAMES[3])
+    assert _values(list(ex)) == [EXPECTED[3]]
+    assert ex.stats.garbage_bytes >= len(false_header)
+
+
+def test_long_frame_arriving_slowly_is_still_awaited() -> None:
+    item = by_name("energy_active_forward_block")
+    body = encode_value(item, {m.name: Decimal("1.68") for m in item.members})
+    long = build_frame(ReadReply(address="000000000068", di=item.di, body=body * 1).to_frame())
+    ex = FrameExtractor()
+    for i in range(0, len(long), 3):
+        ex.feed(long[i : i + 3])
+        got = list(ex)
+        if i + 3 < len(long):
+            assert got == []
+    assert ex.stats.frames == 1

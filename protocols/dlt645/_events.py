@@ -211,7 +211,8 @@ class ReadReply(Message):
     def value(self) -> Value:
         item = lookup(self.di, self.version)
         if item is None:
-            raise PayloadError(f"DI {self.di:08X} is not in the catalogue")
+            width = 4 if self.version is V97 else 8
+            raise PayloadError(f"DI {self.di:0{width}X} is not in the catalogue")
         if item.format is Format.NUMBER and len(self.body) == item.size:
             return decode_number(self.body, item.decimals, item.signed, what=item.name)
         return decode_value(item, self.body)

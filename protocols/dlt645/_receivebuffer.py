@@ -17,7 +17,7 @@ AddressFilter = Callable[[str, int], bool]
 @dataclass(slots=True)
 class ExtractorStats:
     frames: int = 0
-    garbage_bytes: int = 0  # bytes that belonged to no frame (FE preambles not counted)
+    garbage_bytes: int = 0  # bytes that belonged to no frame (FE bytes are not counted)
     bad_checksums: int = 0
     skipped_frames: int = 0  # valid frames the filter refused (not addressed to us)
 
@@ -65,6 +65,19 @@ class FrameExtractor:
         while (f := self.next_frame()) is not None:
             yield f
 
+    def _complete_frame_after(self, pos: int) -> int:
+        """Offset of the first complete, checksum-valid frame at or after ``pos``, or -1."""
+        buf = self._buf
+        n = len(buf)
+        while (pos := buf.find(START, pos)) >= 0:
+            if pos + HEADER_SIZE <= n and buf[pos + 7] == START:
+                end = pos + HEADER_SIZE + buf[pos + 9] + 2
+                if end <= n and buf[end - 1] == END \
+                        and (sum(buf[pos : end - 2]) & 0xFF) == buf[end - 2]:
+                    return pos
+            pos += 1
+        return -1
+
     def next_frame(self) -> Frame | None:
         buf = self._buf
         stats = self.stats
@@ -86,7 +99,14 @@ class FrameExtractor:
             length = buf[9]
             total = HEADER_SIZE + length + 2
             if len(buf) < total:
-                return None
+                # Garbage can look like the header of a long frame; if a complete valid
+                # frame already follows, the header was false: skip to that frame.
+                later = self._complete_frame_after(1)
+                if later < 0:
+                    return None
+                stats.garbage_bytes += later - buf.count(0xFE, 0, later)
+                del buf[:later]
+                continue
             if buf[total - 1] != END or (sum(buf[: total - 2]) & 0xFF) != buf[total - 2]:
                 # Not a frame after all: resynchronise on the next 68.
                 if buf[total - 1] == END:
