@@ -66,8 +66,6 @@ from .errors import (
     WrongReply,
 )
 
-START = 0x68  # frame start byte
-
 EncryptHook = Callable[[str, bytes], bytes | Awaitable[bytes]]
 """``encrypt(meter_address, n1_to_n8) -> ciphertext`` (plain or async), for ESAM meters."""
 
