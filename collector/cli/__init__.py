@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .decode import decode
+from .demo import demo
 from .read import read
 from .simulate import simulate
 
@@ -16,5 +17,6 @@ def main() -> None:
 
 
 main.add_command(decode)
+main.add_command(demo)
 main.add_command(read)
 main.add_command(simulate)
