@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
 from types import TracebackType
-from typing import Self
+from typing import Self, TypedDict
 
 from .errors import BusClosed, IncompleteReply, LinkDown, LinkError, NoReply
 
@@ -129,6 +129,18 @@ class _Link:
                 await self.writer.wait_closed()
         except (Exception, TimeoutError):  # closing a broken link may raise anything
             pass
+
+
+class BusOptions(TypedDict, total=False):
+    """Timing and reconnect options every transport takes (see :class:`Bus`)."""
+
+    td: float
+    tb: float
+    guard: float
+    reply_limit: float
+    connect_timeout: float
+    reconnect_min: float
+    reconnect_max: float
 
 
 class Bus(ABC):

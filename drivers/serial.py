@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Unpack
 
 import serial_asyncio_fast
 
-from .bus import Bus
+from .bus import Bus, BusOptions
 
 PARITIES = ("N", "E", "O", "M", "S")
 BYTESIZES = (5, 6, 7, 8)
@@ -28,14 +28,7 @@ class SerialBus(Bus):
         bytesize: int = 8,
         parity: str = "E",
         stopbits: float = 1,
-        *,
-        td: float = 0.5,
-        tb: float = 0.5,
-        guard: float = 0.1,
-        reply_limit: float = 10.0,
-        connect_timeout: float = 5.0,
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
+        **options: Unpack[BusOptions],
     ) -> None:
         if not device:
             raise ValueError("serial bus: device is empty")
@@ -48,11 +41,7 @@ class SerialBus(Bus):
             raise ValueError(f"serial bus: parity {parity!r} is not one of N, E, O, M, S")
         if stopbits not in STOPBITS:
             raise ValueError(f"serial bus: stopbits {stopbits!r} is not one of 1, 1.5, 2")
-        super().__init__(
-            name=f"serial://{device}", td=td, tb=tb, guard=guard, reply_limit=reply_limit,
-            connect_timeout=connect_timeout, reconnect_min=reconnect_min,
-            reconnect_max=reconnect_max,
-        )
+        super().__init__(name=f"serial://{device}", **options)
         self.device = device
         self.baud = baud
         self.bytesize = bytesize

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Unpack
 
-from .bus import Bus
+from .bus import Bus, BusOptions
 
 
 class TcpBus(Bus):
@@ -22,13 +23,7 @@ class TcpBus(Bus):
         port: int,
         *,
         line_baud: int | None = None,
-        td: float = 0.5,
-        tb: float = 0.5,
-        guard: float = 0.1,
-        reply_limit: float = 10.0,
-        connect_timeout: float = 5.0,
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
+        **options: Unpack[BusOptions],
     ) -> None:
         if not host:
             raise ValueError("TCP bus: host is empty")
@@ -37,11 +32,7 @@ class TcpBus(Bus):
         if line_baud is not None and line_baud <= 0:
             raise ValueError(f"TCP bus: line_baud {line_baud} must be positive")
         shown = f"[{host}]" if ":" in host else host
-        super().__init__(
-            name=f"tcp://{shown}:{port}", td=td, tb=tb, guard=guard, reply_limit=reply_limit,
-            connect_timeout=connect_timeout, reconnect_min=reconnect_min,
-            reconnect_max=reconnect_max,
-        )
+        super().__init__(name=f"tcp://{shown}:{port}", **options)
         self.host = host
         self.port = port
         self.line_baud = line_baud
