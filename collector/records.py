@@ -1,0 +1,101 @@
+"""What the collector stores: readings, events, commands and cycles.
+
+Timestamps are UTC (aware datetimes, stored as epoch milliseconds); local time
+appears only on display.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+UTC = dt.UTC
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def to_ms(t: dt.datetime) -> int:
+    """Epoch milliseconds of an aware datetime (naive ones are taken as UTC)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Quality(IntFlag):
+    """Quality flags of a reading (0 = good, read live from the meter)."""
+
+    GOOD = 0
+    ESTIMATED = 1  # not read from the meter
+    BACKFILLED = 2  # read later from the meter's frozen data
+    CLOCK_SUSPECT = 4  # the meter clock was off by more than the allowed drift
+    BLOCK_READ = 8  # came from a block DI read
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one quantity of one meter.
+
+    ``value`` is numeric (status words as their raw integer, dates as epoch seconds)
+    so every store, including those that keep numeric fields only, keeps it.
+    """
+
+    meter: str
+    quantity: str
+    value: float
+    unit: str
+    ts: dt.datetime  # when the collector got it (UTC)
+    meter_ts: dt.datetime | None = None  # the meter's own timestamp, when it gives one (UTC)
+    quality: Quality = Quality.GOOD
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened: a meter went dead, recovered, a config was reloaded..."""
+
+    kind: str
+    ts: dt.datetime
+    meter: str | None = None
+    bus: str | None = None
+    severity: int = 1  # 0 info, 1 warning, 2 alarm
+    value: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """One command sent to a meter and its outcome (never the password)."""
+
+    command_id: str
+    meter: str
+    kind: str
+    ts: dt.datetime
+    operator: str = ""
+    status: str = "queued"  # queued, sent, acknowledged, refused, failed, verified
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class CycleRecord:
+    """One pass of a schedule over its due reads."""
+
+    cycle_id: str
+    schedule: str
+    started: dt.datetime
+    ended: dt.datetime | None = None
+    planned: int = 0  # meter reads due
+    succeeded: int = 0
+    failed: int = 0
+    per_bus: dict[str, tuple[int, int]] = field(default_factory=dict)  # bus -> (ok, total)
+    per_area: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        done = self.succeeded + self.failed
+        return self.succeeded / done if done else 0.0

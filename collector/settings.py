@@ -1,0 +1,81 @@
+"""The validated configuration, as typed values (loading and checking: collector.config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+BusKind = Literal["tcp", "serial"]
+Protocol = Literal["dlt645-2007", "dlt645-1997"]
+Role = Literal["customer", "area_master"]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    id: str
+    data_dir: Path
+    retention_days: int = 90
+    metrics_listen: str | None = None  # "127.0.0.1:9108"; None: no endpoint
+    commit_interval: float = 1.0  # seconds between store commits
+    commit_rows: int = 2000  # or as soon as this many rows wait
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    name: str
+    kind: BusKind
+    host: str = ""  # tcp
+    port: int = 0  # tcp
+    line_baud: int | None = None  # tcp: the RS-485 line behind the serial server
+    device: str = ""  # serial
+    baud: int = 2400  # serial
+    parity: str = "E"
+    bytesize: int = 8
+    stopbits: float = 1
+    td: float = 0.5  # reply timeout, seconds
+    tb: float = 0.5  # inter-byte timeout, seconds
+    preamble: int = 4  # FE wake-up bytes before each request
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSettings:
+    meter_id: str
+    address: str  # 12 digits
+    bus: str
+    protocol: Protocol = "dlt645-2007"
+    station: str = ""
+    feeder: str = ""
+    area: str = ""  # transformer area (台区)
+    box: str = ""
+    customer: str = ""  # customer number; never logged in full
+    prepaid: bool = False
+    role: Role = "customer"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    name: str
+    interval: float  # seconds between cycle starts
+    quantities: tuple[str, ...]  # quantity names (groups expanded)
+    jitter: float = 0.0  # seconds of random delay at each cycle start
+    retries: int = 1  # per read, after a timeout or bad reply
+    td: float | None = None  # overrides the bus's reply timeout
+    meters: tuple[str, ...] = ()  # selectors: "*", "area:A1", "bus:b1", "role:area_master", ids
+    backoff_max: float = 3600.0  # cap of the back-off for dead meters, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    source: Path
+    collector: CollectorSettings
+    buses: tuple[BusSettings, ...]
+    meters: tuple[MeterSettings, ...]
+    schedules: tuple[ScheduleSettings, ...]
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def bus(self, name: str) -> BusSettings:
+        for b in self.buses:
+            if b.name == name:
+                return b
+        raise KeyError(name)
