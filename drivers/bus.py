@@ -226,18 +226,29 @@ class Bus(ABC):
     def connected(self) -> bool:
         return self._link is not None and self._link.lost is None
 
-    async def open(self) -> None:
-        """Open the link; :class:`LinkDown` if it cannot be opened (the bus stays closed)."""
+    async def open(self, *, lazy: bool = False) -> bool:
+        """Open the link; :class:`LinkDown` if it cannot be opened (the bus stays closed).
+
+        ``lazy``: a link that cannot be opened now is not an error; the bus stays open
+        and each transaction tries again (with the back-off), as a daemon wants for a
+        concentrator that is down at start-up.  Returns whether the link is up.
+        """
         if self._open:
-            return
+            return self.connected
         self._open = True
         self._failures = 0
         try:
             async with self.exclusive():
                 await self._ensure_link()
+        except LinkDown:
+            if not lazy:
+                self._open = False
+                raise
+            return False
         except BaseException:
             self._open = False
             raise
+        return True
 
     async def close(self) -> None:
         self._open = False

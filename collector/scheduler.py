@@ -1,0 +1,381 @@
+"""Bus-aware scheduling: one job at a time per bus, commands first, dead meters backed off.
+
+A :class:`BusWorker` owns one bus and runs its jobs one after another, always taking
+the highest lane first (commands, then on-demand reads, then scheduled polls), so a
+command waits for at most the job in flight.  :class:`Poller` turns a schedule into
+cycles of per-meter read jobs, one per meter in a fixed order (fair: no meter reads
+twice before every other due meter read once), and records each cycle's success per
+meter, bus and area.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any, TypeVar
+
+from drivers.bus import Bus
+from drivers.dlt645 import Dlt645Session
+from drivers.dlt645 import Reading as WireReading
+from drivers.errors import DriverError, MeterError, UnknownQuantity
+from protocols.dlt645 import StatusWord, Version
+
+from .records import CycleRecord, Event, Quality, Reading, utcnow
+from .settings import MeterSettings, ScheduleSettings
+
+log = logging.getLogger("amic.scheduler")
+T = TypeVar("T")
+
+
+class Lane(IntEnum):
+    COMMAND = 0
+    ON_DEMAND = 1
+    SCHEDULED = 2
+
+
+VERSIONS = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
+
+
+@dataclass(slots=True)
+class _Job:
+    run: Callable[[BusWorker], Awaitable[Any]]
+    future: asyncio.Future[Any]
+    lane: Lane
+    queued: float
+
+
+class WorkerStopped(Exception):
+    """The bus worker was stopped before the job ran."""
+
+
+class BusWorker:
+    """Runs the jobs of one bus one at a time, highest lane first."""
+
+    def __init__(self, name: str, bus: Bus, *, preamble: int = 4,
+                 observe: Callable[[str, float, str], None] | None = None) -> None:
+        self.name = name
+        self.bus = bus
+        self.preamble = preamble
+        self._queues: dict[Lane, deque[_Job]] = {lane: deque() for lane in Lane}
+        self._wake = asyncio.Event()
+        self._sessions: dict[Version, Dlt645Session] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.current: _Job | None = None
+        self.jobs_done = 0
+        self.observe = observe  # (bus, seconds, outcome) per job, for metrics
+
+    def session(self, version: Version) -> Dlt645Session:
+        s = self._sessions.get(version)
+        if s is None:
+            s = self._sessions[version] = Dlt645Session(self.bus, version=version,
+                                                        preamble=self.preamble)
+        return s
+
+    def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            fut.set_exception(WorkerStopped(f"bus {self.name} is stopping"))
+            return fut
+        self._queues[lane].append(_Job(run, fut, lane, time.monotonic()))
+        self._wake.set()
+        return fut
+
+    def queue_depth(self, lane: Lane | None = None) -> int:
+        if lane is not None:
+            return len(self._queues[lane])
+        return sum(len(q) for q in self._queues.values())
+
+    def drop_queued(self, lane: Lane) -> int:
+        """Cancel jobs of ``lane`` not yet started (a reload replaces the schedules)."""
+        q = self._queues[lane]
+        n = len(q)
+        while q:
+            q.popleft().future.cancel()
+        return n
+
+    async def start(self) -> bool:
+        """Open the bus (lazily: a link that is down is retried by each job) and run."""
+        up = await self.bus.open(lazy=True)
+        self._task = asyncio.create_task(self._run(), name=f"bus:{self.name}")
+        return up
+
+    def _next(self) -> _Job | None:
+        for lane in Lane:
+            q = self._queues[lane]
+            while q:
+                job = q.popleft()
+                if not job.future.cancelled():
+                    return job
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self.current = job
+            t0 = time.monotonic()
+            outcome = "ok"
+            try:
+                result = await job.run(self)
+            except asyncio.CancelledError:
+                if not job.future.done():
+                    job.future.cancel()
+                raise
+            except Exception as e:  # a job's failure is its caller's business
+                outcome = type(e).__name__
+                if not job.future.done():
+                    job.future.set_exception(e)
+            else:
+                if not job.future.done():
+                    job.future.set_result(result)
+            finally:
+                self.current = None
+                self.jobs_done += 1
+                if self.observe is not None:
+                    self.observe(self.name, time.monotonic() - t0, outcome)
+
+    async def stop(self, drain: float = 5.0) -> None:
+        """Finish the job in flight (up to ``drain`` s), refuse queued ones, close the bus."""
+        self._stopping = True
+        for lane in Lane:
+            q = self._queues[lane]
+            while q:
+                job = q.popleft()
+                if not job.future.done():
+                    job.future.set_exception(WorkerStopped(f"bus {self.name} stopped"))
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), drain)
+            except TimeoutError:
+                log.warning("bus %s: job still running after %.1f s drain; cancelled",
+                            self.name, drain)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        await self.bus.close()
+
+
+# ---- readings --------------------------------------------------------------------------
+
+def to_number(value: object) -> float | None:
+    """A stored number for a decoded value (status words by their raw bits)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (Decimal, int, float)):
+        return float(value)
+    if isinstance(value, StatusWord):
+        return float(value.raw)
+    if isinstance(value, dt.datetime):
+        return value.timestamp()  # meter local time, read as the collector's local time
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day).timestamp()
+    if isinstance(value, dt.time):
+        return float(value.hour * 3600 + value.minute * 60 + value.second)
+    return None
+
+
+def to_records(meter_id: str, readings: Iterable[WireReading], ts: dt.datetime) -> list[Reading]:
+    out: list[Reading] = []
+    for r in readings:
+        for part in r.members():
+            number = to_number(part.value)
+            if number is None:
+                continue
+            meter_ts = part.timestamp.astimezone(dt.UTC) if part.timestamp else None
+            out.append(Reading(meter_id, part.name, number, part.unit, ts, meter_ts,
+                               Quality.GOOD))
+    return out
+
+
+async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[str, ...],
+                     *, retries: int = 1, td: float | None = None) -> list[WireReading]:
+    """All ``quantities`` of one meter; a quantity the meter refuses is left out.
+
+    A communication failure (no reply, wrong reply, link down) raises: the meter failed.
+    """
+    session = worker.session(VERSIONS[meter.protocol])
+    session.retries = retries
+    session.td = td
+    try:
+        return await session.read_many(meter.address, quantities)
+    except (MeterError, UnknownQuantity):
+        if len(quantities) == 1:
+            raise
+    # The meter refused something: keep what it does answer.
+    out: list[WireReading] = []
+    refused: list[str] = []
+    for q in quantities:
+        try:
+            out.extend(await session.read_many(meter.address, (q,)))
+        except (MeterError, UnknownQuantity):
+            refused.append(q)
+    if not out:
+        raise MeterError(f"meter {meter.meter_id}: refused every quantity",
+                         address=meter.address, function=0x11, code=0, errors=())
+    log.debug("meter %s refused %s", meter.meter_id, ", ".join(refused))
+    return out
+
+
+# ---- polling ---------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class MeterHealth:
+    failures: int = 0  # consecutive failed cycles
+    next_try: float = 0.0  # monotonic time before which the meter is skipped
+    dead: bool = False
+    last_ok: dt.datetime | None = None
+
+
+@dataclass(slots=True)
+class Sinks:
+    """Where the poller's results go (the store writer, metrics, logs)."""
+
+    readings: Callable[[list[Reading]], None]
+    event: Callable[[Event], None]
+    cycle: Callable[[CycleRecord], None]
+    progress: Callable[[CycleRecord], None] = field(default=lambda c: None)
+
+
+class Poller:
+    """Runs schedules as cycles of per-meter read jobs on the bus workers."""
+
+    def __init__(self, workers: dict[str, BusWorker], sinks: Sinks, *,
+                 dead_after: int = 2, health: dict[str, MeterHealth] | None = None) -> None:
+        self.workers = workers
+        self.sinks = sinks
+        self.dead_after = dead_after
+        self.health: dict[str, MeterHealth] = health if health is not None else {}
+        self.last_cycle: dict[str, CycleRecord] = {}
+        self.current: dict[str, CycleRecord] = {}
+
+    def backoff(self, failures: int, interval: float, cap: float) -> float:
+        """Seconds a meter waits after ``failures`` consecutive failed cycles."""
+        if failures < self.dead_after:
+            return 0.0
+        return min(interval * 2 ** (failures - self.dead_after + 1), max(cap, interval))
+
+    async def run_cycle(self, schedule: ScheduleSettings,
+                        meters: list[MeterSettings]) -> CycleRecord:
+        now = time.monotonic()
+        cycle = CycleRecord(uuid.uuid4().hex, schedule.name, utcnow())
+        self.current[schedule.name] = cycle
+        jobs: list[tuple[MeterSettings, asyncio.Future[list[WireReading]]]] = []
+        skipped: list[MeterSettings] = []
+        for m in meters:
+            h = self.health.setdefault(m.meter_id, MeterHealth())
+            worker = self.workers.get(m.bus)
+            if worker is None:
+                skipped.append(m)
+                continue
+            if h.next_try > now:
+                skipped.append(m)  # backed off: counts as not collected this cycle
+                continue
+            # A dead meter gets one probe, not the schedule's retries.
+            retries = 0 if h.dead else schedule.retries
+
+            def job(w: BusWorker, m: MeterSettings = m, retries: int = retries
+                    ) -> Awaitable[list[WireReading]]:
+                return read_meter(w, m, schedule.quantities, retries=retries, td=schedule.td)
+
+            jobs.append((m, worker.submit(Lane.SCHEDULED, job)))
+        cycle.planned = len(meters)
+        for m in skipped:
+            self._count(cycle, m, ok=False)
+        self.sinks.progress(cycle)
+        for m, fut in jobs:
+            try:
+                wire = await fut
+            except asyncio.CancelledError:
+                if not fut.cancelled():
+                    raise
+                continue  # dropped by a reload: neither success nor failure
+            except Exception as e:
+                self._failed(cycle, schedule, m, e)
+            else:
+                self.sinks.readings(to_records(m.meter_id, wire, utcnow()))
+                self._succeeded(cycle, m)
+            self.sinks.progress(cycle)
+        cycle.ended = utcnow()
+        self.current.pop(schedule.name, None)
+        self.last_cycle[schedule.name] = cycle
+        self.sinks.cycle(cycle)
+        return cycle
+
+    def _count(self, cycle: CycleRecord, m: MeterSettings, *, ok: bool) -> None:
+        if ok:
+            cycle.succeeded += 1
+        else:
+            cycle.failed += 1
+        for table, key in ((cycle.per_bus, m.bus), (cycle.per_area, m.area or "-")):
+            good, total = table.get(key, (0, 0))
+            table[key] = (good + ok, total + 1)
+
+    def _succeeded(self, cycle: CycleRecord, m: MeterSettings) -> None:
+        self._count(cycle, m, ok=True)
+        h = self.health[m.meter_id]
+        if h.dead:
+            log.info("meter %s on %s answers again after %d failed cycles", m.meter_id, m.bus,
+                     h.failures)
+            self.sinks.event(Event("meter_recovered", utcnow(), meter=m.meter_id, bus=m.bus,
+                                   severity=0, value=float(h.failures)))
+        h.failures = 0
+        h.dead = False
+        h.next_try = 0.0
+        h.last_ok = utcnow()
+
+    def _failed(self, cycle: CycleRecord, schedule: ScheduleSettings, m: MeterSettings,
+                error: Exception) -> None:
+        self._count(cycle, m, ok=False)
+        h = self.health[m.meter_id]
+        h.failures += 1
+        wait = self.backoff(h.failures, schedule.interval, schedule.backoff_max)
+        # Half an interval of margin so the next due cycle is not missed by a hair.
+        h.next_try = time.monotonic() + wait - schedule.interval / 2 if wait else 0.0
+        reason = type(error).__name__ if isinstance(error, DriverError) else repr(error)
+        if h.failures == self.dead_after and not h.dead:
+            h.dead = True
+            log.warning("meter %s on %s: %d failed cycles (%s); backing off", m.meter_id,
+                        m.bus, h.failures, error)
+            self.sinks.event(Event("meter_dead", utcnow(), meter=m.meter_id, bus=m.bus,
+                                   severity=1, value=float(h.failures), detail=reason))
+        else:
+            log.debug("meter %s: %s", m.meter_id, error)
+
+    async def run_schedule(self, schedule: ScheduleSettings, meters: list[MeterSettings],
+                           *, align: bool = True, immediate: bool = True,
+                           cycles: int | None = None) -> None:
+        """Cycles at every interval boundary (UTC), plus jitter, until cancelled.
+
+        ``immediate``: the first cycle starts at once rather than at the next boundary,
+        so a (re)started collector does not sit idle for up to an interval.
+        """
+        done = 0
+        rng = random.Random()
+        while cycles is None or done < cycles:
+            if immediate and not done:
+                pass
+            elif align:
+                period = schedule.interval
+                delay = period - (time.time() % period)
+                await asyncio.sleep(delay + rng.uniform(0, schedule.jitter))
+            elif done:
+                await asyncio.sleep(schedule.interval + rng.uniform(0, schedule.jitter))
+            await self.run_cycle(schedule, meters)
+            done += 1
