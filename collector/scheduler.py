@@ -75,6 +75,10 @@ class BusWorker:
         self.jobs_done = 0
         self.observe = observe  # (bus, seconds, outcome) per job, for metrics
 
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def session(self, version: Version) -> Dlt645Session:
         s = self._sessions.get(version)
         if s is None:
@@ -276,47 +280,53 @@ class Poller:
         now = time.monotonic()
         cycle = CycleRecord(uuid.uuid4().hex, schedule.name, utcnow())
         self.current[schedule.name] = cycle
-        jobs: list[tuple[MeterSettings, asyncio.Future[list[WireReading]]]] = []
+        jobs: list[tuple[MeterSettings, asyncio.Future[int]]] = []
         skipped: list[MeterSettings] = []
         for m in meters:
             h = self.health.setdefault(m.meter_id, MeterHealth())
             worker = self.workers.get(m.bus)
-            if worker is None:
-                skipped.append(m)
-                continue
-            if h.next_try > now:
+            if worker is None or h.next_try > now:
                 skipped.append(m)  # backed off: counts as not collected this cycle
                 continue
             # A dead meter gets one probe, not the schedule's retries.
             retries = 0 if h.dead else schedule.retries
-
-            def job(w: BusWorker, m: MeterSettings = m, retries: int = retries
-                    ) -> Awaitable[list[WireReading]]:
-                return read_meter(w, m, schedule.quantities, retries=retries, td=schedule.td)
-
-            jobs.append((m, worker.submit(Lane.SCHEDULED, job)))
+            jobs.append((m, worker.submit(Lane.SCHEDULED, self._job(schedule, m, retries))))
         cycle.planned = len(meters)
         for m in skipped:
             self._count(cycle, m, ok=False)
         self.sinks.progress(cycle)
-        for m, fut in jobs:
-            try:
-                wire = await fut
-            except asyncio.CancelledError:
-                if not fut.cancelled():
-                    raise
-                continue  # dropped by a reload: neither success nor failure
-            except Exception as e:
-                self._failed(cycle, schedule, m, e)
-            else:
-                self.sinks.readings(to_records(m.meter_id, wire, utcnow()))
-                self._succeeded(cycle, m)
-            self.sinks.progress(cycle)
-        cycle.ended = utcnow()
-        self.current.pop(schedule.name, None)
-        self.last_cycle[schedule.name] = cycle
-        self.sinks.cycle(cycle)
+        try:
+            for m, fut in jobs:
+                try:
+                    await fut
+                except asyncio.CancelledError:
+                    if not fut.cancelled():
+                        raise
+                    continue  # dropped by a reload: neither success nor failure
+                except Exception as e:
+                    self._failed(cycle, schedule, m, e)
+                else:
+                    self._succeeded(cycle, m)
+                self.sinks.progress(cycle)
+        finally:
+            # Also when cancelled (reload, shutdown): the cycle is recorded as far as it got.
+            cycle.ended = utcnow()
+            self.current.pop(schedule.name, None)
+            self.last_cycle[schedule.name] = cycle
+            self.sinks.cycle(cycle)
         return cycle
+
+    def _job(self, schedule: ScheduleSettings, m: MeterSettings, retries: int
+             ) -> Callable[[BusWorker], Awaitable[int]]:
+        async def run(worker: BusWorker) -> int:
+            wire = await read_meter(worker, m, schedule.quantities, retries=retries,
+                                    td=schedule.td)
+            # Handed over here, in the bus worker, so readings of a transaction that
+            # completes after its cycle was cancelled are still stored.
+            records = to_records(m.meter_id, wire, utcnow())
+            self.sinks.readings(records)
+            return len(records)
+        return run
 
     def _count(self, cycle: CycleRecord, m: MeterSettings, *, ok: bool) -> None:
         if ok:

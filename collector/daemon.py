@@ -1,0 +1,278 @@
+"""``amic run``: the collector service.
+
+Start-up: configuration validated (by the caller), store opened, buses opened
+(lazily), READY=1.  SIGHUP reloads the file: a valid one is applied without
+dropping the job in flight, an invalid one is logged and ignored.  SIGTERM stops
+the schedules, lets each bus finish its job in flight, commits the store and exits 0
+within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.bus import Bus
+from drivers.serial import SerialBus
+from drivers.tcp import TcpBus
+
+from .config import ConfigError, load_settings, select_meters
+from .metrics import Metrics
+from .notify import Notifier, watchdog_loop
+from .records import CycleRecord, Event, Reading, utcnow
+from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
+from .settings import BusSettings, Settings
+from .store import Store, StoreWriter
+
+log = logging.getLogger("amic.daemon")
+
+DRAIN_SECONDS = 6.0  # buses finish their job in flight; the store commits in what is left
+
+
+def make_bus(b: BusSettings) -> Bus:
+    if b.kind == "tcp":
+        return TcpBus(b.host, b.port, line_baud=b.line_baud, td=b.td, tb=b.tb)
+    return SerialBus(b.device, baud=b.baud, bytesize=b.bytesize, parity=b.parity,
+                     stopbits=b.stopbits, td=b.td, tb=b.tb)
+
+
+@dataclass
+class _BusEntry:
+    settings: BusSettings
+    worker: BusWorker
+
+
+class Daemon:
+    """Owns the buses, the poller, the store writer and the service protocol."""
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
+                 metrics: Metrics | None = None, align: bool = True) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier.from_env()
+        self.metrics = metrics or Metrics()
+        self.align = align
+        self.buses: dict[str, _BusEntry] = {}
+        self.health: dict[str, MeterHealth] = {}
+        self.poller: Poller | None = None
+        self.schedule_tasks: list[asyncio.Task[None]] = []
+        self.store: Store | None = None
+        self.writer: StoreWriter | None = None
+        self.stop_requested = asyncio.Event()
+        self.reloads = 0
+        self.reload_failures = 0
+        self.readings_seen = 0
+        self._last_progress = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- sinks -------------------------------------------------------------------------
+
+    def _on_readings(self, rows: list[Reading]) -> None:
+        assert self.writer is not None
+        self.readings_seen += len(rows)
+        self.writer.put_many(rows)
+
+    def _on_event(self, event: Event) -> None:
+        assert self.writer is not None
+        log.info("event %s meter=%s bus=%s %s", event.kind, event.meter or "-",
+                 event.bus or "-", event.detail)
+        self.writer.put_event(event)
+
+    def _on_cycle(self, cycle: CycleRecord) -> None:
+        assert self.writer is not None
+        self.writer.put_cycle(cycle)
+        took = (cycle.ended - cycle.started).total_seconds() if cycle.ended else 0.0
+        log.info("cycle %s done: %d/%d meters read (%.1f%%) in %.1f s", cycle.schedule,
+                 cycle.succeeded, cycle.planned, 100 * cycle.success_rate, took)
+        self.metrics.observe_cycle(cycle.schedule, took)
+        for area, (ok, total) in cycle.per_area.items():
+            self.metrics.set_area_success(area, ok / total if total else 0.0)
+        for bus, (ok, total) in cycle.per_bus.items():
+            self.metrics.set_bus_success(bus, ok / total if total else 0.0)
+        self._report_status()
+
+    def _on_progress(self, cycle: CycleRecord) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= 1.0:
+            self._last_progress = now
+            self._report_status()
+
+    def status_text(self) -> str:
+        parts = []
+        if self.poller is not None:
+            for name, c in sorted(self.poller.current.items()):
+                parts.append(f"{name}: {c.succeeded + c.failed}/{c.planned} meters, "
+                             f"{c.failed} failed")
+            if not parts:
+                for name, c in sorted(self.poller.last_cycle.items()):
+                    parts.append(f"{name}: last cycle {100 * c.success_rate:.1f}% "
+                                 f"of {c.planned}")
+        return "; ".join(parts) or "idle"
+
+    def _report_status(self) -> None:
+        self.notifier.status(self.status_text())
+
+    def _observe(self, bus: str, seconds: float, outcome: str) -> None:
+        self.metrics.observe_job(bus, seconds, outcome)
+
+    # ---- applying a configuration ------------------------------------------------------
+
+    async def _apply(self, settings: Settings, *, first: bool) -> None:
+        old = self.buses
+        new: dict[str, _BusEntry] = {}
+        stopping: list[BusWorker] = []
+        for b in settings.buses:
+            entry = old.get(b.name)
+            if entry is not None and entry.settings == b:
+                new[b.name] = entry
+                continue
+            if entry is not None:
+                stopping.append(entry.worker)
+            worker = BusWorker(b.name, make_bus(b), preamble=b.preamble, observe=self._observe)
+            up = await worker.start()
+            if not up:
+                log.warning("bus %s: %s not reachable yet; will retry", b.name,
+                            worker.bus.name)
+            new[b.name] = _BusEntry(b, worker)
+        stopping.extend(e.worker for name, e in old.items() if name not in new)
+        # The schedules go first, so no new job lands on a bus that is being replaced.
+        await self._stop_schedules()
+        for entry in new.values():
+            entry.worker.drop_queued(Lane.SCHEDULED)
+        self.buses = new
+        self.settings = settings
+        await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
+        self.poller = Poller({n: e.worker for n, e in new.items()},
+                             Sinks(self._on_readings, self._on_event, self._on_cycle,
+                                   self._on_progress), health=self.health)
+        for s in settings.schedules:
+            meters = select_meters(settings, s)
+            self.schedule_tasks.append(asyncio.create_task(
+                self.poller.run_schedule(s, meters, align=self.align, immediate=first),
+                name=f"schedule:{s.name}"))
+        assert self.store is not None
+        self.store.sync_meters(list(settings.meters))
+
+    async def _stop_schedules(self) -> None:
+        tasks, self.schedule_tasks = self.schedule_tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; apply it only if it is entirely valid."""
+        path = self.settings.source
+        log.info("reload requested: %s", path)
+        try:
+            settings = load_settings(path)
+        except ConfigError as e:
+            self.reload_failures += 1
+            for p in e.problems:
+                log.error("reload rejected: %s", p)
+            log.error("reload rejected: %d problem(s); still running on the previous "
+                      "configuration", len(e.problems))
+            return False
+        except OSError as e:
+            self.reload_failures += 1
+            log.error("reload rejected: cannot read %s: %s", path, e)
+            return False
+        self.notifier.reloading()
+        await self._apply(settings, first=False)
+        self.reloads += 1
+        log.info("reload applied: %d buses, %d meters, %d schedules", len(settings.buses),
+                 len(settings.meters), len(settings.schedules))
+        self.notifier.ready()
+        self._report_status()
+        return True
+
+    # ---- running -----------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """For the watchdog: the event loop runs and every bus worker is alive."""
+        return all(e.worker.alive for e in self.buses.values())
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            for name, e in self.buses.items():
+                w = e.worker
+                self.metrics.set_bus_counters(name, w.bus)
+                for lane in Lane:
+                    self.metrics.set_queue_depth(name, lane.name.lower(), w.queue_depth(lane))
+            if self.store is not None:
+                self.metrics.set_store_size(self.store.store_size_bytes())
+            if self.writer is not None:
+                self.metrics.set_outbox_lag(self.writer.pending)
+                self.writer.maybe_purge()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        pending_reload: list[asyncio.Task[bool]] = []
+
+        def on_hup() -> None:
+            pending_reload.append(loop.create_task(self.reload()))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+        c = self.settings.collector
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(c.data_dir / "amic.db")
+        self.writer = StoreWriter(self.store, commit_interval=c.commit_interval,
+                                  commit_rows=c.commit_rows,
+                                  retention_days=c.retention_days)
+        await self.writer.start()
+        metrics_server = None
+        if c.metrics_listen:
+            metrics_server = self.metrics.start_server(c.metrics_listen)
+        self.writer.put_event(Event("collector_started", utcnow(), severity=0,
+                                    detail=f"config {self.settings.source}"))
+        await self._apply(self.settings, first=True)
+        self.notifier.ready()
+        log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
+                 len(self.buses), len(self.settings.meters), len(self.settings.schedules),
+                 self.store.path)
+        self._report_status()
+        self._tasks = [asyncio.create_task(watchdog_loop(self.notifier, self.healthy)),
+                       asyncio.create_task(self._housekeeping())]
+        try:
+            await self.stop_requested.wait()
+        finally:
+            await self.shutdown(pending_reload)
+            if metrics_server is not None:
+                with contextlib.suppress(Exception):
+                    metrics_server.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    async def shutdown(self, pending: list[asyncio.Task[bool]] | None = None) -> None:
+        t0 = time.monotonic()
+        log.info("stopping: draining buses and the store")
+        self.notifier.stopping()
+        for t in pending or ():
+            with contextlib.suppress(Exception):
+                await t
+        for t in self._tasks:
+            t.cancel()
+        await self._stop_schedules()
+        await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))
+        if self.writer is not None:
+            self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
+            await self.writer.close()
+        log.info("stopped in %.1f s; %d readings this run", time.monotonic() - t0,
+                 self.readings_seen)
+
+
+def run_daemon(config: Path, *, align: bool = True) -> int:
+    """Load and validate ``config`` (refusing to start on any problem), then run."""
+    settings = load_settings(config)
+    return asyncio.run(Daemon(settings, align=align).run())
