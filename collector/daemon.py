@@ -177,17 +177,21 @@ class Daemon:
                 log.error("reload rejected: %s", p)
             log.error("reload rejected: %d problem(s); still running on the previous "
                       "configuration", len(e.problems))
+            self.metrics.observe_reload(False)
             return False
         except OSError as e:
             self.reload_failures += 1
             log.error("reload rejected: cannot read %s: %s", path, e)
             return False
         self.notifier.reloading()
-        await self._apply(settings, first=False)
+        try:
+            await self._apply(settings, first=False)
+        finally:
+            self.notifier.ready()  # systemd must not wait for a reload that failed
         self.reloads += 1
+        self.metrics.observe_reload(True)
         log.info("reload applied: %d buses, %d meters, %d schedules", len(settings.buses),
                  len(settings.meters), len(settings.schedules))
-        self.notifier.ready()
         self._report_status()
         return True
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .config import config
 from .decode import decode
 from .demo import demo
 from .read import read
+from .run import run
 from .simulate import simulate
 
 
@@ -16,7 +18,9 @@ def main() -> None:
     """amic: head-end meter data acquisition (DL/T645 / Modbus / MQTT)."""
 
 
+main.add_command(config)
 main.add_command(decode)
 main.add_command(demo)
 main.add_command(read)
+main.add_command(run)
 main.add_command(simulate)

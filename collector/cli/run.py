@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus stops a restart loop
+
 
 def setup_logging(verbose: int) -> None:
     """One line per event on stderr; journald adds its own timestamps."""
@@ -40,8 +42,8 @@ def run(config_path: Path, no_align: bool, verbose: int, quiet: bool) -> None:
             click.echo(f"amic run: {problem}", err=True)
         click.echo(f"amic run: not started: {len(e.problems)} problem(s) in {config_path}",
                    err=True)
-        sys.exit(1)
+        sys.exit(EX_CONFIG)
     except OSError as e:
         click.echo(f"amic run: not started: {e}", err=True)
-        sys.exit(1)
+        sys.exit(EX_CONFIG)
     sys.exit(status)

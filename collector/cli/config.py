@@ -1,0 +1,78 @@
+"""``amic config check FILE``: validate a configuration without starting anything."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from ..config import ConfigError, load_settings, select_meters
+from ..settings import Settings
+
+EXIT_OK = 0
+EXIT_INVALID = 1  # the configuration has problems (each printed on its own line)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {plural or (word + 'es' if word.endswith('s') else word + 's')}"
+
+
+def summary(settings: Settings) -> str:
+    """One line: buses, meters per protocol, schedules, areas."""
+    protocols = Counter(m.protocol for m in settings.meters)
+    per_protocol = ", ".join(f"{n} {p}" for p, n in sorted(protocols.items(), key=lambda x: -x[1]))
+    areas = {m.area for m in settings.meters if m.area}
+    masters = {m.area for m in settings.meters if m.role == "area_master"}
+    return (f"{_plural(len(settings.buses), 'bus')}, "
+            f"{_plural(len(settings.meters), 'meter')} ({per_protocol}), "
+            f"{_plural(len(settings.schedules), 'schedule')}, "
+            f"{_plural(len(areas), 'area')} ({len(masters)} with an area master)")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+@click.group("config")
+def config() -> None:
+    """Configuration tools."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list the buses and, for each schedule, what it reads from whom.")
+def check(file: Path, verbose: bool) -> None:
+    """Check FILE (and the ledger it names) completely; start nothing.
+
+    Exit 0 printing a one-line summary when it is valid; exit 1 printing every problem,
+    one a line (file:line: table: key: expected ..., got ...), when it is not.
+    """
+    try:
+        settings = load_settings(file)
+    except ConfigError as e:
+        for problem in e.problems:
+            click.echo(str(problem))
+        n = len(e.problems)
+        click.echo(f"{file}: {n} problem{'s' if n != 1 else ''}; not valid", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(f"{file}: OK: {summary(settings)}")
+    if verbose:
+        for b in settings.buses:
+            where = (f"tcp {b.host}:{b.port}" if b.kind == "tcp"
+                     else f"serial {b.device} {b.baud} {b.bytesize}{b.parity}{b.stopbits:g}")
+            n = sum(1 for m in settings.meters if m.bus == b.name)
+            click.echo(f"  bus {b.name}: {where}, {_plural(n, 'meter')}")
+        for s in settings.schedules:
+            n = len(select_meters(settings, s))
+            click.echo(f"  schedule {s.name}: every {_duration(s.interval)}, "
+                       f"{_plural(len(s.quantities), 'quantity', 'quantities')} from "
+                       f"{_plural(n, 'meter')} ({', '.join(s.meters)})")
+    sys.exit(EXIT_OK)
