@@ -22,6 +22,7 @@ from protocols.dlt645 import (
     ReadFollowUpRequest,
     ReadReply,
     ReadRequest,
+    RelayCommand,
     RemoteControlRequest,
     TimeSyncRequest,
     Unknown,
@@ -150,7 +151,10 @@ def describe(message: Message, raw_control: int) -> dict[str, Any]:
             out["encrypted"] = True
         else:
             cmd = message.command
-            out["command"] = cmd.name.lower() if hasattr(cmd, "name") else f"{cmd:02X}"
+            if isinstance(cmd, RelayCommand):
+                out["command"] = cmd.name.lower()
+            else:
+                out["command"] = None if cmd is None else f"{cmd:02X}"
             out["expiry"] = message.expiry.isoformat() if message.expiry else None
     elif isinstance(message, Unknown):
         out["data"] = message.frame.data.hex().upper()
