@@ -262,9 +262,9 @@ class Daemon:
         t0 = time.monotonic()
         log.info("stopping: draining buses and the store")
         self.notifier.stopping()
-        for t in pending or ():
+        for reload_task in pending or ():
             with contextlib.suppress(Exception):
-                await t
+                await reload_task
         for t in self._tasks:
             t.cancel()
         await self._stop_schedules()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 import time
@@ -273,7 +274,8 @@ class Poller:
         """Seconds a meter waits after ``failures`` consecutive failed cycles."""
         if failures < self.dead_after:
             return 0.0
-        return min(interval * 2 ** (failures - self.dead_after + 1), max(cap, interval))
+        wait: float = interval * 2.0 ** (failures - self.dead_after + 1)
+        return min(wait, max(cap, interval))
 
     async def run_cycle(self, schedule: ScheduleSettings,
                         meters: list[MeterSettings]) -> CycleRecord:
@@ -295,19 +297,22 @@ class Poller:
         for m in skipped:
             self._count(cycle, m, ok=False)
         self.sinks.progress(cycle)
+        def settle(fut: asyncio.Future[int], m: MeterSettings) -> None:
+            if fut.cancelled():
+                return  # dropped by a reload or shutdown: neither success nor failure
+            error = fut.exception()
+            if error is None:
+                self._succeeded(cycle, m)
+            else:
+                self._failed(cycle, schedule, m, error)
+            self.sinks.progress(cycle)
+
+        for m, fut in jobs:
+            fut.add_done_callback(functools.partial(settle, m=m))
         try:
-            for m, fut in jobs:
-                try:
-                    await fut
-                except asyncio.CancelledError:
-                    if not fut.cancelled():
-                        raise
-                    continue  # dropped by a reload: neither success nor failure
-                except Exception as e:
-                    self._failed(cycle, schedule, m, e)
-                else:
-                    self._succeeded(cycle, m)
-                self.sinks.progress(cycle)
+            # Buses run side by side: count each meter as its read completes.
+            if jobs:
+                await asyncio.gather(*(f for _, f in jobs), return_exceptions=True)
         finally:
             # Also when cancelled (reload, shutdown): the cycle is recorded as far as it got.
             cycle.ended = utcnow()
@@ -351,7 +356,7 @@ class Poller:
         h.last_ok = utcnow()
 
     def _failed(self, cycle: CycleRecord, schedule: ScheduleSettings, m: MeterSettings,
-                error: Exception) -> None:
+                error: BaseException) -> None:
         self._count(cycle, m, ok=False)
         h = self.health[m.meter_id]
         h.failures += 1

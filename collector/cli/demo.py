@@ -1,109 +1,165 @@
-"""``amic demo``: built-in simulators on loopback, read through amic's own drivers."""
+"""``amic demo``: the daemon on the embedded store, polling built-in simulators."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from dataclasses import dataclass, field
-from decimal import Decimal
+from pathlib import Path
 
 import click
 
-from drivers.dlt645 import Dlt645Session
-from drivers.errors import DriverError
-from drivers.tcp import TcpBus
-from protocols.dlt645 import StatusWord
+from collector.daemon import Daemon
+from collector.notify import Notifier
+from collector.settings import (
+    BusSettings,
+    CollectorSettings,
+    MeterSettings,
+    ScheduleSettings,
+    Settings,
+)
+from collector.store import Store
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 
-QUANTITIES = ("energy_active_forward_total", "voltage_a", "current_a", "power_active_total",
-              "balance_amount", "status_word_3")
-COLUMNS = (("meter", 12), ("bus", 6), ("kWh", 10), ("V", 6), ("A", 7), ("kW", 7),
-           ("yuan", 8), ("relay", 6))
+QUANTITIES = ("energy_active_forward_total", "voltage_a", "voltage_b", "voltage_c",
+              "current_a", "current_b", "current_c", "power_active_total")
 
 
-@dataclass
-class BusResult:
-    name: str
-    rows: list[tuple[str, ...]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    transactions: int = 0
-    seconds: float = 0.0
+def _plan(buses: int, meters: int) -> tuple[list[list[MeterSettings]], list[str]]:
+    """Meters per bus in two transformer areas each; faults for a few of them."""
+    plans: list[list[MeterSettings]] = []
+    faults: list[str] = []
+    for b in range(1, buses + 1):
+        ms = []
+        for i in range(1, meters + 1):
+            area = f"TQ-{b:02d}{1 if i <= (meters + 1) // 2 else 2}"
+            first_of_area = i in (1, (meters + 1) // 2 + 1)
+            ms.append(MeterSettings(meter_id=f"M{b:02d}{i:03d}", address=f"{b:02d}{i:010d}",
+                                    bus=f"conc-{b}", area=area,
+                                    role="area_master" if first_of_area else "customer"))
+        plans.append(ms)
+        # A dead meter, one that garbles its replies and one that answers as its neighbour.
+        if meters >= 10:
+            faults.append(f"dead:{ms[6].address},garble:{ms[-4].address},"
+                          f"wrong-address:{ms[-2].address}")
+        else:
+            faults.append("")
+    return plans, faults
 
 
-def _fmt(value: object) -> str:
-    return str(value) if isinstance(value, Decimal) else "-"
-
-
-async def _poll_bus(name: str, port: int, addresses: list[str], baud: int,
-                    result: BusResult) -> None:
-    start = time.perf_counter()
-    async with TcpBus("127.0.0.1", port, td=0.5, tb=0.5, line_baud=baud) as bus:
-        session = Dlt645Session(bus, retries=1)
-        for address in addresses:
-            try:
-                readings = {r.name: r.value for r in await session.read_many(address, QUANTITIES)}
-            except DriverError as e:
-                result.failures.append(str(e))
-                click.echo(f"  {name}: {address} failed: {type(e).__name__}")
-                continue
-            sw3 = readings.get("status_word_3")
-            relay = "open" if isinstance(sw3, StatusWord) and sw3.fields["relay_open"] else \
-                "closed"
-            result.rows.append((address, name, *(_fmt(readings[q]) for q in QUANTITIES[:5]),
-                                relay))
-            click.echo(f"  {name}: {address} read ({len(readings)} quantities)")
-        result.transactions = bus.transactions
-    result.seconds = time.perf_counter() - start
-
-
-async def _demo(buses: int, meters: int, baud: int, td_ms: int) -> list[BusResult]:
-    servers = []
-    plans = []
-    for b in range(buses):
-        addresses = [f"{b + 1:02d}{i:010d}" for i in range(1, meters + 1)]
-        # One dead meter and one answering with a wrong address on every bus.
-        faults = f"dead:{addresses[-1]},wrong-address:{addresses[len(addresses) // 2]}"
-        servers.append(BusServer(make_meters(addresses, seed=b), baud=baud, td=td_ms / 1000,
-                                 faults=faults if meters >= 3 else ""))
-        plans.append((f"bus{b + 1}", addresses))
+async def _demo(data_dir: Path, buses: int, meters: int, baud: int, td_ms: int,
+                seconds: float) -> tuple[Daemon, float]:
+    plans, faults = _plan(buses, meters)
+    servers = [BusServer(make_meters([m.address for m in plan], seed=b), baud=baud,
+                         td=td_ms / 1000, faults=f)
+               for b, (plan, f) in enumerate(zip(plans, faults, strict=True))]
     for s in servers:
         await s.start()
+    settings = Settings(
+        source=Path("<amic demo>"),
+        collector=CollectorSettings(id="demo", data_dir=data_dir, commit_interval=0.5),
+        buses=tuple(BusSettings(name=f"conc-{b + 1}", kind="tcp", host="127.0.0.1",
+                                port=s.port, line_baud=baud, td=0.3, tb=0.3)
+                    for b, s in enumerate(servers)),
+        meters=tuple(m for plan in plans for m in plan),
+        schedules=(ScheduleSettings(name="demo", interval=3600, quantities=QUANTITIES,
+                                    retries=1),),
+    )
+    click.echo(f"started {buses} simulated concentrators x {meters} DL/T645-2007 meters on "
+               f"loopback ({baud} baud 8E1 timing, Td {td_ms} ms; "
+               f"{3 * buses if meters >= 10 else 0} faulty meters)")
+    click.echo(f"running the collector on the embedded store {data_dir / 'amic.db'}")
+    daemon = Daemon(settings, notifier=Notifier.from_env({}), align=False)
+    t0 = time.monotonic()
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            poller = daemon.poller
+            if poller is None:
+                continue
+            if "demo" in poller.last_cycle or time.monotonic() - t0 > seconds:
+                daemon.stop_requested.set()
+                return
+            c = poller.current.get("demo")
+            if c is not None:
+                click.echo(f"  {time.monotonic() - t0:5.1f} s  {c.succeeded + c.failed:4d}/"
+                           f"{c.planned} meters, {c.failed} failed, "
+                           f"{daemon.readings_seen} readings")
+
+    watcher = asyncio.create_task(progress())
     try:
-        click.echo(f"started {buses} simulated concentrators x {meters} DL/T645-2007 meters "
-                   f"({baud} baud 8E1 timing, Td {td_ms} ms) on loopback")
-        results = [BusResult(name) for name, _ in plans]
-        await asyncio.gather(*(
-            _poll_bus(name, s.port, addresses, baud, r)
-            for (name, addresses), s, r in zip(plans, servers, results, strict=True)
-        ))
-        return results
+        await daemon.run()
     finally:
+        watcher.cancel()
         for s in servers:
             await s.stop()
+    return daemon, time.monotonic() - t0
+
+
+def _summary(daemon: Daemon, elapsed: float) -> None:
+    cycle = daemon.poller.last_cycle.get("demo") if daemon.poller else None
+    store = Store(daemon.settings.collector.data_dir / "amic.db")
+    conn = store.connect()
+    try:
+        stored = dict(conn.execute(
+            "SELECT m.area, count(*) FROM readings r JOIN meters m ON m.meter_id = r.meter "
+            "GROUP BY m.area").fetchall())
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    click.echo("")
+    click.echo(f"{'area':<10}{'meters':>8}{'read':>6}{'success':>10}{'readings':>10}")
+    per_area = cycle.per_area if cycle else {}
+    for area, (ok, total) in sorted(per_area.items()):
+        click.echo(f"{area:<10}{total:>8}{ok:>6}{100 * ok / total:>9.1f}%"
+                   f"{stored.get(area, 0):>10}")
+    click.echo("")
+    click.echo(f"{'bus':<10}{'meters':>8}{'success':>10}{'requests':>10}{'timeouts':>10}"
+               f"{'busy s':>8}{'ms/request':>12}")
+    slowest = ("", 0.0)
+    per_bus = cycle.per_bus if cycle else {}
+    for name, entry in sorted(daemon.buses.items()):
+        bus = entry.worker.bus
+        ok, total = per_bus.get(name, (0, 0))
+        per_request = 1000 * bus.busy_time / bus.transactions if bus.transactions else 0.0
+        if per_request > slowest[1]:
+            slowest = (name, per_request)
+        click.echo(f"{name:<10}{total:>8}{100 * ok / max(total, 1):>9.1f}%"
+                   f"{bus.transactions:>10}{bus.timeouts:>10}{bus.busy_time:>8.1f}"
+                   f"{per_request:>12.0f}")
+    click.echo("")
+    if cycle is not None:
+        click.echo(f"cycle: {cycle.succeeded}/{cycle.planned} meters read "
+                   f"({100 * cycle.success_rate:.1f}%), {sum(stored.values())} readings stored "
+                   f"and committed, in {elapsed:.1f} s; slowest bus {slowest[0]} "
+                   f"({slowest[1]:.0f} ms per request); store integrity: {integrity}")
+    else:
+        click.echo(f"stopped after {elapsed:.0f} s before the cycle completed; "
+                   f"{sum(stored.values())} readings stored")
+    click.echo(f"look at them: amic query --data-dir {daemon.settings.collector.data_dir} "
+               f"--area {min(per_area) if per_area else 'TQ-011'}")
 
 
 @click.command()
 @click.option("--buses", default=2, show_default=True, help="Simulated concentrators.")
-@click.option("--meters", default=6, show_default=True, help="Meters behind each.")
-@click.option("--baud", default=2400, show_default=True, help="RS-485 line rate to emulate.")
+@click.option("--meters", default=50, show_default=True, help="Meters behind each.")
+@click.option("--baud", default=9600, show_default=True, help="RS-485 line rate to emulate.")
 @click.option("--td-ms", default=20, show_default=True, help="Meter reply delay.")
-def demo(buses: int, meters: int, baud: int, td_ms: int) -> None:
-    """Start built-in simulators and read their meters through amic's drivers."""
-    if buses < 1 or meters < 1:
-        raise click.BadParameter("need at least one bus and one meter")
-    results = asyncio.run(_demo(buses, meters, baud, td_ms))
-    click.echo("")
-    click.echo("  ".join(h.ljust(w) for h, w in COLUMNS))
-    for r in results:
-        for row in r.rows:
-            click.echo("  ".join(v.ljust(w) for v, (_, w) in zip(row, COLUMNS, strict=True)))
-    click.echo("")
-    total = sum(len(r.rows) + len(r.failures) for r in results)
-    ok = sum(len(r.rows) for r in results)
-    click.echo(f"meters read: {ok}/{total} ({100 * ok / total:.0f}%)")
-    for r in results:
-        click.echo(f"{r.name}: {len(r.rows)} ok, {len(r.failures)} failed, "
-                   f"{r.transactions} transactions in {r.seconds:.1f} s")
-        for failure in r.failures:
-            click.echo(f"  {failure}")
+@click.option("--seconds", default=120.0, show_default=True,
+              help="Stop after this long even if the cycle is not complete.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("amic-demo-data"), show_default=True,
+              help="Where the embedded store goes.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the daemon's log lines.")
+def demo(buses: int, meters: int, baud: int, td_ms: int, seconds: float, data_dir: Path,
+         verbose: bool) -> None:
+    """Run the collector against built-in simulators and summarise one polling cycle."""
+    if buses < 1 or meters < 2:
+        raise click.BadParameter("need at least one bus and two meters")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    daemon, elapsed = asyncio.run(_demo(data_dir.resolve(), buses, meters, baud, td_ms,
+                                        seconds))
+    _summary(daemon, elapsed)

@@ -1,0 +1,178 @@
+"""``amic query``: recent readings from the store, in local time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from collector.records import Quality
+from collector.store import DB_NAME, Store, StoredReading, StoreError
+
+EXIT_USAGE = 2  # bad arguments, or no store where it was looked for
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"amic query: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``2h``, ``30m``, ``1d``, ``1w``, ``90s`` ago, or an ISO date / date-time.
+
+    A date or time without an offset is local time.  Returns an aware UTC datetime.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    m = _SPAN.match(text)
+    if m:
+        return now - dt.timedelta(seconds=float(m[1]) * _UNITS[m[2].lower()])
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a span (2h, 30m, 1d, 1w) or an ISO date "
+                         f"or date-time (2026-03-01, 2026-03-01T08:00)") from None
+    if t.tzinfo is None:
+        t = t.astimezone()  # naive: local time
+    return t.astimezone(dt.UTC)
+
+
+def local_time(t: dt.datetime) -> str:
+    return t.astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def quality_text(q: Quality) -> str:
+    if not q:
+        return "good"
+    names = [(f.name or "").lower() for f in Quality if f and f in q]
+    rest = int(q) & ~sum(int(f) for f in Quality)
+    if rest:
+        names.append(f"0x{rest:x}")
+    return "|".join(names)
+
+
+def format_value(v: float | None) -> str:
+    return "-" if v is None else format(v, ".15g")
+
+
+def table(rows: list[StoredReading]) -> str:
+    cells = [("TIME", "METER", "QUANTITY", "VALUE", "UNIT", "QUALITY")]
+    cells += [(local_time(r.ts), r.meter, r.quantity, format_value(r.value), r.unit,
+               quality_text(r.quality)) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(6)]
+    lines = []
+    for c in cells:
+        parts = [c[0].ljust(widths[0]), c[1].ljust(widths[1]), c[2].ljust(widths[2]),
+                 c[3].rjust(widths[3]), c[4].ljust(widths[4]), c[5]]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def as_json(r: StoredReading) -> dict[str, Any]:
+    return {"id": r.id, "time": r.ts.astimezone().isoformat(timespec="milliseconds"),
+            "ts_ms": int(r.ts.timestamp() * 1000), "meter": r.meter, "quantity": r.quantity,
+            "value": r.value, "unit": r.unit, "quality": int(r.quality),
+            "quality_text": quality_text(r.quality),
+            "meter_time": None if r.meter_ts is None
+            else r.meter_ts.astimezone().isoformat(timespec="seconds"),
+            "area": r.area, "bus": r.bus}
+
+
+def data_dir_from_config(config: Path) -> Path | None:
+    """The configured data dir, or None when collector.config is not available."""
+    try:
+        module = importlib.import_module("collector.config")
+    except ImportError:
+        return None
+    load_settings = getattr(module, "load_settings", None)
+    if load_settings is None:
+        return None
+    config_error: type[BaseException] = getattr(module, "ConfigError", ValueError)
+    try:
+        settings = load_settings(config)
+    except config_error as e:
+        problems = getattr(e, "problems", None) or [str(e)]
+        for p in problems:
+            click.echo(f"amic query: {p}", err=True)
+        _fail(f"{len(problems)} problem(s) in {config}")
+    except OSError as e:
+        _fail(f"cannot read {config}: {e}")
+    return Path(settings.collector.data_dir)
+
+
+@click.command()
+@click.option("--data-dir", "-d", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="The collector's data directory (holds amic.db).")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Take the data directory from this configuration.")
+@click.option("--meter", "-m", default=None, metavar="ID", help="Readings of this meter.")
+@click.option("--area", "-a", default=None, metavar="ID",
+              help="Readings of the meters of this transformer area.")
+@click.option("--quantity", default=None, metavar="NAME", help="Only this quantity.")
+@click.option("--since", "-s", default=None, metavar="WHEN",
+              help="2h, 30m, 1d, 1w ago, or an ISO date/date-time (local unless it has "
+                   "an offset).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True,
+              metavar="N", help="At most this many readings (the newest).")
+@click.option("--json", "json_out", is_flag=True, help="One JSON object per line.")
+def query(data_dir: Path | None, config_path: Path | None, meter: str | None,
+          area: str | None, quantity: str | None, since: str | None, limit: int,
+          json_out: bool) -> None:
+    """Show the newest stored readings, oldest first, in local time.
+
+    The store keeps UTC; times are shown in this machine's time zone (TZ).
+
+    Exit status: 0 shown (possibly none), 2 bad arguments or no store.
+    """
+    if meter is not None and area is not None:
+        _fail("give --meter or --area, not both")
+    if data_dir is None and config_path is None:
+        _fail("give --data-dir DIR or --config FILE")
+    if data_dir is None:
+        assert config_path is not None
+        data_dir = data_dir_from_config(config_path)
+        if data_dir is None:
+            _fail(f"cannot read {config_path}: configuration support (collector.config) "
+                  f"is not available; give --data-dir")
+    try:
+        since_t = parse_since(since) if since is not None else None
+    except ValueError as e:
+        _fail(f"--since: {e}")
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        _fail(f"no store in {data_dir}: {path} does not exist")
+    try:
+        store = Store(path, create=False)
+    except (StoreError, OSError) as e:
+        _fail(str(e))
+    except Exception as e:  # sqlite3.DatabaseError: not a database file
+        _fail(f"{path}: cannot open: {e}")
+    with store:
+        if area is not None and not store.meters(area):
+            click.echo(f"amic query: no meters of area {area!r} in the store (the meters are "
+                       f"synced from the configuration by amic run)", err=True)
+        rows = store.recent_readings(meter=meter, area=area, since=since_t,
+                                     quantity=quantity, limit=limit)
+    rows.reverse()  # oldest first: the newest end up at the bottom
+    if json_out:
+        for r in rows:
+            click.echo(json.dumps(as_json(r), ensure_ascii=False))
+        return
+    if not rows:
+        what = " ".join(f"{k} {v}" for k, v in (("meter", meter), ("area", area),
+                                                ("quantity", quantity)) if v)
+        click.echo(f"no readings{' of ' + what if what else ''}"
+                   f"{' since ' + local_time(since_t) if since_t else ''}", err=True)
+        return
+    click.echo(table(rows))
