@@ -1,23 +1,31 @@
-"""``amic demo`` (README's first command) reads the built-in simulators end to end."""
+"""``amic demo`` (README's first command): the daemon polls built-in simulators."""
 
 from __future__ import annotations
 
 import re
+import sqlite3
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from collector.cli import main
 
 
-def test_demo_reads_meters_and_reports_the_faulty_ones() -> None:
-    result = CliRunner().invoke(main, ["demo", "--buses", "2", "--meters", "4", "--baud", "9600"])
+def test_demo_runs_a_cycle_and_commits_every_reading(tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    result = CliRunner().invoke(main, ["demo", "--buses", "2", "--meters", "12", "--baud",
+                                       "19200", "--data-dir", str(data)])
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if re.match(r"^0[12]\d{10}  bus", line)]
-    # Per bus: meter 4 is dead, meter 3 answers with a wrong address (never stored).
-    assert len(rows) == 4
-    for row in rows:
-        kwh, volts = row.split()[2:4]
-        assert float(kwh) > 0 and 190 < float(volts) < 250
-    assert "meters read: 4/8 (50%)" in result.output
-    assert "has address 010000000004, expected 010000000003" in result.output
-    assert "010000000004: no reply" in result.output
+    out = result.output
+    # Per bus: one dead, one garbling and one wrong-address meter are not collected.
+    assert "cycle: 18/24 meters read (75.0%)" in out
+    areas = re.findall(r"^(TQ-\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)%\s+(\d+)$", out, re.M)
+    assert [a[0] for a in areas] == ["TQ-011", "TQ-012", "TQ-021", "TQ-022"]
+    assert sum(int(a[2]) for a in areas) == 18
+    stored = sum(int(a[4]) for a in areas)
+    assert stored == 18 * 8  # 8 quantities a meter
+    assert "store integrity: ok" in out and "slowest bus conc-" in out
+    with sqlite3.connect(data / "amic.db") as c:
+        assert c.execute("SELECT count(*) FROM readings").fetchone()[0] == stored
+        wrong = c.execute("SELECT count(*) FROM readings WHERE meter IN ('M01011', 'M02011')")
+        assert wrong.fetchone()[0] == 0  # nothing stored from a wrong-address reply

@@ -7,6 +7,7 @@ import click
 from .config import config
 from .decode import decode
 from .demo import demo
+from .query import query
 from .read import read
 from .run import run
 from .simulate import simulate
@@ -21,6 +22,7 @@ def main() -> None:
 main.add_command(config)
 main.add_command(decode)
 main.add_command(demo)
+main.add_command(query)
 main.add_command(read)
 main.add_command(run)
 main.add_command(simulate)
