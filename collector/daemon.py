@@ -31,6 +31,7 @@ from .store import Store, StoreWriter
 
 log = logging.getLogger("amic.daemon")
 
+FORWARDER = "timeseries"  # outbox cursor name of the time-series forwarder
 DRAIN_SECONDS = 6.0  # buses finish their job in flight; the store commits in what is left
 
 
@@ -209,10 +210,13 @@ class Daemon:
                 self.metrics.set_bus_counters(name, w.bus)
                 for lane in Lane:
                     self.metrics.set_queue_depth(name, lane.name.lower(), w.queue_depth(lane))
-            if self.store is not None:
+            if self.store is not None and self.writer is not None:
                 self.metrics.set_store_size(self.store.store_size_bytes())
-            if self.writer is not None:
-                self.metrics.set_outbox_lag(self.writer.pending)
+                # Rows the time-series forwarder has not shipped, plus those not yet
+                # committed; max(id) keeps this O(1) on a large table.
+                shipped = self.store.cursor(FORWARDER, "readings")
+                last = self.store.last_id("readings")
+                self.metrics.set_outbox_lag(max(last - shipped, 0) + self.writer.pending)
                 self.writer.maybe_purge()
 
     async def run(self) -> int:

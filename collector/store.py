@@ -554,6 +554,12 @@ class Store:
                                    (name, table))
             return cur.rowcount
 
+    def last_id(self, table: str) -> int:
+        """The highest row id of ``table`` (0 when empty); O(1) on the rowid."""
+        _check_table(table)
+        return int(self._conn().execute(
+            f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+
     def outbox_lag(self, name: str, table: str) -> int:
         """Rows of ``table`` forwarder ``name`` has not shipped yet."""
         _check_table(table)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ CONFIG = """
 id = "test-gw"
 data_dir = "data"
 commit_interval = "200ms"
+metrics_listen = "127.0.0.1:{mport}"
 
 [[bus]]
 name = "conc-1"
@@ -61,8 +64,16 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
         yield s
 
 
-def write_config(path: Path, port: int, *, schedule: str = "fast", interval: str = "2s") -> Path:
-    path.write_text(CONFIG.format(port=port, schedule=schedule, interval=interval))
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, port: int, *, schedule: str = "fast", interval: str = "2s",
+                 mport: int = 0) -> Path:
+    path.write_text(CONFIG.format(port=port, schedule=schedule, interval=interval,
+                                  mport=mport or free_port()))
     return path
 
 
@@ -129,7 +140,7 @@ def count(tmp: Path, sql: str = "SELECT count(*) FROM readings") -> int:
 
 def test_refuses_to_start_on_an_invalid_file(tmp_path: Path) -> None:
     cfg = tmp_path / "amic.toml"
-    cfg.write_text(CONFIG.format(port=70000, schedule="fast", interval="2s")
+    cfg.write_text(CONFIG.format(port=70000, schedule="fast", interval="2s", mport=9108)
                    .replace('area = "TQ-2"', 'area = "TQ-2"\nroll = "customer"'))
     r = subprocess.run([*amic_command(), "run", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=30)
@@ -140,12 +151,21 @@ def test_refuses_to_start_on_an_invalid_file(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # nothing was started
 
 
-def test_notify_ready_status_and_sigterm_drain(sim: SimulatorProcess, tmp_path: Path) -> None:
-    d = Daemon(write_config(tmp_path / "amic.toml", sim.port), tmp_path)
+def test_notify_ready_status_metrics_and_sigterm_drain(sim: SimulatorProcess,
+                                                       tmp_path: Path) -> None:
+    mport = free_port()
+    d = Daemon(write_config(tmp_path / "amic.toml", sim.port, mport=mport), tmp_path)
     d.wait_for("READY=1")
     d.wait_for("last cycle")  # STATUS= after the first cycle
     status = [m for m in d.messages if m.startswith("STATUS=")]
     assert any("fast:" in m for m in status), status
+    time.sleep(2.5)  # one housekeeping pass
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'amic_transactions_total{bus="conc-1",outcome="ok"}' in metrics
+    assert 'amic_area_read_success_ratio{area="TQ-1"} 1.0' in metrics
+    assert re.search(r'amic_queue_depth\{bus="conc-1",lane="command"\} 0', metrics)
+    assert re.search(r"^amic_store_size_bytes [1-9]", metrics, re.M)
     t0 = time.monotonic()
     assert d.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 10
