@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import logging
 import random
 import time
@@ -282,37 +281,41 @@ class Poller:
         now = time.monotonic()
         cycle = CycleRecord(uuid.uuid4().hex, schedule.name, utcnow())
         self.current[schedule.name] = cycle
-        jobs: list[tuple[MeterSettings, asyncio.Future[int]]] = []
+        due: dict[str, list[tuple[MeterSettings, int]]] = {}
         skipped: list[MeterSettings] = []
         for m in meters:
             h = self.health.setdefault(m.meter_id, MeterHealth())
-            worker = self.workers.get(m.bus)
-            if worker is None or h.next_try > now:
+            if m.bus not in self.workers or h.next_try > now:
                 skipped.append(m)  # backed off: counts as not collected this cycle
                 continue
             # A dead meter gets one probe, not the schedule's retries.
-            retries = 0 if h.dead else schedule.retries
-            jobs.append((m, worker.submit(Lane.SCHEDULED, self._job(schedule, m, retries))))
+            due.setdefault(m.bus, []).append((m, 0 if h.dead else schedule.retries))
         cycle.planned = len(meters)
         for m in skipped:
             self._count(cycle, m, ok=False)
         self.sinks.progress(cycle)
-        def settle(fut: asyncio.Future[int], m: MeterSettings) -> None:
-            if fut.cancelled():
-                return  # dropped by a reload or shutdown: neither success nor failure
-            error = fut.exception()
-            if error is None:
-                self._succeeded(cycle, m)
-            else:
-                self._failed(cycle, schedule, m, error)
-            self.sinks.progress(cycle)
 
-        for m, fut in jobs:
-            fut.add_done_callback(functools.partial(settle, m=m))
+        async def feed(worker: BusWorker, items: list[tuple[MeterSettings, int]]) -> None:
+            # One job queued per bus at a time: memory stays flat however many meters a
+            # cycle has, and commands still overtake every poll not yet started.
+            for m, retries in items:
+                fut = worker.submit(Lane.SCHEDULED, self._job(schedule, m, retries))
+                try:
+                    await fut
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    return  # dropped by a reload: the new schedules take over
+                except Exception as e:
+                    self._failed(cycle, schedule, m, e)
+                else:
+                    self._succeeded(cycle, m)
+                self.sinks.progress(cycle)
+
         try:
-            # Buses run side by side: count each meter as its read completes.
-            if jobs:
-                await asyncio.gather(*(f for _, f in jobs), return_exceptions=True)
+            # Buses run side by side, each through its meters in order.
+            await asyncio.gather(*(feed(self.workers[bus], items) for bus, items in due.items()))
         finally:
             # Also when cancelled (reload, shutdown): the cycle is recorded as far as it got.
             cycle.ended = utcnow()
@@ -356,7 +359,7 @@ class Poller:
         h.last_ok = utcnow()
 
     def _failed(self, cycle: CycleRecord, schedule: ScheduleSettings, m: MeterSettings,
-                error: BaseException) -> None:
+                error: Exception) -> None:
         self._count(cycle, m, ok=False)
         h = self.health[m.meter_id]
         h.failures += 1
