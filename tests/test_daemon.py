@@ -80,17 +80,19 @@ def write_config(path: Path, port: int, *, schedule: str = "fast", interval: str
 class Daemon:
     """``amic run`` in a subprocess with its own NOTIFY_SOCKET."""
 
-    def __init__(self, config: Path, tmp: Path, name: str = "daemon") -> None:
+    def __init__(self, config: Path, tmp: Path, name: str = "daemon",
+                 env: dict[str, str] | None = None) -> None:
         self.sock_path = tmp / f"{name}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.sock_path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
         self.log = tmp / f"{name}.log"
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), PYTHONUNBUFFERED="1")
+        full_env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), PYTHONUNBUFFERED="1",
+                        **(env or {}))
         with self.log.open("w") as log:
             self.proc = subprocess.Popen([*amic_command(), "run", "--config", str(config),
-                                          "--no-align"], stdout=log, stderr=log, env=env)
+                                          "--no-align"], stdout=log, stderr=log, env=full_env)
 
     def wait_for(self, text: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
@@ -154,8 +156,10 @@ def test_refuses_to_start_on_an_invalid_file(tmp_path: Path) -> None:
 def test_notify_ready_status_metrics_and_sigterm_drain(sim: SimulatorProcess,
                                                        tmp_path: Path) -> None:
     mport = free_port()
-    d = Daemon(write_config(tmp_path / "amic.toml", sim.port, mport=mport), tmp_path)
+    d = Daemon(write_config(tmp_path / "amic.toml", sim.port, mport=mport), tmp_path,
+               env={"WATCHDOG_USEC": "1000000"})
     d.wait_for("READY=1")
+    d.wait_for("WATCHDOG=1", timeout=3)  # pinged at half the 1 s watchdog period
     d.wait_for("last cycle")  # STATUS= after the first cycle
     status = [m for m in d.messages if m.startswith("STATUS=")]
     assert any("fast:" in m for m in status), status

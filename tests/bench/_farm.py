@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from simulators.bus import BusServer  # noqa: E402
-from simulators.dlt645 import make_meters  # noqa: E402
+from simulators.bus import BusServer
+from simulators.dlt645 import make_meters
 
 
 def address(bus: int, meter: int) -> str:
