@@ -295,23 +295,38 @@ class Poller:
             self._count(cycle, m, ok=False)
         self.sinks.progress(cycle)
 
+        async def settle(m: MeterSettings, fut: asyncio.Future[int]) -> bool:
+            try:
+                await fut
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return False  # dropped by a reload: the new schedules take over
+            except Exception as e:
+                self._failed(cycle, schedule, m, e)
+            else:
+                self._succeeded(cycle, m)
+            self.sinks.progress(cycle)
+            return True
+
         async def feed(worker: BusWorker, items: list[tuple[MeterSettings, int]]) -> None:
-            # One job queued per bus at a time: memory stays flat however many meters a
-            # cycle has, and commands still overtake every poll not yet started.
-            for m, retries in items:
-                fut = worker.submit(Lane.SCHEDULED, self._job(schedule, m, retries))
-                try:
-                    await fut
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    return  # dropped by a reload: the new schedules take over
-                except Exception as e:
-                    self._failed(cycle, schedule, m, e)
-                else:
-                    self._succeeded(cycle, m)
-                self.sinks.progress(cycle)
+            # Two jobs queued per bus at most: memory stays flat however many meters a
+            # cycle has, the bus never idles between jobs, and commands still overtake
+            # every poll not yet started.
+            queued: deque[tuple[MeterSettings, asyncio.Future[int]]] = deque()
+            try:
+                for m, retries in items:
+                    queued.append((m, worker.submit(Lane.SCHEDULED,
+                                                    self._job(schedule, m, retries))))
+                    if len(queued) >= 2 and not await settle(*queued.popleft()):
+                        return
+                while queued:
+                    if not await settle(*queued.popleft()):
+                        return
+            finally:
+                for _, fut in queued:
+                    fut.cancel()
 
         try:
             # Buses run side by side, each through its meters in order.
