@@ -129,6 +129,7 @@ class Daemon:
         for b in settings.buses:
             entry = old.get(b.name)
             if entry is not None and entry.settings == b:
+                entry.worker.refused.clear()  # a reload asks refused quantities again
                 new[b.name] = entry
                 continue
             if entry is not None:

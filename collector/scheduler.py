@@ -73,6 +73,7 @@ class BusWorker:
         self._stopping = False
         self.current: _Job | None = None
         self.jobs_done = 0
+        self.refused: set[tuple[str, str]] = set()  # (address, quantity) a meter refused
         self.observe = observe  # (bus, seconds, outcome) per job, for metrics
 
     @property
@@ -217,23 +218,29 @@ async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[
     session = worker.session(VERSIONS[meter.protocol])
     session.retries = retries
     session.td = td
+    # What this meter refused before is not asked again every cycle.
+    wanted = tuple(q for q in quantities if (meter.address, q) not in worker.refused)
+    if not wanted:
+        raise MeterError(f"meter {meter.meter_id}: refuses every scheduled quantity",
+                         address=meter.address, function=0x11, code=0, errors=())
     try:
-        return await session.read_many(meter.address, quantities)
+        return await session.read_many(meter.address, wanted)
     except (MeterError, UnknownQuantity):
-        if len(quantities) == 1:
+        if len(wanted) == 1:
             raise
     # The meter refused something: keep what it does answer.
     out: list[WireReading] = []
     refused: list[str] = []
-    for q in quantities:
+    for q in wanted:
         try:
             out.extend(await session.read_many(meter.address, (q,)))
         except (MeterError, UnknownQuantity):
             refused.append(q)
+            worker.refused.add((meter.address, q))
     if not out:
         raise MeterError(f"meter {meter.meter_id}: refused every quantity",
                          address=meter.address, function=0x11, code=0, errors=())
-    log.debug("meter %s refused %s", meter.meter_id, ", ".join(refused))
+    log.info("meter %s refuses %s; not asked again", meter.meter_id, ", ".join(refused))
     return out
 
 

@@ -167,11 +167,16 @@ async def test_block_reads_save_transactions(line: tuple[BusServer, BusWorker]) 
 
 async def test_meter_refusing_one_quantity_keeps_the_others(
         line: tuple[BusServer, BusWorker]) -> None:
-    _, worker = line
+    server, worker = line
     # A money-prepaid meter has no remaining-energy register (00900100).
-    wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(
-        w, METERS[0], ("voltage_a", "balance_energy", "frequency")))
+    wanted = ("voltage_a", "balance_energy", "frequency")
+    wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[0], wanted))
     assert [r.name for r in wire] == ["voltage_a", "frequency"]
+    # Next cycle the refused quantity is not asked again: two requests, not 2 + 1 + 3.
+    before = server.stats.requests
+    wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[0], wanted))
+    assert [r.name for r in wire] == ["voltage_a", "frequency"]
+    assert server.stats.requests - before == 2
 
 
 async def test_stop_refuses_queued_jobs_and_finishes_the_one_in_flight(
