@@ -94,6 +94,7 @@ class CycleRecord:
     failed: int = 0
     per_bus: dict[str, tuple[int, int]] = field(default_factory=dict)  # bus -> (ok, total)
     per_area: dict[str, tuple[int, int]] = field(default_factory=dict)
+    failed_meters: list[str] = field(default_factory=list)  # meter ids not read this cycle
 
     @property
     def success_rate(self) -> float:

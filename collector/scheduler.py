@@ -363,6 +363,7 @@ class Poller:
             cycle.succeeded += 1
         else:
             cycle.failed += 1
+            cycle.failed_meters.append(m.meter_id)
         for table, key in ((cycle.per_bus, m.bus), (cycle.per_area, m.area or "-")):
             good, total = table.get(key, (0, 0))
             table[key] = (good + ok, total + 1)

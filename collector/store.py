@@ -119,7 +119,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         succeeded INTEGER NOT NULL,
         failed INTEGER NOT NULL,
         per_bus TEXT NOT NULL,     -- JSON {bus: [ok, total]}
-        per_area TEXT NOT NULL     -- JSON {area: [ok, total]}
+        per_area TEXT NOT NULL,    -- JSON {area: [ok, total]}
+        failed_meters TEXT NOT NULL DEFAULT '[]'  -- JSON [meter_id, ...] not read
     );
     CREATE INDEX cycles_started ON cycles (started);
 
@@ -154,8 +155,8 @@ INSERT_EVENT: Final = ("INSERT INTO events (ts, kind, meter, bus, severity, valu
 INSERT_COMMAND: Final = ("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, "
                          "operator, status, detail, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_CYCLE: Final = ("INSERT OR REPLACE INTO cycles (cycle_id, schedule, started, ended, "
-                       "planned, succeeded, failed, per_bus, per_area) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                       "planned, succeeded, failed, per_bus, per_area, failed_meters) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class StoreError(Exception):
@@ -196,7 +197,8 @@ def cycle_row(c: CycleRecord) -> tuple[Any, ...]:
     return (c.cycle_id, c.schedule, to_ms(c.started),
             None if c.ended is None else to_ms(c.ended), c.planned, c.succeeded, c.failed,
             json.dumps({k: list(v) for k, v in c.per_bus.items()}, sort_keys=True),
-            json.dumps({k: list(v) for k, v in c.per_area.items()}, sort_keys=True))
+            json.dumps({k: list(v) for k, v in c.per_area.items()}, sort_keys=True),
+            json.dumps(sorted(c.failed_meters)))
 
 
 def _as_ms(t: dt.datetime | int | float | None) -> int | None:
@@ -486,17 +488,17 @@ class Store:
     def cycle(self, cycle_id: str) -> CycleRecord | None:
         row = self._conn().execute(
             "SELECT cycle_id, schedule, started, ended, planned, succeeded, failed, per_bus, "
-            "per_area FROM cycles WHERE cycle_id = ?", (cycle_id,)).fetchone()
+            "per_area, failed_meters FROM cycles WHERE cycle_id = ?", (cycle_id,)).fetchone()
         if row is None:
             return None
-        cid, schedule, started, ended, planned, ok, failed, per_bus, per_area = row
+        cid, schedule, started, ended, planned, ok, failed, per_bus, per_area, bad = row
 
         def pairs(text: str) -> dict[str, tuple[int, int]]:
             return {k: (int(v[0]), int(v[1])) for k, v in json.loads(text).items()}
 
         return CycleRecord(cid, schedule, from_ms(started),
                            None if ended is None else from_ms(ended), planned, ok, failed,
-                           pairs(per_bus), pairs(per_area))
+                           pairs(per_bus), pairs(per_area), json.loads(bad))
 
     # ---- outbox ----------------------------------------------------------------------
 

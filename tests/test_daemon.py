@@ -184,8 +184,9 @@ def test_notify_ready_status_metrics_and_sigterm_drain(sim: SimulatorProcess,
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         kinds = [r[0] for r in c.execute("SELECT kind FROM events ORDER BY id")]
         assert kinds[0] == "collector_started" and kinds[-1] == "collector_stopped"
-        cycles = c.execute("SELECT schedule, planned, succeeded FROM cycles").fetchall()
-    assert ("fast", 3, 3) in cycles
+        cycles = c.execute("SELECT schedule, planned, succeeded, failed_meters "
+                           "FROM cycles").fetchall()
+    assert ("fast", 3, 3, "[]") in cycles
 
 
 def test_sighup_reload_valid_then_invalid(sim: SimulatorProcess, tmp_path: Path) -> None:

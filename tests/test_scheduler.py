@@ -113,6 +113,7 @@ async def test_cycles_are_fair_and_count_success(line: tuple[BusServer, BusWorke
     assert (c.planned, c.succeeded, c.failed) == (N, N - 1, 1)
     assert c.per_area == {"A1": (3, 4), "A2": (4, 4)}
     assert c.per_bus == {"b1": (7, 8)}
+    assert c.failed_meters == ["m3"]  # per meter: who was not read
     assert c.success_rate == pytest.approx(7 / 8)
     assert c.ended is not None and c.ended >= c.started
 
