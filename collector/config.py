@@ -55,6 +55,7 @@ from .settings import (
     BusSettings,
     CollectorSettings,
     MeterSettings,
+    ModbusFraming,
     Protocol,
     Role,
     ScheduleSettings,
@@ -79,10 +80,11 @@ PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S", "NONE": "N", "EVEN
             "ODD": "O", "MARK": "M", "SPACE": "S"}
 BYTESIZES = (5, 6, 7, 8)
 STOPBITS = (1, 1.5, 2)
-PROTOCOLS: dict[str, Version] = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
+PROTOCOLS: dict[str, Version | None] = {"dlt645-2007": Version.V2007,
+                                        "dlt645-1997": Version.V1997, "modbus": None}
 ROLES = ("customer", "area_master")
 LEDGER_COLUMNS = ("meter_id", "address", "bus", "protocol", "station", "feeder", "area", "box",
-                  "customer", "prepaid", "role")
+                  "customer", "prepaid", "role", "profile")
 REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 # selector kind -> the meter attribute it compares
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
@@ -90,7 +92,7 @@ SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule")
 COLLECTOR_KEYS = ("id", "data_dir", "retention_days", "metrics_listen", "commit_interval",
                   "commit_rows")
-BUS_COMMON_KEYS = ("name", "type", "td_ms", "tb_ms", "preamble")
+BUS_COMMON_KEYS = ("name", "type", "td_ms", "tb_ms", "preamble", "modbus")
 BUS_TCP_KEYS = ("host", "port", "line_baud")
 BUS_SERIAL_KEYS = ("device", "baud", "parity", "bytesize", "stopbits")
 METERS_KEYS = ("ledger",)
@@ -363,6 +365,16 @@ def _address_conv() -> _Conv[str]:
     return _Conv("a meter address of 1-12 decimal digits (left-padded to 12 with zeros)", fn)
 
 
+def _unit_conv() -> _Conv[str]:
+    def fn(v: object) -> str:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v.strip())
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 247:
+            raise _Bad()
+        return str(v)
+    return _Conv("a Modbus unit id 1-247 (the address of a modbus meter)", fn)
+
+
 def _toml_bool_conv() -> _Conv[bool]:
     def fn(v: object) -> bool:
         if not isinstance(v, bool):
@@ -530,7 +542,7 @@ def select_meters(settings: Settings, schedule: ScheduleSettings) -> list[MeterS
 
 
 def _other(protocol: str) -> str:
-    return next(p for p in PROTOCOLS if p != protocol)
+    return next(p for p in PROTOCOLS if p != protocol and p.startswith("dlt645"))
 
 
 @cache
@@ -737,6 +749,8 @@ class _Loader:
         tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), 0.5, name=name)
         preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), 4,
                                  name=name)
+        framings = ("rtu", "tcp") if kind == "tcp" else ("rtu",)
+        modbus = self.optional(t, data, "modbus", _choice_conv(framings), "rtu", name=name)
         own: tuple[str, ...]
         other: tuple[str, ...]
         if kind == "tcp":
@@ -754,7 +768,7 @@ class _Loader:
             return None
         why = f' (required for type = "{kind}")'
         common_ok = ok_name is not None and td is not None and tb is not None \
-            and preamble is not None
+            and preamble is not None and modbus is not None
         if kind == "tcp":
             host = self.required(t, data, "host", _host_conv(), name=name, why=why)
             port = self.required(t, data, "port", _int_conv(1, 65535), name=name, why=why)
@@ -766,7 +780,8 @@ class _Loader:
             assert ok_name is not None and td is not None and tb is not None \
                 and preamble is not None
             return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
-                               name=ok_name, td=td, tb=tb, preamble=preamble)
+                               name=ok_name, td=td, tb=tb, preamble=preamble,
+                               modbus=cast(ModbusFraming, modbus))
         device = self.required(t, data, "device", _nonempty_conv("a serial device path"),
                                name=name, why=why)
         baud = self.optional(t, data, "baud", _choice_conv(BAUDS), 2400, name=name)
@@ -910,9 +925,27 @@ class _Loader:
             return self.convert(t, key, values[key], conv, meter=mid, file=file, line=line)
 
         ok_id = get("meter_id", _name_conv(), "", required=True)
-        address = get("address", _address_conv(), "", required=True)
-        bus = get("bus", _name_conv("the name of a [[bus]]"), "", required=True)
         protocol = get("protocol", _choice_conv(tuple(PROTOCOLS)), "dlt645-2007")
+        modbus = protocol == "modbus"
+        address = get("address", _unit_conv() if modbus else _address_conv(), "",
+                      required=True)
+        bus = get("bus", _name_conv("the name of a [[bus]]"), "", required=True)
+        profile = get("profile", _text_conv(), "")
+        if modbus and profile == "":
+            self.add(t, "profile", "a device profile for a modbus meter (e.g. "
+                     '"acrel-dtsy1352"; see config/profiles)', "nothing", meter=mid, file=file,
+                     line=line)
+            profile = None
+        elif not modbus and profile:
+            self.add(t, "profile", "no profile: profiles are for modbus meters", _q(profile),
+                     meter=mid, file=file, line=line)
+            profile = None
+        elif modbus and profile:
+            problem = self.profile_problem(profile)
+            if problem:
+                self.add(t, "profile", "a loadable device profile", problem, meter=mid,
+                         file=file, line=line)
+                profile = None
         texts = {k: get(k, _text_conv(), "") for k in ("station", "feeder", "area", "box")}
         texts["customer"] = get("customer", _customer_conv(), "")
         prepaid = get("prepaid", _csv_bool_conv() if csv_cells else _toml_bool_conv(), False)
@@ -939,9 +972,9 @@ class _Loader:
                      line=line if file is not None else self.lines.of(t, "role"))
             return None
         if ok_id is None or not address or not bus or protocol is None or prepaid is None \
-                or role is None or any(v is None for v in texts.values()):
+                or role is None or profile is None or any(v is None for v in texts.values()):
             return None
-        return MeterSettings(meter_id=ok_id, address=address, bus=bus,
+        return MeterSettings(meter_id=ok_id, address=address, bus=bus, profile=profile,
                              protocol=cast(Protocol, protocol),
                              station=texts["station"] or "", feeder=texts["feeder"] or "",
                              area=texts["area"] or "", box=texts["box"] or "",
@@ -1126,10 +1159,32 @@ class _Loader:
         shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
         return f"{kind} values in use: {shown}"
 
+    def profile_problem(self, name: str) -> str:
+        """Why the profile ``name`` cannot be used ('' when it loads)."""
+        from .profiles import ProfileError, load_profile
+
+        try:
+            load_profile(name, search=[self.file.parent])
+        except ProfileError as e:
+            return str(e).splitlines()[0]
+        return ""
+
     def readability(self, t: str, quantities: list[str],
                     meters: list[MeterSettings]) -> None:
         for m in meters:
             version = PROTOCOLS[m.protocol]
+            if version is None:
+                from .profiles import load_profile
+
+                names = {r.name for r in load_profile(m.profile,
+                                                      search=[self.file.parent]).registers}
+                missing = [q for q in quantities if q not in names]
+                if missing:
+                    self.add(t, "quantities", f"quantities in profile {m.profile} (meter "
+                             "protocol modbus)", ", ".join(missing), meter=m.meter_id,
+                             hint="leave the meter out of this schedule (e.g. meters = "
+                                  '["protocol:dlt645-2007"]) or those quantities out')
+                continue
             bad = [q for q in quantities if not _readable(q, version)]
             if bad:
                 self.add(t, "quantities",

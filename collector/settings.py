@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Literal
 
 BusKind = Literal["tcp", "serial"]
-Protocol = Literal["dlt645-2007", "dlt645-1997"]
+Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
+ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
 
 
@@ -36,12 +37,14 @@ class BusSettings:
     td: float = 0.5  # reply timeout, seconds
     tb: float = 0.5  # inter-byte timeout, seconds
     preamble: int = 4  # FE wake-up bytes before each request
+    modbus: ModbusFraming = "rtu"  # framing of Modbus meters here: RTU (serial, serial
+    # server) or Modbus TCP (MBAP, a Modbus TCP gateway)
 
 
 @dataclass(frozen=True, slots=True)
 class MeterSettings:
     meter_id: str
-    address: str  # 12 digits
+    address: str  # DL/T645: 12 digits; Modbus: the unit id (1-247)
     bus: str
     protocol: Protocol = "dlt645-2007"
     station: str = ""
@@ -51,6 +54,12 @@ class MeterSettings:
     customer: str = ""  # customer number; never logged in full
     prepaid: bool = False
     role: Role = "customer"
+    profile: str = ""  # Modbus device profile (config/profiles/NAME.toml)
+
+    @property
+    def unit(self) -> int:
+        """Modbus unit id (slave address)."""
+        return int(self.address)
 
 
 @dataclass(frozen=True, slots=True)

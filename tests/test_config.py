@@ -386,10 +386,10 @@ def test_serial_key_on_tcp_bus() -> None:
     assert problems(_bus('name = "line-1"\ntype = "tcp"\nhost = "h"\nport = 1\nbaud = 2400\n'
                          'device = "/dev/ttyS0"\n')) == [
         'amic.toml:10: [[bus]] #1 (name "line-1"): key "baud": expected one of the keys name, '
-        'type, td_ms, tb_ms, preamble, host, port, line_baud, got an unknown key; the RS-485 '
+        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; the RS-485 '
         'line behind a serial server is line_baud; set its framing on the server',
         'amic.toml:11: [[bus]] #1 (name "line-1"): key "device": expected one of the keys name, '
-        'type, td_ms, tb_ms, preamble, host, port, line_baud, got an unknown key; device is '
+        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; device is '
         'for type = "serial" buses']
 
 
@@ -408,7 +408,7 @@ def test_serial_bus_needs_device() -> None:
     ("td_ms = 0", 'key "td_ms": expected milliseconds from 1 to 60000, got 0'),
     ('tb_ms = "50ms"', 'key "tb_ms": expected milliseconds from 1 to 10000, got "50ms"'),
     ("stoppbits = 1", 'key "stoppbits": expected one of the keys name, type, td_ms, tb_ms, '
-     'preamble, device, baud, parity, bytesize, stopbits, got an unknown key; did you mean '
+     'preamble, modbus, device, baud, parity, bytesize, stopbits, got an unknown key; did you mean '
      '"stopbits"?'),
 ])
 def test_serial_bus_values(line: str, message: str) -> None:
@@ -455,7 +455,7 @@ def test_no_bus() -> None:
      '("line-1"), got "line-2"; did you mean "line-1"?'),
     ('bus = "line-1"', 'bus = "line-1"\nprotocol = "dlt645-2009"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "protocol": expected one of '
-     '"dlt645-2007", "dlt645-1997", got "dlt645-2009"; did you mean "dlt645-2007"?'),
+     '"dlt645-2007", "dlt645-1997", "modbus", got "dlt645-2009"; did you mean "dlt645-2007"?'),
     ('bus = "line-1"', 'bus = "line-1"\nrole = "master"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "role": expected one of "customer", '
      '"area_master", got "master"; did you mean "area_master"?'),
@@ -468,7 +468,7 @@ def test_no_bus() -> None:
     ('bus = "line-1"', 'bus = "line-1"\ncustomr = "1"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "customr": expected one of the keys '
      'meter_id, address, bus, protocol, station, feeder, area, box, customer, prepaid, role, '
-     'got an unknown key; did you mean "customer"?'),
+     'profile, got an unknown key; did you mean "customer"?'),
     ('meter_id = "M1"', 'meter_id = "M 1"',
      'amic.toml:11: [[meter]] #1 (meter_id "M 1"): key "meter_id": expected a name of '
      'letters, digits, "_", "." and "-" (at most 64), got "M 1"'),
@@ -588,7 +588,7 @@ def test_ledger_columns_in_any_order_and_optional_ones_left_out() -> None:
 def test_ledger_unknown_and_missing_columns() -> None:
     assert problems(WITH_LEDGER, "meter_id,adress,bus\nM1,1,line-1\n") == [
         'meters.csv:1: header: column "adress": expected one of the columns meter_id, address, '
-        'bus, protocol, station, feeder, area, box, customer, prepaid, role, got an unknown '
+        'bus, protocol, station, feeder, area, box, customer, prepaid, role, profile, got an unknown '
         'column; did you mean "address"?',
         'meters.csv:1: header: column "address": expected a header naming the columns '
         'meter_id, address, bus at least, got no address column']
@@ -622,7 +622,7 @@ def test_ledger_excel_scientific_address() -> None:
 def test_ledger_empty_and_not_utf8() -> None:
     assert problems(WITH_LEDGER, "# nothing yet\n")[0] == (
         "meters.csv: header: expected a header line: meter_id, address, bus, protocol, "
-        "station, feeder, area, box, customer, prepaid, role, got an empty file")
+        "station, feeder, area, box, customer, prepaid, role, profile, got an empty file")
     Path("meters.csv").write_bytes((HEADER + "M1,1,line-1,,,,台区,,,,\n").encode("gbk"))
     Path("amic.toml").write_text(WITH_LEDGER)
     with pytest.raises(ConfigError) as info:
