@@ -386,11 +386,11 @@ def test_serial_key_on_tcp_bus() -> None:
     assert problems(_bus('name = "line-1"\ntype = "tcp"\nhost = "h"\nport = 1\nbaud = 2400\n'
                          'device = "/dev/ttyS0"\n')) == [
         'amic.toml:10: [[bus]] #1 (name "line-1"): key "baud": expected one of the keys name, '
-        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; the RS-485 '
-        'line behind a serial server is line_baud; set its framing on the server',
+        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; the '
+        'RS-485 line behind a serial server is line_baud; set its framing on the server',
         'amic.toml:11: [[bus]] #1 (name "line-1"): key "device": expected one of the keys name, '
-        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; device is '
-        'for type = "serial" buses']
+        'type, td_ms, tb_ms, preamble, modbus, host, port, line_baud, got an unknown key; device '
+        'is for type = "serial" buses']
 
 
 def test_serial_bus_needs_device() -> None:
@@ -588,8 +588,8 @@ def test_ledger_columns_in_any_order_and_optional_ones_left_out() -> None:
 def test_ledger_unknown_and_missing_columns() -> None:
     assert problems(WITH_LEDGER, "meter_id,adress,bus\nM1,1,line-1\n") == [
         'meters.csv:1: header: column "adress": expected one of the columns meter_id, address, '
-        'bus, protocol, station, feeder, area, box, customer, prepaid, role, profile, got an unknown '
-        'column; did you mean "address"?',
+        'bus, protocol, station, feeder, area, box, customer, prepaid, role, profile, got an '
+        'unknown column; did you mean "address"?',
         'meters.csv:1: header: column "address": expected a header naming the columns '
         'meter_id, address, bus at least, got no address column']
 
