@@ -1164,9 +1164,9 @@ class _Loader:
         from .profiles import ProfileError, load_profile
 
         try:
-            load_profile(name, search=[self.file.parent])
+            load_profile(name, search=[self.base])
         except ProfileError as e:
-            return str(e).splitlines()[0]
+            return "; ".join(str(p) for p in e.problems) or str(e)
         return ""
 
     def readability(self, t: str, quantities: list[str],
@@ -1177,7 +1177,7 @@ class _Loader:
                 from .profiles import load_profile
 
                 names = {r.name for r in load_profile(m.profile,
-                                                      search=[self.file.parent]).registers}
+                                                      search=[self.base]).registers}
                 missing = [q for q in quantities if q not in names]
                 if missing:
                     self.add(t, "quantities", f"quantities in profile {m.profile} (meter "

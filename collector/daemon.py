@@ -20,10 +20,12 @@ from pathlib import Path
 from drivers.bus import Bus
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
+from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
 from .metrics import Metrics
 from .notify import Notifier, watchdog_loop
+from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
 from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
 from .settings import BusSettings, Settings
@@ -134,7 +136,8 @@ class Daemon:
                 continue
             if entry is not None:
                 stopping.append(entry.worker)
-            worker = BusWorker(b.name, make_bus(b), preamble=b.preamble, observe=self._observe)
+            worker = BusWorker(b.name, make_bus(b), preamble=b.preamble, modbus=b.modbus,
+                               observe=self._observe)
             up = await worker.start()
             if not up:
                 log.warning("bus %s: %s not reachable yet; will retry", b.name,
@@ -150,7 +153,8 @@ class Daemon:
         await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
         self.poller = Poller({n: e.worker for n, e in new.items()},
                              Sinks(self._on_readings, self._on_event, self._on_cycle,
-                                   self._on_progress), health=self.health)
+                                   self._on_progress), health=self.health,
+                             profiles=self._profile)
         for s in settings.schedules:
             meters = select_meters(settings, s)
             self.schedule_tasks.append(asyncio.create_task(
@@ -158,6 +162,10 @@ class Daemon:
                 name=f"schedule:{s.name}"))
         assert self.store is not None
         self.store.sync_meters(list(settings.meters))
+
+    def _profile(self, name: str) -> Profile:
+        # Validated when the configuration was loaded; found the same way here.
+        return load_profile(name, search=[self.settings.source.absolute().parent])
 
     async def _stop_schedules(self) -> None:
         tasks, self.schedule_tasks = self.schedule_tasks, []

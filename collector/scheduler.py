@@ -28,10 +28,12 @@ from drivers.bus import Bus
 from drivers.dlt645 import Dlt645Session
 from drivers.dlt645 import Reading as WireReading
 from drivers.errors import DriverError, MeterError, UnknownQuantity
+from drivers.modbus import ModbusSession
 from protocols.dlt645 import StatusWord, Version
+from protocols.modbus import Profile
 
 from .records import CycleRecord, Event, Quality, Reading, utcnow
-from .settings import MeterSettings, ScheduleSettings
+from .settings import MeterSettings, ModbusFraming, ScheduleSettings
 
 log = logging.getLogger("amic.scheduler")
 T = TypeVar("T")
@@ -62,10 +64,13 @@ class BusWorker:
     """Runs the jobs of one bus one at a time, highest lane first."""
 
     def __init__(self, name: str, bus: Bus, *, preamble: int = 4,
+                 modbus: ModbusFraming = "rtu",
                  observe: Callable[[str, float, str], None] | None = None) -> None:
         self.name = name
         self.bus = bus
         self.preamble = preamble
+        self.modbus_framing = modbus  # "rtu" or "tcp" (MBAP) for Modbus meters here
+        self._modbus: ModbusSession | None = None
         self._queues: dict[Lane, deque[_Job]] = {lane: deque() for lane in Lane}
         self._wake = asyncio.Event()
         self._sessions: dict[Version, Dlt645Session] = {}
@@ -86,6 +91,12 @@ class BusWorker:
             s = self._sessions[version] = Dlt645Session(self.bus, version=version,
                                                         preamble=self.preamble)
         return s
+
+    def modbus(self) -> ModbusSession:
+        """The Modbus session of this bus (one per bus, sharing its line)."""
+        if self._modbus is None:
+            self._modbus = ModbusSession(self.bus, framing=self.modbus_framing)
+        return self._modbus
 
     def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -244,6 +255,20 @@ async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[
     return out
 
 
+async def read_modbus_meter(worker: BusWorker, meter: MeterSettings, profile: Profile,
+                            quantities: tuple[str, ...], *, retries: int = 1,
+                            td: float | None = None) -> list[Reading]:
+    """The ``quantities`` of one Modbus meter, as stored readings."""
+    session = worker.modbus()
+    session.retries = retries
+    session.td = td
+    values = await session.read_profile(meter.unit, profile, quantities)
+    ts = utcnow()
+    units = {r.name: r.unit for r in profile.registers}
+    return [Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
+            for name, v in values.items()]
+
+
 # ---- polling ---------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -268,8 +293,10 @@ class Poller:
     """Runs schedules as cycles of per-meter read jobs on the bus workers."""
 
     def __init__(self, workers: dict[str, BusWorker], sinks: Sinks, *,
-                 dead_after: int = 2, health: dict[str, MeterHealth] | None = None) -> None:
+                 dead_after: int = 2, health: dict[str, MeterHealth] | None = None,
+                 profiles: Callable[[str], Profile] | None = None) -> None:
         self.workers = workers
+        self.profiles = profiles  # Modbus profile by name (from the configuration)
         self.sinks = sinks
         self.dead_after = dead_after
         self.health: dict[str, MeterHealth] = health if health is not None else {}
@@ -349,11 +376,18 @@ class Poller:
     def _job(self, schedule: ScheduleSettings, m: MeterSettings, retries: int
              ) -> Callable[[BusWorker], Awaitable[int]]:
         async def run(worker: BusWorker) -> int:
-            wire = await read_meter(worker, m, schedule.quantities, retries=retries,
-                                    td=schedule.td)
+            if m.protocol == "modbus":
+                if self.profiles is None:
+                    raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
+                records = await read_modbus_meter(worker, m, self.profiles(m.profile),
+                                                  schedule.quantities, retries=retries,
+                                                  td=schedule.td)
+            else:
+                wire = await read_meter(worker, m, schedule.quantities, retries=retries,
+                                        td=schedule.td)
+                records = to_records(m.meter_id, wire, utcnow())
             # Handed over here, in the bus worker, so readings of a transaction that
             # completes after its cycle was cancelled are still stored.
-            records = to_records(m.meter_id, wire, utcnow())
             self.sinks.readings(records)
             return len(records)
         return run
