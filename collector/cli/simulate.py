@@ -144,3 +144,64 @@ def _summary(stats: BusStats) -> None:
     click.echo(f"stopped: {stats.requests} requests, {stats.replies} replies, "
                f"{stats.broadcasts} broadcasts, {stats.unanswered} unanswered, "
                f"{stats.collisions} collisions; faults: {faults}", err=True)
+
+
+@simulate.command("modbus")
+@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="TCP address of the meters (port 0 picks a free one).")
+@click.option("--meters", type=click.IntRange(1, 247), default=1, show_default=True,
+              help="Meters on the line, unit ids 1..N.")
+@click.option("--profile", "profile_name", required=True, metavar="NAME|FILE",
+              help="Device profile: a name from config/profiles (e.g. acrel-dtsy1352) or a "
+                   "profile TOML file.")
+@click.option("--framing", type=click.Choice(["tcp", "rtu"]), default="tcp", show_default=True,
+              help="On the TCP port: Modbus TCP (MBAP), or RTU frames as a serial server "
+                   "passes them.")
+@click.option("--pty", "use_pty", is_flag=True,
+              help="Also serve the meters in RTU on a pseudo-terminal (serial://PATH, 8N1).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of loads and noise.")
+@click.option("-v", "--verbose", count=True,
+              help="Log relay commands (-v); pymodbus's own log too (-vv).")
+def modbus(listen: str, meters: int, profile_name: str, framing: str, use_pty: bool,
+           seed: int, verbose: int) -> None:
+    """Modbus meters (unit ids 1..N) of one device profile behind a TCP port (and a pty).
+
+    Reads of the profile's registers answer the meters' present values; writes to its
+    relay control trip and close the relay.  Prints ``listening on tcp://HOST:PORT`` (and
+    ``listening on serial://PATH``) and serves until SIGINT or SIGTERM.
+    """
+    from collector.profiles import load_profile
+    from simulators.modbus import ModbusSimulator, ModbusStats
+    from simulators.modbus import serve as serve_modbus
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        profile = load_profile(profile_name)
+    except ValueError as e:  # ProfileError: not found, unreadable or invalid
+        raise click.BadParameter(str(e), param_hint="'--profile'") from None
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if verbose < 2:
+        # pymodbus logs an ERROR for every request to an absent unit id: a simulator's
+        # everyday business (a collector probing a line), not a fault.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    sim = ModbusSimulator(profile, meters=meters, transport="rtu-tcp" if framing == "rtu"
+                          else "tcp", host=host, port=port, pty=use_pty, seed=seed)
+
+    def ready(s: ModbusSimulator) -> None:
+        click.echo(f"listening on tcp://{_url_host(host)}:{s.port}")
+        if s.pty_path is not None:
+            click.echo(f"listening on serial://{s.pty_path}")
+        sys.stdout.flush()
+
+    try:
+        stats: ModbusStats = serve_modbus(sim, ready=ready)
+    except OSError as e:  # e.g. the port is taken
+        raise click.ClickException(str(e)) from None
+    exceptions = ", ".join(f"{k} {v}" for k, v in sorted(stats.exceptions.items())) or "none"
+    click.echo(f"stopped: {stats.requests} requests, {stats.replies} replies; exceptions: "
+               f"{exceptions}; relay: {stats.trips} trips, {stats.closes} closes", err=True)
