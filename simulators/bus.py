@@ -35,6 +35,7 @@ from protocols.dlt645 import Frame, FrameExtractor, build_frame
 from protocols.quantities import BROADCAST_ADDRESS, normalise_address
 
 from .dlt645 import SimulatedMeter
+from .modbus import SimulatedModbusMeter, rtu_reply, rtu_request
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +154,12 @@ class _Line:
         start = max(now, self.busy_until)
         heard_at = start + len(data) * server.byte_time if server.request_airtime else now
         self.busy_until = heard_at
+        if server.modbus and len(data) == rtu_request(data, server.modbus) > 0:
+            # A Modbus RTU request on a mixed line (masters write one frame at a time).
+            server.stats.requests += 1
+            server.stats.replies += 1
+            self.send(rtu_reply(server.modbus[data[0]], bytes(data)), heard_at + server.td)
+            return
         self.extractor.feed(data)
         for frame in self.extractor:
             server.dispatch(self, frame, heard_at)
@@ -211,8 +218,11 @@ class BusServer:
         request_airtime: bool = True,
         idle_reset: float = 0.5,
         seed: int = 0,
+        modbus: Iterable[SimulatedModbusMeter] = (),
     ) -> None:
         self.meters = list(meters)
+        # Modbus RTU meters on the same line (a mixed RS-485 bus), by unit id.
+        self.modbus = {m.unit: m for m in modbus}
         addresses = [m.address for m in self.meters]
         if len(set(addresses)) != len(addresses):
             dupes = sorted({a for a in addresses if addresses.count(a) > 1})
