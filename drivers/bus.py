@@ -112,6 +112,8 @@ class _Link:
             raise _Lost(self.lost)
         try:
             self.writer.write(data)
+            if self.writer.transport.get_write_buffer_size() == 0:
+                return  # all handed to the kernel: nothing to drain (the common case)
             async with asyncio.timeout(timeout):
                 await self.writer.drain()
         except TimeoutError:
@@ -430,8 +432,6 @@ class Bus(ABC):
                     break
                 self.bytes_in += len(late)
                 self.bytes_discarded += len(late)
-        else:
-            await asyncio.sleep(0)  # let bytes already in the socket reach the buffer
         stray = link.take()
         self.bytes_in += len(stray)
         self.bytes_discarded += len(stray)
