@@ -32,7 +32,9 @@ import csv
 import difflib
 import io
 import json
+import logging
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,13 +56,17 @@ from protocols.quantities import (
 from .settings import (
     BusSettings,
     CollectorSettings,
+    GatewaySettings,
     MeterSettings,
     ModbusFraming,
+    MqttSettings,
     Protocol,
     Role,
     ScheduleSettings,
     Settings,
 )
+
+log = logging.getLogger("amic.config")
 
 __all__ = [
     "BAUDS",
@@ -89,7 +95,12 @@ REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 # selector kind -> the meter attribute it compares
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
-TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule")
+TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway")
+MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
+             "key_file", "commands")
+GATEWAY_KEYS = ("name", "prefix", "reports")
+BUS_MQTT_KEYS = ("gateway",)
+PASSWORD_ENV = "AMIC_MQTT_PASSWORD"
 COLLECTOR_KEYS = ("id", "data_dir", "retention_days", "metrics_listen", "commit_interval",
                   "commit_rows")
 BUS_COMMON_KEYS = ("name", "type", "td_ms", "tb_ms", "preamble", "modbus")
@@ -375,6 +386,26 @@ def _unit_conv() -> _Conv[str]:
     return _Conv("a Modbus unit id 1-247 (the address of a modbus meter)", fn)
 
 
+def _mqtt_url_conv() -> _Conv[str]:
+    def fn(v: object) -> str:
+        if not isinstance(v, str):
+            raise _Bad()
+        m = re.fullmatch(r"(mqtts?)://(\[[^\]]+\]|[^\s:/]+)(?::(\d{1,5}))?/?", v.strip())
+        if m is None or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+            raise _Bad()
+        return v.strip()
+    return _Conv("an MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT", fn)
+
+
+def _topic_conv() -> _Conv[str]:
+    def fn(v: object) -> str:
+        if not isinstance(v, str) or not v or any(c in v for c in "#+ ") \
+                or v.startswith("/") or v.endswith("/"):
+            raise _Bad()
+        return v
+    return _Conv("an MQTT topic prefix without wildcards, spaces or outer slashes", fn)
+
+
 def _toml_bool_conv() -> _Conv[bool]:
     def fn(v: object) -> bool:
         if not isinstance(v, bool):
@@ -607,7 +638,13 @@ class _Loader:
             raise ConfigError(self.problems)
         self.unknown_keys("", data, TOP_KEYS)
         collector = self.collector(data.get("collector"))
+        mqtt = self.mqtt(data.get("mqtt"))
+        gateways = self.gateways(data.get("gateway"), mqtt is not None)
         buses, bus_names = self.buses(data.get("bus"))
+        for i, b in enumerate(buses):
+            if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:
+                self.add(f"bus[{i}]", "gateway", "the name of a [[gateway]]", _q(b.gateway),
+                         name=b.name)
         rows = self.inline_meters(data.get("meter"), bus_names)
         rows += self.ledger(data.get("meters"), bus_names)
         meters = self.check_meters(rows)
@@ -616,7 +653,8 @@ class _Loader:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
-                        meters=tuple(meters), schedules=tuple(schedules))
+                        meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
+                        gateways=tuple(gateways))
 
     def sorted_problems(self) -> list[Problem]:
         """The config file's first, then the ledger's; each in line order."""
@@ -699,6 +737,75 @@ class _Loader:
                                  retention_days=retention, metrics_listen=listen,
                                  commit_interval=interval, commit_rows=rows)
 
+    # -- [mqtt] and [[gateway]]
+
+    def mqtt(self, value: object) -> MqttSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "mqtt", value, "an [mqtt] table")
+        if data is None:
+            return None
+        t = "mqtt"
+        self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
+            "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
+                        "environment variable"})
+        url = self.required(t, data, "url", _mqtt_url_conv())
+        client_id = self.optional(t, data, "client_id", _name_conv(), None)
+        username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
+        files = {k: self.optional(t, data, k, _nonempty_conv("a file path"), None)
+                 for k in ("password_file", "ca_file", "cert_file", "key_file")}
+        commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
+        paths = {k: self.relative(v) if v else None for k, v in files.items()}
+        for k, path in paths.items():
+            if path is not None and not path.is_file():
+                self.add(t, k, "a readable file", f"{path} (no such file)")
+        password = os.environ.get(PASSWORD_ENV)
+        pw_path = paths["password_file"]
+        if pw_path is not None and pw_path.is_file():
+            try:
+                password = pw_path.read_text().strip()
+            except OSError as e:
+                self.add(t, "password_file", "a readable file", f"{pw_path} ({e.strerror})")
+            if pw_path.stat().st_mode & 0o077:
+                log.warning("%s: password file %s is readable by others; chmod 600 it",
+                            self.file, pw_path)
+        if (paths["cert_file"] is None) != (paths["key_file"] is None):
+            self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
+                     "cert_file and key_file together (a client certificate)", "only one")
+        if url is None or commands is None:
+            return None
+        return MqttSettings(url=url, client_id=client_id or "", username=username,
+                            password=password, ca_file=paths["ca_file"],
+                            cert_file=paths["cert_file"], key_file=paths["key_file"],
+                            commands=commands)
+
+    def gateways(self, value: object, have_mqtt: bool) -> list[GatewaySettings]:
+        out: list[GatewaySettings] = []
+        seen: set[str] = set()
+        items = self.array_of_tables("gateway", value, "[[gateway]] tables")
+        if items and not have_mqtt:
+            self.add("gateway[0]", None, "an [mqtt] table: gateways are reached through a "
+                     "broker", "no [mqtt] table")
+        for i, item in enumerate(items):
+            t = f"gateway[{i}]"
+            data = self.table(t, None, item, "a [[gateway]] table")
+            if data is None:
+                continue
+            raw_name = data.get("name")
+            name = raw_name if isinstance(raw_name, str) else None
+            self.unknown_keys(t, data, GATEWAY_KEYS, name=name)
+            ok_name = self.required(t, data, "name", _name_conv(), name=name)
+            prefix = self.optional(t, data, "prefix", _topic_conv(), "amic-gw", name=name)
+            reports = self.optional(t, data, "reports", _toml_bool_conv(), True, name=name)
+            if ok_name in seen:
+                self.add(t, "name", "a gateway name used once", _q(ok_name or ""), name=name)
+                continue
+            if ok_name is None or prefix is None or reports is None:
+                continue
+            seen.add(ok_name)
+            out.append(GatewaySettings(name=ok_name, prefix=prefix, reports=reports))
+        return out
+
     def relative(self, text: str) -> Path:
         p = Path(text).expanduser()
         return p if p.is_absolute() else self.base / p
@@ -744,7 +851,8 @@ class _Loader:
 
     def bus(self, t: str, data: dict[str, object], name: str | None) -> BusSettings | None:
         ok_name = self.required(t, data, "name", _name_conv(), name=name)
-        kind = self.required(t, data, "type", _choice_conv(("tcp", "serial")), name=name)
+        kind = self.required(t, data, "type", _choice_conv(("tcp", "serial", "mqtt")),
+                             name=name)
         td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), 0.5, name=name)
         tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), 0.5, name=name)
         preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), 4,
@@ -753,6 +861,15 @@ class _Loader:
         modbus = self.optional(t, data, "modbus", _choice_conv(framings), "rtu", name=name)
         own: tuple[str, ...]
         other: tuple[str, ...]
+        if kind == "mqtt":
+            self.unknown_keys(t, data, BUS_COMMON_KEYS + BUS_MQTT_KEYS, name=name)
+            gateway = self.required(t, data, "gateway", _name_conv("the name of a [[gateway]]"),
+                                    name=name, why=' (required for type = "mqtt")')
+            if ok_name is None or td is None or tb is None or preamble is None \
+                    or modbus is None or gateway is None:
+                return None
+            return BusSettings(kind="mqtt", name=ok_name, gateway=gateway,
+                               td=td if "td_ms" in data else 5.0, tb=tb, preamble=preamble)
         if kind == "tcp":
             own, other, other_kind = BUS_TCP_KEYS, BUS_SERIAL_KEYS, "serial"
         elif kind == "serial":

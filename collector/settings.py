@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-BusKind = Literal["tcp", "serial"]
+BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
 ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
@@ -39,6 +39,30 @@ class BusSettings:
     preamble: int = 4  # FE wake-up bytes before each request
     modbus: ModbusFraming = "rtu"  # framing of Modbus meters here: RTU (serial, serial
     # server) or Modbus TCP (MBAP, a Modbus TCP gateway)
+    gateway: str = ""  # mqtt: the [[gateway]] whose RS-485 line this is
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The broker connection (gateway reports, transparent buses, the command channel)."""
+
+    url: str  # mqtt://HOST:PORT or mqtts://HOST:PORT
+    client_id: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # from a file or the environment
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    commands: bool = True  # serve amic/<collector id>/cmd/#
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """An MQTT gateway with RS-485 meters behind it."""
+
+    name: str  # its id in the topics: <prefix>/<name>/report, /raw, /down, /up
+    prefix: str = "amic-gw"
+    reports: bool = True  # ingest what it reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +105,8 @@ class Settings:
     buses: tuple[BusSettings, ...]
     meters: tuple[MeterSettings, ...]
     schedules: tuple[ScheduleSettings, ...]
+    mqtt: MqttSettings | None = None
+    gateways: tuple[GatewaySettings, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -258,7 +258,7 @@ def test_not_utf8() -> None:
 def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
-        'schedule, got an unknown key; did you mean "bus"?')
+        'schedule, mqtt, gateway, got an unknown key; did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:
@@ -342,13 +342,13 @@ def _bus(lines: str) -> str:
 def test_bus_type_unknown() -> None:
     assert problem(_bus('name = "line-1"\ntype = "udp"\n')) == (
         'amic.toml:7: [[bus]] #1 (name "line-1"): key "type": expected one of "tcp", "serial", '
-        'got "udp"')
+        '"mqtt", got "udp"')
 
 
 def test_bus_type_missing() -> None:
     assert problem(_bus('name = "line-1"\ndevice = "/dev/ttyS1"\n')) == (
         'amic.toml:5: [[bus]] #1 (name "line-1"): key "type": expected one of "tcp", "serial", '
-        'got nothing')
+        '"mqtt", got nothing')
 
 
 def test_tcp_bus_needs_host_and_port() -> None:
@@ -960,3 +960,59 @@ def test_check_command_verbose() -> None:
         "master)",
         "  bus line-1: serial /dev/ttyS1 2400 8E1, 1 meter",
         "  schedule fast: every 15m, 3 quantities from 1 meter (*)"]
+
+
+# ---- [mqtt], [[gateway]] and mqtt buses -------------------------------------------------
+
+MQTT = """
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+username = "amic"
+password_file = "mqtt.pw"
+
+[[gateway]]
+name = "gw-01"
+
+[[bus]]
+name = "gw-01-line"
+type = "mqtt"
+gateway = "gw-01"
+"""
+
+
+def test_mqtt_gateway_and_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("mqtt.pw").write_text("s3cret\n")
+    Path("mqtt.pw").chmod(0o600)
+    s = load(BASE + MQTT)
+    assert s.mqtt is not None and s.mqtt.password == "s3cret" and s.mqtt.username == "amic"
+    assert "s3cret" not in repr(s.mqtt)
+    assert s.gateways[0].name == "gw-01" and s.gateways[0].prefix == "amic-gw"
+    bus = s.bus("gw-01-line")
+    assert (bus.kind, bus.gateway, bus.td) == ("mqtt", "gw-01", 5.0)
+
+
+def test_mqtt_password_never_in_the_file() -> None:
+    Path("mqtt.pw").write_text("x")
+    text = BASE + MQTT.replace('password_file = "mqtt.pw"', 'password = "s3cret"')
+    found = problem(text)
+    assert 'key "password"' in found and "password_file" in found
+    assert "AMIC_MQTT_PASSWORD" in found and "s3cret" not in found
+
+
+def test_mqtt_bad_url_and_missing_files() -> None:
+    text = BASE + MQTT.replace("mqtt://127.0.0.1:1883", "http://broker").replace(
+        'password_file = "mqtt.pw"', 'password_file = "mqtt.pw"\nca_file = "ca.crt"')
+    found = problems(text)
+    assert any('key "url": expected an MQTT broker URL' in p and 'got "http://broker"' in p
+               for p in found), found
+    assert any('key "password_file": expected a readable file' in p for p in found), found
+    assert any('key "ca_file": expected a readable file' in p for p in found), found
+
+
+def test_gateway_needs_mqtt_and_bus_needs_a_known_gateway() -> None:
+    text = BASE + MQTT.replace('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nusername = "amic"\n'
+                               'password_file = "mqtt.pw"\n', "")
+    assert any("[mqtt] table" in p for p in problems(text))
+    Path("mqtt.pw").write_text("x")
+    found = problem(BASE + MQTT.replace('gateway = "gw-01"', 'gateway = "gw-02"'))
+    assert 'key "gateway": expected the name of a [[gateway]], got "gw-02"' in found
