@@ -135,3 +135,21 @@ __all__ = [
     "UnknownQuantity",
     "WrongReply",
 ]
+
+
+class BrokerRefused(LinkDown):
+    """An MQTT broker refused us: the connection (CONNACK) or a subscription (SUBACK).
+
+    ``code`` is the broker's code as paho-mqtt reports it (MQTT 5 numbering, also for
+    MQTT 3.1.1: 134 bad user name or password, 135 not authorised, 128 subscription
+    refused), ``reason`` its text.  A refused connection keeps being retried with the
+    back-off, so a fix on the broker side is picked up without a restart.
+    """
+
+    def __init__(self, message: str, *, bus: str = "", code: int, reason: str) -> None:
+        super().__init__(message, bus=bus)
+        self.code = code
+        self.reason = reason
+
+
+__all__ += ["BrokerRefused"]
