@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.bus import Bus
+from drivers.mqtt import MqttBus
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
 from .metrics import Metrics
+from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
@@ -37,7 +39,12 @@ FORWARDER = "timeseries"  # outbox cursor name of the time-series forwarder
 DRAIN_SECONDS = 6.0  # buses finish their job in flight; the store commits in what is left
 
 
-def make_bus(b: BusSettings) -> Bus:
+def make_bus(b: BusSettings, mqtt: MqttLink | None = None) -> Bus:
+    if b.kind == "mqtt":
+        if mqtt is None:
+            raise ValueError(f"bus {b.name}: an mqtt bus needs the [mqtt] connection")
+        gateway = next(g for g in mqtt.daemon.settings.gateways if g.name == b.gateway)
+        return MqttBus(mqtt.conn, gateway.prefix, gateway.name, td=b.td, tb=b.tb)
     if b.kind == "tcp":
         return TcpBus(b.host, b.port, line_baud=b.line_baud, td=b.td, tb=b.tb)
     return SerialBus(b.device, baud=b.baud, bytesize=b.bytesize, parity=b.parity,
@@ -66,6 +73,7 @@ class Daemon:
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.stop_requested = asyncio.Event()
+        self.mqtt: MqttLink | None = None
         self.reloads = 0
         self.reload_failures = 0
         self.readings_seen = 0
@@ -136,7 +144,8 @@ class Daemon:
                 continue
             if entry is not None:
                 stopping.append(entry.worker)
-            worker = BusWorker(b.name, make_bus(b), preamble=b.preamble, modbus=b.modbus,
+            worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
+                               modbus=b.modbus,
                                observe=self._observe)
             up = await worker.start()
             if not up:
@@ -150,6 +159,8 @@ class Daemon:
             entry.worker.drop_queued(Lane.SCHEDULED)
         self.buses = new
         self.settings = settings
+        if self.mqtt is not None and self.mqtt.ingestor is not None:
+            await self.mqtt.apply(settings)
         await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
         self.poller = Poller({n: e.worker for n, e in new.items()},
                              Sinks(self._on_readings, self._on_event, self._on_cycle,
@@ -252,6 +263,10 @@ class Daemon:
             metrics_server = self.metrics.start_server(c.metrics_listen)
         self.writer.put_event(Event("collector_started", utcnow(), severity=0,
                                     detail=f"config {self.settings.source}"))
+        if self.settings.mqtt is not None:
+            # Before the buses: mqtt buses talk through this connection.
+            self.mqtt = MqttLink(self)
+            await self.mqtt.start()
         await self._apply(self.settings, first=True)
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
@@ -282,6 +297,9 @@ class Daemon:
             t.cancel()
         await self._stop_schedules()
         await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))
+        if self.mqtt is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.mqtt.stop(), 2.0)
         if self.writer is not None:
             self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
             await self.writer.close()

@@ -1,0 +1,92 @@
+"""The daemon's broker connection: gateway reports in, the remote command channel."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from drivers.mqtt import MqttConnection
+
+from .gateway import Reject, ReportIngestor
+from .records import Event
+from .remote import CommandServer, StoreJournal, daemon_executor
+from .settings import MeterSettings, Settings
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("amic.mqtt")
+
+
+def connection_for(settings: Settings) -> MqttConnection:
+    m = settings.mqtt
+    assert m is not None
+    return MqttConnection(m.url, client_id=m.client_id or f"amic-{settings.collector.id}",
+                          username=m.username, password=m.password,
+                          ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
+                          clean_session=False)
+
+
+class MqttLink:
+    """One persistent-session connection shared by reports, mqtt buses and commands."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.conn = connection_for(daemon.settings)
+        self.ingestor: ReportIngestor | None = None
+        self.commands: CommandServer | None = None
+        self._subscribed: set[str] = set()
+
+    async def start(self) -> None:
+        await self.conn.__aenter__()
+        d = self.daemon
+        self.ingestor = ReportIngestor(d.settings.meters, d._profile, d._on_readings,
+                                       self._on_reject, gateway_of=self._gateway_of)
+        await self.apply(d.settings)
+        m = d.settings.mqtt
+        if m is not None and m.commands:
+            assert d.store is not None and d.writer is not None
+            self.commands = CommandServer(self.conn, d.settings.collector.id,
+                                          daemon_executor(d), StoreJournal(d.store, d.writer))
+            self.commands.start()
+        log.info("mqtt: %s as %s; %d gateways, command channel %s", m.url if m else "-",
+                 self.conn.client_id if hasattr(self.conn, "client_id") else "-",
+                 len(d.settings.gateways), "on" if self.commands else "off")
+
+    def _gateway_of(self, meter: MeterSettings) -> str:
+        for b in self.daemon.settings.buses:
+            if b.name == meter.bus:
+                return b.gateway or b.name
+        return meter.bus
+
+    async def apply(self, settings: Settings) -> None:
+        """Follow a (re)loaded configuration: meters and report subscriptions."""
+        assert self.ingestor is not None
+        self.ingestor.update_meters(settings.meters)
+        wanted = {f"{g.prefix}/{g.name}/{kind}" for g in settings.gateways if g.reports
+                  for kind in ("report", "raw")}
+        for topic in sorted(wanted - self._subscribed):
+            await self.conn.subscribe(topic, self._on_report, qos=1)
+        for topic in sorted(self._subscribed - wanted):
+            await self.conn.unsubscribe(topic)
+        self._subscribed = wanted
+
+    def _on_report(self, message: Any) -> None:
+        assert self.ingestor is not None
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, (bytes, bytearray)):
+            payload = str(payload).encode()
+        self.ingestor.handle(str(message.topic), bytes(payload))
+
+    def _on_reject(self, r: Reject) -> None:
+        # Kept as events (numeric fields only where they matter): reason and excerpt.
+        self.daemon._on_event(Event("report_rejected", r.ts, severity=1,
+                                    detail=f"{r.reason}: {r.detail} | {r.topic} | "
+                                           f"{r.payload_excerpt}"[:500]))
+
+    async def stop(self) -> None:
+        if self.commands is not None:
+            await self.commands.close()
+        await self.conn.__aexit__(None, None, None)
