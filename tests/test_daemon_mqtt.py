@@ -11,12 +11,12 @@ from pathlib import Path
 
 import aiomqtt
 from click.testing import CliRunner
+from mosquitto import Broker
 
 from collector.cli import main
 from collector.config import load_settings
 from collector.daemon import Daemon
 from collector.notify import Notifier
-from mosquitto import Broker
 from simulators.gateway import GatewaySimulator
 
 CONFIG = """
