@@ -566,3 +566,14 @@ def test_relay_state_unknown_without_readback() -> None:
     assert relay_state(profile(register()), [1]) is None
     with pytest.raises(KeyError, match="no relay"):
         relay_write(profile(register()), True)
+
+
+@pytest.mark.parametrize("f", [9.99999944211969e27, 3.4028234663852886e38,
+                               -3.4028234663852886e38, 1.401298464324817e-45])
+@pytest.mark.parametrize("scale", SCALES)
+def test_float32_extremes_round_trip(f: float, scale: str) -> None:
+    # Found by the property test: beyond 28 digits and at the float32 limit.
+    r = register("power_active_total", 0, "float32", scale)
+    words = [int(x) for x in struct.unpack(">HH", struct.pack(">f", f))]
+    value = decode_register(r, words)
+    assert decode_register(r, encode_value(r, value)) == value

@@ -112,12 +112,16 @@ def _float32_decimal(name: str, raw: int) -> Decimal:
         raise ValueError(f"{name}: float32 0x{raw:08X} is not a finite number")
     for digits in range(1, 10):  # 9 significant digits always round-trip a float32
         text = f"{value:.{digits}g}"
-        if struct.pack(">f", float(text)) == packed:
-            break
+        try:
+            if struct.pack(">f", float(text)) == packed:
+                break
+        except OverflowError:  # rounded up past the largest float32
+            continue
     result = Decimal(text)
     exponent = result.as_tuple().exponent
     if isinstance(exponent, int) and exponent > 0:  # "2.3e+02" -> 230, not 2.3E+2
-        result = result.quantize(Decimal(1))
+        # int() is exact at any size; quantize() would overflow the 28-digit context.
+        result = Decimal(int(result))
     return result if result else Decimal(0)  # -0.0 reads as 0
 
 
