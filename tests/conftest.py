@@ -128,3 +128,22 @@ def dlt645_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simul
     with amic_simulator(["dlt645", "--listen", "127.0.0.1:0", "--meters", "3",
                          "--td-ms", "20"], stderr_path) as sim:
         yield sim
+
+
+@contextmanager
+def simulator_cli(kind: str, args: list[str]
+                  ) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``amic simulate KIND ARGS`` in a subprocess; yields it and its listening line(s)."""
+    argv = [sys.executable, "-c", "from collector.cli import main; main()", "simulate",
+            kind, *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline()]
+        if "--pty" in args:
+            lines.append(proc.stdout.readline())
+        yield proc, lines
+    finally:
+        _stop(proc)

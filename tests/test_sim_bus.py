@@ -8,15 +8,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import simulator_cli
 
 from collector.cli import main as cli
 from protocols.dlt645 import (
@@ -376,27 +376,9 @@ async def test_pty_line_with_raw_bytes() -> None:
 
 # ---- CLI ---------------------------------------------------------------------------------------
 
-@contextmanager
-def simulator(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    argv = [sys.executable, "-c", "from collector.cli import main; main()", "simulate",
-            "dlt645", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline()]
-        if "--pty" in args:
-            lines.append(proc.stdout.readline())
-        yield proc, lines
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def simulator(args: list[str]) -> AbstractContextManager[
+        tuple[subprocess.Popen[str], list[str]]]:
+    return simulator_cli("dlt645", args)
 
 
 def test_cli_serves_tcp_and_pty_until_sigterm(tmp_path: Path) -> None:

@@ -13,14 +13,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import simulator_cli
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ModbusIOException
@@ -385,27 +385,9 @@ async def test_a_taken_port_is_an_oserror() -> None:
 
 # ---- CLI ------------------------------------------------------------------------------------
 
-@contextmanager
-def simulator(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    argv = [sys.executable, "-c", "from collector.cli import main; main()", "simulate",
-            "modbus", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline()]
-        if "--pty" in args:
-            lines.append(proc.stdout.readline())
-        yield proc, lines
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def simulator(args: list[str]) -> AbstractContextManager[
+        tuple[subprocess.Popen[str], list[str]]]:
+    return simulator_cli("modbus", args)
 
 
 def test_cli_serves_a_shipped_profile_until_sigterm() -> None:
