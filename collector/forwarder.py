@@ -1,0 +1,412 @@
+"""The time-series forwarder: ships the store's outbox to an InfluxDB v2 write endpoint.
+
+Works with InfluxDB 2.x and with VictoriaMetrics (``/api/v2/write``).  The mapping of
+rows to measurements, tags and fields is in ``docs/schema.md``.
+
+For each outbox table the forwarder reads the rows after its cursor
+(``Store.outbox(name, table, limit=batch)``), turns them into InfluxDB line protocol,
+POSTs them with influxdb-client (synchronous ``WriteApi`` on a dedicated thread), and
+advances the cursor only once the server has accepted the batch (HTTP 2xx; 204 for both
+InfluxDB and VictoriaMetrics).  On any failure it keeps the cursor, backs off
+exponentially (``backoff_min`` doubling up to ``backoff_max``), logs once per outage and
+retries the same rows: nothing is skipped, however long the outage.  A crash between the
+write and the cursor update replays the batch; every row maps to the same series and
+timestamp each time, so the server keeps it once (VictoriaMetrics with
+``-dedup.minScrapeInterval``, InfluxDB by its point identity).
+
+The token comes from the ``token`` argument, a ``token_file`` or the environment variable
+``AMIC_TSDB_TOKEN``; it is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
+from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
+
+from .settings import MeterSettings
+from .store import OUTBOX_TABLES, Store
+
+log = logging.getLogger("amic.forwarder")
+
+TOKEN_ENV: Final = "AMIC_TSDB_TOKEN"
+
+# Numeric code of each command status (field ``status_code`` of measurement ``command``).
+COMMAND_STATUS_CODES: Final[dict[str, int]] = {
+    "queued": 0, "sent": 1, "acknowledged": 2, "verified": 3, "refused": 4, "failed": 5,
+}
+UNKNOWN_STATUS_CODE: Final = 9
+
+_PRECISION: Final[dict[str, tuple[str, int]]] = {
+    # precision -> (WritePrecision, multiplier from epoch ms)
+    "s": (WritePrecision.S, 0), "ms": (WritePrecision.MS, 1),
+    "us": (WritePrecision.US, 1_000), "ns": (WritePrecision.NS, 1_000_000),
+}
+
+_TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\",
+                                     "\n": "\\n"})
+
+
+def escape_tag(text: str) -> str:
+    """A tag key or value escaped for line protocol (comma, equals, space, backslash)."""
+    return text.translate(_TAG_ESCAPES)
+
+
+def read_token(token: str | None = None, token_file: Path | str | None = None) -> str:
+    """The API token: ``token``, else the first line of ``token_file``, else the
+    environment variable ``AMIC_TSDB_TOKEN``, else ``""`` (no authentication)."""
+    if token:
+        return token
+    if token_file:
+        return Path(token_file).read_text().strip()
+    return os.environ.get(TOKEN_ENV, "").strip()
+
+
+def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
+    """``,k=v`` for each pair with a non-empty value."""
+    return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
+
+
+_Prepared = tuple[int, int, int, str]  # rows, last id, points, line-protocol payload
+
+
+def _num(v: float | int) -> str:
+    return repr(float(v))
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    points_sent: int = 0
+    rows_sent: int = 0
+    batches: int = 0
+    failures: int = 0
+    lag: int = 0  # rows behind, over all tables (by id)
+    last_error: str = ""
+    failing: bool = False
+
+
+class Forwarder:
+    """Ships readings, events, commands and cycles from a :class:`Store` to a TSDB."""
+
+    def __init__(self, store: Store, url: str, *, org: str, bucket: str,
+                 token: str | None = None, token_file: Path | str | None = None,
+                 name: str = "timeseries", batch: int = 5000, precision: str = "ms",
+                 gzip: bool = True, meters: Sequence[MeterSettings] | None = None,
+                 backoff_min: float = 0.5, backoff_max: float = 60.0,
+                 idle_interval: float = 1.0, timeout: float = 30.0,
+                 tables: Sequence[str] = OUTBOX_TABLES, max_batches: int = 20) -> None:
+        if precision not in _PRECISION:
+            raise ValueError(f"precision must be one of {sorted(_PRECISION)}, not {precision!r}")
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        for t in tables:
+            if t not in OUTBOX_TABLES:
+                raise ValueError(f"unknown outbox table {t!r}")
+        self.store = store
+        self.url = url
+        self.org = org
+        self.bucket = bucket
+        self.name = name
+        self.batch = batch
+        self.precision = precision
+        self.gzip = gzip
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.idle_interval = idle_interval
+        self.timeout = timeout
+        self.tables = tuple(tables)
+        self.max_batches = max(1, max_batches)  # per table and round, so tables take turns
+        self.stats = ForwarderStats()
+        self._token = read_token(token, token_file)
+        self._write_precision, self._ts_mult = _PRECISION[precision]
+        self._meter_tags: dict[str, str] = {}
+        self._meter_bus: dict[str, str] = {}
+        if meters is not None:
+            self.set_meters(meters)
+        self._meters_given = meters is not None
+        self._stop = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._prefetch: ThreadPoolExecutor | None = None
+        self._client: InfluxDBClient | None = None
+        self._write_api: WriteApi | None = None
+        self._converters: dict[str, Callable[[list[sqlite3.Row]], list[str]]] = {
+            "readings": self.reading_lines, "events": self.event_lines,
+            "commands": self.command_lines, "cycles": self.cycle_lines,
+        }
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"Forwarder(name={self.name!r}, url={self.url!r}, bucket={self.bucket!r})"
+
+    # ---- meters ------------------------------------------------------------------------
+
+    def set_meters(self, meters: Sequence[MeterSettings]) -> None:
+        """The configured meters, for the area/bus/feeder/station tags of readings."""
+        self._meter_tags = {
+            m.meter_id: _tags((("area", m.area), ("bus", m.bus), ("feeder", m.feeder),
+                               ("station", m.station)))
+            for m in meters}
+        self._meter_bus = {m.meter_id: m.bus for m in meters}
+
+    def _load_meters_from_store(self) -> None:
+        rows = self.store.meters()
+        self._meter_tags = {
+            r["meter_id"]: _tags((("area", r["area"]), ("bus", r["bus"]),
+                                  ("feeder", r["feeder"]), ("station", r["station"])))
+            for r in rows}
+        self._meter_bus = {r["meter_id"]: r["bus"] for r in rows}
+
+    # ---- conversion (public for tests and the benchmark) -------------------------------
+
+    def _ts(self, ms: int) -> int:
+        return ms // 1000 if self._ts_mult == 0 else ms * self._ts_mult
+
+    def reading_lines(self, rows: list[sqlite3.Row]) -> list[str]:
+        """``reading,meter=..,quantity=..[,area,bus,feeder,station] value=V TS``.
+
+        Timestamp: the meter's when it gave one, else the collector's.  A NULL (NaN) or
+        infinite value has no line.
+        """
+        out: list[str] = []
+        append = out.append
+        meter_tags = self._meter_tags
+        mult = self._ts_mult
+        isfinite = math.isfinite
+        esc = escape_tag
+        cache: dict[str, str] = {}
+        for row in rows:
+            value = row[3]
+            if value is None or not isfinite(value):
+                continue
+            meter = row[1]
+            prefix = cache.get(meter)
+            if prefix is None:
+                prefix = f"reading,meter={esc(meter)}"
+                cache[meter] = prefix
+            suffix = meter_tags.get(meter, "")
+            ts = row[6]
+            if ts is None:
+                ts = row[5]
+            ts = ts // 1000 if mult == 0 else ts * mult
+            append(f"{prefix},quantity={esc(row[2])}{suffix} value={float(value)!r} {ts}")
+        return out
+
+    def event_lines(self, rows: list[sqlite3.Row]) -> list[str]:
+        """``event,kind=..[,meter,bus] severity=N,count=1[,value=V] TS``."""
+        out: list[str] = []
+        for row in rows:
+            meter = row["meter"]
+            bus = row["bus"] or (self._meter_bus.get(meter) if meter else None)
+            tags = _tags((("kind", row["kind"]), ("meter", meter), ("bus", bus)))
+            fields = f"severity={_num(row['severity'])},count=1.0"
+            value = row["value"]
+            if value is not None and math.isfinite(value):
+                fields += f",value={_num(value)}"
+            out.append(f"event{tags} {fields} {self._ts(row['ts'])}")
+        return out
+
+    def command_lines(self, rows: list[sqlite3.Row]) -> list[str]:
+        """``command,meter=..,kind=..,status=.. status_code=N,count=1 UPDATED``."""
+        out: list[str] = []
+        for row in rows:
+            status = row["status"]
+            code = COMMAND_STATUS_CODES.get(status, UNKNOWN_STATUS_CODE)
+            tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status)))
+            out.append(f"command{tags} status_code={_num(code)},count=1.0 "
+                       f"{self._ts(row['updated'])}")
+        return out
+
+    def cycle_lines(self, rows: list[sqlite3.Row]) -> list[str]:
+        """One ``cycle`` line per ended cycle, plus ``cycle_area`` / ``cycle_bus`` lines.
+
+        A cycle still running has no line: its final row comes later under a new id.
+        """
+        out: list[str] = []
+        for row in rows:
+            ended = row["ended"]
+            if ended is None:
+                continue
+            started = row["started"]
+            ts = self._ts(started)
+            planned, ok, failed = row["planned"], row["succeeded"], row["failed"]
+            done = ok + failed
+            ratio = ok / done if done else 0.0
+            sched = escape_tag(row["schedule"])
+            out.append(f"cycle,schedule={sched} planned={_num(planned)},succeeded={_num(ok)},"
+                       f"failed={_num(failed)},success_ratio={_num(ratio)},"
+                       f"duration_s={_num((ended - started) / 1000)} {ts}")
+            for meas, col, key in (("cycle_area", "per_area", "area"),
+                                   ("cycle_bus", "per_bus", "bus")):
+                try:
+                    per: dict[str, list[int]] = json.loads(row[col])
+                except (TypeError, ValueError):
+                    continue
+                for k, (k_ok, k_total) in sorted(per.items()):
+                    if not k:
+                        continue
+                    r = k_ok / k_total if k_total else 0.0
+                    out.append(f"{meas},schedule={sched},{key}={escape_tag(k)} "
+                               f"succeeded={_num(k_ok)},total={_num(k_total)},"
+                               f"success_ratio={_num(r)} {ts}")
+        return out
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._client = InfluxDBClient(url=self.url, token=self._token, org=self.org,
+                                      enable_gzip=self.gzip, timeout=int(self.timeout * 1000))
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        if not self._meters_given:
+            self._load_meters_from_store()
+        for table in self.tables:
+            self.store.advance(self.name, table, 0)  # register: retention keeps unshipped rows
+
+    def _close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()  # type: ignore[no-untyped-call]
+        self._client = None
+        self._write_api = None
+
+    def _prepare(self, table: str, after_id: int) -> _Prepared:
+        """The batch of ``table`` after ``after_id``: (rows, last id, points, payload)."""
+        rows = self.store.outbox(self.name, table, after_id=after_id, limit=self.batch)
+        if not rows:
+            return 0, after_id, 0, ""
+        lines = self._converters[table](rows)
+        return len(rows), int(rows[-1]["id"]), len(lines), "\n".join(lines)
+
+    def _send(self, table: str, prepared: _Prepared) -> None:
+        """POST one prepared batch, then advance the cursor (only after the 2xx)."""
+        n, last_id, points, payload = prepared
+        if points:
+            assert self._write_api is not None
+            self._write_api.write(bucket=self.bucket, org=self.org, record=payload,
+                                  write_precision=self._write_precision)  # type: ignore[arg-type]
+            self.stats.points_sent += points
+            self.stats.batches += 1
+        self.store.advance(self.name, table, last_id)
+        self.stats.rows_sent += n
+
+    def ship_once(self, table: str) -> int:
+        """Ship the next batch of ``table`` (blocking); returns rows consumed (0: none).
+
+        Raises whatever the write raised; the cursor then stays where it was.
+        """
+        prepared = self._prepare(table, self.store.cursor(self.name, table))
+        if prepared[0]:
+            self._send(table, prepared)
+        return prepared[0]
+
+    def _ship_table(self, table: str) -> bool:
+        """Ship up to ``max_batches`` batches of ``table``; True when more rows wait.
+
+        While one batch is being POSTed the next one is read and converted on the
+        prefetch thread (it reads after the last id of the batch in flight; ids are
+        committed in increasing order).  The cursor still only moves after each 2xx, in
+        order; on a failure the prefetched batch is dropped and re-read on the retry.
+        """
+        assert self._prefetch is not None
+        prepared = self._prepare(table, self.store.cursor(self.name, table))
+        for _ in range(self.max_batches):
+            if not prepared[0]:
+                return False
+            full = prepared[0] >= self.batch
+            nxt = self._prefetch.submit(self._prepare, table, prepared[1]) if full else None
+            try:
+                self._send(table, prepared)
+            except BaseException:
+                if nxt is not None:
+                    with contextlib.suppress(Exception):
+                        nxt.result()
+                raise
+            if nxt is None:
+                return False
+            prepared = nxt.result()
+            if self._stop.is_set():
+                return True
+        return True
+
+    def _pass(self) -> bool:
+        """One round over the tables; True when some table had a full batch (more waits)."""
+        more = False
+        for table in self.tables:
+            more = self._ship_table(table) or more
+        self.stats.lag = self._lag()
+        return more
+
+    def _lag(self) -> int:
+        return sum(max(0, self.store.last_id(t) - self.store.cursor(self.name, t))
+                   for t in self.tables)
+
+    def _error_text(self, e: BaseException) -> str:
+        text = f"{type(e).__name__}: {e}".strip()
+        text = " ".join(text.split())[:300]
+        if self._token:
+            text = text.replace(self._token, "***")
+        return text
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run(self) -> None:
+        """Forward until :meth:`stop`; survives any number of outages."""
+        self._stop.clear()
+        # One thread: the Store gives it one connection, the client one HTTP pool.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"fwd-{self.name}")
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix=f"fwd-{self.name}-read")
+        delay = self.backoff_min
+        try:
+            await self._call(self._open)
+            while not self._stop.is_set():
+                try:
+                    more = await self._call(self._pass)
+                except Exception as e:  # any failure: keep the rows, retry
+                    self.stats.failures += 1
+                    self.stats.last_error = self._error_text(e)
+                    if not self.stats.failing:
+                        log.warning("forwarder %s: cannot write to %s (%s); retrying with "
+                                    "backoff, nothing is dropped", self.name, self.url,
+                                    self.stats.last_error)
+                    self.stats.failing = True
+                    await self._sleep(delay)
+                    delay = min(self.backoff_max, delay * 2)
+                    continue
+                if self.stats.failing:
+                    log.info("forwarder %s: %s reachable again", self.name, self.url)
+                    self.stats.failing = False
+                delay = self.backoff_min
+                if not more:
+                    await self._sleep(self.idle_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._call(self._close)
+            self._executor.shutdown(wait=True)
+            self._prefetch.shutdown(wait=True)
+            self._executor = self._prefetch = None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in flight."""
+        self._stop.set()
+
+    def counters(self) -> dict[str, Any]:
+        s = self.stats
+        return {"points_sent": s.points_sent, "rows_sent": s.rows_sent, "batches": s.batches,
+                "failures": s.failures, "lag": s.lag, "last_error": s.last_error}
+
