@@ -64,6 +64,7 @@ from .settings import (
     Role,
     ScheduleSettings,
     Settings,
+    TimeseriesSettings,
 )
 
 log = logging.getLogger("amic.config")
@@ -95,7 +96,10 @@ REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 # selector kind -> the meter attribute it compares
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
-TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway")
+TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway",
+            "timeseries")
+TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "gzip")
+TOKEN_ENV = "AMIC_TSDB_TOKEN"
 MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
              "key_file", "commands")
 GATEWAY_KEYS = ("name", "prefix", "reports")
@@ -397,6 +401,14 @@ def _mqtt_url_conv() -> _Conv[str]:
     return _Conv("an MQTT broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT", fn)
 
 
+def _http_url_conv() -> _Conv[str]:
+    def fn(v: object) -> str:
+        if not isinstance(v, str) or re.fullmatch(r"https?://[^\s/]+(/\S*)?", v.strip()) is None:
+            raise _Bad()
+        return v.strip().rstrip("/")
+    return _Conv("an http(s) URL of the time-series store, e.g. http://127.0.0.1:8428", fn)
+
+
 def _topic_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         if not isinstance(v, str) or not v or any(c in v for c in "#+ ") \
@@ -639,6 +651,7 @@ class _Loader:
         self.unknown_keys("", data, TOP_KEYS)
         collector = self.collector(data.get("collector"))
         mqtt = self.mqtt(data.get("mqtt"))
+        timeseries = self.timeseries(data.get("timeseries"))
         gateways = self.gateways(data.get("gateway"), mqtt is not None)
         buses, bus_names = self.buses(data.get("bus"))
         for i, b in enumerate(buses):
@@ -654,7 +667,7 @@ class _Loader:
         assert collector is not None
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
-                        gateways=tuple(gateways))
+                        gateways=tuple(gateways), timeseries=timeseries)
 
     def sorted_problems(self) -> list[Problem]:
         """The config file's first, then the ledger's; each in line order."""
@@ -778,6 +791,40 @@ class _Loader:
                             password=password, ca_file=paths["ca_file"],
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
                             commands=commands)
+
+    def timeseries(self, value: object) -> TimeseriesSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "timeseries", value, "a [timeseries] table")
+        if data is None:
+            return None
+        t = "timeseries"
+        self.unknown_keys(t, data, TIMESERIES_KEYS, elsewhere={
+            "token": f"never in the file: use token_file or the {TOKEN_ENV} environment "
+                     "variable"})
+        url = self.required(t, data, "url", _http_url_conv())
+        org = self.optional(t, data, "org", _text_conv(), "")
+        bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), "amic")
+        token_file = self.optional(t, data, "token_file", _nonempty_conv("a file path"), None)
+        batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), 5000)
+        precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
+                                  "ms")
+        gzip = self.optional(t, data, "gzip", _toml_bool_conv(), True)
+        token = os.environ.get(TOKEN_ENV)
+        if token_file:
+            path = self.relative(token_file)
+            if not path.is_file():
+                self.add(t, "token_file", "a readable file", f"{path} (no such file)")
+            else:
+                if path.stat().st_mode & 0o077:
+                    log.warning("%s: token file %s is readable by others; chmod 600 it",
+                                self.file, path)
+                token = path.read_text().strip()
+        if url is None or org is None or bucket is None or batch is None \
+                or precision is None or gzip is None:
+            return None
+        return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
+                                  precision=precision, gzip=gzip)
 
     def gateways(self, value: object, have_mqtt: bool) -> list[GatewaySettings]:
         out: list[GatewaySettings] = []

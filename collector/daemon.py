@@ -24,6 +24,7 @@ from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
+from .forwarder import Forwarder
 from .metrics import Metrics
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
@@ -74,6 +75,7 @@ class Daemon:
         self.writer: StoreWriter | None = None
         self.stop_requested = asyncio.Event()
         self.mqtt: MqttLink | None = None
+        self.forwarder: Forwarder | None = None
         self.reloads = 0
         self.reload_failures = 0
         self.readings_seen = 0
@@ -268,13 +270,20 @@ class Daemon:
             self.mqtt = MqttLink(self)
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
+        ts = self.settings.timeseries
+        if ts is not None:
+            self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
+                                       token=ts.token, name=FORWARDER, batch=ts.batch,
+                                       precision=ts.precision, gzip=ts.gzip,
+                                       meters=self.settings.meters)
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
                  len(self.buses), len(self.settings.meters), len(self.settings.schedules),
                  self.store.path)
         self._report_status()
-        self._tasks = [asyncio.create_task(watchdog_loop(self.notifier, self.healthy)),
-                       asyncio.create_task(self._housekeeping())]
+        self._tasks += [asyncio.create_task(watchdog_loop(self.notifier, self.healthy)),
+                        asyncio.create_task(self._housekeeping())]
         try:
             await self.stop_requested.wait()
         finally:
@@ -293,13 +302,20 @@ class Daemon:
         for reload_task in pending or ():
             with contextlib.suppress(Exception):
                 await reload_task
+        if self.forwarder is not None:
+            self.forwarder.stop()
         for t in self._tasks:
-            t.cancel()
+            if t.get_name() != "forwarder":
+                t.cancel()
         await self._stop_schedules()
         await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.mqtt.stop(), 2.0)
+        for t in self._tasks:
+            if t.get_name() == "forwarder":  # finishes the batch in flight, keeps its cursor
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(t, 3.0)
         if self.writer is not None:
             self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
             await self.writer.close()

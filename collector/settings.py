@@ -57,6 +57,19 @@ class MqttSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeseriesSettings:
+    """Where the outbox is forwarded: an InfluxDB 2/3 (or line-protocol) server."""
+
+    url: str  # http(s)://HOST:PORT
+    org: str = ""
+    bucket: str = "amic"
+    token: str | None = field(default=None, repr=False)  # from a file or the environment
+    batch: int = 5000
+    precision: str = "ms"
+    gzip: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """An MQTT gateway with RS-485 meters behind it."""
 
@@ -107,6 +120,7 @@ class Settings:
     schedules: tuple[ScheduleSettings, ...]
     mqtt: MqttSettings | None = None
     gateways: tuple[GatewaySettings, ...] = ()
+    timeseries: TimeseriesSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:
