@@ -7,13 +7,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from victoria import VictoriaMetrics
 
 from collector.config import ConfigError, load_settings
 from collector.daemon import FORWARDER, Daemon
 from collector.notify import Notifier
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
-from victoria import VictoriaMetrics
 
 CONFIG = """
 [collector]
