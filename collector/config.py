@@ -766,22 +766,13 @@ class _Loader:
         client_id = self.optional(t, data, "client_id", _name_conv(), None)
         username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
         files = {k: self.optional(t, data, k, _nonempty_conv("a file path"), None)
-                 for k in ("password_file", "ca_file", "cert_file", "key_file")}
+                 for k in ("ca_file", "cert_file", "key_file")}
         commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
             if path is not None and not path.is_file():
                 self.add(t, k, "a readable file", f"{path} (no such file)")
-        password = os.environ.get(PASSWORD_ENV)
-        pw_path = paths["password_file"]
-        if pw_path is not None and pw_path.is_file():
-            try:
-                password = pw_path.read_text().strip()
-            except OSError as e:
-                self.add(t, "password_file", "a readable file", f"{pw_path} ({e.strerror})")
-            if pw_path.stat().st_mode & 0o077:
-                log.warning("%s: password file %s is readable by others; chmod 600 it",
-                            self.file, pw_path)
+        password = self.secret(t, data, "password_file", PASSWORD_ENV)
         if (paths["cert_file"] is None) != (paths["key_file"] is None):
             self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
                      "cert_file and key_file together (a client certificate)", "only one")
@@ -791,6 +782,25 @@ class _Loader:
                             password=password, ca_file=paths["ca_file"],
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
                             commands=commands)
+
+    def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
+        """The secret in the file ``data[key]`` names (a warning if others may read it),
+        else the environment variable ``env``; never the config file itself."""
+        name = self.optional(t, data, key, _nonempty_conv("a file path"), None)
+        if name is None:
+            return os.environ.get(env)
+        path = self.relative(name)
+        if not path.is_file():
+            self.add(t, key, "a readable file", f"{path} (no such file)")
+            return None
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            self.add(t, key, "a readable file", f"{path} ({e.strerror})")
+            return None
+        if path.stat().st_mode & 0o077:
+            log.warning("%s: %s %s is readable by others; chmod 600 it", self.file, key, path)
+        return text
 
     def timeseries(self, value: object) -> TimeseriesSettings | None:
         if value is None:
@@ -805,21 +815,11 @@ class _Loader:
         url = self.required(t, data, "url", _http_url_conv())
         org = self.optional(t, data, "org", _text_conv(), "")
         bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), "amic")
-        token_file = self.optional(t, data, "token_file", _nonempty_conv("a file path"), None)
         batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), 5000)
         precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
                                   "ms")
         gzip = self.optional(t, data, "gzip", _toml_bool_conv(), True)
-        token = os.environ.get(TOKEN_ENV)
-        if token_file:
-            path = self.relative(token_file)
-            if not path.is_file():
-                self.add(t, "token_file", "a readable file", f"{path} (no such file)")
-            else:
-                if path.stat().st_mode & 0o077:
-                    log.warning("%s: token file %s is readable by others; chmod 600 it",
-                                self.file, path)
-                token = path.read_text().strip()
+        token = self.secret(t, data, "token_file", TOKEN_ENV)
         if url is None or org is None or bucket is None or batch is None \
                 or precision is None or gzip is None:
             return None

@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,13 @@ class SimulatorProcess:
         return (f"command: {' '.join(self.argv)}\n"
                 f"status: {'running' if status is None else f'exited {status}'}\n"
                 f"stdout:\n{''.join(self.stdout_lines)}\nstderr:\n{self.stderr_text()}")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def amic_command() -> list[str]:

@@ -20,14 +20,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from conftest import free_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 USER, PASSWORD = "amic", "secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:

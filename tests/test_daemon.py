@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SimulatorProcess, amic_command, amic_simulator
+from conftest import SimulatorProcess, amic_command, amic_simulator, free_port
 
 CONFIG = """
 [collector]
@@ -62,12 +62,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
     with amic_simulator(["dlt645", "--listen", "127.0.0.1:0", "--meters", "3",
                          "--baud", "9600", "--td-ms", "20"], err) as s:
         yield s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, port: int, *, schedule: str = "fast", interval: str = "2s",

@@ -188,7 +188,7 @@ async def test_cli_error_reply_and_no_reply_exit_1_with_one_line(broker: Broker)
 
 
 async def test_cli_broker_down_and_bad_arguments() -> None:
-    from mosquitto import free_port
+    from conftest import free_port
     url = f"mqtt://127.0.0.1:{free_port()}"
     r = await amic("read", "--via", url, "--collector", CID,
                    "--meter", "M0001", "--timeout-ms", "300", "--retries", "0", "voltage")

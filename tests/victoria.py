@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,13 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from conftest import free_port
+
 VM_BIN = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class VictoriaMetrics:
