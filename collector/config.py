@@ -12,7 +12,7 @@ against what was found::
 Schema (``config/amic.example.toml`` documents every key)::
 
     [collector]       id, data_dir, retention_days, metrics_listen, commit_interval,
-                      commit_rows
+                      commit_rows, max_store_mb, min_free_mb
     [[bus]]           name, type = "tcp" (host, port, line_baud) or "serial" (device,
                       baud, parity, bytesize, stopbits); td_ms, tb_ms, preamble
     [[meter]]         meter_id, address, bus, protocol, station, feeder, area, box,
@@ -106,7 +106,7 @@ GATEWAY_KEYS = ("name", "prefix", "reports")
 BUS_MQTT_KEYS = ("gateway",)
 PASSWORD_ENV = "AMIC_MQTT_PASSWORD"
 COLLECTOR_KEYS = ("id", "data_dir", "retention_days", "metrics_listen", "commit_interval",
-                  "commit_rows")
+                  "commit_rows", "max_store_mb", "min_free_mb")
 BUS_COMMON_KEYS = ("name", "type", "td_ms", "tb_ms", "preamble", "modbus")
 BUS_TCP_KEYS = ("host", "port", "line_baud")
 BUS_SERIAL_KEYS = ("device", "baud", "parity", "bytesize", "stopbits")
@@ -743,12 +743,15 @@ class _Loader:
         interval = self.optional(t, data, "commit_interval",
                                  _duration_conv(0.0, above=True, maximum=3600.0), 1.0)
         rows = self.optional(t, data, "commit_rows", _int_conv(1, 1_000_000), 2000)
+        max_mb = self.optional(t, data, "max_store_mb", _int_conv(16, 16_777_216, " MB"), 0)
+        free_mb = self.optional(t, data, "min_free_mb", _int_conv(0, 16_777_216, " MB"), 100)
         if cid is None or data_dir is None or retention is None or interval is None \
-                or rows is None:
+                or rows is None or max_mb is None or free_mb is None:
             return None
         return CollectorSettings(id=cid, data_dir=self.relative(data_dir),
                                  retention_days=retention, metrics_listen=listen,
-                                 commit_interval=interval, commit_rows=rows)
+                                 commit_interval=interval, commit_rows=rows,
+                                 max_store_mb=max_mb or None, min_free_mb=free_mb)
 
     # -- [mqtt] and [[gateway]]
 

@@ -80,6 +80,7 @@ class Daemon:
         self.reload_failures = 0
         self.readings_seen = 0
         self._last_progress = 0.0
+        self._waiting_for_room = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- sinks -------------------------------------------------------------------------
@@ -107,6 +108,29 @@ class Daemon:
         for bus, (ok, total) in cycle.per_bus.items():
             self.metrics.set_bus_success(bus, ok / total if total else 0.0)
         self._report_status()
+
+    async def _room(self) -> None:
+        assert self.writer is not None
+        if self.writer.backlogged:
+            if not self._waiting_for_room:
+                log.warning("store backlog at %d rows: polling waits for the store",
+                            self.writer.pending)
+            self._waiting_for_room += 1
+            try:
+                await self.writer.wait_for_room()
+            finally:
+                self._waiting_for_room -= 1
+
+    def _on_store_alert(self, event: Event) -> None:
+        """From the store writer (disk full, room again, disk low); it stores the event."""
+        level = logging.ERROR if event.severity >= 2 else logging.WARNING
+        log.log(level, "event %s %s", event.kind, event.detail)
+        if event.kind == "store_full":
+            self.metrics.set_store_full(True)
+            self.notifier.status(f"STORE FULL: {event.detail}")
+        elif event.kind == "store_recovered":
+            self.metrics.set_store_full(False)
+            self._report_status()
 
     def _on_progress(self, cycle: CycleRecord) -> None:
         now = time.monotonic()
@@ -166,7 +190,7 @@ class Daemon:
         await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
         self.poller = Poller({n: e.worker for n, e in new.items()},
                              Sinks(self._on_readings, self._on_event, self._on_cycle,
-                                   self._on_progress), health=self.health,
+                                   self._on_progress, room=self._room), health=self.health,
                              profiles=self._profile)
         for s in settings.schedules:
             meters = select_meters(settings, s)
@@ -255,10 +279,11 @@ class Daemon:
 
         c = self.settings.collector
         c.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(c.data_dir / "amic.db")
+        self.store = Store(c.data_dir / "amic.db", max_size_mb=c.max_store_mb)
         self.writer = StoreWriter(self.store, commit_interval=c.commit_interval,
                                   commit_rows=c.commit_rows,
-                                  retention_days=c.retention_days)
+                                  retention_days=c.retention_days,
+                                  min_free_mb=c.min_free_mb, on_alert=self._on_store_alert)
         await self.writer.start()
         metrics_server = None
         if c.metrics_listen:
@@ -318,7 +343,9 @@ class Daemon:
                     await asyncio.wait_for(t, 3.0)
         if self.writer is not None:
             self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
-            await self.writer.close()
+            # Without room the rows in memory cannot be saved: leave before systemd's
+            # kill, and say how many were lost (logged by the writer).
+            await self.writer.close(timeout=3.0 if self.writer.full_since else None)
         log.info("stopped in %.1f s; %d readings this run", time.monotonic() - t0,
                  self.readings_seen)
 

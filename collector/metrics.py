@@ -39,6 +39,7 @@ cycles_total                             schedule           completed cycles
 cycle_last_end_timestamp_seconds         schedule           when the last cycle ended (epoch)
 store_size_bytes                                            size of the store on disk
 outbox_lag_rows                                             rows waiting to be committed
+store_full                                                  1 while the store has no room
 readings_committed_total                                    readings committed to the store
 config_reloads_total                     result             SIGHUP reloads (applied, rejected)
 =======================================  =================  ===================================
@@ -267,6 +268,9 @@ class Metrics:
                                 registry=r)
         self.outbox_lag = Gauge("amic_outbox_lag_rows", "Rows waiting to be committed.",
                                 registry=r)
+        self.store_full = Gauge("amic_store_full",
+                                "1 while the store has no room to commit (disk full or "
+                                "max_store_mb reached).", registry=r)
         self.readings_committed = Counter("amic_readings_committed",
                                           "Readings committed to the store.", registry=r)
         self.reloads = Counter("amic_config_reloads", "Configuration reloads (SIGHUP).",
@@ -377,6 +381,9 @@ class Metrics:
 
     def set_outbox_lag(self, rows: int) -> None:
         self.outbox_lag.set(rows)
+
+    def set_store_full(self, full: bool) -> None:
+        self.store_full.set(1 if full else 0)
 
     def add_readings_committed(self, n: int) -> None:
         if n > 0:

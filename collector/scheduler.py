@@ -287,6 +287,9 @@ class Sinks:
     event: Callable[[Event], None]
     cycle: Callable[[CycleRecord], None]
     progress: Callable[[CycleRecord], None] = field(default=lambda c: None)
+    # Awaited before each read job is queued: the store's back-pressure (e.g. while the
+    # disk is full and rows wait in memory, polling waits instead of piling them up).
+    room: Callable[[], Awaitable[None]] | None = None
 
 
 class Poller:
@@ -351,6 +354,8 @@ class Poller:
             queued: deque[tuple[MeterSettings, asyncio.Future[int]]] = deque()
             try:
                 for m, retries in items:
+                    if self.sinks.room is not None:
+                        await self.sinks.room()
                     queued.append((m, worker.submit(Lane.SCHEDULED,
                                                     self._job(schedule, m, retries))))
                     if len(queued) >= 2 and not await settle(*queued.popleft()):

@@ -20,6 +20,8 @@ class CollectorSettings:
     metrics_listen: str | None = None  # "127.0.0.1:9108"; None: no endpoint
     commit_interval: float = 1.0  # seconds between store commits
     commit_rows: int = 2000  # or as soon as this many rows wait
+    max_store_mb: int | None = None  # size cap of the SQLite file; None: the disk's size
+    min_free_mb: int = 100  # a disk_low event below this much free space
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import logging
 import math
+import shutil
 import sqlite3
 import threading
 import time
@@ -253,8 +254,12 @@ class Store:
     """
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL",
-                 busy_timeout: float = 5.0, create: bool = True) -> None:
+                 busy_timeout: float = 5.0, create: bool = True,
+                 max_size_mb: float | None = None) -> None:
         self.path = Path(path)
+        if max_size_mb is not None and not max_size_mb > 0:
+            raise ValueError(f"max_size_mb must be positive, not {max_size_mb!r}")
+        self.max_size_mb = max_size_mb
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, "
                              f"not {synchronous!r}")
@@ -297,6 +302,10 @@ class Store:
             conn.execute("PRAGMA journal_size_limit = 67108864")  # WAL kept <= 64 MiB at rest
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA foreign_keys = OFF")
+            if self.max_size_mb is not None:
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                pages = max(16, int(self.max_size_mb * 1024 * 1024 // page))
+                conn.execute(f"PRAGMA max_page_count = {pages}")
         except BaseException:
             conn.close()
             raise
@@ -663,6 +672,46 @@ def purge_steps(conn: sqlite3.Connection, older_than_days: float,
                 break
 
 
+def purge_shipped(conn: sqlite3.Connection, *, chunk: int = 20_000) -> int:
+    """Emergency room when the store is full: delete the oldest rows that every forwarder
+    has shipped (readings, events, cycles; up to ``chunk`` per table).
+
+    A table no forwarder reads is left alone: the store holds its only copy.  The newest
+    row of each table stays, so ids are never reused.  Returns the rows deleted.
+    """
+    total = 0
+    for table in PURGED:
+        guard = conn.execute("SELECT min(last_id) FROM cursors WHERE table_name = ?",
+                             (table,)).fetchone()[0]
+        if not guard:
+            continue
+        top = conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+        if top is None:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                             f"WHERE id <= ? AND id < ? ORDER BY id LIMIT ?)",
+                             (int(guard), int(top), chunk)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        total += n
+    return total
+
+
+def is_full(e: BaseException) -> bool:
+    """Whether a SQLite error means no room: disk full, or the store's size cap reached."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == 13:  # SQLITE_FULL
+        return True
+    text = str(e).lower()
+    return "disk is full" in text or "no space left" in text
+
+
 # ---- the batching writer ---------------------------------------------------------------
 
 _READINGS: Final = 0
@@ -721,7 +770,9 @@ class StoreWriter:
                  retention_days: float | None = None, purge_interval: float = 3600.0,
                  max_batch: int = 50_000, max_pending: int = 1_000_000,
                  on_commit: Callable[[CommitInfo], None] | None = None,
-                 cache_mb: int = 32) -> None:
+                 cache_mb: int = 32, on_alert: Callable[[Event], None] | None = None,
+                 min_free_mb: float = 100.0, disk_check_interval: float = 30.0,
+                 purge_shipped_when_full: bool = True) -> None:
         if commit_interval <= 0 or commit_rows <= 0:
             raise ValueError("commit_interval and commit_rows must be positive")
         self.store = store
@@ -733,6 +784,16 @@ class StoreWriter:
         self.max_pending = max_pending
         self.on_commit = on_commit
         self.cache_mb = cache_mb
+        self.on_alert = on_alert
+        self.min_free_mb = min_free_mb
+        self.disk_check_interval = disk_check_interval
+        self.purge_shipped_when_full = purge_shipped_when_full
+        self.full_since: float | None = None  # monotonic; the store has no room since then
+        self._full_wall: dt.datetime | None = None
+        self._disk_low = False
+        self._next_disk_check = 0.0
+        self.full_episodes = 0
+        self.rows_purged_for_room = 0
 
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Chunk] = []
@@ -1005,11 +1066,13 @@ class StoreWriter:
                 self._cond.wait(max(timeout, 0.001))
 
     def _take(self) -> list[_Chunk]:
-        """Whole chunks from the queue, up to max_batch rows (at least one chunk)."""
+        """Whole chunks from the queue, up to max_batch rows (at least one chunk; one
+        chunk only while the store has no room)."""
         q = self._queue
         rows = 0
         i = 0
-        while i < len(q) and (i == 0 or rows + len(q[i][1]) <= self.max_batch):
+        limit = 0 if self.full_since is not None else self.max_batch
+        while i < len(q) and (i == 0 or rows + len(q[i][1]) <= limit):
             rows += len(q[i][1])
             i += 1
         batch, self._queue = q[:i], q[i:]
@@ -1074,8 +1137,24 @@ class StoreWriter:
             except sqlite3.Error as e:
                 self._rollback(conn)
                 self.errors += 1
-                log.error("store: commit of %d rows failed (%s); retrying in %.2f s", n, e,
-                          delay)
+                if is_full(e):
+                    self._no_room(n, e)
+                    if self.purge_shipped_when_full and self._make_room(conn):
+                        continue
+                    if len(batch) > 1:  # smaller transactions fit in what room is left
+                        with self._cond:
+                            self._queue[:0] = batch[1:]
+                            self._oldest = time.monotonic()
+                        batch = batch[:1]
+                        n = len(batch[0][1])
+                        readings = n if batch[0][0] == _READINGS else 0
+                        continue
+                    if self.errors % 20 == 1:
+                        log.error("store: no room for %d rows (%s); %d rows held in memory, "
+                                  "retrying", n, e, self.pending)
+                else:
+                    log.error("store: commit of %d rows failed (%s); retrying in %.2f s", n,
+                              e, delay)
                 with self._cond:
                     deadline = self._close_deadline
                     if deadline is not None and time.monotonic() + delay > deadline:
@@ -1093,6 +1172,10 @@ class StoreWriter:
                 delay = min(delay * 2, 5.0)
         took = time.perf_counter() - t0
         stored = n - rejected
+        if self.full_since is not None:
+            self._room_again()
+        if time.monotonic() >= self._next_disk_check:
+            self._check_disk()
         with self._cond:
             self._done += n
             self.rows_committed += stored
@@ -1110,6 +1193,70 @@ class StoreWriter:
                                           self.readings_committed))
             except Exception:
                 log.exception("store: on_commit callback failed")
+
+    # ---- disk-full policy (docs/storage.md) ------------------------------------------
+
+    def _alert(self, event: Event) -> None:
+        """Store the event (it waits in the queue like any row) and tell the daemon now."""
+        with self._cond:
+            if not self._queue:
+                self._oldest = time.monotonic()
+            self._queue.append((_EVENTS, [event]))
+            self._queued += 1
+        if self.on_alert is not None:
+            self._call_loop(self.on_alert, event)
+
+    def _no_room(self, rows: int, e: BaseException) -> None:
+        if self.full_since is not None:
+            return
+        self.full_since = time.monotonic()
+        self._full_wall = dt.datetime.now(dt.UTC)
+        self.full_episodes += 1
+        self._alert(Event("store_full", self._full_wall, severity=2, value=float(self.pending),
+                          detail=f"{self.store.path}: no room to commit ({e}); rows are held "
+                                 f"in memory (up to {self.max_pending}), then polling waits"))
+
+    def _room_again(self) -> None:
+        assert self.full_since is not None
+        seconds = time.monotonic() - self.full_since
+        self.full_since = None
+        log.warning("store: committing again after %.1f s without room", seconds)
+        self._alert(Event("store_recovered", dt.datetime.now(dt.UTC), severity=0,
+                          value=round(seconds, 3),
+                          detail=f"{self.store.path}: commits resume after {seconds:.1f} s "
+                                 f"without room; nothing was lost"))
+
+    def _make_room(self, conn: sqlite3.Connection) -> bool:
+        """Delete shipped rows to make room; True when some were deleted."""
+        try:
+            n = purge_shipped(conn)
+        except sqlite3.Error as e:
+            log.error("store: cannot delete shipped rows to make room: %s", e)
+            return False
+        if n:
+            self.rows_purged_for_room += n
+            log.warning("store: full: deleted the %d oldest rows already forwarded", n)
+        return n > 0
+
+    def _check_disk(self) -> None:
+        self._next_disk_check = time.monotonic() + self.disk_check_interval
+        if not self.min_free_mb:
+            return
+        try:
+            free_mb = shutil.disk_usage(self.store.path.parent).free / 1048576
+        except OSError:
+            return
+        if free_mb < self.min_free_mb and not self._disk_low:
+            self._disk_low = True
+            self._alert(Event("disk_low", dt.datetime.now(dt.UTC), severity=1,
+                              value=round(free_mb, 1),
+                              detail=f"{self.store.path.parent}: {free_mb:.0f} MB free, "
+                                     f"below min_free_mb {self.min_free_mb:g}"))
+        elif free_mb >= 1.1 * self.min_free_mb and self._disk_low:
+            self._disk_low = False
+            self._alert(Event("disk_low_cleared", dt.datetime.now(dt.UTC), severity=0,
+                              value=round(free_mb, 1),
+                              detail=f"{self.store.path.parent}: {free_mb:.0f} MB free"))
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:

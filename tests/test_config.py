@@ -291,8 +291,8 @@ def test_collector_bad_id() -> None:
 def test_collector_unknown_key_did_you_mean() -> None:
     assert problem(edit('data_dir = "data"', 'data_dir = "data"\nretention = 30')) == (
         'amic.toml:4: [collector]: key "retention": expected one of the keys id, data_dir, '
-        'retention_days, metrics_listen, commit_interval, commit_rows, got an unknown key; '
-        'did you mean "retention_days"?')
+        'retention_days, metrics_listen, commit_interval, commit_rows, max_store_mb, '
+        'min_free_mb, got an unknown key; did you mean "retention_days"?')
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -308,6 +308,10 @@ def test_collector_unknown_key_did_you_mean() -> None:
     ("commit_interval = 0", 'key "commit_interval": expected a duration like "15m", "1h", '
      '"30s" or a number of seconds, greater than 0 s and at most 3600 s, got 0'),
     ("commit_rows = 2.5", 'key "commit_rows": expected an integer from 1 to 1000000, got 2.5'),
+    ("max_store_mb = 1", 'key "max_store_mb": expected an integer from 16 to 16777216 MB, '
+                         'got 1'),
+    ("min_free_mb = -5", 'key "min_free_mb": expected an integer from 0 to 16777216 MB, '
+                         'got -5'),
 ])
 def test_collector_values(line: str, message: str) -> None:
     assert problem(edit('data_dir = "data"', f'data_dir = "data"\n{line}')) == (
