@@ -300,7 +300,9 @@ class Daemon:
             self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
                                        token=ts.token, name=FORWARDER, batch=ts.batch,
                                        precision=ts.precision, gzip=ts.gzip,
-                                       meters=self.settings.meters)
+                                       meters=self.settings.meters,
+                                       on_event=lambda e: loop.call_soon_threadsafe(
+                                           self._on_event, e))
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,

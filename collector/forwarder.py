@@ -35,7 +35,9 @@ from typing import Any, Final
 
 from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
+from influxdb_client.rest import ApiException
 
+from .records import Event, utcnow
 from .settings import MeterSettings
 from .store import OUTBOX_TABLES, Store
 
@@ -48,6 +50,11 @@ COMMAND_STATUS_CODES: Final[dict[str, int]] = {
     "queued": 0, "sent": 1, "acknowledged": 2, "verified": 3, "refused": 4, "failed": 5,
 }
 UNKNOWN_STATUS_CODE: Final = 9
+
+# The server refuses these rows for good (bad point, beyond the bucket's retention, too
+# large): sending them again cannot help.  401/403/404 and 5xx are retried for ever: they
+# are the server's or the configuration's state, not the rows'.
+PERMANENT_STATUS: Final = frozenset({400, 413, 422})
 
 _PRECISION: Final[dict[str, tuple[str, int]]] = {
     # precision -> (WritePrecision, multiplier from epoch ms)
@@ -79,7 +86,8 @@ def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
     return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
 
 
-_Prepared = tuple[int, int, int, str]  # rows, last id, points, line-protocol payload
+# rows, last id, points, line-protocol payload, the rows themselves
+_Prepared = tuple[int, int, int, str, list[sqlite3.Row]]
 
 
 def _num(v: float | int) -> str:
@@ -95,6 +103,7 @@ class ForwarderStats:
     lag: int = 0  # rows behind, over all tables (by id)
     last_error: str = ""
     failing: bool = False
+    dead_letters: int = 0  # rows the server refused for good (kept in the store)
 
 
 class Forwarder:
@@ -106,7 +115,8 @@ class Forwarder:
                  gzip: bool = True, meters: Sequence[MeterSettings] | None = None,
                  backoff_min: float = 0.5, backoff_max: float = 60.0,
                  idle_interval: float = 1.0, timeout: float = 30.0,
-                 tables: Sequence[str] = OUTBOX_TABLES, max_batches: int = 20) -> None:
+                 tables: Sequence[str] = OUTBOX_TABLES, max_batches: int = 20,
+                 on_event: Callable[[Event], None] | None = None) -> None:
         if precision not in _PRECISION:
             raise ValueError(f"precision must be one of {sorted(_PRECISION)}, not {precision!r}")
         if batch < 1:
@@ -129,6 +139,7 @@ class Forwarder:
         self.tables = tuple(tables)
         self.max_batches = max(1, max_batches)  # per table and round, so tables take turns
         self.stats = ForwarderStats()
+        self.on_event = on_event  # called from the forwarder's thread
         self._token = read_token(token, token_file)
         self._write_precision, self._ts_mult = _PRECISION[precision]
         self._meter_tags: dict[str, str] = {}
@@ -283,21 +294,80 @@ class Forwarder:
         """The batch of ``table`` after ``after_id``: (rows, last id, points, payload)."""
         rows = self.store.outbox(self.name, table, after_id=after_id, limit=self.batch)
         if not rows:
-            return 0, after_id, 0, ""
+            return 0, after_id, 0, "", rows
         lines = self._converters[table](rows)
-        return len(rows), int(rows[-1]["id"]), len(lines), "\n".join(lines)
+        return len(rows), int(rows[-1]["id"]), len(lines), "\n".join(lines), rows
+
+    def _write(self, payload: str) -> None:
+        assert self._write_api is not None
+        self._write_api.write(bucket=self.bucket, org=self.org, record=payload,
+                              write_precision=self._write_precision)  # type: ignore[arg-type]
 
     def _send(self, table: str, prepared: _Prepared) -> None:
-        """POST one prepared batch, then advance the cursor (only after the 2xx)."""
-        n, last_id, points, payload = prepared
+        """POST one prepared batch, then advance the cursor (only after the 2xx, or once
+        the rows the server refuses for good are kept as dead letters)."""
+        n, last_id, points, payload, rows = prepared
         if points:
-            assert self._write_api is not None
-            self._write_api.write(bucket=self.bucket, org=self.org, record=payload,
-                                  write_precision=self._write_precision)  # type: ignore[arg-type]
-            self.stats.points_sent += points
+            try:
+                self._write(payload)
+            except ApiException as e:
+                if e.status not in PERMANENT_STATUS:
+                    raise
+                self._isolate(table, rows)
+            else:
+                self.stats.points_sent += points
             self.stats.batches += 1
         self.store.advance(self.name, table, last_id)
         self.stats.rows_sent += n
+
+    def _isolate(self, table: str, rows: list[sqlite3.Row]) -> None:
+        """The batch was refused for good: send it in halves until each refused line is
+        alone, keep those in ``dead_letters`` and raise a ``forward_rejected`` event.
+
+        Lines already accepted may be sent again; they map to the same points.
+        """
+        convert = self._converters[table]
+        pairs = [(int(r["id"]), line) for r in rows for line in convert([r])]
+        refused: list[tuple[int, int, str, str]] = []
+
+        def send(part: list[tuple[int, str]]) -> None:
+            if not part:
+                return
+            try:
+                self._write("\n".join(line for _, line in part))
+            except ApiException as e:
+                if e.status not in PERMANENT_STATUS:
+                    raise
+                if len(part) == 1:
+                    refused.append((part[0][0], int(e.status), self._api_error(e), part[0][1]))
+                    return
+                mid = len(part) // 2
+                send(part[:mid])
+                send(part[mid:])
+            else:
+                self.stats.points_sent += len(part)
+
+        send(pairs)
+        if not refused:
+            return
+        self.store.add_dead_letters(self.name, table, refused)
+        self.stats.dead_letters += len(refused)
+        first = refused[0]
+        detail = (f"{self.url} refused {len(refused)} {table} row(s) for good, e.g. row "
+                  f"{first[0]}: HTTP {first[1]} {first[2]}; kept in dead_letters")
+        log.error("forwarder %s: %s", self.name, detail)
+        if self.on_event is not None:
+            self.on_event(Event("forward_rejected", utcnow(), severity=2,
+                                value=float(len(refused)), detail=detail[:500]))
+
+    def _api_error(self, e: ApiException) -> str:
+        body = e.body.decode("utf-8", "replace") if isinstance(e.body, bytes) else str(e.body)
+        text = body or str(e.reason)
+        with contextlib.suppress(ValueError, TypeError):
+            doc = json.loads(text)
+            if isinstance(doc, dict) and doc.get("message"):
+                text = str(doc["message"])
+        return self._mask(text)
 
     def ship_once(self, table: str) -> int:
         """Ship the next batch of ``table`` (blocking); returns rows consumed (0: none).
@@ -351,7 +421,10 @@ class Forwarder:
                    for t in self.tables)
 
     def _error_text(self, e: BaseException) -> str:
-        text = f"{type(e).__name__}: {e}".strip()
+        return self._mask(f"{type(e).__name__}: {e}")
+
+    def _mask(self, text: str) -> str:
+        """One line of at most 300 characters, without the token."""
         text = " ".join(text.split())[:300]
         if self._token:
             text = text.replace(self._token, "***")

@@ -59,7 +59,7 @@ from .settings import MeterSettings
 log = logging.getLogger("amic.store")
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DAY_MS: Final = 86_400_000
 
 Table = Literal["readings", "events", "commands", "cycles"]
@@ -145,6 +145,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         updated INTEGER NOT NULL,
         PRIMARY KEY (name, table_name)
     ) WITHOUT ROWID;
+    """,
+    """
+    -- Rows a time-series server refused for good (HTTP 400/422: e.g. a point older than
+    -- the bucket's retention): kept here with the server's answer, so the outbox moves on
+    -- and nothing disappears silently.
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        forwarder TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,       -- when it was refused, UTC epoch ms
+        status INTEGER NOT NULL,   -- the HTTP status
+        error TEXT NOT NULL,
+        line TEXT NOT NULL         -- the line protocol that was refused
+    );
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -564,6 +579,30 @@ class Store:
                 cur = conn.execute("DELETE FROM cursors WHERE name = ? AND table_name = ?",
                                    (name, table))
             return cur.rowcount
+
+    def add_dead_letters(self, name: str, table: str,
+                         rows: Sequence[tuple[int, int, str, str]]) -> None:
+        """Record rows forwarder ``name`` could not deliver: (row id, HTTP status, error,
+        line protocol)."""
+        _check_table(table)
+        now = to_ms(dt.datetime.now(dt.UTC))
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO dead_letters (forwarder, table_name, row_id, ts, status, error, "
+                "line) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(name, table, rid, now, status, error, line)
+                 for rid, status, error, line in rows])
+
+    def dead_letters(self, name: str | None = None, limit: int = 1000) -> list[sqlite3.Row]:
+        """Refused rows, newest first."""
+        sql = "SELECT * FROM dead_letters"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            sql += " WHERE forwarder = ?"
+            args = (name,)
+        cur = self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        cur.row_factory = sqlite3.Row
+        return list(cur)
 
     def last_id(self, table: str) -> int:
         """The highest row id of ``table`` (0 when empty); O(1) on the rowid."""
