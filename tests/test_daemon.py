@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SimulatorProcess, amic_command, amic_simulator, free_port
+from daemonproc import Daemon
 
 CONFIG = """
 [collector]
@@ -69,60 +68,6 @@ def write_config(path: Path, port: int, *, schedule: str = "fast", interval: str
     path.write_text(CONFIG.format(port=port, schedule=schedule, interval=interval,
                                   mport=mport or free_port()))
     return path
-
-
-class Daemon:
-    """``amic run`` in a subprocess with its own NOTIFY_SOCKET."""
-
-    def __init__(self, config: Path, tmp: Path, name: str = "daemon",
-                 env: dict[str, str] | None = None) -> None:
-        self.sock_path = tmp / f"{name}.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.sock_path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self.log = tmp / f"{name}.log"
-        full_env = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), PYTHONUNBUFFERED="1",
-                        **(env or {}))
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen([*amic_command(), "run", "--config", str(config),
-                                          "--no-align"], stdout=log, stderr=log, env=full_env)
-
-    def wait_for(self, text: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                msg = self.sock.recv(4096).decode()
-                self.messages.append(msg)
-                if text in msg:
-                    return msg
-            except TimeoutError:
-                assert self.proc.poll() is None, f"daemon exited\n{self.log.read_text()}"
-        raise AssertionError(f"no {text!r} in {self.messages}\n{self.log.read_text()}")
-
-    def wait_log(self, text: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log.read_text():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"no {text!r} in the log\n{self.log.read_text()}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.sock.setblocking(False)
-            while True:  # what the daemon said on its way out
-                try:
-                    self.messages.append(self.sock.recv(4096).decode())
-                except BlockingIOError:
-                    break
-            self.sock.close()
 
 
 def db(tmp: Path) -> sqlite3.Connection:

@@ -1,0 +1,390 @@
+"""collector.relay against the real simulators over TCP: DL/T645 BusServer, Modbus TCP."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.profiles import load_profile
+from collector.relay import (
+    ACTIONS,
+    CHINA_TZ,
+    EXIT_CODES,
+    STATUSES,
+    RelayOutcome,
+    command_expiry,
+    execute,
+    execute_dlt645,
+    execute_modbus,
+    exit_code,
+)
+from drivers.dlt645 import Dlt645Session
+from drivers.modbus import ModbusSession
+from drivers.tcp import TcpBus
+from protocols.dlt645 import Frame, Version
+from protocols.modbus import Profile
+from simulators.bus import BusServer
+from simulators.dlt645 import SimulatedMeter, make_meters
+from simulators.meter import MeterConfig, MeterModel
+from simulators.modbus import ModbusSimulator
+
+ADDR = "000000000001"
+OTHER = "000000000002"
+PASSWORD = "02000000"  # the simulator's level-02 password
+BAUD = 9600
+FAST = {"verify_timeout": 2.0, "poll_interval": 0.05, "tz": None}  # tz None: host time
+
+
+@asynccontextmanager
+async def line(meters: list[SimulatedMeter], **server: Any
+               ) -> AsyncIterator[tuple[BusServer, Dlt645Session]]:
+    async with BusServer(meters, baud=BAUD, td=0.02, **server) as srv, \
+            TcpBus("127.0.0.1", srv.port, td=0.3, tb=0.2, reconnect_min=0.01) as bus:
+        yield srv, Dlt645Session(bus)
+
+
+@asynccontextmanager
+async def one_meter(config: MeterConfig | None = None, **server: Any
+                    ) -> AsyncIterator[tuple[BusServer, Dlt645Session, MeterModel]]:
+    meters = make_meters([ADDR], seed=3, config=config)
+    async with line(meters, **server) as (srv, session):
+        yield srv, session, meters[0].model
+
+
+async def switch(action: str, session: Dlt645Session, **kwargs: Any) -> RelayOutcome:
+    options = {"address": ADDR, "password": PASSWORD, **FAST, **kwargs}
+    return await execute_dlt645(action, session=session, **options)
+
+
+# ---- DL/T645 -----------------------------------------------------------------------------
+
+async def test_trip_confirmed_and_relay_really_open() -> None:
+    async with one_meter() as (srv, session, model):
+        out = await switch("trip", session)
+        assert out.status == "confirmed", out.detail
+        assert model.relay_open and model.relay_command_open
+        assert out.before is not None and out.before.relay_open is False
+        assert out.after is not None and out.after.relay_open and out.after.command_open
+        assert out.relay_closed is False
+        assert out.command_sent and out.acknowledged and out.error_bits == []
+        assert out.energy_before is not None and out.energy_at_switch is not None
+        assert out.energy_at_switch >= out.energy_before > 0
+        assert out.latency_ms is not None and 0 <= out.latency_ms < 2000
+        # status, energy, command, one verification read, energy at switching
+        assert out.round_trips == 5 == srv.stats.requests
+        assert out.exit_code == 0 and exit_code(out) == 0
+        assert PASSWORD not in out.detail and PASSWORD not in str(out.as_dict())
+        assert out.as_dict()["after"]["relay_open"] is True
+        audit = srv.meter(ADDR).audit[-1]
+        assert audit.action == "TRIP" and audit.accepted
+
+
+async def test_restore_after_trip_confirmed() -> None:
+    async with one_meter() as (_, session, model):
+        assert (await switch("trip", session)).status == "confirmed"
+        out = await switch("restore", session)
+        assert out.status == "confirmed", out.detail
+        assert out.before is not None and out.before.relay_open and out.before.command_open
+        assert out.after is not None and out.after.command_open is False
+        assert out.relay_closed is True and not model.relay_open  # closes by itself
+
+
+async def test_restore_permitted_without_auto_close_reports_relay_still_open() -> None:
+    config = MeterConfig(auto_close_on_permit=False)
+    async with one_meter(config) as (_, session, model):
+        assert (await switch("trip", session)).status == "confirmed"
+        out = await switch("restore", session)
+        # Close permitted is confirmed by the command state; the relay waits for the button.
+        assert out.status == "confirmed", out.detail
+        assert out.after is not None and out.after.command_open is False
+        assert out.relay_closed is False and model.relay_open
+        out = await switch("restore", session, direct_close=True)
+        assert out.status == "confirmed", out.detail
+        assert out.relay_closed is True and not model.relay_open
+        assert "close_direct (1C)" in out.detail
+
+
+async def test_hold_power_then_trip_is_never_confirmed() -> None:
+    async with one_meter() as (_, session, model):
+        out = await switch("hold", session)
+        assert out.status == "confirmed" and model.hold_power, out.detail
+        assert out.after is not None and out.after.hold_power
+        # The simulated meter acks the trip and keeps the relay closed under hold power.
+        out = await switch("trip", session, verify_timeout=0.3)
+        assert out.status == "unconfirmed", out.detail
+        assert out.acknowledged and not model.relay_open
+        assert out.after is not None and out.after.relay_open is False
+        assert "hold power is on" in out.detail and out.exit_code == 4
+        assert out.latency_ms is None and out.energy_at_switch is None
+        out = await switch("release", session)
+        assert out.status == "confirmed" and not model.hold_power, out.detail
+        assert (await switch("trip", session)).status == "confirmed"
+        assert model.relay_open
+
+
+async def test_alarm_and_release() -> None:
+    async with one_meter() as (_, session, model):
+        out = await switch("alarm", session)
+        assert out.status == "confirmed" and model.alarm_commanded, out.detail
+        assert out.after is not None and out.after.alarm
+        out = await switch("alarm_release", session)
+        assert out.status == "confirmed" and not model.alarm_commanded, out.detail
+        assert not model.relay_open
+
+
+async def test_wrong_password_refused() -> None:
+    async with one_meter() as (srv, session, model):
+        out = await switch("trip", session, password="02999999")
+        assert out.status == "refused", out.detail
+        assert out.error_bits == ["unauthorised"]
+        assert not model.relay_open and out.after is None and out.exit_code == 3
+        assert "02999999" not in out.detail and "999999" not in out.detail
+        assert out.round_trips == 3 == srv.stats.requests  # status, energy, command
+        assert srv.meter(ADDR).audit[-1].reason == "password"
+
+
+async def test_expired_command_refused() -> None:
+    async with one_meter() as (_, session, model):
+        out = await switch("trip", session, expiry=model.now() - dt.timedelta(minutes=1))
+        assert out.status == "refused", out.detail
+        assert out.error_bits == ["other_error"]
+        assert not model.relay_open
+
+
+async def test_wrong_address_reply_stops_before_anything_is_sent() -> None:
+    async with one_meter(faults=f"wrong-address:{ADDR}") as (srv, session, model):
+        out = await switch("trip", session)
+        assert out.status == "address_mismatch", out.detail
+        assert out.exit_code == 5 and not out.command_sent and not model.relay_open
+        assert out.before is None
+        # The reply to the first read came from 000000000002: no retry, nothing more.
+        assert srv.stats.requests == 1 == out.round_trips
+        assert srv.meter(ADDR).counters["requests"] == 1
+        assert "000000000002" in out.detail
+        assert session.retries == 1  # the session's own setting is back
+
+
+class ImpostorMeter(SimulatedMeter):
+    """A real simulated meter whose replies carry another address from some point on."""
+
+    def __init__(self, model: MeterModel, impostor_from: Callable[[Frame], bool]) -> None:
+        super().__init__(model)
+        self.impostor_from = impostor_from
+        self.impostor = False
+
+    def handle(self, frame: Frame) -> Frame | None:
+        reply = super().handle(frame)
+        self.impostor = self.impostor or self.impostor_from(frame)
+        if reply is None or not self.impostor:
+            return reply
+        return Frame(OTHER, reply.control, reply.data)
+
+
+async def test_ack_from_another_address_is_never_success() -> None:
+    meter = ImpostorMeter(MeterModel(ADDR, seed="3"), lambda f: f.function == 0x1C)
+    async with line([meter]) as (srv, session):
+        out = await switch("trip", session)
+        assert out.status == "address_mismatch", out.detail
+        assert out.command_sent and not out.acknowledged and out.after is None
+        assert srv.stats.requests == 3 == out.round_trips  # no verification read
+        assert "remote control" in out.detail or "trip" in out.detail
+
+
+async def test_verification_read_from_another_address_stops_at_once() -> None:
+    commanded = False
+
+    def after_command(frame: Frame) -> bool:  # every reply after the ack's
+        nonlocal commanded
+        hit = commanded
+        commanded = commanded or frame.function == 0x1C
+        return hit
+
+    meter = ImpostorMeter(MeterModel(ADDR, seed="3"), after_command)
+    async with line([meter]) as (srv, session):
+        out = await switch("trip", session)
+        assert out.status == "address_mismatch", out.detail
+        assert out.acknowledged and out.latency_ms is None
+        assert srv.stats.requests == 4 == out.round_trips  # one verification read, no more
+        assert "relay state after" in out.detail
+
+
+class SilentOnControl(SimulatedMeter):
+    """Never answers a relay command; acts on it when ``acts``."""
+
+    def __init__(self, model: MeterModel, acts: bool) -> None:
+        super().__init__(model)
+        self.acts = acts
+
+    def handle(self, frame: Frame) -> Frame | None:
+        if frame.function != 0x1C:
+            return super().handle(frame)
+        if self.acts:
+            super().handle(frame)
+        return None
+
+
+@pytest.mark.parametrize("acts", [True, False])
+async def test_no_ack_then_the_state_decides(acts: bool) -> None:
+    meter = SilentOnControl(MeterModel(ADDR, seed="3"), acts)
+    async with line([meter]) as (_, session):
+        out = await switch("trip", session, verify_timeout=0.5)
+        assert not out.acknowledged and "no acknowledgement" in out.detail
+        if acts:
+            assert out.status == "confirmed" and meter.model.relay_open, out.detail
+        else:
+            assert out.status == "failed" and not meter.model.relay_open, out.detail
+            assert out.exit_code == 6
+
+
+async def test_dlt645_1997_unsupported_and_argument_errors() -> None:
+    async with one_meter() as (srv, session, _):
+        old = Dlt645Session(session.bus, version=Version.V1997)
+        out = await execute_dlt645("trip", session=old, address=ADDR, password=PASSWORD)
+        assert out.status == "unsupported" and out.exit_code == 7
+        with pytest.raises(ValueError, match="wildcard"):
+            await switch("trip", session, address="AAAAAAAAAAAA")
+        with pytest.raises(ValueError, match="8 hex digits") as e:
+            await switch("trip", session, password="0200000x")
+        assert "0200000x" not in str(e.value)
+        with pytest.raises(ValueError, match="relay action"):
+            await switch("open", session)
+        with pytest.raises(ValueError, match="password"):
+            await execute("trip", session=session, address=ADDR)
+        assert srv.stats.requests == 0
+
+
+async def test_execute_dispatches_to_dlt645() -> None:
+    async with one_meter() as (_, session, model):
+        out = await execute("trip", session=session, address=ADDR, password=PASSWORD,
+                            verify_timeout=2.0, poll_interval=0.05, tz=None)
+        assert out.status == "confirmed" and out.protocol == "dlt645" and model.relay_open
+
+
+def test_command_expiry_defaults_to_china_time_plus_five_minutes() -> None:
+    now = dt.datetime(2024, 6, 1, 4, 0, 30, 123456, tzinfo=dt.UTC)
+    assert command_expiry(now=now) == dt.datetime(2024, 6, 1, 12, 5, 30)
+    assert command_expiry(dt.datetime(2024, 6, 1, 9, 0)) == dt.datetime(2024, 6, 1, 9, 0)
+    aware = dt.datetime(2024, 6, 1, 0, 0, tzinfo=dt.UTC)
+    assert command_expiry(aware) == dt.datetime(2024, 6, 1, 8, 0)
+    assert command_expiry(aware, tz=dt.timezone(dt.timedelta(hours=-1))) \
+        == dt.datetime(2024, 5, 31, 23, 0)
+    assert CHINA_TZ.utcoffset(None) == dt.timedelta(hours=8)
+
+
+def test_exit_codes() -> None:
+    assert EXIT_CODES == {"confirmed": 0, "refused": 3, "unconfirmed": 4,
+                          "address_mismatch": 5, "failed": 6, "unsupported": 7}
+    assert set(STATUSES) == set(EXIT_CODES)
+    assert ACTIONS == ("trip", "restore", "hold", "release", "alarm", "alarm_release")
+    assert exit_code("refused") == 3
+    with pytest.raises(ValueError):
+        exit_code("nope")
+
+
+# ---- Modbus ---------------------------------------------------------------------------------
+
+RELAY_PROFILE = """
+[profile]
+manufacturer = "Test"
+model = "R1"
+manual = "test profile"
+max_registers = 20
+
+[[register]]
+name = "energy_active_forward_total"
+function = 3
+address = 0
+type = "uint32"
+scale = "0.01"
+unit = "kWh"
+
+[[register]]
+name = "voltage_a"
+function = 3
+address = 2
+type = "uint16"
+scale = "0.1"
+unit = "V"
+
+[[register]]
+name = "status_word_3"
+function = 3
+address = 16
+type = "uint16"
+unit = ""
+
+[relay]
+kind = "register"
+address = 88
+trip = 1
+close = 0
+readback_function = 3
+readback_address = 16
+readback_bit = 4
+open_when = 1
+"""
+
+
+def write_profile(tmp_path: Path, name: str, text: str) -> Profile:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return load_profile(path)
+
+
+@asynccontextmanager
+async def modbus(profile: Profile) -> AsyncIterator[tuple[ModbusSimulator, ModbusSession]]:
+    async with ModbusSimulator(profile, meters=1, transport="tcp", seed=5) as sim, \
+            TcpBus("127.0.0.1", sim.port, td=0.5, tb=0.2, reconnect_min=0.01) as bus:
+        yield sim, ModbusSession(bus, framing="tcp")
+
+
+async def test_modbus_trip_and_restore_confirmed(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
+    async with modbus(profile) as (sim, session):
+        out = await execute_modbus("trip", session=session, unit=1, profile=profile,
+                                   verify_timeout=2.0, poll_interval=0.05)
+        assert out.status == "confirmed", out.detail
+        assert sim.model(1).relay_open and out.protocol == "modbus" and out.address == "1"
+        assert out.before is not None and out.before.relay_open is False
+        assert out.after is not None and out.after.relay_open and out.after.command_open
+        assert out.energy_before is not None and out.energy_at_switch is not None
+        assert out.round_trips == 5  # readback, energy, write, readback, energy
+        assert sim.stats.trips == 1
+        out = await execute("restore", session=session, address=1, profile=profile,
+                            verify_timeout=2.0, poll_interval=0.05)
+        assert out.status == "confirmed", out.detail
+        assert out.relay_closed is True and not sim.model(1).relay_open
+
+
+async def test_modbus_trip_under_hold_power_unconfirmed(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
+    async with modbus(profile) as (sim, session):
+        sim.model(1).set_hold_power(True)
+        out = await execute_modbus("trip", session=session, unit=1, profile=profile,
+                                   verify_timeout=0.2, poll_interval=0.05)
+        # The simulator echoes the relay's state (0): an answer, not an ack.
+        assert out.status == "unconfirmed", out.detail
+        assert not out.acknowledged and "does not match" in out.detail
+        assert "hold power is on" in out.detail and not sim.model(1).relay_open
+
+
+async def test_modbus_without_relay_or_hold_unsupported(tmp_path: Path) -> None:
+    no_relay = RELAY_PROFILE.split("[relay]")[0]
+    plain = write_profile(tmp_path, "no-relay", no_relay)
+    with_relay = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
+    async with modbus(plain) as (sim, session):
+        out = await execute_modbus("trip", session=session, unit=1, profile=plain)
+        assert out.status == "unsupported" and out.exit_code == 7
+        assert "no relay control" in out.detail and not out.command_sent
+        out = await execute_modbus("hold", session=session, unit=1, profile=with_relay)
+        assert out.status == "unsupported" and "hold" in out.detail
+        assert sim.stats.requests == 0 and session.requests == 0
+        with pytest.raises(ValueError, match="broadcast"):
+            await execute_modbus("trip", session=session, unit=0, profile=with_relay)
+        with pytest.raises(ValueError, match="profile"):
+            await execute("trip", session=session, address=1)
