@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -327,6 +328,11 @@ class Store:
         with self._lock:
             self._conns.append(conn)
         return conn
+
+    def thread_connection(self) -> sqlite3.Connection:
+        """This thread's connection, for read queries a component builds itself (the
+        forwarder builds line protocol in SQL).  Do not write through it."""
+        return self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -1309,11 +1315,16 @@ class StoreWriter:
         now_ms = to_ms(dt.datetime.now(dt.UTC))
         rejected = rejected_readings = 0
         conn.execute("BEGIN IMMEDIATE")
+        if not careful:
+            # One executemany per run of chunks of one kind: the poller hands over a few
+            # readings per meter, and a statement per chunk would cost more than the rows.
+            for kind, group in itertools.groupby(batch, key=lambda c: c[0]):
+                items = list(itertools.chain.from_iterable(c[1] for c in group))
+                conn.executemany(*self._rows(kind, items, now_ms))
+            conn.execute("COMMIT")
+            return 0, 0
         for kind, items in batch:
-            sql, rows = self._rows(kind, items, now_ms)
-            if not careful:
-                conn.executemany(sql, rows)
-                continue
+            sql = self._rows(kind, items, now_ms)[0]
             for item in items:
                 try:
                     conn.executemany(sql, self._rows(kind, [item], now_ms)[1])

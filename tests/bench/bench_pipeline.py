@@ -1,0 +1,163 @@
+"""On demand: sustained points/s from the poller's sink through SQLite to the time-series
+store, against a bare influxdb-client write loop.
+
+    .venv/bin/python tests/bench/bench_pipeline.py [--rows 1000000] [--batch 5000]
+
+1. Pipeline: readings are handed over the way the poller hands them to the daemon (one
+   ``put_many`` of 8 readings per meter read, as ``Daemon._on_readings`` does), the
+   StoreWriter commits them to SQLite (WAL, synchronous=FULL as in production) and the
+   Forwarder ships the outbox to VictoriaMetrics at the same time.  Timed from the first
+   reading handed over until the server acknowledged the last one.
+2. Bare: the same readings written straight to a fresh server by influxdb-client's
+   synchronous WriteApi in a loop, batches of the same size, gzip: each batch turned
+   into line protocol with f-strings (the fastest conversion in Python; influxdb-client's
+   Point objects are several times slower), no store in between.
+3. Bare, pre-built: the same lines built beforehand, only the writes timed (the
+   ceiling: HTTP, gzip and the server).
+Goal: pipeline >= 50k points/s and >= 0.8x bare.
+
+The meter reads themselves are not in this figure: a bus delivers a few readings per
+second, and tests/bench/bench_scale.py measures polling (CPU per 1000 reads).  This
+measures whether everything after the poll keeps up with any number of buses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
+from influxdb_client.client.write_api import SYNCHRONOUS
+from victoria import VictoriaMetrics
+
+from collector.forwarder import Forwarder
+from collector.records import Reading
+from collector.settings import MeterSettings
+from collector.store import Store, StoreWriter
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+QUANTITIES = ("voltage_a", "voltage_b", "voltage_c", "current_a", "current_b", "current_c",
+              "power_active_total", "energy_active_forward_total")
+
+
+def meter_reads(rows: int, meters: list[MeterSettings]) -> list[list[Reading]]:
+    """The readings of successive meter reads (8 each), as the poller produces them."""
+    out: list[list[Reading]] = []
+    i = 0
+    while i < rows:
+        m = meters[(i // len(QUANTITIES)) % len(meters)]
+        ts = T0 + dt.timedelta(milliseconds=i)
+        out.append([Reading(m.meter_id, q, 220.0 + (i % 100) / 10, "V", ts)
+                    for q in QUANTITIES])
+        i += len(QUANTITIES)
+    return out
+
+
+async def run_pipeline(path: Path, url: str, reads: list[list[Reading]], batch: int,
+                       meters: list[MeterSettings]) -> tuple[float, float, int, int]:
+    """(seconds to committed, seconds to acknowledged, points sent, max outbox lag)."""
+    store = Store(path)
+    writer = StoreWriter(store)  # the daemon's defaults: 1 s or 2000 rows per commit
+    fwd = Forwarder(store, url, org="amic", bucket="amic", token="t", batch=batch,
+                    meters=meters, idle_interval=0.05)
+    await writer.start()
+    task = asyncio.create_task(fwd.run())
+    await asyncio.sleep(0.2)  # the forwarder is connected and idle
+    max_lag = 0
+    t = time.perf_counter()
+    for n, rows in enumerate(reads):
+        writer.put_many(rows)
+        if n % 500 == 499:
+            await asyncio.sleep(0)  # the poller yields between jobs
+            if n % 20_000 == 19_999:
+                max_lag = max(max_lag, writer.pending + store.outbox_lag("timeseries",
+                                                                         "readings"))
+    await writer.flush()
+    committed = time.perf_counter() - t
+    last = store.last_id("readings")
+    while store.cursor("timeseries", "readings") < last:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
+    acked = time.perf_counter() - t
+    fwd.stop()
+    await task
+    await writer.close()
+    store.close()
+    return committed, acked, fwd.stats.points_sent, max_lag
+
+
+def run_bare_readings(url: str, reads: list[list[Reading]], batch: int,
+                      tags: dict[str, str]) -> tuple[float, int]:
+    """Readings to the server directly: (seconds, points)."""
+    flat = [r for rows in reads for r in rows]
+    points = 0
+    with InfluxDBClient(url=url, token="t", org="amic", enable_gzip=True) as client:
+        w = client.write_api(write_options=SYNCHRONOUS)
+        t = time.perf_counter()
+        for i in range(0, len(flat), batch):
+            lines = [f"reading,meter={r.meter},quantity={r.quantity}{tags[r.meter]} "
+                     f"value={r.value!r} {int(r.ts.timestamp() * 1000)}"
+                     for r in flat[i:i + batch]]
+            w.write(bucket="amic", org="amic", record="\n".join(lines),
+                    write_precision=WritePrecision.MS)
+            points += len(lines)
+        return time.perf_counter() - t, points
+
+
+def run_bare(url: str, lines: list[str], batch: int) -> float:
+    payloads = ["\n".join(lines[i:i + batch]) for i in range(0, len(lines), batch)]
+    with InfluxDBClient(url=url, token="t", org="amic", enable_gzip=True) as client:
+        w = client.write_api(write_options=SYNCHRONOUS)
+        t = time.perf_counter()
+        for p in payloads:
+            w.write(bucket="amic", org="amic", record=p, write_precision=WritePrecision.MS)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    args = ap.parse_args()
+    meters = [MeterSettings(f"M{i:05d}", f"{i:012d}", f"bus-{i % 16}", area=f"TQ-{i % 40:02d}")
+              for i in range(1000)]
+    reads = meter_reads(args.rows, meters)
+    points = sum(len(r) for r in reads)
+    with tempfile.TemporaryDirectory() as d:
+        with VictoriaMetrics(Path(d) / "vm1") as vm:
+            committed, acked, sent, lag = asyncio.run(
+                run_pipeline(Path(d) / "amic.db", vm.url, reads, args.batch, meters))
+        rate = sent / acked
+        print(f"pipeline: {points:,} points handed over, {sent:,} acknowledged in "
+              f"{acked:.2f} s = {rate:,.0f} points/s (all committed after {committed:.2f} s;"
+              f" largest backlog seen {lag:,} rows)")
+        conv = Forwarder(Store(Path(d) / "amic.db"), "http://unused", org="o", bucket="b",
+                         meters=meters)
+        lines = conv.reading_lines(conv.store.outbox("x", "readings", after_id=0,
+                                                     limit=points))
+        conv.store.close()
+        with VictoriaMetrics(Path(d) / "vm2") as vm:
+            secs, n = run_bare_readings(vm.url, reads, args.batch, conv._meter_tags)
+        bare = n / secs
+        print(f"bare influxdb-client from readings: {n:,} points in {secs:.2f} s = "
+              f"{bare:,.0f} points/s")
+        with VictoriaMetrics(Path(d) / "vm3") as vm:
+            secs = run_bare(vm.url, lines, args.batch)
+        ceiling = len(lines) / secs
+        print(f"bare influxdb-client, pre-built lines: {len(lines):,} points in {secs:.2f} s"
+              f" = {ceiling:,.0f} points/s")
+        print(f"ratio pipeline/bare: {rate / bare:.2f}; pipeline/pre-built: "
+              f"{rate / ceiling:.2f} (goal >= 50,000 points/s and >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

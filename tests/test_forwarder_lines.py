@@ -1,0 +1,53 @@
+"""The readings' line protocol built by SQLite equals the Python conversion (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from pathlib import Path
+
+import pytest
+
+from collector.forwarder import Forwarder
+from collector.records import Reading
+from collector.settings import MeterSettings
+from collector.store import Store, StoreWriter
+
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+METERS = [MeterSettings("M 1,x=y", "000000000001", "bus 1", area="TQ,01", feeder="F=1",
+                        station="S\\1"),
+          MeterSettings("M2", "000000000002", "bus-2")]
+
+
+def parse(line: str) -> tuple[str, float, int]:
+    head, value, ts = line.rsplit(" ", 2)
+    assert value.startswith("value=")
+    return head, float(value[len("value="):]), int(ts)
+
+
+@pytest.mark.parametrize("precision", ["s", "ms", "us", "ns"])
+def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
+    values = [220.0, 0.1 + 0.2, 812345.67, -3.5, 1 / 3, 1e20, 5e-324, math.nan, math.inf,
+              -math.inf, 0.0, -0.0, 1.7976931348623157e308]
+    rows = [Reading(m, q, v, "V", T0 + dt.timedelta(seconds=i),
+                    meter_ts=T0 if i % 3 == 0 else None)
+            for i, v in enumerate(values)
+            for m in ("M 1,x=y", "M2", "unconfigured meter")
+            for q in ("voltage_a", "odd quantity,x")]
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_many(rows)
+        asyncio.run(put())
+        fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                        precision=precision, batch=10_000)
+        n, last_id, points, payload, pairs = fwd._prepare("readings", 0)
+        python = fwd.reading_lines(store.outbox("x", "readings", after_id=0, limit=10_000))
+    assert n == len(rows) and last_id == len(rows)
+    sql = payload.split("\n")
+    assert points == len(sql) == len(python) == len(pairs)
+    # The same points: same measurement and tags, same timestamp, the very same double.
+    assert [parse(a) for a in sql] == [parse(b) for b in python]
+    # NULL (NaN) and infinite values have no point.
+    assert len(python) == len(rows) - 3 * 2 * 3
