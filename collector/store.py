@@ -1111,12 +1111,12 @@ class StoreWriter:
                 self._cond.wait(max(timeout, 0.001))
 
     def _take(self) -> list[_Chunk]:
-        """Whole chunks from the queue, up to max_batch rows (at least one chunk; one
-        chunk only while the store has no room)."""
+        """Whole chunks from the queue, up to max_batch rows (commit_rows while the store
+        has no room); at least one chunk."""
         q = self._queue
         rows = 0
         i = 0
-        limit = 0 if self.full_since is not None else self.max_batch
+        limit = self.commit_rows if self.full_since is not None else self.max_batch
         while i < len(q) and (i == 0 or rows + len(q[i][1]) <= limit):
             rows += len(q[i][1])
             i += 1
@@ -1187,12 +1187,14 @@ class StoreWriter:
                     if self.purge_shipped_when_full and self._make_room(conn):
                         continue
                     if len(batch) > 1:  # smaller transactions fit in what room is left
+                        half = len(batch) // 2
                         with self._cond:
-                            self._queue[:0] = batch[1:]
+                            self._queue[:0] = batch[half:]
                             self._oldest = time.monotonic()
-                        batch = batch[:1]
-                        n = len(batch[0][1])
-                        readings = n if batch[0][0] == _READINGS else 0
+                        batch = batch[:half]
+                        n = sum(len(items) for _, items in batch)
+                        readings = sum(len(items) for kind, items in batch
+                                       if kind == _READINGS)
                         continue
                     if self.errors % 20 == 1:
                         log.error("store: no room for %d rows (%s); %d rows held in memory, "
@@ -1217,7 +1219,9 @@ class StoreWriter:
                 delay = min(delay * 2, 5.0)
         took = time.perf_counter() - t0
         stored = n - rejected
-        if self.full_since is not None:
+        # Room again once the backlog is written, not at the first small commit that
+        # fits: a store hovering at its cap would raise an event pair per commit.
+        if self.full_since is not None and self.pending - n < self.commit_rows:
             self._room_again()
         if time.monotonic() >= self._next_disk_check:
             self._check_disk()

@@ -145,7 +145,13 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
         assert not waiter.done()  # polling would be paused here
         store.advance("timeseries", "readings", store.last_id("readings"))
         await asyncio.wait_for(waiter, 10)
+        while writer.pending:  # the forwarder goes on shipping: the backlog drains
+            store.advance("timeseries", "readings", store.last_id("readings"))
+            await asyncio.sleep(0.05)
         await writer.close()
+        # One episode, not an event pair per commit while it hovered at the cap.
+        kinds = [e.kind for e in alerts]
+        assert kinds == ["store_full", "store_recovered"]
         assert writer.rows_dropped == 0
         store.close()
 
