@@ -1,0 +1,661 @@
+"""Verified relay switching: send one relay command, then prove it took effect.
+
+Independent of the daemon: the caller owns the bus and hands over a session::
+
+    async with TcpBus("10.0.0.7", 10001) as bus:
+        outcome = await execute_dlt645("trip", session=Dlt645Session(bus),
+                                       address="000000000123", password="02000000")
+        sys.exit(outcome.exit_code)
+
+Every switching runs the same sequence:
+
+1. read the state *before* (DL/T645: status word 3: relay open, relay command state,
+   pre-trip alarm, hold power; Modbus: the profile's relay readback) and the forward
+   active energy (a failed energy read is tolerated: ``energy_before`` is None).  If the
+   state cannot be read, nothing is sent (``failed``);
+2. send the command **once** (never retried);
+3. poll the state every ``poll_interval`` until it is the state the action leads to, or
+   ``verify_timeout`` (counted from the command) runs out;
+4. on confirmation, read the energy again (``energy_at_switch``).
+
+Outcome ``status``:
+
+``confirmed``         the meter reached the expected state (``latency_ms``: command sent
+                      to the read that showed it)
+``refused``           the meter answered the command abnormally; ``error_bits`` names why
+                      (``unauthorised`` for a wrong password, ``other_error`` for an
+                      expired command on the simulator, Modbus exception names)
+``unconfirmed``       the meter acknowledged (or answered the command from the right
+                      address with a reply that does not match it, e.g. a Modbus echo of
+                      the relay's old state), but the state did not follow in time (a trip
+                      under hold power: the meter acks and keeps the relay closed)
+``address_mismatch``  some reply came from another meter (address / unit id): the
+                      sequence stopped on the spot and nothing more went to the meter;
+                      such a reply is never taken as success
+``failed``            no usable state before (nothing sent), or no acknowledgement and the
+                      state did not follow
+``unsupported``       the meter cannot do this (DL/T645-1997, a Modbus profile without a
+                      relay or without a readback, hold power / alarm on Modbus)
+
+What is expected of each action (DL/T645, status word 3):
+
+``trip``           1A, relay open (bit 4)
+``restore``        1B close permitted: relay command state "close" (bit 6 clear); the
+                   relay closes when the customer presses the button, or at once on
+                   meters that close by themselves (``relay_closed`` tells); with
+                   ``direct_close=True``: 1C direct close, relay closed (bit 4 clear)
+``hold``           3A, hold power (bit 12) set; ``release``: 3B, bit 12 clear
+``alarm``          2A, pre-trip alarm (bit 7) set; ``alarm_release``: 2B, bit 7 clear
+
+On Modbus, ``trip`` and ``restore`` write the profile's relay coil or register and are
+confirmed by its readback.
+
+While a switching runs, the session's read ``retries`` is set to 0 (restored after):
+reads are retried here instead, except after a reply from another address, which ends
+the sequence at once.  Argument mistakes (an address with wildcards, a malformed
+password) raise :class:`ValueError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, TypeVar, get_args
+
+from drivers.dlt645 import Dlt645Session, EncryptHook
+from drivers.errors import (
+    BadReply,
+    DriverError,
+    LinkDown,
+    MeterError,
+    NoReply,
+    WrongReply,
+)
+from drivers.modbus import ModbusBusy, ModbusSession
+from protocols.dlt645 import DLT645Error, RelayCommand, RemoteControlRequest, StatusWord, Version
+from protocols.modbus import Profile, relay_readback_block, relay_state
+from protocols.quantities import BROADCAST_ADDRESS, normalise_address
+
+Action = Literal["trip", "restore", "hold", "release", "alarm", "alarm_release"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+
+Status = Literal["confirmed", "refused", "unconfirmed", "address_mismatch", "failed",
+                 "unsupported"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+EXIT_CONFIRMED = 0
+EXIT_REFUSED = 3
+EXIT_UNCONFIRMED = 4
+EXIT_ADDRESS_MISMATCH = 5
+EXIT_FAILED = 6
+EXIT_UNSUPPORTED = 7
+EXIT_CODES: dict[Status, int] = {
+    "confirmed": EXIT_CONFIRMED,
+    "refused": EXIT_REFUSED,
+    "unconfirmed": EXIT_UNCONFIRMED,
+    "address_mismatch": EXIT_ADDRESS_MISMATCH,
+    "failed": EXIT_FAILED,
+    "unsupported": EXIT_UNSUPPORTED,
+}
+"""Process exit code of the relay CLI for each outcome status."""
+
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
+"""Default meter local time (China Standard Time, no daylight saving)."""
+
+DEFAULT_EXPIRY = dt.timedelta(minutes=5)
+DEFAULT_VERIFY_TIMEOUT = 10.0
+DEFAULT_POLL_INTERVAL = 0.5
+ENERGY_QUANTITIES = ("energy_active_forward_total", "energy_active_combined_total")
+"""The energy read before and at switching: the first of these the meter offers (Modbus:
+the profile maps; DL/T645 always reads the first)."""
+
+_DLT645_COMMANDS: dict[Action, RelayCommand] = {
+    "trip": RelayCommand.TRIP,
+    "restore": RelayCommand.CLOSE_PERMITTED,
+    "hold": RelayCommand.HOLD_POWER,
+    "release": RelayCommand.HOLD_POWER_RELEASE,
+    "alarm": RelayCommand.ALARM,
+    "alarm_release": RelayCommand.ALARM_RELEASE,
+}
+
+# Status word 3 (DL/T645-2007 with the 2013 amendment's hold power bit).
+_BIT_RELAY_OPEN = 4
+_BIT_COMMAND_OPEN = 6
+_BIT_ALARM = 7
+_BIT_HOLD_POWER = 12
+
+
+def exit_code(outcome: RelayOutcome | str) -> int:
+    """The CLI exit code of an outcome (or of a status name); ValueError if unknown."""
+    status = outcome.status if isinstance(outcome, RelayOutcome) else outcome
+    try:
+        return EXIT_CODES[status]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown relay outcome status {status!r}") from None
+
+
+def command_expiry(expiry: dt.datetime | None = None, *, tz: dt.tzinfo | None = CHINA_TZ,
+                   now: dt.datetime | None = None) -> dt.datetime:
+    """The expiry sent with a DL/T645 command: naive, in the meter's local time.
+
+    ``expiry`` None: ``now`` (default: the present) + 5 minutes.  An aware ``expiry``
+    is converted to ``tz``; a naive one is taken as meter local time already.  ``tz``
+    None means the host's local time (meters whose clocks follow the host).
+    """
+    if expiry is None:
+        base = now if now is not None else dt.datetime.now(dt.UTC)
+        expiry = base + DEFAULT_EXPIRY
+    if expiry.tzinfo is None:
+        return expiry.replace(microsecond=0)
+    local = expiry.astimezone(tz) if tz is not None else expiry.astimezone()
+    return local.replace(tzinfo=None, microsecond=0)
+
+
+# ---- results -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RelayState:
+    """What the meter said about its relay; None where it does not tell.
+
+    ``relay_open``: the relay (bit 4, or the Modbus readback); ``command_open``: the
+    relay command state is "trip" (bit 6); ``hold_power`` (bit 12); ``alarm``: pre-trip
+    alarm (bit 7); ``status_word_3``: the raw word, when read.
+    """
+
+    relay_open: bool | None = None
+    command_open: bool | None = None
+    hold_power: bool | None = None
+    alarm: bool | None = None
+    status_word_3: int | None = None
+
+    @classmethod
+    def from_status_word_3(cls, word: int, relay_open: bool | None = None) -> RelayState:
+        """Decode status word 3; ``relay_open`` overrides bit 4 (a Modbus readback)."""
+        return cls(
+            relay_open=bool(word >> _BIT_RELAY_OPEN & 1) if relay_open is None else relay_open,
+            command_open=bool(word >> _BIT_COMMAND_OPEN & 1),
+            hold_power=bool(word >> _BIT_HOLD_POWER & 1),
+            alarm=bool(word >> _BIT_ALARM & 1),
+            status_word_3=word,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"relay_open": self.relay_open, "command_open": self.command_open,
+                "hold_power": self.hold_power, "alarm": self.alarm,
+                "status_word_3": self.status_word_3}
+
+
+@dataclass(slots=True)
+class RelayOutcome:
+    """The result of one switching; see the module doc for ``status``.
+
+    ``address``: the meter (12 digits) or the Modbus unit id (as text);
+    ``command_sent``: the command went on the wire; ``acknowledged``: the meter acked it;
+    ``round_trips``: requests sent during the whole sequence; ``detail``: a sentence for
+    people (never holds the password).
+    """
+
+    action: Action
+    address: str
+    protocol: Literal["dlt645", "modbus"]
+    status: Status = "failed"
+    error_bits: list[str] = field(default_factory=list)
+    before: RelayState | None = None
+    after: RelayState | None = None
+    energy_before: float | None = None
+    energy_at_switch: float | None = None
+    latency_ms: float | None = None
+    round_trips: int = 0
+    command_sent: bool = False
+    acknowledged: bool = False
+    detail: str = ""
+
+    @property
+    def relay_closed(self) -> bool | None:
+        """The relay's state at the last good read after the command (None: unknown)."""
+        if self.after is None or self.after.relay_open is None:
+            return None
+        return not self.after.relay_open
+
+    @property
+    def confirmed(self) -> bool:
+        return self.status == "confirmed"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for the CLI's output and audit logs)."""
+        return {
+            "action": self.action, "address": self.address, "protocol": self.protocol,
+            "status": self.status, "error_bits": list(self.error_bits),
+            "before": self.before.as_dict() if self.before else None,
+            "after": self.after.as_dict() if self.after else None,
+            "relay_closed": self.relay_closed,
+            "energy_before": self.energy_before, "energy_at_switch": self.energy_at_switch,
+            "latency_ms": self.latency_ms, "round_trips": self.round_trips,
+            "command_sent": self.command_sent, "acknowledged": self.acknowledged,
+            "detail": self.detail,
+        }
+
+
+# ---- the sequence, whatever the protocol ----------------------------------------------------
+
+_T = TypeVar("_T")
+
+class _Foreign(Exception):
+    """Internal: a reply came from another meter; the sequence stops."""
+
+    def __init__(self, error: WrongReply, step: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.step = step
+
+
+def _is_foreign(e: BaseException) -> bool:
+    return isinstance(e, WrongReply) and e.field in ("address", "unit")
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What differs between protocols: how to read, what to send, what to expect."""
+
+    session: Dlt645Session | ModbusSession
+    read_state: Callable[[], Awaitable[RelayState]]
+    read_energy: Callable[[], Awaitable[float | None]] | None
+    send: Callable[[], Awaitable[None]]
+    expected: Callable[[RelayState], bool]
+    expectation: str  # "relay open", for details
+    command: str  # "trip (1A)", for details
+    secret: str = ""  # scrubbed from every detail
+
+
+async def _guarded(call: Callable[[], Awaitable[_T]], step: str, attempts: int = 1) -> _T:
+    """``call()``, retried ``attempts - 1`` times like a driver read; a foreign reply stops."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except WrongReply as e:
+            if _is_foreign(e):
+                raise _Foreign(e, step) from e
+            if attempt + 1 >= attempts:
+                raise
+        except (NoReply, BadReply, LinkDown):
+            if attempt + 1 >= attempts:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _run(plan: _Plan, out: RelayOutcome, verify_timeout: float,
+               poll_interval: float) -> RelayOutcome:
+    session = plan.session
+    retries = session.retries
+    first_request = session.requests
+    session.retries = 0  # reads are retried in _guarded, which stops at a foreign reply
+    try:
+        await _sequence(plan, out, verify_timeout, poll_interval, 1 + retries)
+    except _Foreign as e:
+        out.status = "address_mismatch"
+        sent = "after the command was sent" if out.command_sent else "nothing was sent"
+        out.detail = (f"{e.step}: reply from {e.error.got} instead of {e.error.expected}; "
+                      f"stopped, {sent} and nothing more goes to this meter")
+    finally:
+        session.retries = retries
+        out.round_trips = session.requests - first_request
+    if plan.secret:
+        out.detail = out.detail.replace(plan.secret, "********")
+    return out
+
+
+async def _sequence(plan: _Plan, out: RelayOutcome, verify_timeout: float,
+                    poll_interval: float, attempts: int) -> None:
+    # 1. Before.
+    try:
+        out.before = await _guarded(plan.read_state, "relay state before", attempts)
+    except DriverError as e:
+        out.status = "failed"
+        out.detail = f"relay state unreadable, {plan.command} not sent: {e}"
+        return
+    energy_note = ""
+    if plan.read_energy is not None:
+        try:
+            out.energy_before = await _guarded(plan.read_energy, "energy before", attempts)
+        except DriverError as e:
+            energy_note = f"; energy before unreadable: {e}"
+
+    # 2. The command, once.
+    loop = asyncio.get_running_loop()
+    sent_at = loop.time()
+    out.command_sent = True
+    ack_problem = ""
+    answered = False
+    try:
+        await _guarded(plan.send, f"{plan.command}")
+        out.acknowledged = True
+    except ModbusBusy as e:
+        if e.code != 0x05:  # SERVER_DEVICE_BUSY: not taken; ACKNOWLEDGE: taken, slow
+            out.status = "refused"
+            out.error_bits = list(e.errors)
+            out.detail = f"{plan.command} refused: {e}"
+            return
+        out.acknowledged = True
+    except MeterError as e:
+        out.status = "refused"
+        out.error_bits = list(e.errors)
+        out.detail = f"{plan.command} refused: {e}"
+        return
+    except WrongReply as e:
+        # The meter answered, but not with the ack (a Modbus echo of another value: some
+        # devices echo the relay's state); whether it acted, the state will tell.
+        answered = True
+        ack_problem = f"the reply to the command does not match it ({e})"
+    except DriverError as e:
+        # No (usable) acknowledgement: the meter may have acted all the same; look.
+        ack_problem = f"no acknowledgement ({e})"
+
+    # 3. Verify.
+    deadline = sent_at + verify_timeout
+    last_error: DriverError | None = None
+    while True:
+        try:
+            state = await _guarded(plan.read_state, "relay state after")
+        except DriverError as e:
+            last_error = e
+        else:
+            out.after = state
+            if plan.expected(state):
+                out.latency_ms = round((loop.time() - sent_at) * 1000, 1)
+                break
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(min(poll_interval, remaining))
+
+    if out.latency_ms is None:
+        out.status = "unconfirmed" if out.acknowledged or answered else "failed"
+        why = ack_problem + "; " if ack_problem else ""
+        seen = _describe(out.after) if out.after is not None else "the state was never read"
+        hint = ""
+        if out.after is not None and out.after.hold_power and not plan.expected(out.after):
+            hint = "; hold power is on"
+        if last_error is not None:
+            hint += f"; last read: {last_error}"
+        verb = "acknowledged" if out.acknowledged else "sent"
+        out.detail = (f"{why}{plan.command} {verb}, but the meter did not show "
+                      f"{plan.expectation} within {verify_timeout:g} s: {seen}{hint}"
+                      f"{energy_note}")
+        return
+
+    # 4. Energy at switching.
+    if plan.read_energy is not None:
+        try:
+            out.energy_at_switch = await _guarded(plan.read_energy, "energy at switching",
+                                                  attempts)
+        except DriverError as e:
+            energy_note += f"; energy at switching unreadable: {e}"
+    out.status = "confirmed"
+    assert out.after is not None
+    via = f" (despite {ack_problem})" if ack_problem else ""
+    already = " (already so before the command)" if out.before is not None \
+        and plan.expected(out.before) else ""
+    out.detail = (f"{plan.command} confirmed{via}: {plan.expectation}{already} after "
+                  f"{out.latency_ms:g} ms; {_describe(out.after)}{energy_note}")
+
+
+def _describe(state: RelayState) -> str:
+    parts = []
+    if state.relay_open is not None:
+        parts.append("relay open" if state.relay_open else "relay closed")
+    if state.command_open is not None:
+        parts.append(f"command state {'trip' if state.command_open else 'close'}")
+    if state.hold_power is not None:
+        parts.append(f"hold power {'on' if state.hold_power else 'off'}")
+    if state.alarm is not None:
+        parts.append(f"alarm {'on' if state.alarm else 'off'}")
+    if state.status_word_3 is not None:
+        parts.append(f"status word 3 {state.status_word_3:#06x}")
+    return ", ".join(parts) or "state unknown"
+
+
+def _check_action(action: str) -> Action:
+    if action not in ACTIONS:
+        raise ValueError(f"relay action {action!r}: expected one of {', '.join(ACTIONS)}")
+    return action
+
+
+def _check_timing(verify_timeout: float, poll_interval: float) -> None:
+    if not verify_timeout >= 0:
+        raise ValueError(f"verify_timeout {verify_timeout!r} must not be negative")
+    if not poll_interval > 0:
+        raise ValueError(f"poll_interval {poll_interval!r} must be positive")
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, Decimal | int) else None
+
+
+# ---- DL/T645 ------------------------------------------------------------------------------
+
+async def execute_dlt645(
+    action: Action | str,
+    *,
+    session: Dlt645Session,
+    address: str,
+    password: str,
+    operator: str = "00000000",
+    expiry: dt.datetime | None = None,
+    tz: dt.tzinfo | None = CHINA_TZ,
+    direct_close: bool = False,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    encrypt: EncryptHook | None = None,
+) -> RelayOutcome:
+    """Switch the relay of the DL/T645-2007 meter at ``address`` and verify it.
+
+    ``password`` ``LLPPPPPP`` (level, code); ``operator`` the operator code sent with the
+    command; ``expiry`` the command's expiry (default now + 5 min), see
+    :func:`command_expiry` for ``tz``; ``direct_close``: ``restore`` sends 1C (direct
+    close) instead of 1B (close permitted); ``encrypt``: see
+    :meth:`Dlt645Session.remote_control`.
+    """
+    act = _check_action(action)
+    _check_timing(verify_timeout, poll_interval)
+    addr = normalise_address(address)
+    if "A" in addr or addr == BROADCAST_ADDRESS:
+        raise ValueError(f"meter address {address!r}: a relay command needs one meter's "
+                         "full address, not a wildcard or the broadcast address")
+    out = RelayOutcome(action=act, address=addr, protocol="dlt645")
+    if session.version is not Version.V2007:
+        out.status = "unsupported"
+        out.detail = f"DL/T645-{session.version} has no remote relay control (1C)"
+        return out
+    command = _DLT645_COMMANDS[act]
+    if act == "restore" and direct_close:
+        command = RelayCommand.CLOSE_DIRECT
+    when = command_expiry(expiry, tz=tz)
+    try:  # argument mistakes before any I/O (the messages never quote the password)
+        RemoteControlRequest(address=addr, password=password, operator=operator,
+                             command=command, expiry=when).data()
+    except DLT645Error as e:
+        raise ValueError(str(e)) from None
+
+    async def read_state() -> RelayState:
+        reading = await session.read(addr, "status_word_3")
+        if not isinstance(reading.value, StatusWord):  # pragma: no cover - catalogue says so
+            raise BadReply(f"meter {addr}: status word 3 did not decode", address=addr)
+        return RelayState.from_status_word_3(reading.value.raw)
+
+    async def read_energy() -> float | None:
+        return _float((await session.read(addr, ENERGY_QUANTITIES[0])).value)
+
+    async def send() -> None:
+        await session.remote_control(addr, command, password=password, operator=operator,
+                                     expiry=when, encrypt=encrypt)
+
+    expected, expectation = _dlt645_expectation(command)
+    plan = _Plan(session, read_state, read_energy, send, expected, expectation,
+                 f"{command.name.lower()} ({command.value:02X})", secret=password.strip())
+    return await _run(plan, out, verify_timeout, poll_interval)
+
+
+def _dlt645_expectation(command: RelayCommand) -> tuple[Callable[[RelayState], bool], str]:
+    table: dict[RelayCommand, tuple[Callable[[RelayState], bool], str]] = {
+        RelayCommand.TRIP: (lambda s: s.relay_open is True, "relay open"),
+        RelayCommand.CLOSE_PERMITTED: (lambda s: s.command_open is False,
+                                       "relay command state close (close permitted)"),
+        RelayCommand.CLOSE_DIRECT: (lambda s: s.relay_open is False, "relay closed"),
+        RelayCommand.HOLD_POWER: (lambda s: s.hold_power is True, "hold power on"),
+        RelayCommand.HOLD_POWER_RELEASE: (lambda s: s.hold_power is False, "hold power off"),
+        RelayCommand.ALARM: (lambda s: s.alarm is True, "alarm on"),
+        RelayCommand.ALARM_RELEASE: (lambda s: s.alarm is False, "alarm off"),
+    }
+    return table[command]
+
+
+# ---- Modbus -------------------------------------------------------------------------------
+
+async def execute_modbus(
+    action: Action | str,
+    *,
+    session: ModbusSession,
+    unit: int,
+    profile: Profile,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> RelayOutcome:
+    """Trip or restore (close) the relay of Modbus ``unit`` as ``profile`` says, verified.
+
+    The profile needs a ``[relay]`` with a readback; ``hold``, ``release``, ``alarm`` and
+    ``alarm_release`` have no Modbus profile mapping: ``unsupported``, nothing sent.  A
+    ``status_word_3`` register in the profile adds command state, hold power and alarm
+    to the reported states (not used for confirmation).
+    """
+    act = _check_action(action)
+    _check_timing(verify_timeout, poll_interval)
+    if isinstance(unit, bool) or not isinstance(unit, int) or not 1 <= unit <= 255:
+        raise ValueError(f"unit id {unit!r}: a relay command needs one device (1-255), "
+                         "not the broadcast address")
+    out = RelayOutcome(action=act, address=str(unit), protocol="modbus")
+    relay = profile.relay
+    block = relay_readback_block(profile)
+    if act not in ("trip", "restore"):
+        out.status = "unsupported"
+        out.detail = f"profile {profile.name}: {act} is not available over Modbus"
+        return out
+    if relay is None:
+        out.status = "unsupported"
+        out.detail = f"profile {profile.name}: the device has no relay control"
+        return out
+    if block is None:
+        out.status = "unsupported"
+        out.detail = (f"profile {profile.name}: the relay state cannot be read back, so a "
+                      "switching could not be verified; nothing sent")
+        return out
+    names = {r.name for r in profile.registers}
+    energy_name = next((n for n in ENERGY_QUANTITIES if n in names), None)
+    status_reg = profile.register("status_word_3") if "status_word_3" in names else None
+    trip = act == "trip"
+
+    async def read_state() -> RelayState:
+        words = await session.read_registers(unit, block.function, block.start, 1)
+        try:
+            is_open = relay_state(profile, words)
+        except ValueError as e:  # pragma: no cover - the session checked the word count
+            raise BadReply(f"unit {unit}: relay state: {e}", address=str(unit)) from e
+        if status_reg is None:
+            return RelayState(relay_open=is_open)
+        if (status_reg.function, status_reg.address) == (block.function, block.start):
+            word = words[0]
+        else:
+            values = await session.read_profile(unit, profile, ["status_word_3"])
+            word = int(values["status_word_3"])
+        return RelayState.from_status_word_3(word, relay_open=is_open)
+
+    read_energy: Callable[[], Awaitable[float | None]] | None = None
+    if energy_name is not None:
+        name = energy_name
+
+        async def read_energy() -> float | None:
+            return _float((await session.read_profile(unit, profile, [name])).get(name))
+
+    async def send() -> None:
+        await session.relay(unit, profile, trip)
+
+    expected: Callable[[RelayState], bool] = (
+        (lambda s: s.relay_open is True) if trip else (lambda s: s.relay_open is False))
+    value = relay.trip if trip else relay.close
+    target = f"coil {relay.address}" if relay.kind == "coil" else f"register {relay.address}"
+    plan = _Plan(session, read_state, read_energy, send, expected,
+                 "relay open" if trip else "relay closed",
+                 f"{'trip' if trip else 'close'} ({target} = {value})")
+    return await _run(plan, out, verify_timeout, poll_interval)
+
+
+# ---- one entry for both ---------------------------------------------------------------------
+
+async def execute(
+    action: Action | str,
+    *,
+    session: Dlt645Session | ModbusSession,
+    address: str | int,
+    password: str | None = None,
+    operator: str = "00000000",
+    expiry: dt.datetime | None = None,
+    tz: dt.tzinfo | None = CHINA_TZ,
+    direct_close: bool = False,
+    profile: Profile | None = None,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    encrypt: EncryptHook | None = None,
+) -> RelayOutcome:
+    """:func:`execute_dlt645` or :func:`execute_modbus`, by the session's type.
+
+    DL/T645 needs ``password``; Modbus needs ``profile`` and takes ``address`` as the
+    unit id.
+    """
+    if isinstance(session, ModbusSession):
+        if profile is None:
+            raise ValueError("a Modbus relay command needs the device's profile")
+        try:
+            unit = int(address)
+        except ValueError:
+            raise ValueError(f"Modbus unit id {address!r} is not a number") from None
+        return await execute_modbus(action, session=session, unit=unit, profile=profile,
+                                    verify_timeout=verify_timeout, poll_interval=poll_interval)
+    if password is None:
+        raise ValueError("a DL/T645 relay command needs a password (LLPPPPPP)")
+    return await execute_dlt645(action, session=session, address=str(address),
+                                password=password, operator=operator, expiry=expiry, tz=tz,
+                                direct_close=direct_close, verify_timeout=verify_timeout,
+                                poll_interval=poll_interval, encrypt=encrypt)
+
+
+__all__ = [
+    "ACTIONS",
+    "CHINA_TZ",
+    "DEFAULT_EXPIRY",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_VERIFY_TIMEOUT",
+    "ENERGY_QUANTITIES",
+    "EXIT_ADDRESS_MISMATCH",
+    "EXIT_CODES",
+    "EXIT_CONFIRMED",
+    "EXIT_FAILED",
+    "EXIT_REFUSED",
+    "EXIT_UNCONFIRMED",
+    "EXIT_UNSUPPORTED",
+    "STATUSES",
+    "Action",
+    "RelayOutcome",
+    "RelayState",
+    "Status",
+    "command_expiry",
+    "execute",
+    "execute_dlt645",
+    "execute_modbus",
+    "exit_code",
+]
