@@ -29,6 +29,7 @@ selector matches it; a selector that matches no meter is an error.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import difflib
 import io
 import json
@@ -39,9 +40,11 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Generic, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.dlt645 import resolve_quantity
 from drivers.errors import UnknownQuantity
@@ -53,13 +56,17 @@ from protocols.quantities import (
     normalise_address,
 )
 
+from .prepaid import parse_window
+from .secrets import SecretsError, load_secrets
 from .settings import (
     BusSettings,
     CollectorSettings,
+    CommandSettings,
     GatewaySettings,
     MeterSettings,
     ModbusFraming,
     MqttSettings,
+    PrepaidSettings,
     Protocol,
     Role,
     ScheduleSettings,
@@ -97,7 +104,12 @@ REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
 TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway",
-            "timeseries")
+            "timeseries", "commands", "prepaid")
+COMMANDS_KEYS = ("secrets_file", "min_interval", "expiry", "verify_timeout", "poll_interval",
+                 "direct_close", "signed")
+PREPAID_KEYS = ("warn1", "warn2", "overdraft_limit", "grace", "no_trip_windows", "holidays",
+                "tz", "retry_interval", "protected", "computed", "price", "prices",
+                "opening_balance")
 TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "gzip")
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
 MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
@@ -437,6 +449,20 @@ def _csv_bool_conv() -> _Conv[bool]:
     return _Conv("true, false, yes, no, 1 or 0", fn)
 
 
+def _money_conv(lo: Decimal = Decimal(0)) -> _Conv[Decimal]:
+    def fn(v: object) -> Decimal:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise _Bad()
+        try:
+            d = Decimal(str(v).strip())
+        except ArithmeticError:
+            raise _Bad() from None
+        if not d.is_finite() or d < lo:
+            raise _Bad()
+        return d
+    return _Conv(f"an amount in yuan of at least {lo} (a number or a quoted decimal)", fn)
+
+
 def _listen_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         s = _str_value(v)
@@ -570,6 +596,13 @@ def _matches(kind: str, value: str, fields: Mapping[str, str]) -> bool:
     return kind == "*" or fields.get(kind) == value
 
 
+def meters_matching(settings: Settings, selectors: Iterable[str]) -> list[MeterSettings]:
+    """The configured meters any of ``selectors`` matches, in configuration order."""
+    parsed = [parse_selector(s) for s in selectors]
+    return [m for m in settings.meters
+            if any(_matches(k, v, _fields_of(m)) for k, v in parsed)]
+
+
 def select_meters(settings: Settings, schedule: ScheduleSettings) -> list[MeterSettings]:
     """The meters a schedule reads: any selector matches (no selectors: all meters).
 
@@ -662,12 +695,15 @@ class _Loader:
         rows += self.ledger(data.get("meters"), bus_names)
         meters = self.check_meters(rows)
         schedules = self.schedules(data.get("schedule"), rows)
+        commands = self.commands(data.get("commands"))
+        prepaid = self.prepaid(data.get("prepaid"), rows)
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
-                        gateways=tuple(gateways), timeseries=timeseries)
+                        gateways=tuple(gateways), timeseries=timeseries,
+                        commands=commands, prepaid=prepaid)
 
     def sorted_problems(self) -> list[Problem]:
         """The config file's first, then the ledger's; each in line order."""
@@ -828,6 +864,119 @@ class _Loader:
             return None
         return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
                                   precision=precision, gzip=gzip)
+
+    def commands(self, value: object) -> CommandSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "commands", value, "a [commands] table")
+        if data is None:
+            return None
+        t = "commands"
+        self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
+            "password": "never in the configuration: meter passwords are in the secrets "
+                        "file (secrets_file)"})
+        name = self.optional(t, data, "secrets_file", _nonempty_conv("a file path"), None)
+        secrets_file = None
+        if name is not None:
+            secrets_file = self.relative(name)
+            try:
+                load_secrets(secrets_file)
+            except SecretsError as e:
+                for text in e.problems:
+                    self.add(t, "secrets_file", "a secrets file amic accepts", text)
+        interval = self.optional(t, data, "min_interval", _duration_conv(maximum=3600.0), 2.0)
+        expiry = self.optional(t, data, "expiry", _duration_conv(1.0, maximum=86400.0), 300.0)
+        verify = self.optional(t, data, "verify_timeout",
+                               _duration_conv(0.0, maximum=600.0), 15.0)
+        poll = self.optional(t, data, "poll_interval",
+                             _duration_conv(0.0, above=True, maximum=60.0), 0.5)
+        direct = self.optional(t, data, "direct_close", _toml_bool_conv(), False)
+        signed = self.optional(t, data, "signed", _toml_bool_conv(), True)
+        if interval is None or expiry is None or verify is None or poll is None \
+                or direct is None or signed is None:
+            return None
+        return CommandSettings(secrets_file=secrets_file, min_interval=interval,
+                               expiry=expiry, verify_timeout=verify, poll_interval=poll,
+                               direct_close=direct, signed=signed)
+
+    def prepaid(self, value: object, rows: list[_Row]) -> PrepaidSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "prepaid", value, "a [prepaid] table")
+        if data is None:
+            return None
+        t = "prepaid"
+        self.unknown_keys(t, data, PREPAID_KEYS)
+        warn1 = self.required(t, data, "warn1", _money_conv())
+        warn2 = self.required(t, data, "warn2", _money_conv())
+        if warn1 is not None and warn2 is not None and not warn1 > warn2:
+            self.add(t, "warn2", f"an amount below warn1 ({warn1})", str(warn2))
+        overdraft = self.optional(t, data, "overdraft_limit", _money_conv(), Decimal(0))
+        grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), 600.0)
+        retry = self.optional(t, data, "retry_interval",
+                              _duration_conv(1.0, maximum=86400.0), 300.0)
+        tz = self.optional(t, data, "tz", _nonempty_conv("a time zone name"),
+                           "Asia/Shanghai")
+        if tz is not None:
+            try:
+                ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                self.add(t, "tz", "a time zone name such as \"Asia/Shanghai\"", _q(tz))
+                tz = None
+        windows: list[str] = []
+        if "no_trip_windows" in data:
+            got = self.strings(t, data, "no_trip_windows",
+                               'a list of windows such as "22:00-06:00", "Sat-Sun", '
+                               '"Mon-Fri 12:00-13:30"')
+            for w in got or []:
+                try:
+                    parse_window(w)
+                    windows.append(w)
+                except ValueError as e:
+                    self.add(t, "no_trip_windows", "a window such as \"22:00-06:00\"",
+                             str(e))
+        holidays: list[dt.date] = []
+        raw_days = data.get("holidays", [])
+        for h in raw_days if isinstance(raw_days, list) else [raw_days]:
+            try:
+                holidays.append(h if isinstance(h, dt.date) else dt.date.fromisoformat(str(h)))
+            except ValueError:
+                self.add(t, "holidays", "a list of dates (2026-10-01 or \"2026-10-01\")",
+                         _show(h))
+        protected = self.selectors(t, {"meters": data["protected"]}, rows)[0] \
+            if "protected" in data else []
+        computed = self.selectors(t, {"meters": data["computed"]}, rows)[0] \
+            if "computed" in data else []
+        price = self.optional(t, data, "price", _money_conv(), None)
+        prices: list[tuple[str, Decimal]] = []
+        raw = data.get("prices")
+        if raw is not None:
+            if not isinstance(raw, dict) or not raw:
+                self.add(t, "prices", "a table of prices per tariff: { t1 = 0.56, ... }",
+                         _show(raw))
+            else:
+                for k, v in raw.items():
+                    if k not in ("t1", "t2", "t3", "t4"):
+                        self.add(t, "prices", "tariffs t1, t2, t3, t4", _q(k))
+                        continue
+                    d = self.convert(t, "prices", v, _money_conv())
+                    if d is not None:
+                        prices.append((k, d))
+        if price is not None and prices:
+            self.add(t, "prices", "either price (flat) or prices (per tariff)", "both")
+        if computed and price is None and not prices:
+            self.add(t, "price", "a price (or prices) for the computed meters", "nothing")
+        opening = self.optional(t, data, "opening_balance", _money_conv(Decimal(-10**6)),
+                                Decimal(0))
+        if warn1 is None or warn2 is None or overdraft is None or grace is None \
+                or retry is None or tz is None or protected is None or computed is None \
+                or opening is None:
+            return None
+        return PrepaidSettings(warn1=warn1, warn2=warn2, overdraft_limit=overdraft,
+                               grace=grace, no_trip_windows=tuple(windows),
+                               holidays=tuple(holidays), tz=tz, retry_interval=retry,
+                               protected=tuple(protected), computed=tuple(computed),
+                               price=price, prices=tuple(prices), opening_balance=opening)
 
     def gateways(self, value: object, have_mqtt: bool) -> list[GatewaySettings]:
         out: list[GatewaySettings] = []

@@ -24,6 +24,7 @@ from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
+from .control import Control
 from .forwarder import Forwarder
 from .metrics import Metrics
 from .mqttlink import MqttLink
@@ -31,6 +32,7 @@ from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
 from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
+from .secrets import load_secrets
 from .settings import BusSettings, Settings
 from .store import Store, StoreWriter
 
@@ -81,6 +83,8 @@ class Daemon:
         self.readings_seen = 0
         self._last_progress = 0.0
         self._waiting_for_room = 0
+        self.control: Control | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- sinks -------------------------------------------------------------------------
@@ -89,12 +93,19 @@ class Daemon:
         assert self.writer is not None
         self.readings_seen += len(rows)
         self.writer.put_many(rows)
+        if self.control is not None:
+            self.control.observe(rows)
 
     def _on_event(self, event: Event) -> None:
         assert self.writer is not None
         log.info("event %s meter=%s bus=%s %s", event.kind, event.meter or "-",
                  event.bus or "-", event.detail)
         self.writer.put_event(event)
+
+    def _on_event_threadsafe(self, event: Event) -> None:
+        """An event from another thread (the forwarder's)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_event, event)
 
     def _on_cycle(self, cycle: CycleRecord) -> None:
         assert self.writer is not None
@@ -268,6 +279,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         pending_reload: list[asyncio.Task[bool]] = []
 
         def on_hup() -> None:
@@ -290,19 +302,23 @@ class Daemon:
             metrics_server = self.metrics.start_server(c.metrics_listen)
         self.writer.put_event(Event("collector_started", utcnow(), severity=0,
                                     detail=f"config {self.settings.source}"))
+        cs = self.settings.commands
+        secrets = load_secrets(cs.secrets_file) if cs is not None and cs.secrets_file \
+            else None
+        self.control = Control(self, secrets)
         if self.settings.mqtt is not None:
             # Before the buses: mqtt buses talk through this connection.
             self.mqtt = MqttLink(self)
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
+        self.control.start()
         ts = self.settings.timeseries
         if ts is not None:
             self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
                                        token=ts.token, name=FORWARDER, batch=ts.batch,
                                        precision=ts.precision, gzip=ts.gzip,
                                        meters=self.settings.meters,
-                                       on_event=lambda e: loop.call_soon_threadsafe(
-                                           self._on_event, e))
+                                       on_event=self._on_event_threadsafe)
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
@@ -335,6 +351,8 @@ class Daemon:
             if t.get_name() != "forwarder":
                 t.cancel()
         await self._stop_schedules()
+        if self.control is not None:
+            await self.control.stop()
         await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))
         if self.mqtt is not None:
             with contextlib.suppress(Exception):

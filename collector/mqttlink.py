@@ -46,8 +46,13 @@ class MqttLink:
         m = d.settings.mqtt
         if m is not None and m.commands:
             assert d.store is not None and d.writer is not None
-            self.commands = CommandServer(self.conn, d.settings.collector.id,
-                                          daemon_executor(d), StoreJournal(d.store, d.writer))
+            execute = daemon_executor(d)
+            if d.control is not None:
+                execute = d.control.executor(execute)
+            self.commands = CommandServer(self.conn, d.settings.collector.id, execute,
+                                          StoreJournal(d.store, d.writer),
+                                          commands=("read", "relay", "topup"),
+                                          repeatable=("read",))
             self.commands.start()
         log.info("mqtt: %s as %s; %d gateways, command channel %s", m.url if m else "-",
                  self.conn.client_id if hasattr(self.conn, "client_id") else "-",

@@ -595,6 +595,25 @@ async def execute_modbus(
     return await _run(plan, out, verify_timeout, poll_interval)
 
 
+# ---- reading the state only ------------------------------------------------------------------
+
+async def read_relay_state(*, session: Dlt645Session | ModbusSession, address: str | int,
+                           profile: Profile | None = None) -> RelayState:
+    """The relay state now: status word 3 (DL/T645) or the profile's readback (Modbus)."""
+    if isinstance(session, ModbusSession):
+        if profile is None:
+            raise ValueError("a Modbus relay state needs the device profile")
+        block = relay_readback_block(profile)
+        if block is None:
+            raise ValueError(f"profile {profile.name}: no relay readback")
+        words = await session.read_registers(int(address), block.function, block.start, 1)
+        return RelayState(relay_open=relay_state(profile, words))
+    reading = await session.read(normalise_address(str(address)), "status_word_3")
+    if not isinstance(reading.value, StatusWord):  # pragma: no cover - catalogue says so
+        raise BadReply(f"meter {address}: status word 3 did not decode", address=str(address))
+    return RelayState.from_status_word_3(reading.value.raw)
+
+
 # ---- one entry for both ---------------------------------------------------------------------
 
 async def execute(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +116,38 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandSettings:
+    """``[commands]``: relay commands (see collector/commands.py)."""
+
+    secrets_file: Path | None = None  # passwords, operator codes, signing keys
+    min_interval: float = 2.0  # seconds between two relay commands on one bus
+    expiry: float = 300.0  # seconds a command stays valid after it was issued
+    verify_timeout: float = 15.0  # seconds to see the relay reach the expected state
+    poll_interval: float = 0.5  # seconds between verification reads
+    direct_close: bool = False  # restore = 1C direct close instead of 1B close permitted
+    signed: bool = True  # relay commands through the broker must be signed (HMAC)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidSettings:
+    """``[prepaid]``: the prepaid engine for meters with ``prepaid = true``."""
+
+    warn1: Decimal
+    warn2: Decimal
+    overdraft_limit: Decimal = Decimal(0)
+    grace: float = 600.0
+    no_trip_windows: tuple[str, ...] = ()
+    holidays: tuple[dt.date, ...] = ()
+    tz: str = "Asia/Shanghai"
+    retry_interval: float = 300.0
+    protected: tuple[str, ...] = ()  # selectors: never tripped (hold-power list)
+    computed: tuple[str, ...] = ()  # selectors: meters that keep no money
+    price: Decimal | None = None  # yuan per kWh, flat (computed balance)
+    prices: tuple[tuple[str, Decimal], ...] = ()  # per tariff t1..t4 (computed balance)
+    opening_balance: Decimal = Decimal(0)  # computed balance at start
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     collector: CollectorSettings
@@ -123,6 +157,8 @@ class Settings:
     mqtt: MqttSettings | None = None
     gateways: tuple[GatewaySettings, ...] = ()
     timeseries: TimeseriesSettings | None = None
+    commands: CommandSettings | None = None
+    prepaid: PrepaidSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -1,0 +1,236 @@
+"""Relay commands on configured meters: governance, rate limit, expiry and the audit trail.
+
+:class:`RelayService` is what both the daemon (commands through the broker, the prepaid
+engine) and ``amic trip`` without ``--via`` (the CLI owning the buses itself) use:
+
+- each command carries an operator (a name in the secrets file, whose operator code goes
+  to the meter) and a reason; passwords and operator codes come from the secrets file and
+  are never printed, logged or stored;
+- a command that has expired (default 5 min after it was issued) before its turn is not
+  sent (``expired``);
+- relay commands on one bus are at least ``min_interval`` apart (a rate limit per bus:
+  one trip of a whole transformer area must not switch every customer in the same
+  second); they run on the bus worker's command lane, ahead of polling;
+- every switching is recorded in the store's ``commands`` table twice: ``sent`` before
+  anything goes on the wire, then its outcome, with who, why, when, before and after relay
+  state, energy at switching and latency in ``detail`` (JSON).  ``amic audit`` lists them;
+  the forwarder ships them (measurement ``command``; numeric fields from the detail).
+
+``dry_run`` checks everything (meter known, secrets present, bus running) and reads the
+relay state, but sends nothing; it is recorded as ``dry_run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from drivers.errors import DriverError
+from protocols.modbus import Profile
+
+from .records import CommandRecord, utcnow
+from .relay import (
+    ACTIONS,
+    EXIT_CODES,
+    RelayState,
+    execute_dlt645,
+    execute_modbus,
+    read_relay_state,
+)
+from .scheduler import VERSIONS, BusWorker, Lane, WorkerStopped
+from .secrets import Secrets, SecretsError
+from .settings import CommandSettings, MeterSettings
+
+log = logging.getLogger("amic.commands")
+
+SWITCH_ACTIONS: Final = ACTIONS  # trip, restore, hold, release, alarm, alarm_release
+# Outcomes beyond relay.py's: not sent because of governance.
+EXIT_CODES_ALL: Final[dict[str, int]] = {**{str(k): v for k, v in EXIT_CODES.items()},
+                                         "expired": 8, "rejected": 9, "dry_run": 0, "ok": 0}
+
+
+class CommandRejected(Exception):
+    """The command cannot be carried out at all (unknown meter, missing secret...)."""
+
+
+def _state_dict(state: RelayState | None) -> dict[str, Any] | None:
+    return state.as_dict() if state is not None else None
+
+
+class RelayService:
+    """Carries out verified relay commands on configured meters (see the module doc)."""
+
+    def __init__(self, *, meters: Callable[[], Iterable[MeterSettings]],
+                 workers: Callable[[], Mapping[str, BusWorker]],
+                 secrets: Secrets | None, profile: Callable[[str], Profile],
+                 record: Callable[[CommandRecord], None],
+                 settings: CommandSettings | None = None) -> None:
+        self.meters = meters
+        self.workers = workers
+        self.secrets = secrets
+        self.profile = profile
+        self.record = record
+        self.settings = settings or CommandSettings()
+        self._bus_locks: dict[str, asyncio.Lock] = {}
+        self._bus_last: dict[str, float] = {}
+        self.overheads_ms: list[float] = []  # time beyond the meter round trips, per command
+
+    def find(self, meter_ids: Iterable[str]) -> list[MeterSettings]:
+        """The configured meters, in the order given; CommandRejected names unknown ones."""
+        known = {m.meter_id: m for m in self.meters()}
+        ids = list(dict.fromkeys(meter_ids))
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise CommandRejected(f"not configured: {', '.join(missing[:10])}"
+                                  f"{' ...' if len(missing) > 10 else ''}")
+        return [known[i] for i in ids]
+
+    def check(self, action: str, meters: list[MeterSettings], operator: str) -> None:
+        """Everything that can be checked before anything is sent."""
+        if action not in SWITCH_ACTIONS and action != "status":
+            raise CommandRejected(f"unknown action {action!r} (known: "
+                                  f"{', '.join((*SWITCH_ACTIONS, 'status'))})")
+        if not meters:
+            raise CommandRejected("no meter given")
+        if action == "status":
+            return
+        if not operator:
+            raise CommandRejected("a command needs an operator")
+        if self.secrets is None:
+            raise CommandRejected("no secrets file ([commands] secrets_file): meter "
+                                  "passwords and operator codes are kept there")
+        needs_code = any(m.protocol != "modbus" for m in meters)
+        if needs_code:
+            try:
+                self.secrets.operator_code(operator)
+            except SecretsError as e:
+                raise CommandRejected(str(e)) from None
+        no_password = [m.meter_id for m in meters
+                       if m.protocol != "modbus" and self.secrets.password(m.meter_id) is None]
+        if no_password:
+            raise CommandRejected(f"no password in the secrets file for "
+                                  f"{', '.join(no_password[:10])}")
+
+    async def run(self, action: str, meter_ids: Iterable[str], *, operator: str,
+                  reason: str, request_id: str | None = None, dry_run: bool = False,
+                  issued: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Carry out ``action`` on each meter (buses in parallel, meters of one bus in
+        turn); one result dict per meter, in the order given."""
+        meters = self.find(meter_ids)
+        self.check(action, meters, operator)
+        rid = request_id or uuid.uuid4().hex
+        issued = issued or utcnow()
+        by_bus: dict[str, list[int]] = {}
+        for i, m in enumerate(meters):
+            by_bus.setdefault(m.bus, []).append(i)
+        results: list[dict[str, Any]] = [{} for _ in meters]
+
+        async def bus_turn(indexes: list[int]) -> None:
+            for i in indexes:
+                results[i] = await self._one(action, meters[i], operator=operator,
+                                             reason=reason, rid=rid, dry_run=dry_run,
+                                             issued=issued)
+
+        await asyncio.gather(*(bus_turn(ix) for ix in by_bus.values()))
+        return results
+
+    async def _one(self, action: str, m: MeterSettings, *, operator: str, reason: str,
+                   rid: str, dry_run: bool, issued: dt.datetime) -> dict[str, Any]:
+        base: dict[str, Any] = {"meter": m.meter_id, "bus": m.bus, "action": action}
+        worker = self.workers().get(m.bus)
+        if worker is None:
+            return {**base, "status": "failed", "detail": f"bus {m.bus} is not running"}
+        if action == "status":
+            return {**base, **await self._status(worker, m)}
+        command_id = f"{rid}/{m.meter_id}"
+        kind = "dry_run" if dry_run else action
+        audit: dict[str, Any] = {"reason": reason, "request_id": rid, "bus": m.bus,
+                                 "action": action, "issued": issued.isoformat()}
+        expires = issued + dt.timedelta(seconds=self.settings.expiry)
+        lock = self._bus_locks.setdefault(m.bus, asyncio.Lock())
+        async with lock:
+            if not dry_run:
+                wait = self._bus_last.get(m.bus, 0.0) + self.settings.min_interval \
+                    - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if utcnow() >= expires:
+                audit["detail"] = f"expired at {expires.isoformat()} before its turn"
+                self._audit(command_id, m, kind, operator, "expired", audit)
+                return {**base, "status": "expired", "detail": audit["detail"]}
+            if not dry_run:
+                self._audit(command_id, m, kind, operator, "sent", audit)
+            t0 = time.perf_counter()
+            try:
+                result = await worker.submit(
+                    Lane.COMMAND, lambda w: self._switch(w, m, action, operator, dry_run,
+                                                         expires))
+            except (TimeoutError, DriverError, OSError, ValueError, WorkerStopped) as e:
+                result = {"status": "failed", "detail": f"{type(e).__name__}: {e}"}
+            finally:
+                if not dry_run:
+                    self._bus_last[m.bus] = time.monotonic()
+            wall_ms = (time.perf_counter() - t0) * 1000
+        meter_ms = result.pop("_meter_ms", None)
+        if meter_ms is not None:
+            self.overheads_ms.append(max(0.0, wall_ms - meter_ms))
+        status = "dry_run" if dry_run else str(result["status"])
+        audit.update({k: v for k, v in result.items() if k != "status"})
+        self._audit(command_id, m, kind, operator, status, audit)
+        log.info("command %s %s meter=%s bus=%s operator=%s: %s", rid, kind, m.meter_id,
+                 m.bus, operator, status)
+        return {**base, **result, "status": status, "command_id": command_id}
+
+    async def _switch(self, w: BusWorker, m: MeterSettings, action: str, operator: str,
+                      dry_run: bool, expires: dt.datetime) -> dict[str, Any]:
+        if dry_run:
+            return await self._status(w, m)
+        s = self.settings
+        assert self.secrets is not None
+        busy0 = w.bus.busy_time
+        if m.protocol == "modbus":
+            outcome = await execute_modbus(action, session=w.modbus(), unit=m.unit,
+                                           profile=self.profile(m.profile),
+                                           verify_timeout=s.verify_timeout,
+                                           poll_interval=s.poll_interval)
+        else:
+            password = self.secrets.password(m.meter_id)
+            assert password is not None  # checked before
+            outcome = await execute_dlt645(
+                action, session=w.session(VERSIONS[m.protocol]), address=m.address,
+                password=password.reveal(),
+                operator=self.secrets.operator_code(operator).reveal(),
+                expiry=expires, direct_close=s.direct_close,
+                verify_timeout=s.verify_timeout, poll_interval=s.poll_interval)
+        d = outcome.as_dict()
+        d["_meter_ms"] = (w.bus.busy_time - busy0) * 1000  # the line held for this meter
+        return d
+
+    async def _status(self, w: BusWorker, m: MeterSettings) -> dict[str, Any]:
+        """The relay state now (read only)."""
+        try:
+            state = await read_relay_state(
+                session=w.modbus() if m.protocol == "modbus"
+                else w.session(VERSIONS[m.protocol]),
+                address=m.unit if m.protocol == "modbus" else m.address,
+                profile=self.profile(m.profile) if m.protocol == "modbus" else None)
+        except (DriverError, OSError, ValueError) as e:
+            return {"status": "failed", "detail": f"{type(e).__name__}: {e}"}
+        return {"status": "ok", "state": _state_dict(state)}
+
+    def _audit(self, command_id: str, m: MeterSettings, kind: str, operator: str,
+               status: str, detail: Mapping[str, Any]) -> None:
+        self.record(CommandRecord(command_id, m.meter_id, kind, utcnow(), operator=operator,
+                                  status=status,
+                                  detail=json.dumps(detail, sort_keys=True, default=str)))
+
+
+def exit_status(results: Iterable[Mapping[str, Any]]) -> int:
+    """One exit status for several meters: 0 when all confirmed, else the worst code."""
+    return max((EXIT_CODES_ALL.get(str(r.get("status")), 6) for r in results), default=0)

@@ -1,0 +1,288 @@
+"""The daemon's control side: relay commands and top-ups through the broker, and the
+prepaid engine acting on what the meters report.
+
+Remote requests (see collector/remote.py for the channel) on ``amic/<cid>/cmd/relay``::
+
+    {"request_id": "...", "command": "relay", "action": "trip", "meters": ["M0001"],
+     "reason": "arrears, ticket 4711", "dry_run": false,
+     "operator": "alice", "issued": "...Z", "expires": "...Z", "nonce": "...",
+     "signature": "<hex HMAC-SHA256>"}
+
+``area`` may replace ``meters``; ``action`` is one of trip, restore, hold, release,
+alarm, alarm_release, or ``status`` (read only, no signature needed).  Every other action
+must be signed by an operator whose key is in the daemon's secrets file (``[commands]
+signed = false`` turns that off, for a broker nobody else can publish to): unsigned,
+expired, replayed or badly signed requests are refused and counted, never executed.  The
+reply carries one result per meter (``status``: confirmed, refused, unconfirmed,
+address_mismatch, failed, unsupported, expired, dry_run) and ``exit``, the CLI's exit
+status.
+
+``amic/<cid>/cmd/topup``: ``{"meter": "M0001", "amount": "50.00", "ref": "receipt 1234",
+...signed}``: the prepaid engine credits it (computed balance) or notes it (balance kept
+by the meter); a meter tripped for want of credit is restored and the restore confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Final
+
+from .commands import CommandRejected, RelayService, exit_status
+from .config import meters_matching
+from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
+from .records import CommandRecord, Reading, utcnow
+from .remote import CommandError, Execute, JsonDict
+from .secrets import Secrets
+from .settings import Settings
+from .signing import ReplayCache, SignatureError, Verifier
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("amic.control")
+
+PREPAID_OPERATOR: Final = "prepaid"  # the operator the engine's commands run as
+MAX_METERS: Final = 10_000
+MAX_REASON: Final = 200
+
+
+def build_engine(settings: Settings) -> PrepaidEngine | None:
+    """The prepaid engine for the meters with ``prepaid = true`` (None without [prepaid])."""
+    p = settings.prepaid
+    if p is None:
+        return None
+    policy = PrepaidPolicy(warn1=p.warn1, warn2=p.warn2, overdraft_limit=p.overdraft_limit,
+                           grace=p.grace, no_trip_windows=p.no_trip_windows,
+                           holidays=frozenset(p.holidays), tz=p.tz,
+                           retry_interval=p.retry_interval)
+    protected = {m.meter_id for m in meters_matching(settings, p.protected)} \
+        if p.protected else set()
+    computed = {m.meter_id for m in meters_matching(settings, p.computed)} \
+        if p.computed else set()
+    plan: TariffPlan | None = None
+    if p.price is not None or p.prices:
+        plan = TariffPlan(flat=p.price, **dict(p.prices))
+    accounts = [PrepaidAccount(m.meter_id, mode="computed" if m.meter_id in computed
+                               else "meter", protected=m.meter_id in protected, plan=plan,
+                               opening_balance=p.opening_balance)
+                for m in settings.meters if m.prepaid]
+    return PrepaidEngine(policy, accounts)
+
+
+class Control:
+    """Relay service, remote relay/top-up requests and the prepaid engine of a daemon."""
+
+    def __init__(self, daemon: Daemon, secrets: Secrets | None) -> None:
+        self.daemon = daemon
+        self.secrets = secrets
+        settings = daemon.settings.commands
+        self.signed = settings.signed if settings is not None else True
+        self.relay = RelayService(
+            meters=lambda: daemon.settings.meters,
+            workers=lambda: {n: e.worker for n, e in daemon.buses.items()},
+            secrets=secrets, profile=daemon._profile, record=self._record,
+            settings=settings)
+        self.verifier = Verifier(secrets.find_key if secrets is not None else {},
+                                 seen=ReplayCache())
+        self.engine = build_engine(daemon.settings)
+        self.rejected: dict[str, int] = {}  # refused remote requests, by reason
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # ---- store -------------------------------------------------------------------------
+
+    def _record(self, c: CommandRecord) -> None:
+        if self.daemon.writer is not None:
+            self.daemon.writer.put_command(c)
+
+    # ---- remote requests ---------------------------------------------------------------
+
+    def executor(self, read: Execute) -> Execute:
+        """``execute`` for the command server: read, relay and topup."""
+        async def execute(request: JsonDict) -> JsonDict:
+            command = request.get("command")
+            if command == "relay":
+                return await self.remote_relay(request)
+            if command == "topup":
+                return await self.remote_topup(request)
+            return await read(request)
+        return execute
+
+    def _verify(self, request: JsonDict) -> str:
+        """The operator of a request that must be signed; CommandError when refused."""
+        if not self.signed:
+            op = request.get("operator")
+            return op if isinstance(op, str) and op else "remote"
+        try:
+            return self.verifier.verify(request)
+        except SignatureError as e:
+            self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
+            log.warning("request %s refused: %s", request.get("request_id"), e)
+            raise CommandError(f"refused: {e}") from None
+
+    def _meter_ids(self, request: JsonDict) -> list[str]:
+        area = request.get("area")
+        meters = request.get("meters")
+        if area is not None:
+            if not isinstance(area, str) or not area:
+                raise CommandError("area: expected an area id")
+            ids = [m.meter_id for m in self.daemon.settings.meters if m.area == area]
+            if not ids:
+                raise CommandError(f"area {area}: no meters configured there")
+            return ids
+        if not isinstance(meters, list) or not meters or len(meters) > MAX_METERS \
+                or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in meters):
+            raise CommandError("meters: expected a non-empty list of meter ids (or area)")
+        return [str(m) for m in meters]
+
+    async def remote_relay(self, request: JsonDict) -> JsonDict:
+        action = request.get("action")
+        if not isinstance(action, str):
+            raise CommandError("action: expected trip, restore, hold, release, alarm, "
+                               "alarm_release or status")
+        ids = self._meter_ids(request)
+        if action == "status":
+            results = await self.relay.run("status", ids, operator="", reason="")
+            return {"results": results, "exit": exit_status(results)}
+        operator = self._verify(request)
+        reason = request.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise CommandError(f"reason: expected a text of 1 to {MAX_REASON} characters")
+        dry_run = request.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise CommandError("dry_run: expected true or false")
+        issued = _parse_time(request.get("issued")) or utcnow()
+        try:
+            results = await self.relay.run(action, ids, operator=operator,
+                                           reason=reason.strip(),
+                                           request_id=str(request["request_id"]),
+                                           dry_run=dry_run, issued=issued)
+        except CommandRejected as e:
+            raise CommandError(str(e)) from None
+        return {"results": results, "exit": exit_status(results)}
+
+    async def remote_topup(self, request: JsonDict) -> JsonDict:
+        operator = self._verify(request)
+        meter = request.get("meter")
+        if not isinstance(meter, str) or not meter:
+            raise CommandError("meter: expected a meter id")
+        try:
+            amount = Decimal(str(request.get("amount")))
+        except InvalidOperation:
+            raise CommandError("amount: expected an amount in yuan") from None
+        if not amount.is_finite() or amount <= 0:
+            raise CommandError("amount: expected a positive amount in yuan")
+        ref = request.get("ref")
+        if not isinstance(ref, str) or not ref.strip():
+            raise CommandError("ref: expected the payment reference")
+        return await self.topup(meter, amount, ref.strip(), operator,
+                                str(request["request_id"]))
+
+    async def topup(self, meter: str, amount: Decimal, ref: str, operator: str,
+                    request_id: str) -> JsonDict:
+        if self.engine is None or meter not in self.engine.accounts:
+            raise CommandError(f"meter {meter} is not a prepaid meter of this collector "
+                               "([prepaid] and prepaid = true in the ledger)")
+        now = utcnow()
+        actions = self.engine.topup(meter, amount, now, ref)
+        balance = self.engine.balance(meter)
+        self._record(CommandRecord(f"{request_id}/{meter}", meter, "topup", now,
+                                   operator=operator, status="recorded",
+                                   detail=json.dumps({"amount": str(amount), "ref": ref,
+                                                      "balance": _num(balance)})))
+        restore = await self.act(actions, wait=True)
+        return {"meter": meter, "amount": str(amount), "balance": _num(balance),
+                "restore": restore}
+
+    # ---- the prepaid engine ------------------------------------------------------------
+
+    def observe(self, rows: list[Reading]) -> None:
+        """Readings of one poll (the poller hands over one meter at a time)."""
+        if self.engine is None or not rows:
+            return
+        by_meter: dict[str, list[Reading]] = {}
+        for r in rows:
+            if r.meter in self.engine.accounts:
+                by_meter.setdefault(r.meter, []).append(r)
+        now = utcnow()
+        for meter, readings in by_meter.items():
+            self._spawn(self.act(self.engine.observe(meter, readings, now)))
+
+    def start(self) -> None:
+        if self.engine is not None and self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="prepaid")
+
+    async def _tick(self) -> None:
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(5.0)
+            await self.act(self.engine.tick(utcnow()))
+
+    async def act(self, actions: Iterable[Action], *, wait: bool = False) -> list[JsonDict]:
+        """Carry out the engine's actions: events now, relay commands on the command lane
+        (waited for when ``wait``, else in the background)."""
+        done: list[JsonDict] = []
+        for a in actions:
+            if a.kind == "event":
+                self.daemon._on_event(a.to_event(utcnow()))
+            elif a.kind in ("trip", "restore"):
+                if wait:
+                    done += await self._switch(a)
+                else:
+                    self._spawn(self._switch_quiet(a))
+            elif a.kind == "write_topup":
+                # Writing a purchase into a meter needs its ESAM (encrypted); the meter's
+                # own balance shows the top-up once the sales system has written it.
+                log.info("top-up for meter %s recorded; its balance comes from the meter",
+                         a.meter)
+        return done
+
+    async def _switch_quiet(self, a: Action) -> None:
+        await self._switch(a)
+
+    async def _switch(self, a: Action) -> list[JsonDict]:
+        assert self.engine is not None
+        try:
+            results = await self.relay.run(a.kind, [a.meter], operator=PREPAID_OPERATOR,
+                                           reason=f"prepaid: {a.reason}")
+        except CommandRejected as e:
+            log.error("prepaid %s of meter %s not possible: %s", a.kind, a.meter, e)
+            results = [{"meter": a.meter, "status": "failed", "detail": str(e)}]
+        confirmed = bool(results) and results[0].get("status") == "confirmed"
+        more = self.engine.relay_result(a.meter, a, confirmed, utcnow())
+        return results + await self.act(more, wait=False)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("prepaid action failed: %r", task.exception())
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks) + ([self._ticker] if self._ticker else [])
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _num(d: Decimal | None) -> float | None:
+    return None if d is None else float(d)
