@@ -164,8 +164,9 @@ class RelayService:
                 audit["detail"] = f"expired at {expires.isoformat()} before its turn"
                 self._audit(command_id, m, kind, operator, "expired", audit)
                 return {**base, "status": "expired", "detail": audit["detail"]}
+            sent_at = utcnow()  # the audit's "when": the moment it went to the bus
             if not dry_run:
-                self._audit(command_id, m, kind, operator, "sent", audit)
+                self._audit(command_id, m, kind, operator, "sent", audit, sent_at)
             t0 = time.perf_counter()
             try:
                 result = await worker.submit(
@@ -182,7 +183,7 @@ class RelayService:
             self.overheads_ms.append(max(0.0, wall_ms - meter_ms))
         status = "dry_run" if dry_run else str(result["status"])
         audit.update({k: v for k, v in result.items() if k != "status"})
-        self._audit(command_id, m, kind, operator, status, audit)
+        self._audit(command_id, m, kind, operator, status, audit, sent_at)
         log.info("command %s %s meter=%s bus=%s operator=%s: %s", rid, kind, m.meter_id,
                  m.bus, operator, status)
         return {**base, **result, "status": status, "command_id": command_id}
@@ -225,8 +226,10 @@ class RelayService:
         return {"status": "ok", "state": _state_dict(state)}
 
     def _audit(self, command_id: str, m: MeterSettings, kind: str, operator: str,
-               status: str, detail: Mapping[str, Any]) -> None:
-        self.record(CommandRecord(command_id, m.meter_id, kind, utcnow(), operator=operator,
+               status: str, detail: Mapping[str, Any],
+               when: dt.datetime | None = None) -> None:
+        self.record(CommandRecord(command_id, m.meter_id, kind, when or utcnow(),
+                                  operator=operator,
                                   status=status,
                                   detail=json.dumps(detail, sort_keys=True, default=str)))
 

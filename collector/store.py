@@ -599,6 +599,22 @@ class Store:
                 [(name, table, rid, now, status, error, line)
                  for rid, status, error, line in rows])
 
+    def audit(self, *, since: dt.datetime | None = None, meter: str | None = None,
+              limit: int = 10_000) -> list[sqlite3.Row]:
+        """Relay commands and top-ups (not the journal of remote requests), oldest first."""
+        kinds = ("trip", "restore", "hold", "release", "alarm", "alarm_release", "dry_run",
+                 "topup")
+        # The remote channel's journal shares the table (status received / done).
+        sql = (f"SELECT * FROM commands WHERE kind IN ({','.join('?' * len(kinds))}) "
+               "AND status NOT IN ('received', 'done') AND ts >= ?")
+        args: list[Any] = [*kinds, to_ms(since) if since is not None else 0]
+        if meter is not None:
+            sql += " AND meter = ?"
+            args.append(meter)
+        cur = self._conn().execute(sql + " ORDER BY ts, id LIMIT ?", (*args, limit))
+        cur.row_factory = sqlite3.Row
+        return list(cur)
+
     def dead_letters(self, name: str | None = None, limit: int = 1000) -> list[sqlite3.Row]:
         """Refused rows, newest first."""
         sql = "SELECT * FROM dead_letters"

@@ -9,6 +9,7 @@ from .decode import decode
 from .demo import demo
 from .query import query
 from .read import read
+from .relay import audit, hold, relay_status, release, restore, topup, trip
 from .run import run
 from .simulate import simulate
 
@@ -26,3 +27,5 @@ main.add_command(query)
 main.add_command(read)
 main.add_command(run)
 main.add_command(simulate)
+for _cmd in (trip, restore, hold, release, relay_status, topup, audit):
+    main.add_command(_cmd)

@@ -278,20 +278,21 @@ def _check_remote(opts: RemoteOptions, quantities: tuple[str, ...]) -> list[str]
 
 
 async def _call_remote(opts: RemoteOptions, password: str | None, collector: str,
-                       body: dict[str, Any], request_id: str) -> dict[str, Any]:
+                       body: dict[str, Any], request_id: str,
+                       command: str = "read") -> dict[str, Any]:
     from drivers.mqtt import MqttConnection
 
     timeout = (opts.timeout_ms or VIA_TIMEOUT_MS) / 1000
     # A clean session: a one-shot client must not leave a session on the broker.  A reply
     # lost to a reconnect is asked for again (same request id) by the retries.
-    client_id = f"amic-read-{request_id.replace('-', '')[:12]}"  # 22: any broker takes it
+    client_id = f"amic-{command[:4]}-{request_id.replace('-', '')[:12]}"  # <= 23 characters
     conn = MqttConnection(opts.via.strip(), client_id=client_id,
                           username=opts.username,
                           password=password if opts.username is not None else None,
                           ca_file=opts.ca_file, cert_file=opts.cert_file,
                           key_file=opts.key_file, clean_session=True, close_timeout=0.0)
     async with conn:
-        return await call(conn, collector, "read", body, request_id=request_id,
+        return await call(conn, collector, command, body, request_id=request_id,
                           timeout=timeout, attempts=opts.retries + 1,
                           connect_timeout=timeout)
 

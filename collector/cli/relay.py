@@ -1,0 +1,381 @@
+"""``amic trip|restore|hold|release|relay-status|topup|audit``: remote relay control.
+
+Two ways to reach a meter:
+
+- ``--via mqtt://BROKER --collector ID``: the running collector carries the command out
+  on the meter's bus (command lane, ahead of polling) and records it.  The request is
+  signed with the operator's key (``--secrets FILE``, ``[operators.NAME] key``).
+- ``--config FILE``: this process opens the meters' buses itself (the collector must not
+  be polling them meanwhile: commissioning, or a gateway whose daemon is stopped), with
+  the passwords of the configuration's secrets file, and records the commands in the
+  configuration's store.
+
+Exit status (the worst over the meters): 0 confirmed (or dry run), 3 refused by the
+meter, 4 unconfirmed (no state change seen in time), 5 a reply from another address,
+6 failed (link, no state), 7 unsupported, 8 expired before its turn, 1 the collector or
+the broker could not be asked, 2 bad arguments or declined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from collector.commands import CommandRejected, RelayService, exit_status
+from collector.config import ConfigError, load_settings
+from collector.records import from_ms
+from collector.remote import BrokerError, RemoteError, new_request_id
+from collector.secrets import Secrets, SecretsError, load_secrets
+from collector.settings import CommandSettings, Settings
+from collector.signing import sign
+
+from .query import parse_since
+from .read import RemoteOptions, _call_remote, _password
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+OPERATOR_ENV = "AMIC_OPERATOR"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"amic: {message}", err=True)
+    sys.exit(code)
+
+
+def _via_options(f: Any) -> Any:
+    opts = [
+        click.option("--via", default=None, metavar="BROKER",
+                     help="Through a running collector: mqtt://HOST:PORT or mqtts://..."),
+        click.option("--collector", "collector_id", default=None, metavar="ID",
+                     help="With --via: the collector's id."),
+        click.option("--username", default=None, metavar="USER",
+                     help="With --via: broker user."),
+        click.option("--password-file", default=None, metavar="FILE",
+                     help="With --via: file holding the broker password "
+                          "(else $AMIC_MQTT_PASSWORD)."),
+        click.option("--ca-file", default=None, metavar="FILE",
+                     help="With --via: CA certificate(s) of the broker (mqtts)."),
+        click.option("--cert-file", default=None, metavar="FILE",
+                     help="With --via: client certificate."),
+        click.option("--key-file", default=None, metavar="FILE",
+                     help="With --via: client certificate key."),
+        click.option("--config", "config_path", default=None, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Without --via: the collector's configuration; this process "
+                          "opens the buses itself."),
+        click.option("--timeout-s", default=120.0, show_default=True, type=float,
+                     help="Wait this long for the result."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _operator(name: str | None) -> str:
+    if name:
+        return name
+    env = os.environ.get(OPERATOR_ENV)
+    if env:
+        return env
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    _fail(f"give --operator NAME (or ${OPERATOR_ENV})", EXIT_USAGE)
+
+
+def _remote_opts(via: str, collector_id: str | None, username: str | None,
+                 password_file: str | None, ca_file: str | None, cert_file: str | None,
+                 key_file: str | None, timeout_s: float) -> RemoteOptions:
+    if not collector_id:
+        _fail("--via needs --collector ID", EXIT_USAGE)
+    return RemoteOptions(via, collector_id, None, username, password_file, ca_file,
+                         cert_file, key_file, 0, int(timeout_s * 1000))
+
+
+async def _via(opts: RemoteOptions, command: str, body: dict[str, Any],
+               request_id: str) -> dict[str, Any]:
+    password = _password(opts)
+    assert opts.collector is not None
+    quiet = logging.NullHandler()
+    amic_log = logging.getLogger("amic")
+    amic_log.addHandler(quiet)
+    try:
+        return await _call_remote(opts, password, opts.collector, body, request_id,
+                                  command=command)
+    finally:
+        amic_log.removeHandler(quiet)
+
+
+def _settings(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        _fail(f"{path}: {len(e.problems)} problem(s)", EXIT_USAGE)
+    except OSError as e:
+        _fail(f"{path}: {e.strerror or e}", EXIT_USAGE)
+
+
+async def _local(settings: Settings, secrets: Secrets | None, action: str, meters: list[str],
+                 *, operator: str, reason: str, dry_run: bool) -> list[dict[str, Any]]:
+    from collector.daemon import make_bus
+    from collector.profiles import load_profile
+    from collector.scheduler import BusWorker
+    from collector.store import Store, StoreWriter
+
+    c = settings.collector
+    c.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(c.data_dir / "amic.db")
+    writer = StoreWriter(store, commit_interval=0.2)
+    await writer.start()
+    chosen = {m.meter_id: m for m in settings.meters}
+    buses = {chosen[m].bus for m in meters if m in chosen}
+    workers: dict[str, BusWorker] = {}
+    try:
+        for b in settings.buses:
+            if b.name in buses:
+                w = BusWorker(b.name, make_bus(b), preamble=b.preamble, modbus=b.modbus)
+                await w.start()
+                workers[b.name] = w
+        service = RelayService(
+            meters=lambda: settings.meters, workers=lambda: workers, secrets=secrets,
+            profile=lambda n: load_profile(n, search=[settings.source.parent]),
+            record=writer.put_command, settings=settings.commands or CommandSettings())
+        return await service.run(action, meters, operator=operator, reason=reason,
+                                 dry_run=dry_run)
+    finally:
+        for w in workers.values():
+            await w.stop(2.0)
+            with contextlib.suppress(Exception):
+                await w.bus.close()
+        await writer.close()
+        store.close()
+
+
+def _show(results: list[dict[str, Any]], as_json: bool, extra: dict[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps({**extra, "results": results}, ensure_ascii=False, default=str))
+        return
+    click.echo(f"{'meter':<14} {'status':<17} {'relay before':<13} {'after':<8} "
+               f"{'energy kWh':>11} {'ms':>7}  detail")
+    for r in results:
+        before = _relay(r.get("before") or r.get("state") or {})
+        after = _relay(r.get("after") or {})
+        energy = r.get("energy_at_switch")
+        lat = r.get("latency_ms")
+        click.echo(f"{r.get('meter')!s:<14} {r.get('status')!s:<17} {before:<13} "
+                   f"{after:<8} {'' if energy is None else f'{energy:.2f}':>11} "
+                   f"{'' if lat is None else f'{lat:.0f}':>7}  {r.get('detail', '')}")
+
+
+def _relay(state: dict[str, Any]) -> str:
+    v = state.get("relay_open")
+    return "-" if v is None else ("open" if v else "closed")
+
+
+def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str | None,
+            dry_run: bool, yes: bool, operator: str | None, secrets_path: Path | None,
+            via: str | None, collector_id: str | None, username: str | None,
+            password_file: str | None, ca_file: str | None, cert_file: str | None,
+            key_file: str | None, config_path: Path | None, timeout_s: float,
+            as_json: bool) -> None:
+    if action != "status" and (not reason or not reason.strip()):
+        _fail("--reason TEXT is required: every command records why", EXIT_USAGE)
+    if bool(meters) == bool(area):
+        _fail("give METER ids or --area AREA (one of them)", EXIT_USAGE)
+    if (via is None) == (config_path is None):
+        _fail("give --via mqtt://BROKER --collector ID (through the collector) or "
+              "--config FILE (this process opens the buses)", EXIT_USAGE)
+    who = _operator(operator) if action != "status" else ""
+    settings = _settings(config_path) if config_path is not None else None
+    ids = list(meters)
+    if area and settings is not None:
+        ids = [m.meter_id for m in settings.meters if m.area == area]
+        if not ids:
+            _fail(f"area {area}: no meters in {config_path}", EXIT_USAGE)
+    count = len(ids) if ids else None
+    if action != "status" and not dry_run and (area or len(ids) > 1) and not yes:
+        what = f"{count} meters" if count else f"every meter of area {area}"
+        if not click.confirm(f"{action} {what} ({', '.join(ids[:5])}"
+                             f"{' ...' if len(ids) > 5 else ''})?", default=False,
+                             err=True):
+            _fail("declined: nothing sent", EXIT_USAGE)
+    reason_text = (reason or "").strip()
+    if via is not None:
+        opts = _remote_opts(via, collector_id, username, password_file, ca_file, cert_file,
+                            key_file, timeout_s)
+        rid = new_request_id()
+        body: dict[str, Any] = {"request_id": rid, "command": "relay", "action": action,
+                                "reason": reason_text, "dry_run": dry_run}
+        if area:
+            body["area"] = area
+        else:
+            body["meters"] = ids
+        if action != "status":
+            if secrets_path is None:
+                _fail("--secrets FILE: the operator's signing key ([operators.NAME] key) "
+                      "is needed to send a command through the broker", EXIT_USAGE)
+            try:
+                key = load_secrets(secrets_path).operator_key(who)
+            except SecretsError as e:
+                _fail(str(e), EXIT_USAGE)
+            body = sign(body, who, key)
+        try:
+            reply = asyncio.run(_via(opts, "relay", body, rid))
+        except (BrokerError, RemoteError, ValueError) as e:
+            _fail(f"collector {collector_id}: {e}", EXIT_FAILED)
+        if reply.get("status") != "ok":
+            _fail(f"collector {collector_id}: {reply.get('error') or 'failed'}", EXIT_FAILED)
+        results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
+    else:
+        assert settings is not None
+        cs = settings.commands
+        path = secrets_path or (cs.secrets_file if cs is not None else None)
+        secrets = None
+        if path is not None:
+            try:
+                secrets = load_secrets(path)
+            except SecretsError as e:
+                _fail(str(e), EXIT_USAGE)
+        try:
+            results = asyncio.run(_local(settings, secrets, action, ids, operator=who,
+                                         reason=reason_text, dry_run=dry_run))
+        except CommandRejected as e:
+            _fail(str(e), EXIT_USAGE)
+    _show(results, as_json, {"action": action, "operator": who})
+    sys.exit(exit_status(results))
+
+
+def _make(action: str, help_text: str) -> click.Command:
+    @click.command(name=action if action != "status" else "relay-status", help=help_text)
+    @click.argument("meters", nargs=-1)
+    @click.option("--area", default=None, metavar="AREA", help="Every meter of this area.")
+    @_via_options
+    def cmd(meters: tuple[str, ...], area: str | None, via: str | None,
+            collector_id: str | None, username: str | None, password_file: str | None,
+            ca_file: str | None, cert_file: str | None, key_file: str | None,
+            config_path: Path | None, timeout_s: float, as_json: bool,
+            **kw: Any) -> None:
+        _switch(action, meters, area, kw.get("reason"), kw.get("dry_run", False),
+                kw.get("yes", False), kw.get("operator"), kw.get("secrets_path"), via,
+                collector_id, username, password_file, ca_file, cert_file, key_file,
+                config_path, timeout_s, as_json)
+
+    if action != "status":
+        cmd = click.option("--reason", default=None, metavar="TEXT",
+                           help="Why (kept in the audit trail). Required.")(cmd)
+        cmd = click.option("--dry-run", is_flag=True,
+                           help="Check and read the relay state; send nothing.")(cmd)
+        cmd = click.option("--yes", is_flag=True,
+                           help="No confirmation for several meters or an area.")(cmd)
+        cmd = click.option("--operator", default=None, metavar="NAME",
+                           help=f"Who gives the command (default ${OPERATOR_ENV} or the "
+                                "login name); a name in the secrets file.")(cmd)
+        cmd = click.option("--secrets", "secrets_path", default=None, metavar="FILE",
+                           type=click.Path(dir_okay=False, path_type=Path),
+                           help="Secrets file (mode 0600): the operator's signing key "
+                                "with --via; meter passwords with --config (default: "
+                                "[commands] secrets_file).")(cmd)
+    return cmd
+
+
+trip = _make("trip", "Open the relay (cut supply) of METER..., verified.")
+restore = _make("restore", "Close permitted (or direct close, [commands] direct_close) "
+                           "for METER..., verified.")
+hold = _make("hold", "Hold power (保电): the meter refuses every trip until released.")
+release = _make("release", "Release hold power.")
+relay_status = _make("status", "Read the relay state of METER... (nothing sent).")
+
+
+@click.command()
+@click.argument("meter")
+@click.argument("amount")
+@click.option("--ref", required=True, metavar="TEXT", help="Payment reference (receipt).")
+@click.option("--operator", default=None, metavar="NAME", help="Who records it.")
+@click.option("--secrets", "secrets_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Secrets file with the operator's signing key.")
+@_via_options
+def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path: Path,
+          via: str | None, collector_id: str | None, username: str | None,
+          password_file: str | None, ca_file: str | None, cert_file: str | None,
+          key_file: str | None, config_path: Path | None, timeout_s: float,
+          as_json: bool) -> None:
+    """Record a payment of AMOUNT yuan for prepaid METER (through the collector: --via).
+
+    A meter that was tripped for want of credit is restored, and the restore confirmed.
+    """
+    if via is None:
+        _fail("a top-up goes to the running collector's prepaid engine: give --via "
+              "mqtt://BROKER --collector ID", EXIT_USAGE)
+    who = _operator(operator)
+    opts = _remote_opts(via, collector_id, username, password_file, ca_file, cert_file,
+                        key_file, timeout_s)
+    rid = new_request_id()
+    try:
+        key = load_secrets(secrets_path).operator_key(who)
+    except SecretsError as e:
+        _fail(str(e), EXIT_USAGE)
+    body = sign({"request_id": rid, "command": "topup", "meter": meter, "amount": amount,
+                 "ref": ref}, who, key)
+    try:
+        reply = asyncio.run(_via(opts, "topup", body, rid))
+    except (BrokerError, RemoteError, ValueError) as e:
+        _fail(f"collector {collector_id}: {e}", EXIT_FAILED)
+    if reply.get("status") != "ok":
+        _fail(f"collector {collector_id}: {reply.get('error') or 'failed'}", EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(reply, ensure_ascii=False))
+    else:
+        click.echo(f"meter {meter}: {amount} yuan recorded; balance {reply.get('balance')}")
+        restore = reply.get("restore") or []
+        if restore:
+            _show(restore, False, {})
+    sys.exit(exit_status(reply.get("restore") or []))
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--meter", default=None, metavar="METER_ID")
+@click.option("--since", default="30d", show_default=True,
+              help="How far back: 2h, 7d, or a date/time (local).")
+@click.option("--json", "as_json", is_flag=True)
+def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> None:
+    """List relay commands and top-ups: who, why, when, outcome (local time)."""
+    from collector.store import Store, StoreError
+
+    settings = _settings(config_path)
+    try:
+        start = parse_since(since)
+    except ValueError as e:
+        _fail(f"--since: {e}", EXIT_USAGE)
+    try:
+        store = Store(settings.collector.data_dir / "amic.db", create=False)
+    except StoreError as e:
+        _fail(str(e), EXIT_USAGE)
+    rows = store.audit(since=start, meter=meter)
+    store.close()
+    if as_json:
+        click.echo(json.dumps([dict(r) for r in rows], ensure_ascii=False, default=str))
+        return
+    click.echo(f"{'time (local)':<19} {'meter':<12} {'action':<9} {'status':<16} "
+               f"{'operator':<10} reason")
+    for r in rows:
+        detail: dict[str, Any] = {}
+        with contextlib.suppress(ValueError, TypeError):
+            detail = json.loads(r["detail"])
+        when = from_ms(r["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{when:<19} {r['meter']:<12} {r['kind']:<9} {r['status']:<16} "
+                   f"{r['operator']:<10} {detail.get('reason', '')}")
+

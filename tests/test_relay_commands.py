@@ -1,0 +1,285 @@
+"""Relay commands end to end: the daemon, a real mosquitto, simulated DL/T645 meters.
+
+Signed commands through the broker (trip confirmed, replay and unsigned refused), a wrong
+password refused by the meter, the rate limit per bus, the audit trail, the prepaid engine
+(trip at zero, restore after a top-up, a protected customer never tripped), and no secret
+in any log, output or store row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from click.testing import CliRunner
+from mosquitto import Broker
+
+from collector.cli import main
+from collector.config import load_settings
+from collector.daemon import Daemon
+from collector.notify import Notifier
+from collector.signing import sign
+from simulators.bus import BusServer
+from simulators.dlt645 import make_meters
+
+KEY_HEX = "5f3a9c0e7b214d6a8e1f0c3b5a7d9e2f"  # alice's signing key (16 bytes)
+OTHER_PASSWORD = "02777777"  # what the daemon believes M3's password is: wrong
+SECRETS = f"""
+[default]
+password = "02000000"
+
+[meters.M3]
+password = "{OTHER_PASSWORD}"
+
+[operators.alice]
+operator_code = "0000A11C"
+key = "hex:{KEY_HEX}"
+
+[operators.prepaid]
+operator_code = "00000099"
+"""
+OPERATOR_SECRETS = f"""
+[operators.alice]
+operator_code = "0000A11C"
+key = "hex:{KEY_HEX}"
+"""
+
+CONFIG = """
+[collector]
+id = "relay-gw"
+data_dir = "data"
+commit_interval = "100ms"
+
+[mqtt]
+url = "{url}"
+
+[commands]
+secrets_file = "secrets.toml"
+min_interval = "400ms"
+verify_timeout = "3s"
+poll_interval = "100ms"
+
+[[bus]]
+name = "conc-1"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+td_ms = 300
+{meters}
+[schedule.poll]
+interval = "{interval}"
+quantities = {quantities}
+{extra}
+"""
+
+
+def meter_tables(n: int, prepaid: tuple[str, ...] = ()) -> str:
+    return "".join(f'\n[[meter]]\nmeter_id = "M{i}"\naddress = "{i:012d}"\nbus = "conc-1"\n'
+                   f'area = "TQ-1"\nprepaid = {"true" if f"M{i}" in prepaid else "false"}\n'
+                   for i in range(1, n + 1))
+
+
+def write(tmp: Path, text: str, name: str) -> Path:
+    p = tmp / name
+    p.write_text(text)
+    p.chmod(0o600)
+    return p
+
+
+async def until(cond: Any, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def rows(tmp: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp / "data" / "amic.db") as c:
+        return c.execute(sql, args).fetchall()
+
+
+async def test_signed_commands_through_the_broker(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    meters = make_meters([f"{i:012d}" for i in range(1, 4)])
+    model = {f"M{i}": m.model for i, m in enumerate(meters, 1)}
+    write(tmp_path, SECRETS, "secrets.toml")
+    operator_secrets = write(tmp_path, OPERATOR_SECRETS, "alice.toml")
+    with Broker(tmp_path / "broker") as broker:
+        server = BusServer(meters, baud=19200, td=0.005)
+        async with server:
+            cfg = tmp_path / "amic.toml"
+            cfg.write_text(CONFIG.format(url=broker.url, port=server.port,
+                                         meters=meter_tables(3), interval="1h",
+                                         quantities='["voltage_a"]', extra=""))
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda: daemon.mqtt is not None and daemon.mqtt.commands
+                            is not None and daemon.poller is not None
+                            and "poll" in daemon.poller.last_cycle)
+                via = ["--via", broker.url, "--collector", "relay-gw"]
+                # 1. Two meters, one bus: both confirmed, the relays really open, and the
+                # second sent at least min_interval after the first.
+                r = await asyncio.to_thread(
+                    cli, "trip", "M1", "M2", *via, "--reason", "arrears ticket 4711",
+                    "--operator", "alice", "--secrets", str(operator_secrets), "--yes",
+                    "--json")
+                assert r.exit_code == 0, r.output
+                doc = json.loads(r.output)
+                assert [x["status"] for x in doc["results"]] == ["confirmed", "confirmed"]
+                assert all(x["energy_at_switch"] is not None for x in doc["results"])
+                assert model["M1"].relay_open and model["M2"].relay_open
+                assert not model["M3"].relay_open
+                await daemon.writer.flush()  # type: ignore[union-attr]
+                audit = rows(tmp_path, "SELECT meter, kind, status, operator, ts, detail "
+                             "FROM commands WHERE kind = 'trip' ORDER BY ts")
+                assert [(a[0], a[2], a[3]) for a in audit] == [
+                    ("M1", "confirmed", "alice"), ("M2", "confirmed", "alice")]
+                assert audit[1][4] - audit[0][4] >= 400
+                detail = json.loads(audit[0][5])
+                assert detail["reason"] == "arrears ticket 4711"
+                assert detail["before"]["relay_open"] is False
+                assert detail["after"]["relay_open"] is True
+                # ... and amic audit shows it.
+                r = await asyncio.to_thread(cli, "audit", "--config", str(cfg))
+                assert r.exit_code == 0, r.output
+                assert "M1" in r.output and "confirmed" in r.output and "arrears" in r.output
+
+                # 2. Wrong password (the meter's is 02000000): refused by the meter.
+                r = await asyncio.to_thread(
+                    cli, "trip", "M3", *via, "--reason", "test", "--operator", "alice",
+                    "--secrets", str(operator_secrets), "--json")
+                assert r.exit_code == 3, r.output
+                res = json.loads(r.output)["results"][0]
+                assert res["status"] == "refused" and "unauthorised" in res["error_bits"]
+                assert not model["M3"].relay_open
+
+                # 3. Signed requests published by hand: a replay is not executed again,
+                # the same signature under another request id and an unsigned request are
+                # refused.
+                rid = f"t-{uuid.uuid4().hex}"
+                body = sign({"request_id": rid, "command": "relay", "action": "restore",
+                             "meters": ["M1"], "reason": "paid"}, "alice",
+                            bytes.fromhex(KEY_HEX))
+                first = await ask(broker, rid, body)
+                assert first["status"] == "ok", first
+                assert first["results"][0]["status"] == "confirmed"
+                assert not model["M1"].relay_open
+                model["M1"].trip()  # if the replay ran, it would close the relay again
+                executed = daemon.mqtt.commands.stats.executed
+                again = await ask(broker, rid, body)
+                assert again == first
+                assert daemon.mqtt.commands.stats.executed == executed
+                assert model["M1"].relay_open  # not switched again
+                rid2 = f"t-{uuid.uuid4().hex}"
+                forged = await ask(broker, rid2, {**body, "request_id": rid2})
+                assert forged["status"] == "error" and "bad_signature" in forged["error"]
+                rid3 = f"t-{uuid.uuid4().hex}"
+                unsigned = await ask(broker, rid3, {"request_id": rid3, "command": "relay",
+                                                    "action": "trip", "meters": ["M3"],
+                                                    "reason": "x", "operator": "alice"})
+                assert unsigned["status"] == "error" and "unsigned" in unsigned["error"]
+                assert model["M1"].relay_open and not model["M3"].relay_open
+
+                # 4. relay-status reads only.
+                r = await asyncio.to_thread(cli, "relay-status", "M1", "M3", *via, "--json")
+                assert r.exit_code == 0, r.output
+                states = {x["meter"]: x["state"]["relay_open"]
+                          for x in json.loads(r.output)["results"]}
+                assert states == {"M1": True, "M3": False}
+                outputs = r.output
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+    # 5. No secret anywhere: logs, CLI output, the store.
+    store_text = "\n".join(str(x) for x in rows(tmp_path, "SELECT * FROM commands"))
+    for secret in ("02000000", OTHER_PASSWORD, "0000A11C", "0000a11c", KEY_HEX):
+        assert secret not in caplog.text
+        assert secret not in outputs
+        assert secret not in store_text
+
+
+async def ask(broker: Broker, rid: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        await c.subscribe(f"amic/relay-gw/reply/{rid}", qos=1)
+        await c.publish("amic/relay-gw/cmd/relay", json.dumps(body), qos=1)
+        async with asyncio.timeout(20):
+            async for m in c.messages:
+                return json.loads(m.payload)  # type: ignore[arg-type]
+    raise AssertionError("no reply")
+
+
+PREPAID = """
+[prepaid]
+warn1 = 20
+warn2 = 5
+grace = "0s"
+computed = ["M1", "M2"]
+protected = ["M2"]
+price = 0.5
+opening_balance = -1
+"""
+
+
+async def test_prepaid_trip_at_zero_restore_after_topup(tmp_path: Path) -> None:
+    meters = make_meters([f"{i:012d}" for i in range(1, 4)])
+    model = {f"M{i}": m.model for i, m in enumerate(meters, 1)}
+    write(tmp_path, SECRETS, "secrets.toml")
+    operator_secrets = write(tmp_path, OPERATOR_SECRETS, "alice.toml")
+    with Broker(tmp_path / "broker") as broker:
+        server = BusServer(meters, baud=19200, td=0.005)
+        async with server:
+            cfg = tmp_path / "amic.toml"
+            cfg.write_text(CONFIG.format(
+                url=broker.url, port=server.port, meters=meter_tables(3, ("M1", "M2")),
+                interval="1s", quantities='["energy_active_forward_total", "status"]',
+                extra=PREPAID))
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                # M1 has no credit: tripped by the engine and confirmed.
+                await until(lambda: model["M1"].relay_open, 20)
+                await until(lambda: rows(tmp_path, "SELECT 1 FROM commands WHERE kind = "
+                                         "'trip' AND status != 'sent'") != [])
+                trips = rows(tmp_path, "SELECT meter, status, operator FROM commands "
+                             "WHERE kind = 'trip'")
+                assert trips == [("M1", "confirmed", "prepaid")]
+                # M2 is protected: never tripped, and it says so.
+                events = [k for (k,) in rows(tmp_path, "SELECT kind FROM events "
+                                             "WHERE meter = 'M2'")]
+                assert "trip_skipped_protected" in events
+                assert not model["M2"].relay_open
+                # A top-up: recorded, and M1 is restored, the restore confirmed.
+                r = await asyncio.to_thread(
+                    cli, "topup", "M1", "50", "--ref", "receipt 1", "--operator", "alice",
+                    "--secrets", str(operator_secrets), "--via", broker.url,
+                    "--collector", "relay-gw", "--json")
+                assert r.exit_code == 0, r.output
+                doc = json.loads(r.output)
+                assert doc["balance"] > 40
+                assert doc["restore"][0]["status"] == "confirmed"
+                assert not model["M1"].relay_open
+                await asyncio.sleep(2.5)  # more polls: no new trip with credit
+                assert not model["M1"].relay_open and not model["M2"].relay_open
+                await daemon.writer.flush()  # type: ignore[union-attr]
+                kinds = rows(tmp_path, "SELECT kind, status FROM commands WHERE meter = "
+                             "'M1' AND kind IN ('trip', 'restore', 'topup') AND status != 'done' "
+                             "ORDER BY id")
+                assert kinds == [("trip", "confirmed"), ("topup", "recorded"),
+                                 ("restore", "confirmed")]
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
