@@ -49,7 +49,13 @@ TOKEN_ENV: Final = "AMIC_TSDB_TOKEN"
 # Numeric code of each command status (field ``status_code`` of measurement ``command``).
 COMMAND_STATUS_CODES: Final[dict[str, int]] = {
     "queued": 0, "sent": 1, "acknowledged": 2, "verified": 3, "refused": 4, "failed": 5,
+    "confirmed": 3, "unconfirmed": 6, "address_mismatch": 7, "unsupported": 8,
+    "expired": 10, "dry_run": 11, "recorded": 12, "received": 13, "done": 14,
 }
+# Numeric facts of a relay command's audit detail (JSON), forwarded as fields.
+_COMMAND_FIELDS: Final = (("latency_ms", "latency_ms"), ("energy_at_switch", "energy_kwh"),
+                          ("energy_before", "energy_before_kwh"), ("amount", "amount"),
+                          ("balance", "balance"))
 UNKNOWN_STATUS_CODE: Final = 9
 
 # The server refuses these rows for good (bad point, beyond the bucket's retention, too
@@ -123,6 +129,29 @@ class ForwarderStats:
     last_error: str = ""
     failing: bool = False
     dead_letters: int = 0  # rows the server refused for good (kept in the store)
+
+
+def _command_fields(detail: str) -> str:
+    """``,latency_ms=..,energy_kwh=..,relay_open_before=..`` from an audit detail."""
+    if not detail.startswith("{"):
+        return ""
+    try:
+        doc = json.loads(detail)
+    except ValueError:
+        return ""
+    out = ""
+    for key, field in _COMMAND_FIELDS:
+        v = doc.get(key)
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = float(v)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out += f",{field}={_num(v)}"
+    for key in ("before", "after"):
+        state = doc.get(key)
+        if isinstance(state, dict) and isinstance(state.get("relay_open"), bool):
+            out += f",relay_open_{key}={_num(int(state['relay_open']))}"
+    return out
 
 
 class Forwarder:
@@ -256,9 +285,10 @@ class Forwarder:
         for row in rows:
             status = row["status"]
             code = COMMAND_STATUS_CODES.get(status, UNKNOWN_STATUS_CODE)
-            tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status)))
-            out.append(f"command{tags} status_code={_num(code)},count=1.0 "
-                       f"{self._ts(row['updated'])}")
+            tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status),
+                          ("operator", row["operator"])))
+            fields = f"status_code={_num(code)},count=1.0{_command_fields(row['detail'])}"
+            out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
         return out
 
     def cycle_lines(self, rows: list[sqlite3.Row]) -> list[str]:

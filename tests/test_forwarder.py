@@ -128,7 +128,7 @@ async def test_rows_arrive_with_series_tags_and_timestamps(store: Store,
     assert len(vm.export('{__name__="event_count"}')) == 2
     (cmd,) = vm.export('{__name__="command_status_code"}')
     assert cmd["metric"] == {"__name__": "command_status_code", "meter": "M1",
-                             "kind": "relay_off", "status": "sent"}
+                             "kind": "relay_off", "status": "sent", "operator": "op"}
     assert cmd["values"] == [1]
     (ratio,) = vm.export('{__name__="cycle_success_ratio"}')
     assert ratio["values"] == [0.75] and ratio["timestamps"] == [to_ms(T0)]

@@ -51,3 +51,26 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     assert [parse(a) for a in sql] == [parse(b) for b in python]
     # NULL (NaN) and infinite values have no point.
     assert len(python) == len(rows) - 3 * 2 * 3
+
+
+def test_relay_command_audit_becomes_numeric_fields(tmp_path: Path) -> None:
+    """A relay command's facts reach stores that keep numeric fields only."""
+    import json
+
+    from collector.records import CommandRecord
+
+    detail = {"reason": "arrears", "latency_ms": 412.5, "energy_at_switch": 1234.56,
+              "before": {"relay_open": False}, "after": {"relay_open": True}}
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_command(CommandRecord("r1/M1", "M1", "trip", T0, operator="alice",
+                                            status="confirmed", detail=json.dumps(detail)))
+        asyncio.run(put())
+        fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS)
+        (line,) = fwd.command_lines(store.outbox("x", "commands", after_id=0))
+    head, fields, _ = line.split(" ")
+    assert head == "command,meter=M1,kind=trip,status=confirmed,operator=alice"
+    assert dict(f.split("=") for f in fields.split(",")) == {
+        "status_code": "3.0", "count": "1.0", "latency_ms": "412.5", "energy_kwh": "1234.56",
+        "relay_open_before": "0.0", "relay_open_after": "1.0"}
