@@ -80,6 +80,9 @@ class RelayService:
         self._bus_locks: dict[str, asyncio.Lock] = {}
         self._bus_last: dict[str, float] = {}
         self.overheads_ms: list[float] = []  # time beyond the meter round trips, per command
+        # The relay state the last confirmed command left each meter in (for the
+        # relay_unexpected alarm); a close permitted whose relay stays open: unknown.
+        self.expected_open: dict[str, bool] = {}
 
     def find(self, meter_ids: Iterable[str]) -> list[MeterSettings]:
         """The configured meters, in the order given; CommandRejected names unknown ones."""
@@ -182,6 +185,13 @@ class RelayService:
         if meter_ms is not None:
             self.overheads_ms.append(max(0.0, wall_ms - meter_ms))
         status = "dry_run" if dry_run else str(result["status"])
+        if status == "confirmed" and action in ("trip", "restore"):
+            if action == "trip":
+                self.expected_open[m.meter_id] = True
+            elif result.get("relay_closed"):
+                self.expected_open[m.meter_id] = False
+            else:
+                self.expected_open.pop(m.meter_id, None)
         audit.update({k: v for k, v in result.items() if k != "status"})
         self._audit(command_id, m, kind, operator, status, audit, sent_at)
         log.info("command %s %s meter=%s bus=%s operator=%s: %s", rid, kind, m.meter_id,

@@ -57,8 +57,10 @@ from protocols.quantities import (
 )
 
 from .prepaid import parse_window
+from .rules import RULES, AlarmSettings
 from .secrets import SecretsError, load_secrets
 from .settings import (
+    AlarmConfig,
     BusSettings,
     CollectorSettings,
     CommandSettings,
@@ -104,7 +106,10 @@ REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
 TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway",
-            "timeseries", "commands", "prepaid")
+            "timeseries", "commands", "prepaid", "alarms")
+ALARM_KEYS = ("nominal_voltage", "voltage_high_pct", "voltage_low_pct", "jump_kwh_per_hour",
+              "zero_use_days", "imbalance_pct", "imbalance_min_current", "low_pf",
+              "rules", "comm_loss_after", "publish")
 COMMANDS_KEYS = ("secrets_file", "min_interval", "expiry", "verify_timeout", "poll_interval",
                  "direct_close", "signed")
 PREPAID_KEYS = ("warn1", "warn2", "overdraft_limit", "grace", "no_trip_windows", "holidays",
@@ -697,13 +702,14 @@ class _Loader:
         schedules = self.schedules(data.get("schedule"), rows)
         commands = self.commands(data.get("commands"))
         prepaid = self.prepaid(data.get("prepaid"), rows)
+        alarms = self.alarms(data.get("alarms"))
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
                         gateways=tuple(gateways), timeseries=timeseries,
-                        commands=commands, prepaid=prepaid)
+                        commands=commands, prepaid=prepaid, alarms=alarms)
 
     def sorted_problems(self) -> list[Problem]:
         """The config file's first, then the ledger's; each in line order."""
@@ -864,6 +870,43 @@ class _Loader:
             return None
         return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
                                   precision=precision, gzip=gzip)
+
+    def alarms(self, value: object) -> AlarmConfig:
+        if value is None:
+            return AlarmConfig()
+        data = self.table("", "alarms", value, "an [alarms] table")
+        if data is None:
+            return AlarmConfig()
+        t = "alarms"
+        self.unknown_keys(t, data, ALARM_KEYS)
+        values: list[tuple[str, object]] = []
+        ok = True
+        for key in ALARM_KEYS[:8]:
+            if key in data:
+                v = data[key]
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    self.add(t, key, "a number", _show(v))
+                    ok = False
+                    continue
+                values.append((key, float(v)))
+        if "rules" in data:
+            names = self.strings(t, data, "rules", "a list of rule names: " + ", ".join(RULES))
+            for rule in names or []:
+                if rule not in RULES:
+                    ok = False
+                    self.add(t, "rules", "rule names: " + ", ".join(RULES), _q(rule),
+                             hint=_did_you_mean(rule, list(RULES)))
+            if names is not None:
+                values.append(("rules", frozenset(names)))
+        if ok:
+            try:
+                AlarmSettings(**dict(values))  # type: ignore[arg-type]
+            except ValueError as e:
+                self.add(t, None, "limits that make sense together", str(e))
+        after = self.optional(t, data, "comm_loss_after", _int_conv(1, 1000, " cycles"), 2)
+        publish = self.optional(t, data, "publish", _toml_bool_conv(), True)
+        return AlarmConfig(values=tuple(values), comm_loss_after=after or 2,
+                           publish=True if publish is None else publish)
 
     def commands(self, value: object) -> CommandSettings | None:
         if value is None:

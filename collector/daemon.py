@@ -31,6 +31,7 @@ from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
+from .rules import AlarmEngine, AlarmSettings
 from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
 from .secrets import load_secrets
 from .settings import BusSettings, Settings
@@ -83,6 +84,9 @@ class Daemon:
         self.readings_seen = 0
         self._last_progress = 0.0
         self._waiting_for_room = 0
+        self.alarms: AlarmEngine | None = AlarmEngine(
+            AlarmSettings(**dict(settings.alarms.values)))  # type: ignore[arg-type]
+        self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         self.control: Control | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -95,12 +99,24 @@ class Daemon:
         self.writer.put_many(rows)
         if self.control is not None:
             self.control.observe(rows)
+        if self.alarms is not None and rows:
+            by_meter: dict[str, list[Reading]] = {}
+            for r in rows:
+                by_meter.setdefault(r.meter, []).append(r)
+            expected = self.control.relay.expected_open if self.control is not None else {}
+            for meter, readings in by_meter.items():
+                for event in self.alarms.observe(meter, readings,
+                                                 bus=self._meter_bus.get(meter),
+                                                 expected_relay_open=expected.get(meter)):
+                    self._on_event(event)
 
     def _on_event(self, event: Event) -> None:
         assert self.writer is not None
         log.info("event %s meter=%s bus=%s %s", event.kind, event.meter or "-",
                  event.bus or "-", event.detail)
         self.writer.put_event(event)
+        if self.mqtt is not None and self.settings.alarms.publish:
+            self.mqtt.publish_event(event)
 
     def _on_event_threadsafe(self, event: Event) -> None:
         """An event from another thread (the forwarder's)."""
@@ -114,6 +130,14 @@ class Daemon:
         log.info("cycle %s done: %d/%d meters read (%.1f%%) in %.1f s", cycle.schedule,
                  cycle.succeeded, cycle.planned, 100 * cycle.success_rate, took)
         self.metrics.observe_cycle(cycle.schedule, took)
+        interval = next((s.interval for s in self.settings.schedules
+                         if s.name == cycle.schedule), None)
+        if interval is not None and took > interval:
+            self._on_event(Event("schedule_overdue", utcnow(), severity=1,
+                                 value=round(took - interval, 1),
+                                 detail=f"schedule {cycle.schedule}: cycle took {took:.0f} s, "
+                                        f"longer than its {interval:g} s window; "
+                                        f"{cycle.planned - cycle.succeeded} meters not read"))
         for area, (ok, total) in cycle.per_area.items():
             self.metrics.set_area_success(area, ok / total if total else 0.0)
         for bus, (ok, total) in cycle.per_bus.items():
@@ -196,12 +220,14 @@ class Daemon:
             entry.worker.drop_queued(Lane.SCHEDULED)
         self.buses = new
         self.settings = settings
+        self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         if self.mqtt is not None and self.mqtt.ingestor is not None:
             await self.mqtt.apply(settings)
         await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
         self.poller = Poller({n: e.worker for n, e in new.items()},
                              Sinks(self._on_readings, self._on_event, self._on_cycle,
                                    self._on_progress, room=self._room), health=self.health,
+                             dead_after=settings.alarms.comm_loss_after,
                              profiles=self._profile)
         for s in settings.schedules:
             meters = select_meters(settings, s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ class MqttLink:
         self.ingestor: ReportIngestor | None = None
         self.commands: CommandServer | None = None
         self._subscribed: set[str] = set()
+        self._publishing: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.conn.__aenter__()
@@ -90,6 +93,25 @@ class MqttLink:
         self.daemon._on_event(Event("report_rejected", r.ts, severity=1,
                                     detail=f"{r.reason}: {r.detail} | {r.topic} | "
                                            f"{r.payload_excerpt}"[:500]))
+
+    def publish_event(self, event: Event) -> None:
+        """``amic/<collector id>/event``, QoS 1, not retained; dropped while offline (the
+        store keeps every event and the forwarder ships it)."""
+        if not self.conn.connected:
+            return
+        doc = {"kind": event.kind, "ts": event.ts.isoformat(), "meter": event.meter,
+               "bus": event.bus, "severity": event.severity, "value": event.value,
+               "detail": event.detail}
+        topic = f"amic/{self.daemon.settings.collector.id}/event"
+        task = asyncio.get_running_loop().create_task(
+            self.conn.publish(topic, json.dumps(doc, ensure_ascii=False), qos=1))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[Any]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("event not published: %s", task.exception())
 
     async def stop(self) -> None:
         if self.commands is not None:

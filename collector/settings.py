@@ -148,6 +148,15 @@ class PrepaidSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmConfig:
+    """``[alarms]``: limits of the alarm rules (collector/rules.py); None keeps its default."""
+
+    values: tuple[tuple[str, object], ...] = ()  # AlarmSettings field -> value, as given
+    comm_loss_after: int = 2  # consecutive failed cycles before comm_loss / meter_dead
+    publish: bool = True  # events also published on MQTT (amic/<collector id>/event)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     collector: CollectorSettings
@@ -159,6 +168,7 @@ class Settings:
     timeseries: TimeseriesSettings | None = None
     commands: CommandSettings | None = None
     prepaid: PrepaidSettings | None = None
+    alarms: AlarmConfig = AlarmConfig()
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -493,13 +493,23 @@ class Store:
         return int(self._conn().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def events(self, since: dt.datetime | int | None = None,
-               limit: int = 100) -> list[Event]:
+               limit: int = 100, *, meter: str | None = None, kind: str | None = None,
+               min_severity: int = 0) -> list[Event]:
         """The newest events first."""
-        sql = "SELECT ts, kind, meter, bus, severity, value, detail FROM events"
+        sql = "SELECT ts, kind, meter, bus, severity, value, detail FROM events WHERE 1"
         args: list[Any] = []
         if since is not None:
-            sql += " WHERE ts >= ?"
+            sql += " AND ts >= ?"
             args.append(_as_ms(since))
+        if meter is not None:
+            sql += " AND meter = ?"
+            args.append(meter)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if min_severity:
+            sql += " AND severity >= ?"
+            args.append(min_severity)
         sql += " ORDER BY ts DESC, id DESC LIMIT ?"
         args.append(limit)
         return [Event(kind, from_ms(ts), meter, bus, severity, value, detail)

@@ -24,6 +24,7 @@ from collector.config import (
     parse_selector,
     select_meters,
 )
+from collector.rules import RULES
 from collector.settings import ScheduleSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,8 +259,8 @@ def test_not_utf8() -> None:
 def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
-        'schedule, mqtt, gateway, timeseries, commands, prepaid, got an unknown key; did '
-        'you mean "bus"?')
+        'schedule, mqtt, gateway, timeseries, commands, prepaid, alarms, got an unknown key; '
+        'did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:
@@ -1021,3 +1022,10 @@ def test_gateway_needs_mqtt_and_bus_needs_a_known_gateway() -> None:
     Path("mqtt.pw").write_text("x")
     found = problem(BASE + MQTT.replace('gateway = "gw-01"', 'gateway = "gw-02"'))
     assert 'key "gateway": expected the name of a [[gateway]], got "gw-02"' in found
+
+
+def test_alarm_limits_checked() -> None:
+    assert problems(BASE + '\n[alarms]\nlow_pf = "high"\nrules = ["voltage_hgh"]\n') == [
+        'amic.toml:20: [alarms]: key "low_pf": expected a number, got "high"',
+        'amic.toml:21: [alarms]: key "rules": expected rule names: ' + ", ".join(RULES)
+        + ', got "voltage_hgh"; did you mean "voltage_high"?']
