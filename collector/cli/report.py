@@ -1,0 +1,400 @@
+"""``amic report lineloss|success``, ``amic export``, ``amic ledger check``: daily reports.
+
+The reports read the store of a configuration (``--config FILE``: its ``data_dir``),
+opened read-only; they are computed by :mod:`collector.reports`.  Days are local days in
+``--tz`` (default Asia/Shanghai); ``--day`` defaults to yesterday there.
+
+Exit status: 0 done; ``report lineloss``: 3 when any area is incomplete (a meter without
+a value at a day boundary, no area master...); ``ledger check``: 1 when the ledger has
+problems; 2 bad arguments, an unusable configuration or no store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+
+from collector.config import ConfigError, load_settings
+from collector.reports import (
+    DEFAULT_TZ,
+    AreaLineLoss,
+    LedgerIssue,
+    LedgerReport,
+    SuccessRow,
+    billing_export,
+    line_loss,
+    success_report,
+    validate_ledger,
+    write_csv,
+)
+from collector.settings import Settings
+from collector.store import DB_NAME, Store, StoreError
+
+__all__ = ["EXIT_INCOMPLETE", "EXIT_PROBLEMS", "EXIT_USAGE", "export", "ledger", "report"]
+
+EXIT_PROBLEMS = 1  # ledger check: the ledger has problems
+EXIT_USAGE = 2  # bad arguments, an unusable configuration, no store
+EXIT_INCOMPLETE = 3  # report lineloss: some area has no complete data for the day
+MISSING_SHOWN = 3  # missing meters listed by name in the line-loss table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(command: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"amic {command}: {message}", err=True)
+    sys.exit(code)
+
+
+# ---- shared options and helpers --------------------------------------------------------
+
+def _config_option(f: F) -> F:
+    return click.option("--config", "-c", "config_path", required=True, metavar="FILE",
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="The collector's configuration (its data_dir holds the store).")(f)
+
+
+def _day_options(f: F) -> F:
+    f = click.option("--tz", "tz_name", default=DEFAULT_TZ, show_default=True, metavar="ZONE",
+                     help="Time zone of the day (IANA name).")(f)
+    return click.option("--day", "day_text", default=None, metavar="YYYY-MM-DD",
+                        help="The local day [default: yesterday in --tz].")(f)
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+
+
+def _zone(command: str, name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail(command, f"--tz: unknown time zone {name!r} (an IANA name such as {DEFAULT_TZ})")
+
+
+def parse_day(text: str | None, zone: dt.tzinfo, now: dt.datetime | None = None) -> dt.date:
+    """``YYYY-MM-DD``; None: yesterday in ``zone``.  ValueError names what is wrong."""
+    if text is None:
+        return (now or dt.datetime.now(dt.UTC)).astimezone(zone).date() - dt.timedelta(days=1)
+    try:
+        return dt.datetime.strptime(text.strip(), "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date: give YYYY-MM-DD, e.g. 2026-03-01") from None
+
+
+def _settings(command: str, path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        _fail(command, f"{path}: {len(e.problems)} problem(s) in the configuration")
+    except OSError as e:
+        _fail(command, f"{path}: {e.strerror or e}")
+
+
+def _open_store(command: str, settings: Settings) -> Store:
+    data_dir = Path(settings.collector.data_dir)
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        _fail(command, f"no store in {data_dir}: {path} does not exist (amic run creates it)")
+    try:
+        return Store(path, create=False)
+    except (StoreError, OSError) as e:
+        _fail(command, str(e))
+    except Exception as e:  # sqlite3.DatabaseError: not a database file
+        _fail(command, f"{path}: cannot open: {e}")
+
+
+def _prepare(command: str, config_path: Path, day_text: str | None,
+             tz_name: str) -> tuple[Store, dt.date, ZoneInfo]:
+    zone = _zone(command, tz_name)
+    try:
+        day = parse_day(day_text, zone)
+    except ValueError as e:
+        _fail(command, f"--day: {e}")
+    settings = _settings(command, config_path)
+    return _open_store(command, settings), day, zone
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> str:
+    cells = [list(header), *(list(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for c in cells:
+        parts = [x.rjust(w) if i in right else x.ljust(w)
+                 for i, (x, w) in enumerate(zip(c, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+# ---- amic report -----------------------------------------------------------------------
+
+@click.group("report")
+def report() -> None:
+    """Daily reports from the store: line loss, read success."""
+
+
+def missing_text(missing: Sequence[str], shown: int = MISSING_SHOWN) -> str:
+    """``-``, or the count and the first few: ``2: M1, M2``, ``5: M1, M2, M3, ...``."""
+    if not missing:
+        return "-"
+    more = ", ..." if len(missing) > shown else ""
+    return f"{len(missing)}: " + ", ".join(missing[:shown]) + more
+
+
+def lineloss_table(areas: Sequence[AreaLineLoss]) -> str:
+    rows = [(a.area, a.master or "-", _num(a.supplied_kwh), _num(a.sold_kwh),
+             _num(a.loss_kwh) if a.complete else "-",
+             _num(a.loss_pct) if a.complete else "-",
+             "complete" if a.complete else "incomplete", missing_text(a.missing), a.source)
+            for a in areas]
+    return _table(("AREA", "MASTER", "SUPPLIED_KWH", "SOLD_KWH", "LOSS_KWH", "LOSS_%",
+                   "STATUS", "MISSING", "SOURCE"), rows, right={2, 3, 4, 5})
+
+
+def lineloss_json(a: AreaLineLoss) -> dict[str, Any]:
+    return {"area": a.area, "master": a.master, "customers": a.customers,
+            "supplied_kwh": a.supplied_kwh, "sold_kwh": a.sold_kwh, "loss_kwh": a.loss_kwh,
+            "loss_pct": a.loss_pct, "complete": a.complete, "missing": list(a.missing),
+            "reason": a.reason, "source": a.source,
+            "meters": [{"meter": u.meter, "role": u.role, "opening_kwh": u.opening,
+                        "closing_kwh": u.closing, "usage_kwh": _round(u.usage),
+                        "source": u.source} for u in a.meters]}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+@report.command("lineloss")
+@_config_option
+@_day_options
+@_json_option
+def lineloss(config_path: Path, day_text: str | None, tz_name: str, as_json: bool) -> None:
+    """Line loss (线损) per transformer area for one local day.
+
+    Supplied = the area master's daily frozen energy over the day, sold = the customer
+    meters' sum, loss = supplied - sold (and % of supplied).  An area lacking a value
+    (a meter not read at a day boundary, no area master...) is "incomplete" and gets no
+    loss; the reasons follow the table.
+
+    Exit status: 0 every area complete, 3 some area incomplete, 2 bad arguments.
+    """
+    command = "report lineloss"
+    store, day, zone = _prepare(command, config_path, day_text, tz_name)
+    with store:
+        areas = line_loss(store, day, zone)
+    incomplete = [a for a in areas if not a.complete]
+    if as_json:
+        click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "complete": not incomplete,
+                               "areas": [lineloss_json(a) for a in areas]},
+                              ensure_ascii=False))
+    elif not areas:
+        click.echo(f"no transformer areas in the store's meters table ({store.path}); the "
+                   f"meters are synced from the configuration by amic run", err=True)
+    else:
+        click.echo(f"line loss {day.isoformat()} ({tz_name})")
+        click.echo(lineloss_table(areas))
+        for a in incomplete:
+            click.echo(f"{a.area}: incomplete: {a.reason}")
+        click.echo(f"{len(areas) - len(incomplete)} of {len(areas)} area(s) complete")
+    if incomplete:
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def success_table(rows: Sequence[SuccessRow]) -> str:
+    by = rows[0].by if rows else "area"
+    cells = [("total" if r.is_total else str(r.key), str(r.planned), str(r.succeeded),
+              str(r.failed), _num(r.pct), str(r.cycles), f"{r.reads_ok}/{r.reads_total}")
+             for r in rows]
+    return _table((by.upper(), "PLANNED", "SUCCEEDED", "FAILED", "SUCCESS_%", "CYCLES",
+                   "READS_OK/TOTAL"), cells, right={1, 2, 3, 4, 5, 6})
+
+
+def success_json(r: SuccessRow) -> dict[str, Any]:
+    return {r.by: r.key, "total": r.is_total, "planned": r.planned,
+            "succeeded": r.succeeded, "failed": r.failed, "pct": r.pct, "cycles": r.cycles,
+            "reads_ok": r.reads_ok, "reads_total": r.reads_total}
+
+
+@report.command("success")
+@_config_option
+@_day_options
+@click.option("--by", type=click.Choice(["area", "bus"]), default="area", show_default=True,
+              help="One row per transformer area or per bus.")
+@_json_option
+def success(config_path: Path, day_text: str | None, tz_name: str, by: str,
+            as_json: bool) -> None:
+    """Read success (采集成功率) per area or bus, and the total, for one local day.
+
+    PLANNED: meters due in at least one collection cycle of the day; SUCCEEDED: those
+    read in at least one of them; "-" stands for meters without an area.
+
+    Exit status: 0 shown, 2 bad arguments.
+    """
+    command = "report success"
+    store, day, zone = _prepare(command, config_path, day_text, tz_name)
+    key: Literal["area", "bus"] = "bus" if by == "bus" else "area"
+    with store:
+        rows = success_report(store, day, zone, by=key)
+    if as_json:
+        click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "by": key,
+                               "rows": [success_json(r) for r in rows]}, ensure_ascii=False))
+        return
+    if rows and rows[-1].cycles == 0:
+        click.echo(f"no collection cycles started on {day.isoformat()} ({tz_name})", err=True)
+    click.echo(f"read success {day.isoformat()} ({tz_name}) by {key}")
+    click.echo(success_table(rows))
+
+
+# ---- amic export -----------------------------------------------------------------------
+
+@click.command("export")
+@_config_option
+@_day_options
+@click.option("--format", "fmt", type=click.Choice(["csv"]), default="csv", show_default=True,
+              help="Output format.")
+@click.option("--output", "-o", default="-", show_default=True, metavar="FILE",
+              help="Write here (UTF-8 with a BOM, for Excel); - for standard output.")
+def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
+           output: str) -> None:
+    """Billing export of one local day: each meter's daily frozen energy by tariff.
+
+    One row per meter: opening and closing values (kWh) and usage, total and t1..t4, the
+    last balance (yuan) of the day, and a status (complete / partial / missing).
+
+    Exit status: 0 written, 2 bad arguments or the output cannot be written.
+    """
+    command = "export"
+    assert fmt == "csv"
+    store, day, zone = _prepare(command, config_path, day_text, tz_name)
+    with store:
+        rows = billing_export(store, day, zone)
+    if output == "-":
+        buf = io.StringIO()
+        n = write_csv(rows, buf)
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        target = Path(output)
+        if target.is_dir():
+            _fail(command, f"--output: {target} is a directory")
+        try:
+            n = write_csv(rows, target)
+        except OSError as e:
+            _fail(command, f"--output: cannot write {target}: {e.strerror or e}")
+    status = {s: sum(r.status == s for r in rows) for s in ("complete", "partial", "missing")}
+    click.echo(f"{n} meter(s) for {day.isoformat()} ({tz_name}): "
+               + ", ".join(f"{v} {k}" for k, v in status.items())
+               + ("" if output == "-" else f"; written to {output}"), err=True)
+
+
+# ---- amic ledger -----------------------------------------------------------------------
+
+@click.group("ledger")
+def ledger() -> None:
+    """Meter ledger (台账) tools."""
+
+
+def _bus_names(config_path: Path) -> list[str]:
+    """The configured buses; read from the TOML itself when the configuration fails only
+    because of its ledger (quite possibly the one being checked)."""
+    command = "ledger check"
+    try:
+        return [b.name for b in load_settings(config_path).buses]
+    except OSError as e:
+        _fail(command, f"{config_path}: {e.strerror or e}")
+    except ConfigError as e:
+        own = [p for p in e.problems if p.file == str(config_path)]
+        if own:
+            for p in own:
+                click.echo(str(p), err=True)
+            _fail(command, f"{config_path}: {len(own)} problem(s) in the configuration")
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:  # pragma: no cover
+        _fail(command, f"{config_path}: {e}")
+    buses = data.get("bus", [])
+    return [b["name"] for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)]
+
+
+def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        _fail("ledger check", f"{file}: {e.strerror or e}")
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:start].count(b"\n") + 1
+        return None, LedgerIssue("invalid", line, f"not UTF-8 text (the byte 0x{raw[start]:02x}); "
+                                 f'save the ledger as "CSV UTF-8"')
+
+
+def issue_json(i: LedgerIssue) -> dict[str, Any]:
+    return {"kind": i.kind, "line": i.line, "lines": list(i.lines), "meter": i.meter,
+            "column": i.column, "message": i.message}
+
+
+def _plural(n: int, word: str, plural: str) -> str:
+    return f"{n} {word if n == 1 else plural}"
+
+
+def ledger_summary(r: LedgerReport) -> str:
+    if r.ok:
+        return f"{r.file}: OK: {_plural(r.rows, 'meter', 'meters')}"
+    counts = [(len(r.duplicate_addresses), "duplicate address", "duplicate addresses"),
+              (len(r.duplicate_meter_ids), "duplicate meter id", "duplicate meter ids"),
+              (len(r.missing_fields), "missing field", "missing fields"),
+              (len(r.unknown_buses), "unknown bus", "unknown buses"),
+              (len(r.invalid), "other problem", "other problems")]
+    return (f"{r.file}: {_plural(len(r.issues), 'problem', 'problems')} "
+            f"({', '.join(_plural(n, a, b) for n, a, b in counts if n)}); "
+            f"{r.valid} of {r.rows} row(s) valid")
+
+
+@ledger.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_config_option
+@_json_option
+def check(file: Path, config_path: Path, as_json: bool) -> None:
+    """Check the meter ledger FILE (CSV) before importing it.
+
+    Reports duplicate addresses (per bus) and meter ids, empty required cells, meters on
+    buses the configuration does not have, and anything else amic run would refuse, each
+    with its CSV line number (FILE:LINE: kind: message).
+
+    Exit status: 0 clean, 1 problems found, 2 bad arguments.
+    """
+    buses = _bus_names(config_path)
+    text, unreadable = _read_ledger(file)
+    if text is None:
+        assert unreadable is not None
+        result = LedgerReport(str(file), issues=[unreadable])
+    else:
+        result = validate_ledger(text, buses, file=str(file))
+    if as_json:
+        click.echo(json.dumps({"file": result.file, "ok": result.ok, "rows": result.rows,
+                               "valid": result.valid, "buses": sorted(buses),
+                               "issues": [issue_json(i) for i in result.issues]},
+                              ensure_ascii=False))
+    else:
+        for i in result.issues:
+            where = f"{result.file}:{i.line}" if i.line is not None else result.file
+            click.echo(f"{where}: {i.kind.replace('_', ' ')}: {i.message}")
+        click.echo(ledger_summary(result))
+    if not result.ok:
+        sys.exit(EXIT_PROBLEMS)
