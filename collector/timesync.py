@@ -1,0 +1,464 @@
+"""Meter clock drift, and broadcast time sync once a day per bus.
+
+DL/T645 meters keep *local* time (China: Asia/Shanghai, UTC+8, no daylight saving).
+:func:`read_drift` reads one meter's clock and compares it with the collector's:
+
+    drift = meter clock - collector clock   (seconds; positive: the meter runs ahead)
+
+The collector's time is taken as the middle of the read's round trip (request sent to
+reply received: the meter sampled its clock somewhere in between, most likely near
+the middle), and half a second is added because a meter shows whole seconds, truncated.
+DL/T645-2007 meters are read with ``meter_datetime`` (0400010C, one frame); meters that
+refuse it, and DL/T645-1997 meters, with ``meter_date`` then ``meter_time`` (the date
+read again when the time is just past midnight, so a midnight between the two reads
+cannot put the clock a day out).
+
+:class:`TimeSync` runs one bus at a time (:meth:`TimeSync.run_bus`): it reads every
+DL/T645 meter's drift (Modbus meters are skipped), then, when at least one meter is off
+by more than ``min_drift`` and at most ``max_sync_drift``, broadcasts the time (08 to
+999999999999) -- at most once per local day per bus -- and reads those meters again to
+see whether they took it.  A broadcast cannot be aimed at one meter and meters accept
+one about once a day and only within some minutes of their own clock, so a meter further
+off than ``max_sync_drift`` is not a reason to broadcast: it raises ``clock_drift_large``
+and must be set on site or by an authorised write.
+
+Events (:class:`~collector.records.Event`), in :attr:`TimeSyncResult.events`:
+
+``clock_drift_large``  severity 2, per meter, ``value`` = drift in seconds
+``clock_synced``       severity 0, per bus after a broadcast, ``value`` = meters corrected,
+                       ``detail`` = their ids, comma-separated
+``clock_sync_failed``  severity 1, per meter still off by more than ``min_drift`` after
+                       the broadcast (or not read again), ``value`` = drift after (if read)
+
+The vocabulary (:mod:`protocols.quantities`) has no drift quantity yet: drifts are in
+:attr:`TimeSyncResult.drifts`.  Readings of ``clock_drift`` (seconds) are produced only
+once that name exists there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from drivers.bus import Bus
+from drivers.errors import DriverError, MeterError, UnknownQuantity
+from protocols.dlt645 import Version
+from protocols.quantities import QUANTITIES
+
+from .records import Event, Quality, Reading
+from .scheduler import VERSIONS, BusWorker, Lane
+from .settings import MeterSettings
+
+log = logging.getLogger("amic.timesync")
+
+DRIFT_QUANTITY = "clock_drift"
+"""Quantity name of drift readings; emitted only if :mod:`protocols.quantities` has it."""
+
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
+DEFAULT_TZ = "Asia/Shanghai"
+_BROADCAST_BYTES = 18  # 68 A0..A5 68 C L, six data bytes, CS 16 (plus the FE preamble)
+_DAY = 86400.0
+
+Clock = Callable[[], float]
+"""The collector's wall clock, epoch seconds (``time.time``)."""
+
+
+def zone(tz: dt.tzinfo | str | None) -> dt.tzinfo | None:
+    """The meters' time zone: a tzinfo, an IANA name, or None for the host's local time.
+
+    ``Asia/Shanghai`` falls back to a fixed UTC+8 where no zone database is installed.
+    """
+    if tz is None or isinstance(tz, dt.tzinfo):
+        return tz
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        if tz in ("Asia/Shanghai", "PRC"):
+            return CHINA_TZ
+        raise ValueError(f"unknown time zone {tz!r}") from None
+
+
+def _to_epoch(local: dt.datetime, tz: dt.tzinfo | None) -> float:
+    """Epoch seconds of a naive meter-local time."""
+    return local.replace(tzinfo=tz).timestamp() if tz is not None else local.timestamp()
+
+
+def _to_local(epoch: float, tz: dt.tzinfo | None) -> dt.datetime:
+    """Naive meter-local time of epoch seconds."""
+    return dt.datetime.fromtimestamp(epoch, tz).replace(tzinfo=None)
+
+
+def _aware(now: dt.datetime) -> dt.datetime:
+    return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
+
+
+def _local_of(now: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    """Naive local time of an aware (or naive UTC) datetime."""
+    aware = _aware(now)
+    return (aware.astimezone(tz) if tz is not None else aware.astimezone()).replace(tzinfo=None)
+
+
+# ---- one meter ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MeterClock:
+    """One reading of a meter's clock."""
+
+    meter_id: str
+    meter_time: dt.datetime  # as the meter showed it (naive, meter local time)
+    drift: float  # seconds, meter - collector (positive: the meter is ahead)
+    round_trip: float  # seconds the timed read took
+
+
+async def measure_clock(worker: BusWorker, meter: MeterSettings, *,
+                        tz: dt.tzinfo | str | None = DEFAULT_TZ, clock: Clock = time.time,
+                        retries: int = 1, td: float | None = None) -> MeterClock:
+    """Read ``meter``'s clock now.  Call it from inside a job of ``worker`` (it does I/O).
+
+    Raises :class:`~drivers.errors.DriverError` when the meter cannot be read, and
+    ValueError for a meter that is not DL/T645.
+    """
+    version = VERSIONS.get(meter.protocol)
+    if version is None:
+        raise ValueError(f"meter {meter.meter_id}: {meter.protocol} meters have no "
+                         f"DL/T645 clock to read")
+    tzinfo = zone(tz)
+    session = worker.session(version)
+    session.retries = retries
+    session.td = td
+    address = meter.address
+    if version is Version.V2007 and (address, "meter_datetime") not in worker.refused:
+        t0 = clock()
+        try:
+            reading = await session.read(address, "meter_datetime")
+        except (MeterError, UnknownQuantity):
+            # Meters before the 2013 amendment lack 0400010C: date and time apart.
+            worker.refused.add((address, "meter_datetime"))
+        else:
+            t1 = clock()
+            if not isinstance(reading.value, dt.datetime):
+                raise TypeError(f"meter_datetime decoded as {type(reading.value).__name__}")
+            return _result(meter, reading.value, t0, t1, tzinfo)
+    day = await session.read(address, "meter_date")
+    t0 = clock()
+    tod = await session.read(address, "meter_time")
+    t1 = clock()
+    if not isinstance(tod.value, dt.time):
+        raise TypeError(f"meter_time decoded as {type(tod.value).__name__}")
+    if tod.value < dt.time(0, 1):
+        # Just past midnight: the date read before may still be yesterday's.
+        day = await session.read(address, "meter_date")
+    if not isinstance(day.value, dt.date):
+        raise TypeError(f"meter_date decoded as {type(day.value).__name__}")
+    return _result(meter, dt.datetime.combine(day.value, tod.value), t0, t1, tzinfo)
+
+
+def _result(meter: MeterSettings, shown: dt.datetime, t0: float, t1: float,
+            tz: dt.tzinfo | None) -> MeterClock:
+    # The meter shows whole seconds (truncated): its clock is on average half a second on.
+    drift = _to_epoch(shown, tz) + 0.5 - (t0 + t1) / 2
+    return MeterClock(meter.meter_id, shown, round(drift, 3), t1 - t0)
+
+
+async def read_clock(worker: BusWorker, meter: MeterSettings, *,
+                     tz: dt.tzinfo | str | None = DEFAULT_TZ, clock: Clock = time.time,
+                     lane: Lane = Lane.ON_DEMAND, retries: int = 1,
+                     td: float | None = None) -> MeterClock:
+    """:func:`measure_clock` as a job on ``worker`` (``lane``)."""
+    return await worker.submit(lane, lambda w: measure_clock(w, meter, tz=tz, clock=clock,
+                                                             retries=retries, td=td))
+
+
+async def read_drift(worker: BusWorker, meter: MeterSettings, *,
+                     tz: dt.tzinfo | str | None = DEFAULT_TZ, clock: Clock = time.time,
+                     lane: Lane = Lane.ON_DEMAND, retries: int = 1,
+                     td: float | None = None) -> float:
+    """Seconds ``meter``'s clock is ahead of the collector's (negative: behind).
+
+    ``tz``: the meters' local time zone (None: the host's).  Runs as a job on ``worker``
+    in ``lane``; raises :class:`~drivers.errors.DriverError` if the meter cannot be read.
+    Accurate to about the half round trip plus the meter's processing time.
+    """
+    found = await read_clock(worker, meter, tz=tz, clock=clock, lane=lane, retries=retries,
+                             td=td)
+    return found.drift
+
+
+# ---- a bus -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TimeSyncSettings:
+    """How :class:`TimeSync` decides (seconds unless told).
+
+    ``max_sync_drift``: beyond it a meter is not synced by broadcast (``clock_drift_large``);
+    ``min_drift``: at or below it a meter needs no sync, and counts as corrected after one;
+    ``tz``: the meters' local time zone (None: the host's);
+    ``time_of_day``: no broadcast before this local time (None: whenever run);
+    ``midnight_guard``: no broadcast this close to local midnight (a clock stepped across
+    midnight may freeze its day twice or not at all);
+    ``lead``: how long the broadcast takes to reach the meters (None: its air time at the
+    bus's baud, if the bus knows it); ``align``: send it so that it lands as a second
+    begins (holds the bus up to 1 s; meters then read within the lead estimate), else
+    at once (the time sent is rounded to the second: +-0.5 s); ``settle``: pause after
+    it before the meters are read again; ``retries``/``td``: per read, as in the
+    schedules.
+    """
+
+    max_sync_drift: float = 600.0
+    min_drift: float = 30.0
+    tz: str | None = DEFAULT_TZ
+    time_of_day: dt.time | None = None
+    midnight_guard: float = 900.0
+    lead: float | None = None
+    align: bool = True
+    settle: float = 1.0
+    retries: int = 1
+    td: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_drift < self.max_sync_drift:
+            raise ValueError("time sync: need 0 <= min_drift < max_sync_drift")
+        if not 0 <= self.midnight_guard < _DAY / 2:
+            raise ValueError("time sync: midnight_guard must be within 0-12 h")
+        if self.lead is not None and not 0 <= self.lead < 1:
+            raise ValueError("time sync: lead must be within 0-1 s")
+        if self.settle < 0 or self.retries < 0:
+            raise ValueError("time sync: settle and retries must not be negative")
+        zone(self.tz)
+
+
+@dataclass(slots=True)
+class TimeSyncResult:
+    """What one :meth:`TimeSync.run_bus` saw and did."""
+
+    bus: str
+    day: dt.date  # collector local date of the run
+    drifts: dict[str, float] = field(default_factory=dict)  # meter id -> drift before
+    unread: dict[str, str] = field(default_factory=dict)  # meter id -> why not read
+    skipped: dict[str, str] = field(default_factory=dict)  # meter id -> why not tried
+    large: list[str] = field(default_factory=list)  # |drift| > max_sync_drift
+    candidates: list[str] = field(default_factory=list)  # min < |drift| <= max
+    broadcast: bool = False  # a time sync went out
+    reason: str = ""  # why not, when it did not
+    after: dict[str, float] = field(default_factory=dict)  # candidate -> drift after
+    corrected: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)  # clock_drift, if known
+
+
+def _air_time(bus: Bus, nbytes: int) -> float:
+    baud = getattr(bus, "line_baud", None) or getattr(bus, "baud", None)
+    return nbytes * 11 / baud if isinstance(baud, int) and baud > 0 else 0.0
+
+
+class TimeSync:
+    """Drift checks and daily broadcast time sync, bus by bus.
+
+    Remembers the local date of each bus's last broadcast: keep :meth:`dump` and give it
+    back to :meth:`load` after a restart so a bus is not synced twice in one day.
+    ``clock`` is the collector's wall clock (epoch seconds).
+    """
+
+    def __init__(self, settings: TimeSyncSettings | None = None, *,
+                 clock: Clock = time.time) -> None:
+        self.settings = settings or TimeSyncSettings()
+        self.tz = zone(self.settings.tz)
+        self.clock = clock
+        self.last_broadcast: dict[str, dt.date] = {}  # bus -> local date
+
+    # ---- state -------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, str]:
+        """``{bus: "YYYY-MM-DD"}`` of the last broadcasts (JSON-ready)."""
+        return {bus: day.isoformat() for bus, day in sorted(self.last_broadcast.items())}
+
+    def load(self, state: Mapping[str, object]) -> None:
+        """Take back :meth:`dump`'s output; malformed entries are ignored (logged)."""
+        for bus, text in state.items():
+            try:
+                day = dt.date.fromisoformat(str(text))
+            except ValueError:
+                log.warning("time sync state: bus %s: bad date %r ignored", bus, text)
+                continue
+            known = self.last_broadcast.get(bus)
+            self.last_broadcast[bus] = max(day, known) if known else day
+
+    # ---- timing ------------------------------------------------------------------------
+
+    def local(self, now: dt.datetime | None = None) -> dt.datetime:
+        """Naive meter-local time of ``now`` (default: the clock)."""
+        if now is None:
+            return _to_local(self.clock(), self.tz)
+        return _local_of(now, self.tz)
+
+    def blocked(self, bus: str, now: dt.datetime | None = None) -> str:
+        """Why ``bus`` may not get a broadcast at ``now`` ("" if it may)."""
+        s = self.settings
+        local = self.local(now)
+        if self.last_broadcast.get(bus) == local.date():
+            return f"already broadcast on {local.date().isoformat()}"
+        if s.time_of_day is not None and local.time() < s.time_of_day:
+            return f"not before {s.time_of_day.isoformat('minutes')}"
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        into_day = (local - midnight).total_seconds()
+        if min(into_day, _DAY - into_day) < s.midnight_guard:
+            return "too close to midnight"
+        return ""
+
+    def next_time(self, now: dt.datetime | None = None) -> dt.datetime | None:
+        """The next ``time_of_day`` after ``now``, as an aware UTC datetime (None: unset)."""
+        at = self.settings.time_of_day
+        if at is None:
+            return None
+        local = self.local(now)
+        target = dt.datetime.combine(local.date(), at)
+        if target <= local:
+            target = dt.datetime.combine(local.date() + dt.timedelta(days=1), at)
+        return dt.datetime.fromtimestamp(_to_epoch(target, self.tz), dt.UTC)
+
+    # ---- the run -----------------------------------------------------------------------
+
+    async def _measure(self, worker: BusWorker, meter: MeterSettings) -> MeterClock:
+        s = self.settings
+        return await read_clock(worker, meter, tz=self.tz, clock=self.clock,
+                                retries=s.retries, td=s.td)
+
+    async def _read_all(self, worker: BusWorker, meters: Iterable[MeterSettings],
+                        result: TimeSyncResult) -> dict[str, MeterClock]:
+        # One job per meter, one at a time: commands and polls get the bus in between.
+        found: dict[str, MeterClock] = {}
+        for m in meters:
+            try:
+                found[m.meter_id] = await self._measure(worker, m)
+            except DriverError as e:
+                result.unread[m.meter_id] = str(e)
+                log.info("time sync: meter %s on %s: clock not read: %s", m.meter_id,
+                         worker.name, e)
+        return found
+
+    async def _broadcast(self, worker: BusWorker, version: Version) -> None:
+        """08 to every meter on the bus, timed so they hear it on a second boundary."""
+        given = self.settings.lead
+        lead = (given if given is not None
+                else _air_time(worker.bus, _BROADCAST_BYTES + worker.preamble))
+
+        align = self.settings.align
+
+        async def job(w: BusWorker) -> None:
+            if align:
+                # A meter sets whole seconds: send second S so it lands as S begins.
+                target = math.floor(self.clock() + lead) + 1
+                await asyncio.sleep(max(0.0, target - lead - self.clock()))
+            else:
+                target = round(self.clock() + lead)
+            await w.session(version).broadcast_time(_to_local(target, self.tz))
+
+        await worker.submit(Lane.ON_DEMAND, job)
+
+    async def run_bus(self, worker: BusWorker, meters: Iterable[MeterSettings],
+                      now: dt.datetime | None = None) -> TimeSyncResult:
+        """Read the drift of ``meters`` on ``worker``'s bus; broadcast the time if due.
+
+        ``now`` (default: the clock) decides the day for the once-a-day limit and stamps
+        the events; drifts are always measured against the clock.
+        """
+        s = self.settings
+        bus = worker.name
+        ts = _aware(now) if now is not None else dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        result = TimeSyncResult(bus, self.local(ts).date())
+        todo: list[MeterSettings] = []
+        for m in meters:
+            if m.protocol not in VERSIONS:
+                result.skipped[m.meter_id] = f"{m.protocol}: no broadcast time sync"
+            elif m.bus != bus:
+                result.skipped[m.meter_id] = f"on bus {m.bus}, not {bus}"
+            else:
+                todo.append(m)
+        by_id = {m.meter_id: m for m in todo}
+
+        found = await self._read_all(worker, todo, result)
+        for meter_id, c in found.items():
+            result.drifts[meter_id] = c.drift
+            if abs(c.drift) > s.max_sync_drift:
+                result.large.append(meter_id)
+                result.events.append(Event(
+                    "clock_drift_large", ts, meter=meter_id, bus=bus, severity=2,
+                    value=c.drift,
+                    detail=f"meter clock {c.drift:+.0f} s off (shows {c.meter_time.isoformat()})"
+                           f"; beyond broadcast sync ({s.max_sync_drift:.0f} s): set it on "
+                           f"site or by an authorised write"))
+            elif abs(c.drift) > s.min_drift:
+                result.candidates.append(meter_id)
+        if DRIFT_QUANTITY in QUANTITIES:
+            unit = QUANTITIES[DRIFT_QUANTITY].unit
+            result.readings = [Reading(meter_id, DRIFT_QUANTITY, c.drift, unit, ts, None,
+                                       Quality.GOOD) for meter_id, c in found.items()]
+
+        if not result.candidates:
+            result.reason = "no meter needs it"
+            return result
+        why = self.blocked(bus, ts)
+        if why:
+            result.reason = why
+            log.info("time sync: bus %s: %d meters off, no broadcast: %s", bus,
+                     len(result.candidates), why)
+            return result
+
+        versions = sorted({VERSIONS[by_id[i].protocol] for i in result.candidates},
+                          key=lambda v: v.value, reverse=True)
+        for version in versions:
+            try:
+                await self._broadcast(worker, version)
+            except DriverError as e:
+                result.reason = f"broadcast failed: {e}"
+                log.warning("time sync: bus %s: broadcast failed: %s", bus, e)
+                if not result.broadcast:
+                    return result
+                continue
+            result.broadcast = True
+            self.last_broadcast[bus] = result.day
+        log.info("time sync: bus %s: time broadcast for %d meters", bus, len(result.candidates))
+        if s.settle:
+            await asyncio.sleep(s.settle)
+
+        scratch = TimeSyncResult(bus, result.day)
+        again = await self._read_all(worker, (by_id[i] for i in result.candidates), scratch)
+        for meter_id in result.candidates:
+            a = again.get(meter_id)
+            if a is not None:
+                result.after[meter_id] = a.drift
+            if a is not None and abs(a.drift) <= s.min_drift:
+                result.corrected.append(meter_id)
+                continue
+            result.failed.append(meter_id)
+            detail = (f"still {a.drift:+.0f} s off after the broadcast" if a is not None
+                      else f"not read after the broadcast: {scratch.unread.get(meter_id)}")
+            result.events.append(Event("clock_sync_failed", ts, meter=meter_id, bus=bus,
+                                       severity=1, value=a.drift if a else None,
+                                       detail=detail))
+        result.events.append(Event("clock_synced", ts, bus=bus, severity=0,
+                                   value=float(len(result.corrected)),
+                                   detail=",".join(result.corrected)))
+        return result
+
+
+__all__ = [
+    "CHINA_TZ",
+    "DEFAULT_TZ",
+    "DRIFT_QUANTITY",
+    "MeterClock",
+    "TimeSync",
+    "TimeSyncResult",
+    "TimeSyncSettings",
+    "measure_clock",
+    "read_clock",
+    "read_drift",
+    "zone",
+]
