@@ -64,6 +64,7 @@ from .settings import (
     BusSettings,
     CollectorSettings,
     CommandSettings,
+    DailySettings,
     GatewaySettings,
     MeterSettings,
     ModbusFraming,
@@ -106,7 +107,9 @@ REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
 TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway",
-            "timeseries", "commands", "prepaid", "alarms")
+            "timeseries", "commands", "prepaid", "alarms", "daily")
+DAILY_KEYS = ("tz", "report_at", "timesync", "timesync_at", "backfill_days", "backfill_at",
+              "audit_fraction", "audit_window")
 ALARM_KEYS = ("nominal_voltage", "voltage_high_pct", "voltage_low_pct", "jump_kwh_per_hour",
               "zero_use_days", "imbalance_pct", "imbalance_min_current", "low_pf",
               "rules", "comm_loss_after", "publish")
@@ -703,13 +706,14 @@ class _Loader:
         commands = self.commands(data.get("commands"))
         prepaid = self.prepaid(data.get("prepaid"), rows)
         alarms = self.alarms(data.get("alarms"))
+        daily = self.daily(data.get("daily"))
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
                         gateways=tuple(gateways), timeseries=timeseries,
-                        commands=commands, prepaid=prepaid, alarms=alarms)
+                        commands=commands, prepaid=prepaid, alarms=alarms, daily=daily)
 
     def sorted_problems(self) -> list[Problem]:
         """The config file's first, then the ledger's; each in line order."""
@@ -870,6 +874,69 @@ class _Loader:
             return None
         return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
                                   precision=precision, gzip=gzip)
+
+    def daily(self, value: object) -> DailySettings | None:
+        if value is None:
+            return None
+        data = self.table("", "daily", value, "a [daily] table")
+        if data is None:
+            return None
+        t = "daily"
+        self.unknown_keys(t, data, DAILY_KEYS)
+        ok = True
+        tz = self.optional(t, data, "tz", _nonempty_conv("a time zone name"),
+                           "Asia/Shanghai")
+        if tz is not None:
+            try:
+                ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                self.add(t, "tz", "a time zone name such as \"Asia/Shanghai\"", _q(tz))
+                ok = False
+        times: dict[str, dt.time] = {}
+        for key, default in (("report_at", dt.time(6)), ("timesync_at", dt.time(2)),
+                             ("backfill_at", dt.time(1, 30))):
+            raw = data.get(key)
+            if raw is None:
+                times[key] = default
+            elif isinstance(raw, dt.time):
+                times[key] = raw
+            else:
+                try:
+                    times[key] = dt.time.fromisoformat(str(raw))
+                except ValueError:
+                    self.add(t, key, "a local time such as \"06:00\"", _show(raw))
+                    ok = False
+        sync = self.optional(t, data, "timesync", _toml_bool_conv(), True)
+        days = self.optional(t, data, "backfill_days", _int_conv(0, 62, " days"), 7)
+        fraction = data.get("audit_fraction", 0.02)
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not 0 <= fraction <= 1:
+            self.add(t, "audit_fraction", "a fraction from 0 to 1", _show(fraction))
+            ok = False
+            fraction = 0.0
+        window = (9.0, 17.0)
+        if "audit_window" in data:
+            raw = data["audit_window"]
+            m = re.fullmatch(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*",
+                             str(raw)) if isinstance(raw, str) else None
+            if m is None:
+                self.add(t, "audit_window", "local hours such as \"09:00-17:00\"",
+                         _show(raw))
+                ok = False
+            else:
+                start = int(m[1]) + int(m[2] or 0) / 60
+                end = int(m[3]) + int(m[4] or 0) / 60
+                if not 0 <= start < end <= 24:
+                    self.add(t, "audit_window", "a window inside one day, start before end",
+                             _show(raw))
+                    ok = False
+                window = (start, end)
+        if not ok or tz is None or sync is None or days is None:
+            return None
+        return DailySettings(tz=tz, report_at=times["report_at"], timesync=sync,
+                             timesync_at=times["timesync_at"], backfill_days=days,
+                             backfill_at=times["backfill_at"],
+                             audit_fraction=float(fraction), audit_window=window)
 
     def alarms(self, value: object) -> AlarmConfig:
         if value is None:

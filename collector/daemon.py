@@ -25,6 +25,7 @@ from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
 from .control import Control
+from .daily import DailyJobs
 from .forwarder import Forwarder
 from .metrics import Metrics
 from .mqttlink import MqttLink
@@ -88,6 +89,7 @@ class Daemon:
             AlarmSettings(**dict(settings.alarms.values)))  # type: ignore[arg-type]
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         self.control: Control | None = None
+        self.daily: DailyJobs | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -338,6 +340,9 @@ class Daemon:
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
         self.control.start()
+        if self.settings.daily is not None:
+            self.daily = DailyJobs(self, self.settings.daily)
+            self._tasks.append(asyncio.create_task(self.daily.run(), name="daily"))
         ts = self.settings.timeseries
         if ts is not None:
             self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,

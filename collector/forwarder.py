@@ -207,6 +207,7 @@ class Forwarder:
         self._converters: dict[str, Callable[[list[sqlite3.Row]], list[str]]] = {
             "readings": self.reading_lines, "events": self.event_lines,
             "commands": self.command_lines, "cycles": self.cycle_lines,
+            "daily": self.daily_lines,
         }
 
     def __repr__(self) -> str:  # never shows the token
@@ -289,6 +290,31 @@ class Forwarder:
                           ("operator", row["operator"])))
             fields = f"status_code={_num(code)},count=1.0{_command_fields(row['detail'])}"
             out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
+        return out
+
+    def daily_lines(self, rows: list[sqlite3.Row]) -> list[str]:
+        """``lineloss,area=..,complete=true loss_pct=..,... MIDNIGHT`` and
+        ``success_daily,area=..|bus=.. ratio=..,planned=..,... MIDNIGHT``."""
+        out: list[str] = []
+        for row in rows:
+            try:
+                fields: dict[str, float] = json.loads(row["fields"])
+            except (TypeError, ValueError):
+                continue
+            body = ",".join(f"{k}={_num(v)}" for k, v in sorted(fields.items())
+                            if isinstance(v, int | float) and math.isfinite(v))
+            if not body:
+                continue
+            kind = row["kind"]
+            if kind == "lineloss":
+                meas, tag = "lineloss", "area"
+            elif kind.startswith("success_"):
+                meas, tag = "success_daily", kind[len("success_"):]
+            else:
+                meas, tag = escape_tag(kind), "key"
+            complete = "true" if row["complete"] else "false"
+            out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete} {body} "
+                       f"{self._ts(row['ts'])}")
         return out
 
     def cycle_lines(self, rows: list[sqlite3.Row]) -> list[str]:

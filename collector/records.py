@@ -100,3 +100,21 @@ class CycleRecord:
     def success_rate(self) -> float:
         done = self.succeeded + self.failed
         return self.succeeded / done if done else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DailyRecord:
+    """A daily figure: line loss of an area, read success of an area or bus.
+
+    ``day``: the local date; ``ts``: the local midnight starting it (UTC); ``fields``:
+    numbers only (so every store keeps them).  A later record of the same (day, kind,
+    key) replaces it (a recomputation once late readings arrived).
+    """
+
+    day: dt.date
+    kind: str  # "lineloss", "success_area", "success_bus"
+    key: str  # the area or bus
+    ts: dt.datetime
+    complete: bool
+    fields: tuple[tuple[str, float], ...]
+    detail: str = ""

@@ -148,6 +148,20 @@ class PrepaidSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DailySettings:
+    """``[daily]``: the once-a-day jobs (collector/daily.py); local times in ``tz``."""
+
+    tz: str = "Asia/Shanghai"
+    report_at: dt.time = dt.time(6, 0)  # yesterday's line loss and read success
+    timesync: bool = True
+    timesync_at: dt.time = dt.time(2, 0)
+    backfill_days: int = 7  # 0: no backfill
+    backfill_at: dt.time = dt.time(1, 30)
+    audit_fraction: float = 0.02  # of the meters re-read each day; 0: none
+    audit_window: tuple[float, float] = (9.0, 17.0)  # local hours
+
+
+@dataclass(frozen=True, slots=True)
 class AlarmConfig:
     """``[alarms]``: limits of the alarm rules (collector/rules.py); None keeps its default."""
 
@@ -169,6 +183,7 @@ class Settings:
     commands: CommandSettings | None = None
     prepaid: PrepaidSettings | None = None
     alarms: AlarmConfig = AlarmConfig()
+    daily: DailySettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -49,6 +49,7 @@ from typing import Any, Final, Literal
 from .records import (
     CommandRecord,
     CycleRecord,
+    DailyRecord,
     Event,
     Quality,
     Reading,
@@ -60,11 +61,11 @@ from .settings import MeterSettings
 log = logging.getLogger("amic.store")
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 DAY_MS: Final = 86_400_000
 
 Table = Literal["readings", "events", "commands", "cycles"]
-OUTBOX_TABLES: Final[tuple[str, ...]] = ("readings", "events", "commands", "cycles")
+OUTBOX_TABLES: Final[tuple[str, ...]] = ("readings", "events", "commands", "cycles", "daily")
 # The time column retention looks at, per purged table.
 PURGED: Final[dict[str, str]] = {"readings": "ts", "events": "ts", "cycles": "started"}
 
@@ -162,6 +163,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         line TEXT NOT NULL         -- the line protocol that was refused
     );
     """,
+    """
+    -- Daily figures (line loss per area, read success per area and bus), forwarded.
+    CREATE TABLE daily (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        day TEXT NOT NULL,         -- local date YYYY-MM-DD
+        kind TEXT NOT NULL,        -- lineloss, success_area, success_bus
+        key TEXT NOT NULL,         -- the area or bus
+        ts INTEGER NOT NULL,       -- the local midnight starting the day, UTC epoch ms
+        complete INTEGER NOT NULL,
+        fields TEXT NOT NULL,      -- JSON {name: number}
+        detail TEXT NOT NULL DEFAULT '',
+        UNIQUE (day, kind, key)
+    );
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -171,6 +186,8 @@ INSERT_EVENT: Final = ("INSERT INTO events (ts, kind, meter, bus, severity, valu
                        "VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_COMMAND: Final = ("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, "
                          "operator, status, detail, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_DAILY: Final = ("INSERT OR REPLACE INTO daily (day, kind, key, ts, complete, fields, "
+                       "detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_CYCLE: Final = ("INSERT OR REPLACE INTO cycles (cycle_id, schedule, started, ended, "
                        "planned, succeeded, failed, per_bus, per_area, failed_meters) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -208,6 +225,11 @@ def event_row(e: Event) -> tuple[Any, ...]:
 
 def command_row(c: CommandRecord, now_ms: int) -> tuple[Any, ...]:
     return (c.command_id, c.meter, c.kind, to_ms(c.ts), c.operator, c.status, c.detail, now_ms)
+
+
+def daily_row(d: DailyRecord) -> tuple[Any, ...]:
+    return (d.day.isoformat(), d.kind, d.key, to_ms(d.ts), int(d.complete),
+            json.dumps(dict(d.fields), sort_keys=True), d.detail)
 
 
 def cycle_row(c: CycleRecord) -> tuple[Any, ...]:
@@ -625,6 +647,17 @@ class Store:
         cur.row_factory = sqlite3.Row
         return list(cur)
 
+    def daily(self, kind: str, day: dt.date | None = None) -> list[sqlite3.Row]:
+        """Stored daily figures of ``kind`` (for one day, or all), by day and key."""
+        sql = "SELECT * FROM daily WHERE kind = ?"
+        args: list[Any] = [kind]
+        if day is not None:
+            sql += " AND day = ?"
+            args.append(day.isoformat())
+        cur = self._conn().execute(sql + " ORDER BY day, key", args)
+        cur.row_factory = sqlite3.Row
+        return list(cur)
+
     def dead_letters(self, name: str | None = None, limit: int = 1000) -> list[sqlite3.Row]:
         """Refused rows, newest first."""
         sql = "SELECT * FROM dead_letters"
@@ -789,6 +822,7 @@ _READINGS: Final = 0
 _EVENTS: Final = 1
 _COMMANDS: Final = 2
 _CYCLES: Final = 3
+_DAILY: Final = 4
 
 _Chunk = tuple[int, list[Any]]
 _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
@@ -1004,6 +1038,10 @@ class StoreWriter:
     def put_command(self, command: CommandRecord) -> None:
         """Store a command's status (a later put of the same command_id replaces it)."""
         self._enqueue(_COMMANDS, [command])
+
+    def put_daily(self, record: DailyRecord) -> None:
+        """Store a daily figure (a later put of the same day, kind and key replaces it)."""
+        self._enqueue(_DAILY, [record])
 
     def put_cycle(self, cycle: CycleRecord) -> None:
         """Store a cycle (a later put of the same cycle_id replaces it)."""
@@ -1373,6 +1411,8 @@ class StoreWriter:
             return INSERT_EVENT, map(event_row, items)
         if kind == _COMMANDS:
             return INSERT_COMMAND, [command_row(c, now_ms) for c in items]
+        if kind == _DAILY:
+            return INSERT_DAILY, map(daily_row, items)
         return INSERT_CYCLE, map(cycle_row, items)
 
     def _wake_waiters(self) -> None:

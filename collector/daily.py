@@ -1,0 +1,220 @@
+"""What the daemon does once a day (times in ``[daily] tz``, default Asia/Shanghai):
+
+- ``report_at`` (06:00): yesterday's line loss per transformer area (线损) and read-success
+  rate per area and bus (采集成功率) are computed from the store and stored as ``daily``
+  rows (forwarded: measurements ``lineloss`` and ``success_daily``); an area whose
+  collection is incomplete gets a ``lineloss_incomplete`` event listing the missing meters;
+- ``timesync_at`` (02:00): clock drift read on every DL/T645 meter, one broadcast time
+  sync per bus when some meter is off by more than ``min_drift`` and at most 10 min
+  (collector/timesync.py);
+- ``backfill_at`` (01:30): missed days of daily frozen energy read back from the meters
+  (collector/backfill.py), with the meters' own timestamps, idempotently;
+- audit re-reads (监察性抄表) once a day at a random time in ``audit_window``: a sample
+  of meters read again and compared (collector/audit_reads.py).
+
+Which day each job last ran is kept in ``<data_dir>/daily-state.json``, so a restart
+neither repeats a time sync nor skips a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
+
+from .audit_reads import AuditPlanner, AuditSettings, audit_sample, choose_sample
+from .records import DailyRecord, Event, utcnow
+from .reports import line_loss, midnight_ms, success_report
+from .settings import DailySettings
+from .timesync import TimeSync, TimeSyncSettings
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("amic.daily")
+
+
+class DailyJobs:
+    """The daemon's daily jobs (see the module doc)."""
+
+    def __init__(self, daemon: Daemon, settings: DailySettings) -> None:
+        self.daemon = daemon
+        self.settings = settings
+        self.zone = ZoneInfo(settings.tz)
+        self.state_path = daemon.settings.collector.data_dir / "daily-state.json"
+        self.done: dict[str, str] = {}  # job -> local date it last ran
+        self.timesync = TimeSync(TimeSyncSettings(tz=settings.tz))
+        self.planner = AuditPlanner(settings.audit_window[0], settings.audit_window[1],
+                                    tz=self.zone)
+        self.audit = AuditSettings(sample_fraction=settings.audit_fraction)
+        self._load()
+
+    # ---- state -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            doc = json.loads(self.state_path.read_text())
+            self.done = {str(k): str(v) for k, v in doc.get("done", {}).items()}
+            self.timesync.load(doc.get("timesync", {}))
+            self.planner.load(doc.get("audit", {}))
+
+    def _save(self) -> None:
+        doc = {"done": self.done, "timesync": self.timesync.dump(),
+               "audit": self.planner.dump()}
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, default=str))
+            tmp.replace(self.state_path)
+        except OSError as e:
+            log.warning("daily state not saved: %s", e)
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick(utcnow())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("daily jobs failed; trying again in a minute")
+            await asyncio.sleep(60.0)
+
+    def _due(self, job: str, at: dt.time, now: dt.datetime) -> dt.date | None:
+        """Today's local date if ``job`` is due (past ``at``, not done today)."""
+        local = now.astimezone(self.zone)
+        if local.time() < at or self.done.get(job) == local.date().isoformat():
+            return None
+        return local.date()
+
+    async def tick(self, now: dt.datetime) -> None:
+        s = self.settings
+        today = self._due("report", s.report_at, now)
+        if today is not None:
+            self.report(today - dt.timedelta(days=1))
+            self._mark("report", today)
+        today = self._due("timesync", s.timesync_at, now)
+        if today is not None and s.timesync:
+            await self.sync_clocks(now)
+            self._mark("timesync", today)
+        today = self._due("backfill", s.backfill_at, now)
+        if today is not None and s.backfill_days:
+            await self.backfill(now)
+            self._mark("backfill", today)
+        if s.audit_fraction and self.planner.due(now):
+            await self.audit_reads(now)
+            self.planner.mark_done(now.astimezone(self.zone).date())
+            self._save()
+
+    def _mark(self, job: str, day: dt.date) -> None:
+        self.done[job] = day.isoformat()
+        self._save()
+
+    # ---- the jobs ----------------------------------------------------------------------
+
+    def _event(self, e: Event) -> None:
+        self.daemon._on_event(e)
+
+    def report(self, day: dt.date) -> list[DailyRecord]:
+        """Line loss and read success of ``day``, stored (and so forwarded)."""
+        d = self.daemon
+        assert d.store is not None and d.writer is not None
+        ts = dt.datetime.fromtimestamp(midnight_ms(day, self.zone) / 1000, dt.UTC)
+        out: list[DailyRecord] = []
+        for a in line_loss(d.store, day, self.zone):
+            fields = tuple((k, float(v)) for k, v in (
+                ("loss_pct", a.loss_pct), ("loss_kwh", a.loss_kwh),
+                ("supplied_kwh", a.supplied_kwh), ("sold_kwh", a.sold_kwh),
+                ("missing", len(a.missing))) if v is not None)
+            out.append(DailyRecord(day, "lineloss", a.area, ts, a.complete, fields,
+                                   detail=a.reason))
+            if not a.complete:
+                shown = ", ".join(a.missing[:20]) + (" ..." if len(a.missing) > 20 else "")
+                self._event(Event("lineloss_incomplete", utcnow(), severity=1,
+                                  value=float(len(a.missing)),
+                                  detail=f"area {a.area} {day}: {a.reason}"
+                                         f"{'; missing: ' + shown if shown else ''}"))
+        by: Literal["area", "bus"]
+        for by in ("area", "bus"):
+            for r in success_report(d.store, day, self.zone, by=by):
+                if r.key is None or r.ratio is None:
+                    continue
+                fields = (("ratio", float(r.ratio)), ("planned", float(r.planned)),
+                          ("succeeded", float(r.succeeded)), ("failed", float(r.failed)))
+                out.append(DailyRecord(day, f"success_{by}", str(r.key), ts, True, fields))
+        for rec in out:
+            d.writer.put_daily(rec)
+        log.info("daily report %s: %d area(s) of line loss, %d success rows", day,
+                 sum(r.kind == "lineloss" for r in out),
+                 sum(r.kind != "lineloss" for r in out))
+        return out
+
+    def _bus_meters(self) -> dict[str, list[Any]]:
+        d = self.daemon
+        per_bus: dict[str, list[Any]] = {}
+        for m in d.settings.meters:
+            if m.protocol != "modbus" and m.bus in d.buses:
+                per_bus.setdefault(m.bus, []).append(m)
+        return per_bus
+
+    async def sync_clocks(self, now: dt.datetime) -> None:
+        d = self.daemon
+
+        async def one(bus: str, meters: list[Any]) -> None:
+            result = await self.timesync.run_bus(d.buses[bus].worker, meters, now)
+            for e in result.events:
+                self._event(e)
+            if result.readings and d.writer is not None:
+                d.writer.put_many(result.readings)
+
+        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
+        self._save()
+
+    async def backfill(self, now: dt.datetime) -> None:
+        backfill_meter: Callable[..., Any] | None
+        try:
+            from .backfill import backfill_meter
+        except ImportError:  # pragma: no cover - shipped together
+            backfill_meter = None
+        if backfill_meter is None:
+            return
+        d = self.daemon
+        assert d.store is not None and d.writer is not None
+
+        async def one(bus: str, meters: list[Any]) -> None:
+            for m in meters:
+                if m.protocol != "dlt645-2007":
+                    continue
+                try:
+                    result = await backfill_meter(d.buses[bus].worker, m, d.store,
+                                                  days=self.settings.backfill_days,
+                                                  tz=self.zone, now=now)
+                except Exception as e:
+                    log.info("backfill of meter %s: %s", m.meter_id, e)
+                    continue
+                readings = getattr(result, "readings", [])
+                if readings and d.writer is not None:
+                    d.writer.put_many(readings)
+
+        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
+
+    async def audit_reads(self, now: dt.datetime) -> None:
+        d = self.daemon
+        assert d.store is not None
+        day = now.astimezone(self.zone).date()
+        sample = choose_sample(d.settings.meters, day, self.audit)
+        results = await audit_sample({n: e.worker for n, e in d.buses.items()}, sample,
+                                     d.store, self.audit, now.astimezone(self.zone),
+                                     event=self._event)
+        log.info("audit re-reads %s: %d meters, %d mismatches", day, len(results),
+                 sum(r.status == "mismatch" for r in results))
+
+
+def state_file(data_dir: Path) -> Path:
+    return data_dir / "daily-state.json"
