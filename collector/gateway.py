@@ -617,6 +617,10 @@ class ReportIngestor:
             raise _Rejected(R.UNSUPPORTED_QUANTITY,
                             f"{what}: DI {di} is {item.settlement} settlement(s) ago, not a "
                             "present value")
+        if item.freeze > 1:
+            raise _Rejected(R.UNSUPPORTED_QUANTITY,
+                            f"{what}: DI {di} is the daily freeze of {item.freeze} days ago, "
+                            "not the last one")
         try:
             decoded = message.value()
         except (DLT645Error, ValueError) as e:

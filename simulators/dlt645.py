@@ -255,14 +255,16 @@ class SimulatedMeter:
             out = b""
             for member in item.members:
                 try:
-                    value = self.model.read(member.name, item.settlement)
+                    value = self.model.read(member.name, item.settlement,
+                                            freeze=item.freeze)
                 except Unavailable:
                     break
                 out += encode_value(member, value)
             if not out:
                 raise Unavailable(item.name)
             return out
-        return encode_value(item, self.model.read(item.name, item.settlement))
+        return encode_value(item, self.model.read(item.name, item.settlement,
+                                                  freeze=item.freeze))
 
     # ---- reads ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Protocol
 
 from protocols.dlt645 import Format, Version, items
+from protocols.dlt645._catalogue import DAILY_FREEZES
 from protocols.quantities import QUANTITIES
 
 Reading = Decimal | int | str | dt.date | dt.time | dt.datetime
@@ -121,6 +122,7 @@ class MeterConfig:
     clock_offset: dt.timedelta = dt.timedelta(0)  # meter clock - host clock at start
     drift_ppm: float = 0.0  # meter clock rate error
     settlement_day: int = 1  # monthly settlement at 00:00 of this day
+    daily_freezes: int = DAILY_FREEZES  # daily freezes held at start (history), 0-62
     auto_close_on_permit: bool = True  # the customer presses the button at once
 
     def __post_init__(self) -> None:
@@ -135,6 +137,8 @@ class MeterConfig:
             raise ValueError("power_factor: in (0, 1]")
         if not 1 <= self.settlement_day <= 28:
             raise ValueError("settlement_day: 1-28")
+        if not 0 <= self.daily_freezes <= DAILY_FREEZES:
+            raise ValueError(f"daily_freezes: 0-{DAILY_FREEZES}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +246,16 @@ class MeterModel:
         self._tripped_by_balance = False
         self.programming_allowed = False
 
-        # The last daily freeze and the last 12 monthly settlements, as if the meter had
-        # run on its curve before we started it.
+        # The last daily freezes (newest first, each at a local midnight of the meter
+        # clock) and the last 12 monthly settlements, as if the meter had run on its
+        # curve before we started it.
         midnight = self._local.replace(hour=0, minute=0, second=0)
-        self._freeze_time = midnight
-        self._freeze = self._rewound(midnight)
+        self._freezes: deque[tuple[dt.datetime, _Registers]] = deque(maxlen=DAILY_FREEZES)
+        if cfg.daily_freezes:
+            frozen = self._rewound(midnight)
+            for day in range(cfg.daily_freezes):
+                self._freezes.append((midnight - dt.timedelta(days=day), frozen))
+                frozen = self._minus(frozen, self._daily)  # a whole day of the curve before
         self._settlements: deque[_Registers] = deque(maxlen=12)
         month = midnight.replace(day=cfg.settlement_day)
         if month > self._local:
@@ -332,19 +341,21 @@ class MeterModel:
         self._tripped_by_balance = True
 
     def _midnight(self, when: dt.datetime) -> None:
-        self._freeze_time = when
-        self._freeze = self._regs.copy()
+        self._freezes.appendleft((when, self._regs.copy()))
         if when.day == self.config.settlement_day:
             self._settlements.appendleft(self._regs.copy())
 
     def _rewound(self, when: dt.datetime) -> _Registers:
         """Registers as they were at ``when`` (before start), assuming the curve ran."""
-        used = self._curve_energy(when, self._local)
-        regs = self._regs.copy()
+        return self._minus(self._regs, self._curve_energy(when, self._local))
+
+    def _minus(self, regs: _Registers, used: list[Decimal]) -> _Registers:
+        """``regs`` less the forward energy ``used`` per tariff (and its reactive share)."""
+        out = regs.copy()
         for t in range(4):
-            regs.forward[t] = max(Decimal(0), regs.forward[t] - used[t])
-            regs.reactive[0][t] = max(Decimal(0), regs.reactive[0][t] - used[t] * self._tan_phi)
-        return regs
+            out.forward[t] = max(Decimal(0), out.forward[t] - used[t])
+            out.reactive[0][t] = max(Decimal(0), out.reactive[0][t] - used[t] * self._tan_phi)
+        return out
 
     def _curve_energy(self, a: dt.datetime, b: dt.datetime) -> list[Decimal]:
         """kWh per tariff the load curve adds between ``a`` and ``b``."""
@@ -424,12 +435,22 @@ class MeterModel:
         self.update()
         return self._remaining
 
-    def read(self, name: str, settlement: int = 0) -> Reading:
+    @property
+    def daily_freezes(self) -> int:
+        """How many daily freezes the meter holds (at most 62)."""
+        self.update()
+        return len(self._freezes)
+
+    def read(self, name: str, settlement: int = 0, *, freeze: int = 0) -> Reading:
         """A quantity's present value (``settlement`` N: as of the Nth last settlement day).
 
-        Numbers are Decimals with the catalogue's decimals; raises :class:`Unavailable`.
+        ``freeze`` N: a ``freeze_daily_*`` quantity of the Nth last daily freeze (0 and 1:
+        the last).  Numbers are Decimals with the catalogue's decimals; raises
+        :class:`Unavailable`.
         """
         self.update()
+        if name.startswith("freeze_daily_") or freeze:
+            return self._frozen(name, max(freeze, 1))
         if settlement:
             if name.startswith("energy_") and 1 <= settlement <= len(self._settlements):
                 values = self._settlements[settlement - 1].values()
@@ -440,15 +461,24 @@ class MeterModel:
             values = self._regs.values()
             if name in values:
                 return _energy(values[name])
-        elif name.startswith("freeze_daily_energy_active_"):
-            key = name.removeprefix("freeze_daily_")
-            values = self._freeze.values()
-            if key in values:
-                return _energy(values[key])
         live = self._live(name)
         if live is not None:
             return live
         return self._other(name)
+
+    def _frozen(self, name: str, n: int) -> Reading:
+        if not 1 <= n <= len(self._freezes):
+            raise Unavailable(f"{name} of daily freeze {n}: the meter holds "
+                              f"{len(self._freezes)}")
+        when, regs = self._freezes[n - 1]
+        if name == "freeze_daily_time":
+            return when
+        if name.startswith("freeze_daily_energy_active_"):
+            values = regs.values()
+            key = name.removeprefix("freeze_daily_")
+            if key in values:
+                return _energy(values[key])
+        raise Unavailable(f"{name} of daily freeze {n}")
 
     def _live(self, name: str) -> Decimal | None:
         if name == "frequency":
@@ -482,8 +512,6 @@ class MeterModel:
             n = int(name.removeprefix("status_word_") or 0)
             if 1 <= n <= 7:
                 return self.status_word(n)
-        if name == "freeze_daily_time":
-            return self._freeze_time
         if name == "power_down_count":
             return self.power_down_count
         if name == "cover_open_count":
@@ -585,7 +613,8 @@ class MeterModel:
         """Meter clear: energy registers, freezes, settlements and event counts to zero."""
         self.update()
         self._regs = _Registers()
-        self._freeze = _Registers()
+        self._freezes = deque(((when, _Registers()) for when, _ in self._freezes),
+                              maxlen=DAILY_FREEZES)
         self._settlements = deque([_Registers() for _ in self._settlements], maxlen=12)
         self.clear_events()
 

@@ -69,6 +69,7 @@ class DataItem:
     note: str = ""
     unit: str = field(default="", compare=False)
     settlement: int = 0  # 0 current; N = as of the Nth previous settlement day (DI0 of energies)
+    freeze: int = 0  # 0 not frozen data; N = the Nth last daily freeze (DI0 of 0506xxNN)
 
     @property
     def di_hex(self) -> str:
@@ -109,6 +110,16 @@ def _block(di: int, name: str, members: Iterable[DataItem], *, version: Version 
 
 N = Format.NUMBER
 _TARIFF_NAMES = ("total", "t1", "t2", "t3", "t4")
+
+DAILY_FREEZES = 62
+"""Daily freeze records a DL/T645-2007 meter keeps: DI0 01..3E of ``0506xxNN``."""
+_DAILY_FREEZE_BASE = 0x05060000
+# DI1 of the daily freeze records this catalogue knows, by record name.
+_DAILY_FREEZE_DI1: dict[str, int] = {
+    "freeze_daily_time": 0x00,
+    "freeze_daily_energy_active_forward": 0x01,
+    "freeze_daily_energy_active_reverse": 0x02,
+}
 _PHASES = ("a", "b", "c")
 
 _FAULT_BITS = (
@@ -213,17 +224,44 @@ def _catalogue_2007() -> list[DataItem]:
     items.append(_item(0x03330201, "purchase_count", Format.COUNT, 2,
                        note="total purchases after the last purchase (check)"))
 
-    items.append(_item(0x05060001, "freeze_daily_time", Format.DATETIME5, 5))
-    for di2, direction in ((0x01, "forward"), (0x02, "reverse")):
-        members = tuple(
-            _item(0, f"freeze_daily_energy_active_{direction}_{tn}", N, 4, 2)
-            for tn in _TARIFF_NAMES
-        )
-        items.append(_block(0x05060001 | (di2 << 8), f"freeze_daily_energy_active_{direction}",
-                            members))
+    # Daily freezes: DI1 selects the record (00 freeze time, 01 forward, 02 reverse active
+    # energy blocks), DI0 the freeze (01 the last .. 3E the 62nd last).  Every freeze has
+    # the same names: ``DataItem.freeze`` tells them apart (the last one, 01, is the one
+    # :func:`by_name` finds).
+    for nn in range(1, DAILY_FREEZES + 1):
+        items.append(replace(_item(freeze_di("freeze_daily_time", nn), "freeze_daily_time",
+                                   Format.DATETIME5, 5), freeze=nn))
+        for direction in ("forward", "reverse"):
+            members = tuple(
+                _item(0, f"freeze_daily_energy_active_{direction}_{tn}", N, 4, 2)
+                for tn in _TARIFF_NAMES
+            )
+            name = f"freeze_daily_energy_active_{direction}"
+            items.append(replace(_block(freeze_di(name, nn), name, members), freeze=nn))
     items.append(_item(0x03110000, "power_down_count", Format.COUNT, 3, note="(check)"))
     items.append(_item(0x03300D00, "cover_open_count", Format.COUNT, 3, note="(check)"))
     return items
+
+
+def freeze_di(name: str, n: int = 1) -> int:
+    """The DL/T645-2007 DI of daily freeze record ``name`` of the ``n``-th last freeze.
+
+    ``name`` is ``freeze_daily_time``, a block (``freeze_daily_energy_active_forward`` /
+    ``_reverse``) or one of its members (``..._forward_t1``: the DI of its block, the
+    members have none of their own); ``n`` is 1 (the last freeze) to
+    :data:`DAILY_FREEZES`.  ``freeze_di("freeze_daily_energy_active_forward", 3)`` is
+    ``0x05060103``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= DAILY_FREEZES:
+        raise ValueError(f"daily freeze {n!r}: 1 (the last) to {DAILY_FREEZES}")
+    di1 = _DAILY_FREEZE_DI1.get(name)
+    if di1 is None:
+        block, _, tariff = name.rpartition("_")
+        if tariff in _TARIFF_NAMES and block.startswith("freeze_daily_energy_active_"):
+            di1 = _DAILY_FREEZE_DI1.get(block)
+    if di1 is None:
+        raise UnknownDataItem(f"{name!r} is not a DL/T645-2007 daily freeze record")
+    return _DAILY_FREEZE_BASE | (di1 << 8) | n
 
 
 def _catalogue_1997() -> list[DataItem]:
@@ -263,7 +301,7 @@ _BY_NAME: dict[tuple[Version, str], DataItem] = {}
 for _it in CATALOGUE:
     assert (_it.version, _it.di) not in _BY_DI, f"duplicate DI {_it.di_hex}"
     _BY_DI[(_it.version, _it.di)] = _it
-    if not _it.settlement:
+    if not _it.settlement and _it.freeze <= 1:
         _BY_NAME[(_it.version, _it.name)] = _it
 
 
