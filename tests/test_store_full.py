@@ -143,11 +143,16 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
         waiter = asyncio.create_task(writer.wait_for_room())
         await asyncio.sleep(0.3)
         assert not waiter.done()  # polling would be paused here
-        store.advance("timeseries", "readings", store.last_id("readings"))
+
+        async def forwarder() -> None:  # ships whatever is committed, as the real one does
+            while True:
+                store.advance("timeseries", "readings", store.last_id("readings"))
+                await asyncio.sleep(0.05)
+
+        shipping = asyncio.create_task(forwarder())
         await asyncio.wait_for(waiter, 10)
-        while writer.pending:  # the forwarder goes on shipping: the backlog drains
-            store.advance("timeseries", "readings", store.last_id("readings"))
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: writer.pending == 0)
+        shipping.cancel()
         await writer.close()
         # One episode, not an event pair per commit while it hovered at the cap.
         kinds = [e.kind for e in alerts]
