@@ -179,13 +179,15 @@ def reference_reading(store: Store, meter_id: str, quantity: str,
                       now: dt.datetime) -> StoredReading | None:
     """The latest stored value of ``quantity`` read from the meter today before ``now``.
 
-    Estimated values (not read from the meter) are no reference.
+    Estimated values (not read from the meter) are no reference, nor backfilled ones:
+    those are older freezes read today, not today's value.
     """
     since, until = day_bounds(now)
     rows = store.recent_readings(meter=meter_id, quantity=quantity, since=since,
                                  until=until + dt.timedelta(milliseconds=1), limit=50)
     for row in rows:
-        if row.value is not None and not row.quality & Quality.ESTIMATED:
+        if row.value is not None \
+                and not row.quality & (Quality.ESTIMATED | Quality.BACKFILLED):
             return row
     return None
 

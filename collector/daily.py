@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
-from .audit_reads import AuditPlanner, AuditSettings, audit_sample, choose_sample
+from .audit_reads import (
+    AuditPlanner,
+    AuditResult,
+    AuditSettings,
+    audit_sample,
+    choose_sample,
+)
 from .records import DailyRecord, Event, utcnow
 from .reports import line_loss, midnight_ms, success_report
 from .settings import DailySettings
@@ -95,18 +101,19 @@ class DailyJobs:
 
     async def tick(self, now: dt.datetime) -> None:
         s = self.settings
-        today = self._due("report", s.report_at, now)
-        if today is not None:
-            self.report(today - dt.timedelta(days=1))
-            self._mark("report", today)
-        today = self._due("timesync", s.timesync_at, now)
-        if today is not None and s.timesync:
-            await self.sync_clocks(now)
-            self._mark("timesync", today)
+        # Backfill first: yesterday's line loss needs the freezes it fetches.
         today = self._due("backfill", s.backfill_at, now)
         if today is not None and s.backfill_days:
             await self.backfill(now)
             self._mark("backfill", today)
+        today = self._due("timesync", s.timesync_at, now)
+        if today is not None and s.timesync:
+            await self.sync_clocks(now)
+            self._mark("timesync", today)
+        today = self._due("report", s.report_at, now)
+        if today is not None:
+            self.report(today - dt.timedelta(days=1))
+            self._mark("report", today)
         if s.audit_fraction and self.planner.due(now):
             await self.audit_reads(now)
             self.planner.mark_done(now.astimezone(self.zone).date())
@@ -204,7 +211,7 @@ class DailyJobs:
 
         await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
 
-    async def audit_reads(self, now: dt.datetime) -> None:
+    async def audit_reads(self, now: dt.datetime) -> list[AuditResult]:
         d = self.daemon
         assert d.store is not None
         day = now.astimezone(self.zone).date()
@@ -214,6 +221,7 @@ class DailyJobs:
                                      event=self._event)
         log.info("audit re-reads %s: %d meters, %d mismatches", day, len(results),
                  sum(r.status == "mismatch" for r in results))
+        return results
 
 
 def state_file(data_dir: Path) -> Path:
