@@ -82,6 +82,8 @@ def _build() -> dict[str, Quantity]:
     q.append(Quantity("meter_time", NONE, Kind.TIME, "meter time of day (meter local time)"))
     q.append(Quantity("meter_datetime", NONE, Kind.DATETIME, "meter clock (meter local time)"))
     q.append(Quantity("meter_address", NONE, Kind.ADDRESS, "communication address"))
+    # Derived by the collector (meter clock minus true time), not read from a register.
+    q.append(Quantity("clock_drift", "s", N, "meter clock minus collector clock, seconds"))
     for i in range(1, 8):
         q.append(Quantity(f"status_word_{i}", NONE, Kind.STATUS, f"meter run status word {i}"))
     q.append(Quantity("balance_energy", KWH, N, "prepaid remaining energy"))

@@ -131,6 +131,9 @@ async def test_daily_jobs(tmp_path: Path) -> None:
             await daemon.writer.flush()  # type: ignore[union-attr]
             kinds = {(k, m) for k, m in q(tmp_path, "SELECT kind, meter FROM events")}
             assert ("clock_drift_large", "M3") in kinds
+            drifts = dict(q(tmp_path, "SELECT meter, value FROM readings WHERE quantity = "
+                            "'clock_drift' ORDER BY id"))  # the last per meter
+            assert 170 < drifts["M2"] < 190 and 1190 < drifts["M3"] < 1210
             assert abs((model["M2"].now() - dt.datetime.now()).total_seconds()) < 5
             assert (model["M3"].now() - dt.datetime.now()).total_seconds() > 1000
             # 4. Audit re-reads of every meter: what was read this morning still holds;
