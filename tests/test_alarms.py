@@ -33,7 +33,14 @@ url = "{url}"
 [alarms]
 jump_kwh_per_hour = 50
 low_pf = 0.8
+zero_use_days = 0.00003    # 2.6 s: a day would be too long for a test
 comm_loss_after = 2
+
+[commands]
+secrets_file = "secrets.toml"
+min_interval = "0s"
+verify_timeout = "2s"
+poll_interval = "50ms"
 
 [[bus]]
 name = "conc-1"
@@ -56,6 +63,8 @@ CONFIGS = {
     "M4": MeterConfig(base_kw=Decimal(400), load_curve=(1.0,) * 24),  # 400 kWh per hour
     "M5": MeterConfig(),  # a quiet meter: runs backwards later, cover opened
     "M6": MeterConfig(),  # dead
+    "M7": MeterConfig(load_curve=(0.0,) * 24),  # relay closed, no use at all
+    "M8": MeterConfig(),  # tripped by a command, then its relay closes by itself
 }
 
 
@@ -68,7 +77,11 @@ async def until(cond: Any, timeout: float = 20.0, what: Any = None) -> None:
 
 
 async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
-    addresses = {f"M{i}": f"{i:012d}" for i in range(1, 7)}
+    addresses = {f"M{i}": f"{i:012d}" for i in range(1, 9)}
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[default]\npassword = "02000000"\n[operators.ops]\n'
+                       'operator_code = "00000001"\n')
+    secrets.chmod(0o600)
     meters = [m for name, a in addresses.items()
               for m in make_meters([a], config=CONFIGS[name], seed=int(a))]
     model = {name: m.model for name, m in zip(addresses, meters, strict=True)}
@@ -102,10 +115,17 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
                 # A meter running backwards, and one whose cover was opened.
                 model["M5"].clear_energy()  # (a meter clear also zeroes its event counts)
                 model["M5"].cover_open_count = 10
+                # A confirmed trip, then the relay closes without a command.
+                assert daemon.control is not None
+                (res,) = await daemon.control.relay.run("trip", ["M8"], operator="ops",
+                                                        reason="test")
+                assert res["status"] == "confirmed"
+                model["M8"].close()
                 await until(lambda: all(seen(k, m) for k, m in (
                     ("voltage_low", "M2"), ("low_power_factor", "M3"), ("energy_jump", "M4"),
                     ("energy_backwards", "M5"), ("cover_open_counter", "M5"),
-                    ("meter_dead", "M6"))),
+                    ("meter_dead", "M6"), ("zero_use", "M7"),
+                    ("relay_unexpected", "M8"))),
                     what=lambda: sorted({(e["kind"], e["meter"]) for e in published}))
             finally:
                 daemon.stop_requested.set()
@@ -121,6 +141,10 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
     assert "energy_jump" in by_meter["M4"]
     assert {"energy_backwards", "cover_open_counter"} <= by_meter["M5"]
     assert "voltage_high" not in by_meter.get("M5", set())
+    assert "zero_use" in by_meter["M7"]
+    # (At this time scale only the big load moves the 0.01 kWh register.)
+    assert "zero_use" not in by_meter["M4"]
+    assert "relay_unexpected" in by_meter["M8"]
     high = next(e for e in published if e["kind"] == "voltage_high")
     assert high["severity"] >= 1 and high["value"] > 235.4 and "voltage_" in high["detail"]
     # Stored too, and listed by amic events.
