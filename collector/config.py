@@ -457,6 +457,17 @@ def _csv_bool_conv() -> _Conv[bool]:
     return _Conv("true, false, yes, no, 1 or 0", fn)
 
 
+def _zone_conv() -> _Conv[str]:
+    def fn(v: object) -> str:
+        name = _str_value(v)
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _Bad() from None
+        return name
+    return _Conv('a time zone name such as "Asia/Shanghai"', fn)
+
+
 def _money_conv(lo: Decimal = Decimal(0)) -> _Conv[Decimal]:
     def fn(v: object) -> Decimal:
         if isinstance(v, bool) or not isinstance(v, int | float | str):
@@ -884,14 +895,7 @@ class _Loader:
         t = "daily"
         self.unknown_keys(t, data, DAILY_KEYS)
         ok = True
-        tz = self.optional(t, data, "tz", _nonempty_conv("a time zone name"),
-                           "Asia/Shanghai")
-        if tz is not None:
-            try:
-                ZoneInfo(tz)
-            except (ZoneInfoNotFoundError, ValueError):
-                self.add(t, "tz", "a time zone name such as \"Asia/Shanghai\"", _q(tz))
-                ok = False
+        tz = self.optional(t, data, "tz", _zone_conv(), "Asia/Shanghai")
         times: dict[str, dt.time] = {}
         for key, default in (("report_at", dt.time(6)), ("timesync_at", dt.time(2)),
                              ("backfill_at", dt.time(1, 30))):
@@ -1025,14 +1029,7 @@ class _Loader:
         grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), 600.0)
         retry = self.optional(t, data, "retry_interval",
                               _duration_conv(1.0, maximum=86400.0), 300.0)
-        tz = self.optional(t, data, "tz", _nonempty_conv("a time zone name"),
-                           "Asia/Shanghai")
-        if tz is not None:
-            try:
-                ZoneInfo(tz)
-            except (ZoneInfoNotFoundError, ValueError):
-                self.add(t, "tz", "a time zone name such as \"Asia/Shanghai\"", _q(tz))
-                tz = None
+        tz = self.optional(t, data, "tz", _zone_conv(), "Asia/Shanghai")
         windows: list[str] = []
         if "no_trip_windows" in data:
             got = self.strings(t, data, "no_trip_windows",

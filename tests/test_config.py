@@ -1029,3 +1029,13 @@ def test_alarm_limits_checked() -> None:
         'amic.toml:20: [alarms]: key "low_pf": expected a number, got "high"',
         'amic.toml:21: [alarms]: key "rules": expected rule names: ' + ", ".join(RULES)
         + ', got "voltage_hgh"; did you mean "voltage_high"?']
+
+
+def test_daily_and_prepaid_time_zone_checked() -> None:
+    assert problems(BASE + '\n[daily]\ntz = "Mars/Olympus"\n') == [
+        'amic.toml:20: [daily]: key "tz": expected a time zone name such as "Asia/Shanghai", '
+        'got "Mars/Olympus"']
+    assert problems(BASE + '\n[prepaid]\nwarn1 = 5\nwarn2 = 10\ntz = "Asia/Shanghia"\n') == [
+        'amic.toml:21: [prepaid]: key "warn2": expected an amount below warn1 (5), got 10',
+        'amic.toml:22: [prepaid]: key "tz": expected a time zone name such as '
+        '"Asia/Shanghai", got "Asia/Shanghia"']

@@ -33,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_forward import run_bare  # the same pre-built-lines loop
 from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
 from influxdb_client.client.write_api import SYNCHRONOUS
 from victoria import VictoriaMetrics
@@ -113,16 +115,6 @@ def run_bare_readings(url: str, reads: list[list[Reading]], batch: int,
         return time.perf_counter() - t, points
 
 
-def run_bare(url: str, lines: list[str], batch: int) -> float:
-    payloads = ["\n".join(lines[i:i + batch]) for i in range(0, len(lines), batch)]
-    with InfluxDBClient(url=url, token="t", org="amic", enable_gzip=True) as client:
-        w = client.write_api(write_options=SYNCHRONOUS)
-        t = time.perf_counter()
-        for p in payloads:
-            w.write(bucket="amic", org="amic", record=p, write_precision=WritePrecision.MS)
-        return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -151,7 +143,7 @@ def main() -> None:
         print(f"bare influxdb-client from readings: {n:,} points in {secs:.2f} s = "
               f"{bare:,.0f} points/s")
         with VictoriaMetrics(Path(d) / "vm3") as vm:
-            secs = run_bare(vm.url, lines, args.batch)
+            secs = run_bare(vm.url, lines, args.batch, True)
         ceiling = len(lines) / secs
         print(f"bare influxdb-client, pre-built lines: {len(lines):,} points in {secs:.2f} s"
               f" = {ceiling:,.0f} points/s")
