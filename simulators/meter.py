@@ -108,6 +108,7 @@ class MeterConfig:
     load_curve: tuple[float, ...] = DEFAULT_LOAD_CURVE
     tariff_by_hour: tuple[int, ...] = DEFAULT_TARIFFS
     phases: int = 3  # 1 or 3
+    phase_weights: tuple[float, float, float] | None = None  # load split a, b, c (unbalanced)
     nominal_voltage: float = 220.0
     voltage_noise: float = 0.01  # relative standard deviation
     load_noise: float = 0.03  # relative noise of the displayed load around the curve
@@ -393,7 +394,8 @@ class MeterModel:
         rng = random.Random(f"{self._seed}/{self._anchor.isoformat()}/{second}")
         kw = 0.0 if self._relay_open else float(self._hour_kw[self._local.hour])
         kw = max(0.0, kw * (1 + rng.gauss(0, cfg.load_noise)))
-        weights = [max(0.1, 1 + rng.gauss(0, 0.1)) for _ in range(cfg.phases)]
+        weights = [max(0.1, (cfg.phase_weights[ph] if cfg.phase_weights else 1)
+                       + rng.gauss(0, 0.1)) for ph in range(cfg.phases)]
         share = [w / sum(weights) for w in weights]
         zero = Decimal(0)
         v, i, p, q, s, pf = [], [], [], [], [], []

@@ -34,6 +34,7 @@ url = "{url}"
 jump_kwh_per_hour = 50
 low_pf = 0.8
 zero_use_days = 0.00003    # 2.6 s: a day would be too long for a test
+imbalance_pct = 60
 comm_loss_after = 2
 
 [commands]
@@ -65,6 +66,8 @@ CONFIGS = {
     "M6": MeterConfig(),  # dead
     "M7": MeterConfig(load_curve=(0.0,) * 24),  # relay closed, no use at all
     "M8": MeterConfig(),  # tripped by a command, then its relay closes by itself
+    "M9": MeterConfig(phase_weights=(1.0, 1.0, 0.2), base_kw=Decimal(20),
+                      load_curve=(1.0,) * 24),  # phase C carries a fifth of the load
 }
 
 
@@ -77,7 +80,7 @@ async def until(cond: Any, timeout: float = 20.0, what: Any = None) -> None:
 
 
 async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
-    addresses = {f"M{i}": f"{i:012d}" for i in range(1, 9)}
+    addresses = {f"M{i}": f"{i:012d}" for i in range(1, 10)}
     secrets = tmp_path / "secrets.toml"
     secrets.write_text('[default]\npassword = "02000000"\n[operators.ops]\n'
                        'operator_code = "00000001"\n')
@@ -125,7 +128,7 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
                     ("voltage_low", "M2"), ("low_power_factor", "M3"), ("energy_jump", "M4"),
                     ("energy_backwards", "M5"), ("cover_open_counter", "M5"),
                     ("meter_dead", "M6"), ("zero_use", "M7"),
-                    ("relay_unexpected", "M8"))),
+                    ("relay_unexpected", "M8"), ("current_imbalance", "M9"))),
                     what=lambda: sorted({(e["kind"], e["meter"]) for e in published}))
             finally:
                 daemon.stop_requested.set()
@@ -145,6 +148,8 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
     # (At this time scale only the big load moves the 0.01 kWh register.)
     assert "zero_use" not in by_meter["M4"]
     assert "relay_unexpected" in by_meter["M8"]
+    assert "current_imbalance" in by_meter["M9"]
+    assert not any("current_imbalance" in by_meter.get(m, set()) for m in ("M1", "M2"))
     high = next(e for e in published if e["kind"] == "voltage_high")
     assert high["severity"] >= 1 and high["value"] > 235.4 and "voltage_" in high["detail"]
     # Stored too, and listed by amic events.
