@@ -112,3 +112,62 @@ async def test_secrets_file_readable_by_others_is_refused(tmp_path: Path) -> Non
     r = await amic("config", "check", str(cfg))
     assert r.exit_code != 0
     assert "0644" in r.output and "chmod 600" in r.output
+
+
+MODBUS_CONFIG = """
+[collector]
+id = "mb-gw"
+data_dir = "data"
+
+[commands]
+secrets_file = "secrets.toml"
+min_interval = "0s"
+verify_timeout = "2s"
+poll_interval = "50ms"
+
+[[bus]]
+name = "gw"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+modbus = "tcp"
+td_ms = 500
+
+[[meter]]
+meter_id = "P1"
+address = "1"
+bus = "gw"
+protocol = "modbus"
+profile = "{profile}"
+
+[schedule.poll]
+interval = "1h"
+quantities = ["voltage_a"]
+"""
+
+
+async def test_modbus_meter_trip_and_restore_through_its_profile(tmp_path: Path) -> None:
+    from test_relay import RELAY_PROFILE, write_profile
+
+    from simulators.modbus import ModbusSimulator
+
+    profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
+    async with ModbusSimulator(profile, meters=1, transport="tcp", seed=5) as sim:
+        secrets = tmp_path / "secrets.toml"
+        secrets.write_text(SECRETS)
+        secrets.chmod(0o600)
+        cfg = tmp_path / "amic.toml"
+        cfg.write_text(MODBUS_CONFIG.format(port=sim.port,
+                                            profile=tmp_path / "relay-test.toml"))
+        base = ["--config", str(cfg), "--operator", "alice", "--json"]
+        r = await amic("trip", "P1", *base, "--reason", "arrears")
+        assert r.exit_code == 0, r.output
+        (res,) = json.loads(r.output)["results"]
+        assert res["status"] == "confirmed" and res["protocol"] == "modbus"
+        assert res["energy_at_switch"] is not None and sim.model(1).relay_open
+        r = await amic("restore", "P1", *base, "--reason", "paid")
+        assert r.exit_code == 0, r.output
+        assert not sim.model(1).relay_open
+        # Hold power has no Modbus mapping in the profile: unsupported, exit 7.
+        r = await amic("hold", "P1", *base, "--reason", "hospital")
+        assert r.exit_code == 7, r.output
