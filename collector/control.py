@@ -28,7 +28,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,7 +91,7 @@ class Control:
                                  seen=ReplayCache())
         self.engine = build_engine(daemon.settings)
         self.rejected: dict[str, int] = {}  # refused remote requests, by reason
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     # ---- store -------------------------------------------------------------------------
@@ -234,16 +234,13 @@ class Control:
                 if wait:
                     done += await self._switch(a)
                 else:
-                    self._spawn(self._switch_quiet(a))
+                    self._spawn(self._switch(a))
             elif a.kind == "write_topup":
                 # Writing a purchase into a meter needs its ESAM (encrypted); the meter's
                 # own balance shows the top-up once the sales system has written it.
                 log.info("top-up for meter %s recorded; its balance comes from the meter",
                          a.meter)
         return done
-
-    async def _switch_quiet(self, a: Action) -> None:
-        await self._switch(a)
 
     async def _switch(self, a: Action) -> list[JsonDict]:
         assert self.engine is not None
@@ -257,12 +254,12 @@ class Control:
         more = self.engine.relay_result(a.meter, a, confirmed, utcnow())
         return results + await self.act(more, wait=False)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("prepaid action failed: %r", task.exception())
