@@ -28,6 +28,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Coroutine, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("amic.control")
 
 PREPAID_OPERATOR: Final = "prepaid"  # the operator the engine's commands run as
+STATE_FILE: Final = "prepaid-state.json"  # in data_dir: balances, top-ups, trips
 MAX_METERS: Final = 10_000
 MAX_REASON: Final = 200
 
@@ -90,9 +92,47 @@ class Control:
         self.verifier = Verifier(secrets.find_key if secrets is not None else {},
                                  seen=ReplayCache())
         self.engine = build_engine(daemon.settings)
+        self.state_path = daemon.settings.collector.data_dir / STATE_FILE
+        self._dirty = False
+        if self.engine is not None:
+            self._load_state()
         self.rejected: dict[str, int] = {}  # refused remote requests, by reason
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+
+    # ---- the engine's state across restarts ----------------------------------------------
+
+    def _load_state(self) -> None:
+        assert self.engine is not None
+        try:
+            doc = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.error("prepaid state %s unreadable (%s): starting from the configuration",
+                      self.state_path, e)
+            return
+        try:
+            n = self.engine.load(doc)
+        except ValueError as e:
+            log.error("prepaid state %s: %s; starting from the configuration",
+                      self.state_path, e)
+            return
+        log.info("prepaid state of %d meters restored from %s", n, self.state_path)
+
+    def save_state(self) -> None:
+        """Write the engine's state (balances, top-ups, trips) atomically."""
+        if self.engine is None:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.engine.dump()))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(self.state_path)
+            self._dirty = False
+        except OSError as e:
+            log.error("prepaid state not saved to %s: %s", self.state_path, e)
 
     # ---- store -------------------------------------------------------------------------
 
@@ -190,6 +230,7 @@ class Control:
                                "([prepaid] and prepaid = true in the ledger)")
         now = utcnow()
         actions = self.engine.topup(meter, amount, now, ref)
+        self.save_state()  # money: on disk before the answer
         balance = self.engine.balance(meter)
         self._record(CommandRecord(f"{request_id}/{meter}", meter, "topup", now,
                                    operator=operator, status="recorded",
@@ -211,6 +252,7 @@ class Control:
                 by_meter.setdefault(r.meter, []).append(r)
         now = utcnow()
         for meter, readings in by_meter.items():
+            self._dirty = True
             self._spawn(self.act(self.engine.observe(meter, readings, now)))
 
     def start(self) -> None:
@@ -221,7 +263,10 @@ class Control:
         assert self.engine is not None
         while True:
             await asyncio.sleep(5.0)
-            await self.act(self.engine.tick(utcnow()))
+            actions = self.engine.tick(utcnow())
+            if actions or self._dirty:
+                self.save_state()
+            await self.act(actions)
 
     async def act(self, actions: Iterable[Action], *, wait: bool = False) -> list[JsonDict]:
         """Carry out the engine's actions: events now, relay commands on the command lane
@@ -252,6 +297,7 @@ class Control:
             results = [{"meter": a.meter, "status": "failed", "detail": str(e)}]
         confirmed = bool(results) and results[0].get("status") == "confirmed"
         more = self.engine.relay_result(a.meter, a, confirmed, utcnow())
+        self.save_state()
         return results + await self.act(more, wait=False)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -269,6 +315,7 @@ class Control:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.save_state()
 
 
 def _parse_time(value: object) -> dt.datetime | None:

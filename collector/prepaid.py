@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from .records import Event, Quality, Reading
@@ -483,6 +483,32 @@ class PrepaidEngine:
     def balance(self, meter: str) -> Decimal | None:
         return self._account(meter).balance
 
+    # -- state across restarts
+
+    def dump(self) -> dict[str, Any]:
+        """Every account's state as JSON-able data (money as decimal strings)."""
+        return {"version": 1, "accounts": {m: _dump_account(a)
+                                           for m, a in self.accounts.items()}}
+
+    def load(self, state: Mapping[str, Any]) -> int:
+        """Take back :meth:`dump`'s state for the accounts configured now (others are
+        ignored); returns how many were restored.  ValueError for a malformed state."""
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise ValueError("prepaid state: not a version 1 state")
+        accounts = state.get("accounts")
+        if not isinstance(accounts, Mapping):
+            raise ValueError("prepaid state: no accounts")
+        n = 0
+        for meter, doc in accounts.items():
+            acc = self.accounts.get(meter)
+            if acc is None or not isinstance(doc, Mapping):
+                continue
+            if doc.get("mode") != acc.mode:  # computed <-> meter: start afresh
+                continue
+            _load_account(acc, doc)
+            n += 1
+        return n
+
     # -- inputs
 
     def observe(self, meter: str, readings: Iterable[Reading],
@@ -778,3 +804,59 @@ class PrepaidEngine:
         acc.restore_sent_at = now
         out.append(Action("restore", acc.meter, reason, value=b))
         return out
+
+
+# ---------------------------------------------------------------- state (de)serialisation
+
+_DECIMALS = ("balance", "credit")
+_TIMES = ("exhausted_at", "trip_due", "trip_retry_at", "restore_sent_at")
+_FLAGS = ("trip_outstanding", "tripped_by_us", "hold_power", "open_for_balance",
+          "skip_notified")
+
+
+def _t(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dump_account(a: PrepaidAccount) -> dict[str, Any]:
+    doc: dict[str, Any] = {"mode": a.mode, "warn_level": a.warn_level,
+                           "relay_open": a.relay_open, "deferred_reason": a.deferred_reason}
+    for k in _DECIMALS:
+        v = getattr(a, k)
+        doc[k] = None if v is None else str(v)
+    for k in _TIMES:
+        doc[k] = _t(getattr(a, k))
+    for k in _FLAGS:
+        doc[k] = bool(getattr(a, k))
+    doc["baseline"] = {t: str(v) for t, v in a.baseline.items()}
+    doc["energies"] = {t: str(v) for t, v in a.energies.items()}
+    doc["last_seen"] = {q: _t(v) for q, v in a.last_seen.items()}
+    doc["topups"] = [{"ts": _t(u.ts), "amount": str(u.amount), "ref": u.ref}
+                     for u in a.topups]
+    return doc
+
+
+def _load_account(a: PrepaidAccount, doc: Mapping[str, Any]) -> None:
+    try:
+        a.warn_level = int(doc.get("warn_level", 0))
+        relay = doc.get("relay_open")
+        a.relay_open = relay if isinstance(relay, bool) else None
+        reason = doc.get("deferred_reason")
+        a.deferred_reason = reason if isinstance(reason, str) else None
+        for k in _DECIMALS:
+            v = doc.get(k)
+            if v is not None:
+                setattr(a, k, Decimal(str(v)))
+        for k in _TIMES:
+            v = doc.get(k)
+            setattr(a, k, None if v is None else dt.datetime.fromisoformat(str(v)))
+        for k in _FLAGS:
+            setattr(a, k, bool(doc.get(k, False)))
+        a.baseline = {str(t): Decimal(str(v)) for t, v in dict(doc.get("baseline", {})).items()}
+        a.energies = {str(t): Decimal(str(v)) for t, v in dict(doc.get("energies", {})).items()}
+        a.last_seen = {str(q): dt.datetime.fromisoformat(str(v))
+                       for q, v in dict(doc.get("last_seen", {})).items() if v}
+        a.topups = [TopUp(dt.datetime.fromisoformat(str(u["ts"])), Decimal(str(u["amount"])),
+                          str(u["ref"])) for u in doc.get("topups", [])]
+    except (ArithmeticError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"prepaid state of meter {a.meter}: {e}") from None

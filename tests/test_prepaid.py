@@ -545,3 +545,26 @@ def test_a_computed_account_needs_a_plan_and_a_plan_needs_one_kind_of_price() ->
         TariffPlan(flat=D(1), t1=D(1))
     with pytest.raises(ValueError, match="no price"):
         TariffPlan()
+
+
+def test_state_survives_a_restart_money_and_usage_included() -> None:
+    """A computed balance is money: a restart must neither forget a top-up nor the
+    energy charged so far, nor fire the warnings again."""
+    import json
+
+    eng = computed()
+    t = WED_NOON
+    eng.observe(METER, energies(t, t1=1100.0, t2=500.0), t)  # 60 used: 40 left
+    eng.topup(METER, D("50"), t, ref="pay-1")
+    eng.observe(METER, energies(t, t1=1110.0, t2=510.0), t)
+    before = eng.balance(METER)
+    state = json.loads(json.dumps(eng.dump()))  # as it goes through the state file
+    restarted = computed()
+    assert restarted.load(state) == 1
+    assert restarted.balance(METER) == before
+    restarted.observe(METER, energies(t, t1=1120.0, t2=510.0), t)
+    assert restarted.balance(METER) == before - D("6")  # charged from where it was
+    again = restarted.topup(METER, D("50"), t, ref="pay-1")
+    assert events(again) == ["topup_duplicate"]  # the reference is remembered
+    with pytest.raises(ValueError, match="version 1"):
+        restarted.load({"version": 9})

@@ -280,6 +280,21 @@ async def test_prepaid_trip_at_zero_restore_after_topup(tmp_path: Path) -> None:
                              "ORDER BY id")
                 assert kinds == [("trip", "confirmed"), ("topup", "recorded"),
                                  ("restore", "confirmed")]
+                balance = daemon.control.engine.balance("M1")  # type: ignore[union-attr]
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+            # A restart keeps the money: the top-up and what was charged since.
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda: daemon.control is not None)
+                assert daemon.control is not None and daemon.control.engine is not None
+                restored = daemon.control.engine.balance("M1")
+                assert restored is not None and balance is not None
+                assert restored > 40 and abs(restored - balance) < 1  # (a poll may charge)
+                await asyncio.sleep(2.0)  # polls: no trip, the credit is still there
+                assert not model["M1"].relay_open
             finally:
                 daemon.stop_requested.set()
                 assert await asyncio.wait_for(run, 15) == 0
