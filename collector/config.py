@@ -32,7 +32,6 @@ import csv
 import datetime as dt
 import difflib
 import io
-import json
 import logging
 import math
 import os
@@ -56,6 +55,8 @@ from protocols.quantities import (
     normalise_address,
 )
 
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
 from .prepaid import parse_window
 from .rules import RULES, AlarmSettings
 from .secrets import SecretsError, load_secrets
@@ -209,10 +210,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _show(value: object) -> str:
     """A value as it would be written in TOML (shortened)."""
     if isinstance(value, bool):
@@ -232,11 +229,6 @@ def _show(value: object) -> str:
 
 def _one_of(values: Iterable[object]) -> str:
     return "one of " + ", ".join(_show(v) for v in values)
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {_q(close[0])}?" if close else ""
 
 
 # ---- converters: a raw TOML value (or ledger cell) to a typed one -----------------------

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hmac
-import json
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -325,18 +326,9 @@ def _toml_problem(file: str, message: str, text: str) -> str:
 
 # ---- the content --------------------------------------------------------------------------
 
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _name(key: str) -> str:
     """A TOML key as written in a table header: bare if it can be, else quoted."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _q(key)
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {_q(close[0])}?" if close else ""
 
 
 def _kind_of(value: object) -> str:
