@@ -25,7 +25,6 @@ by the meter); a meter tripped for want of credit is restored and the restore co
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from .commands import CommandRejected, RelayService, exit_status
 from .config import meters_matching
 from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
 from .records import CommandRecord, Reading, utcnow
-from .remote import CommandError, Execute, JsonDict
+from .remote import CommandError, Execute, JsonDict, parse_ts
 from .secrets import Secrets
 from .settings import Settings
 from .signing import ReplayCache, SignatureError, Verifier
@@ -196,7 +195,7 @@ class Control:
         dry_run = request.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise CommandError("dry_run: expected true or false")
-        issued = _parse_time(request.get("issued")) or utcnow()
+        issued = parse_ts(request.get("issued")) or utcnow()
         try:
             results = await self.relay.run(action, ids, operator=operator,
                                            reason=reason.strip(),
@@ -316,16 +315,6 @@ class Control:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.save_state()
-
-
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _num(d: Decimal | None) -> float | None:
