@@ -115,6 +115,30 @@ async def _via(opts: RemoteOptions, command: str, body: dict[str, Any],
         amic_log.removeHandler(quiet)
 
 
+def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None) -> dict[str, Any]:
+    """``body`` signed with the operator's key from the secrets file."""
+    if secrets_path is None:
+        _fail("--secrets FILE: the operator's signing key ([operators.NAME] key) is needed "
+              "to send a command through the broker", EXIT_USAGE)
+    try:
+        key = load_secrets(secrets_path).operator_key(operator)
+    except SecretsError as e:
+        _fail(str(e), EXIT_USAGE)
+    return sign(body, operator, key)
+
+
+def _ask(opts: RemoteOptions, command: str, body: dict[str, Any],
+         request_id: str) -> dict[str, Any]:
+    """The collector's reply to ``body``; exits 1 when it fails or cannot be asked."""
+    try:
+        reply = asyncio.run(_via(opts, command, body, request_id))
+    except (BrokerError, RemoteError, ValueError) as e:
+        _fail(f"collector {opts.collector}: {e}", EXIT_FAILED)
+    if reply.get("status") != "ok":
+        _fail(f"collector {opts.collector}: {reply.get('error') or 'failed'}", EXIT_FAILED)
+    return reply
+
+
 def _settings(path: Path) -> Settings:
     try:
         return load_settings(path)
@@ -222,20 +246,8 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         else:
             body["meters"] = ids
         if action != "status":
-            if secrets_path is None:
-                _fail("--secrets FILE: the operator's signing key ([operators.NAME] key) "
-                      "is needed to send a command through the broker", EXIT_USAGE)
-            try:
-                key = load_secrets(secrets_path).operator_key(who)
-            except SecretsError as e:
-                _fail(str(e), EXIT_USAGE)
-            body = sign(body, who, key)
-        try:
-            reply = asyncio.run(_via(opts, "relay", body, rid))
-        except (BrokerError, RemoteError, ValueError) as e:
-            _fail(f"collector {collector_id}: {e}", EXIT_FAILED)
-        if reply.get("status") != "ok":
-            _fail(f"collector {collector_id}: {reply.get('error') or 'failed'}", EXIT_FAILED)
+            body = _signed(body, who, secrets_path)
+        reply = _ask(opts, "relay", body, rid)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     else:
         assert settings is not None
@@ -322,18 +334,9 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
     opts = _remote_opts(via, collector_id, username, password_file, ca_file, cert_file,
                         key_file, timeout_s)
     rid = new_request_id()
-    try:
-        key = load_secrets(secrets_path).operator_key(who)
-    except SecretsError as e:
-        _fail(str(e), EXIT_USAGE)
-    body = sign({"request_id": rid, "command": "topup", "meter": meter, "amount": amount,
-                 "ref": ref}, who, key)
-    try:
-        reply = asyncio.run(_via(opts, "topup", body, rid))
-    except (BrokerError, RemoteError, ValueError) as e:
-        _fail(f"collector {collector_id}: {e}", EXIT_FAILED)
-    if reply.get("status") != "ok":
-        _fail(f"collector {collector_id}: {reply.get('error') or 'failed'}", EXIT_FAILED)
+    body = _signed({"request_id": rid, "command": "topup", "meter": meter, "amount": amount,
+                    "ref": ref}, who, secrets_path)
+    reply = _ask(opts, "topup", body, rid)
     if as_json:
         click.echo(json.dumps(reply, ensure_ascii=False))
     else:
