@@ -9,6 +9,7 @@ blocks on a full pipe; stdout and stderr are quoted in any start-up failure.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,3 +156,15 @@ def simulator_cli(kind: str, args: list[str]
         yield proc, lines
     finally:
         _stop(proc)
+
+
+async def until(cond: Callable[[], object], timeout: float = 15.0, *,
+                what: Callable[[], object] | None = None) -> None:
+    """Poll ``cond`` every 20 ms until it is true; AssertionError after ``timeout`` s
+    (with ``what()`` in the message, to show what was seen instead)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s"
+                                 f"{': ' + str(what()) if what is not None else ''}")
+        await asyncio.sleep(0.02)

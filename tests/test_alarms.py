@@ -11,6 +11,7 @@ from typing import Any
 
 import aiomqtt
 from click.testing import CliRunner
+from conftest import until
 from mosquitto import Broker
 
 from collector.cli import main
@@ -71,14 +72,6 @@ CONFIGS = {
 }
 
 
-async def until(cond: Any, timeout: float = 20.0, what: Any = None) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out: {what() if what else ''}"
-        await asyncio.sleep(0.05)
-
-
 async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
     addresses = {f"M{i}": f"{i:012d}" for i in range(1, 10)}
     secrets = tmp_path / "secrets.toml"
@@ -113,7 +106,7 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
 
                 await until(lambda: daemon.poller is not None
                             and len(daemon.poller.last_cycle) > 0
-                            and seen("voltage_high", "M1"),
+                            and seen("voltage_high", "M1"), timeout=20,
                             what=lambda: [(e["kind"], e["meter"]) for e in published])
                 # A meter running backwards, and one whose cover was opened.
                 model["M5"].clear_energy()  # (a meter clear also zeroes its event counts)
@@ -128,7 +121,7 @@ async def test_each_rule_driven_by_a_meter(tmp_path: Path) -> None:
                     ("voltage_low", "M2"), ("low_power_factor", "M3"), ("energy_jump", "M4"),
                     ("energy_backwards", "M5"), ("cover_open_counter", "M5"),
                     ("meter_dead", "M6"), ("zero_use", "M7"),
-                    ("relay_unexpected", "M8"), ("current_imbalance", "M9"))),
+                    ("relay_unexpected", "M8"), ("current_imbalance", "M9"))), timeout=20,
                     what=lambda: sorted({(e["kind"], e["meter"]) for e in published}))
             finally:
                 daemon.stop_requested.set()

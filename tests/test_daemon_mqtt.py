@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiomqtt
 from click.testing import CliRunner
+from conftest import until
 from mosquitto import Broker
 
 from collector.cli import main
@@ -55,13 +56,6 @@ quantities = ["energy_active_forward_total", "voltage_a"]
 """
 
 
-async def _until(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 def _rows(tmp: Path, sql: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(tmp / "data" / "amic.db") as c:
         return c.execute(sql).fetchall()
@@ -77,7 +71,7 @@ async def test_reports_polling_commands_and_broker_restart(tmp_path: Path) -> No
             run = asyncio.create_task(daemon.run())
             try:
                 # 1. Polling through the gateway's transparent transport.
-                await _until(lambda: daemon.poller is not None
+                await until(lambda: daemon.poller is not None
                              and "poll" in daemon.poller.last_cycle)
                 assert daemon.poller is not None
                 cycle = daemon.poller.last_cycle["poll"]
@@ -88,7 +82,7 @@ async def test_reports_polling_commands_and_broker_restart(tmp_path: Path) -> No
                     await c.publish("amic-gw/gw-01/report", json.dumps(
                         {"gateway": "gw-01", "meter": "M9", "values": {"voltage_a": 1}}),
                         qos=1)
-                await _until(lambda: daemon.mqtt is not None and daemon.mqtt.ingestor
+                await until(lambda: daemon.mqtt is not None and daemon.mqtt.ingestor
                              is not None and daemon.mqtt.ingestor.accepted > 0
                              and sum(daemon.mqtt.ingestor.counts.values()) >= 2)
                 # 3. A remote read through the command channel, from the CLI.

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from click.testing import CliRunner
+from conftest import until
 
 from collector.cli import main
 from collector.config import load_settings
@@ -61,14 +62,6 @@ CONFIGS = {"M2": MeterConfig(clock_offset=dt.timedelta(minutes=3)),
            "M3": MeterConfig(clock_offset=dt.timedelta(minutes=20))}
 
 
-async def until(cond: Any, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 def q(tmp: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     with sqlite3.connect(tmp / "data" / "amic.db") as c:
         return c.execute(sql, args).fetchall()
@@ -90,7 +83,7 @@ async def test_daily_jobs(tmp_path: Path) -> None:
         run = asyncio.create_task(daemon.run())
         try:
             await until(lambda: daemon.poller is not None
-                        and "daily" in daemon.poller.last_cycle)
+                        and "daily" in daemon.poller.last_cycle, timeout=20)
             jobs = daemon.daily
             assert jobs is not None
             now = utcnow()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import until
 from victoria import VM_BIN, VictoriaMetrics
 
 from collector.forwarder import Forwarder, escape_tag, read_token
@@ -57,14 +58,6 @@ def forwarder(store: Store, vm: VictoriaMetrics, **kw: object) -> Forwarder:
                                    backoff_min=0.05, backoff_max=0.3, idle_interval=0.05)
     args.update(kw)
     return Forwarder(store, vm.url, **args)  # type: ignore[arg-type]
-
-
-async def until(cond: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 def caught_up(store: Store, name: str = "timeseries") -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from click.testing import CliRunner
+from conftest import until
 from mosquitto import Broker
 
 from collector.cli import main
@@ -91,14 +92,6 @@ def write(tmp: Path, text: str, name: str) -> Path:
     p.write_text(text)
     p.chmod(0o600)
     return p
-
-
-async def until(cond: Any, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def cli(*args: str) -> Any:

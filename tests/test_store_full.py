@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 from collector.records import Event, Reading
 from collector.store import DB_NAME, Store, StoreWriter
@@ -29,14 +30,6 @@ def count(store: Store, sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
-
-
-async def wait_for(predicate, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def fill_until_full(writer: StoreWriter, alerts: list[Event]) -> int:
@@ -75,7 +68,7 @@ def test_full_store_raises_event_holds_rows_and_resumes_after_forwarding(tmp_pat
         # oldest first, and commits what it held.
         shipped = store.last_id("readings")
         store.advance("timeseries", "readings", shipped)
-        await wait_for(lambda: writer.full_since is None)
+        await until(lambda: writer.full_since is None, 10)
         await writer.flush()
         assert any(e.kind == "store_recovered" for e in alerts)
         assert writer.rows_dropped == 0 and writer.rows_purged_for_room > 0
@@ -151,7 +144,7 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
 
         shipping = asyncio.create_task(forwarder())
         await asyncio.wait_for(waiter, 10)
-        await wait_for(lambda: writer.pending == 0)
+        await until(lambda: writer.pending == 0, 10)
         shipping.cancel()
         await writer.close()
         # One episode, not an event pair per commit while it hovered at the cap.
@@ -173,7 +166,7 @@ def test_disk_low_event(tmp_path: Path) -> None:
         await writer.start()
         writer.put_many(batch(0, 10))
         await writer.flush()
-        await wait_for(lambda: bool(alerts))
+        await until(lambda: bool(alerts), 10)
         assert [e.kind for e in alerts] == ["disk_low"]
         assert alerts[0].value is not None and alerts[0].value < 10**12
         await writer.close()
