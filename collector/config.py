@@ -37,7 +37,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -605,6 +605,29 @@ def parse_selector(text: str) -> tuple[str, str]:
 
 def _matches(kind: str, value: str, fields: Mapping[str, str]) -> bool:
     return kind == "*" or fields.get(kind) == value
+
+
+class CsvRecordError(ValueError):
+    """A CSV syntax error; ``line`` is where the reader stopped."""
+
+    def __init__(self, error: csv.Error, line: int) -> None:
+        super().__init__(str(error))
+        self.line = line
+
+
+def csv_records(text: str) -> Iterator[tuple[int, list[str]]]:
+    """The records of a ledger CSV as (first line, cells), blank lines and ``#`` comments
+    left out; CsvRecordError on a syntax error."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    end = 0
+    try:
+        for cells in reader:
+            start, end = end + 1, reader.line_num
+            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
+                continue
+            yield start, cells
+    except csv.Error as e:
+        raise CsvRecordError(e, reader.line_num) from None
 
 
 def meters_matching(settings: Settings, selectors: Iterable[str]) -> list[MeterSettings]:
@@ -1268,15 +1291,10 @@ class _Loader:
         return self.ledger_rows(shown, text, bus_names)
 
     def ledger_rows(self, file: str, text: str, bus_names: set[str]) -> list[_Row]:
-        reader = csv.reader(io.StringIO(text, newline=""))
         header: list[str] | None = None
         rows: list[_Row] = []
-        end = 0
         try:
-            for cells in reader:
-                start, end = end + 1, reader.line_num
-                if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-                    continue
+            for start, cells in csv_records(text):
                 if header is None:
                     header = [c.strip().lower() for c in cells]
                     if not self.ledger_header(file, start, header):
@@ -1294,9 +1312,9 @@ class _Loader:
                     k: c.strip() for k, c in zip(header, cells, strict=True)
                     if k in LEDGER_COLUMNS and c.strip()}
                 row.meter = self.meter(row, values, bus_names, csv_cells=True)
-        except csv.Error as e:
+        except CsvRecordError as e:
             self.add("ledger", None, "valid CSV", f"a CSV error: {e}", file=file,
-                     line=reader.line_num)
+                     line=e.line)
         if header is None:
             self.add("ledger", None, "a header line: " + ", ".join(LEDGER_COLUMNS),
                      "an empty file", file=file, line=None)

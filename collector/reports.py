@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
 import math
 import sqlite3
@@ -45,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from protocols.quantities import normalise_address
 
-from .config import REQUIRED_METER_KEYS, _Loader
+from .config import REQUIRED_METER_KEYS, CsvRecordError, _Loader, csv_records
 from .records import from_ms, to_ms
 from .store import Store
 
@@ -633,23 +632,18 @@ def _records(text: str) -> tuple[int | None, list[str], list[tuple[int, dict[str
 
     Rows whose cell count differs from the header's are left out (config reports them).
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     header_line: int | None = None
     out: list[tuple[int, dict[str, str]]] = []
-    end = 0
     try:
-        for cells in reader:
-            start, end = end + 1, reader.line_num
-            if not any(c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-                continue
+        for start, cells in csv_records(text):
             if header is None:
                 header = [c.strip().lower() for c in cells]
                 header_line = start
                 continue
             if len(cells) == len(header):
                 out.append((start, {k: c.strip() for k, c in zip(header, cells, strict=True)}))
-    except csv.Error:
+    except CsvRecordError:
         pass  # config reports it
     return header_line, header or [], out
 
