@@ -241,18 +241,12 @@ class Control:
 
     # ---- the prepaid engine ------------------------------------------------------------
 
-    def observe(self, rows: list[Reading]) -> None:
-        """Readings of one poll (the poller hands over one meter at a time)."""
-        if self.engine is None or not rows:
+    def observe(self, meter: str, readings: list[Reading]) -> None:
+        """One meter's readings of a poll, for the prepaid engine."""
+        if self.engine is None or meter not in self.engine.accounts:
             return
-        by_meter: dict[str, list[Reading]] = {}
-        for r in rows:
-            if r.meter in self.engine.accounts:
-                by_meter.setdefault(r.meter, []).append(r)
-        now = utcnow()
-        for meter, readings in by_meter.items():
-            self._dirty = True
-            self._spawn(self.act(self.engine.observe(meter, readings, now)))
+        self._dirty = True
+        self._spawn(self.act(self.engine.observe(meter, readings, utcnow())))
 
     def start(self) -> None:
         if self.engine is not None and self._ticker is None:

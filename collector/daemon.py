@@ -99,14 +99,15 @@ class Daemon:
         assert self.writer is not None
         self.readings_seen += len(rows)
         self.writer.put_many(rows)
-        if self.control is not None:
-            self.control.observe(rows)
-        if self.alarms is not None and rows:
-            by_meter: dict[str, list[Reading]] = {}
-            for r in rows:
-                by_meter.setdefault(r.meter, []).append(r)
-            expected = self.control.relay.expected_open if self.control is not None else {}
-            for meter, readings in by_meter.items():
+        # One meter per poll, several from a gateway report: the rules go meter by meter.
+        by_meter: dict[str, list[Reading]] = {}
+        for r in rows:
+            by_meter.setdefault(r.meter, []).append(r)
+        expected = self.control.relay.expected_open if self.control is not None else {}
+        for meter, readings in by_meter.items():
+            if self.control is not None:
+                self.control.observe(meter, readings)
+            if self.alarms is not None:
                 for event in self.alarms.observe(meter, readings,
                                                  bus=self._meter_bus.get(meter),
                                                  expected_relay_open=expected.get(meter)):
