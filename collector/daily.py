@@ -23,8 +23,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -35,6 +33,7 @@ from .audit_reads import (
     audit_sample,
     choose_sample,
 )
+from .backfill import backfill_meter
 from .records import DailyRecord, Event, utcnow
 from .reports import line_loss, midnight_ms, success_report
 from .settings import DailySettings
@@ -184,30 +183,23 @@ class DailyJobs:
         self._save()
 
     async def backfill(self, now: dt.datetime) -> None:
-        backfill_meter: Callable[..., Any] | None
-        try:
-            from .backfill import backfill_meter
-        except ImportError:  # pragma: no cover - shipped together
-            backfill_meter = None
-        if backfill_meter is None:
-            return
         d = self.daemon
-        assert d.store is not None and d.writer is not None
+        store, writer = d.store, d.writer
+        assert store is not None and writer is not None
 
         async def one(bus: str, meters: list[Any]) -> None:
             for m in meters:
                 if m.protocol != "dlt645-2007":
                     continue
                 try:
-                    result = await backfill_meter(d.buses[bus].worker, m, d.store,
+                    result = await backfill_meter(d.buses[bus].worker, m, store,
                                                   days=self.settings.backfill_days,
                                                   tz=self.zone, now=now)
                 except Exception as e:
                     log.info("backfill of meter %s: %s", m.meter_id, e)
                     continue
-                readings = getattr(result, "readings", [])
-                if readings and d.writer is not None:
-                    d.writer.put_many(readings)
+                if result.readings:
+                    writer.put_many(result.readings)
 
         await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
 
@@ -223,6 +215,3 @@ class DailyJobs:
                  sum(r.status == "mismatch" for r in results))
         return results
 
-
-def state_file(data_dir: Path) -> Path:
-    return data_dir / "daily-state.json"
