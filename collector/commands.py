@@ -79,7 +79,6 @@ class RelayService:
         self.settings = settings or CommandSettings()
         self._bus_locks: dict[str, asyncio.Lock] = {}
         self._bus_last: dict[str, float] = {}
-        self.overheads_ms: list[float] = []  # time beyond the meter round trips, per command
         # The relay state the last confirmed command left each meter in (for the
         # relay_unexpected alarm); a close permitted whose relay stays open: unknown.
         self.expected_open: dict[str, bool] = {}
@@ -170,7 +169,6 @@ class RelayService:
             sent_at = utcnow()  # the audit's "when": the moment it went to the bus
             if not dry_run:
                 self._audit(command_id, m, kind, operator, "sent", audit, sent_at)
-            t0 = time.perf_counter()
             try:
                 result = await worker.submit(
                     Lane.COMMAND, lambda w: self._switch(w, m, action, operator, dry_run,
@@ -180,10 +178,6 @@ class RelayService:
             finally:
                 if not dry_run:
                     self._bus_last[m.bus] = time.monotonic()
-            wall_ms = (time.perf_counter() - t0) * 1000
-        meter_ms = result.pop("_meter_ms", None)
-        if meter_ms is not None:
-            self.overheads_ms.append(max(0.0, wall_ms - meter_ms))
         status = "dry_run" if dry_run else str(result["status"])
         if status == "confirmed" and action in ("trip", "restore"):
             if action == "trip":
@@ -204,7 +198,6 @@ class RelayService:
             return await self._status(w, m)
         s = self.settings
         assert self.secrets is not None
-        busy0 = w.bus.busy_time
         if m.protocol == "modbus":
             outcome = await execute_modbus(action, session=w.modbus(), unit=m.unit,
                                            profile=self.profile(m.profile),
@@ -219,9 +212,7 @@ class RelayService:
                 operator=self.secrets.operator_code(operator).reveal(),
                 expiry=expires, direct_close=s.direct_close,
                 verify_timeout=s.verify_timeout, poll_interval=s.poll_interval)
-        d = outcome.as_dict()
-        d["_meter_ms"] = (w.bus.busy_time - busy0) * 1000  # the line held for this meter
-        return d
+        return outcome.as_dict()
 
     async def _status(self, w: BusWorker, m: MeterSettings) -> dict[str, Any]:
         """The relay state now (read only)."""
