@@ -119,7 +119,8 @@ COMMANDS_KEYS = ("secrets_file", "min_interval", "expiry", "verify_timeout", "po
 PREPAID_KEYS = ("warn1", "warn2", "overdraft_limit", "grace", "no_trip_windows", "holidays",
                 "tz", "retry_interval", "protected", "computed", "price", "prices",
                 "opening_balance")
-TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "gzip")
+TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "gzip",
+                   "gzip_level", "worker_backlog")
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
 MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
              "key_file", "commands")
@@ -894,12 +895,16 @@ class _Loader:
         precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
                                   "ms")
         gzip = self.optional(t, data, "gzip", _toml_bool_conv(), True)
+        level = self.optional(t, data, "gzip_level", _int_conv(1, 9), 6)
+        backlog = self.optional(t, data, "worker_backlog", _int_conv(0, 100_000_000, " rows"),
+                                50_000)
         token = self.secret(t, data, "token_file", TOKEN_ENV)
         if url is None or org is None or bucket is None or batch is None \
-                or precision is None or gzip is None:
+                or precision is None or gzip is None or level is None or backlog is None:
             return None
         return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
-                                  precision=precision, gzip=gzip)
+                                  precision=precision, gzip=gzip, gzip_level=level,
+                                  worker_backlog=backlog)
 
     def daily(self, value: object) -> DailySettings | None:
         if value is None:

@@ -349,6 +349,8 @@ class Daemon:
             self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
                                        token=ts.token, name=FORWARDER, batch=ts.batch,
                                        precision=ts.precision, gzip=ts.gzip,
+                                       gzip_level=ts.gzip_level,
+                                       process_backlog=ts.worker_backlog,
                                        meters=self.settings.meters,
                                        on_event=self._on_event_threadsafe)
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))

@@ -71,6 +71,8 @@ class TimeseriesSettings:
     batch: int = 5000
     precision: str = "ms"
     gzip: bool = True
+    gzip_level: int = 6  # 1 fastest .. 9 smallest
+    worker_backlog: int = 50_000  # rows behind before a worker process converts; 0: never
 
 
 @dataclass(frozen=True, slots=True)

@@ -596,16 +596,44 @@ class Store:
         Returns the cursor's position afterwards.  A forwarder holds back retention only
         once it has a cursor: register it with ``advance(name, table, 0)``.
         """
+        pos = self._advance(name, table, last_id, wait=True)
+        assert pos is not None
+        return pos
+
+    def try_advance(self, name: str, table: str, last_id: int) -> int | None:
+        """:meth:`advance`, or None at once when another connection holds the write lock
+        (the StoreWriter's large transactions) rather than waiting for it."""
+        return self._advance(name, table, last_id, wait=False)
+
+    def _advance(self, name: str, table: str, last_id: int, *, wait: bool) -> int | None:
         _check_table(table)
-        with self._write() as conn:
+        conn = self._conn()
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                return None
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
             conn.execute(
                 "INSERT INTO cursors (name, table_name, last_id, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name, table_name) DO UPDATE SET last_id = excluded.last_id, "
                 "updated = excluded.updated WHERE excluded.last_id > cursors.last_id",
                 (name, table, int(last_id), to_ms(dt.datetime.now(dt.UTC))))
-            return int(conn.execute(
+            pos = int(conn.execute(
                 "SELECT last_id FROM cursors WHERE name = ? AND table_name = ?",
                 (name, table)).fetchone()[0])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return pos
 
     def drop_cursor(self, name: str, table: str | None = None) -> int:
         """Forget a forwarder (so it no longer holds back retention); returns rows removed."""

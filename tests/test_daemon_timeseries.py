@@ -105,6 +105,25 @@ def test_token_never_in_the_config(tmp_path: Path) -> None:
     assert 'key "token"' in text and "AMIC_TSDB_TOKEN" in text and "s3cret" not in text
 
 
+def test_gzip_level_and_worker_backlog(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t\n")
+    (tmp_path / "token").chmod(0o600)
+    cfg = tmp_path / "amic.toml"
+    base = CONFIG.format(url="http://127.0.0.1:8428", port=1)
+    cfg.write_text(base)
+    ts = load_settings(cfg).timeseries
+    assert ts is not None and (ts.gzip_level, ts.worker_backlog) == (6, 50_000)
+    cfg.write_text(base.replace('token_file = "token"',
+                                'token_file = "token"\ngzip_level = 1\nworker_backlog = 0'))
+    ts = load_settings(cfg).timeseries
+    assert ts is not None and (ts.gzip_level, ts.worker_backlog) == (1, 0)
+    cfg.write_text(base.replace('token_file = "token"', 'token_file = "token"\ngzip_level = 10'))
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg)
+    assert "gzip_level" in str(e.value) and "1 to 9" in str(e.value)
+    assert f"{cfg}:11" in str(e.value)  # the line of the key
+
+
 KILL_CONFIG = """
 [collector]
 id = "ts-kill"

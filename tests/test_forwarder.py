@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -148,10 +149,12 @@ async def test_cursors_registered_before_anything_ships(store: Store) -> None:
     assert fwd.stats.last_error and TOKEN not in fwd.stats.last_error
 
 
+@pytest.mark.parametrize("process_backlog", [0, 100], ids=["in-thread", "worker-process"])
 async def test_outage_every_row_exactly_once(store: Store, vm: VictoriaMetrics,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+                                             caplog: pytest.LogCaptureFixture,
+                                             process_backlog: int) -> None:
     caplog.set_level(logging.DEBUG)
-    fwd = forwarder(store, vm, batch=50)
+    fwd = forwarder(store, vm, batch=50, process_backlog=process_backlog)
     task = asyncio.create_task(fwd.run())
     store.write_readings(readings(0, 100))
     await until(lambda: caught_up(store))
@@ -175,7 +178,33 @@ async def test_outage_every_row_exactly_once(store: Store, vm: VictoriaMetrics,
                 and r.levelno == logging.WARNING]
     assert len(warnings) == 1  # once per outage
     assert fwd.stats.failing is False
+    assert (fwd.stats.worker_batches > 0) == (process_backlog > 0)
     assert TOKEN not in caplog.text
+
+
+async def test_forwarding_goes_on_while_the_store_writer_holds_the_lock(
+        store: Store, vm: VictoriaMetrics) -> None:
+    """The store writer's long transactions do not stall forwarding: the cursor is
+    stored once the lock is free."""
+    store.write_readings(readings(0, 300))
+    for table in ("readings", "events", "commands", "cycles", "daily"):
+        store.advance("timeseries", table, 0)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # as the StoreWriter during a large commit
+    fwd = forwarder(store, vm, batch=50, cursor_save_interval=60)
+    task = asyncio.create_task(fwd.run())
+    try:
+        await until(lambda: fwd.stats.points_sent == 600, timeout=4)
+        assert fwd.stats.batches == 12
+        assert store.cursor("timeseries", "readings") == 0  # not stored yet: locked
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await until(lambda: store.cursor("timeseries", "readings") == 600)
+    fwd.stop()
+    await task
+    got = samples(vm, '{__name__="reading_value"}')
+    assert len(got["M1"]) == len(got["M2"]) == 300
 
 
 SCRIPT = textwrap.dedent("""
@@ -185,7 +214,7 @@ SCRIPT = textwrap.dedent("""
 
     store = Store(sys.argv[1])
     fwd = Forwarder(store, sys.argv[2], org="amic", bucket="amic", batch=int(sys.argv[3]),
-                    idle_interval=0.05)
+                    idle_interval=0.05, process_backlog=int(sys.argv[4]))
     async def main():
         task = asyncio.create_task(fwd.run())
         while store.cursor("timeseries", "readings") < store.last_id("readings"):
@@ -197,6 +226,29 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def worker_processes(parent: int) -> list[int]:
+    """Pids of the forwarder worker processes (collector/linework.py) of ``parent``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"linework.py" in cmd:
+            found.append(int(d.name))
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_kill_9_mid_way_exactly_once(tmp_path: Path, store: Store,
                                      vm: VictoriaMetrics) -> None:
     n = 20_000  # per meter
@@ -206,7 +258,8 @@ def test_kill_9_mid_way_exactly_once(tmp_path: Path, store: Store,
     script.write_text(SCRIPT)
     env = {**os.environ, "AMIC_TSDB_TOKEN": TOKEN,
            "PYTHONPATH": str(Path(__file__).parent.parent)}
-    argv = [sys.executable, str(script), str(store.path), vm.url, "500"]
+    # the backlog is converted by the worker process
+    argv = [sys.executable, str(script), str(store.path), vm.url, "500", "1000"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -214,11 +267,18 @@ def test_kill_9_mid_way_exactly_once(tmp_path: Path, store: Store,
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.005)
+        workers = worker_processes(proc.pid)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
     killed_at = store.cursor("timeseries", "readings")
     assert 0 < killed_at < last
+    assert len(workers) == 1
+    # The worker process ends with the forwarder's process (its stdin closes).
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{workers[0]}").exists() and not zombie(workers[0]):
+        assert time.monotonic() < deadline, "the worker process outlived the forwarder"
+        time.sleep(0.05)
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert TOKEN not in out.stdout + out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
 import math
 from pathlib import Path
 
@@ -42,15 +43,55 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
         asyncio.run(put())
         fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
                         precision=precision, batch=10_000)
-        n, last_id, points, payload, pairs = fwd._prepare("readings", 0)
+        batch = fwd._prepare("readings", 0)
         python = fwd.reading_lines(store.outbox("x", "readings", after_id=0, limit=10_000))
-    assert n == len(rows) and last_id == len(rows)
-    sql = payload.split("\n")
-    assert points == len(sql) == len(python) == len(pairs)
+    assert batch.rows == len(rows) and batch.last_id == len(rows)
+    assert batch.pairs is not None
+    sql = gzip.decompress(batch.body).decode().split("\n")
+    assert sql == [line for _, line in batch.pairs]
+    assert batch.points == len(sql) == len(python)
     # The same points: same measurement and tags, same timestamp, the very same double.
     assert [parse(a) for a in sql] == [parse(b) for b in python]
     # NULL (NaN) and infinite values have no point.
     assert len(python) == len(rows) - 3 * 2 * 3
+
+
+def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
+    """A backlog is converted in the worker process: the same lines, batch by batch; a
+    batch with a row only Python converts (an unconfigured meter) is built here."""
+    values = [220.0, 0.1 + 0.2, 812345.67, -3.5, 1 / 3, 5e-324, math.nan, 0.0, -0.0]
+    rows = [Reading(m, "voltage_a", v, "V", T0 + dt.timedelta(seconds=i))
+            for i, v in enumerate(values * 40) for m in ("M 1,x=y", "M2")]
+    rows.append(Reading("unconfigured", "voltage_a", 1.0, "V", T0))
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_many(rows)
+        asyncio.run(put())
+        here = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                         batch=100, process_backlog=0)
+        worker = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                           batch=100, process_backlog=1)
+        try:
+            after = 0
+            built_by_worker = 0
+            while True:
+                a, b = here._prepare("readings", after), worker._prepare("readings", after)
+                assert (a.rows, a.last_id, a.points) == (b.rows, b.last_id, b.points)
+                assert gzip.decompress(a.body) == gzip.decompress(b.body)
+                built_by_worker += b.pairs is None
+                if not a.rows:
+                    break
+                after = a.last_id
+            # Meter tags changed: the worker gets the new ones.
+            worker.set_meters([METERS[0], MeterSettings("M2", "000000000002", "bus-9")])
+            c = worker._prepare("readings", 0)
+        finally:
+            worker._stop_worker()
+    assert after == len(rows)
+    assert built_by_worker == len(rows) // 100  # all but the last batch (unconfigured)
+    assert c.pairs is None
+    assert b"bus=bus-9" in gzip.decompress(c.body)
 
 
 def test_relay_command_audit_becomes_numeric_fields(tmp_path: Path) -> None:
