@@ -115,10 +115,10 @@ def missing_days(store: Store, meter_id: str, days: int, tz: TzLike = DEFAULT_TZ
         return []
     lo = midnight_ms(wanted[0], tz)
     # A value of day D is read at or after D's midnight (a day of margin for meter
-    # clocks running ahead); the (meter, ts) index does the rest.
+    # clocks running ahead); the reads' (meter, ts) index does the rest.
     rows = store.thread_connection().execute(
-        "SELECT ts, meter_ts FROM readings WHERE meter = ? AND ts >= ? AND quantity = ? "
-        "AND value IS NOT NULL", (meter_id, lo - _DAY_MS, FROZEN_TOTAL))
+        "SELECT ts, meter_ts FROM indexed_readings WHERE meter = ? AND ts >= ? "
+        "AND quantity = ? AND value IS NOT NULL", (meter_id, lo - _DAY_MS, FROZEN_TOTAL))
     settle = int(SETTLE.total_seconds() * 1000)
     have: set[dt.date] = set()
     for ts, meter_ts in rows:

@@ -149,7 +149,7 @@ def _boundary_values(conn: sqlite3.Connection, meters: Collection[str],
     marks = ",".join("?" * len(frozen))
     out: dict[_Key, _Value] = {}
     for meter, quantity, value, ts, meter_ts in conn.execute(
-            f"SELECT meter, quantity, value, ts, meter_ts FROM readings "
+            f"SELECT meter, quantity, value, ts, meter_ts FROM indexed_readings "
             f"WHERE ts >= ? AND ts < ? AND quantity IN ({marks}) AND value IS NOT NULL "
             f"ORDER BY ts, id", (lo, hi, *frozen)):
         if meter not in meters:
@@ -171,7 +171,7 @@ def _boundary_values(conn: sqlite3.Connection, meters: Collection[str],
         edge = midnight_ms(boundary, tz)
         best: dict[tuple[str, str], _Value] = {}
         for meter, quantity, value, ts, meter_ts in conn.execute(
-                f"SELECT meter, quantity, value, ts, meter_ts FROM readings "
+                f"SELECT meter, quantity, value, ts, meter_ts FROM indexed_readings "
                 f"WHERE ts >= ? AND ts <= ? AND quantity IN ({marks}) AND value IS NOT NULL "
                 f"ORDER BY ts, id", (edge - span, edge + span, *live)):
             key = (meter, live[quantity])
@@ -437,7 +437,7 @@ def success_report(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ,
                 else:
                     maybe.add(mid)
         for mid in sorted(maybe - ok):
-            if conn.execute("SELECT 1 FROM readings WHERE meter = ? AND ts >= ? AND ts < ? "
+            if conn.execute("SELECT 1 FROM indexed_readings WHERE meter = ? AND ts >= ? AND ts < ? "
                             "LIMIT 1", (mid, start, end)).fetchone() is not None:
                 planned.add(mid)
                 ok.add(mid)
@@ -500,8 +500,9 @@ def billing_export(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
         values = _boundary_values(conn, ids, TARIFFS, day, tz, window=window, late=late)
         balances: dict[str, float] = {}
         for meter, value in conn.execute(
-                "SELECT meter, value FROM readings WHERE ts >= ? AND ts < ? AND quantity = ? "
-                "AND value IS NOT NULL ORDER BY ts, id", (start, end, BALANCE)):
+                "SELECT meter, value FROM indexed_readings WHERE ts >= ? AND ts < ? "
+                "AND quantity = ? AND value IS NOT NULL ORDER BY ts, id",
+                (start, end, BALANCE)):
             balances[meter] = float(value)
     rows: list[BillingRow] = []
     for m in meters:

@@ -61,7 +61,7 @@ from .settings import MeterSettings
 log = logging.getLogger("amic.store")
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 DAY_MS: Final = 86_400_000
 
 Table = Literal["readings", "events", "commands", "cycles"]
@@ -177,11 +177,38 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UNIQUE (day, kind, key)
     );
     """,
+    """
+    -- One row per meter read (the readings of one meter with one collector time) instead
+    -- of index entries per reading: a read gives 8 to 30 readings, and the old
+    -- (meter, ts) index took more time to keep than the readings themselves (its pages,
+    -- spread over every meter, rewritten on each commit).  Query readings by meter or
+    -- time through the view indexed_readings; by id (the outbox) through readings.
+    CREATE TABLE reads (
+        first_id INTEGER PRIMARY KEY,  -- the read's readings have ids first_id..last_id
+        last_id INTEGER NOT NULL,      -- (other meters' rows may sit in between)
+        meter TEXT NOT NULL,
+        ts INTEGER NOT NULL            -- the readings' ts
+    );
+    INSERT INTO reads (first_id, last_id, meter, ts)
+        SELECT min(id), max(id), meter, ts FROM readings GROUP BY meter, ts;
+    CREATE INDEX reads_meter_ts ON reads (meter, ts);
+    CREATE INDEX reads_ts ON reads (ts);
+    DROP INDEX readings_meter_ts;
+    DROP INDEX readings_ts;
+    CREATE VIEW indexed_readings AS
+        SELECT r.id AS id, x.meter AS meter, r.quantity AS quantity, r.value AS value,
+               r.unit AS unit, x.ts AS ts, r.meter_ts AS meter_ts, r.quality AS quality
+        FROM reads x CROSS JOIN readings r  -- CROSS: reads drives (an index), never a scan
+            ON r.id BETWEEN x.first_id AND x.last_id AND +r.meter = x.meter AND +r.ts = x.ts;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 INSERT_READING: Final = ("INSERT INTO readings (meter, quantity, value, unit, ts, meter_ts, "
                          "quality) VALUES (?, ?, ?, ?, ?, ?, ?)")
+# After inserting readings with ids above ?: their reads (one per meter and time).
+INDEX_READS: Final = ("INSERT INTO reads (first_id, last_id, meter, ts) SELECT min(id), "
+                      "max(id), meter, ts FROM readings WHERE id > ? GROUP BY meter, ts")
 INSERT_EVENT: Final = ("INSERT INTO events (ts, kind, meter, bus, severity, value, detail) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_COMMAND: Final = ("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, "
@@ -470,8 +497,10 @@ class Store:
     def write_readings(self, readings: Iterable[Reading]) -> int:
         """Insert readings in one transaction now; returns the last id."""
         with self._write() as conn:
+            before = _max_id(conn, "readings")
             conn.executemany(INSERT_READING, reading_rows(readings))
-            return int(conn.execute("SELECT max(id) FROM readings").fetchone()[0] or 0)
+            conn.execute(INDEX_READS, (before,))
+            return _max_id(conn, "readings")
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -502,7 +531,7 @@ class Store:
             where.append("r.ts < ?")
             args.append(_as_ms(until))
         sql = ("SELECT r.id, r.meter, r.quantity, r.value, r.unit, r.ts, r.meter_ts, "
-               "r.quality, m.area, m.bus FROM readings r "
+               "r.quality, m.area, m.bus FROM indexed_readings r "
                "LEFT JOIN meters m ON m.meter_id = r.meter")
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -723,7 +752,8 @@ class Store:
         """
         deleted: dict[str, int] = dict.fromkeys(PURGED, 0)
         for table, n in purge_steps(self._conn(), older_than_days, now, chunk=chunk):
-            deleted[table] += n
+            if table in deleted:  # not the reads index
+                deleted[table] += n
         return deleted
 
     # ---- health ----------------------------------------------------------------------
@@ -749,6 +779,10 @@ class Store:
         busy, frames, done = self._conn().execute(
             f"PRAGMA wal_checkpoint({mode.upper()})").fetchone()
         return int(busy), int(frames), int(done)
+
+
+def _max_id(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
 
 
 def _check_table(table: str, allowed: Sequence[str] = OUTBOX_TABLES) -> None:
@@ -788,20 +822,43 @@ def purge_steps(conn: sqlite3.Connection, older_than_days: float,
         if top_row[0] is None:
             continue
         top = int(top_row[0])  # the newest row stays: ids are never reused
+        args: tuple[int, ...] = (cutoff, top, guard, hard_cutoff, chunk)
         sql = (f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
                f"WHERE {column} < ? AND id < ? AND (id <= ? OR {column} < ?) LIMIT ?)")
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = conn.execute(sql, (cutoff, top, guard, hard_cutoff, chunk)).rowcount
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            if n:
-                yield table, n
-            if n < chunk:
-                break
+        if table == "readings":
+            # readings has no time index: old rows are the first ids, up to the last id
+            # of a read before the cutoff
+            bound = conn.execute("SELECT max(last_id) FROM reads WHERE ts < ?",
+                                 (cutoff,)).fetchone()[0]
+            if bound is None:
+                continue
+            sql = sql.replace("WHERE ts < ?", "WHERE id <= ? AND ts < ?")
+            args = (int(bound), *args)
+        yield from _delete_steps(conn, table, sql, args)
+        if table == "readings":
+            # the reads whose readings are all gone, by the same rules
+            yield from _delete_steps(
+                conn, "reads", "DELETE FROM reads WHERE first_id IN (SELECT first_id FROM "
+                "reads WHERE ts < ? AND last_id < ? AND (last_id <= ? OR ts < ?) LIMIT ?)",
+                (cutoff, top, guard, hard_cutoff, chunk))
+
+
+def _delete_steps(conn: sqlite3.Connection, table: str, sql: str,
+                  args: tuple[int, ...]) -> Iterator[tuple[str, int]]:
+    """Run a ``DELETE .. LIMIT`` (its last argument) in transactions until it deletes
+    fewer rows than that; yields (table, rows deleted) per transaction."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute(sql, args).rowcount
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if n:
+            yield table, n
+        if n < args[-1]:
+            break
 
 
 def purge_shipped(conn: sqlite3.Connection, *, chunk: int = 20_000) -> int:
@@ -825,6 +882,9 @@ def purge_shipped(conn: sqlite3.Connection, *, chunk: int = 20_000) -> int:
             n = conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
                              f"WHERE id <= ? AND id < ? ORDER BY id LIMIT ?)",
                              (int(guard), int(top), chunk)).rowcount
+            if table == "readings":  # reads whose readings are all gone
+                conn.execute("DELETE FROM reads WHERE first_id < ? AND last_id < "
+                             "(SELECT min(id) FROM readings)", (int(top),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -1251,7 +1311,8 @@ class StoreWriter:
         except sqlite3.Error as e:
             log.error("store: retention purge failed: %s", e)
             return None
-        self.purged_rows += n
+        if table in PURGED:  # not the reads index
+            self.purged_rows += n
         log.info("store: retention purged %d %s rows", n, table)
         return purge
 
@@ -1416,9 +1477,13 @@ class StoreWriter:
             # readings per meter, and a statement per chunk would cost more than the rows.
             for kind, group in itertools.groupby(batch, key=lambda c: c[0]):
                 items = list(itertools.chain.from_iterable(c[1] for c in group))
+                before = _max_id(conn, "readings") if kind == _READINGS else -1
                 conn.executemany(*self._rows(kind, items, now_ms))
+                if before >= 0:
+                    conn.execute(INDEX_READS, (before,))
             conn.execute("COMMIT")
             return 0, 0
+        before = _max_id(conn, "readings")
         for kind, items in batch:
             sql = self._rows(kind, items, now_ms)[0]
             for item in items:
@@ -1428,6 +1493,7 @@ class StoreWriter:
                     rejected += 1
                     rejected_readings += kind == _READINGS
                     log.error("store: row refused and skipped: %r: %s", item, e)
+        conn.execute(INDEX_READS, (before,))
         conn.execute("COMMIT")
         return rejected, rejected_readings
 

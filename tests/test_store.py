@@ -70,7 +70,7 @@ def test_schema_wal_and_version(tmp_path: Path) -> None:
         assert s.schema_version == SCHEMA_VERSION
         names = {r[0] for r in raw(s, "SELECT name FROM sqlite_schema")}
         assert {"readings", "events", "commands", "cycles", "meters", "cursors",
-                "readings_meter_ts", "readings_ts"} <= names
+                "reads", "reads_meter_ts", "reads_ts", "indexed_readings"} <= names
         columns = [r[1] for r in raw(s, "PRAGMA table_info(readings)")]
         assert columns == ["id", "meter", "quantity", "value", "unit", "ts", "meter_ts",
                            "quality"]
@@ -402,6 +402,68 @@ def test_retention_keeps_what_a_forwarder_has_not_passed(store: Store) -> None:
     assert store.purge(30, now=later)["readings"] == 9
     assert [r.id for r in store.recent_readings()] == [30]
     assert store.write_readings(readings(1)) == 31
+    # The reads index keeps exactly the reads that still have readings.
+    assert reads_consistent(store)
+
+
+def reads_consistent(store: Store) -> bool:
+    """Every reading is reached through exactly one read, and every read reaches one."""
+    (per_reading,) = raw(store, "SELECT count(*) FROM indexed_readings")
+    (readings_n,) = raw(store, "SELECT count(*) FROM readings")
+    (empty_reads,) = raw(store, "SELECT count(*) FROM reads x WHERE NOT EXISTS (SELECT 1 "
+                                "FROM readings r WHERE r.id BETWEEN x.first_id AND x.last_id "
+                                "AND r.meter = x.meter AND r.ts = x.ts)")
+    (distinct,) = raw(store, "SELECT count(DISTINCT id) FROM indexed_readings")
+    return per_reading == readings_n == distinct and empty_reads == (0,)
+
+
+async def test_reads_index_one_row_per_read(store: Store) -> None:
+    """A meter read's readings get one index row; queries by meter and time through it
+    return each reading once, also when reads of several meters are interleaved."""
+    at = [T0 + dt.timedelta(minutes=k) for k in range(3)]
+    polls = [[Reading(m, q, float(k), "V", at[k]) for q in ("voltage_a", "voltage_b")]
+             for k in range(3) for m in ("m1", "m2", "m3")]
+    mixed = [Reading(m, "current_a", 1.0, "A", at[2]) for m in ("m1", "m2", "m1", "m2")]
+    async with StoreWriter(store) as w:
+        for p in polls:
+            w.put_many(p)
+        w.put_many(mixed)  # m1 and m2 interleaved, same time: they were read together
+    # 9 reads; the mixed one joins m1's and m2's reads at at[2] when committed with them
+    assert raw(store, "SELECT count(*) FROM reads")[0][0] in (9, 11)
+    m1 = store.recent_readings(meter="m1", limit=100)
+    assert len(m1) == 3 * 2 + 2 and {r.meter for r in m1} == {"m1"}
+    since = store.recent_readings(since=at[1], until=at[2], limit=100)
+    assert len(since) == 3 * 2 and {r.ts for r in since} == {at[1]}
+    assert [r.ts for r in store.recent_readings(limit=4)] == [at[2]] * 4
+    assert reads_consistent(store)
+
+
+def test_upgrade_from_version_3_indexes_stored_readings(tmp_path: Path) -> None:
+    """A store of the previous schema is upgraded in place: its readings are found by
+    meter and time through the new reads index, and nothing is lost."""
+    from collector.store import MIGRATIONS, _split_sql
+    path = tmp_path / DB_NAME
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:
+        for statement in _split_sql(script):
+            conn.execute(statement)
+    rows = [(m, "voltage_a", 220.0 + i, "V", to_ms(T0) + 60_000 * (i // 2), None, 0)
+            for i in range(20) for m in ("m1", "m2")]
+    rows += [("m1", "voltage_b", 1.0, "V", to_ms(T0), None, 0)]  # same read, later row
+    conn.executemany("INSERT INTO readings (meter, quantity, value, unit, ts, meter_ts, "
+                     "quality) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.count("readings") == len(rows)
+        m1 = s.recent_readings(meter="m1", limit=1000)
+        assert len(m1) == 21 and {r.meter for r in m1} == {"m1"}
+        assert {r.quantity for r in m1 if r.ts == T0} == {"voltage_a", "voltage_b"}
+        assert reads_consistent(s)
+        names = {r[0] for r in raw(s, "SELECT name FROM sqlite_schema")}
+        assert "readings_meter_ts" not in names and "readings_ts" not in names
 
 
 class StoreWriterless:
