@@ -2,6 +2,7 @@
 store, against a bare influxdb-client write loop.
 
     .venv/bin/python tests/bench/bench_pipeline.py [--rows 1000000] [--batch 5000]
+                                                   [--gzip-level 6]
 
 1. Pipeline: readings are handed over the way the poller hands them to the daemon (one
    ``put_many`` of 8 readings per meter read, as ``Daemon._on_readings`` does), the
@@ -11,7 +12,8 @@ store, against a bare influxdb-client write loop.
 2. Bare: the same readings written straight to a fresh server by influxdb-client's
    synchronous WriteApi in a loop, batches of the same size, gzip: each batch turned
    into line protocol with f-strings (the fastest conversion in Python; influxdb-client's
-   Point objects are several times slower), no store in between.
+   Point objects are several times slower), no store in between.  Once with the
+   client's own gzip (level 9), once at the pipeline's level (``--gzip-level``).
 3. Bare, pre-built: the same lines built beforehand, only the writes timed (the
    ceiling: HTTP, gzip and the server).
 Goal: pipeline >= 50k points/s and >= 0.8x bare.
