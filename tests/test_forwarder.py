@@ -207,6 +207,31 @@ async def test_forwarding_goes_on_while_the_store_writer_holds_the_lock(
     assert len(got["M1"]) == len(got["M2"]) == 300
 
 
+async def test_worker_process_killed_forwarding_goes_on(store: Store, vm: VictoriaMetrics,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    """The worker process dies mid-backlog: the forwarder converts in its thread and
+    every row still arrives once."""
+    n = 20_000  # per meter: 400 batches, seconds of work
+    store.write_readings(readings(0, n))
+    fwd = forwarder(store, vm, batch=100, process_backlog=1)
+    task = asyncio.create_task(fwd.run())
+    try:
+        await until(lambda: fwd.stats.worker_batches >= 3)
+        (pid,) = worker_processes(os.getpid())
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: caught_up(store), timeout=30)
+    finally:
+        fwd.stop()
+        await task
+    assert "worker process failed" in caplog.text
+    assert fwd.stats.worker_batches < 2 * n // 100  # the rest was converted in-thread
+    got = samples(vm, '{__name__="reading_value"}')
+    expected = [to_ms(T0) + 1000 * i for i in range(n)]
+    assert got["M1"] == expected and got["M2"] == expected
+    assert worker_processes(os.getpid()) == []  # gone, not restarted within the minute
+
+
 SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from collector.forwarder import Forwarder
