@@ -27,6 +27,14 @@ def parse(line: str) -> tuple[str, float, int]:
     return head, float(value[len("value="):]), int(ts)
 
 
+def commit(store: Store, rows: list[Reading]) -> None:
+    """The rows through the StoreWriter, as the daemon stores them."""
+    async def put() -> None:
+        async with StoreWriter(store) as w:
+            w.put_many(rows)
+    asyncio.run(put())
+
+
 @pytest.mark.parametrize("precision", ["s", "ms", "us", "ns"])
 def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     values = [220.0, 0.1 + 0.2, 812345.67, -3.5, 1 / 3, 1e20, 5e-324, math.nan, math.inf,
@@ -37,10 +45,7 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
             for m in ("M 1,x=y", "M2", "unconfigured meter")
             for q in ("voltage_a", "odd quantity,x")]
     with Store(tmp_path / "amic.db") as store:
-        async def put() -> None:
-            async with StoreWriter(store) as w:
-                w.put_many(rows)
-        asyncio.run(put())
+        commit(store, rows)
         fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
                         precision=precision, batch=10_000)
         batch = fwd._prepare("readings", 0)
@@ -64,10 +69,7 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
             for i, v in enumerate(values * 40) for m in ("M 1,x=y", "M2")]
     rows.append(Reading("unconfigured", "voltage_a", 1.0, "V", T0))
     with Store(tmp_path / "amic.db") as store:
-        async def put() -> None:
-            async with StoreWriter(store) as w:
-                w.put_many(rows)
-        asyncio.run(put())
+        commit(store, rows)
         here = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
                          batch=100, process_backlog=0)
         worker = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
