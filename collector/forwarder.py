@@ -95,7 +95,6 @@ def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
     return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
 
 
-
 @dataclass(slots=True)
 class _Batch:
     """One batch of a table, ready to POST."""
