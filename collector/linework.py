@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -179,4 +180,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C on a foreground `amic run` reaches the whole process group: the daemon
+    # stops, and this process ends when its stdin closes, without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import amic_simulator
 from daemonproc import Daemon as DaemonProcess
+from daemonproc import gone, worker_processes
 from victoria import VictoriaMetrics
 
 from collector.config import ConfigError, load_settings
@@ -134,6 +135,7 @@ commit_interval = "100ms"
 url = "{url}"
 bucket = "amic"
 batch = 1
+worker_backlog = 1  # the backlog goes through the worker process
 
 [[bus]]
 name = "conc-1"
@@ -167,8 +169,11 @@ def test_kill_9_of_the_daemon_while_forwarding_then_exactly_once(tmp_path: Path)
             vm.start()
             # One row per POST: catch the forwarder half-way through the backlog.
             wait_until(lambda: 20 <= shipped(tmp_path) <= last(tmp_path) - 50, 30, d)
+            workers = worker_processes(d.proc.pid)
             d.proc.send_signal(signal.SIGKILL)
             d.proc.wait(timeout=10)
+            assert len(workers) == 1  # the backlog went through the worker process ...
+            assert gone(workers[0])  # ... which ends with the daemon
             at_kill = shipped(tmp_path), last(tmp_path)
             assert 0 < at_kill[0] < at_kill[1]
             d.sock.close()

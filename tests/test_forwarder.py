@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import until
+from daemonproc import gone, worker_processes
 from victoria import VM_BIN, VictoriaMetrics
 
 from collector.forwarder import Forwarder, escape_tag, read_token
@@ -251,29 +252,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def worker_processes(parent: int) -> list[int]:
-    """Pids of the forwarder worker processes (collector/linework.py) of ``parent``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and b"linework.py" in cmd:
-            found.append(int(d.name))
-    return found
-
-
-def zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def test_kill_9_mid_way_exactly_once(tmp_path: Path, store: Store,
                                      vm: VictoriaMetrics) -> None:
     n = 20_000  # per meter
@@ -299,11 +277,7 @@ def test_kill_9_mid_way_exactly_once(tmp_path: Path, store: Store,
     killed_at = store.cursor("timeseries", "readings")
     assert 0 < killed_at < last
     assert len(workers) == 1
-    # The worker process ends with the forwarder's process (its stdin closes).
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{workers[0]}").exists() and not zombie(workers[0]):
-        assert time.monotonic() < deadline, "the worker process outlived the forwarder"
-        time.sleep(0.05)
+    assert gone(workers[0]), "the worker process outlived the forwarder"
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert TOKEN not in out.stdout + out.stderr
