@@ -415,9 +415,12 @@ class Store:
         self.close()
 
     @contextlib.contextmanager
-    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _write(self, conn: sqlite3.Connection | None = None, *,
+               begun: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``begun``: the caller has already begun it)."""
         conn = conn or self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        if not begun:
+            conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
         except BaseException:
@@ -637,9 +640,7 @@ class Store:
     def _advance(self, name: str, table: str, last_id: int, *, wait: bool) -> int | None:
         _check_table(table)
         conn = self._conn()
-        if wait:
-            conn.execute("BEGIN IMMEDIATE")
-        else:
+        if not wait:
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -649,20 +650,15 @@ class Store:
                 return None
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        try:
+        with self._write(conn, begun=not wait):
             conn.execute(
                 "INSERT INTO cursors (name, table_name, last_id, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name, table_name) DO UPDATE SET last_id = excluded.last_id, "
                 "updated = excluded.updated WHERE excluded.last_id > cursors.last_id",
                 (name, table, int(last_id), to_ms(dt.datetime.now(dt.UTC))))
-            pos = int(conn.execute(
+            return int(conn.execute(
                 "SELECT last_id FROM cursors WHERE name = ? AND table_name = ?",
                 (name, table)).fetchone()[0])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return pos
 
     def drop_cursor(self, name: str, table: str | None = None) -> int:
         """Forget a forwarder (so it no longer holds back retention); returns rows removed."""
@@ -822,19 +818,19 @@ def purge_steps(conn: sqlite3.Connection, older_than_days: float,
         if top_row[0] is None:
             continue
         top = int(top_row[0])  # the newest row stays: ids are never reused
-        args: tuple[int, ...] = (cutoff, top, guard, hard_cutoff, chunk)
-        sql = (f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
-               f"WHERE {column} < ? AND id < ? AND (id <= ? OR {column} < ?) LIMIT ?)")
+        bound = 2**62
         if table == "readings":
             # readings has no time index: old rows are the first ids, up to the last id
             # of a read before the cutoff
-            bound = conn.execute("SELECT max(last_id) FROM reads WHERE ts < ?",
-                                 (cutoff,)).fetchone()[0]
-            if bound is None:
+            last = conn.execute("SELECT max(last_id) FROM reads WHERE ts < ?",
+                                (cutoff,)).fetchone()[0]
+            if last is None:
                 continue
-            sql = sql.replace("WHERE ts < ?", "WHERE id <= ? AND ts < ?")
-            args = (int(bound), *args)
-        yield from _delete_steps(conn, table, sql, args)
+            bound = int(last)
+        yield from _delete_steps(
+            conn, table, f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE "
+            f"id <= ? AND {column} < ? AND id < ? AND (id <= ? OR {column} < ?) LIMIT ?)",
+            (bound, cutoff, top, guard, hard_cutoff, chunk))
         if table == "readings":
             # the reads whose readings are all gone, by the same rules
             yield from _delete_steps(
