@@ -54,17 +54,24 @@ async def run_forwarder(store: Store, url: str, batch: int, gzip: bool,
                         meters: list[MeterSettings]) -> tuple[float, int]:
     fwd = Forwarder(store, url, org="amic", bucket="amic", token="t", batch=batch,
                     gzip=gzip, meters=meters, idle_interval=0.01, name="bench")
-    last = store.last_id("readings")
     t = time.perf_counter()
     task = asyncio.create_task(fwd.run())
-    while store.cursor("bench", "readings") < last:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
+    await wait_shipped(store, "bench", task, poll=0.005)
     dt_ = time.perf_counter() - t
     fwd.stop()
     await task
     return dt_, fwd.stats.points_sent
+
+
+async def wait_shipped(store: Store, name: str, task: asyncio.Task[None],
+                       poll: float = 0.002) -> None:
+    """Until forwarder ``name`` has shipped every stored reading; raises what its task
+    raised."""
+    last = store.last_id("readings")
+    while store.cursor(name, "readings") < last:
+        if task.done():
+            task.result()
+        await asyncio.sleep(poll)
 
 
 def run_bare(url: str, lines: list[str], batch: int, gzip: bool) -> float:

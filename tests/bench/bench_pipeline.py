@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_forward import run_bare  # the same pre-built-lines loop
+from bench_forward import run_bare, wait_shipped  # the same pre-built-lines loop
 from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-defined]
 from influxdb_client.client.write_api import SYNCHRONOUS
 from victoria import VictoriaMetrics
@@ -89,11 +89,7 @@ async def run_pipeline(path: Path, url: str, reads: list[list[Reading]], batch: 
                                                                          "readings"))
     await writer.flush()
     committed = time.perf_counter() - t
-    last = store.last_id("readings")
-    while store.cursor("timeseries", "readings") < last:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.002)
+    await wait_shipped(store, "timeseries", task)
     acked = time.perf_counter() - t
     fwd.stop()
     await task
