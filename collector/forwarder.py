@@ -90,6 +90,22 @@ def read_token(token: str | None = None, token_file: Path | str | None = None) -
     return os.environ.get(TOKEN_ENV, "").strip()
 
 
+class _TokenFilter(logging.Filter):
+    """Masks the token in records logged on the root logger: influxdb_client logs an
+    unparsable error body there at DEBUG, and a 401 body may echo the Authorization
+    header."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.token in text:
+            record.msg, record.args = text.replace(self.token, "***"), None
+        return True
+
+
 def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
     """``,k=v`` for each pair with a non-empty value."""
     return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
@@ -215,6 +231,7 @@ class Forwarder:
         self.stats = ForwarderStats()
         self.on_event = on_event  # called from the forwarder's thread
         self._token = read_token(token, token_file)
+        self._log_filter: _TokenFilter | None = None  # while open: masks the token
         self._write_precision, self._ts_mult = _PRECISION[precision]
         self._meter_tags: dict[str, str] = {}
         self._meter_bus: dict[str, str] = {}
@@ -387,6 +404,9 @@ class Forwarder:
     # ---- the loop ----------------------------------------------------------------------
 
     def _open(self) -> None:
+        if self._token and self._log_filter is None:
+            self._log_filter = _TokenFilter(self._token)
+            logging.getLogger().addFilter(self._log_filter)
         self._client = InfluxDBClient(url=self.url, token=self._token, org=self.org,
                                       enable_gzip=self.gzip, timeout=int(self.timeout * 1000))
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
@@ -422,6 +442,9 @@ class Forwarder:
                 self._client.close()  # type: ignore[no-untyped-call]
         self._client = None
         self._write_api = None
+        if self._log_filter is not None:
+            logging.getLogger().removeFilter(self._log_filter)
+            self._log_filter = None
 
     def _prepare(self, table: str, after_id: int) -> _Batch:
         """The batch of ``table`` after ``after_id``."""
@@ -670,10 +693,10 @@ class Forwarder:
 
     def _mask(self, text: str) -> str:
         """One line of at most 300 characters, without the token."""
-        text = " ".join(text.split())[:300]
+        # Mask before cutting: a cut through the token would leave a prefix of it behind.
         if self._token:
             text = text.replace(self._token, "***")
-        return text
+        return " ".join(text.split())[:300]
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._executor is not None

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import gzip
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -138,3 +139,65 @@ def test_auth_error_is_retried_not_dead_lettered(store: Store) -> None:
     assert store.cursor("timeseries", "readings") == 0  # still waiting to be shipped
     assert store.dead_letters() == []
     assert fwd.stats.failures >= 3 and "401" in fwd.stats.last_error
+
+
+class EchoAuth:
+    """Answers every write 401 with a body that echoes the Authorization header, after a
+    filler that grows by 5 characters a request: the 300-character cut of the logged
+    error falls on every part of the echoed token in turn."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                filler = "x" * (5 * outer.requests)
+                outer.requests += 1
+                data = (f"{filler} unauthorized: bad header Authorization: "
+                        f"{self.headers.get('Authorization')}").encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EchoAuth:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_token_echoed_by_a_401_never_reaches_the_log(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    token = "Qm9vZ2llV29vZ2llVG9r"  # 20 characters
+    put(store, [Reading("M1", "voltage_a", 1.0, "V", T0)])
+    caplog.set_level(logging.DEBUG)
+    errors: list[str] = []
+    with EchoAuth() as server:
+        fwd = Forwarder(store, server.url, org="o", bucket="b", token=token, meters=METERS,
+                        backoff_min=0.01, backoff_max=0.01, idle_interval=0.01)
+
+        def seen() -> bool:
+            if fwd.stats.last_error and fwd.stats.last_error not in errors:
+                errors.append(fwd.stats.last_error)
+            return server.requests >= 80
+
+        run_until(fwd, seen, timeout=30.0)
+    assert fwd.stats.failures >= 80 and "401" in fwd.stats.last_error
+    logged = caplog.text + "\n".join(errors)
+    assert "unauthorized" in logged and "***" in logged  # the echo was logged, masked
+    leaks = {token[i:i + 4] for i in range(len(token) - 3)} & {
+        logged[i:i + 4] for i in range(len(logged) - 3)}
+    assert not leaks, leaks
