@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -860,8 +861,9 @@ class _Loader:
                             commands=commands)
 
     def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
-        """The secret in the file ``data[key]`` names (a warning if others may read it),
-        else the environment variable ``env``; never the config file itself."""
+        """The secret in the file ``data[key]`` names (a problem if group or others may
+        access it, as for the secrets file), else the environment variable ``env``; never
+        the config file itself."""
         name = self.optional(t, data, key, _nonempty_conv("a file path"), None)
         if name is None:
             return os.environ.get(env)
@@ -874,8 +876,12 @@ class _Loader:
         except OSError as e:
             self.add(t, key, "a readable file", f"{path} ({e.strerror})")
             return None
-        if path.stat().st_mode & 0o077:
-            log.warning("%s: %s %s is readable by others; chmod 600 it", self.file, key, path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            self.add(t, key, "a file only its owner can access (mode 0600 or 0400)",
+                     f"{path} with mode {mode:04o} (group or others may read it; "
+                     f"chmod 600 {path})")
+            return None
         return text
 
     def timeseries(self, value: object) -> TimeseriesSettings | None:

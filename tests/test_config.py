@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from collector.cli.config import EXIT_INVALID
 from collector.cli.config import config as config_group
 from collector.config import (
     BUS_COMMON_KEYS,
@@ -1015,11 +1017,52 @@ def test_mqtt_bad_url_and_missing_files() -> None:
     assert any('key "ca_file": expected a readable file' in p for p in found), found
 
 
+TIMESERIES = """
+[timeseries]
+url = "http://127.0.0.1:8428"
+token_file = "tsdb.token"
+"""
+
+
+@pytest.mark.parametrize(("text", "name", "key"), [
+    (MQTT, "mqtt.pw", "password_file"), (TIMESERIES, "tsdb.token", "token_file")],
+    ids=["mqtt", "timeseries"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660], ids=oct)
+def test_password_and_token_files_others_may_read_are_refused(
+        text: str, name: str, key: str, mode: int) -> None:
+    Path(name).write_text("s3cret-value\n")
+    Path(name).chmod(mode)
+    found = problem(BASE + text)
+    assert f'key "{key}"' in found and f"{Path(name).resolve()}" in found, found
+    assert f"mode {mode:04o}" in found and "chmod 600" in found, found
+    assert "s3cret" not in found
+    for private in (0o600, 0o400):
+        Path(name).chmod(private)
+        load(BASE + text)
+
+
+def test_config_check_and_run_refuse_a_token_file_others_may_read() -> None:
+    from conftest import amic_command
+
+    Path("tsdb.token").write_text("s3cret-value\n")
+    Path("tsdb.token").chmod(0o644)
+    Path("amic.toml").write_text(BASE + TIMESERIES)
+    r = CliRunner().invoke(config_group, ["check", "amic.toml"])
+    assert r.exit_code == EXIT_INVALID and "Traceback" not in r.output
+    assert 'key "token_file"' in r.stdout and "mode 0644" in r.stdout, r.output
+    # A separate process: amic run sets up the root logger.
+    run = subprocess.run([*amic_command(), "run", "--config", "amic.toml"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 78, run.stderr
+    assert "mode 0644" in run.stderr and "s3cret" not in run.stderr + run.stdout
+
+
 def test_gateway_needs_mqtt_and_bus_needs_a_known_gateway() -> None:
     text = BASE + MQTT.replace('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nusername = "amic"\n'
                                'password_file = "mqtt.pw"\n', "")
     assert any("[mqtt] table" in p for p in problems(text))
     Path("mqtt.pw").write_text("x")
+    Path("mqtt.pw").chmod(0o600)
     found = problem(BASE + MQTT.replace('gateway = "gw-01"', 'gateway = "gw-02"'))
     assert 'key "gateway": expected the name of a [[gateway]], got "gw-02"' in found
 
