@@ -12,7 +12,9 @@ Every switching runs the same sequence:
 1. read the state *before* (DL/T645: status word 3: relay open, relay command state,
    pre-trip alarm, hold power; Modbus: the profile's relay readback) and the forward
    active energy (a failed energy read is tolerated: ``energy_before`` is None).  If the
-   state cannot be read, nothing is sent (``failed``);
+   state cannot be read, nothing is sent (``failed``); a trip while hold power (保电) is
+   on is not sent either (``refused``, error bit ``hold_power``): the meter would ack it
+   and keep the relay closed.  A dry run (``dry_run=True``) stops here (``dry_run``);
 2. send the command **once** (never retried);
 3. poll the state every ``poll_interval`` until it is the state the action leads to, or
    ``verify_timeout`` (counted from the command) runs out;
@@ -24,18 +26,25 @@ Outcome ``status``:
                       to the read that showed it)
 ``refused``           the meter answered the command abnormally; ``error_bits`` names why
                       (``unauthorised`` for a wrong password, ``other_error`` for an
-                      expired command on the simulator, Modbus exception names)
+                      expired command on the simulator, Modbus exception names); or a
+                      trip found hold power on at the pre-read (``hold_power``, not sent)
 ``unconfirmed``       the meter acknowledged (or answered the command from the right
                       address with a reply that does not match it, e.g. a Modbus echo of
                       the relay's old state), but the state did not follow in time (a trip
                       under hold power: the meter acks and keeps the relay closed)
 ``address_mismatch``  some reply came from another meter (address / unit id): the
-                      sequence stopped on the spot and nothing more went to the meter;
-                      such a reply is never taken as success
+                      sequence stopped on the spot and no command more went to the meter;
+                      such a reply is never taken as success.  If the command had been
+                      sent, the relay state is read once more from the meter's address
+                      and reported in ``after`` and the detail
 ``failed``            no usable state before (nothing sent), or no acknowledgement and the
                       state did not follow
 ``unsupported``       the meter cannot do this (DL/T645-1997, a Modbus profile without a
                       relay or without a readback, hold power / alarm on Modbus)
+``dry_run``           a dry run: the command is possible and the state before was read;
+                      nothing sent (a dry run also ends ``failed``, ``unsupported``,
+                      ``refused`` for hold power, or ``address_mismatch``, as the real
+                      command would)
 
 What is expected of each action (DL/T645, status word 3):
 
@@ -83,7 +92,7 @@ Action = Literal["trip", "restore", "hold", "release", "alarm", "alarm_release"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 
 Status = Literal["confirmed", "refused", "unconfirmed", "address_mismatch", "failed",
-                 "unsupported"]
+                 "unsupported", "dry_run"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 EXIT_CONFIRMED = 0
@@ -92,6 +101,7 @@ EXIT_UNCONFIRMED = 4
 EXIT_ADDRESS_MISMATCH = 5
 EXIT_FAILED = 6
 EXIT_UNSUPPORTED = 7
+EXIT_DRY_RUN = 0
 EXIT_CODES: dict[Status, int] = {
     "confirmed": EXIT_CONFIRMED,
     "refused": EXIT_REFUSED,
@@ -99,6 +109,7 @@ EXIT_CODES: dict[Status, int] = {
     "address_mismatch": EXIT_ADDRESS_MISMATCH,
     "failed": EXIT_FAILED,
     "unsupported": EXIT_UNSUPPORTED,
+    "dry_run": EXIT_DRY_RUN,
 }
 """Process exit code of the relay CLI for each outcome status."""
 
@@ -272,6 +283,8 @@ class _Plan:
     expectation: str  # "relay open", for details
     command: str  # "trip (1A)", for details
     secret: str = ""  # scrubbed from every detail
+    trip: bool = False  # not sent under hold power
+    dry_run: bool = False  # stop after the state before
 
 
 async def _guarded(call: Callable[[], Awaitable[_T]], step: str, attempts: int = 1) -> _T:
@@ -302,13 +315,27 @@ async def _run(plan: _Plan, out: RelayOutcome, verify_timeout: float,
         out.status = "address_mismatch"
         sent = "after the command was sent" if out.command_sent else "nothing was sent"
         out.detail = (f"{e.step}: reply from {e.error.got} instead of {e.error.expected}; "
-                      f"stopped, {sent} and nothing more goes to this meter")
+                      f"stopped, {sent} and no command more goes to this meter")
+        if out.command_sent:
+            out.detail += await _reread(plan, out)
     finally:
         session.retries = retries
         out.round_trips = session.requests - first_request
     if plan.secret:
         out.detail = out.detail.replace(plan.secret, "********")
     return out
+
+
+async def _reread(plan: _Plan, out: RelayOutcome) -> str:
+    """After a foreign reply to a sent command: the real relay state, read (once, no
+    command) from the meter's own address into ``out.after``; a sentence on it."""
+    try:
+        out.after = await _guarded(plan.read_state, "relay state re-read")
+    except _Foreign as e:
+        return f"; the re-read of the relay state was answered by {e.error.got} too"
+    except DriverError as e:
+        return f"; the relay state could not be read again: {e}"
+    return f"; relay state read again from {out.address}: {_describe(out.after)}"
 
 
 async def _sequence(plan: _Plan, out: RelayOutcome, verify_timeout: float,
@@ -319,6 +346,18 @@ async def _sequence(plan: _Plan, out: RelayOutcome, verify_timeout: float,
     except DriverError as e:
         out.status = "failed"
         out.detail = f"relay state unreadable, {plan.command} not sent: {e}"
+        return
+    if plan.trip and out.before.hold_power:
+        out.status = "refused"
+        out.error_bits = ["hold_power"]
+        out.detail = (f"hold power on: {plan.command} not sent (the meter keeps the relay "
+                      f"closed until hold power is released); {_describe(out.before)}")
+        return
+    if plan.dry_run:
+        out.status = "dry_run"
+        already = f" (already {plan.expectation})" if plan.expected(out.before) else ""
+        out.detail = (f"dry run: {plan.command} would be sent{already}; "
+                      f"{_describe(out.before)}")
         return
     energy_note = ""
     if plan.read_energy is not None:
@@ -453,6 +492,7 @@ async def execute_dlt645(
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     encrypt: EncryptHook | None = None,
+    dry_run: bool = False,
 ) -> RelayOutcome:
     """Switch the relay of the DL/T645-2007 meter at ``address`` and verify it.
 
@@ -460,7 +500,7 @@ async def execute_dlt645(
     command; ``expiry`` the command's expiry (default now + 5 min), see
     :func:`command_expiry` for ``tz``; ``direct_close``: ``restore`` sends 1C (direct
     close) instead of 1B (close permitted); ``encrypt``: see
-    :meth:`Dlt645Session.remote_control`.
+    :meth:`Dlt645Session.remote_control`; ``dry_run``: everything but the command.
     """
     act = _check_action(action)
     _check_timing(verify_timeout, poll_interval)
@@ -498,7 +538,8 @@ async def execute_dlt645(
 
     expected, expectation = _dlt645_expectation(command)
     plan = _Plan(session, read_state, read_energy, send, expected, expectation,
-                 f"{command.name.lower()} ({command.value:02X})", secret=password.strip())
+                 f"{command.name.lower()} ({command.value:02X})", secret=password.strip(),
+                 trip=command is RelayCommand.TRIP, dry_run=dry_run)
     return await _run(plan, out, verify_timeout, poll_interval)
 
 
@@ -526,13 +567,15 @@ async def execute_modbus(
     profile: Profile,
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    dry_run: bool = False,
 ) -> RelayOutcome:
     """Trip or restore (close) the relay of Modbus ``unit`` as ``profile`` says, verified.
 
     The profile needs a ``[relay]`` with a readback; ``hold``, ``release``, ``alarm`` and
     ``alarm_release`` have no Modbus profile mapping: ``unsupported``, nothing sent.  A
     ``status_word_3`` register in the profile adds command state, hold power and alarm
-    to the reported states (not used for confirmation).
+    to the reported states (not used for confirmation; its hold power bit stops a trip).
+    ``dry_run``: everything but the command.
     """
     act = _check_action(action)
     _check_timing(verify_timeout, poll_interval)
@@ -591,7 +634,8 @@ async def execute_modbus(
     target = f"coil {relay.address}" if relay.kind == "coil" else f"register {relay.address}"
     plan = _Plan(session, read_state, read_energy, send, expected,
                  "relay open" if trip else "relay closed",
-                 f"{'trip' if trip else 'close'} ({target} = {value})")
+                 f"{'trip' if trip else 'close'} ({target} = {value})", trip=trip,
+                 dry_run=dry_run)
     return await _run(plan, out, verify_timeout, poll_interval)
 
 
@@ -630,6 +674,7 @@ async def execute(
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     encrypt: EncryptHook | None = None,
+    dry_run: bool = False,
 ) -> RelayOutcome:
     """:func:`execute_dlt645` or :func:`execute_modbus`, by the session's type.
 
@@ -644,13 +689,15 @@ async def execute(
         except ValueError:
             raise ValueError(f"Modbus unit id {address!r} is not a number") from None
         return await execute_modbus(action, session=session, unit=unit, profile=profile,
-                                    verify_timeout=verify_timeout, poll_interval=poll_interval)
+                                    verify_timeout=verify_timeout, poll_interval=poll_interval,
+                                    dry_run=dry_run)
     if password is None:
         raise ValueError("a DL/T645 relay command needs a password (LLPPPPPP)")
     return await execute_dlt645(action, session=session, address=str(address),
                                 password=password, operator=operator, expiry=expiry, tz=tz,
                                 direct_close=direct_close, verify_timeout=verify_timeout,
-                                poll_interval=poll_interval, encrypt=encrypt)
+                                poll_interval=poll_interval, encrypt=encrypt,
+                                dry_run=dry_run)
 
 
 __all__ = [
@@ -663,6 +710,7 @@ __all__ = [
     "EXIT_ADDRESS_MISMATCH",
     "EXIT_CODES",
     "EXIT_CONFIRMED",
+    "EXIT_DRY_RUN",
     "EXIT_FAILED",
     "EXIT_REFUSED",
     "EXIT_UNCONFIRMED",

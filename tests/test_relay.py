@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -109,18 +110,26 @@ async def test_restore_permitted_without_auto_close_reports_relay_still_open() -
         assert "close_direct (1C)" in out.detail
 
 
-async def test_hold_power_then_trip_is_never_confirmed() -> None:
-    async with one_meter() as (_, session, model):
+async def test_trip_under_hold_power_refused_at_once_from_the_pre_read() -> None:
+    async with one_meter() as (srv, session, model):
         out = await switch("hold", session)
         assert out.status == "confirmed" and model.hold_power, out.detail
         assert out.after is not None and out.after.hold_power
-        # The simulated meter acks the trip and keeps the relay closed under hold power.
-        out = await switch("trip", session, verify_timeout=0.3)
-        assert out.status == "unconfirmed", out.detail
-        assert out.acknowledged and not model.relay_open
-        assert out.after is not None and out.after.relay_open is False
-        assert "hold power is on" in out.detail and out.exit_code == 4
-        assert out.latency_ms is None and out.energy_at_switch is None
+        # The meter would ack the trip and keep the relay closed: the pre-read shows hold
+        # power, so the trip is not sent and the answer comes at once, not after the
+        # verify timeout.
+        requests = srv.stats.requests
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        out = await switch("trip", session, verify_timeout=10.0)
+        elapsed = loop.time() - started
+        assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
+        assert elapsed < 1.0, elapsed
+        assert "hold power on" in out.detail and out.exit_code == 3
+        assert not out.command_sent and not model.relay_open
+        assert out.before is not None and out.before.hold_power and out.after is None
+        assert out.round_trips == 1 == srv.stats.requests - requests  # the pre-read only
+        assert srv.meter(ADDR).audit[-1].action != "TRIP"
         out = await switch("release", session)
         assert out.status == "confirmed" and not model.hold_power, out.detail
         assert (await switch("trip", session)).status == "confirmed"
@@ -191,8 +200,40 @@ async def test_ack_from_another_address_is_never_success() -> None:
         out = await switch("trip", session)
         assert out.status == "address_mismatch", out.detail
         assert out.command_sent and not out.acknowledged and out.after is None
-        assert srv.stats.requests == 3 == out.round_trips  # no verification read
+        # status, energy, command, one re-read of the state (answered by the impostor)
+        assert srv.stats.requests == 4 == out.round_trips
         assert "remote control" in out.detail or "trip" in out.detail
+        assert "re-read" in out.detail and OTHER in out.detail
+
+
+class ForeignAck(SimulatedMeter):
+    """A real simulated meter that acts on relay commands, but whose ack carries another
+    address (e.g. a concentrator mixing up replies); every other reply is its own."""
+
+    def __init__(self, model: MeterModel) -> None:
+        super().__init__(model)
+        self.commands = 0
+
+    def handle(self, frame: Frame) -> Frame | None:
+        reply = super().handle(frame)
+        if frame.function != 0x1C or reply is None:
+            return reply
+        self.commands += 1
+        return Frame(OTHER, reply.control, reply.data)
+
+
+async def test_address_mismatch_reports_the_real_relay_state() -> None:
+    meter = ForeignAck(MeterModel(ADDR, seed="3"))
+    async with line([meter]) as (srv, session):
+        out = await switch("trip", session)
+        assert out.status == "address_mismatch" and out.exit_code == 5, out.detail
+        assert meter.model.relay_open  # the meter did act on the command
+        # The state read again from ADDR, after the foreign ack: the relay is open.
+        assert out.after is not None and out.after.relay_open is True
+        assert out.relay_closed is False and out.as_dict()["after"]["relay_open"] is True
+        assert f"read again from {ADDR}: relay open" in out.detail, out.detail
+        # No second command: status, energy, command, the re-read.
+        assert meter.commands == 1 and srv.stats.requests == 4 == out.round_trips
 
 
 async def test_verification_read_from_another_address_stops_at_once() -> None:
@@ -209,7 +250,8 @@ async def test_verification_read_from_another_address_stops_at_once() -> None:
         out = await switch("trip", session)
         assert out.status == "address_mismatch", out.detail
         assert out.acknowledged and out.latency_ms is None
-        assert srv.stats.requests == 4 == out.round_trips  # one verification read, no more
+        # one verification read and one re-read, no more
+        assert srv.stats.requests == 5 == out.round_trips
         assert "relay state after" in out.detail
 
 
@@ -258,6 +300,31 @@ async def test_dlt645_1997_unsupported_and_argument_errors() -> None:
         assert srv.stats.requests == 0
 
 
+async def test_dry_run_predicts_and_sends_nothing() -> None:
+    async with one_meter() as (srv, session, model):
+        out = await switch("trip", session, dry_run=True)
+        assert out.status == "dry_run" and out.exit_code == 0, out.detail
+        assert "would be sent" in out.detail and "relay closed" in out.detail
+        assert not out.command_sent and not model.relay_open
+        assert srv.stats.requests == 1 == out.round_trips  # the pre-read only
+        old = Dlt645Session(session.bus, version=Version.V1997)
+        out = await execute_dlt645("trip", session=old, address=ADDR, password=PASSWORD,
+                                   dry_run=True)
+        assert out.status == "unsupported" and out.exit_code == 7
+        model.hold_power = True
+        out = await switch("trip", session, dry_run=True)
+        assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
+        assert (await switch("release", session, dry_run=True)).status == "dry_run"
+        assert not model.relay_open and model.hold_power
+    async with one_meter(faults=f"wrong-address:{ADDR}") as (_, session, _):
+        out = await switch("trip", session, dry_run=True)
+        assert out.status == "address_mismatch" and out.exit_code == 5, out.detail
+    async with line([]) as (_, session):  # nobody answers
+        out = await switch("trip", session, dry_run=True)
+        assert out.status == "failed" and out.exit_code == 6, out.detail
+        assert "unreadable" in out.detail
+
+
 async def test_execute_dispatches_to_dlt645() -> None:
     async with one_meter() as (_, session, model):
         out = await execute("trip", session=session, address=ADDR, password=PASSWORD,
@@ -278,7 +345,8 @@ def test_command_expiry_defaults_to_china_time_plus_five_minutes() -> None:
 
 def test_exit_codes() -> None:
     assert EXIT_CODES == {"confirmed": 0, "refused": 3, "unconfirmed": 4,
-                          "address_mismatch": 5, "failed": 6, "unsupported": 7}
+                          "address_mismatch": 5, "failed": 6, "unsupported": 7,
+                          "dry_run": 0}
     assert set(STATUSES) == set(EXIT_CODES)
     assert ACTIONS == ("trip", "restore", "hold", "release", "alarm", "alarm_release")
     assert exit_code("refused") == 3
@@ -361,16 +429,16 @@ async def test_modbus_trip_and_restore_confirmed(tmp_path: Path) -> None:
         assert out.relay_closed is True and not sim.model(1).relay_open
 
 
-async def test_modbus_trip_under_hold_power_unconfirmed(tmp_path: Path) -> None:
+async def test_modbus_trip_under_hold_power_refused_at_once(tmp_path: Path) -> None:
     profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
     async with modbus(profile) as (sim, session):
         sim.model(1).set_hold_power(True)
         out = await execute_modbus("trip", session=session, unit=1, profile=profile,
-                                   verify_timeout=0.2, poll_interval=0.05)
-        # The simulator echoes the relay's state (0): an answer, not an ack.
-        assert out.status == "unconfirmed", out.detail
-        assert not out.acknowledged and "does not match" in out.detail
-        assert "hold power is on" in out.detail and not sim.model(1).relay_open
+                                   verify_timeout=10.0, poll_interval=0.05)
+        # The profile's status word 3 shows hold power: the trip is not written.
+        assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
+        assert not out.command_sent and sim.stats.trips == 0
+        assert "hold power on" in out.detail and not sim.model(1).relay_open
 
 
 async def test_modbus_without_relay_or_hold_unsupported(tmp_path: Path) -> None:
@@ -383,6 +451,9 @@ async def test_modbus_without_relay_or_hold_unsupported(tmp_path: Path) -> None:
         assert "no relay control" in out.detail and not out.command_sent
         out = await execute_modbus("hold", session=session, unit=1, profile=with_relay)
         assert out.status == "unsupported" and "hold" in out.detail
+        out = await execute_modbus("trip", session=session, unit=1, profile=plain,
+                                   dry_run=True)
+        assert out.status == "unsupported" and "no relay control" in out.detail
         assert sim.stats.requests == 0 and session.requests == 0
         with pytest.raises(ValueError, match="broadcast"):
             await execute_modbus("trip", session=session, unit=0, profile=with_relay)
