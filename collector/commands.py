@@ -16,8 +16,18 @@ engine) and ``amic trip`` without ``--via`` (the CLI owning the buses itself) us
   state, energy at switching and latency in ``detail`` (JSON).  ``amic audit`` lists them;
   the forwarder ships them (measurement ``command``; numeric fields from the detail).
 
-``dry_run`` checks everything (meter known, secrets present, bus running) and reads the
-relay state, but sends nothing; it is recorded as ``dry_run``.
+``dry_run`` checks everything (meter known, secrets present, bus running, the command
+supported, the relay state readable, no hold power under a trip) and reads the relay
+state, but sends nothing; it is recorded as kind ``dry_run`` with the status the real
+command would start with (``dry_run`` when it would be sent; ``failed``, ``unsupported``,
+``refused``, ``address_mismatch`` or ``skipped_protected`` when not).
+
+A trip never reaches a protected meter: an area master meter (role ``area_master``) or
+a customer of ``[prepaid] protected`` (the hold-power list, see :func:`protected_meters`).
+It is recorded as ``skipped_protected`` (exit status 0: the policy worked), with why in
+the audit detail (``protected``).  ``force=True`` (``amic trip --force``, with the
+reason every command needs) trips it all the same; the audit detail then holds
+``forced`` (who, why, what protection was overridden).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from typing import Any, Final
 from drivers.errors import DriverError
 from protocols.modbus import Profile
 
+from .config import meters_matching
 from .records import CommandRecord, utcnow
 from .relay import (
     ACTIONS,
@@ -45,14 +56,16 @@ from .relay import (
 )
 from .scheduler import VERSIONS, BusWorker, Lane, WorkerStopped
 from .secrets import Secrets, SecretsError
-from .settings import CommandSettings, MeterSettings
+from .settings import CommandSettings, MeterSettings, Settings
 
 log = logging.getLogger("amic.commands")
 
 SWITCH_ACTIONS: Final = ACTIONS  # trip, restore, hold, release, alarm, alarm_release
 # Outcomes beyond relay.py's: not sent because of governance.
 EXIT_CODES_ALL: Final[dict[str, int]] = {**{str(k): v for k, v in EXIT_CODES.items()},
-                                         "expired": 8, "rejected": 9, "dry_run": 0, "ok": 0}
+                                         "expired": 8, "rejected": 9, "dry_run": 0, "ok": 0,
+                                         "skipped_protected": 0}
+SKIPPED_PROTECTED: Final = "skipped_protected"
 
 
 class CommandRejected(Exception):
@@ -63,6 +76,16 @@ def _state_dict(state: RelayState | None) -> dict[str, Any] | None:
     return state.as_dict() if state is not None else None
 
 
+def protected_meters(settings: Settings) -> dict[str, str]:
+    """Meter id -> why it is never tripped without force: the customers of ``[prepaid]
+    protected`` (area masters are protected by their role, see RelayService)."""
+    p = settings.prepaid
+    if p is None or not p.protected:
+        return {}
+    return {m.meter_id: "protected customer ([prepaid] protected, hold-power list)"
+            for m in meters_matching(settings, p.protected)}
+
+
 class RelayService:
     """Carries out verified relay commands on configured meters (see the module doc)."""
 
@@ -70,8 +93,10 @@ class RelayService:
                  workers: Callable[[], Mapping[str, BusWorker]],
                  secrets: Secrets | None, profile: Callable[[str], Profile],
                  record: Callable[[CommandRecord], None],
-                 settings: CommandSettings | None = None) -> None:
+                 settings: CommandSettings | None = None,
+                 protected: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.meters = meters
+        self.protected = protected  # meter id -> why (see protected_meters)
         self.workers = workers
         self.secrets = secrets
         self.profile = profile
@@ -119,13 +144,24 @@ class RelayService:
             raise CommandRejected(f"no password in the secrets file for "
                                   f"{', '.join(no_password[:10])}")
 
+    def protection(self, m: MeterSettings) -> str | None:
+        """Why a trip must not reach ``m`` without force (None: it may)."""
+        if m.role == "area_master":
+            return f"area master meter of area {m.area}" if m.area else "area master meter"
+        return (self.protected() if self.protected is not None else {}).get(m.meter_id)
+
     async def run(self, action: str, meter_ids: Iterable[str], *, operator: str,
                   reason: str, request_id: str | None = None, dry_run: bool = False,
-                  issued: dt.datetime | None = None) -> list[dict[str, Any]]:
+                  issued: dt.datetime | None = None,
+                  force: bool = False) -> list[dict[str, Any]]:
         """Carry out ``action`` on each meter (buses in parallel, meters of one bus in
-        turn); one result dict per meter, in the order given."""
+        turn); one result dict per meter, in the order given.  ``force``: trip
+        protected meters too (needs a reason; recorded)."""
         meters = self.find(meter_ids)
         self.check(action, meters, operator)
+        if force and not reason.strip():
+            raise CommandRejected("force needs a reason: who forces a protected meter and "
+                                  "why is recorded")
         rid = request_id or uuid.uuid4().hex
         issued = issued or utcnow()
         by_bus: dict[str, list[int]] = {}
@@ -137,13 +173,14 @@ class RelayService:
             for i in indexes:
                 results[i] = await self._one(action, meters[i], operator=operator,
                                              reason=reason, rid=rid, dry_run=dry_run,
-                                             issued=issued)
+                                             issued=issued, force=force)
 
         await asyncio.gather(*(bus_turn(ix) for ix in by_bus.values()))
         return results
 
     async def _one(self, action: str, m: MeterSettings, *, operator: str, reason: str,
-                   rid: str, dry_run: bool, issued: dt.datetime) -> dict[str, Any]:
+                   rid: str, dry_run: bool, issued: dt.datetime,
+                   force: bool = False) -> dict[str, Any]:
         base: dict[str, Any] = {"meter": m.meter_id, "bus": m.bus, "action": action}
         worker = self.workers().get(m.bus)
         if worker is None:
@@ -154,6 +191,18 @@ class RelayService:
         kind = "dry_run" if dry_run else action
         audit: dict[str, Any] = {"reason": reason, "request_id": rid, "bus": m.bus,
                                  "action": action, "issued": issued.isoformat()}
+        why = self.protection(m) if action == "trip" else None
+        if why is not None and not force:
+            audit["protected"] = why
+            audit["detail"] = f"{why}: not tripped (force with a reason to trip it)"
+            self._audit(command_id, m, kind, operator, SKIPPED_PROTECTED, audit)
+            log.info("command %s %s meter=%s: skipped, %s", rid, kind, m.meter_id, why)
+            return {**base, "status": SKIPPED_PROTECTED, "detail": audit["detail"],
+                    "command_id": command_id}
+        if why is not None:
+            audit["forced"] = {"by": operator, "reason": reason, "protected": why}
+            log.warning("command %s %s meter=%s: %s, forced by %s", rid, kind, m.meter_id,
+                        why, operator)
         expires = issued + dt.timedelta(seconds=self.settings.expiry)
         lock = self._bus_locks.setdefault(m.bus, asyncio.Lock())
         async with lock:
@@ -173,12 +222,14 @@ class RelayService:
                 result = await worker.submit(
                     Lane.COMMAND, lambda w: self._switch(w, m, action, operator, dry_run,
                                                          expires))
-            except (TimeoutError, DriverError, OSError, ValueError, WorkerStopped) as e:
+            except ValueError as e:  # the command cannot be built (a bad password...)
+                result = {"status": "failed", "detail": f"not sent: {e}"}
+            except (TimeoutError, DriverError, OSError, WorkerStopped) as e:
                 result = {"status": "failed", "detail": f"{type(e).__name__}: {e}"}
             finally:
                 if not dry_run:
                     self._bus_last[m.bus] = time.monotonic()
-        status = "dry_run" if dry_run else str(result["status"])
+        status = str(result["status"])
         if status == "confirmed" and action in ("trip", "restore"):
             if action == "trip":
                 self.expected_open[m.meter_id] = True
@@ -194,15 +245,13 @@ class RelayService:
 
     async def _switch(self, w: BusWorker, m: MeterSettings, action: str, operator: str,
                       dry_run: bool, expires: dt.datetime) -> dict[str, Any]:
-        if dry_run:
-            return await self._status(w, m)
         s = self.settings
         assert self.secrets is not None
         if m.protocol == "modbus":
             outcome = await execute_modbus(action, session=w.modbus(), unit=m.unit,
                                            profile=self.profile(m.profile),
                                            verify_timeout=s.verify_timeout,
-                                           poll_interval=s.poll_interval)
+                                           poll_interval=s.poll_interval, dry_run=dry_run)
         else:
             password = self.secrets.password(m.meter_id)
             assert password is not None  # checked before
@@ -211,8 +260,12 @@ class RelayService:
                 password=password.reveal(),
                 operator=self.secrets.operator_code(operator).reveal(),
                 expiry=expires, direct_close=s.direct_close,
-                verify_timeout=s.verify_timeout, poll_interval=s.poll_interval)
-        return outcome.as_dict()
+                verify_timeout=s.verify_timeout, poll_interval=s.poll_interval,
+                dry_run=dry_run)
+        result = outcome.as_dict()
+        if dry_run:
+            result["state"] = result["before"]  # what relay-status shows
+        return result
 
     async def _status(self, w: BusWorker, m: MeterSettings) -> dict[str, Any]:
         """The relay state now (read only)."""
@@ -222,7 +275,9 @@ class RelayService:
                 else w.session(VERSIONS[m.protocol]),
                 address=m.unit if m.protocol == "modbus" else m.address,
                 profile=self.profile(m.profile) if m.protocol == "modbus" else None)
-        except (DriverError, OSError, ValueError) as e:
+        except ValueError as e:  # the profile has no relay readback
+            return {"status": "unsupported", "detail": str(e)}
+        except (DriverError, OSError) as e:
             return {"status": "failed", "detail": f"{type(e).__name__}: {e}"}
         return {"status": "ok", "state": _state_dict(state)}
 

@@ -32,7 +32,7 @@ from collections.abc import Coroutine, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
-from .commands import CommandRejected, RelayService, exit_status
+from .commands import CommandRejected, RelayService, exit_status, protected_meters
 from .config import meters_matching
 from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
 from .records import CommandRecord, Reading, utcnow
@@ -87,7 +87,7 @@ class Control:
             meters=lambda: daemon.settings.meters,
             workers=lambda: {n: e.worker for n, e in daemon.buses.items()},
             secrets=secrets, profile=daemon._profile, record=self._record,
-            settings=settings)
+            settings=settings, protected=lambda: protected_meters(daemon.settings))
         self.verifier = Verifier(secrets.find_key if secrets is not None else {},
                                  seen=ReplayCache())
         self.engine = build_engine(daemon.settings)
@@ -195,12 +195,15 @@ class Control:
         dry_run = request.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise CommandError("dry_run: expected true or false")
+        force = request.get("force", False)  # trip protected meters too (audited)
+        if not isinstance(force, bool):
+            raise CommandError("force: expected true or false")
         issued = parse_ts(request.get("issued")) or utcnow()
         try:
             results = await self.relay.run(action, ids, operator=operator,
                                            reason=reason.strip(),
                                            request_id=str(request["request_id"]),
-                                           dry_run=dry_run, issued=issued)
+                                           dry_run=dry_run, issued=issued, force=force)
         except CommandRejected as e:
             raise CommandError(str(e)) from None
         return {"results": results, "exit": exit_status(results)}

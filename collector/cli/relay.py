@@ -10,8 +10,14 @@ Two ways to reach a meter:
   the passwords of the configuration's secrets file, and records the commands in the
   configuration's store.
 
-Exit status (the worst over the meters): 0 confirmed (or dry run), 3 refused by the
-meter, 4 unconfirmed (no state change seen in time), 5 a reply from another address,
+A trip skips protected meters (area master meters, ``[prepaid] protected`` customers):
+``skipped_protected`` in the results and the audit; ``--force`` (with ``--reason``)
+trips them too, and the audit records who forced it and why.  ``--dry-run`` predicts:
+it reads the state before and runs every check of the real command, sending nothing.
+
+Exit status (the worst over the meters): 0 confirmed, dry run that would be sent, or
+skipped as protected, 3 refused by the meter (or hold power on: a trip is not sent),
+4 unconfirmed (no state change seen in time), 5 a reply from another address,
 6 failed (link, no state), 7 unsupported, 8 expired before its turn, 1 the collector or
 the broker could not be asked, 2 bad arguments or declined.
 """
@@ -151,7 +157,9 @@ def _settings(path: Path) -> Settings:
 
 
 async def _local(settings: Settings, secrets: Secrets | None, action: str, meters: list[str],
-                 *, operator: str, reason: str, dry_run: bool) -> list[dict[str, Any]]:
+                 *, operator: str, reason: str, dry_run: bool,
+                 force: bool = False) -> list[dict[str, Any]]:
+    from collector.commands import protected_meters
     from collector.daemon import make_bus
     from collector.profiles import load_profile
     from collector.scheduler import BusWorker
@@ -174,9 +182,10 @@ async def _local(settings: Settings, secrets: Secrets | None, action: str, meter
         service = RelayService(
             meters=lambda: settings.meters, workers=lambda: workers, secrets=secrets,
             profile=lambda n: load_profile(n, search=[settings.source.parent]),
-            record=writer.put_command, settings=settings.commands or CommandSettings())
+            record=writer.put_command, settings=settings.commands or CommandSettings(),
+            protected=lambda: protected_meters(settings))
         return await service.run(action, meters, operator=operator, reason=reason,
-                                 dry_run=dry_run)
+                                 dry_run=dry_run, force=force)
     finally:
         for w in workers.values():
             await w.stop(2.0)
@@ -212,9 +221,11 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
             via: str | None, collector_id: str | None, username: str | None,
             password_file: str | None, ca_file: str | None, cert_file: str | None,
             key_file: str | None, config_path: Path | None, timeout_s: float,
-            as_json: bool) -> None:
+            as_json: bool, force: bool = False) -> None:
     if action != "status" and (not reason or not reason.strip()):
         _fail("--reason TEXT is required: every command records why", EXIT_USAGE)
+    if force and action != "trip":
+        _fail("--force is for trip only (it trips protected meters)", EXIT_USAGE)
     if bool(meters) == bool(area):
         _fail("give METER ids or --area AREA (one of them)", EXIT_USAGE)
     if (via is None) == (config_path is None):
@@ -230,6 +241,8 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
     count = len(ids) if ids else None
     if action != "status" and not dry_run and (area or len(ids) > 1) and not yes:
         what = f"{count} meters" if count else f"every meter of area {area}"
+        if force:
+            what += ", protected ones too (--force)"
         if not click.confirm(f"{action} {what} ({', '.join(ids[:5])}"
                              f"{' ...' if len(ids) > 5 else ''})?", default=False,
                              err=True):
@@ -241,6 +254,8 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         rid = new_request_id()
         body: dict[str, Any] = {"request_id": rid, "command": "relay", "action": action,
                                 "reason": reason_text, "dry_run": dry_run}
+        if force:
+            body["force"] = True
         if area:
             body["area"] = area
         else:
@@ -261,7 +276,7 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
                 _fail(str(e), EXIT_USAGE)
         try:
             results = asyncio.run(_local(settings, secrets, action, ids, operator=who,
-                                         reason=reason_text, dry_run=dry_run))
+                                         reason=reason_text, dry_run=dry_run, force=force))
         except CommandRejected as e:
             _fail(str(e), EXIT_USAGE)
     _show(results, as_json, {"action": action, "operator": who})
@@ -281,13 +296,18 @@ def _make(action: str, help_text: str) -> click.Command:
         _switch(action, meters, area, kw.get("reason"), kw.get("dry_run", False),
                 kw.get("yes", False), kw.get("operator"), kw.get("secrets_path"), via,
                 collector_id, username, password_file, ca_file, cert_file, key_file,
-                config_path, timeout_s, as_json)
+                config_path, timeout_s, as_json, kw.get("force", False))
 
+    if action == "trip":
+        cmd = click.option("--force", is_flag=True,
+                           help="Trip protected meters too (area master meters, [prepaid] "
+                                "protected customers); needs --reason; audited.")(cmd)
     if action != "status":
         cmd = click.option("--reason", default=None, metavar="TEXT",
                            help="Why (kept in the audit trail). Required.")(cmd)
         cmd = click.option("--dry-run", is_flag=True,
-                           help="Check and read the relay state; send nothing.")(cmd)
+                           help="Check everything and read the relay state; send "
+                                "nothing. Exits as the command would start.")(cmd)
         cmd = click.option("--yes", is_flag=True,
                            help="No confirmation for several meters or an area.")(cmd)
         cmd = click.option("--operator", default=None, metavar="NAME",
@@ -379,6 +399,8 @@ def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> No
         with contextlib.suppress(ValueError, TypeError):
             detail = json.loads(r["detail"])
         when = from_ms(r["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        forced = detail.get("forced")
+        note = f" (forced: {forced.get('protected')})" if isinstance(forced, dict) else ""
         click.echo(f"{when:<19} {r['meter']:<12} {r['kind']:<9} {r['status']:<16} "
-                   f"{r['operator']:<10} {detail.get('reason', '')}")
+                   f"{r['operator']:<10} {detail.get('reason', '')}{note}")
 
