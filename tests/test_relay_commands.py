@@ -291,3 +291,61 @@ async def test_prepaid_trip_at_zero_restore_after_topup(tmp_path: Path) -> None:
             finally:
                 daemon.stop_requested.set()
                 assert await asyncio.wait_for(run, 15) == 0
+
+
+PROTECTED = """
+[prepaid]
+warn1 = 20
+warn2 = 5
+protected = ["M2"]
+"""
+
+
+async def test_area_trip_through_the_broker_skips_protected_unless_forced(
+        tmp_path: Path) -> None:
+    meters = make_meters([f"{i:012d}" for i in range(1, 4)])
+    model = {f"M{i}": m.model for i, m in enumerate(meters, 1)}
+    write(tmp_path, SECRETS.replace(f'[meters.M3]\npassword = "{OTHER_PASSWORD}"\n', ""),
+          "secrets.toml")  # every meter has the default password
+    operator_secrets = write(tmp_path, OPERATOR_SECRETS, "alice.toml")
+    with Broker(tmp_path / "broker") as broker:
+        async with BusServer(meters, baud=19200, td=0.005) as server:
+            cfg = tmp_path / "amic.toml"
+            cfg.write_text(CONFIG.format(
+                url=broker.url, port=server.port,
+                meters=meter_tables(3).replace('area = "TQ-1"\n',
+                                               'area = "TQ-1"\nrole = "area_master"\n', 1),
+                interval="1h", quantities='["voltage_a"]', extra=PROTECTED))
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda: daemon.mqtt is not None and daemon.mqtt.commands
+                            is not None and daemon.poller is not None
+                            and "poll" in daemon.poller.last_cycle)
+                via = ["--via", broker.url, "--collector", "relay-gw", "--operator",
+                       "alice", "--secrets", str(operator_secrets), "--json"]
+                r = await asyncio.to_thread(cli, "trip", "--area", "TQ-1", *via,
+                                            "--reason", "arrears", "--yes")
+                assert r.exit_code == 0, r.output
+                got = {x["meter"]: x["status"] for x in json.loads(r.output)["results"]}
+                assert got == {"M1": "skipped_protected", "M2": "skipped_protected",
+                               "M3": "confirmed"}
+                assert not model["M1"].relay_open and not model["M2"].relay_open
+                assert model["M3"].relay_open
+                r = await asyncio.to_thread(cli, "trip", "M1", *via, "--force",
+                                            "--reason", "transformer work, ticket 7")
+                assert r.exit_code == 0, r.output
+                assert json.loads(r.output)["results"][0]["status"] == "confirmed"
+                assert model["M1"].relay_open and not model["M2"].relay_open
+                await daemon.writer.flush()  # type: ignore[union-attr]
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+    audit = rows(tmp_path, "SELECT meter, status, detail FROM commands WHERE kind = 'trip' "
+                 "AND status != 'sent' ORDER BY id")
+    assert [a[:2] for a in audit] == [("M1", "skipped_protected"), ("M2", "skipped_protected"),
+                                      ("M3", "confirmed"), ("M1", "confirmed")]
+    assert "area master" in json.loads(audit[0][2])["protected"]
+    forced = json.loads(audit[3][2])["forced"]
+    assert forced == {"by": "alice", "reason": "transformer work, ticket 7",
+                      "protected": "area master meter of area TQ-1"}
