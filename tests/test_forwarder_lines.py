@@ -117,3 +117,25 @@ def test_relay_command_audit_becomes_numeric_fields(tmp_path: Path) -> None:
     assert dict(f.split("=") for f in fields.split(",")) == {
         "status_code": "3.0", "count": "1.0", "latency_ms": "412.5", "energy_kwh": "1234.56",
         "relay_open_before": "0.0", "relay_open_after": "1.0"}
+
+
+def test_skipped_protected_trip_has_its_own_status_code(tmp_path: Path) -> None:
+    """A trip not sent to a protected meter is not "unknown" (9) in the time series."""
+    import json
+
+    from collector.records import CommandRecord
+
+    detail = {"reason": "arrears", "protected": "area master meter of area TQ-1"}
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_command(CommandRecord("r1/M1", "M1", "trip", T0, operator="alice",
+                                            status="skipped_protected",
+                                            detail=json.dumps(detail)))
+        asyncio.run(put())
+        fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS)
+        (line,) = fwd.command_lines(store.outbox("x", "commands", after_id=0))
+    head, fields, _ = line.split(" ")
+    assert head == "command,meter=M1,kind=trip,status=skipped_protected,operator=alice"
+    assert dict(f.split("=") for f in fields.split(",")) == {"status_code": "15.0",
+                                                            "count": "1.0"}

@@ -321,7 +321,8 @@ def _make(action: str, help_text: str) -> click.Command:
     return cmd
 
 
-trip = _make("trip", "Open the relay (cut supply) of METER..., verified.")
+trip = _make("trip", "Open the relay (cut supply) of METER..., verified. Area master "
+                     "meters and [prepaid] protected customers are skipped unless --force.")
 restore = _make("restore", "Close permitted (or direct close, [commands] direct_close) "
                            "for METER..., verified.")
 hold = _make("hold", "Hold power (保电): the meter refuses every trip until released.")
