@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.mqtt import MqttConnection
 
 from .gateway import Reject, ReportIngestor
-from .records import Event
+from .records import Event, utcnow
 from .remote import CommandServer, StoreJournal, daemon_executor
 from .settings import MeterSettings, Settings
 
@@ -35,6 +35,7 @@ class MqttLink:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.conn = connection_for(daemon.settings)
+        self.conn.on_session_lost = self._on_session_lost
         self.ingestor: ReportIngestor | None = None
         self.commands: CommandServer | None = None
         self._subscribed: set[str] = set()
@@ -87,6 +88,12 @@ class MqttLink:
         elif not isinstance(payload, (bytes, bytearray)):
             payload = str(payload).encode()
         self.ingestor.handle(str(message.topic), bytes(payload))
+
+    def _on_session_lost(self, text: str) -> None:
+        # An alarm: commands and gateway replies the broker queued for us are gone, and
+        # it will happen again at its next restart until persistence is turned on.
+        self.daemon._on_event(Event("broker_session_lost", utcnow(), severity=2,
+                                    detail=text[:500]))
 
     def _on_reject(self, r: Reject) -> None:
         # Kept as events (numeric fields only where they matter): reason and excerpt.

@@ -133,3 +133,58 @@ async def test_reports_polling_commands_and_broker_restart(tmp_path: Path) -> No
     assert len(rejects) >= 2
     executed = _rows(tmp_path, f"SELECT status FROM commands WHERE command_id = '{rid}'")
     assert executed == [("done",)]  # journaled once: the repeat was answered, not re-run
+    # A broker with persistence kept the session through its restart: no alarm.
+    assert daemon.mqtt.conn.session_present is True and daemon.mqtt.conn.sessions_lost == 0
+    assert _rows(tmp_path, "SELECT * FROM events WHERE kind = 'broker_session_lost'") == []
+
+
+NO_PERSISTENCE = """
+[collector]
+id = "tq-np"
+data_dir = "data"
+commit_interval = "100ms"
+
+[mqtt]
+url = "{url}"
+
+[[bus]]
+name = "rs485-1"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+
+[[meter]]
+meter_id = "M1"
+address = "000000000001"
+bus = "rs485-1"
+
+[schedule.poll]
+interval = "1h"
+quantities = ["voltage_a"]
+"""
+
+
+async def test_broker_restarted_without_persistence_is_an_alarm(tmp_path: Path) -> None:
+    """mosquitto's default config keeps sessions in memory only: after its restart the
+    daemon's reconnection finds no session (queued QoS 1 commands lost), and says so."""
+    from conftest import free_port
+
+    with Broker(tmp_path / "broker", persistence=False) as broker:
+        cfg = tmp_path / "amic.toml"
+        cfg.write_text(NO_PERSISTENCE.format(url=broker.url, port=free_port()))
+        daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+        run = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: daemon.mqtt is not None and daemon.mqtt.conn.connected)
+            assert daemon.mqtt is not None
+            conn = daemon.mqtt.conn
+            await asyncio.to_thread(broker.restart, down_for=0.2)
+            await until(lambda: conn.connects == 2 and conn.connected)
+            assert conn.sessions_lost == 1
+        finally:
+            daemon.stop_requested.set()
+            assert await asyncio.wait_for(run, 15) == 0
+    lost = _rows(tmp_path, "SELECT severity, detail FROM events "
+                           "WHERE kind = 'broker_session_lost'")
+    assert len(lost) == 1 and lost[0][0] == 2
+    assert broker.url in str(lost[0][1]) and "persistence true" in str(lost[0][1])
