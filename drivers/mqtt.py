@@ -191,6 +191,10 @@ class MqttConnection:
     ``sessions_lost`` counts reconnections (``clean_session=False``) the broker answered
     without the session it had: QoS 1 messages queued for us meanwhile are gone.
     ``on_session_lost(text)`` (plain callable, set by the owner) is called for each.
+    ``had_session``: the broker should have our session; True after our first
+    connection, or set before :meth:`open` by an owner that knows an earlier run had one
+    (so the first connection is checked too).  ``on_connected(session_present)`` is
+    called after each connection.
     """
 
     def __init__(
@@ -266,7 +270,8 @@ class MqttConnection:
         self.sessions_lost = 0
         self.session_present: bool | None = None
         self.on_session_lost: Callable[[str], None] | None = None
-        self._had_session = False  # a connection of ours made the broker keep a session
+        self.on_connected: Callable[[bool | None], None] | None = None
+        self.had_session = False  # a connection of ours made the broker keep a session
 
         self.last_error: LinkDown | None = None  # why the last attempt failed / link dropped
         self._subs: dict[str, _Subscription] = {}
@@ -651,20 +656,26 @@ class MqttConnection:
         persistence, session expired): what it queued for us is lost."""
         self.session_present = present
         if self.clean_session or present is None:
+            self._notify(self.on_connected, present)
             return
-        if not present and self._had_session:
+        if not present and self.had_session:
             self.sessions_lost += 1
             text = (f"{self.name}: the broker did not keep the session of {self.client_id!r} "
                     "(CONNACK session present = 0): QoS 1 messages sent to us while we were "
                     "away are lost; subscriptions were made again. Is the broker "
                     "configured with 'persistence true'?")
             log.warning("%s", text)
-            if self.on_session_lost is not None:
-                try:
-                    self.on_session_lost(text)
-                except Exception:  # the owner's bug must not drop the connection
-                    log.exception("%s: on_session_lost failed", self.name)
-        self._had_session = True
+            self._notify(self.on_session_lost, text)
+        self.had_session = True
+        self._notify(self.on_connected, present)
+
+    def _notify(self, callback: Callable[[_T], None] | None, arg: _T) -> None:
+        if callback is not None:
+            try:
+                callback(arg)
+            except Exception:  # the owner's bug must not drop the connection
+                log.exception("%s: %s failed", self.name,
+                              getattr(callback, "__qualname__", repr(callback)))
 
     async def _sync_subscriptions(self, session: _Session) -> None:
         """Unsubscribe filters dropped while down; subscribe every registered filter.

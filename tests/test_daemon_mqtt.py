@@ -166,25 +166,33 @@ quantities = ["voltage_a"]
 
 async def test_broker_restarted_without_persistence_is_an_alarm(tmp_path: Path) -> None:
     """mosquitto's default config keeps sessions in memory only: after its restart the
-    daemon's reconnection finds no session (queued QoS 1 commands lost), and says so."""
+    daemon's reconnection finds no session (queued QoS 1 commands lost), and says so;
+    also when the broker restarted while the daemon was stopped (data_dir remembers
+    that the broker had a session of ours)."""
     from conftest import free_port
 
     with Broker(tmp_path / "broker", persistence=False) as broker:
         cfg = tmp_path / "amic.toml"
         cfg.write_text(NO_PERSISTENCE.format(url=broker.url, port=free_port()))
-        daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
-        run = asyncio.create_task(daemon.run())
-        try:
-            await until(lambda: daemon.mqtt is not None and daemon.mqtt.conn.connected)
-            assert daemon.mqtt is not None
-            conn = daemon.mqtt.conn
-            await asyncio.to_thread(broker.restart, down_for=0.2)
-            await until(lambda: conn.connects == 2 and conn.connected)
-            assert conn.sessions_lost == 1
-        finally:
-            daemon.stop_requested.set()
-            assert await asyncio.wait_for(run, 15) == 0
+        for restart_while in ("running", "stopped"):
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda d=daemon: d.mqtt is not None  # type: ignore[misc]
+                            and d.mqtt.conn.connected)
+                assert daemon.mqtt is not None
+                conn = daemon.mqtt.conn
+                if restart_while == "running":
+                    assert conn.sessions_lost == 0  # the first start: nothing to compare
+                    await asyncio.to_thread(broker.restart, down_for=0.2)
+                    await until(lambda c=conn: c.connects == 2 and c.connected)  # type: ignore[misc]
+                assert conn.sessions_lost == 1
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+            if restart_while == "running":
+                await asyncio.to_thread(broker.restart)
     lost = _rows(tmp_path, "SELECT severity, detail FROM events "
                            "WHERE kind = 'broker_session_lost'")
-    assert len(lost) == 1 and lost[0][0] == 2
+    assert len(lost) == 2 and {severity for severity, _ in lost} == {2}
     assert broker.url in str(lost[0][1]) and "persistence true" in str(lost[0][1])

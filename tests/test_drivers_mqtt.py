@@ -256,6 +256,24 @@ async def test_broker_without_persistence_loses_the_session(
             await eventually(lambda: ("amic/cmd/c", b"after") in inbox.got)
 
 
+async def test_first_connection_checked_when_a_session_is_known(broker: Broker) -> None:
+    """had_session (an earlier run had a session): the first connection is checked too,
+    and on_connected reports each connection's flag."""
+    async with MqttConnection(broker.url, client_id="amic-run1") as first:
+        await first.subscribe("amic/x", Inbox())
+        await first.wait_connected(5)
+    flags: list[bool | None] = []
+    lost: list[str] = []
+    for client_id, expect_lost in (("amic-run1", 0), ("amic-never-seen", 1)):
+        conn = MqttConnection(broker.url, client_id=client_id)
+        conn.had_session = True
+        conn.on_connected, conn.on_session_lost = flags.append, lost.append
+        async with conn:
+            await conn.wait_connected(5)
+            assert conn.sessions_lost == expect_lost
+    assert flags == [True, False] and len(lost) == 1 and "amic-never-seen" in lost[0]
+
+
 async def test_broker_down_at_start(tmp_path: Path) -> None:
     b = Broker(tmp_path / "broker")
     async with MqttConnection(b.url, client_id="amic-late") as conn:
