@@ -352,7 +352,8 @@ class Daemon:
                                        gzip_level=ts.gzip_level,
                                        process_backlog=ts.worker_backlog,
                                        meters=self.settings.meters,
-                                       on_event=self._on_event_threadsafe)
+                                       on_event=self._on_event_threadsafe,
+                                       collector=c.id)
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,

@@ -202,7 +202,8 @@ class Forwarder:
                  tables: Sequence[str] = OUTBOX_TABLES, max_batches: int = 20,
                  cursor_save_interval: float = 2.0,
                  process_backlog: int = DEFAULT_PROCESS_BACKLOG,
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 collector: str = "") -> None:
         if precision not in _PRECISION:
             raise ValueError(f"precision must be one of {sorted(_PRECISION)}, not {precision!r}")
         if batch < 1:
@@ -231,6 +232,9 @@ class Forwarder:
         self.process_backlog = process_backlog  # 0: never use a worker process
         self.stats = ForwarderStats()
         self.on_event = on_event  # called from the forwarder's thread
+        self.collector = collector
+        # ",collector=<id>" on every line, so several collectors can share one TSDB.
+        self._collector_tag = _tags((("collector", collector),))
         self._token = read_token(token, token_file)
         self._log_filter: _TokenFilter | None = None  # while open: masks the token
         self._write_precision, self._ts_mult = _PRECISION[precision]
@@ -288,7 +292,7 @@ class Forwarder:
         return ms // 1000 if self._ts_mult == 0 else ms * self._ts_mult
 
     def reading_lines(self, rows: list[sqlite3.Row]) -> list[str]:
-        """``reading,meter=..,quantity=..[,area,bus,feeder,station] value=V TS``.
+        """``reading,meter=..,quantity=..[,area,bus,feeder,station],collector=.. value=V TS``.
 
         Timestamp: the meter's when it gave one, else the collector's.  A NULL (NaN) or
         infinite value has no line.
@@ -296,6 +300,7 @@ class Forwarder:
         out: list[str] = []
         append = out.append
         meter_tags = self._meter_tags
+        ctag = self._collector_tag
         mult = self._ts_mult
         isfinite = math.isfinite
         esc = escape_tag
@@ -314,7 +319,7 @@ class Forwarder:
             if ts is None:
                 ts = row[5]
             ts = ts // 1000 if mult == 0 else ts * mult
-            append(f"{prefix},quantity={esc(row[2])}{suffix} value={float(value)!r} {ts}")
+            append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={float(value)!r} {ts}")
         return out
 
     def event_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -328,6 +333,7 @@ class Forwarder:
             value = row["value"]
             if value is not None and math.isfinite(value):
                 fields += f",value={_num(value)}"
+            tags += self._collector_tag
             out.append(f"event{tags} {fields} {self._ts(row['ts'])}")
         return out
 
@@ -340,6 +346,7 @@ class Forwarder:
             tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status),
                           ("operator", row["operator"])))
             fields = f"status_code={_num(code)},count=1.0{_command_fields(row['detail'])}"
+            tags += self._collector_tag
             out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
         return out
 
@@ -364,7 +371,8 @@ class Forwarder:
             else:
                 meas, tag = escape_tag(kind), "key"
             complete = "true" if row["complete"] else "false"
-            out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete} {body} "
+            out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete}"
+                       f"{self._collector_tag} {body} "
                        f"{self._ts(row['ts'])}")
         return out
 
@@ -384,7 +392,8 @@ class Forwarder:
             done = ok + failed
             ratio = ok / done if done else 0.0
             sched = escape_tag(row["schedule"])
-            out.append(f"cycle,schedule={sched} planned={_num(planned)},succeeded={_num(ok)},"
+            ctag = self._collector_tag
+            out.append(f"cycle,schedule={sched}{ctag} planned={_num(planned)},succeeded={_num(ok)},"
                        f"failed={_num(failed)},success_ratio={_num(ratio)},"
                        f"duration_s={_num((ended - started) / 1000)} {ts}")
             for meas, col, key in (("cycle_area", "per_area", "area"),
@@ -397,7 +406,8 @@ class Forwarder:
                     if not k:
                         continue
                     r = k_ok / k_total if k_total else 0.0
-                    out.append(f"{meas},schedule={sched},{key}={escape_tag(k)} "
+                    out.append(f"{meas},schedule={sched},{key}={escape_tag(k)}"
+                               f"{self._collector_tag} "
                                f"succeeded={_num(k_ok)},total={_num(k_total)},"
                                f"success_ratio={_num(r)} {ts}")
         return out
@@ -533,7 +543,8 @@ class Forwarder:
     def _tag_rows(self) -> tuple[int, list[linework.TagRow]]:
         """(version, rows) of the meter tags for the reading SQL's temp table."""
         with self._tags_lock:
-            return self._tags_version, [(m, f"reading,meter={escape_tag(m)}", tags)
+            return self._tags_version, [(m, f"reading,meter={escape_tag(m)}",
+                                         tags + self._collector_tag)
                                         for m, tags in self._meter_tags.items()]
 
     def _write(self, payload: bytes) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from drivers.mqtt import MqttConnection
 
 from .gateway import Reject, ReportIngestor
-from .records import Event
+from .records import Event, utcnow
 from .remote import CommandServer, StoreJournal, daemon_executor
 from .settings import MeterSettings, Settings
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from .daemon import Daemon
 
 log = logging.getLogger("amic.mqtt")
+
+SESSION_FILE = "mqtt-session.json"  # in data_dir: the broker and client id of our session
 
 
 def connection_for(settings: Settings) -> MqttConnection:
@@ -35,10 +38,17 @@ class MqttLink:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.conn = connection_for(daemon.settings)
+        self.conn.on_session_lost = self._on_session_lost
+        self.conn.on_connected = self._on_connected
+        # A session an earlier run had at this broker: the first connection is checked too.
+        self._session_file = daemon.settings.collector.data_dir / SESSION_FILE
+        self._session_key = {"broker": self.conn.name, "client_id": self.conn.client_id}
+        self.conn.had_session = self._read_session_file() == self._session_key
         self.ingestor: ReportIngestor | None = None
         self.commands: CommandServer | None = None
         self._subscribed: set[str] = set()
         self._publishing: set[asyncio.Task[Any]] = set()
+        self._remembered = False  # the session file is up to date for this run
 
     async def start(self) -> None:
         await self.conn.__aenter__()
@@ -87,6 +97,36 @@ class MqttLink:
         elif not isinstance(payload, (bytes, bytearray)):
             payload = str(payload).encode()
         self.ingestor.handle(str(message.topic), bytes(payload))
+
+    def _read_session_file(self) -> object:
+        try:
+            return json.loads(self._session_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("mqtt: %s: %s (ignored)", self._session_file, e)
+            return None
+
+    def _on_connected(self, session_present: bool | None) -> None:
+        """Remember that the broker has a session of ours, for the next run."""
+        if session_present is None or self.conn.clean_session or self._remembered:
+            return
+        self._remembered = True
+        if self._read_session_file() == self._session_key:
+            return
+        tmp = self._session_file.with_name(SESSION_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self._session_key) + "\n")
+            os.replace(tmp, self._session_file)
+        except OSError as e:
+            log.warning("mqtt: cannot write %s: %s (a broker that loses our session while "
+                        "the daemon is stopped goes unnoticed)", self._session_file, e)
+
+    def _on_session_lost(self, text: str) -> None:
+        # An alarm: commands and gateway replies the broker queued for us are gone, and
+        # it will happen again at its next restart until persistence is turned on.
+        self.daemon._on_event(Event("broker_session_lost", utcnow(), severity=2,
+                                    detail=text[:500]))
 
     def _on_reject(self, r: Reject) -> None:
         # Kept as events (numeric fields only where they matter): reason and excerpt.

@@ -61,13 +61,16 @@ from .settings import MeterSettings
 log = logging.getLogger("amic.store")
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 DAY_MS: Final = 86_400_000
 
 Table = Literal["readings", "events", "commands", "cycles"]
 OUTBOX_TABLES: Final[tuple[str, ...]] = ("readings", "events", "commands", "cycles", "daily")
 # The time column retention looks at, per purged table.
 PURGED: Final[dict[str, str]] = {"readings": "ts", "events": "ts", "cycles": "started"}
+# Outbox tables read from another table: commands keeps each command's latest status
+# only; command_log every status it went through (so "received" is forwarded too).
+_OUTBOX_SOURCE: Final[dict[str, str]] = {"commands": "command_log"}
 
 # Each entry brings the schema from version i to i + 1; run in one transaction each.
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -200,6 +203,34 @@ MIGRATIONS: Final[tuple[str, ...]] = (
                r.unit AS unit, x.ts AS ts, r.meter_ts AS meter_ts, r.quality AS quality
         FROM reads x CROSS JOIN readings r  -- CROSS: reads drives (an index), never a scan
             ON r.id BETWEEN x.first_id AND x.last_id AND +r.meter = x.meter AND +r.ts = x.ts;
+    """,
+    """
+    -- Every status a command went through, in order: the forwarder's outbox of commands.
+    -- In commands a new status replaces the row, so a status replaced before the
+    -- forwarder read it (a remote request's "received", then "done" in the same commit)
+    -- never reached the time-series store.  Existing rows keep their ids: the
+    -- forwarders' cursors on "commands" stay valid.
+    CREATE TABLE command_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id TEXT NOT NULL,
+        meter TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        operator TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        updated INTEGER NOT NULL
+    );
+    INSERT INTO command_log (id, command_id, meter, kind, ts, operator, status, detail,
+                             updated)
+        SELECT id, command_id, meter, kind, ts, operator, status, detail, updated
+        FROM commands ORDER BY id;
+    CREATE TRIGGER command_log_insert AFTER INSERT ON commands BEGIN
+        INSERT INTO command_log (command_id, meter, kind, ts, operator, status, detail,
+                                 updated)
+        VALUES (NEW.command_id, NEW.meter, NEW.kind, NEW.ts, NEW.operator, NEW.status,
+                NEW.detail, NEW.updated);
+    END;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -617,7 +648,8 @@ class Store:
         _check_table(table)
         if after_id is None:
             after_id = self.cursor(name, table)
-        cur = self._conn().execute(f"SELECT * FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
+        cur = self._conn().execute(f"SELECT * FROM {_OUTBOX_SOURCE.get(table, table)} "
+                                   "WHERE id > ? ORDER BY id LIMIT ?",
                                    (after_id, max(0, int(limit))))
         cur.row_factory = sqlite3.Row
         return list(cur)
@@ -726,13 +758,14 @@ class Store:
         """The highest row id of ``table`` (0 when empty); O(1) on the rowid."""
         _check_table(table)
         return int(self._conn().execute(
-            f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+            f"SELECT coalesce(max(id), 0) FROM {_OUTBOX_SOURCE.get(table, table)}"
+        ).fetchone()[0])
 
     def outbox_lag(self, name: str, table: str) -> int:
         """Rows of ``table`` forwarder ``name`` has not shipped yet."""
         _check_table(table)
         return int(self._conn().execute(
-            f"SELECT count(*) FROM {table} WHERE id > ?",
+            f"SELECT count(*) FROM {_OUTBOX_SOURCE.get(table, table)} WHERE id > ?",
             (self.cursor(name, table),)).fetchone()[0])
 
     # ---- retention -------------------------------------------------------------------
@@ -787,9 +820,20 @@ def _check_table(table: str, allowed: Sequence[str] = OUTBOX_TABLES) -> None:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside statements or comments)."""
+    """Statements of a migration script (no semicolons inside strings or comments; a
+    trigger's body is kept whole)."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):  # false inside a trigger's BEGIN ... END
+            if pending.strip(" \n;"):
+                out.append(pending.strip()[:-1].strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending.strip(" \n;"))
+    return out
 
 
 def purge_steps(conn: sqlite3.Connection, older_than_days: float,

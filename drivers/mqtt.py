@@ -15,10 +15,14 @@ message to the handlers whose filter matches it (each call its own task), and af
 disconnect reconnects with a back-off of ``reconnect_min`` doubling up to
 ``reconnect_max``.  The client id is fixed and the session persistent
 (``clean_session=False``), so QoS 1 messages published to us while we were away are
-delivered when we are back.  A refused connection (bad password, not authorised) is
-:class:`~drivers.errors.BrokerRefused`, logged and retried like any other failure;
-:meth:`MqttConnection.wait_connected` and :meth:`MqttConnection.publish` raise it (or
-:class:`~drivers.errors.LinkDown`) when the broker cannot be reached in time.
+delivered when we are back.  That needs a broker that keeps sessions (mosquitto:
+``persistence true``, else a broker restart forgets them): every CONNACK's
+``session_present`` flag is checked, and when the broker answers a reconnection
+without our session a WARNING is logged and ``on_session_lost`` is called.  A refused
+connection (bad password, not authorised) is :class:`~drivers.errors.BrokerRefused`,
+logged and retried like any other failure; :meth:`MqttConnection.wait_connected` and
+:meth:`MqttConnection.publish` raise it (or :class:`~drivers.errors.LinkDown`) when the
+broker cannot be reached in time.
 
 Delivery is at least once: a QoS 1 publish cut by a disconnect is sent again on the next
 connection, and on each reconnect the broker re-sends retained messages for the filters
@@ -182,6 +186,15 @@ class MqttConnection:
     Counters (plain attributes, see :meth:`counters`): ``connects``, ``disconnects``
     (established connections lost), ``connect_failures``, ``messages_in``,
     ``messages_out``, ``messages_unhandled`` (no handler matched), ``handler_errors``.
+
+    ``session_present``: the CONNACK flag of the latest connection (None before one).
+    ``sessions_lost`` counts reconnections (``clean_session=False``) the broker answered
+    without the session it had: QoS 1 messages queued for us meanwhile are gone.
+    ``on_session_lost(text)`` (plain callable, set by the owner) is called for each.
+    ``had_session``: the broker should have our session; True after our first
+    connection, or set before :meth:`open` by an owner that knows an earlier run had one
+    (so the first connection is checked too).  ``on_connected(session_present)`` is
+    called after each connection.
     """
 
     def __init__(
@@ -254,6 +267,11 @@ class MqttConnection:
         self.messages_out = 0
         self.messages_unhandled = 0
         self.handler_errors = 0
+        self.sessions_lost = 0
+        self.session_present: bool | None = None
+        self.on_session_lost: Callable[[str], None] | None = None
+        self.on_connected: Callable[[bool | None], None] | None = None
+        self.had_session = False  # a connection of ours made the broker keep a session
 
         self.last_error: LinkDown | None = None  # why the last attempt failed / link dropped
         self._subs: dict[str, _Subscription] = {}
@@ -598,7 +616,9 @@ class MqttConnection:
             await asyncio.sleep(delay)
 
     async def _connect(self) -> _Session:
+        connack: list[bool] = []  # session_present of this attempt's CONNACK
         client = self._client()
+        _watch_connack(client, connack)
         entering = asyncio.ensure_future(client.__aenter__())
         try:
             await asyncio.shield(entering)
@@ -628,7 +648,34 @@ class MqttConnection:
         self._wake.set()
         log.info("%s: connected as %r, %d subscriptions", self.name, self.client_id,
                  len(session.subscribed))
+        self._check_session(connack[-1] if connack else None)
         return session
+
+    def _check_session(self, present: bool | None) -> None:
+        """Notice a broker that forgot our persistent session (restarted without
+        persistence, session expired): what it queued for us is lost."""
+        self.session_present = present
+        if self.clean_session or present is None:
+            self._notify(self.on_connected, present)
+            return
+        if not present and self.had_session:
+            self.sessions_lost += 1
+            text = (f"{self.name}: the broker did not keep the session of {self.client_id!r} "
+                    "(CONNACK session present = 0): QoS 1 messages sent to us while we were "
+                    "away are lost; subscriptions were made again. Is the broker "
+                    "configured with 'persistence true'?")
+            log.warning("%s", text)
+            self._notify(self.on_session_lost, text)
+        self.had_session = True
+        self._notify(self.on_connected, present)
+
+    def _notify(self, callback: Callable[[_T], None] | None, arg: _T) -> None:
+        if callback is not None:
+            try:
+                callback(arg)
+            except Exception:  # the owner's bug must not drop the connection
+                log.exception("%s: %s failed", self.name,
+                              getattr(callback, "__qualname__", repr(callback)))
 
     async def _sync_subscriptions(self, session: _Session) -> None:
         """Unsubscribe filters dropped while down; subscribe every registered filter.
@@ -748,6 +795,25 @@ def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
         loop.call_soon_threadsafe(fail)
 
     paho.on_disconnect = on_disconnect
+
+
+def _watch_connack(client: aiomqtt.Client, found: list[bool]) -> None:
+    """Append the CONNACK's ``session_present`` flag to ``found`` (aiomqtt 2 does not
+    expose it): wraps its paho ``on_connect`` callback (aiomqtt internals, checked here)."""
+    paho = getattr(client, "_client", None)
+    if paho is None:
+        return  # another aiomqtt: the flag stays unknown (None), nothing is reported
+    original = paho.on_connect
+
+    def on_connect(*args: Any, **kwargs: Any) -> None:
+        flags = args[2] if len(args) > 2 else kwargs.get("flags")
+        present = getattr(flags, "session_present", None)
+        if isinstance(present, bool):
+            found.append(present)
+        if original is not None:
+            original(*args, **kwargs)
+
+    paho.on_connect = on_connect
 
 
 async def _exit_quietly(client: aiomqtt.Client) -> None:

@@ -7,7 +7,8 @@
 by ``openssl`` in the temp dir (``b.tls_port``, ``b.ca``, ``b.client_cert``,
 ``b.client_key``); ``password=True`` requires user ``amic`` / password ``secret``.
 ``restart()`` stops and starts it on the same ports with the same persistence, for
-broker-outage tests.
+broker-outage tests.  ``persistence=False`` is mosquitto's default: a restart forgets
+every session.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def make_certificates(d: Path) -> dict[str, Path]:
 
 
 class Broker:
-    def __init__(self, directory: Path, *, tls: bool = False, password: bool = False) -> None:
+    def __init__(self, directory: Path, *, tls: bool = False, password: bool = False,
+                 persistence: bool = True) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.tls_port = free_port() if tls else 0
         self.password = password
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "mosquitto.log"
         self.certs = make_certificates(self.dir) if tls else {}
@@ -90,9 +93,8 @@ class Broker:
             # temp dir; stay who we are.
             *(["user root"] if os.geteuid() == 0 else []),
             "per_listener_settings false",
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "autosave_interval 1",
+            *(["persistence true", f"persistence_location {self.dir}/",
+               "autosave_interval 1"] if self.persistence else ["persistence false"]),
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",

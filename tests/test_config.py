@@ -189,7 +189,9 @@ def test_example_config_passes() -> None:
     assert len(s.buses) == 2 and {b.kind for b in s.buses} == {"tcp", "serial"}
     serial = s.bus("rs485-1")
     assert (serial.baud, serial.bytesize, serial.parity, serial.stopbits) == (2400, 8, "E", 1)
-    assert len(s.meters) == 11
+    assert len(s.meters) == 12
+    (modbus,) = [m for m in s.meters if m.protocol == "modbus"]  # the ledger's profile column
+    assert (modbus.address, modbus.profile) == ("7", "acrel-ddsy1352")
     assert {m.area for m in s.meters if m.role == "area_master"} == {"TQ-0101", "TQ-0102"}
     names = {x.name: x for x in s.schedules}
     assert names["fast"].interval == 900 and names["daily"].interval == 86400
@@ -205,8 +207,8 @@ def test_example_config_passes() -> None:
 def test_example_config_check_command() -> None:
     r = CliRunner().invoke(config_group, ["check", str(EXAMPLE)])
     assert r.exit_code == 0, r.output
-    assert r.output == (f"{EXAMPLE}: OK: 2 buses, 11 meters (10 dlt645-2007, 1 dlt645-1997), "
-                        "4 schedules, 2 areas (2 with an area master)\n")
+    assert r.output == (f"{EXAMPLE}: OK: 2 buses, 12 meters (10 dlt645-2007, 1 modbus, "
+                        "1 dlt645-1997), 5 schedules, 2 areas (2 with an area master)\n")
 
 
 def test_example_config_shows_every_key() -> None:
@@ -227,7 +229,8 @@ def test_example_ledger_is_fictional_and_complete() -> None:
     lines = (ROOT / "config" / "ledger.example.csv").read_text().splitlines()
     assert any("fictional" in x for x in lines if x.startswith("#"))
     rows = [x for x in lines if x and not x.startswith("#")]
-    assert rows[0] + "\n" == HEADER and 9 <= len(rows) - 1 <= 12
+    assert rows[0] == ",".join(LEDGER_COLUMNS) and 9 <= len(rows) - 1 <= 12  # every column
+    assert {row.split(",")[3] for row in rows[1:]} >= {"dlt645-2007", "dlt645-1997", "modbus"}
 
 
 # ---- the file itself ----------------------------------------------------------------------

@@ -133,3 +133,66 @@ async def test_reports_polling_commands_and_broker_restart(tmp_path: Path) -> No
     assert len(rejects) >= 2
     executed = _rows(tmp_path, f"SELECT status FROM commands WHERE command_id = '{rid}'")
     assert executed == [("done",)]  # journaled once: the repeat was answered, not re-run
+    # A broker with persistence kept the session through its restart: no alarm.
+    assert daemon.mqtt.conn.session_present is True and daemon.mqtt.conn.sessions_lost == 0
+    assert _rows(tmp_path, "SELECT * FROM events WHERE kind = 'broker_session_lost'") == []
+
+
+NO_PERSISTENCE = """
+[collector]
+id = "tq-np"
+data_dir = "data"
+commit_interval = "100ms"
+
+[mqtt]
+url = "{url}"
+
+[[bus]]
+name = "rs485-1"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+
+[[meter]]
+meter_id = "M1"
+address = "000000000001"
+bus = "rs485-1"
+
+[schedule.poll]
+interval = "1h"
+quantities = ["voltage_a"]
+"""
+
+
+async def test_broker_restarted_without_persistence_is_an_alarm(tmp_path: Path) -> None:
+    """mosquitto's default config keeps sessions in memory only: after its restart the
+    daemon's reconnection finds no session (queued QoS 1 commands lost), and says so;
+    also when the broker restarted while the daemon was stopped (data_dir remembers
+    that the broker had a session of ours)."""
+    from conftest import free_port
+
+    with Broker(tmp_path / "broker", persistence=False) as broker:
+        cfg = tmp_path / "amic.toml"
+        cfg.write_text(NO_PERSISTENCE.format(url=broker.url, port=free_port()))
+        for restart_while in ("running", "stopped"):
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda d=daemon: d.mqtt is not None  # type: ignore[misc]
+                            and d.mqtt.conn.connected)
+                assert daemon.mqtt is not None
+                conn = daemon.mqtt.conn
+                if restart_while == "running":
+                    assert conn.sessions_lost == 0  # the first start: nothing to compare
+                    await asyncio.to_thread(broker.restart, down_for=0.2)
+                    await until(lambda c=conn: c.connects == 2 and c.connected)  # type: ignore[misc]
+                assert conn.sessions_lost == 1
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+            if restart_while == "running":
+                await asyncio.to_thread(broker.restart)
+    lost = _rows(tmp_path, "SELECT severity, detail FROM events "
+                           "WHERE kind = 'broker_session_lost'")
+    assert len(lost) == 2 and {severity for severity, _ in lost} == {2}
+    assert broker.url in str(lost[0][1]) and "persistence true" in str(lost[0][1])

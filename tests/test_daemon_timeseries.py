@@ -81,6 +81,12 @@ async def test_readings_reach_the_time_series_store(tmp_path: Path) -> None:
             daemon.stop_requested.set()
             assert await asyncio.wait_for(run, 15) == 0
         series = vm.export('{__name__="reading_value"}')
+        # Every forwarded series carries the collector id: gateways can share a TSDB.
+        mine = {s["metric"]["__name__"] for s in vm.export('{collector="ts-gw"}')}
+        untagged = vm.export('{__name__!="",collector=""}')
+    assert {"reading_value", "event_count", "event_severity", "cycle_success_ratio",
+            "cycle_bus_success_ratio"} <= mine
+    assert untagged == []
     got = {(s["metric"]["meter"], s["metric"]["quantity"]): s for s in series}
     assert {("M1", "voltage_a"), ("M2", "energy_active_forward_total")} <= set(got)
     volts = got[("M1", "voltage_a")]

@@ -221,6 +221,57 @@ async def test_broker_restart(broker: Broker) -> None:
         await eventually(lambda: ("amic/cmd/c", b"after") in fresh.got
                          and ("amic/cmd/c", b"after") in persistent.got)
         assert ("amic/cmd/b", b"while-away") not in fresh.got
+        # The broker kept our session: nothing to report.
+        assert conn.session_present is True and conn.sessions_lost == 0
+
+
+async def test_broker_without_persistence_loses_the_session(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """mosquitto's default (no persistence) forgets sessions at a restart: the
+    reconnection says so (CONNACK session present = 0), a warning names the broker and
+    on_session_lost is called; subscriptions are made again."""
+    caplog.set_level(logging.WARNING, logger="amic.mqtt")
+    lost: list[str] = []
+    inbox = Inbox()
+    with Broker(tmp_path / "broker", persistence=False) as b:
+        async with MqttConnection(b.url, client_id="amic-nopersist", reconnect_min=0.25,
+                                  reconnect_max=0.5) as conn, \
+                MqttConnection(b.url, client_id="amic-clean2", clean_session=True) as clean:
+            conn.on_session_lost = lost.append
+            clean.on_session_lost = lost.append
+            await conn.subscribe("amic/cmd/#", inbox)
+            await conn.wait_connected(5)
+            await clean.wait_connected(5)
+            assert conn.session_present is False and conn.sessions_lost == 0  # a new one
+            await asyncio.to_thread(b.restart, down_for=0.5)
+            await eventually(lambda: conn.connects == 2 and conn.connected, 5)
+            await eventually(lambda: clean.connects == 2 and clean.connected, 5)
+            assert conn.session_present is False and conn.sessions_lost == 1
+            assert len(lost) == 1 and "amic-nopersist" in lost[0]  # not the clean session
+            warnings = [r.getMessage() for r in caplog.records
+                        if r.levelno == logging.WARNING and "did not keep" in r.getMessage()]
+            assert len(warnings) == 1 and b.url in warnings[0]
+            assert "persistence true" in warnings[0]
+            await conn.publish("amic/cmd/c", b"after")  # subscriptions made again
+            await eventually(lambda: ("amic/cmd/c", b"after") in inbox.got)
+
+
+async def test_first_connection_checked_when_a_session_is_known(broker: Broker) -> None:
+    """had_session (an earlier run had a session): the first connection is checked too,
+    and on_connected reports each connection's flag."""
+    async with MqttConnection(broker.url, client_id="amic-run1") as first:
+        await first.subscribe("amic/x", Inbox())
+        await first.wait_connected(5)
+    flags: list[bool | None] = []
+    lost: list[str] = []
+    for client_id, expect_lost in (("amic-run1", 0), ("amic-never-seen", 1)):
+        conn = MqttConnection(broker.url, client_id=client_id)
+        conn.had_session = True
+        conn.on_connected, conn.on_session_lost = flags.append, lost.append
+        async with conn:
+            await conn.wait_connected(5)
+            assert conn.sessions_lost == expect_lost
+    assert flags == [True, False] and len(lost) == 1 and "amic-never-seen" in lost[0]
 
 
 async def test_broker_down_at_start(tmp_path: Path) -> None:

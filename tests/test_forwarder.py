@@ -136,6 +136,56 @@ async def test_rows_arrive_with_series_tags_and_timestamps(store: Store,
     assert store.cursor("timeseries", "readings") == store.last_id("readings")
 
 
+async def test_two_collectors_share_one_server(store: Store, vm: VictoriaMetrics) -> None:
+    """The same meter ids from two collectors stay apart: series differ by ``collector``."""
+    store.write_readings(readings(0, 2))
+    async with StoreWriter(store, commit_interval=0.05) as w:
+        w.put_event(Event("meter_dead", T0, meter="M2", severity=2))
+        w.put_command(CommandRecord("c1", "M1", "trip", T0, status="sent"))
+    for gw in ("gw-a", "gw-b"):  # two forwarders (own cursors), as two gateways' daemons
+        fwd = forwarder(store, vm, name=gw, collector=gw)
+        task = asyncio.create_task(fwd.run())
+        await until(lambda gw=gw: caught_up(store, gw))  # type: ignore[misc]
+        fwd.stop()
+        await task
+    for gw in ("gw-a", "gw-b"):
+        got = vm.export(f'{{collector="{gw}"}}')
+        names = sorted((s["metric"]["__name__"], s["metric"].get("meter", "")) for s in got)
+        assert names == [("command_count", "M1"), ("command_status_code", "M1"),
+                         ("event_count", "M2"), ("event_severity", "M2"),
+                         ("reading_value", "M1"), ("reading_value", "M2")]
+        assert all(len(s["timestamps"]) == (2 if s["metric"]["__name__"] == "reading_value"
+                                            else 1) for s in got)
+
+
+async def test_each_status_of_a_remote_command_arrives(store: Store,
+                                                      vm: VictoriaMetrics) -> None:
+    """A remote request journaled ``received`` then ``done`` (here in one commit, as a
+    quick read is): both statuses reach the server as their own points."""
+    from collector.remote import StoreJournal
+
+    async with StoreWriter(store, commit_interval=0.05) as w:
+        journal = StoreJournal(store, w)
+        journal.put("req-1", "received", "", meter="M1", kind="read", operator="ops")
+        journal.put("req-1", "done", '{"ok": true}')
+        await journal.flush()
+        journal.put("req-2", "received", "", meter="M2", kind="relay", operator="ops")
+        await journal.flush()
+        fwd = forwarder(store, vm)
+        task = asyncio.create_task(fwd.run())
+        await until(lambda: caught_up(store))
+        journal.put("req-2", "done", '{"ok": false}')  # after "received" was shipped
+        await journal.flush()
+        await until(lambda: caught_up(store))
+        fwd.stop()
+        await task
+    got = {(s["metric"]["meter"], s["metric"]["status"]): s["values"]
+           for s in vm.export('{__name__="command_status_code"}')}
+    assert got == {("M1", "received"): [13], ("M1", "done"): [14],
+                   ("M2", "received"): [13], ("M2", "done"): [14]}
+    assert store.command("req-1") is not None and store.count("commands") == 2
+
+
 async def test_cursors_registered_before_anything_ships(store: Store) -> None:
     store.write_readings(readings(0, 2))
     fwd = Forwarder(store, "http://127.0.0.1:9", org="o", bucket="b", token=TOKEN,

@@ -19,6 +19,8 @@ T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
 METERS = [MeterSettings("M 1,x=y", "000000000001", "bus 1", area="TQ,01", feeder="F=1",
                         station="S\\1"),
           MeterSettings("M2", "000000000002", "bus-2")]
+COLLECTOR = "gw 1,x"  # the [collector] id, escaped in lines as below
+COLLECTOR_TAG = ",collector=gw\\ 1\\,x"
 
 
 def parse(line: str) -> tuple[str, float, int]:
@@ -47,7 +49,7 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     with Store(tmp_path / "amic.db") as store:
         commit(store, rows)
         fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
-                        precision=precision, batch=10_000)
+                        precision=precision, batch=10_000, collector=COLLECTOR)
         batch = fwd._prepare("readings", 0)
         python = fwd.reading_lines(store.outbox("x", "readings", after_id=0, limit=10_000))
     assert batch.rows == len(rows) and batch.last_id == len(rows)
@@ -57,6 +59,8 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     assert batch.points == len(sql) == len(python)
     # The same points: same measurement and tags, same timestamp, the very same double.
     assert [parse(a) for a in sql] == [parse(b) for b in python]
+    # Both carry the collector tag, configured meter or not.
+    assert all(COLLECTOR_TAG + " " in line for line in sql + python)
     # NULL (NaN) and infinite values have no point.
     assert len(python) == len(rows) - 3 * 2 * 3
 
@@ -71,9 +75,9 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
     with Store(tmp_path / "amic.db") as store:
         commit(store, rows)
         here = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
-                         batch=100, process_backlog=0)
+                         batch=100, process_backlog=0, collector=COLLECTOR)
         worker = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
-                           batch=100, process_backlog=1)
+                           batch=100, process_backlog=1, collector=COLLECTOR)
         try:
             after = 0
             built_by_worker = 0
@@ -81,6 +85,8 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
                 a, b = here._prepare("readings", after), worker._prepare("readings", after)
                 assert (a.rows, a.last_id, a.points) == (b.rows, b.last_id, b.points)
                 assert gzip.decompress(a.body) == gzip.decompress(b.body)
+                assert all(COLLECTOR_TAG + " " in line
+                           for line in gzip.decompress(b.body).decode().splitlines())
                 built_by_worker += b.pairs is None
                 if not a.rows:
                     break
@@ -139,3 +145,27 @@ def test_skipped_protected_trip_has_its_own_status_code(tmp_path: Path) -> None:
     assert head == "command,meter=M1,kind=trip,status=skipped_protected,operator=alice"
     assert dict(f.split("=") for f in fields.split(",")) == {"status_code": "15.0",
                                                             "count": "1.0"}
+
+
+def test_every_measurement_carries_the_collector_tag(tmp_path: Path) -> None:
+    """Events, commands, cycles and daily figures too: gateways can share one TSDB."""
+    from collector.records import CommandRecord, CycleRecord, DailyRecord, Event
+
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_event(Event("meter_dead", T0, meter="M2", severity=2))
+                w.put_command(CommandRecord("c1", "M2", "trip", T0, status="sent"))
+                w.put_cycle(CycleRecord("cy1", "fast", T0, T0 + dt.timedelta(seconds=5), 2,
+                                        1, 1, {"bus-2": (1, 2)}, {"TQ,01": (1, 2)}))
+                w.put_daily(DailyRecord(T0.date(), "lineloss", "TQ,01", T0, True,
+                                        (("loss_pct", 2.5),)))
+        asyncio.run(put())
+        fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                        collector=COLLECTOR)
+        lines = {table: fwd._converters[table](store.outbox("x", table, after_id=0))
+                 for table in ("events", "commands", "cycles", "daily")}
+    assert {t: len(v) for t, v in lines.items()} == \
+        {"events": 1, "commands": 1, "cycles": 3, "daily": 1}
+    for line in [line for v in lines.values() for line in v]:
+        assert COLLECTOR_TAG + " " in line, line  # the last tag

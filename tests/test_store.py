@@ -456,7 +456,7 @@ def test_upgrade_from_version_3_indexes_stored_readings(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION
         assert s.count("readings") == len(rows)
         m1 = s.recent_readings(meter="m1", limit=1000)
         assert len(m1) == 21 and {r.meter for r in m1} == {"m1"}
@@ -464,6 +464,35 @@ def test_upgrade_from_version_3_indexes_stored_readings(tmp_path: Path) -> None:
         assert reads_consistent(s)
         names = {r[0] for r in raw(s, "SELECT name FROM sqlite_schema")}
         assert "readings_meter_ts" not in names and "readings_ts" not in names
+
+
+async def test_upgrade_from_version_4_keeps_the_commands_outbox(tmp_path: Path) -> None:
+    """Version 5 forwards every command status from command_log: a store upgraded with
+    a forwarder half-way through its commands goes on after its cursor, nothing twice,
+    and from then on each status is a row of its own."""
+    from collector.store import MIGRATIONS, _split_sql
+    path = tmp_path / DB_NAME
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        for statement in _split_sql(script):
+            conn.execute(statement)
+    for i, status in enumerate(("queued", "sent", "verified")):
+        conn.execute("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, status, "
+                     "updated) VALUES (?, 'm1', 'trip', 0, ?, ?)", (f"c{i % 2}", status, i))
+    conn.execute("INSERT INTO cursors VALUES ('fwd', 'commands', 2, 0)")  # shipped "sent"
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 5
+        assert [r["status"] for r in s.outbox("fwd", "commands")] == ["verified"]
+        async with StoreWriter(s) as w:
+            w.put_command(CommandRecord("c1", "m1", "trip", T0, status="received"))
+            w.put_command(CommandRecord("c1", "m1", "trip", T0, status="done"))
+        assert [r["status"] for r in s.outbox("fwd", "commands")] == \
+            ["verified", "received", "done"]
+        assert s.last_id("commands") == 5 and s.outbox_lag("fwd", "commands") == 3
+        assert s.count("commands") == 2 and s.command("c1").status == "done"  # type: ignore[union-attr]
 
 
 class StoreWriterless:
