@@ -16,7 +16,7 @@ SEVERITY = {0: "info", 1: "warning", 2: "ALARM"}
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, metavar="FILE",
+@click.option("--config", "-c", "config_path", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--since", default="1d", show_default=True,
               help="How far back: 2h, 7d, or a date/time (local).")

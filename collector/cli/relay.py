@@ -5,10 +5,11 @@ Two ways to reach a meter:
 - ``--via mqtt://BROKER --collector ID``: the running collector carries the command out
   on the meter's bus (command lane, ahead of polling) and records it.  The request is
   signed with the operator's key (``--secrets FILE``, ``[operators.NAME] key``).
-- ``--config FILE``: this process opens the meters' buses itself (the collector must not
-  be polling them meanwhile: commissioning, or a gateway whose daemon is stopped), with
-  the passwords of the configuration's secrets file, and records the commands in the
-  configuration's store.
+- ``--config FILE``: when a daemon runs for that configuration, the command goes through
+  it (its local control socket, collector/ctlsocket.py: the daemon owns the buses);
+  otherwise this process opens the meters' buses itself (commissioning, or a gateway
+  whose daemon is stopped), with the passwords of the configuration's secrets file, and
+  records the commands in the configuration's store.
 
 Exit status (the worst over the meters): 0 confirmed (or dry run), 3 refused by the
 meter, 4 unconfirmed (no state change seen in time), 5 a reply from another address,
@@ -40,6 +41,7 @@ from collector.signing import sign
 
 from .query import parse_since
 from .read import RemoteOptions, _call_remote, _password
+from .viadaemon import ask, daemon_of
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -68,13 +70,15 @@ def _via_options(f: Any) -> Any:
                      help="With --via: client certificate."),
         click.option("--key-file", default=None, metavar="FILE",
                      help="With --via: client certificate key."),
-        click.option("--config", "config_path", default=None, metavar="FILE",
+        click.option("--config", "-c", "config_path", default=None, metavar="FILE",
                      type=click.Path(dir_okay=False, path_type=Path),
-                     help="Without --via: the collector's configuration; this process "
-                          "opens the buses itself."),
+                     help="Without --via: the collector's configuration; through its "
+                          "running daemon if there is one, else this process opens the "
+                          "buses itself."),
         click.option("--timeout-s", default=120.0, show_default=True, type=float,
                      help="Wait this long for the result."),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="One JSON object per meter, one a line (JSON Lines)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -187,8 +191,9 @@ async def _local(settings: Settings, secrets: Secrets | None, action: str, meter
 
 
 def _show(results: list[dict[str, Any]], as_json: bool, extra: dict[str, Any]) -> None:
-    if as_json:
-        click.echo(json.dumps({**extra, "results": results}, ensure_ascii=False, default=str))
+    if as_json:  # JSON Lines: one object per meter
+        for r in results:
+            click.echo(json.dumps({**extra, **r}, ensure_ascii=False, default=str))
         return
     click.echo(f"{'meter':<14} {'status':<17} {'relay before':<13} {'after':<8} "
                f"{'energy kWh':>11} {'ms':>7}  detail")
@@ -205,6 +210,10 @@ def _show(results: list[dict[str, Any]], as_json: bool, extra: dict[str, Any]) -
 def _relay(state: dict[str, Any]) -> str:
     v = state.get("relay_open")
     return "-" if v is None else ("open" if v else "closed")
+
+
+def _name(action: str) -> str:
+    return "relay-status" if action == "status" else action
 
 
 def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str | None,
@@ -248,6 +257,12 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         if action != "status":
             body = _signed(body, who, secrets_path)
         reply = _ask(opts, "relay", body, rid)
+        results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
+    elif settings is not None and (daemon := daemon_of(settings, _name(action))) is not None:
+        # The daemon owns the buses: the command goes on its command lane, audited there.
+        reply = ask(daemon, _name(action), {"op": "relay", "action": action, "meters": ids,
+                                            "operator": who, "reason": reason_text,
+                                            "dry_run": dry_run}, timeout_s)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     else:
         assert settings is not None
@@ -348,7 +363,7 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, metavar="FILE",
+@click.option("--config", "-c", "config_path", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--meter", default=None, metavar="METER_ID")
 @click.option("--since", default="30d", show_default=True,
