@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -41,6 +42,7 @@ from collector.signing import sign
 
 from .query import parse_since
 from .read import RemoteOptions, _call_remote, _password
+from .times import json_time, show_time
 from .viadaemon import ask, daemon_of
 
 EXIT_FAILED = 1
@@ -368,9 +370,10 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
 @click.option("--meter", default=None, metavar="METER_ID")
 @click.option("--since", default="30d", show_default=True,
               help="How far back: 2h, 7d, or a date/time (local).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> None:
-    """List relay commands and top-ups: who, why, when, outcome (local time)."""
+    """List relay commands and top-ups: when (local time with the UTC offset), who,
+    what, the outcome, relay state and energy before and after, and why."""
     from collector.store import Store, StoreError
 
     settings = _settings(config_path)
@@ -382,18 +385,48 @@ def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> No
         store = Store(settings.collector.data_dir / "amic.db", create=False)
     except StoreError as e:
         _fail(str(e), EXIT_USAGE)
-    rows = store.audit(since=start, meter=meter)
+    rows = [dict(r) for r in store.audit(since=start, meter=meter)]
     store.close()
-    if as_json:
-        click.echo(json.dumps([dict(r) for r in rows], ensure_ascii=False, default=str))
+    if as_json:  # JSON Lines: one object per command
+        for r in rows:
+            click.echo(json.dumps(audit_json(r), ensure_ascii=False, default=str))
         return
-    click.echo(f"{'time (local)':<19} {'meter':<12} {'action':<9} {'status':<16} "
-               f"{'operator':<10} reason")
-    for r in rows:
-        detail: dict[str, Any] = {}
-        with contextlib.suppress(ValueError, TypeError):
-            detail = json.loads(r["detail"])
-        when = from_ms(r["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{when:<19} {r['meter']:<12} {r['kind']:<9} {r['status']:<16} "
-                   f"{r['operator']:<10} {detail.get('reason', '')}")
+    click.echo(audit_table(rows))
 
+
+def _detail(row: Mapping[str, Any]) -> dict[str, Any]:
+    with contextlib.suppress(ValueError, TypeError):
+        doc = json.loads(row["detail"])
+        if isinstance(doc, dict):
+            return doc
+    return {}
+
+
+def audit_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One audit row for --json: the time local with its offset, the detail parsed."""
+    return {"time": json_time(from_ms(row["ts"])), "ts_ms": row["ts"],
+            "command_id": row["command_id"], "meter": row["meter"], "action": row["kind"],
+            "status": row["status"], "operator": row["operator"], "detail": _detail(row)}
+
+
+def _kwh(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def audit_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Who, when, what, the outcome, relay and energy before and after, and why."""
+    cells = [("TIME", "METER", "ACTION", "STATUS", "OPERATOR", "RELAY_BEFORE",
+              "RELAY_AFTER", "KWH_BEFORE", "KWH_AFTER", "REASON")]
+    for r in rows:
+        d = _detail(r)
+        before = d.get("before") if isinstance(d.get("before"), dict) else {}
+        after = d.get("after") if isinstance(d.get("after"), dict) else {}
+        cells.append((show_time(from_ms(r["ts"])), str(r["meter"]), str(r["kind"]),
+                      str(r["status"]), str(r["operator"]) or "-", _relay(before or {}),
+                      _relay(after or {}), _kwh(d.get("energy_before")),
+                      _kwh(d.get("energy_at_switch")), str(d.get("reason", ""))))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    right = {7, 8}
+    return "\n".join("  ".join(x.rjust(w) if i in right else x.ljust(w)
+                               for i, (x, w) in enumerate(zip(c, widths, strict=True))
+                               ).rstrip() for c in cells)
