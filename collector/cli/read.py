@@ -130,7 +130,8 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.option("--retries", type=click.IntRange(min=0, max=20), default=2, show_default=True,
               help="With --via: publish the request again (same request id) this many "
                    "times when no reply comes.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per reading, one a line (JSON Lines).")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=None, metavar="MS",
               help="Reply timeout Td in ms (default: td_ms of the target, else 500); "
                    f"with --via: wait per attempt for the collector's reply "
@@ -198,11 +199,10 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     except Exception as e:  # never a traceback for the operator
         _fail(f"meter {addr}: unexpected {type(e).__name__}: {e}", EXIT_FAILED)
     rows = [part for r in readings for part in r.members()]
-    if as_json:
-        meter = rows[0].address if rows else addr
-        doc: dict[str, Any] = {"address": meter, "protocol": protocol,
-                               "readings": [r.as_json() for r in rows]}
-        click.echo(json.dumps(doc, ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per reading
+        for r in rows:
+            doc: dict[str, Any] = {"address": r.address, "protocol": protocol, **r.as_json()}
+            click.echo(json.dumps(doc, ensure_ascii=False))
     else:
         click.echo(table(rows))
 
@@ -362,9 +362,10 @@ def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -
         error = str(reply.get("error") or "failed")
         _fail(f"collector {collector}: {error}", EXIT_FAILED)
     readings = [r for r in reply.get("readings") or [] if isinstance(r, dict)]
-    if as_json:
-        doc: dict[str, Any] = {"collector": collector, "meter": meter,
-                               "request_id": request_id, "readings": readings}
-        click.echo(json.dumps(doc, ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per reading
+        for r in readings:
+            doc: dict[str, Any] = {"collector": collector, "meter": meter,
+                                   "request_id": request_id, **r}
+            click.echo(json.dumps(doc, ensure_ascii=False))
     else:
         click.echo(remote_table(readings))
