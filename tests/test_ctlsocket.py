@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import sqlite3
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,9 @@ quantities = ["voltage_a"]
 """
 
 
+NOBODY = 65534
+
+
 def setup(tmp: Path, port: int) -> Path:
     secrets = tmp / "secrets.toml"
     secrets.write_text(SECRETS)
@@ -103,6 +109,13 @@ async def test_cli_goes_through_the_running_daemon_and_falls_back_without_one(
             assert r.exit_code == 0, r.output
             assert f"via running daemon (pid {daemon.proc.pid})" in r.stderr
             assert meters[0].model.relay_open and meters[1].model.relay_open
+            # An on-demand read goes through the daemon too.
+            r = await amic("read", "-c", str(cfg), "--meter", "M2", "--json", "voltage_a")
+            assert r.exit_code == 0, r.output
+            assert f"via running daemon (pid {daemon.proc.pid})" in r.stderr
+            doc = json.loads(r.stdout)
+            assert (doc["meter"], doc["quantity"]) == ("M2", "voltage_a")
+            assert 180 < doc["value"] < 260
             # The CLI never opened the bus: the simulator saw one master only.
             assert server.stats.connections == 1
         finally:
@@ -118,6 +131,11 @@ async def test_cli_goes_through_the_running_daemon_and_falls_back_without_one(
         assert "via running daemon" not in r.stderr
         assert server.stats.connections == 2
         assert json.loads(r.stdout)["state"]["relay_open"] is True
+        r = await amic("read", "-c", str(cfg), "--meter", "M1", "voltage_a")
+        assert r.exit_code == 0, r.output
+        assert "via running daemon" not in r.stderr
+        assert r.stdout.splitlines()[1].split()[:2][0] == "voltage_a"
+        assert server.stats.connections == 3
 
 
 async def test_a_stale_socket_neither_blocks_the_daemon_nor_the_cli(tmp_path: Path) -> None:
@@ -164,3 +182,61 @@ async def test_socket_requests_are_checked(tmp_path: Path) -> None:
                         (b'{"op": "relay", "action": "trip"}', "starting")):
         reply = await server.handle(line)
         assert reply["status"] == "error" and error in reply["error"], reply
+
+
+
+def hello_as(uid: int, path: Path) -> str:
+    """What a process of user ``uid`` gets from the socket at ``path`` (forked)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then out
+        out = b""
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(str(path))
+                s.sendall(b'{"op": "hello"}\n')
+                out = s.makefile("rb").readline()
+            except OSError as e:
+                out = f"OSError {e.strerror}".encode()
+            os.write(w, out)
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+async def test_only_the_daemons_user_or_root_may_use_the_socket(tmp_path: Path) -> None:
+    """Another user: the 0600 socket refuses to connect; with the mode opened up, the
+    daemon still refuses the peer's uid (SO_PEERCRED)."""
+    assert os.geteuid() == 0, "acting as another user needs root (as in CI)"
+    async with BusServer(make_meters(["000000000001", "000000000002"]), baud=19200,
+                         td=0.005) as server:
+        top = Path(tempfile.mkdtemp(prefix="amic-ctl-"))  # pytest's tree is 0700
+        try:
+            top.chmod(0o755)
+            cfg = setup(top, server.port)
+            daemon = Daemon(cfg, tmp_path)
+            try:
+                await asyncio.to_thread(daemon.wait_for, "READY=1")
+                sock = top / "data" / "amic.sock"
+                assert "pid" in json.loads(hello_as(0, sock))  # root may
+                assert hello_as(NOBODY, sock) == "OSError Permission denied"
+                sock.chmod(0o666)
+                reply = json.loads(hello_as(NOBODY, sock))
+                assert reply == {"status": "error",
+                                 "error": f"uid {NOBODY} may not use this daemon"}
+            finally:
+                assert await asyncio.to_thread(daemon.stop) == 0
+            assert f"uid {NOBODY} refused" in daemon.log.read_text()
+        finally:
+            shutil.rmtree(top)
