@@ -163,6 +163,10 @@ class CtlServer:
             uid = _peer_uid(sock) if sock is not None else -1
             if uid not in (0, os.getuid()):
                 log.warning("control socket: uid %d refused", uid)
+                # Read the request first: closing on unread data would reset the
+                # connection, and the client would not see why.
+                with contextlib.suppress(ValueError, TimeoutError):
+                    await asyncio.wait_for(reader.readline(), 2.0)
                 await self._reply(writer, {"status": "error",
                                            "error": f"uid {uid} may not use this daemon"})
                 return
