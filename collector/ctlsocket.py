@@ -289,17 +289,17 @@ class CtlClient:
             self.sock.sendall(json.dumps(request, ensure_ascii=False).encode() + b"\n")
             line = self._file.readline()
         except TimeoutError:
-            raise CtlError(f"daemon (pid {self.pid}): no reply within {timeout:g} s") from None
+            raise CtlError(f"no reply within {timeout:g} s") from None
         except OSError as e:
-            raise CtlError(f"daemon (pid {self.pid}): {e.strerror or e}") from None
+            raise CtlError(str(e.strerror or e)) from None
         if not line:
-            raise CtlError(f"daemon (pid {self.pid}) closed the connection")
+            raise CtlError("closed the connection without a reply")
         try:
             reply = json.loads(line)
         except ValueError:
-            raise CtlError(f"daemon (pid {self.pid}): unreadable reply") from None
+            raise CtlError("unreadable reply") from None
         if not isinstance(reply, dict):
-            raise CtlError(f"daemon (pid {self.pid}): unreadable reply")
+            raise CtlError("unreadable reply")
         if reply.get("status") != "ok":
             raise CtlError(str(reply.get("error") or "failed"))
         return reply
@@ -337,9 +337,9 @@ def _connect(path: Path, data_dir: Path) -> CtlClient | None:
     client = CtlClient(sock, path, {})
     try:
         hello = client.call({"op": "hello"}, 3.0)
-    except CtlError:
+    except CtlError as e:
         client.close()
-        raise
+        raise CtlError(f"the daemon at {path}: {e}") from None
     if not _same_dir(str(hello.get("data_dir", "")), data_dir):
         client.close()
         return None  # a daemon of another configuration

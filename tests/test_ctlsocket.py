@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from daemonproc import Daemon
 
@@ -243,3 +244,39 @@ async def test_only_the_daemons_user_or_root_may_use_the_socket(tmp_path: Path) 
             assert f"uid {NOBODY} refused" in daemon.log.read_text()
         finally:
             shutil.rmtree(top)
+
+
+async def test_a_socket_of_another_configuration_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/run/amic may hold the socket of the daemon of another data directory: the CLI
+    then opens the buses of its own configuration (no daemon of its own runs)."""
+    from collector.ctlsocket import CtlServer, connect
+    from collector.settings import CollectorSettings
+
+    class Settings:
+        def __init__(self, data_dir: Path) -> None:
+            self.collector = CollectorSettings(id="gw", data_dir=data_dir)
+
+    class Stub:
+        control = None
+
+        def __init__(self, data_dir: Path) -> None:
+            self.settings = Settings(data_dir)
+
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(runtime))
+    (tmp_path / "a").mkdir()
+    server = CtlServer(Stub(tmp_path / "a"))  # type: ignore[arg-type]
+    await server.start()
+    try:
+        assert server.path == runtime / "amic.sock"
+        mine: Any = Settings(tmp_path / "b")
+        assert await asyncio.to_thread(connect, mine) is None
+        theirs: Any = Settings(tmp_path / "a")
+        client = await asyncio.to_thread(connect, theirs)
+        assert client is not None and client.pid == os.getpid()
+        client.close()
+    finally:
+        await server.close()
+    assert not server.path.exists()
