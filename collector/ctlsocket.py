@@ -45,6 +45,7 @@ RUNTIME_ENV: Final = "RUNTIME_DIRECTORY"  # set by systemd's RuntimeDirectory=
 SYSTEM_RUNTIME_DIR: Final = Path("/run/amic")  # the unit's RuntimeDirectory=amic
 MAX_REQUEST: Final = 64 * 1024
 MAX_PATH: Final = 107  # sun_path holds 108 bytes with the final NUL
+CLOSE_WAIT: Final = 2.0  # s a stopping daemon waits for requests in flight (10 s budget)
 
 
 class CtlError(Exception):
@@ -142,6 +143,10 @@ class CtlServer:
         if self._server is None:
             return
         self._server.close()
+        # A command in flight finishes and is recorded (its job is on a bus that drains
+        # anyway); an idle connection is cut.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
