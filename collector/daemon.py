@@ -25,6 +25,7 @@ from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
 from .control import Control
+from .ctlsocket import CtlServer
 from .daily import DailyJobs
 from .forwarder import Forwarder
 from .metrics import Metrics
@@ -89,6 +90,7 @@ class Daemon:
             AlarmSettings(**dict(settings.alarms.values)))  # type: ignore[arg-type]
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         self.control: Control | None = None
+        self.ctl: CtlServer | None = None
         self.daily: DailyJobs | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -320,6 +322,9 @@ class Daemon:
 
         c = self.settings.collector
         c.data_dir.mkdir(parents=True, exist_ok=True)
+        # First: refuses to start while another daemon serves this data directory.
+        self.ctl = CtlServer(self)
+        await self.ctl.start()
         self.store = Store(c.data_dir / "amic.db", max_size_mb=c.max_store_mb)
         self.writer = StoreWriter(self.store, commit_interval=c.commit_interval,
                                   commit_rows=c.commit_rows,
@@ -386,6 +391,8 @@ class Daemon:
             if t.get_name() != "forwarder":
                 t.cancel()
         await self._stop_schedules()
+        if self.ctl is not None:
+            await self.ctl.close()
         if self.control is not None:
             await self.control.stop()
         await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))

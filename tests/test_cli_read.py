@@ -86,14 +86,15 @@ def test_json(target: str) -> None:
     r = amic_read("--target", target, "--address", "AAAAAAAAAAAA", "--json", "voltage_a",
                   "current_a", "02800002", "status_word_3")
     assert r.exit_code == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["address"] == ADDR  # the meter that answered the wildcard
-    assert doc["readings"][:3] == [
+    lines = [json.loads(line) for line in r.stdout.splitlines()]  # JSON Lines
+    assert {x.pop("address") for x in lines} == {ADDR}  # the meter that answered
+    assert {x.pop("protocol") for x in lines} == {"dlt645-2007"}
+    assert lines[:3] == [
         {"name": "voltage_a", "di": "02010100", "value": 220.1, "unit": "V"},
         {"name": "current_a", "di": "02020100", "value": -1.25, "unit": "A"},
         {"name": "frequency", "di": "02800002", "value": 50.01, "unit": "Hz"},
     ]
-    status = doc["readings"][3]
+    status = lines[3]
     assert status["name"] == "status_word_3" and status["unit"] == ""
     assert status["value"]["raw"] == 0x0150 and status["value"]["relay_open"] == 1
 
@@ -106,7 +107,7 @@ def test_raw_block_di_is_listed_member_by_member(target: str, meter: FakeMeter) 
     finally:
         del meter.values[0x0201FF00]
     assert r.exit_code == 0, r.stderr
-    assert [(x["name"], x["value"]) for x in json.loads(r.stdout)["readings"]] == [
+    assert [(x["name"], x["value"]) for x in map(json.loads, r.stdout.splitlines())] == [
         ("voltage_a", 230.0), ("voltage_b", 231.0), ("voltage_c", 232.0)]
 
 
@@ -188,7 +189,7 @@ def test_real_process_prints_no_traceback(target: str) -> None:
         [sys.executable, "-c", code, "read", "--target", target, "--address", ADDR, "--json",
          "voltage_a"], capture_output=True, text=True, timeout=20)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["readings"][0]["value"] == 220.1
+    assert json.loads(ok.stdout)["value"] == 220.1
     bad = subprocess.run(
         [sys.executable, "-c", code, "read", "--target", target, "--address", ADDR,
          "pf"], capture_output=True, text=True, timeout=20)

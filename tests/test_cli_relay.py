@@ -79,7 +79,7 @@ async def test_trip_dry_run_confirmation_and_wrong_address(tmp_path: Path) -> No
         # A dry run reads the state and sends nothing.
         r = await amic("trip", "M1", *base, "--reason", "test", "--dry-run", "--json")
         assert r.exit_code == 0, r.output
-        (res,) = json.loads(r.output)["results"]
+        (res,) = [json.loads(x) for x in r.stdout.splitlines()]
         assert res["status"] == "dry_run" and res["state"]["relay_open"] is False
         assert not model["M1"].relay_open
         # The real thing: confirmed, exit 0.
@@ -89,13 +89,13 @@ async def test_trip_dry_run_confirmation_and_wrong_address(tmp_path: Path) -> No
         # A meter answering with another address: exit 5, its relay untouched.
         r = await amic("trip", "M3", *base, "--reason", "arrears", "--json")
         assert r.exit_code == 5, r.output
-        assert json.loads(r.output)["results"][0]["status"] == "address_mismatch"
+        assert json.loads(r.stdout)["status"] == "address_mismatch"
         assert not model["M3"].relay_open
         # relay-status reads only.
         r = await amic("relay-status", "M1", "M2", "--config", str(cfg), "--json")
         assert r.exit_code == 0, r.output
         states = {x["meter"]: x["state"]["relay_open"]
-                  for x in json.loads(r.output)["results"]}
+                  for x in [json.loads(x) for x in r.stdout.splitlines()]}
         assert states == {"M1": True, "M2": False}
     # Everything that was carried out or tried is in the audit trail.
     with sqlite3.connect(tmp_path / "data" / "amic.db") as c:
@@ -162,7 +162,7 @@ async def test_modbus_meter_trip_and_restore_through_its_profile(tmp_path: Path)
         base = ["--config", str(cfg), "--operator", "alice", "--json"]
         r = await amic("trip", "P1", *base, "--reason", "arrears")
         assert r.exit_code == 0, r.output
-        (res,) = json.loads(r.output)["results"]
+        (res,) = [json.loads(x) for x in r.stdout.splitlines()]
         assert res["status"] == "confirmed" and res["protocol"] == "modbus"
         assert res["energy_at_switch"] is not None and sim.model(1).relay_open
         r = await amic("restore", "P1", *base, "--reason", "paid")

@@ -91,9 +91,9 @@ async def test_reports_polling_commands_and_broker_restart(tmp_path: Path) -> No
                     ["read", "--via", broker.url, "--collector", "tq-gw", "--meter", "M2",
                      "--json", "voltage_a", "frequency"])
                 assert result.exit_code == 0, result.output
-                doc = json.loads(result.output)
+                doc = [json.loads(line) for line in result.stdout.splitlines()]
                 values = {r["name"] if "name" in r else r["quantity"]: r["value"]
-                          for r in doc["readings"]}
+                          for r in doc}
                 assert 190 < values["voltage_a"] < 250 and 49 < values["frequency"] < 51
                 # 4. Broker restart: a QoS 1 command published while the daemon is away
                 # is delivered after it reconnects, executed once, answered (twice asked).

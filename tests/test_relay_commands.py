@@ -131,9 +131,9 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
                     "--operator", "alice", "--secrets", str(operator_secrets), "--yes",
                     "--json")
                 assert r.exit_code == 0, r.output
-                doc = json.loads(r.output)
-                assert [x["status"] for x in doc["results"]] == ["confirmed", "confirmed"]
-                assert all(x["energy_at_switch"] is not None for x in doc["results"])
+                doc = [json.loads(x) for x in r.stdout.splitlines()]
+                assert [x["status"] for x in doc] == ["confirmed", "confirmed"]
+                assert all(x["energy_at_switch"] is not None for x in doc)
                 assert model["M1"].relay_open and model["M2"].relay_open
                 assert not model["M3"].relay_open
                 await daemon.writer.flush()  # type: ignore[union-attr]
@@ -156,7 +156,7 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
                     cli, "trip", "M3", *via, "--reason", "test", "--operator", "alice",
                     "--secrets", str(operator_secrets), "--json")
                 assert r.exit_code == 3, r.output
-                res = json.loads(r.output)["results"][0]
+                res = json.loads(r.stdout)
                 assert res["status"] == "refused" and "unauthorised" in res["error_bits"]
                 assert not model["M3"].relay_open
 
@@ -191,7 +191,7 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
                 r = await asyncio.to_thread(cli, "relay-status", "M1", "M3", *via, "--json")
                 assert r.exit_code == 0, r.output
                 states = {x["meter"]: x["state"]["relay_open"]
-                          for x in json.loads(r.output)["results"]}
+                          for x in [json.loads(x) for x in r.stdout.splitlines()]}
                 assert states == {"M1": True, "M3": False}
                 outputs = r.output
             finally:

@@ -160,10 +160,9 @@ async def test_cli_reads_through_the_collector(broker: Broker) -> None:
         r = await amic("read", "--via", broker.url, "--collector", CID, "--meter", "M0001",
                        "--json", "VOLTAGE_A")
         assert r.exit_code == 0, r.output
-        doc = json.loads(r.stdout)
-        assert doc["collector"] == CID and doc["meter"] == "M0001"
-        assert doc["readings"] == [{"meter": "M0001", "quantity": "voltage_a",
-                                    "value": 220.1, "unit": "V", "ts": T0}]
+        doc = json.loads(r.stdout)  # one reading: one line
+        assert doc == {"collector": CID, "meter": "M0001", "request_id": doc["request_id"],
+                       "quantity": "voltage_a", "value": 220.1, "unit": "V", "ts": T0}
     assert len(execute.calls) == 2
     assert execute.calls[1]["quantities"] == ["voltage_a"]
     assert execute.calls[1]["request_id"] == doc["request_id"]
@@ -494,13 +493,13 @@ async def test_read_executor_reads_the_meter_on_its_bus(broker: Broker) -> None:
                 r = await amic(*base, "--meter", "M0001", "--json", "voltage",
                                "energy_active_forward_total")
                 assert r.exit_code == 0, r.output
-                doc = json.loads(r.stdout)
-                assert [(x["quantity"], x["unit"]) for x in doc["readings"]] == [
+                doc = [json.loads(line) for line in r.stdout.splitlines()]
+                assert [(x["quantity"], x["unit"]) for x in doc] == [
                     ("voltage_a", "V"), ("voltage_b", "V"), ("voltage_c", "V"),
                     ("energy_active_forward_total", "kWh")]
                 assert all(x["meter"] == "M0001" and isinstance(x["value"], float)
-                           for x in doc["readings"])
-                assert [s.quantity for s in stored] == [x["quantity"] for x in doc["readings"]]
+                           for x in doc)
+                assert [s.quantity for s in stored] == [x["quantity"] for x in doc]
                 for meter, message in [
                         ("M0009", f"meter M0009 is not configured on collector {CID}"),
                         ("M0002", "meter M0002: its bus b2 is not running"),

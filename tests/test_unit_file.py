@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,24 @@ def test_systemd_analyze(tmp_path: Path) -> None:
     if "offline" in r.stderr and "unrecognized" in r.stderr:
         return  # older systemd-analyze: no offline security analysis
     assert r.returncode == 0, r.stdout[-600:] + r.stderr
+
+
+def test_the_control_socket_lives_in_the_runtime_directory(
+        unit: Unit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from collector.ctlsocket import SYSTEM_RUNTIME_DIR, candidate_paths, socket_path
+    from collector.settings import CollectorSettings
+
+    name = one(unit, "Service", "RuntimeDirectory")
+    assert Path("/run") / name == SYSTEM_RUNTIME_DIR
+
+    class S:
+        collector = CollectorSettings(id="gw", data_dir=tmp_path)
+
+    settings: Any = S()
+    # systemd sets RUNTIME_DIRECTORY for the daemon; an operator's shell does not, and
+    # the CLI looks there anyway.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"/run/{name}")
+    assert socket_path(settings) == Path(f"/run/{name}/amic.sock")
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    assert socket_path(settings) == tmp_path / "amic.sock"
+    assert candidate_paths(settings) == [tmp_path / "amic.sock", Path(f"/run/{name}/amic.sock")]

@@ -46,15 +46,22 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("file", required=False, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--config", "-c", "config_path", default=None, metavar="FILE",
+              type=click.Path(dir_okay=True, path_type=Path),
+              help="The configuration to check (instead of FILE).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also list the buses and, for each schedule, what it reads from whom.")
-def check(file: Path, verbose: bool) -> None:
-    """Check FILE (and the ledger it names) completely; start nothing.
+def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
+    """Check FILE (or -c FILE, and the ledger it names) completely; start nothing.
 
     Exit 0 printing a one-line summary when it is valid; exit 1 printing every problem,
     one a line (file:line: table: key: expected ..., got ...), when it is not.
     """
+    if (file is None) == (config_path is None):
+        raise click.UsageError("give the configuration: FILE or -c/--config FILE (one)")
+    file = file or config_path
+    assert file is not None
     try:
         settings = load_settings(file)
     except ConfigError as e:

@@ -1,4 +1,5 @@
-"""``amic events``: alarms and events from the store, newest last, in local time."""
+"""``amic events``: alarms and events from the store, newest last, in local time
+(with the UTC offset)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import click
 from collector.config import ConfigError, load_settings
 
 from .query import parse_since
+from .times import json_time, show_time
 
 SEVERITY = {0: "info", 1: "warning", 2: "ALARM"}
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, metavar="FILE",
+@click.option("--config", "-c", "config_path", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--since", default="1d", show_default=True,
               help="How far back: 2h, 7d, or a date/time (local).")
@@ -46,11 +48,11 @@ def events(config_path: Path, since: str, meter: str | None, kind: str | None,
     store.close()
     for ev in reversed(rows):
         if as_json:
-            click.echo(json.dumps({"ts": ev.ts.isoformat(), "kind": ev.kind, "meter": ev.meter,
+            click.echo(json.dumps({"ts": json_time(ev.ts), "kind": ev.kind, "meter": ev.meter,
                                    "bus": ev.bus, "severity": ev.severity, "value": ev.value,
                                    "detail": ev.detail}, ensure_ascii=False))
             continue
-        when = ev.ts.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        when = show_time(ev.ts)
         value = "" if ev.value is None else f"{ev.value:g}"
         click.echo(f"{when}  {SEVERITY.get(ev.severity, ev.severity):<7} {ev.kind:<24} "
                    f"{ev.meter or '-':<12} {value:>10}  {ev.detail}")

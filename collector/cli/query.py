@@ -1,4 +1,5 @@
-"""``amic query``: recent readings from the store, in local time."""
+"""``amic query``: recent readings from the store, in local time (with the UTC offset);
+status words, dates and times decoded as ``amic read`` shows them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import click
 
 from collector.records import Quality
 from collector.store import DB_NAME, Store, StoredReading, StoreError
+from protocols.quantities import QUANTITIES, Kind
+
+from .times import json_time, show_time
 
 EXIT_USAGE = 2  # bad arguments, or no store where it was looked for
 
@@ -49,7 +53,7 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def local_time(t: dt.datetime) -> str:
-    return t.astimezone().isoformat(sep=" ", timespec="seconds")
+    return show_time(t)
 
 
 def quality_text(q: Quality) -> str:
@@ -66,26 +70,81 @@ def format_value(v: float | None) -> str:
     return "-" if v is None else format(v, ".15g")
 
 
+def status_text(quantity: str, raw: int) -> str:
+    """A status word as ``amic read`` shows it: ``0x1010 relay_open, hold_power``."""
+    from drivers.dlt645 import resolve_quantity
+    from protocols.dlt645 import StatusWord
+
+    from .read import format_value as read_format
+
+    try:
+        item = resolve_quantity(quantity)
+    except Exception:  # not a DL/T645 status word: the bits unnamed
+        return f"0x{raw:04X}"
+    bits = item.bits if item is not None else ()
+    fields = {b.name: (raw >> b.start) & ((1 << b.width) - 1) for b in bits}
+    return read_format(StatusWord(raw, fields), item)
+
+
+def display_value(quantity: str, v: float | None) -> str:
+    """A stored value as an operator reads it: status words with the names of their set
+    bits, dates and times (stored as epoch seconds of the meter's local time) as such."""
+    if v is None:
+        return "-"
+    q = QUANTITIES.get(quantity)
+    kind = q.kind if q is not None else Kind.NUMBER
+    try:
+        if kind == Kind.STATUS:
+            return status_text(quantity, int(v))
+        if kind == Kind.COUNT:
+            return str(int(v))
+        if kind == Kind.DATE:
+            return dt.datetime.fromtimestamp(v).date().isoformat()
+        if kind == Kind.TIME:
+            s = int(v)
+            return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+        if kind == Kind.DATETIME:
+            return show_time(dt.datetime.fromtimestamp(v, dt.UTC))
+    except (ValueError, OverflowError, OSError):  # NaN or out of range: the number itself
+        pass
+    return format_value(v)
+
+
 def table(rows: list[StoredReading]) -> str:
-    cells = [("TIME", "METER", "QUANTITY", "VALUE", "UNIT", "QUALITY")]
-    cells += [(local_time(r.ts), r.meter, r.quantity, format_value(r.value), r.unit,
-               quality_text(r.quality)) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(6)]
+    """TIME METER QUANTITY VALUE UNIT QUALITY, and METER_TIME (a freeze's time) when any
+    reading has one."""
+    with_meter_time = any(r.meter_ts is not None for r in rows)
+    header = ("TIME", "METER", "QUANTITY", "VALUE", "UNIT", "QUALITY")
+    cells = [header + (("METER_TIME",) if with_meter_time else ())]
+    for r in rows:
+        row: tuple[str, ...] = (local_time(r.ts), r.meter, r.quantity,
+                                display_value(r.quantity, r.value),
+                                r.unit, quality_text(r.quality))
+        if with_meter_time:
+            row += ("-" if r.meter_ts is None else show_time(r.meter_ts),)
+        cells.append(row)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    numeric = {i for i, r in enumerate(rows, 1)
+               if (QUANTITIES[r.quantity].kind if r.quantity in QUANTITIES else Kind.NUMBER)
+               == Kind.NUMBER}
     lines = []
-    for c in cells:
+    for n, c in enumerate(cells):
+        value = c[3].rjust(widths[3]) if n in numeric or n == 0 else c[3].ljust(widths[3])
         parts = [c[0].ljust(widths[0]), c[1].ljust(widths[1]), c[2].ljust(widths[2]),
-                 c[3].rjust(widths[3]), c[4].ljust(widths[4]), c[5]]
+                 value, c[4].ljust(widths[4]), *(x.ljust(w) for x, w in
+                                                 zip(c[5:], widths[5:], strict=True))]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
 def as_json(r: StoredReading) -> dict[str, Any]:
-    return {"id": r.id, "time": r.ts.astimezone().isoformat(timespec="milliseconds"),
+    return {"id": r.id, "time": json_time(r.ts, "milliseconds"),
             "ts_ms": int(r.ts.timestamp() * 1000), "meter": r.meter, "quantity": r.quantity,
-            "value": r.value, "unit": r.unit, "quality": int(r.quality),
+            "value": r.value, "value_text": display_value(r.quantity, r.value),
+            "unit": r.unit, "quality": int(r.quality),
             "quality_text": quality_text(r.quality),
             "meter_time": None if r.meter_ts is None
-            else r.meter_ts.astimezone().isoformat(timespec="seconds"),
+            else json_time(r.meter_ts),
             "area": r.area, "bus": r.bus}
 
 

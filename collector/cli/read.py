@@ -27,6 +27,8 @@ from drivers.target import parse_target
 from protocols.dlt645 import DataItem, DLT645Error, StatusWord, Value, Version, parse_di
 from protocols.quantities import GROUPS, QUANTITIES, Kind, normalise_address
 
+from .readconfig import read_configured
+
 PROTOCOLS = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
 
 EXIT_FAILED = 1  # the meter or the link failed
@@ -117,7 +119,11 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.option("--collector", "collector_id", default=None, metavar="ID",
               help="With --via: the collector's id ([collector] id of its configuration).")
 @click.option("--meter", "meter_id", default=None, metavar="METER_ID",
-              help="With --via: the meter id in the collector's configuration.")
+              help="With --via or --config: the meter id in the collector's configuration.")
+@click.option("--config", "-c", "config_path", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Read configured meter --meter: through the running daemon of this "
+                   "configuration, else on its bus directly.")
 @click.option("--username", default=None, metavar="USER", help="With --via: broker user.")
 @click.option("--password-file", default=None, metavar="FILE",
               help=f"With --via: file holding the broker password (else ${PASSWORD_ENV}).")
@@ -130,7 +136,8 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.option("--retries", type=click.IntRange(min=0, max=20), default=2, show_default=True,
               help="With --via: publish the request again (same request id) this many "
                    "times when no reply comes.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per reading, one a line (JSON Lines).")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=None, metavar="MS",
               help="Reply timeout Td in ms (default: td_ms of the target, else 500); "
                    f"with --via: wait per attempt for the collector's reply "
@@ -139,7 +146,8 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.pass_context
 def read(ctx: click.Context, target: str | None, address: str | None, protocol: str,
          via: str | None, collector_id: str | None, meter_id: str | None,
-         username: str | None, password_file: str | None, ca_file: str | None,
+         config_path: Path | None, username: str | None, password_file: str | None,
+         ca_file: str | None,
          cert_file: str | None, key_file: str | None, retries: int, as_json: bool,
          timeout_ms: int | None, quantities: tuple[str, ...]) -> None:
     """Read quantities from one meter.
@@ -152,9 +160,22 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     through the broker; the broker password comes from --password-file or
     $AMIC_MQTT_PASSWORD, never from the command line.
 
+    With --config FILE --meter ID the meter of that configuration is read through its
+    running daemon (which owns the buses), or on its bus directly when none runs.
+
     Exit status: 0 all read, 1 the meter, the link or the collector failed (or no reply),
     2 bad arguments.
     """
+    if config_path is not None:
+        if via is not None or target is not None or address is not None:
+            _fail("--config reads a configured meter (--meter ID): not with --via, "
+                  "--target or --address", EXIT_USAGE)
+        try:
+            wanted_names = remote_quantities(quantities)
+        except ValueError as e:
+            _fail(str(e), EXIT_USAGE)
+        read_configured(config_path, meter_id, wanted_names, as_json, timeout_ms)
+        return
     if via is not None:
         if target is not None or address is not None:
             _fail("--via reads through a collector: give --collector and --meter, not "
@@ -198,11 +219,10 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     except Exception as e:  # never a traceback for the operator
         _fail(f"meter {addr}: unexpected {type(e).__name__}: {e}", EXIT_FAILED)
     rows = [part for r in readings for part in r.members()]
-    if as_json:
-        meter = rows[0].address if rows else addr
-        doc: dict[str, Any] = {"address": meter, "protocol": protocol,
-                               "readings": [r.as_json() for r in rows]}
-        click.echo(json.dumps(doc, ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per reading
+        for r in rows:
+            doc: dict[str, Any] = {"address": r.address, "protocol": protocol, **r.as_json()}
+            click.echo(json.dumps(doc, ensure_ascii=False))
     else:
         click.echo(table(rows))
 
@@ -362,9 +382,10 @@ def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -
         error = str(reply.get("error") or "failed")
         _fail(f"collector {collector}: {error}", EXIT_FAILED)
     readings = [r for r in reply.get("readings") or [] if isinstance(r, dict)]
-    if as_json:
-        doc: dict[str, Any] = {"collector": collector, "meter": meter,
-                               "request_id": request_id, "readings": readings}
-        click.echo(json.dumps(doc, ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per reading
+        for r in readings:
+            doc: dict[str, Any] = {"collector": collector, "meter": meter,
+                                   "request_id": request_id, **r}
+            click.echo(json.dumps(doc, ensure_ascii=False))
     else:
         click.echo(remote_table(readings))

@@ -5,10 +5,11 @@ Two ways to reach a meter:
 - ``--via mqtt://BROKER --collector ID``: the running collector carries the command out
   on the meter's bus (command lane, ahead of polling) and records it.  The request is
   signed with the operator's key (``--secrets FILE``, ``[operators.NAME] key``).
-- ``--config FILE``: this process opens the meters' buses itself (the collector must not
-  be polling them meanwhile: commissioning, or a gateway whose daemon is stopped), with
-  the passwords of the configuration's secrets file, and records the commands in the
-  configuration's store.
+- ``--config FILE``: when a daemon runs for that configuration, the command goes through
+  it (its local control socket, collector/ctlsocket.py: the daemon owns the buses);
+  otherwise this process opens the meters' buses itself (commissioning, or a gateway
+  whose daemon is stopped), with the passwords of the configuration's secrets file, and
+  records the commands in the configuration's store.
 
 A trip skips protected meters (area master meters, ``[prepaid] protected`` customers):
 ``skipped_protected`` in the results and the audit; ``--force`` (with ``--reason``)
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,6 +48,8 @@ from collector.signing import sign
 
 from .query import parse_since
 from .read import RemoteOptions, _call_remote, _password
+from .times import json_time, show_time
+from .viadaemon import ask, daemon_of
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -74,13 +78,15 @@ def _via_options(f: Any) -> Any:
                      help="With --via: client certificate."),
         click.option("--key-file", default=None, metavar="FILE",
                      help="With --via: client certificate key."),
-        click.option("--config", "config_path", default=None, metavar="FILE",
+        click.option("--config", "-c", "config_path", default=None, metavar="FILE",
                      type=click.Path(dir_okay=False, path_type=Path),
-                     help="Without --via: the collector's configuration; this process "
-                          "opens the buses itself."),
+                     help="Without --via: the collector's configuration; through its "
+                          "running daemon if there is one, else this process opens the "
+                          "buses itself."),
         click.option("--timeout-s", default=120.0, show_default=True, type=float,
                      help="Wait this long for the result."),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="One JSON object per meter, one a line (JSON Lines)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -196,8 +202,9 @@ async def _local(settings: Settings, secrets: Secrets | None, action: str, meter
 
 
 def _show(results: list[dict[str, Any]], as_json: bool, extra: dict[str, Any]) -> None:
-    if as_json:
-        click.echo(json.dumps({**extra, "results": results}, ensure_ascii=False, default=str))
+    if as_json:  # JSON Lines: one object per meter
+        for r in results:
+            click.echo(json.dumps({**extra, **r}, ensure_ascii=False, default=str))
         return
     click.echo(f"{'meter':<14} {'status':<17} {'relay before':<13} {'after':<8} "
                f"{'energy kWh':>11} {'ms':>7}  detail")
@@ -214,6 +221,10 @@ def _show(results: list[dict[str, Any]], as_json: bool, extra: dict[str, Any]) -
 def _relay(state: dict[str, Any]) -> str:
     v = state.get("relay_open")
     return "-" if v is None else ("open" if v else "closed")
+
+
+def _name(action: str) -> str:
+    return "relay-status" if action == "status" else action
 
 
 def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str | None,
@@ -263,6 +274,12 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         if action != "status":
             body = _signed(body, who, secrets_path)
         reply = _ask(opts, "relay", body, rid)
+        results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
+    elif settings is not None and (daemon := daemon_of(settings, _name(action))) is not None:
+        # The daemon owns the buses: the command goes on its command lane, audited there.
+        reply = ask(daemon, _name(action), {"op": "relay", "action": action, "meters": ids,
+                                            "operator": who, "reason": reason_text,
+                                            "dry_run": dry_run}, timeout_s)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     else:
         assert settings is not None
@@ -369,14 +386,15 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, metavar="FILE",
+@click.option("--config", "-c", "config_path", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--meter", default=None, metavar="METER_ID")
 @click.option("--since", default="30d", show_default=True,
               help="How far back: 2h, 7d, or a date/time (local).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> None:
-    """List relay commands and top-ups: who, why, when, outcome (local time)."""
+    """List relay commands and top-ups: when (local time with the UTC offset), who,
+    what, the outcome, relay state and energy before and after, and why."""
     from collector.store import Store, StoreError
 
     settings = _settings(config_path)
@@ -388,20 +406,53 @@ def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> No
         store = Store(settings.collector.data_dir / "amic.db", create=False)
     except StoreError as e:
         _fail(str(e), EXIT_USAGE)
-    rows = store.audit(since=start, meter=meter)
+    rows = [dict(r) for r in store.audit(since=start, meter=meter)]
     store.close()
-    if as_json:
-        click.echo(json.dumps([dict(r) for r in rows], ensure_ascii=False, default=str))
+    if as_json:  # JSON Lines: one object per command
+        for r in rows:
+            click.echo(json.dumps(audit_json(r), ensure_ascii=False, default=str))
         return
-    click.echo(f"{'time (local)':<19} {'meter':<12} {'action':<9} {'status':<16} "
-               f"{'operator':<10} reason")
-    for r in rows:
-        detail: dict[str, Any] = {}
-        with contextlib.suppress(ValueError, TypeError):
-            detail = json.loads(r["detail"])
-        when = from_ms(r["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        forced = detail.get("forced")
-        note = f" (forced: {forced.get('protected')})" if isinstance(forced, dict) else ""
-        click.echo(f"{when:<19} {r['meter']:<12} {r['kind']:<9} {r['status']:<16} "
-                   f"{r['operator']:<10} {detail.get('reason', '')}{note}")
+    click.echo(audit_table(rows))
 
+
+def _detail(row: Mapping[str, Any]) -> dict[str, Any]:
+    with contextlib.suppress(ValueError, TypeError):
+        doc = json.loads(row["detail"])
+        if isinstance(doc, dict):
+            return doc
+    return {}
+
+
+def audit_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One audit row for --json: the time local with its offset, the detail parsed."""
+    return {"time": json_time(from_ms(row["ts"])), "ts_ms": row["ts"],
+            "command_id": row["command_id"], "meter": row["meter"], "action": row["kind"],
+            "status": row["status"], "operator": row["operator"], "detail": _detail(row)}
+
+
+def _kwh(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def _forced(detail: Mapping[str, Any]) -> str:
+    forced = detail.get("forced")
+    return f" (forced: {forced.get('protected')})" if isinstance(forced, dict) else ""
+
+
+def audit_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Who, when, what, the outcome, relay and energy before and after, and why."""
+    cells = [("TIME", "METER", "ACTION", "STATUS", "OPERATOR", "RELAY_BEFORE",
+              "RELAY_AFTER", "KWH_BEFORE", "KWH_AFTER", "REASON")]
+    for r in rows:
+        d = _detail(r)
+        before = d.get("before") if isinstance(d.get("before"), dict) else {}
+        after = d.get("after") if isinstance(d.get("after"), dict) else {}
+        cells.append((show_time(from_ms(r["ts"])), str(r["meter"]), str(r["kind"]),
+                      str(r["status"]), str(r["operator"]) or "-", _relay(before or {}),
+                      _relay(after or {}), _kwh(d.get("energy_before")),
+                      _kwh(d.get("energy_at_switch")), str(d.get("reason", "")) + _forced(d)))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    right = {7, 8}
+    return "\n".join("  ".join(x.rjust(w) if i in right else x.ljust(w)
+                               for i, (x, w) in enumerate(zip(c, widths, strict=True))
+                               ).rstrip() for c in cells)

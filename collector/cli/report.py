@@ -70,7 +70,8 @@ def _day_options(f: F) -> F:
 
 
 def _json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="One JSON object per line (JSON Lines).")(f)
 
 
 def _zone(command: str, name: str) -> ZoneInfo:
@@ -198,10 +199,10 @@ def lineloss(config_path: Path, day_text: str | None, tz_name: str, as_json: boo
     with store:
         areas = line_loss(store, day, zone)
     incomplete = [a for a in areas if not a.complete]
-    if as_json:
-        click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "complete": not incomplete,
-                               "areas": [lineloss_json(a) for a in areas]},
-                              ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per area
+        for a in areas:
+            click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, **lineloss_json(a)},
+                                  ensure_ascii=False))
     elif not areas:
         click.echo(f"no transformer areas in the store's meters table ({store.path}); the "
                    f"meters are synced from the configuration by amic run", err=True)
@@ -250,9 +251,10 @@ def success(config_path: Path, day_text: str | None, tz_name: str, by: str,
     key: Literal["area", "bus"] = "bus" if by == "bus" else "area"
     with store:
         rows = success_report(store, day, zone, by=key)
-    if as_json:
-        click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "by": key,
-                               "rows": [success_json(r) for r in rows]}, ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per row, the total last
+        for r in rows:
+            click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "by": key,
+                                   **success_json(r)}, ensure_ascii=False))
         return
     if rows and rows[-1].cycles == 0:
         click.echo(f"no collection cycles started on {day.isoformat()} ({tz_name})", err=True)
@@ -386,11 +388,10 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
         result = LedgerReport(str(file), issues=[unreadable])
     else:
         result = validate_ledger(text, buses, file=str(file))
-    if as_json:
-        click.echo(json.dumps({"file": result.file, "ok": result.ok, "rows": result.rows,
-                               "valid": result.valid, "buses": sorted(buses),
-                               "issues": [issue_json(i) for i in result.issues]},
-                              ensure_ascii=False))
+    if as_json:  # JSON Lines: one object per problem; the summary on stderr
+        for i in result.issues:
+            click.echo(json.dumps({"file": result.file, **issue_json(i)}, ensure_ascii=False))
+        click.echo(ledger_summary(result), err=True)
     else:
         for i in result.issues:
             where = f"{result.file}:{i.line}" if i.line is not None else result.file

@@ -22,7 +22,7 @@ def setup_logging(verbose: int) -> None:
 
 
 @click.command()
-@click.option("--config", "config_path", required=True,
+@click.option("--config", "-c", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="The TOML configuration (checked completely before anything starts).")
 @click.option("--no-align", is_flag=True,
