@@ -10,7 +10,7 @@ One JSON request per line, one JSON reply per line (``status``: ok or error)::
 
     {"op": "hello"}  -> {"status": "ok", "pid": 123, "collector": "gw", "data_dir": "..."}
     {"op": "relay", "action": "trip", "meters": ["M1"], "area": null,
-     "operator": "alice", "reason": "arrears", "dry_run": false}
+     "operator": "alice", "reason": "arrears", "dry_run": false, "force": false}
         -> {"status": "ok", "results": [...], "exit": 0}
     {"op": "read", "meter": "M1", "quantities": ["voltage"]}
         -> {"status": "ok", "readings": [...]}
@@ -246,15 +246,17 @@ class CtlServer:
         operator = request.get("operator") or ""
         reason = request.get("reason") or ""
         dry_run = request.get("dry_run", False)
+        force = request.get("force", False)
         if not isinstance(operator, str) or not isinstance(reason, str) \
-                or not isinstance(dry_run, bool):
-            raise CtlError("operator, reason: expected text; dry_run: true or false")
+                or not isinstance(dry_run, bool) or not isinstance(force, bool):
+            raise CtlError("operator, reason: expected text; dry_run, force: true or false")
         if action != "status":
             log.info("control socket: %s of %d meter(s) by operator %s (uid %d)", action,
                      len(ids), operator or "-", uid)
         try:
             results = await control.relay.run(action, ids, operator=operator,
-                                              reason=reason.strip(), dry_run=dry_run)
+                                              reason=reason.strip(), dry_run=dry_run,
+                                              force=force)
         except CommandRejected as e:
             raise CtlError(str(e)) from None
         return {"results": results, "exit": exit_status(results)}

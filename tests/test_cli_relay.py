@@ -192,13 +192,13 @@ async def test_area_trip_skips_protected_and_master_unless_forced(tmp_path: Path
         # A dry run predicts the skips and sends nothing.
         r = await amic("trip", "--area", "TQ-1", *base, "--reason", "arrears", "--dry-run")
         assert r.exit_code == 0, r.output
-        got = {x["meter"]: x["status"] for x in json.loads(r.output)["results"]}
+        got = {x["meter"]: x["status"] for x in [json.loads(x) for x in r.output.splitlines()]}
         assert got == {"M1": "skipped_protected", "M2": "skipped_protected", "M3": "dry_run"}
         # The area: the master meter and the protected customer are skipped, the rest
         # tripped; the policy worked, so exit 0.
         r = await amic("trip", "--area", "TQ-1", *base, "--reason", "arrears", "--yes")
         assert r.exit_code == 0, r.output
-        res = {x["meter"]: x for x in json.loads(r.output)["results"]}
+        res = {x["meter"]: x for x in [json.loads(x) for x in r.output.splitlines()]}
         assert {k: v["status"] for k, v in res.items()} == {
             "M1": "skipped_protected", "M2": "skipped_protected", "M3": "confirmed"}
         assert "area master meter of area TQ-1" in res["M1"]["detail"]
@@ -214,7 +214,7 @@ async def test_area_trip_skips_protected_and_master_unless_forced(tmp_path: Path
         # Forced, with a reason: tripped, and the audit says who forced it and why.
         r = await amic("trip", "M2", *base, "--force", "--reason", "fraud, ticket 99")
         assert r.exit_code == 0, r.output
-        assert json.loads(r.output)["results"][0]["status"] == "confirmed"
+        assert [json.loads(x) for x in r.output.splitlines()][0]["status"] == "confirmed"
         assert model["M2"].relay_open and not model["M1"].relay_open
     with sqlite3.connect(tmp_path / "data" / "amic.db") as c:
         audit = c.execute("SELECT meter, kind, status, operator, detail FROM commands "
@@ -252,14 +252,14 @@ async def test_dry_run_exits_as_the_command_would(tmp_path: Path) -> None:
         # Hold power on: the trip would be refused at once (exit 3); release would go.
         r = await amic("trip", "M2", *base, "--json")
         assert r.exit_code == 3, r.output
-        (res,) = json.loads(r.output)["results"]
+        (res,) = [json.loads(x) for x in r.output.splitlines()]
         assert res["status"] == "refused" and "hold power on" in res["detail"]
         r = await amic("release", "M2", *base)
         assert r.exit_code == 0, r.output
         # No answer to the pre-read: failed, exit 6.
         r = await amic("trip", "M3", *base, "--json")
         assert r.exit_code == 6, r.output
-        (res,) = json.loads(r.output)["results"]
+        (res,) = [json.loads(x) for x in r.output.splitlines()]
         assert res["status"] == "failed" and "unreadable" in res["detail"]
         assert not any(m.model.relay_open for m in meters)
         assert model["M2"].hold_power

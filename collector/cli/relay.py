@@ -279,7 +279,8 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         # The daemon owns the buses: the command goes on its command lane, audited there.
         reply = ask(daemon, _name(action), {"op": "relay", "action": action, "meters": ids,
                                             "operator": who, "reason": reason_text,
-                                            "dry_run": dry_run}, timeout_s)
+                                            "dry_run": dry_run, "force": force},
+                     timeout_s)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     else:
         assert settings is not None
