@@ -59,6 +59,7 @@ from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
 from .prepaid import parse_window
 from .rules import RULES, AlarmSettings
+from .safefile import FileRefused, path_problem, read_regular
 from .secrets import SecretsError, load_secrets
 from .settings import (
     AlarmConfig,
@@ -142,6 +143,9 @@ _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
+# Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LEDGER_BYTES = 16 << 20
 
 T = TypeVar("T")
 
@@ -262,6 +266,19 @@ def _name_conv(what: str = _NAME_TEXT) -> _Conv[str]:
         s = _str_value(v)
         if not _NAME_RE.match(s):
             raise _Bad()
+        return s
+    return _Conv(what, fn)
+
+
+def _path_conv(what: str) -> _Conv[str]:
+    """A non-empty path the kernel can take: no NUL byte, no over-long name."""
+    def fn(v: object) -> str:
+        s = _str_value(v)
+        if not s:
+            raise _Bad()
+        problem = path_problem(s)
+        if problem is not None:
+            raise _Bad(found=f"{_show(s)} ({problem})")
         return s
     return _Conv(what, fn)
 
@@ -750,9 +767,9 @@ class _Loader:
 
     def read_toml(self) -> dict[str, object] | None:
         try:
-            raw = self.path.read_bytes()
-        except OSError as e:
-            self.add("", None, "a readable TOML file", e.strerror or str(e), line=None)
+            raw = read_regular(self.path, MAX_CONFIG_BYTES)
+        except FileRefused as e:
+            self.add("", None, "a readable TOML file", str(e), line=None)
             return None
         try:
             text = raw.decode("utf-8")
@@ -810,7 +827,12 @@ class _Loader:
         t = "collector"
         self.unknown_keys(t, data, COLLECTOR_KEYS)
         cid = self.required(t, data, "id", _name_conv())
-        data_dir = self.required(t, data, "data_dir", _nonempty_conv("a folder path"))
+        data_dir = self.required(t, data, "data_dir", _path_conv("a folder path"))
+        if data_dir is not None and self.relative(data_dir).exists() \
+                and not self.relative(data_dir).is_dir():
+            self.add(t, "data_dir", "a folder (amic keeps its store there)",
+                     f"{self.relative(data_dir)} (not a folder)")
+            data_dir = None
         retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"), 90)
         listen = self.optional(t, data, "metrics_listen", _listen_conv(), None)
         interval = self.optional(t, data, "commit_interval",
@@ -841,7 +863,7 @@ class _Loader:
         url = self.required(t, data, "url", _mqtt_url_conv())
         client_id = self.optional(t, data, "client_id", _name_conv(), None)
         username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
-        files = {k: self.optional(t, data, k, _nonempty_conv("a file path"), None)
+        files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
                  for k in ("ca_file", "cert_file", "key_file")}
         commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
@@ -849,6 +871,11 @@ class _Loader:
             if path is not None and not path.is_file():
                 self.add(t, k, "a readable file", f"{path} (no such file)")
         password = self.secret(t, data, "password_file", PASSWORD_ENV)
+        if password is not None and username is None and "username" not in data:
+            # MQTT 3.1.1 sends no password without a user name; the client refuses it.
+            self.add(t, "username", "a username with the password (MQTT sends no password "
+                     "alone)", "nothing" + ("" if "password_file" in data else
+                                            f" (the password is from {PASSWORD_ENV})"))
         if (paths["cert_file"] is None) != (paths["key_file"] is None):
             self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
                      "cert_file and key_file together (a client certificate)", "only one")
@@ -862,7 +889,7 @@ class _Loader:
     def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
         """The secret in the file ``data[key]`` names (a warning if others may read it),
         else the environment variable ``env``; never the config file itself."""
-        name = self.optional(t, data, key, _nonempty_conv("a file path"), None)
+        name = self.optional(t, data, key, _path_conv("a file path"), None)
         if name is None:
             return os.environ.get(env)
         path = self.relative(name)
@@ -1009,7 +1036,7 @@ class _Loader:
         self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
             "password": "never in the configuration: meter passwords are in the secrets "
                         "file (secrets_file)"})
-        name = self.optional(t, data, "secrets_file", _nonempty_conv("a file path"), None)
+        name = self.optional(t, data, "secrets_file", _path_conv("a file path"), None)
         secrets_file = None
         if name is not None:
             secrets_file = self.relative(name)
@@ -1225,7 +1252,7 @@ class _Loader:
             return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
                                name=ok_name, td=td, tb=tb, preamble=preamble,
                                modbus=cast(ModbusFraming, modbus))
-        device = self.required(t, data, "device", _nonempty_conv("a serial device path"),
+        device = self.required(t, data, "device", _path_conv("a serial device path"),
                                name=name, why=why)
         baud = self.optional(t, data, "baud", _choice_conv(BAUDS), 2400, name=name)
         parity = self.optional(t, data, "parity", _parity_conv(), "E", name=name)
@@ -1275,16 +1302,15 @@ class _Loader:
         if "ledger" not in data:
             return []
         name = self.convert("meters", "ledger", data["ledger"],
-                            _nonempty_conv("the path of a CSV meter ledger"))
+                            _path_conv("the path of a CSV meter ledger"))
         if name is None:
             return []
         path = Path(name).expanduser()
         shown = str(path if path.is_absolute() else self.path.parent / path)
         try:
-            raw = self.relative(name).read_bytes()
-        except OSError as e:
-            self.add("meters", "ledger", "a readable CSV file",
-                     f"{_q(name)} ({shown}: {e.strerror or e})")
+            raw = read_regular(self.relative(name), MAX_LEDGER_BYTES)
+        except FileRefused as e:
+            self.add("meters", "ledger", "a readable CSV file", f"{_q(name)} ({shown}: {e})")
             return []
         try:
             text = raw.decode("utf-8-sig")

@@ -23,7 +23,7 @@ def setup_logging(verbose: int) -> None:
 
 @click.command()
 @click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
+              type=click.Path(dir_okay=True, path_type=Path),
               help="The TOML configuration (checked completely before anything starts).")
 @click.option("--no-align", is_flag=True,
               help="Run cycles back to back from start-up instead of at interval boundaries.")
