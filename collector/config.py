@@ -424,7 +424,8 @@ def _mqtt_url_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         if not isinstance(v, str):
             raise _Bad()
-        m = re.fullmatch(r"(mqtts?)://(\[[^\]]+\]|[^\s:/]+)(?::(\d{1,5}))?/?", v.strip())
+        m = re.fullmatch(r"(mqtts?)://(\[[^\]\x00-\x20]+\]|[^\s:/\x00-\x1f]+)(?::(\d{1,5}))?/?",
+                         v.strip())
         if m is None or (m.group(3) and not 0 < int(m.group(3)) < 65536):
             raise _Bad()
         return v.strip()
@@ -433,7 +434,8 @@ def _mqtt_url_conv() -> _Conv[str]:
 
 def _http_url_conv() -> _Conv[str]:
     def fn(v: object) -> str:
-        if not isinstance(v, str) or re.fullmatch(r"https?://[^\s/]+(/\S*)?", v.strip()) is None:
+        if not isinstance(v, str) or re.fullmatch(r"https?://[^\s/\x00]+(/[^\s\x00]*)?",
+                                                  v.strip()) is None:
             raise _Bad()
         return v.strip().rstrip("/")
     return _Conv("an http(s) URL of the time-series store, e.g. http://127.0.0.1:8428", fn)
@@ -508,7 +510,7 @@ def _listen_conv() -> _Conv[str]:
 def _host_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         s = _str_value(v)
-        if not s or any(c.isspace() for c in s) or "/" in s:
+        if not s or any(c.isspace() or not c.isprintable() for c in s) or "/" in s:
             raise _Bad()
         if s.count(":") == 1:
             raise _Bad(hint="put the port in port = ..., not in host")

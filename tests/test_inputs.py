@@ -7,7 +7,9 @@ one clear problem naming the key (and line), and both ``amic config check`` and
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,9 +68,13 @@ password_file = "mqtt.pw"
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AMIC_MQTT_PASSWORD", raising=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level  # `amic run` in-process set up logging
 
 
 def fifo(name: str = "pipe") -> str:
@@ -237,3 +243,13 @@ def test_profile_list_leaves_out_other_toml_files(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as e:
         load_profile("acrel-ddsy1353", search=[tmp_path])
     assert "available: acrel-ddsy1352, acrel-dtsy1352, generic-energy-meter" in str(e.value)
+
+
+def test_nul_in_hosts_is_refused() -> None:
+    tcp = BASE.replace('type = "serial"\ndevice = "/dev/ttyS1"',
+                       'type = "tcp"\nhost = "10.0.0.1\\u0000"\nport = 502')
+    assert 'key "host": expected a host name or IP address' in refused(tcp)
+    out = refused(BASE + '[mqtt]\nurl = "mqtt://bro\\u0000ker:1883"\n')
+    assert 'key "url": expected an MQTT broker URL' in out
+    out = refused(BASE + '[timeseries]\nurl = "http://tsdb\\u0000:8428"\n')
+    assert 'key "url": expected an http(s) URL' in out
