@@ -178,11 +178,11 @@ class Problem:
     def where(self) -> str:
         """The table as a person finds it in the file: ``[[bus]] #2 (name "rs485-a")``."""
         t = self.table
-        m = re.fullmatch(r"(bus|meter|ledger)\[(\d+)\]", t)
+        m = re.fullmatch(r"(bus|meter|ledger|gateway)\[(\d+)\]", t)
         if m:
             kind, n = m.group(1), int(m.group(2)) + 1
-            if kind == "bus":
-                return f"[[bus]] #{n}" + (f" (name {_q(self.name)})" if self.name else "")
+            if kind in ("bus", "gateway"):
+                return f"[[{kind}]] #{n}" + (f" (name {_q(self.name)})" if self.name else "")
             head = f"[[meter]] #{n}" if kind == "meter" else f"row {n}"
             return head + (f" (meter_id {_q(self.meter)})" if self.meter else "")
         if t == "ledger":
@@ -443,11 +443,15 @@ def _http_url_conv() -> _Conv[str]:
 
 def _topic_conv() -> _Conv[str]:
     def fn(v: object) -> str:
-        if not isinstance(v, str) or not v or any(c in v for c in "#+ ") \
+        if not isinstance(v, str) or not v or any(c in v for c in "#+ \x00") \
                 or v.startswith("/") or v.endswith("/"):
             raise _Bad()
+        if v.startswith("$"):
+            # Topics starting with "$" ($SYS/...) are the broker's; gateways cannot use them.
+            raise _Bad(hint='topics starting with "$" are reserved for the broker ($SYS)')
         return v
-    return _Conv("an MQTT topic prefix without wildcards, spaces or outer slashes", fn)
+    return _Conv("an MQTT topic prefix without wildcards, spaces, outer slashes or a "
+                 'leading "$"', fn)
 
 
 def _toml_bool_conv() -> _Conv[bool]:

@@ -253,3 +253,14 @@ def test_nul_in_hosts_is_refused() -> None:
     assert 'key "url": expected an MQTT broker URL' in out
     out = refused(BASE + '[timeseries]\nurl = "http://tsdb\\u0000:8428"\n')
     assert 'key "url": expected an http(s) URL' in out
+
+
+def test_gateway_prefix_in_the_brokers_sys_tree_is_refused() -> None:
+    text = BASE.replace('type = "serial"\ndevice = "/dev/ttyS1"',
+                        'type = "mqtt"\ngateway = "gw1"') + \
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n\n[[gateway]]\nname = "gw1"\n' \
+        'prefix = "$SYS/amic"\n'
+    out = refused(text)
+    assert 'amic.toml:23: [[gateway]] #1 (name "gw1"): key "prefix": expected an MQTT topic ' \
+        'prefix' in out, out
+    assert 'got "$SYS/amic"; topics starting with "$" are reserved for the broker' in out
