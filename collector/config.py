@@ -834,11 +834,14 @@ class _Loader:
         self.unknown_keys(t, data, COLLECTOR_KEYS)
         cid = self.required(t, data, "id", _name_conv())
         data_dir = self.required(t, data, "data_dir", _path_conv("a folder path"))
-        if data_dir is not None and self.relative(data_dir).exists() \
-                and not self.relative(data_dir).is_dir():
-            self.add(t, "data_dir", "a folder (amic keeps its store there)",
-                     f"{self.relative(data_dir)} (not a folder)")
-            data_dir = None
+        if data_dir is not None:
+            # amic run creates the folder: what is already there must be folders.
+            folder = self.relative(data_dir)
+            there = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+            if not there.is_dir():
+                self.add(t, "data_dir", "a folder (amic keeps its store there)",
+                         f"{folder} ({there} is not a folder)")
+                data_dir = None
         retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"), 90)
         listen = self.optional(t, data, "metrics_listen", _listen_conv(), None)
         interval = self.optional(t, data, "commit_interval",
@@ -863,6 +866,7 @@ class _Loader:
         if data is None:
             return None
         t = "mqtt"
+        before = len(self.problems)
         self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
             "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
                         "environment variable"})
@@ -885,12 +889,33 @@ class _Loader:
         if (paths["cert_file"] is None) != (paths["key_file"] is None):
             self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
                      "cert_file and key_file together (a client certificate)", "only one")
+        if url is not None and len(self.problems) == before:
+            self.connection_problem(t, url, client_id, username, password, paths)
         if url is None or commands is None:
             return None
         return MqttSettings(url=url, client_id=client_id or "", username=username,
                             password=password, ca_file=paths["ca_file"],
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
                             commands=commands)
+
+    def connection_problem(self, t: str, url: str, client_id: str | None,
+                           username: str | None, password: str | None,
+                           paths: Mapping[str, Path | None]) -> None:
+        """What the MQTT client would refuse at start-up (``amic run``): TLS files for a
+        plain mqtt:// URL, a CA or client certificate that does not load, ..."""
+        from drivers.mqtt import MqttConnection
+
+        try:
+            MqttConnection(url, client_id=client_id or "amic-check", username=username,
+                           password=password, ca_file=paths["ca_file"],
+                           cert_file=paths["cert_file"], key_file=paths["key_file"])
+        except ValueError as e:
+            text = str(e)
+            key = next((k for k in ("ca_file", "cert_file", "key_file", "client_id",
+                                    "username") if k in text), "url")
+            what = ("a certificate file the MQTT client can load" if key.endswith("_file")
+                    else "settings the MQTT client accepts")
+            self.add(t, key, what, text.split(": ", 1)[-1])
 
     def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
         """The secret in the file ``data[key]`` names (a warning if others may read it),

@@ -111,10 +111,13 @@ def test_nul_in_data_dir_is_named_with_its_key_and_line() -> None:
                           'got "da\\u0000ta" (a NUL byte at character 3)'), out
 
 
-def test_data_dir_that_is_a_file_is_refused() -> None:
+@pytest.mark.parametrize("data_dir", ["data", "data/sub/dir"])
+def test_data_dir_that_is_or_is_under_a_file_is_refused(data_dir: str) -> None:
     Path("data").write_text("")
-    out = refused(BASE)
-    assert 'key "data_dir": expected a folder' in out and "not a folder" in out
+    out = refused(BASE.replace('data_dir = "data"', f'data_dir = "{data_dir}"'))
+    assert out.startswith('amic.toml:3: [collector]: key "data_dir": expected a folder (amic '
+                          f'keeps its store there), got {Path.cwd() / data_dir} '
+                          f'({Path.cwd() / "data"} is not a folder)'), out
 
 
 @pytest.mark.parametrize("key", ["data_dir", "device"])
@@ -264,3 +267,18 @@ def test_gateway_prefix_in_the_brokers_sys_tree_is_refused() -> None:
     assert 'amic.toml:23: [[gateway]] #1 (name "gw1"): key "prefix": expected an MQTT topic ' \
         'prefix' in out, out
     assert 'got "$SYS/amic"; topics starting with "$" are reserved for the broker' in out
+
+
+@pytest.mark.parametrize("url,files,why", [
+    ("mqtt://127.0.0.1:1883", {"ca_file": "ca.pem"}, "ca_file given for a plain mqtt:// URL"),
+    ("mqtts://127.0.0.1:8883", {"ca_file": "ca.pem"}, 'key "ca_file"'),
+    ("mqtts://127.0.0.1:8883", {"cert_file": "ca.pem", "key_file": "ca.pem"},
+     'key "cert_file"'),
+])
+def test_mqtt_settings_the_client_refuses_are_caught_by_check(
+        url: str, files: dict[str, str], why: str) -> None:
+    Path("ca.pem").write_text("not a certificate\n")
+    text = BASE + f'[mqtt]\nurl = "{url}"\n' + "".join(f'{k} = "{v}"\n'
+                                                        for k, v in files.items())
+    out = refused(text)
+    assert "[mqtt]: key" in out and why in out, out
