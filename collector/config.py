@@ -146,6 +146,7 @@ _DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
 # Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LEDGER_BYTES = 16 << 20
+MAX_SECRET_BYTES = 64 << 10  # a password or token file
 
 T = TypeVar("T")
 
@@ -924,13 +925,13 @@ class _Loader:
         if name is None:
             return os.environ.get(env)
         path = self.relative(name)
-        if not path.is_file():
-            self.add(t, key, "a readable file", f"{path} (no such file)")
-            return None
         try:
-            text = path.read_text().strip()
-        except OSError as e:
-            self.add(t, key, "a readable file", f"{path} ({e.strerror})")
+            text = read_regular(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+        except FileRefused as e:
+            self.add(t, key, "a readable file", f"{path} ({e})")
+            return None
+        except UnicodeDecodeError:
+            self.add(t, key, "a file of UTF-8 text", f"{path} (not UTF-8)")
             return None
         if path.stat().st_mode & 0o077:
             log.warning("%s: %s %s is readable by others; chmod 600 it", self.file, key, path)

@@ -282,3 +282,20 @@ def test_mqtt_settings_the_client_refuses_are_caught_by_check(
                                                         for k, v in files.items())
     out = refused(text)
     assert "[mqtt]: key" in out and why in out, out
+
+
+@pytest.mark.parametrize("target,why", [("/dev/zero", "a character device, not a regular file"),
+                                        ("FIFO", "a FIFO, not a regular file"),
+                                        ("big", "more than the limit of 64 KiB")])
+def test_hostile_password_and_token_files_are_refused(target: str, why: str) -> None:
+    if target == "FIFO":
+        target = str(Path.cwd() / fifo())
+    elif target == "big":
+        Path("big").write_bytes(b"x" * (65 * 1024))
+        Path("big").chmod(0o600)
+    out = refused(BASE + f'[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nusername = "amic"\n'
+                  f'password_file = "{target}"\n\n[timeseries]\nurl = "http://127.0.0.1:8428"\n'
+                  f'token_file = "{target}"\n')
+    assert '[mqtt]: key "password_file": expected a readable file, got ' in out
+    assert '[timeseries]: key "token_file": expected a readable file, got ' in out
+    assert out.count(why) == 2, out
