@@ -233,7 +233,7 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise _Hang("the loader took more than 5 s (blocked on a read?)")
 
 
-@settings(max_examples=150, deadline=dt.timedelta(seconds=2),
+@settings(max_examples=100, deadline=dt.timedelta(seconds=2),
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(doc=documents())
