@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -154,3 +155,26 @@ def test_config_check_verbose_names_the_mqtt_bus_type(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["config", "check", "-v", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "  bus line-1: mqtt via gateway gw1 (site/gw/gw1), 1 meter" in r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"garbage, not SQLite\n" * 10, "file is not a database"),
+    (None, f"schema version {SCHEMA_VERSION + 1} is newer than this amic knows"),
+])
+def test_a_store_amic_cannot_use_stops_the_start_without_a_traceback(
+        tmp_path: Path, content: bytes | None, why: str) -> None:
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "amic.db"
+    if content is None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    else:
+        db.write_bytes(content)
+    cfg = tmp_path / "amic.toml"
+    cfg.write_text(CONFIG.format(mport=free_port(), port=_closed_port()))
+    r = subprocess.run([*amic_command(), "run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=30, env=dict(os.environ, JOURNAL_STREAM="8:12345"))
+    assert r.returncode == 78, r.stderr
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith("<3>ERROR amic.run: not started: ") and why in line, line

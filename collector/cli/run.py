@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def run(config_path: Path, no_align: bool, verbose: int, quiet: bool) -> None:
     from collector.config import ConfigError
     from collector.daemon import run_daemon
     from collector.metrics import ListenError
+    from collector.store import StoreError
 
     setup_logging(-1 if quiet else verbose)
     try:
@@ -85,6 +87,14 @@ def run(config_path: Path, no_align: bool, verbose: int, quiet: bool) -> None:
     except ListenError as e:
         logging.getLogger("amic.run").error("not started: %s", e)
         sys.exit(EX_TEMPFAIL)
+    except StoreError as e:  # not an amic store, or a newer amic's: a restart cannot help
+        logging.getLogger("amic.run").error("not started: %s", e)
+        sys.exit(EX_CONFIG)
+    except sqlite3.DatabaseError as e:
+        where = f"the store (amic.db in the data_dir of {config_path})"
+        logging.getLogger("amic.run").error("not started: %s: %s", where, e)
+        # Locked or busy may pass (restart); a file that is no database will not.
+        sys.exit(EX_TEMPFAIL if isinstance(e, sqlite3.OperationalError) else EX_CONFIG)
     except OSError as e:
         _say(f"amic run: not started: {e}")
         sys.exit(EX_CONFIG)
