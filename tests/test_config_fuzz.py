@@ -30,7 +30,7 @@ from collector.settings import Settings
 HOSTILE_TEXT = ["", " ", "x\x00y", "\x00", "a" * 300, "d/" + "b" * 256, "/" + "c/" * 2100,
                 "/dev/zero", "/dev/null", "FIFO", "DIR", "../../../../etc/passwd", "é中\u202e",
                 "$SYS", "#", "mqtt://", "http://", "1e308", "NaN", "-1", "15x", "\t\n"]
-HOSTILE_NUMBERS: list[object] = [0, -1, 2**63 - 1, -(2**63), 1e308, -1e308, math.inf,
+HOSTILE_NUMBERS: list[object] = [0, -1, 2**63 - 1, -(2**63), 10**30, 1e308, -1e308, math.inf,
                                  -math.inf, math.nan, 0.5, 1.5, True, False]
 HOSTILE_OTHER: list[object] = [[], [1, "a"], ["x\x00"], {"a": 1}, {}, dt.date(2026, 1, 1),
                                dt.time(6, 0), dt.datetime(2026, 1, 1, 0, 0)]
