@@ -60,6 +60,7 @@ from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
 from .prepaid import parse_window
 from .rules import RULES, AlarmSettings
+from .safefile import FileRefused, path_problem, read_regular
 from .secrets import SecretsError, load_secrets
 from .settings import (
     AlarmConfig,
@@ -143,6 +144,10 @@ _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
+# Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LEDGER_BYTES = 16 << 20
+MAX_SECRET_BYTES = 64 << 10  # a password or token file
 
 T = TypeVar("T")
 
@@ -175,11 +180,11 @@ class Problem:
     def where(self) -> str:
         """The table as a person finds it in the file: ``[[bus]] #2 (name "rs485-a")``."""
         t = self.table
-        m = re.fullmatch(r"(bus|meter|ledger)\[(\d+)\]", t)
+        m = re.fullmatch(r"(bus|meter|ledger|gateway)\[(\d+)\]", t)
         if m:
             kind, n = m.group(1), int(m.group(2)) + 1
-            if kind == "bus":
-                return f"[[bus]] #{n}" + (f" (name {_q(self.name)})" if self.name else "")
+            if kind in ("bus", "gateway"):
+                return f"[[{kind}]] #{n}" + (f" (name {_q(self.name)})" if self.name else "")
             head = f"[[meter]] #{n}" if kind == "meter" else f"row {n}"
             return head + (f" (meter_id {_q(self.meter)})" if self.meter else "")
         if t == "ledger":
@@ -263,6 +268,19 @@ def _name_conv(what: str = _NAME_TEXT) -> _Conv[str]:
         s = _str_value(v)
         if not _NAME_RE.match(s):
             raise _Bad()
+        return s
+    return _Conv(what, fn)
+
+
+def _path_conv(what: str) -> _Conv[str]:
+    """A non-empty path the kernel can take: no NUL byte, no over-long name."""
+    def fn(v: object) -> str:
+        s = _str_value(v)
+        if not s:
+            raise _Bad()
+        problem = path_problem(s)
+        if problem is not None:
+            raise _Bad(found=f"{_show(s)} ({problem})")
         return s
     return _Conv(what, fn)
 
@@ -408,7 +426,8 @@ def _mqtt_url_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         if not isinstance(v, str):
             raise _Bad()
-        m = re.fullmatch(r"(mqtts?)://(\[[^\]]+\]|[^\s:/]+)(?::(\d{1,5}))?/?", v.strip())
+        m = re.fullmatch(r"(mqtts?)://(\[[^\]\x00-\x20]+\]|[^\s:/\x00-\x1f]+)(?::(\d{1,5}))?/?",
+                         v.strip())
         if m is None or (m.group(3) and not 0 < int(m.group(3)) < 65536):
             raise _Bad()
         return v.strip()
@@ -417,7 +436,8 @@ def _mqtt_url_conv() -> _Conv[str]:
 
 def _http_url_conv() -> _Conv[str]:
     def fn(v: object) -> str:
-        if not isinstance(v, str) or re.fullmatch(r"https?://[^\s/]+(/\S*)?", v.strip()) is None:
+        if not isinstance(v, str) or re.fullmatch(r"https?://[^\s/\x00]+(/[^\s\x00]*)?",
+                                                  v.strip()) is None:
             raise _Bad()
         return v.strip().rstrip("/")
     return _Conv("an http(s) URL of the time-series store, e.g. http://127.0.0.1:8428", fn)
@@ -425,11 +445,15 @@ def _http_url_conv() -> _Conv[str]:
 
 def _topic_conv() -> _Conv[str]:
     def fn(v: object) -> str:
-        if not isinstance(v, str) or not v or any(c in v for c in "#+ ") \
+        if not isinstance(v, str) or not v or any(c in v for c in "#+ \x00") \
                 or v.startswith("/") or v.endswith("/"):
             raise _Bad()
+        if v.startswith("$"):
+            # Topics starting with "$" ($SYS/...) are the broker's; gateways cannot use them.
+            raise _Bad(hint='topics starting with "$" are reserved for the broker ($SYS)')
         return v
-    return _Conv("an MQTT topic prefix without wildcards, spaces or outer slashes", fn)
+    return _Conv("an MQTT topic prefix without wildcards, spaces, outer slashes or a "
+                 'leading "$"', fn)
 
 
 def _toml_bool_conv() -> _Conv[bool]:
@@ -492,7 +516,7 @@ def _listen_conv() -> _Conv[str]:
 def _host_conv() -> _Conv[str]:
     def fn(v: object) -> str:
         s = _str_value(v)
-        if not s or any(c.isspace() for c in s) or "/" in s:
+        if not s or any(c.isspace() or not c.isprintable() for c in s) or "/" in s:
             raise _Bad()
         if s.count(":") == 1:
             raise _Bad(hint="put the port in port = ..., not in host")
@@ -751,9 +775,9 @@ class _Loader:
 
     def read_toml(self) -> dict[str, object] | None:
         try:
-            raw = self.path.read_bytes()
-        except OSError as e:
-            self.add("", None, "a readable TOML file", e.strerror or str(e), line=None)
+            raw = read_regular(self.path, MAX_CONFIG_BYTES)
+        except FileRefused as e:
+            self.add("", None, "a readable TOML file", str(e), line=None)
             return None
         try:
             text = raw.decode("utf-8")
@@ -811,7 +835,15 @@ class _Loader:
         t = "collector"
         self.unknown_keys(t, data, COLLECTOR_KEYS)
         cid = self.required(t, data, "id", _name_conv())
-        data_dir = self.required(t, data, "data_dir", _nonempty_conv("a folder path"))
+        data_dir = self.required(t, data, "data_dir", _path_conv("a folder path"))
+        if data_dir is not None:
+            # amic run creates the folder: what is already there must be folders.
+            folder = self.relative(data_dir)
+            there = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+            if not there.is_dir():
+                self.add(t, "data_dir", "a folder (amic keeps its store there)",
+                         f"{folder} ({there} is not a folder)")
+                data_dir = None
         retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"), 90)
         listen = self.optional(t, data, "metrics_listen", _listen_conv(), None)
         interval = self.optional(t, data, "commit_interval",
@@ -836,13 +868,14 @@ class _Loader:
         if data is None:
             return None
         t = "mqtt"
+        before = len(self.problems)
         self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
             "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
                         "environment variable"})
         url = self.required(t, data, "url", _mqtt_url_conv())
         client_id = self.optional(t, data, "client_id", _name_conv(), None)
         username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
-        files = {k: self.optional(t, data, k, _nonempty_conv("a file path"), None)
+        files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
                  for k in ("ca_file", "cert_file", "key_file")}
         commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
@@ -850,9 +883,16 @@ class _Loader:
             if path is not None and not path.is_file():
                 self.add(t, k, "a readable file", f"{path} (no such file)")
         password = self.secret(t, data, "password_file", PASSWORD_ENV)
+        if password is not None and username is None and "username" not in data:
+            # MQTT 3.1.1 sends no password without a user name; the client refuses it.
+            self.add(t, "username", "a username with the password (MQTT sends no password "
+                     "alone)", "nothing" + ("" if "password_file" in data else
+                                            f" (the password is from {PASSWORD_ENV})"))
         if (paths["cert_file"] is None) != (paths["key_file"] is None):
             self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
                      "cert_file and key_file together (a client certificate)", "only one")
+        if url is not None and len(self.problems) == before:
+            self.connection_problem(t, url, client_id, username, password, paths)
         if url is None or commands is None:
             return None
         return MqttSettings(url=url, client_id=client_id or "", username=username,
@@ -860,21 +900,40 @@ class _Loader:
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
                             commands=commands)
 
+    def connection_problem(self, t: str, url: str, client_id: str | None,
+                           username: str | None, password: str | None,
+                           paths: Mapping[str, Path | None]) -> None:
+        """What the MQTT client would refuse at start-up (``amic run``): TLS files for a
+        plain mqtt:// URL, a CA or client certificate that does not load, ..."""
+        from drivers.mqtt import MqttConnection
+
+        try:
+            MqttConnection(url, client_id=client_id or "amic-check", username=username,
+                           password=password, ca_file=paths["ca_file"],
+                           cert_file=paths["cert_file"], key_file=paths["key_file"])
+        except ValueError as e:
+            text = str(e)
+            key = next((k for k in ("ca_file", "cert_file", "key_file", "client_id",
+                                    "username") if k in text), "url")
+            what = ("a certificate file the MQTT client can load" if key.endswith("_file")
+                    else "settings the MQTT client accepts")
+            self.add(t, key, what, text.split(": ", 1)[-1])
+
     def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
         """The secret in the file ``data[key]`` names (a problem if group or others may
         access it, as for the secrets file), else the environment variable ``env``; never
         the config file itself."""
-        name = self.optional(t, data, key, _nonempty_conv("a file path"), None)
+        name = self.optional(t, data, key, _path_conv("a file path"), None)
         if name is None:
             return os.environ.get(env)
         path = self.relative(name)
-        if not path.is_file():
-            self.add(t, key, "a readable file", f"{path} (no such file)")
-            return None
         try:
-            text = path.read_text().strip()
-        except OSError as e:
-            self.add(t, key, "a readable file", f"{path} ({e.strerror})")
+            text = read_regular(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+        except FileRefused as e:
+            self.add(t, key, "a readable file", f"{path} ({e})")
+            return None
+        except UnicodeDecodeError:
+            self.add(t, key, "a file of UTF-8 text", f"{path} (not UTF-8)")
             return None
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -1015,7 +1074,7 @@ class _Loader:
         self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
             "password": "never in the configuration: meter passwords are in the secrets "
                         "file (secrets_file)"})
-        name = self.optional(t, data, "secrets_file", _nonempty_conv("a file path"), None)
+        name = self.optional(t, data, "secrets_file", _path_conv("a file path"), None)
         secrets_file = None
         if name is not None:
             secrets_file = self.relative(name)
@@ -1231,7 +1290,7 @@ class _Loader:
             return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
                                name=ok_name, td=td, tb=tb, preamble=preamble,
                                modbus=cast(ModbusFraming, modbus))
-        device = self.required(t, data, "device", _nonempty_conv("a serial device path"),
+        device = self.required(t, data, "device", _path_conv("a serial device path"),
                                name=name, why=why)
         baud = self.optional(t, data, "baud", _choice_conv(BAUDS), 2400, name=name)
         parity = self.optional(t, data, "parity", _parity_conv(), "E", name=name)
@@ -1281,16 +1340,15 @@ class _Loader:
         if "ledger" not in data:
             return []
         name = self.convert("meters", "ledger", data["ledger"],
-                            _nonempty_conv("the path of a CSV meter ledger"))
+                            _path_conv("the path of a CSV meter ledger"))
         if name is None:
             return []
         path = Path(name).expanduser()
         shown = str(path if path.is_absolute() else self.path.parent / path)
         try:
-            raw = self.relative(name).read_bytes()
-        except OSError as e:
-            self.add("meters", "ledger", "a readable CSV file",
-                     f"{_q(name)} ({shown}: {e.strerror or e})")
+            raw = read_regular(self.relative(name), MAX_LEDGER_BYTES)
+        except FileRefused as e:
+            self.add("meters", "ledger", "a readable CSV file", f"{_q(name)} ({shown}: {e})")
             return []
         try:
             text = raw.decode("utf-8-sig")

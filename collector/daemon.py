@@ -117,8 +117,9 @@ class Daemon:
 
     def _on_event(self, event: Event) -> None:
         assert self.writer is not None
-        log.info("event %s meter=%s bus=%s %s", event.kind, event.meter or "-",
-                 event.bus or "-", event.detail)
+        log.log(logging.WARNING if event.severity >= 1 else logging.INFO,  # alarms: WARNING
+                "event %s meter=%s bus=%s %s", event.kind, event.meter or "-",
+                event.bus or "-", event.detail)
         self.writer.put_event(event)
         if self.mqtt is not None and self.settings.alarms.publish:
             self.mqtt.publish_event(event)
@@ -321,6 +322,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
 
         c = self.settings.collector
+        metrics_server = None
+        if c.metrics_listen:  # first: a port in use stops the start before anything runs
+            metrics_server = self.metrics.start_server(c.metrics_listen)
         c.data_dir.mkdir(parents=True, exist_ok=True)
         # First: refuses to start while another daemon serves this data directory.
         self.ctl = CtlServer(self)
@@ -331,9 +335,6 @@ class Daemon:
                                   retention_days=c.retention_days,
                                   min_free_mb=c.min_free_mb, on_alert=self._on_store_alert)
         await self.writer.start()
-        metrics_server = None
-        if c.metrics_listen:
-            metrics_server = self.metrics.start_server(c.metrics_listen)
         self.writer.put_event(Event("collector_started", utcnow(), severity=0,
                                     detail=f"config {self.settings.source}"))
         cs = self.settings.commands

@@ -43,7 +43,7 @@ from protocols.dlt645 import (
     parse_frame,
 )
 from protocols.modbus import Profile, Register, decode_register
-from protocols.quantities import QUANTITIES, Kind, normalise_address
+from protocols.quantities import QUANTITIES, Kind, implausible, normalise_address
 
 from .records import Quality, Reading, utcnow
 from .scheduler import to_number
@@ -92,6 +92,7 @@ class RejectReason(StrEnum):
     UNSUPPORTED_QUANTITY = "unsupported_quantity"  # a date/time/address, or settlement data
     UNIT_MISMATCH = "unit_mismatch"  # a unit that is not (convertible to) the vocabulary's
     BAD_VALUE = "bad_value"  # not a finite number, or not an integer where one is needed
+    IMPLAUSIBLE = "implausible"  # outside the quantity's plausible range (1e308 V)
     BAD_TIMESTAMP = "bad_timestamp"  # unparseable, without UTC offset, or before 2000
     FUTURE_TIMESTAMP = "future_timestamp"  # more than max_future ahead of the collector
     BAD_HEX = "bad_hex"  # a frame that is not hex digits
@@ -169,6 +170,8 @@ def split_topic(topic: str) -> tuple[str, str] | None:
     """``(gateway, kind)`` of ``<prefix>/<gateway>/<kind>``; None if it is not one."""
     parts = topic.split("/")
     if len(parts) < 3 or parts[-1] not in TOPIC_KINDS or not parts[-2]:
+        return None
+    if parts[0].startswith("$"):  # $SYS/...: the broker's own topics, never a gateway's
         return None
     if any(c in parts[-2] for c in "+#"):
         return None
@@ -549,6 +552,9 @@ class ReportIngestor:
             value = math.inf
         if not math.isfinite(value):
             raise _Rejected(R.BAD_VALUE, f"{name}: not a finite number")
+        why = implausible(name, value)
+        if why is not None:
+            raise _Rejected(R.IMPLAUSIBLE, f"{name}: {why}")
         return Reading(meter.meter_id, name, value, q.unit, now, meter_ts, Quality.GOOD)
 
     # ---- raw DL/T645 frames ------------------------------------------------------------
@@ -638,6 +644,9 @@ class ReportIngestor:
             if number is None:
                 ctx.reject(R.UNSUPPORTED_QUANTITY, f"{what}: DI {di}: {name} is not a "
                                                    "number", _excerpt(value))
+                continue
+            if _refused(ctx, name, number, f"{what}: DI {di}: meter {meter.meter_id}",
+                        _excerpt(value)):
                 continue
             out.append(Reading(meter.meter_id, name, number, unit, ctx.now, meter_ts, quality))
         return out
@@ -729,6 +738,9 @@ class ReportIngestor:
             except ValueError as e:
                 ctx.reject(R.BAD_VALUE, f"meter {meter.meter_id}: {e}", _excerpt(doc["frame"]))
                 continue
+            if _refused(ctx, reg.name, float(number), f"meter {meter.meter_id}",
+                        _excerpt(doc["frame"])):
+                continue
             ctx.rows.append(Reading(meter.meter_id, reg.name, float(number), reg.unit, ctx.now,
                                     meter_ts, Quality.GOOD))
 
@@ -759,6 +771,16 @@ class ReportIngestor:
         log.warning("gateway %s: rejected %s: %s%s", _name(gateway) if gateway else "?",
                     reason.value, detail, more)
         self._log_state[key] = (mono, 0)
+
+
+def _refused(ctx: _Message, name: str, value: float, where: str, excerpt: str) -> bool:
+    """Reject (and True) a decoded value that cannot be a reading of ``name``."""
+    why = implausible(name, value)
+    if why is None:
+        return False
+    reason = RejectReason.BAD_VALUE if not math.isfinite(value) else RejectReason.IMPLAUSIBLE
+    ctx.reject(reason, f"{where}: {name}: {why}", excerpt)
+    return True
 
 
 def _json_type(v: object) -> str:

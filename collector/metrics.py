@@ -403,12 +403,31 @@ class Metrics:
 
         What ``prometheus_client.start_http_server`` does (its WSGI app, a thread per
         scrape, in a daemon thread, so a busy event loop never delays a scrape), but
-        :meth:`MetricsServer.close` returns within 50 ms instead of 500.  Raises OSError
-        if the address cannot be bound, ValueError if it is malformed.
+        :meth:`MetricsServer.close` returns within 50 ms instead of 500.  Raises
+        :class:`ListenError` (naming the address) if it cannot be bound, ValueError if
+        it is malformed.
         """
         host, port = parse_listen(listen)
-        return MetricsServer.start(self.registry, host, port)
+        try:
+            return MetricsServer.start(self.registry, host, port)
+        except OSError as e:
+            raise ListenError(listen, "metrics_listen", e) from None
 
 
-__all__ = ["LANES", "LATENCY_BUCKETS", "REASONS", "Metrics", "MetricsServer", "failure_reason",
-           "parse_listen"]
+class ListenError(OSError):
+    """An address amic was configured to listen on cannot be bound (in use, not local).
+
+    ``str()``: ``cannot listen on 127.0.0.1:9108 (metrics_listen): Address already in use``.
+    """
+
+    def __init__(self, address: str, key: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.address = address
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address} ({self.key}): {self.strerror}"
+
+
+__all__ = ["LANES", "LATENCY_BUCKETS", "REASONS", "ListenError", "Metrics", "MetricsServer",
+           "failure_reason", "parse_listen"]

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from protocols.modbus import Profile, ProfileError, parse_profile
+
+from .safefile import FileRefused, path_problem, read_regular
 
 __all__ = [
     "SHIPPED_DIR",
@@ -33,6 +36,7 @@ __all__ = [
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 SUFFIX = ".toml"
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a few KiB; the limit only stops /dev/zero & co.
 
 _cache: dict[Path, tuple[int, int, Profile]] = {}
 _lock = threading.Lock()
@@ -58,19 +62,38 @@ def _is_path(name_or_path: str | os.PathLike[str]) -> bool:
     return os.sep in text or "/" in text or text.endswith(SUFFIX)
 
 
+_PROFILE_TABLE = re.compile(rb"^[ \t]*\[[ \t]*profile[ \t]*\][ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def _looks_like_profile(path: Path) -> bool:
+    """A ``[profile]`` table in it: the configuration folder also holds amic.toml & co."""
+    try:
+        return _PROFILE_TABLE.search(read_regular(path, MAX_PROFILE_BYTES)) is not None
+    except FileRefused:
+        return False
+
+
 def available_profiles(search: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Path]:
-    """Profile name -> file, over the extra directories (first wins) and the shipped one."""
+    """Profile name -> file, over the extra directories (first wins) and the shipped one.
+
+    Only files with a ``[profile]`` table count, so a site's amic.toml or secrets file
+    next to its profiles is not offered as one.
+    """
     found: dict[str, Path] = {}
     for d in _dirs(search):
         if not d.is_dir():
             continue
         for path in sorted(d.glob(f"*{SUFFIX}")):
-            found.setdefault(path.stem, path)
+            if path.stem not in found and _looks_like_profile(path):
+                found[path.stem] = path
     return found
 
 
 def find_profile(name: str, search: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """The file of profile ``name``; ProfileError listing the directories searched."""
+    problem = path_problem(f"{name}{SUFFIX}")
+    if problem is not None:
+        raise ProfileError(name[:40], [f"profile name {name[:40]!r}: {problem}"])
     for d in _dirs(search):
         path = d / f"{name}{SUFFIX}"
         if path.is_file():
@@ -86,6 +109,10 @@ def find_profile(name: str, search: Sequence[str | os.PathLike[str]] = ()) -> Pa
 
 def load_profile_file(path: str | os.PathLike[str]) -> Profile:
     """Read, parse and validate one profile file (cached); its name is the file stem."""
+    problem = path_problem(os.fspath(path))
+    if problem is not None:
+        shown = repr(os.fspath(path)[:40])
+        raise ProfileError(shown, [f"{shown}: not a usable path: {problem}"])
     p = Path(path).expanduser()
     source = str(p)
     try:
@@ -99,9 +126,9 @@ def load_profile_file(path: str | os.PathLike[str]) -> Profile:
     if hit is not None and (hit[0], hit[1]) == stamp:
         return hit[2]
     try:
-        data = resolved.read_bytes()
-    except OSError as e:
-        raise ProfileError(source, [f"{source}: cannot read: {e.strerror or e}"]) from None
+        data = read_regular(resolved, MAX_PROFILE_BYTES)
+    except FileRefused as e:
+        raise ProfileError(source, [f"{source}: cannot read: {e}"]) from None
     profile = parse_profile(data, name=p.stem, source=source)
     with _lock:
         _cache[resolved] = (stamp[0], stamp[1], profile)
@@ -116,6 +143,10 @@ def load_profile(name_or_path: str | os.PathLike[str],
     a bare ``name.toml`` that is not a file in the working directory is taken as a name.
     Raises ProfileError with every problem, naming the file.
     """
+    problem = path_problem(os.fspath(name_or_path))
+    if problem is not None:
+        shown = repr(os.fspath(name_or_path)[:40])
+        raise ProfileError(shown, [f"profile {shown}: not a usable name or path: {problem}"])
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         bare = str(name_or_path) == path.name  # "x.toml" alone: a file here, else a name

@@ -482,7 +482,9 @@ class Store:
                 for statement in _split_sql(MIGRATIONS[i]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {i + 1}")
-                log.info("store %s: schema version %d", self.path, i + 1)
+        if version < SCHEMA_VERSION:  # one line, not one per migration step
+            log.info("store %s: schema version %d (%s)", self.path, SCHEMA_VERSION,
+                     f"upgraded from {version}" if version else "created")
 
     @property
     def schema_version(self) -> int:

@@ -8,6 +8,7 @@ series names from them (``measurement_field``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,6 +109,63 @@ def _build() -> dict[str, Quantity]:
 
 
 QUANTITIES: dict[str, Quantity] = _build()
+
+# Plausible values per unit: what a metering point can physically show, generous enough
+# for primary-side values behind CT/PT ratios (a 35 kV feeder, a 4000 A busbar).  A value
+# outside is a decoding fault or a gateway bug (1e308 V), not a reading; these are not
+# alarm limits (collector/rules.py has those).
+_UNIT_RANGES: dict[str, tuple[float, float]] = {
+    VOLT: (0.0, 1e6),
+    AMP: (-1e6, 1e6),
+    KW: (-1e7, 1e7),
+    KVAR: (-1e7, 1e7),
+    KVA: (-1e7, 1e7),
+    HZ: (0.0, 100.0),  # 0: some meters report 0 Hz without voltage
+    KWH: (-1e12, 1e12),  # combined energy may be negative
+    KVARH: (-1e12, 1e12),
+    YUAN: (-1e10, 1e10),
+    "s": (-1e10, 1e10),  # clock drift: a meter clock decades off is still a reading
+}
+_NAME_RANGES: dict[str, tuple[float, float]] = {
+    **{f"power_factor_{p}": (-1.0, 1.0) for p in ("total", *_PHASES)},
+    **{f"status_word_{i}": (0.0, 65535.0) for i in range(1, 8)},
+    "purchase_count": (0.0, 1e9),
+    "power_down_count": (0.0, 1e9),
+    "cover_open_count": (0.0, 1e9),
+}
+
+
+def _ranges() -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for name, q in QUANTITIES.items():
+        if name in _NAME_RANGES:
+            out[name] = _NAME_RANGES[name]
+        elif q.kind is Kind.NUMBER and q.unit in _UNIT_RANGES:
+            out[name] = _UNIT_RANGES[q.unit]
+    return out
+
+
+#: Quantity name -> (lowest, highest) plausible value, in the quantity's unit.
+PLAUSIBLE: dict[str, tuple[float, float]] = _ranges()
+
+
+def implausible(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be a reading of quantity ``name`` (None if it can).
+
+    Not finite, or outside :data:`PLAUSIBLE` for the quantity, e.g.
+    ``"1e+308 V is outside the plausible range 0 to 1e+06 V"``.
+    """
+    unit = QUANTITIES[name].unit if name in QUANTITIES else ""
+    shown = f"{value:g}" + (f" {unit}" if unit else "")
+    if not math.isfinite(value):
+        return f"{shown} is not a finite number"
+    limits = PLAUSIBLE.get(name)
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        low, high = limits
+        return (f"{shown} is outside the plausible range {low:g} to {high:g}"
+                + (f" {unit}" if unit else ""))
+    return None
+
 
 # Names an operator types at the CLI, expanded to quantities.
 GROUPS: dict[str, tuple[str, ...]] = {

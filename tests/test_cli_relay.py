@@ -192,7 +192,8 @@ async def test_area_trip_skips_protected_and_master_unless_forced(tmp_path: Path
         # A dry run predicts the skips and sends nothing.
         r = await amic("trip", "--area", "TQ-1", *base, "--reason", "arrears", "--dry-run")
         assert r.exit_code == 0, r.output
-        got = {x["meter"]: x["status"] for x in [json.loads(x) for x in r.output.splitlines()]}
+        got = {x["meter"]: x["status"]
+                       for x in map(json.loads, r.output.splitlines())}
         assert got == {"M1": "skipped_protected", "M2": "skipped_protected", "M3": "dry_run"}
         # The area: the master meter and the protected customer are skipped, the rest
         # tripped; the policy worked, so exit 0.
@@ -214,7 +215,7 @@ async def test_area_trip_skips_protected_and_master_unless_forced(tmp_path: Path
         # Forced, with a reason: tripped, and the audit says who forced it and why.
         r = await amic("trip", "M2", *base, "--force", "--reason", "fraud, ticket 99")
         assert r.exit_code == 0, r.output
-        assert [json.loads(x) for x in r.output.splitlines()][0]["status"] == "confirmed"
+        assert json.loads(r.output.splitlines()[0])["status"] == "confirmed"
         assert model["M2"].relay_open and not model["M1"].relay_open
     with sqlite3.connect(tmp_path / "data" / "amic.db") as c:
         audit = c.execute("SELECT meter, kind, status, operator, detail FROM commands "

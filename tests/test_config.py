@@ -935,11 +935,11 @@ def test_config_error_is_every_problem_one_a_line() -> None:
     assert all(isinstance(p, Problem) for p in info.value.problems)
 
 
-def test_check_command_reports_problems_and_exits_1() -> None:
+def test_check_command_reports_problems_and_exits_78() -> None:
     Path("amic.toml").write_text(BROKEN)
     Path("meters.csv").write_text(HEADER + "M1,1,line-1,,,,A1,,,,\n")
     r = CliRunner().invoke(config_group, ["check", "amic.toml"])
-    assert r.exit_code == 1
+    assert r.exit_code == 78
     assert "Traceback" not in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert r.stdout.splitlines() == [
@@ -958,7 +958,7 @@ def test_check_command_reports_problems_and_exits_1() -> None:
 
 def test_check_command_missing_file() -> None:
     r = CliRunner().invoke(config_group, ["check", "nope.toml"])
-    assert r.exit_code == 1
+    assert r.exit_code == 78
     assert r.stdout == "nope.toml: expected a readable TOML file, got No such file or directory\n"
 
 

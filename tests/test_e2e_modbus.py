@@ -181,4 +181,4 @@ def test_profile_errors_refuse_the_configuration(tmp_path: Path) -> None:
     assert "overlap" in text and "current_a" in text and "voltage_a" in text
     assert "float64" in text
     result = CliRunner().invoke(main, ["config", "check", str(cfg)])
-    assert result.exit_code == 1 and "float64" in result.output
+    assert result.exit_code == 78 and "float64" in result.output

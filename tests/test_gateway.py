@@ -255,6 +255,40 @@ def test_raw_modbus_with_start_and_with_request(sink: Sink) -> None:
     assert not sink.rejects
 
 
+def test_implausible_values_are_refused_naming_gateway_meter_quantity_and_value(
+        sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "amic.gateway")
+    assert sink.send({"meter": "M0001", "values": {"voltage_a": 1e308, "voltage_b": 231.0,
+                                                   "frequency": -50}}) == 1
+    assert sink.values() == {("M0001", "voltage_b"): 231.0}
+    assert sink.reasons() == [R.IMPLAUSIBLE, R.IMPLAUSIBLE]
+    assert sink.rejects[0].detail == ("meter M0001: voltage_a: 1e+308 V is outside the "
+                                      "plausible range 0 to 1e+06 V")
+    line = caplog.records[0].getMessage()
+    assert "gw-01" in line and "M0001" in line and "voltage_a" in line and "1e+308" in line
+    # The same limits for raw frames: a DL/T645 power factor of 1.5, a Modbus one of 3.
+    pf = by_name("power_factor_total")
+    frame = wire(ReadReply(address="000000000001", di=pf.di,
+                           body=encode_value(pf, "1.5")).to_frame())
+    assert sink.send({"frame": frame}, RAW) == 0
+    assert sink.rejects[-1].reason is R.IMPLAUSIBLE
+    assert "M0001" in sink.rejects[-1].detail and "power_factor_total: 1.5 " in \
+        sink.rejects[-1].detail
+    reply = rtu_reply(load_profile("acrel-ddsy1352"), 5, 11, 6,
+                      {"voltage_a": "220.1", "power_factor_total": "3"})
+    assert sink.send({"unit": 5, "function": 3, "start": 11, "frame": reply}, RAW) >= 1
+    assert ("MB05", "voltage_a") in sink.values()
+    assert ("MB05", "power_factor_total") not in sink.values()
+    assert sink.rejects[-1].reason is R.IMPLAUSIBLE and "MB05" in sink.rejects[-1].detail
+    assert sink.ing.counts[R.IMPLAUSIBLE] == 4
+
+
+def test_broker_topics_are_not_gateway_topics(sink: Sink) -> None:
+    assert split_topic("$SYS/gw-01/report") is None
+    assert sink.send(_ok(), "$SYS/gw-01/report") == 0
+    assert sink.reasons() == [R.BAD_TOPIC]
+
+
 def test_modbus_crc_matches_pymodbus() -> None:
     for data in (b"\x01\x03\x00\x00\x00\x0a", b"\x05\x03\x02\x08\x99", bytes(range(40))):
         assert modbus_crc(data).to_bytes(2, "little") == \
@@ -398,6 +432,7 @@ REJECTS: list[tuple[str, object, str, RejectReason]] = [
     ("modbus profile missing", {"start": 11, "frame": rtu(bytes((9, 3, 2, 8, 0x99)))}, RAW,
      R.NO_PROFILE),
     ("modbus no register", {"start": 10, "frame": _MB_OK}, RAW, R.UNKNOWN_REGISTER),
+    ("implausible voltage", _ok(voltage_a=1e308), TOPIC, R.IMPLAUSIBLE),
     ("modbus half a register", {"start": 1, "frame": _MB_OK}, RAW, R.UNKNOWN_REGISTER),
 ]
 

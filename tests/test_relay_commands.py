@@ -327,7 +327,8 @@ async def test_area_trip_through_the_broker_skips_protected_unless_forced(
                 r = await asyncio.to_thread(cli, "trip", "--area", "TQ-1", *via,
                                             "--reason", "arrears", "--yes")
                 assert r.exit_code == 0, r.output
-                got = {x["meter"]: x["status"] for x in [json.loads(x) for x in r.output.splitlines()]}
+                got = {x["meter"]: x["status"]
+                       for x in map(json.loads, r.output.splitlines())}
                 assert got == {"M1": "skipped_protected", "M2": "skipped_protected",
                                "M3": "confirmed"}
                 assert not model["M1"].relay_open and not model["M2"].relay_open
@@ -335,7 +336,7 @@ async def test_area_trip_through_the_broker_skips_protected_unless_forced(
                 r = await asyncio.to_thread(cli, "trip", "M1", *via, "--force",
                                             "--reason", "transformer work, ticket 7")
                 assert r.exit_code == 0, r.output
-                assert [json.loads(x) for x in r.output.splitlines()][0]["status"] == "confirmed"
+                assert json.loads(r.output.splitlines()[0])["status"] == "confirmed"
                 assert model["M1"].relay_open and not model["M2"].relay_open
                 await daemon.writer.flush()  # type: ignore[union-attr]
             finally:

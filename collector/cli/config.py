@@ -12,7 +12,9 @@ from ..config import ConfigError, load_settings, select_meters
 from ..settings import Settings
 
 EXIT_OK = 0
-EXIT_INVALID = 1  # the configuration has problems (each printed on its own line)
+# The configuration has problems (each printed on its own line): EX_CONFIG, the status
+# ``amic run`` refuses the same file with.
+EXIT_INVALID = 78
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -55,7 +57,7 @@ def config() -> None:
 def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
     """Check FILE (or -c FILE, and the ledger it names) completely; start nothing.
 
-    Exit 0 printing a one-line summary when it is valid; exit 1 printing every problem,
+    Exit 0 printing a one-line summary when it is valid; exit 78 printing every problem,
     one a line (file:line: table: key: expected ..., got ...), when it is not.
     """
     if (file is None) == (config_path is None):
@@ -73,8 +75,13 @@ def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
     click.echo(f"{file}: OK: {summary(settings)}")
     if verbose:
         for b in settings.buses:
-            where = (f"tcp {b.host}:{b.port}" if b.kind == "tcp"
-                     else f"serial {b.device} {b.baud} {b.bytesize}{b.parity}{b.stopbits:g}")
+            if b.kind == "mqtt":
+                prefix = next((g.prefix for g in settings.gateways if g.name == b.gateway), "")
+                where = f"mqtt via gateway {b.gateway} ({prefix}/{b.gateway})"
+            elif b.kind == "tcp":
+                where = f"tcp {b.host}:{b.port}"
+            else:
+                where = f"serial {b.device} {b.baud} {b.bytesize}{b.parity}{b.stopbits:g}"
             n = sum(1 for m in settings.meters if m.bus == b.name)
             click.echo(f"  bus {b.name}: {where}, {_plural(n, 'meter')}")
         for s in settings.schedules:
