@@ -309,7 +309,8 @@ async def test_invalid_requests(broker: Broker) -> None:
             "r-loop": (request_topic(CID, "read"), {"meter": "M0001",
                                                     "quantities": ["voltage_a"],
                                                     "reply_to": f"amic/{CID}/cmd/read"},
-                       "reply_to: not a topic the collector may publish to"),
+                       f"reply_to 'amic/{CID}/cmd/read': not a topic the collector may "
+                       f"publish to (allowed under: amic/{CID}/reply/)"),
         }
         for rid, (topic, body, _) in cases.items():
             await c.publish(topic, json.dumps({"request_id": rid, **body}), qos=1)
@@ -323,12 +324,38 @@ async def test_invalid_requests(broker: Broker) -> None:
         await no_more(c)
         assert server.stats.rejected == 5
         assert execute.calls == []
-        # reply_to elsewhere is honoured.
-        await c.subscribe("ops/replies/#", qos=1)
-        await c.publish(request_topic(CID, "read"),
-                        request("r-elsewhere", reply_to="ops/replies/1"), qos=1)
-        ((topic, payload),) = await replies(c, 1)
-        assert topic == "ops/replies/1" and json.loads(payload)["status"] == "ok"
+
+
+async def test_reply_to_is_not_an_open_relay(broker: Broker) -> None:
+    """A read answered onto a gateway's RS-485 downlink would put the reply's bytes on
+    its bus: reply_to goes only under the collector's reply topics or a configured
+    prefix (level by level: ops/replies does not allow ops/replies-x)."""
+    execute = FakeMeters()
+    async with serving(broker.url, execute, MemoryJournal(),
+                       reply_prefixes=("ops/replies",)) as (server, _), \
+            requester(broker) as c:
+        await c.subscribe("amic-gw/#", qos=1)
+        await c.subscribe("ops/#", qos=1)
+        for rid, target in (("r-gateway", "amic-gw/gw-01/down"),
+                            ("r-sibling", "ops/replies-x/1"),
+                            ("r-other-collector", "amic/other/reply/1")):
+            await c.publish(request_topic(CID, "read"), request(rid, reply_to=target), qos=1)
+            ((topic, payload),) = await replies(c, 1)
+            doc = json.loads(payload)
+            assert topic == reply_topic(CID, rid)  # the error goes to our own reply topic
+            assert doc["status"] == "error" and doc["error"].startswith(
+                f"reply_to {target!r}: not a topic the collector may publish to")
+            assert "ops/replies/" in doc["error"]
+        assert execute.calls == []
+        # Its own reply topics and a configured prefix are honoured.
+        for rid, target in (("r-own", f"amic/{CID}/reply/elsewhere"),
+                            ("r-elsewhere", "ops/replies/1")):
+            await c.publish(request_topic(CID, "read"), request(rid, reply_to=target),
+                            qos=1)
+            ((topic, payload),) = await replies(c, 1)
+            assert topic == target and json.loads(payload)["status"] == "ok"
+        await no_more(c)
+        assert server.stats.errors == 3
 
 
 async def test_a_retained_request_is_answered_once_not_on_every_resubscription(

@@ -115,8 +115,10 @@ async def _via(opts: RemoteOptions, command: str, body: dict[str, Any],
         amic_log.removeHandler(quiet)
 
 
-def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None) -> dict[str, Any]:
-    """``body`` signed with the operator's key from the secrets file."""
+def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None,
+            collector: str | None) -> dict[str, Any]:
+    """``body`` signed with the operator's key from the secrets file, bound to the
+    collector and the command (the collector refuses it anywhere else)."""
     if secrets_path is None:
         _fail("--secrets FILE: the operator's signing key ([operators.NAME] key) is needed "
               "to send a command through the broker", EXIT_USAGE)
@@ -124,7 +126,7 @@ def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None) -> d
         key = load_secrets(secrets_path).operator_key(operator)
     except SecretsError as e:
         _fail(str(e), EXIT_USAGE)
-    return sign(body, operator, key)
+    return sign(body, operator, key, collector=collector, command=body["command"])
 
 
 def _ask(opts: RemoteOptions, command: str, body: dict[str, Any],
@@ -246,7 +248,7 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         else:
             body["meters"] = ids
         if action != "status":
-            body = _signed(body, who, secrets_path)
+            body = _signed(body, who, secrets_path, opts.collector)
         reply = _ask(opts, "relay", body, rid)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     else:
@@ -335,7 +337,7 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
                         key_file, timeout_s)
     rid = new_request_id()
     body = _signed({"request_id": rid, "command": "topup", "meter": meter, "amount": amount,
-                    "ref": ref}, who, secrets_path)
+                    "ref": ref}, who, secrets_path, opts.collector)
     reply = _ask(opts, "topup", body, rid)
     if as_json:
         click.echo(json.dumps(reply, ensure_ascii=False))
@@ -379,6 +381,8 @@ def audit(config_path: Path, meter: str | None, since: str, as_json: bool) -> No
         with contextlib.suppress(ValueError, TypeError):
             detail = json.loads(r["detail"])
         when = from_ms(r["ts"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        # A denied request's detail is its reply: the refusal is its "error".
+        why = detail.get("reason") or detail.get("error", "")
         click.echo(f"{when:<19} {r['meter']:<12} {r['kind']:<9} {r['status']:<16} "
-                   f"{r['operator']:<10} {detail.get('reason', '')}")
+                   f"{r['operator']:<10} {why}")
 
