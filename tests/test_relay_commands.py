@@ -262,6 +262,13 @@ async def refusals(broker: Broker) -> dict[str, tuple[str, str, str, str]]:
         reply = await ask(broker, rid, doc, topic)
         assert reply["status"] == "error" and reply["refusal"] == reason, reply
         out[rid] = (meter, "trip" if topic == "relay" else "topup", operator, reason)
+    # A top-up signed for another collector.
+    rid = f"t-{uuid.uuid4().hex}"
+    doc = sign({"request_id": rid, "meter": "M2", "amount": "50", "ref": "receipt 9"},
+               "alice", key, collector="other-gw", command="topup")
+    reply = await ask(broker, rid, doc, "topup")
+    assert reply["status"] == "error" and reply["refusal"] == "wrong_collector", reply
+    out[rid] = ("M2", "topup", "alice", "wrong_collector")
     return out
 
 
