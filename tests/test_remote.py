@@ -22,8 +22,11 @@ from mosquitto import MOSQUITTO, PASSWORD, USER, Broker
 from collector.cli import main
 from collector.records import CommandRecord, Reading, utcnow
 from collector.remote import (
+    DENIED,
+    DOCUMENT,
     DONE,
     RECEIVED,
+    CommandDenied,
     CommandError,
     CommandServer,
     Journal,
@@ -376,6 +379,48 @@ async def test_a_retained_request_is_answered_once_not_on_every_resubscription(
         finally:
             await c.publish(topic, b"", qos=1, retain=True)  # clear it
     assert len(execute.calls) == 1
+
+
+async def test_a_signed_command_refused_is_journaled_denied_with_its_claims(
+        broker: Broker, tmp_path: Path) -> None:
+    """The executor of a signed command gets the document as published (a relay document
+    on cmd/topup is not turned away here: the executor refuses it, audited); a refusal
+    is journaled "denied" with what the request claimed, never "done", and a repeat gets
+    the same reply without running again."""
+    calls: list[dict[str, Any]] = []
+
+    async def execute(request: dict[str, Any]) -> dict[str, Any]:
+        calls.append(request)
+        doc = request[DOCUMENT]
+        if doc.get("command") != request["command"]:
+            raise CommandDenied("refused: wrong_command", reason="wrong_command",
+                                operator=str(doc["operator"])[:64], meter="M0001",
+                                kind="trip")
+        return {"readings": []}
+
+    store = Store(tmp_path / "amic.db")
+    doc = {"request_id": "r-denied", "command": "relay", "action": "trip",
+           "meters": ["M0001"], "operator": "m" * 80, "signature": "00" * 32}
+    async with StoreWriter(store, commit_interval=0.1) as writer:
+        async with serving(broker.url, execute, StoreJournal(store, writer),  # type: ignore[arg-type]
+                           commands=("read", "relay", "topup"),
+                           signed=("relay", "topup")) as (server, _), requester(broker) as c:
+            for _ in range(2):
+                await c.publish(request_topic(CID, "topup"), json.dumps(doc), qos=1)
+                ((_, payload),) = await replies(c, 1)
+                assert json.loads(payload) == {
+                    "request_id": "r-denied", "status": "error", "readings": [],
+                    "error": "refused: wrong_command", "refusal": "wrong_command"}
+            assert len(calls) == 1 and calls[0][DOCUMENT] == doc
+            assert calls[0]["command"] == "topup"
+            assert (server.stats.denied, server.stats.duplicates) == (1, 1)
+        await writer.flush()
+    rec = store.command("r-denied")
+    assert rec is not None
+    assert (rec.status, rec.meter, rec.kind, rec.operator) == (DENIED, "M0001", "trip",
+                                                                "m" * 64)
+    assert [r["command_id"] for r in store.audit()] == ["r-denied"]
+    store.close()
 
 
 # ---- the store-backed journal ----------------------------------------------------------------
