@@ -161,19 +161,10 @@ class Control:
         """The operator of a request that must be signed; :class:`CommandDenied` (audited,
         a ``command_refused`` alarm) when refused.  ``meter``, ``kind``: what it claims."""
         doc = request.get(DOCUMENT, request)  # as published: what was signed
-        command = str(request.get("command") or "")
-        collector = self.daemon.settings.collector.id
         try:
-            if self.signed:
-                return self.verifier.verify(doc, collector=collector, command=command)
-            # Unsigned mode (a closed broker): still never another collector's command.
-            for name, wanted in (("collector", collector), ("command", command)):
-                got = doc.get(name, wanted)
-                if got != wanted:
-                    raise SignatureError(f"wrong_{name}",
-                                         f"meant for {name} {_show(got)}, not {wanted!r}")
-            op = doc.get("operator")
-            return op if isinstance(op, str) and op else "remote"
+            return check_request(doc, self.verifier if self.signed else None,
+                                 collector=self.daemon.settings.collector.id,
+                                 command=str(request.get("command") or ""))
         except SignatureError as e:
             raise self._denied(request, doc, e, meter=meter, kind=kind) from None
 
@@ -346,6 +337,25 @@ class Control:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.save_state()
+
+
+def check_request(doc: JsonDict, verifier: Verifier | None, *, collector: str,
+                  command: str) -> str:
+    """The operator of a remote request for ``command`` received by ``collector``;
+    SignatureError (with its reason code) when it must be refused.
+
+    ``verifier`` None: signing is off (``[commands] signed = false``, a closed broker);
+    a ``collector`` or ``command`` the document names must still be this one.
+    """
+    if verifier is not None:
+        return verifier.verify(doc, collector=collector, command=command)
+    for name, wanted in (("collector", collector), ("command", command)):
+        got = doc.get(name, wanted)
+        if got != wanted:
+            raise SignatureError(f"wrong_{name}",
+                                 f"meant for {name} {_show(got)}, not {_show(wanted)}")
+    op = doc.get("operator")
+    return op if isinstance(op, str) and op else "remote"
 
 
 def _show(text: object) -> str:
