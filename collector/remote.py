@@ -53,10 +53,10 @@ Idempotency: requests are journaled by ``request_id`` (``received`` when accepte
 ``done`` with the exact reply JSON when finished, ``denied`` instead when an executor
 refused it for security: :class:`CommandDenied`).  A repeated request (QoS 1
 redelivery, a requester's retry) is never executed twice: a ``done`` or ``denied`` one
-is answered again with the identical reply, one still running gets the reply when it finishes.  With
-:class:`StoreJournal` the journal is the store's ``commands`` table (``command_id`` =
-request id, ``kind`` = the command, ``detail`` = the reply JSON), so this holds across
-daemon restarts.  A request left ``received`` by a daemon that stopped mid-way is
+is answered again with the identical reply, one still running gets the reply when it
+finishes.  With :class:`StoreJournal` the journal is the store's ``commands`` table
+(``command_id`` = request id, ``kind`` = the command, ``detail`` = the reply JSON), so
+this holds across daemon restarts.  A request left ``received`` by a daemon that stopped mid-way is
 executed again only if its command is repeatable (``read`` is); another command is
 answered with an error instead.  A request id used by another kind of command in the
 store is refused.
