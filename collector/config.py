@@ -125,7 +125,7 @@ TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "
                    "gzip_level", "worker_backlog")
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
 MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
-             "key_file", "commands")
+             "key_file", "commands", "reply_prefixes")
 GATEWAY_KEYS = ("name", "prefix", "reports")
 BUS_MQTT_KEYS = ("gateway",)
 PASSWORD_ENV = "AMIC_MQTT_PASSWORD"
@@ -878,6 +878,7 @@ class _Loader:
         files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
                  for k in ("ca_file", "cert_file", "key_file")}
         commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
+        reply_prefixes = self.reply_prefixes(t, data)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
             if path is not None and not path.is_file():
@@ -898,7 +899,26 @@ class _Loader:
         return MqttSettings(url=url, client_id=client_id or "", username=username,
                             password=password, ca_file=paths["ca_file"],
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
-                            commands=commands)
+                            commands=commands, reply_prefixes=reply_prefixes)
+
+    def reply_prefixes(self, t: str, data: Mapping[str, object]) -> tuple[str, ...]:
+        """``reply_prefixes``: topics a request's ``reply_to`` may name (besides
+        amic/<cid>/reply/), each a prefix without wildcards; never the command topics."""
+        if "reply_prefixes" not in data:
+            return ()
+        what = 'a list of MQTT topic prefixes, e.g. ["ops/replies"]'
+        out: list[str] = []
+        for p in self.strings(t, data, "reply_prefixes", what) or []:
+            if not p or any(c in p for c in "#+ \x00") or p.startswith(("/", "$")):
+                self.add(t, "reply_prefixes", what + " (no wildcards, spaces, leading / "
+                         "or $)", _show(p))
+            elif (parts := p.rstrip("/").split("/"))[0] == "amic" \
+                    and (len(parts) <= 2 or parts[2] == "cmd"):
+                self.add(t, "reply_prefixes", "a prefix outside the command topics "
+                         "amic/<cid>/cmd/", _show(p))
+            else:
+                out.append(p.rstrip("/"))
+        return tuple(out)
 
     def connection_problem(self, t: str, url: str, client_id: str | None,
                            username: str | None, password: str | None,

@@ -3,8 +3,8 @@ prepaid engine acting on what the meters report.
 
 Remote requests (see collector/remote.py for the channel) on ``amic/<cid>/cmd/relay``::
 
-    {"request_id": "...", "command": "relay", "action": "trip", "meters": ["M0001"],
-     "reason": "arrears, ticket 4711", "dry_run": false,
+    {"request_id": "...", "command": "relay", "collector": "<cid>", "action": "trip",
+     "meters": ["M0001"], "reason": "arrears, ticket 4711", "dry_run": false,
      "operator": "alice", "issued": "...Z", "expires": "...Z", "nonce": "...",
      "signature": "<hex HMAC-SHA256>"}
 
@@ -12,14 +12,19 @@ Remote requests (see collector/remote.py for the channel) on ``amic/<cid>/cmd/re
 alarm, alarm_release, or ``status`` (read only, no signature needed).  Every other action
 must be signed by an operator whose key is in the daemon's secrets file (``[commands]
 signed = false`` turns that off, for a broker nobody else can publish to): unsigned,
-expired, replayed or badly signed requests are refused and counted, never executed.  The
+expired, replayed or badly signed requests, and documents signed for another collector
+(``collector``) or another command (``command``, the topic's last level), are refused,
+never executed.  A refusal is journaled ``denied`` (kind: the action claimed, operator:
+the operator claimed; ``amic audit`` shows it), raises a ``command_refused`` alarm and is
+answered with ``refusal``: the reason code (collector.signing.REASONS).  The
 reply carries one result per meter (``status``: confirmed, refused, unconfirmed,
 address_mismatch, failed, unsupported, expired, dry_run) and ``exit``, the CLI's exit
 status.
 
-``amic/<cid>/cmd/topup``: ``{"meter": "M0001", "amount": "50.00", "ref": "receipt 1234",
-...signed}``: the prepaid engine credits it (computed balance) or notes it (balance kept
-by the meter); a meter tripped for want of credit is restored and the restore confirmed.
+``amic/<cid>/cmd/topup``: ``{"command": "topup", "collector": "<cid>", "meter": "M0001",
+"amount": "50.00", "ref": "receipt 1234", ...signed}``: the prepaid engine credits it
+(computed balance) or notes it (balance kept by the meter); a meter tripped for want of
+credit is restored and the restore confirmed.
 """
 
 from __future__ import annotations
@@ -32,11 +37,17 @@ from collections.abc import Coroutine, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
-from .commands import CommandRejected, RelayService, exit_status, protected_meters
+from .commands import (
+    SWITCH_ACTIONS,
+    CommandRejected,
+    RelayService,
+    exit_status,
+    protected_meters,
+)
 from .config import meters_matching
 from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
-from .records import CommandRecord, Reading, utcnow
-from .remote import CommandError, Execute, JsonDict, parse_ts
+from .records import CommandRecord, Event, Reading, utcnow
+from .remote import DOCUMENT, CommandDenied, CommandError, Execute, JsonDict, parse_ts
 from .secrets import Secrets
 from .settings import Settings
 from .signing import ReplayCache, SignatureError, Verifier
@@ -152,17 +163,32 @@ class Control:
             return await read(request)
         return execute
 
-    def _verify(self, request: JsonDict) -> str:
-        """The operator of a request that must be signed; CommandError when refused."""
-        if not self.signed:
-            op = request.get("operator")
-            return op if isinstance(op, str) and op else "remote"
+    def _verify(self, request: JsonDict, *, meter: str, kind: str) -> str:
+        """The operator of a request that must be signed; :class:`CommandDenied` (audited,
+        a ``command_refused`` alarm) when refused.  ``meter``, ``kind``: what it claims."""
+        doc = request.get(DOCUMENT, request)  # as published: what was signed
         try:
-            return self.verifier.verify(request)
+            return check_request(doc, self.verifier if self.signed else None,
+                                 collector=self.daemon.settings.collector.id,
+                                 command=str(request.get("command") or ""))
         except SignatureError as e:
-            self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
-            log.warning("request %s refused: %s", request.get("request_id"), e)
-            raise CommandError(f"refused: {e}") from None
+            raise self._denied(request, doc, e, meter=meter, kind=kind) from None
+
+    def _denied(self, request: JsonDict, doc: Any, e: SignatureError, *, meter: str,
+                kind: str) -> CommandDenied:
+        """Count, log and raise the alarm of a refusal (never the signature or a key)."""
+        self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
+        claimed = doc.get("operator") if isinstance(doc, dict) else None
+        operator = claimed[:64] if isinstance(claimed, str) else ""
+        rid = request.get("request_id")
+        command = request.get("command")
+        log.warning("request %s (%s) refused: %s", rid, command, e)
+        self.daemon._on_event(Event(
+            "command_refused", utcnow(), meter=meter or None, severity=2,
+            detail=f"{command} request {rid} ({kind}) refused, {e}; claimed operator "
+                   f"{_show(operator)}"))
+        return CommandDenied(f"refused: {e}", reason=e.reason, operator=operator,
+                             meter=meter, kind=kind)
 
     def _meter_ids(self, request: JsonDict) -> list[str]:
         area = request.get("area")
@@ -181,6 +207,14 @@ class Control:
 
     async def remote_relay(self, request: JsonDict) -> JsonDict:
         action = request.get("action")
+        operator = ""
+        if action != "status":
+            # Authenticate before anything else: a refusal is audited whatever it holds.
+            meters = request.get("meters")
+            one = meters[0] if isinstance(meters, list) and len(meters) == 1 else None
+            operator = self._verify(
+                request, meter=one if isinstance(one, str) and len(one) <= 64 else "",
+                kind=action if action in SWITCH_ACTIONS else "relay")
         if not isinstance(action, str):
             raise CommandError("action: expected trip, restore, hold, release, alarm, "
                                "alarm_release or status")
@@ -188,7 +222,6 @@ class Control:
         if action == "status":
             results = await self.relay.run("status", ids, operator="", reason="")
             return {"results": results, "exit": exit_status(results)}
-        operator = self._verify(request)
         reason = request.get("reason")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             raise CommandError(f"reason: expected a text of 1 to {MAX_REASON} characters")
@@ -209,8 +242,9 @@ class Control:
         return {"results": results, "exit": exit_status(results)}
 
     async def remote_topup(self, request: JsonDict) -> JsonDict:
-        operator = self._verify(request)
         meter = request.get("meter")
+        operator = self._verify(request, meter=meter if isinstance(meter, str)
+                                and len(meter) <= 64 else "", kind="topup")
         if not isinstance(meter, str) or not meter:
             raise CommandError("meter: expected a meter id")
         try:
@@ -312,6 +346,31 @@ class Control:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.save_state()
+
+
+def check_request(doc: JsonDict, verifier: Verifier | None, *, collector: str,
+                  command: str) -> str:
+    """The operator of a remote request for ``command`` received by ``collector``;
+    SignatureError (with its reason code) when it must be refused.
+
+    ``verifier`` None: signing is off (``[commands] signed = false``, a closed broker);
+    a ``collector`` or ``command`` the document names must still be this one.
+    """
+    if verifier is not None:
+        return verifier.verify(doc, collector=collector, command=command)
+    for name, wanted in (("collector", collector), ("command", command)):
+        got = doc.get(name, wanted)
+        if got != wanted:
+            raise SignatureError(f"wrong_{name}",
+                                 f"meant for {name} {_show(got)}, not {_show(wanted)}")
+    op = doc.get("operator")
+    return op if isinstance(op, str) and op else "remote"
+
+
+def _show(text: object) -> str:
+    """A claimed (untrusted) value for a log line or an event: quoted and shortened."""
+    shown = json.dumps(text, ensure_ascii=False, default=repr)
+    return shown if len(shown) <= 66 else shown[:63] + "..."
 
 
 def _num(d: Decimal | None) -> float | None:

@@ -54,6 +54,7 @@ COMMAND_STATUS_CODES: Final[dict[str, int]] = {
     "confirmed": 3, "unconfirmed": 6, "address_mismatch": 7, "unsupported": 8,
     "expired": 10, "dry_run": 11, "recorded": 12, "received": 13, "done": 14,
     "skipped_protected": 15,
+    "denied": 16,  # a remote request refused for security (signature, binding)
 }
 # Numeric facts of a relay command's audit detail (JSON), forwarded as fields.
 _COMMAND_FIELDS: Final = (("latency_ms", "latency_ms"), ("energy_at_switch", "energy_kwh"),

@@ -65,7 +65,8 @@ class MqttLink:
             self.commands = CommandServer(self.conn, d.settings.collector.id, execute,
                                           StoreJournal(d.store, d.writer),
                                           commands=("read", "relay", "topup"),
-                                          repeatable=("read",))
+                                          repeatable=("read",), signed=("relay", "topup"),
+                                          reply_prefixes=m.reply_prefixes)
             self.commands.start()
         log.info("mqtt: %s as %s; %d gateways, command channel %s", m.url if m else "-",
                  self.conn.client_id if hasattr(self.conn, "client_id") else "-",

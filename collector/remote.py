@@ -24,8 +24,11 @@ Request, published at QoS 1 to ``amic/<cid>/cmd/read``::
 - ``meter``: a configured meter id; ``quantities``: a non-empty list of quantity names
   (``protocols.quantities``) and groups (``energy``, ``voltage``, ...).  For a Modbus
   meter a group keeps the members its profile has; a name it lacks is an error.
-- ``reply_to``: optional topic for the reply instead of ``amic/<cid>/reply/<request_id>``
-  (no wildcards, not under ``amic/<cid>/cmd/``, not a ``$`` topic).
+- ``reply_to``: optional topic for the reply instead of ``amic/<cid>/reply/<request_id>``:
+  only under the collector's own ``amic/<cid>/reply/`` or a configured reply prefix
+  (``[mqtt] reply_prefixes``); no wildcards, never under ``amic/<cid>/cmd/`` nor a ``$``
+  topic.  Anything else is refused: the collector must not become a relay that
+  publishes onto other devices' topics (a gateway's RS-485 downlink).
 
 Reply, published at QoS 1, not retained, to the reply topic::
 
@@ -47,12 +50,13 @@ anyway (requester disconnected at the wrong moment) is recovered by publishing t
 request again with the SAME request id: see idempotency.
 
 Idempotency: requests are journaled by ``request_id`` (``received`` when accepted,
-``done`` with the exact reply JSON when finished).  A repeated request (QoS 1
-redelivery, a requester's retry) is never executed twice: a ``done`` one is answered
-again with the identical reply, one still running gets the reply when it finishes.  With
-:class:`StoreJournal` the journal is the store's ``commands`` table (``command_id`` =
-request id, ``kind`` = the command, ``detail`` = the reply JSON), so this holds across
-daemon restarts.  A request left ``received`` by a daemon that stopped mid-way is
+``done`` with the exact reply JSON when finished, ``denied`` instead when an executor
+refused it for security: :class:`CommandDenied`).  A repeated request (QoS 1
+redelivery, a requester's retry) is never executed twice: a ``done`` or ``denied`` one
+is answered again with the identical reply, one still running gets the reply when it
+finishes.  With :class:`StoreJournal` the journal is the store's ``commands`` table
+(``command_id`` = request id, ``kind`` = the command, ``detail`` = the reply JSON), so
+this holds across daemon restarts.  A request left ``received`` by a daemon that stopped mid-way is
 executed again only if its command is repeatable (``read`` is); another command is
 answered with an error instead.  A request id used by another kind of command in the
 store is refused.
@@ -97,6 +101,8 @@ log = logging.getLogger("amic.remote")
 ROOT: Final = "amic"
 RECEIVED: Final = "received"
 DONE: Final = "done"
+DENIED: Final = "denied"  # refused for security (signature, binding): final, like done
+DOCUMENT: Final = "document"  # key of the request as published, for signed commands
 COMMANDS: Final[frozenset[str]] = frozenset({"read"})
 REPEATABLE: Final[frozenset[str]] = frozenset({"read"})  # harmless to run again
 
@@ -152,6 +158,23 @@ def reading_json(r: Reading) -> JsonDict:
 
 class CommandError(Exception):
     """A request that cannot be carried out; its message is the reply's ``error``."""
+
+
+class CommandDenied(CommandError):
+    """A request refused for security (bad or missing signature, replay, another
+    collector's or command's document): journaled ``denied``, not ``done``.
+
+    ``reason``: the refusal code (collector.signing.REASONS); ``operator``, ``meter``
+    and ``kind``: what the request claims, for the audit trail.
+    """
+
+    def __init__(self, message: str, *, reason: str, operator: str = "", meter: str = "",
+                 kind: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.operator = operator
+        self.meter = meter
+        self.kind = kind
 
 
 # ---- the connection and the journal, as the server sees them -------------------------
@@ -272,7 +295,7 @@ class Request:
     @property
     def operator(self) -> str:
         value = self.body.get("operator")
-        return value if isinstance(value, str) else ""
+        return value if isinstance(value, str) and len(value) <= 64 else ""
 
 
 class _Reject(Exception):
@@ -314,6 +337,7 @@ class ServerStats:
     rejected: int = 0  # messages that could not be answered at all
     replies: int = 0  # replies published
     publish_failures: int = 0  # replies given up after retries
+    denied: int = 0  # requests refused for security (journaled ``denied``)
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -325,13 +349,21 @@ class CommandServer:
     ``readings``); raising :class:`CommandError` (or any exception) makes an error reply.
     Requests run concurrently (the bus workers serialise the bus), up to ``max_inflight``;
     beyond that a request is answered ``busy`` and not journaled, so a retry can run.
+
+    ``signed``: commands whose executor verifies the signed document itself: their
+    ``command`` field is not compared with the topic here (the executor refuses a
+    mismatch as ``wrong_command``, audited), and the request as published is passed
+    under :data:`DOCUMENT`.  Raising :class:`CommandDenied` journals the request
+    ``denied``.  ``reply_prefixes``: topic prefixes ``reply_to`` may name besides
+    ``amic/<cid>/reply/``.
     """
 
     def __init__(self, conn: Connection, collector_id: str, execute: Execute,
                  journal: Journal, *, commands: Collection[str] = COMMANDS,
                  repeatable: Collection[str] = REPEATABLE, timeout: float = 120.0,
                  max_inflight: int = 64, publish_attempts: int = 4,
-                 publish_timeout: float = 30.0) -> None:
+                 publish_timeout: float = 30.0, signed: Collection[str] = (),
+                 reply_prefixes: Collection[str] = ()) -> None:
         self.conn = conn
         self.collector_id = _check_collector_id(collector_id)
         self.execute = execute
@@ -344,6 +376,10 @@ class CommandServer:
         self.publish_timeout = publish_timeout
         self.stats = ServerStats()
         self.prefix = f"{ROOT}/{collector_id}/cmd/"
+        self.signed = frozenset(signed)
+        # Level boundaries: "ops/replies" allows ops/replies/..., not ops/replies-x.
+        self.reply_prefixes = (f"{ROOT}/{collector_id}/reply/",
+                               *(p.rstrip("/") + "/" for p in reply_prefixes))
         self._inflight: dict[str, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -472,14 +508,17 @@ class CommandServer:
         reply_to = doc.get("reply_to", None)
         if reply_to is not None:
             if not isinstance(reply_to, str) or not _valid_topic(reply_to) \
-                    or reply_to.startswith(self.prefix):
-                raise _Invalid("reply_to: not a topic the collector may publish to", rid,
-                               default_topic)
+                    or reply_to.startswith(self.prefix) \
+                    or not reply_to.startswith(self.reply_prefixes):
+                raise _Invalid(f"reply_to {_short(reply_to)}: not a topic the collector "
+                               f"may publish to (allowed under: "
+                               f"{', '.join(self.reply_prefixes)})", rid, default_topic)
             target = reply_to
         else:
             target = default_topic
         command = doc.get("command", topic_command)
-        if command != topic_command:
+        signed = topic_command in self.signed
+        if command != topic_command and not signed:
             raise _Invalid(f"command {_short(command)} does not match the topic "
                            f"({_short(topic_command)})", rid, target)
         if topic_command not in self.commands:
@@ -490,8 +529,10 @@ class CommandServer:
             body.update(self._read_fields(doc, rid, target))
         else:
             body.update({k: v for k, v in doc.items() if k not in body})
+        if signed:
+            body[DOCUMENT] = doc
         operator = doc.get("operator")
-        if operator is not None:
+        if operator is not None and not signed:  # signed: the verifier refuses it, audited
             if not isinstance(operator, str) or len(operator) > 64:
                 raise _Invalid("operator: not a name of up to 64 characters", rid, target)
             body["operator"] = operator
@@ -522,7 +563,7 @@ class CommandServer:
         entry = self.journal.get(rid)
         if entry is not None:
             status, reply = entry
-            if status == DONE:
+            if status in (DONE, DENIED):
                 self.stats.duplicates += 1
                 log.info("request %s: repeated; answered again, not executed", rid)
                 self._spawn(self._publish_all([req.reply_topic], reply.encode()))
@@ -583,9 +624,14 @@ class CommandServer:
                     topics = self._inflight.pop(rid, _InFlight([req.reply_topic])).topics
                     await self._publish_all(topics, reply.encode())
                     return
-            reply = await self._execute(req)
+            reply, denied = await self._execute(req)
             try:
-                self.journal.put(rid, DONE, reply, meter=req.meter, kind=req.command)
+                if denied is not None:
+                    self.journal.put(rid, DENIED, reply, meter=denied.meter or req.meter,
+                                     kind=denied.kind or req.command,
+                                     operator=denied.operator)
+                else:
+                    self.journal.put(rid, DONE, reply, meter=req.meter, kind=req.command)
                 await self._flush()
             except Exception as e:  # answered anyway; only a repeat's answer is at risk
                 log.error("request %s: reply not journaled: %s", rid, e)
@@ -596,24 +642,30 @@ class CommandServer:
         topics = running.topics if running is not None else [req.reply_topic]
         await self._publish_all(topics, reply.encode())
 
-    async def _execute(self, req: Request) -> str:
+    async def _execute(self, req: Request) -> tuple[str, CommandDenied | None]:
+        """The reply JSON, and the refusal when the request was denied."""
         rid = req.request_id
         self.stats.executed += 1
         try:
             result = await asyncio.wait_for(self.execute(dict(req.body)), self.timeout)
+        except CommandDenied as e:
+            self.stats.denied += 1
+            self.stats.errors += 1
+            return _json({"request_id": rid, "status": "error", "readings": [],
+                          "error": str(e), "refusal": e.reason}), e
         except CommandError as e:
-            return self._failed(rid, str(e))
+            return self._failed(rid, str(e)), None
         except DriverError as e:  # a TimeoutError too (NoReply): before the next clause
-            return self._failed(rid, str(e))
+            return self._failed(rid, str(e)), None
         except TimeoutError:
-            return self._failed(rid, f"not done within {self.timeout:g} s")
+            return self._failed(rid, f"not done within {self.timeout:g} s"), None
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("request %s (%s): execution failed", rid, req.command)
-            return self._failed(rid, f"internal error: {type(e).__name__}: {e}")
+            return self._failed(rid, f"internal error: {type(e).__name__}: {e}"), None
         if not isinstance(result, Mapping):
-            return self._failed(rid, "internal error: the command returned no result")
+            return self._failed(rid, "internal error: the command returned no result"), None
         status = "error" if result.get("status") == "error" else "ok"
         doc: JsonDict = {"request_id": rid, "status": status,
                          "readings": list(result.get("readings", []))}
@@ -622,9 +674,9 @@ class CommandServer:
             doc["error"] = str(result.get("error") or "failed")
         doc.update({k: v for k, v in result.items() if k not in doc and k != "error"})
         try:
-            return _json(doc)
+            return _json(doc), None
         except (TypeError, ValueError) as e:
-            return self._failed(rid, f"internal error: the result is not JSON: {e}")
+            return self._failed(rid, f"internal error: the result is not JSON: {e}"), None
 
     def _failed(self, request_id: str, message: str) -> str:
         self.stats.errors += 1
@@ -830,8 +882,8 @@ def parse_ts(text: object) -> dt.datetime | None:
 
 
 __all__ = [
-    "COMMANDS", "DONE", "RECEIVED", "REPEATABLE", "BrokerError", "CommandError",
-    "CommandServer",
+    "COMMANDS", "DENIED", "DOCUMENT", "DONE", "RECEIVED", "REPEATABLE", "BrokerError",
+    "CommandDenied", "CommandError", "CommandServer",
     "Connection", "Execute", "Journal", "MemoryJournal", "RemoteError", "Request",
     "ServerStats", "StoreJournal", "call", "command_filter", "daemon_executor",
     "expand_quantities", "message_parts", "new_request_id", "parse_ts", "read_executor",

@@ -58,6 +58,7 @@ class MqttSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     commands: bool = True  # serve amic/<collector id>/cmd/#
+    reply_prefixes: tuple[str, ...] = ()  # reply_to allowed under these, besides our own
 
 
 @dataclass(frozen=True, slots=True)

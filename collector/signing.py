@@ -5,7 +5,7 @@ command proves which operator issued it, when, and that nobody changed it on the
 
 A signed document is the command plus five fields::
 
-    {"command": "trip", "meter": "M0001", ...,
+    {"command": "relay", "collector": "gw-01", "action": "trip", "meters": ["M0001"], ...,
      "operator": "alice", "issued": "2024-05-06T12:00:00.000Z",
      "expires": "2024-05-06T12:05:00.000Z", "nonce": "9f86d081884c7d659a2feaa0c55ad015",
      "signature": "<64 hex digits>"}
@@ -14,6 +14,12 @@ A signed document is the command plus five fields::
 every other field: ``json.dumps(doc, sort_keys=True, separators=(",", ":"),
 ensure_ascii=False)`` in UTF-8.  A sender in another language must produce the same
 bytes (keys sorted by code point, no spaces, non-ASCII characters as themselves).
+
+``collector`` (the target collector's id) and ``command`` (the command kind, the last
+level of the topic it is published to) bind the document to one collector and one kind
+of command: :meth:`Verifier.verify` given ``collector=`` / ``command=`` refuses a
+document naming another (or none) as "wrong_collector" / "wrong_command", so a trip
+signed for collector A and re-published to ``amic/B/cmd/relay`` is not executed by B.
 
 :class:`Verifier` accepts a document only once (its nonce is remembered until it
 expires), only between ``issued - max_skew`` and ``expires + max_skew``, and only if
@@ -35,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "BOUND_FIELDS",
     "MIN_KEY_BYTES",
     "REASONS",
     "SIGNED_FIELDS",
@@ -48,9 +55,13 @@ __all__ = [
 #: The fields :func:`sign` adds (besides ``signature``).
 SIGNED_FIELDS = ("operator", "issued", "expires", "nonce")
 
+#: The fields binding a document to its target, checked by :meth:`Verifier.verify`.
+BOUND_FIELDS = ("collector", "command")
+
 #: Every reason a :class:`SignatureError` may give.
 REASONS = ("unsigned", "unknown_operator", "bad_signature", "expired", "not_yet_valid",
-           "ttl_too_long", "replayed", "replay_cache_full", "malformed")
+           "ttl_too_long", "replayed", "replay_cache_full", "malformed", "wrong_collector",
+           "wrong_command")
 
 #: Keys shorter than this are refused, as in the secrets file.
 MIN_KEY_BYTES = 16
@@ -99,11 +110,14 @@ def _utc(now: datetime | None) -> datetime:
 
 
 def sign(doc: Mapping[str, Any], operator: str, key: bytes, *, now: datetime | None = None,
-         ttl: float = 300, nonce: str | None = None) -> dict[str, Any]:
+         ttl: float = 300, nonce: str | None = None, collector: str | None = None,
+         command: str | None = None) -> dict[str, Any]:
     """A signed copy of ``doc``, valid for ``ttl`` seconds from ``now`` (default: now).
 
     Adds ``operator``, ``issued``, ``expires``, ``nonce`` (128 random bits in hex unless
-    given) and ``signature``; replaces them if ``doc`` has them already.
+    given) and ``signature``; replaces them if ``doc`` has them already.  ``collector``
+    and ``command``, when given, set the fields of those names (the target collector's
+    id, the command kind), which the daemon requires.
     """
     if not isinstance(operator, str) or not 0 < len(operator) <= _MAX_OPERATOR:
         raise ValueError(f"operator: expected a name of 1 to {_MAX_OPERATOR} characters")
@@ -117,6 +131,11 @@ def sign(doc: Mapping[str, Any], operator: str, key: bytes, *, now: datetime | N
     issued = _utc(now)
     issued = issued.replace(microsecond=issued.microsecond // 1000 * 1000)
     out = {k: v for k, v in doc.items() if k != "signature"}
+    for name, value in (("collector", collector), ("command", command)):
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}: expected a non-empty name")
+            out[name] = value
     out.update(operator=operator, issued=_timestamp(issued),
                expires=_timestamp(issued + timedelta(seconds=ttl)),
                nonce=secrets.token_hex(16) if nonce is None else nonce)
@@ -232,9 +251,15 @@ class Verifier:
     def __repr__(self) -> str:
         return f"Verifier(max_skew={self.max_skew}, max_ttl={self.max_ttl}, seen={self.seen!r})"
 
-    def verify(self, doc: object, now: datetime | None = None) -> str:
+    def verify(self, doc: object, now: datetime | None = None, *,
+               collector: str | None = None, command: str | None = None) -> str:
         """The operator who signed ``doc``, or SignatureError; on success the nonce is
-        remembered so the same document is refused next time."""
+        remembered so the same document is refused next time.
+
+        ``collector`` / ``command``: when given, the signed document must name exactly
+        this collector id / command kind (the receiving collector, the topic's last
+        level), else "wrong_collector" / "wrong_command".
+        """
         if not isinstance(doc, Mapping):
             raise SignatureError("malformed", "a signed command must be a JSON object")
         if "signature" not in doc:
@@ -259,6 +284,19 @@ class Verifier:
         if not hmac.compare_digest(expected, signature):
             raise SignatureError("bad_signature", "the signature does not match the "
                                  f"command and the key of operator {_show(operator)}")
+        # Bound after authentication: the fields are the signer's, not a relaying party's.
+        for name, wanted, reason in (("collector", collector, "wrong_collector"),
+                                     ("command", command, "wrong_command")):
+            if wanted is None:
+                continue
+            got = doc.get(name)
+            if got is None:
+                raise SignatureError(reason, f"the signed command names no {name} (it must "
+                                     f"be signed for {name} {_show(wanted)})")
+            if got != wanted:
+                shown = _show(got) if isinstance(got, str) else "a non-string"
+                raise SignatureError(reason, f"signed for {name} {shown}, not "
+                                     f"{_show(wanted)}")
         issued = self._time(doc, "issued")
         expires = self._time(doc, "expires")
         nonce = doc.get("nonce")

@@ -720,12 +720,14 @@ class Store:
 
     def audit(self, *, since: dt.datetime | None = None, meter: str | None = None,
               limit: int = 10_000) -> list[sqlite3.Row]:
-        """Relay commands and top-ups (not the journal of remote requests), oldest first."""
+        """Relay commands and top-ups (not the journal of remote requests), and remote
+        requests refused for security (status ``denied``), oldest first."""
         kinds = ("trip", "restore", "hold", "release", "alarm", "alarm_release", "dry_run",
                  "topup")
-        # The remote channel's journal shares the table (status received / done).
-        sql = (f"SELECT * FROM commands WHERE kind IN ({','.join('?' * len(kinds))}) "
-               "AND status NOT IN ('received', 'done') AND ts >= ?")
+        # The remote channel's journal shares the table (status received / done); a
+        # denied request is its journal row, kept as the audit of the attempt.
+        sql = (f"SELECT * FROM commands WHERE ((kind IN ({','.join('?' * len(kinds))}) "
+               "AND status NOT IN ('received', 'done')) OR status = 'denied') AND ts >= ?")
         args: list[Any] = [*kinds, to_ms(since) if since is not None else 0]
         if meter is not None:
             sql += " AND meter = ?"

@@ -1060,6 +1060,25 @@ def test_config_check_and_run_refuse_a_token_file_others_may_read() -> None:
     assert "mode 0644" in run.stderr and "s3cret" not in run.stderr + run.stdout
 
 
+def test_mqtt_reply_prefixes() -> None:
+    """Where a read's reply_to may point besides amic/<cid>/reply/: never a wildcard nor
+    the command topics."""
+    Path("mqtt.pw").write_text("x")
+    Path("mqtt.pw").chmod(0o600)
+    with_prefixes = 'username = "amic"\nreply_prefixes = {}'
+    s = load(BASE + MQTT.replace('username = "amic"',
+                                 with_prefixes.format('["ops/replies/", "scada/amic"]')))
+    assert s.mqtt is not None and s.mqtt.reply_prefixes == ("ops/replies", "scada/amic")
+    assert load(BASE + MQTT).mqtt.reply_prefixes == ()  # type: ignore[union-attr]
+    found = problems(BASE + MQTT.replace(
+        'username = "amic"', with_prefixes.format('["ops/#", "amic/gw-1/cmd", "amic"]')))
+    assert any('key "reply_prefixes"' in p and '"ops/#"' in p and "no wildcards" in p
+               for p in found), found
+    assert any('"amic/gw-1/cmd"' in p and "outside the command topics" in p
+               for p in found), found
+    assert any('got "amic"' in p for p in found), found
+
+
 def test_gateway_needs_mqtt_and_bus_needs_a_known_gateway() -> None:
     text = BASE + MQTT.replace('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nusername = "amic"\n'
                                'password_file = "mqtt.pw"\n', "")

@@ -102,6 +102,24 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
     assert b"bus=bus-9" in gzip.decompress(c.body)
 
 
+def test_a_denied_remote_request_has_its_own_status_code(tmp_path: Path) -> None:
+    """A request refused for security is not shipped like an answered one (done, 14)."""
+    from collector.records import CommandRecord
+
+    with Store(tmp_path / "amic.db") as store:
+        async def put() -> None:
+            async with StoreWriter(store) as w:
+                w.put_command(CommandRecord("r1", "M1", "trip", T0, operator="mallory",
+                                            status="denied", detail="{}"))
+                w.put_command(CommandRecord("r2", "M1", "read", T0, status="done"))
+        asyncio.run(put())
+        fwd = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS)
+        denied, done = fwd.command_lines(store.outbox("x", "commands", after_id=0))
+    assert denied.startswith("command,meter=M1,kind=trip,status=denied,operator=mallory "
+                             "status_code=16.0,")
+    assert "status_code=14.0" in done
+
+
 def test_relay_command_audit_becomes_numeric_fields(tmp_path: Path) -> None:
     """A relay command's facts reach stores that keep numeric fields only."""
     import json

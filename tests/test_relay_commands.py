@@ -13,6 +13,7 @@ import json
 import logging
 import sqlite3
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
                 rid = f"t-{uuid.uuid4().hex}"
                 body = sign({"request_id": rid, "command": "relay", "action": "restore",
                              "meters": ["M1"], "reason": "paid"}, "alice",
-                            bytes.fromhex(KEY_HEX))
+                            bytes.fromhex(KEY_HEX), collector="relay-gw")
                 first = await ask(broker, rid, body)
                 assert first["status"] == "ok", first
                 assert first["results"][0]["status"] == "confirmed"
@@ -186,6 +187,39 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
                                                     "reason": "x", "operator": "alice"})
                 assert unsigned["status"] == "error" and "unsigned" in unsigned["error"]
                 assert model["M1"].relay_open and not model["M3"].relay_open
+                refused = await refusals(broker)
+                assert model["M1"].relay_open and not model["M3"].relay_open
+
+                # 3b. Every refusal is audited (reason, claimed operator), an alarm, and
+                # journaled "denied" (forwarded as status_code 16), never "done".
+                await daemon.writer.flush()  # type: ignore[union-attr]
+                denied = {r[0]: r[1:] for r in rows(
+                    tmp_path, "SELECT command_id, meter, kind, operator, status, detail "
+                    "FROM commands WHERE status = 'denied'")}
+                expected = {rid2: ("M1", "restore", "alice", "bad_signature"),
+                            rid3: ("M3", "trip", "alice", "unsigned"),
+                            **refused}
+                assert {k: (m, kind, op, json.loads(d)["refusal"])
+                        for k, (m, kind, op, _, d) in denied.items()} == expected
+                assert rows(tmp_path, "SELECT status FROM commands WHERE command_id IN "
+                            f"('{rid2}', '{rid3}')") == [("denied",), ("denied",)]
+                r = await asyncio.to_thread(cli, "audit", "--config", str(cfg))
+                assert r.exit_code == 0, r.output
+                lines = [x for x in r.output.splitlines() if "denied" in x]
+                assert len(lines) == len(expected)
+                assert any("bad_signature" in x and "alice" in x and "restore" in x
+                           for x in lines)
+                assert any("wrong_command" in x and "M2" in x for x in lines)
+                r = await asyncio.to_thread(cli, "events", "--config", str(cfg),
+                                            "--alarms", "--json")
+                assert r.exit_code == 0, r.output
+                alarms = [e for e in map(json.loads, r.output.splitlines())
+                          if e["kind"] == "command_refused"]
+                assert all(e["severity"] == 2 for e in alarms)
+                assert len(alarms) == len(expected)
+                assert any("unknown_operator" in e["detail"] and "mallory" in e["detail"]
+                           for e in alarms)
+                signatures = [body["signature"]]
 
                 # 4. relay-status reads only.
                 r = await asyncio.to_thread(cli, "relay-status", "M1", "M3", *via, "--json")
@@ -203,12 +237,46 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
         assert secret not in caplog.text
         assert secret not in outputs
         assert secret not in store_text
+    events_text = "\n".join(str(x) for x in rows(tmp_path, "SELECT * FROM events"))
+    for signature in signatures:
+        assert signature not in caplog.text
+        assert signature not in store_text and signature not in events_text
 
 
-async def ask(broker: Broker, rid: str, body: dict[str, Any]) -> dict[str, Any]:
+async def refusals(broker: Broker) -> dict[str, tuple[str, str, str, str]]:
+    """Expired, unknown operator and another command's document: each refused with its
+    reason.  ``{request id: (meter, kind, claimed operator, reason)}``."""
+    key = bytes.fromhex(KEY_HEX)
+    out: dict[str, tuple[str, str, str, str]] = {}
+    cases = [
+        ("expired", "alice", key, {"now": datetime.now(UTC) - timedelta(hours=1)}, "relay",
+         "M2"),
+        ("unknown_operator", "mallory", key, {}, "relay", "M2"),
+        ("wrong_command", "alice", key, {}, "topup", "M2"),  # a trip sent as a top-up
+    ]
+    for reason, operator, k, kw, topic, meter in cases:
+        rid = f"t-{uuid.uuid4().hex}"
+        doc = sign({"request_id": rid, "command": "relay", "action": "trip",
+                    "meters": [meter], "meter": meter, "reason": "x"}, operator, k,
+                   collector="relay-gw", **kw)
+        reply = await ask(broker, rid, doc, topic)
+        assert reply["status"] == "error" and reply["refusal"] == reason, reply
+        out[rid] = (meter, "trip" if topic == "relay" else "topup", operator, reason)
+    # A top-up signed for another collector.
+    rid = f"t-{uuid.uuid4().hex}"
+    doc = sign({"request_id": rid, "meter": "M2", "amount": "50", "ref": "receipt 9"},
+               "alice", key, collector="other-gw", command="topup")
+    reply = await ask(broker, rid, doc, "topup")
+    assert reply["status"] == "error" and reply["refusal"] == "wrong_collector", reply
+    out[rid] = ("M2", "topup", "alice", "wrong_collector")
+    return out
+
+
+async def ask(broker: Broker, rid: str, body: dict[str, Any],
+              command: str = "relay") -> dict[str, Any]:
     async with aiomqtt.Client("127.0.0.1", broker.port) as c:
         await c.subscribe(f"amic/relay-gw/reply/{rid}", qos=1)
-        await c.publish("amic/relay-gw/cmd/relay", json.dumps(body), qos=1)
+        await c.publish(f"amic/relay-gw/cmd/{command}", json.dumps(body), qos=1)
         async with asyncio.timeout(20):
             async for m in c.messages:
                 return json.loads(m.payload)  # type: ignore[arg-type]

@@ -22,8 +22,11 @@ from mosquitto import MOSQUITTO, PASSWORD, USER, Broker
 from collector.cli import main
 from collector.records import CommandRecord, Reading, utcnow
 from collector.remote import (
+    DENIED,
+    DOCUMENT,
     DONE,
     RECEIVED,
+    CommandDenied,
     CommandError,
     CommandServer,
     Journal,
@@ -308,7 +311,8 @@ async def test_invalid_requests(broker: Broker) -> None:
             "r-loop": (request_topic(CID, "read"), {"meter": "M0001",
                                                     "quantities": ["voltage_a"],
                                                     "reply_to": f"amic/{CID}/cmd/read"},
-                       "reply_to: not a topic the collector may publish to"),
+                       f"reply_to 'amic/{CID}/cmd/read': not a topic the collector may "
+                       f"publish to (allowed under: amic/{CID}/reply/)"),
         }
         for rid, (topic, body, _) in cases.items():
             await c.publish(topic, json.dumps({"request_id": rid, **body}), qos=1)
@@ -322,12 +326,38 @@ async def test_invalid_requests(broker: Broker) -> None:
         await no_more(c)
         assert server.stats.rejected == 5
         assert execute.calls == []
-        # reply_to elsewhere is honoured.
-        await c.subscribe("ops/replies/#", qos=1)
-        await c.publish(request_topic(CID, "read"),
-                        request("r-elsewhere", reply_to="ops/replies/1"), qos=1)
-        ((topic, payload),) = await replies(c, 1)
-        assert topic == "ops/replies/1" and json.loads(payload)["status"] == "ok"
+
+
+async def test_reply_to_is_not_an_open_relay(broker: Broker) -> None:
+    """A read answered onto a gateway's RS-485 downlink would put the reply's bytes on
+    its bus: reply_to goes only under the collector's reply topics or a configured
+    prefix (level by level: ops/replies does not allow ops/replies-x)."""
+    execute = FakeMeters()
+    async with serving(broker.url, execute, MemoryJournal(),
+                       reply_prefixes=("ops/replies",)) as (server, _), \
+            requester(broker) as c:
+        await c.subscribe("amic-gw/#", qos=1)
+        await c.subscribe("ops/#", qos=1)
+        for rid, target in (("r-gateway", "amic-gw/gw-01/down"),
+                            ("r-sibling", "ops/replies-x/1"),
+                            ("r-other-collector", "amic/other/reply/1")):
+            await c.publish(request_topic(CID, "read"), request(rid, reply_to=target), qos=1)
+            ((topic, payload),) = await replies(c, 1)
+            doc = json.loads(payload)
+            assert topic == reply_topic(CID, rid)  # the error goes to our own reply topic
+            assert doc["status"] == "error" and doc["error"].startswith(
+                f"reply_to {target!r}: not a topic the collector may publish to")
+            assert "ops/replies/" in doc["error"]
+        assert execute.calls == []
+        # Its own reply topics and a configured prefix are honoured.
+        for rid, target in (("r-own", f"amic/{CID}/reply/elsewhere"),
+                            ("r-elsewhere", "ops/replies/1")):
+            await c.publish(request_topic(CID, "read"), request(rid, reply_to=target),
+                            qos=1)
+            ((topic, payload),) = await replies(c, 1)
+            assert topic == target and json.loads(payload)["status"] == "ok"
+        await no_more(c)
+        assert server.stats.errors == 3
 
 
 async def test_a_retained_request_is_answered_once_not_on_every_resubscription(
@@ -348,6 +378,48 @@ async def test_a_retained_request_is_answered_once_not_on_every_resubscription(
         finally:
             await c.publish(topic, b"", qos=1, retain=True)  # clear it
     assert len(execute.calls) == 1
+
+
+async def test_a_signed_command_refused_is_journaled_denied_with_its_claims(
+        broker: Broker, tmp_path: Path) -> None:
+    """The executor of a signed command gets the document as published (a relay document
+    on cmd/topup is not turned away here: the executor refuses it, audited); a refusal
+    is journaled "denied" with what the request claimed, never "done", and a repeat gets
+    the same reply without running again."""
+    calls: list[dict[str, Any]] = []
+
+    async def execute(request: dict[str, Any]) -> dict[str, Any]:
+        calls.append(request)
+        doc = request[DOCUMENT]
+        if doc.get("command") != request["command"]:
+            raise CommandDenied("refused: wrong_command", reason="wrong_command",
+                                operator=str(doc["operator"])[:64], meter="M0001",
+                                kind="trip")
+        return {"readings": []}
+
+    store = Store(tmp_path / "amic.db")
+    doc = {"request_id": "r-denied", "command": "relay", "action": "trip",
+           "meters": ["M0001"], "operator": "m" * 80, "signature": "00" * 32}
+    async with StoreWriter(store, commit_interval=0.1) as writer:
+        async with serving(broker.url, execute, StoreJournal(store, writer),  # type: ignore[arg-type]
+                           commands=("read", "relay", "topup"),
+                           signed=("relay", "topup")) as (server, _), requester(broker) as c:
+            for _ in range(2):
+                await c.publish(request_topic(CID, "topup"), json.dumps(doc), qos=1)
+                ((_, payload),) = await replies(c, 1)
+                assert json.loads(payload) == {
+                    "request_id": "r-denied", "status": "error", "readings": [],
+                    "error": "refused: wrong_command", "refusal": "wrong_command"}
+            assert len(calls) == 1 and calls[0][DOCUMENT] == doc
+            assert calls[0]["command"] == "topup"
+            assert (server.stats.denied, server.stats.duplicates) == (1, 1)
+        await writer.flush()
+    rec = store.command("r-denied")
+    assert rec is not None
+    assert (rec.status, rec.meter, rec.kind, rec.operator) == (DENIED, "M0001", "trip",
+                                                                "m" * 64)
+    assert [r["command_id"] for r in store.audit()] == ["r-denied"]
+    store.close()
 
 
 # ---- the store-backed journal ----------------------------------------------------------------

@@ -201,6 +201,54 @@ def test_refused_documents_do_not_use_nonces() -> None:
     assert v.verify(doc, now=T0) == "alice"
 
 
+# ---- binding to a collector and a command kind ----------------------------------------------
+
+def bound_refusal(doc: object, **bound: str) -> SignatureError:
+    v = verifier()
+    with pytest.raises(SignatureError) as e:
+        v.verify(doc, now=T0, **bound)
+    assert not v.seen  # a refused document does not use its nonce
+    return e.value
+
+
+def test_sign_sets_the_collector_and_the_command_kind() -> None:
+    doc = sign(CMD, "alice", KEY, now=T0, collector="gw-A", command="relay")
+    assert (doc["collector"], doc["command"]) == ("gw-A", "relay")
+    assert verifier().verify(doc, now=T0, collector="gw-A", command="relay") == "alice"
+    with pytest.raises(ValueError, match="collector"):
+        sign(CMD, "alice", KEY, collector="")
+
+
+def test_a_document_signed_for_another_collector_is_refused() -> None:
+    doc = sign(CMD, "alice", KEY, now=T0, collector="gw-A", command="relay")
+    e = bound_refusal(doc, collector="gw-B", command="relay")
+    assert e.reason == "wrong_collector"
+    assert '"gw-A"' in e.message and '"gw-B"' in e.message
+    assert doc["signature"] not in str(e)
+
+
+def test_a_document_signed_for_another_command_kind_is_refused() -> None:
+    doc = sign(CMD, "alice", KEY, now=T0, collector="gw-A", command="relay")
+    assert bound_refusal(doc, collector="gw-A", command="topup").reason == "wrong_command"
+
+
+def test_a_document_naming_no_collector_or_command_is_refused_when_they_are_required() -> None:
+    unbound = sign({"request_id": "r-1", "meter": "M0001"}, "alice", KEY, now=T0)
+    e = bound_refusal(unbound, collector="gw-A", command="relay")
+    assert e.reason == "wrong_collector" and "names no collector" in e.message
+    e = bound_refusal(dict(unbound), command="relay")
+    assert e.reason == "wrong_command" and "names no command" in e.message
+
+
+def test_the_binding_is_covered_by_the_signature() -> None:
+    doc = sign(CMD, "alice", KEY, now=T0, collector="gw-A", command="relay")
+    moved = dict(doc, collector="gw-B")  # re-addressed on the way: no longer authentic
+    assert bound_refusal(moved, collector="gw-B", command="relay").reason == "bad_signature"
+    # Authentication comes first: a forgery is "bad_signature" whatever it names.
+    forged = dict(sign(CMD, "alice", OTHER_KEY, now=T0, collector="gw-A", command="relay"))
+    assert bound_refusal(forged, collector="gw-B", command="relay").reason == "bad_signature"
+
+
 def resign(doc: dict[str, Any], key: bytes = KEY) -> dict[str, Any]:
     """``doc`` with a valid signature over whatever it holds now."""
     body = {k: v for k, v in doc.items() if k != "signature"}

@@ -127,8 +127,10 @@ async def _via(opts: RemoteOptions, command: str, body: dict[str, Any],
         amic_log.removeHandler(quiet)
 
 
-def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None) -> dict[str, Any]:
-    """``body`` signed with the operator's key from the secrets file."""
+def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None,
+            collector: str | None) -> dict[str, Any]:
+    """``body`` signed with the operator's key from the secrets file, bound to the
+    collector and the command (the collector refuses it anywhere else)."""
     if secrets_path is None:
         _fail("--secrets FILE: the operator's signing key ([operators.NAME] key) is needed "
               "to send a command through the broker", EXIT_USAGE)
@@ -136,7 +138,7 @@ def _signed(body: dict[str, Any], operator: str, secrets_path: Path | None) -> d
         key = load_secrets(secrets_path).operator_key(operator)
     except SecretsError as e:
         _fail(str(e), EXIT_USAGE)
-    return sign(body, operator, key)
+    return sign(body, operator, key, collector=collector, command=body["command"])
 
 
 def _ask(opts: RemoteOptions, command: str, body: dict[str, Any],
@@ -272,7 +274,7 @@ def _switch(action: str, meters: tuple[str, ...], area: str | None, reason: str 
         else:
             body["meters"] = ids
         if action != "status":
-            body = _signed(body, who, secrets_path)
+            body = _signed(body, who, secrets_path, opts.collector)
         reply = _ask(opts, "relay", body, rid)
         results = [r for r in reply.get("results") or [] if isinstance(r, dict)]
     elif settings is not None and (daemon := daemon_of(settings, _name(action))) is not None:
@@ -374,7 +376,7 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
                         key_file, timeout_s)
     rid = new_request_id()
     body = _signed({"request_id": rid, "command": "topup", "meter": meter, "amount": amount,
-                    "ref": ref}, who, secrets_path)
+                    "ref": ref}, who, secrets_path, opts.collector)
     reply = _ask(opts, "topup", body, rid)
     if as_json:
         click.echo(json.dumps(reply, ensure_ascii=False))
@@ -435,6 +437,11 @@ def _kwh(v: object) -> str:
     return f"{v:.2f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def why(detail: Mapping[str, Any]) -> str:
+    # A denied request's detail is its reply: the refusal is its "error".
+    return str(detail.get("reason") or detail.get("error", ""))
+
+
 def _forced(detail: Mapping[str, Any]) -> str:
     forced = detail.get("forced")
     return f" (forced: {forced.get('protected')})" if isinstance(forced, dict) else ""
@@ -451,7 +458,7 @@ def audit_table(rows: Iterable[Mapping[str, Any]]) -> str:
         cells.append((show_time(from_ms(r["ts"])), str(r["meter"]), str(r["kind"]),
                       str(r["status"]), str(r["operator"]) or "-", _relay(before or {}),
                       _relay(after or {}), _kwh(d.get("energy_before")),
-                      _kwh(d.get("energy_at_switch")), str(d.get("reason", "")) + _forced(d)))
+                      _kwh(d.get("energy_at_switch")), why(d) + _forced(d)))
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     right = {7, 8}
     return "\n".join("  ".join(x.rjust(w) if i in right else x.ljust(w)
