@@ -283,6 +283,7 @@ class Daemon:
         False if a stop came before all of it was done.
         """
         old = self.buses
+        self.settings = settings  # before any bus starts: mqtt buses find their gateway
         keep: dict[str, _BusEntry] = {}
         replaced: list[BusSettings] = []
         for b in settings.buses:
@@ -298,7 +299,6 @@ class Daemon:
         changed = {b.name for b in replaced} | set(removed)
         # Old workers stay reachable (commands, daily jobs) until they are replaced.
         self.buses = {**{n: old[n] for n in changed}, **keep}
-        self.settings = settings
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         if self.mqtt is not None and self.mqtt.ingestor is not None:
             await self.mqtt.apply(settings)
@@ -338,6 +338,10 @@ class Daemon:
         if waiting:
             log.info("reload: %d cycle(s) in progress finish on the previous configuration "
                      "first", len(busy))
+        if waiting or changed:
+            # The new configuration is accepted: systemd's reload timeout must not run
+            # out while a long (daily) cycle or job finishes.
+            self.notifier.ready()
             if not await self._unless_stopping(asyncio.wait(waiting)):
                 return False
         self.runs = [r for r in self.runs if not r.task.done()]
@@ -446,7 +450,8 @@ class Daemon:
                 self.metrics_server = None
             self._serve_metrics()
         if old.timeseries != new.timeseries:
-            await self._stop_forwarder()
+            if not await self._stop_forwarder():
+                return False
             self._start_forwarder()
             log.info("reload: [timeseries] applied (forwarder restarted on its cursor)")
         elif self.forwarder is not None and old.meters != new.meters:
@@ -497,15 +502,20 @@ class Daemon:
                                    on_event=self._on_event_threadsafe)
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
-    async def _stop_forwarder(self) -> None:
-        """Stop the forwarder after its batch in flight; its cursor stays in the store."""
+    async def _stop_forwarder(self) -> bool:
+        """Stop the forwarder after its batch in flight; its cursor stays in the store.
+
+        False if a stop comes first (shutdown then waits for it as usual)."""
         if self.forwarder is not None:
             self.forwarder.stop()
         for t in [t for t in self._tasks if t.get_name() == "forwarder"]:
-            with contextlib.suppress(Exception):
-                await t
+            if not await self._unless_stopping(asyncio.wait([t])):
+                return False
             self._tasks.remove(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("forwarder ended with %r", t.exception())
         self.forwarder = None
+        return True
 
     # ---- running -----------------------------------------------------------------------
 

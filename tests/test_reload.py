@@ -368,3 +368,24 @@ def test_success_report_leaves_out_the_meters_a_cut_cycle_never_tried(
         rows = {r.key: r for r in success_report(store, day, "UTC", by="area")}
     assert (rows["A"].planned, rows["A"].succeeded, rows["A"].failed) == (1, 1, 0)
     assert json.dumps(rows["A"].ratio) == "1.0"
+
+
+async def test_a_stop_during_a_waiting_reload_is_not_held_up(tmp_path: Path,
+                                                            slow_bus: BusServer) -> None:
+    """SIGTERM while a reload waits for the cycle in progress: the stop wins at once."""
+    cfg = config(tmp_path / "amic.toml", {"b1": slow_bus.port})
+    daemon, run = await start(cfg)
+    await until(tried(daemon, 2), timeout=20)
+    assert daemon.poller is not None
+    first = daemon.poller.current["s"]
+    config(cfg, {"b1": slow_bus.port}, td_ms=900)
+    reload = asyncio.create_task(daemon.reload())
+    await until(lambda: first.succeeded + first.failed >= 3, timeout=10)
+    assert not reload.done()  # waiting for the cycle
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await stop(daemon, run)
+    assert loop.time() - t0 < 8.0  # within systemd's stop budget
+    # The reload gave up instead of holding the stop until the cycle's end: cut.
+    assert await reload is False
+    assert first.cut and first.succeeded < N
