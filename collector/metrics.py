@@ -45,7 +45,8 @@ config_reloads_total                     result             SIGHUP reloads (appl
 =======================================  =================  ===================================
 
 The bus counters mirror :meth:`drivers.bus.Bus.counters`; they stay monotonic when a
-reload replaces a bus object (whose own counters start again at zero).
+reload replaces a bus object (whose own counters start again at zero).  A bus that a
+reload removes loses every series (:meth:`Metrics.forget_bus`).
 """
 
 from __future__ import annotations
