@@ -100,6 +100,9 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
             continue
         keys = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
         out.append(f"[{section}] {', '.join(keys)}")
+    if new.prepaid is not None and old.prepaid == new.prepaid and (
+            {m for m in old.meters if m.prepaid} != {m for m in new.meters if m.prepaid}):
+        out.append("[[meter]] prepaid meters (the prepaid engine's accounts)")
     return out
 
 

@@ -389,3 +389,32 @@ async def test_a_stop_during_a_waiting_reload_is_not_held_up(tmp_path: Path,
     # The reload gave up instead of holding the stop until the cycle's end: cut.
     assert await reload is False
     assert first.cut and first.succeeded < N
+
+
+def test_restart_needed_names_each_section_a_reload_cannot_apply(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from decimal import Decimal
+
+    from collector.daemon import restart_needed
+    from collector.settings import CommandSettings, MqttSettings, PrepaidSettings
+
+    old = load_settings(config(tmp_path / "amic.toml", {"b1": 1}, meters=2))
+    assert restart_needed(old, old) == []
+    # Applied by a reload: not named.
+    same = replace(old, collector=replace(old.collector, metrics_listen="127.0.0.1:1"),
+                   meters=old.meters[:1], schedules=())
+    assert restart_needed(old, same) == []
+    new = replace(old, collector=replace(old.collector, retention_days=30, min_free_mb=5),
+                  mqtt=MqttSettings("mqtt://127.0.0.1:1883", "c"),
+                  commands=CommandSettings(min_interval=5.0))
+    assert restart_needed(old, new) == ["[collector] retention_days, min_free_mb", "[mqtt]",
+                                        "[commands]"]
+    p = PrepaidSettings(warn1=Decimal(10), warn2=Decimal(5))
+    with_prepaid = replace(old, prepaid=p)
+    assert restart_needed(old, with_prepaid) == ["[prepaid]"]
+    one_more = replace(with_prepaid, meters=(replace(old.meters[0], prepaid=True),
+                                             *old.meters[1:]))
+    assert restart_needed(with_prepaid, one_more) == [
+        "[[meter]] prepaid meters (the prepaid engine's accounts)"]
+    assert restart_needed(with_prepaid, replace(with_prepaid, prepaid=replace(
+        p, grace=60.0))) == ["[prepaid] grace"]
