@@ -345,8 +345,8 @@ class Daemon:
             # The new configuration is accepted: systemd's reload timeout must not run
             # out while a long (daily) cycle or job finishes.
             self.notifier.ready()
-            if not await self._unless_stopping(asyncio.wait(waiting)):
-                return False
+        if waiting and not await self._unless_stopping(asyncio.wait(waiting)):
+            return False
         self.runs = [r for r in self.runs if not r.task.done()]
         if changed:
             lock = self.daily.lock if self.daily is not None else asyncio.Lock()
