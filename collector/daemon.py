@@ -1,21 +1,26 @@
 """``amic run``: the collector service.
 
 Start-up: configuration validated (by the caller), store opened, buses opened
-(lazily), READY=1.  SIGHUP reloads the file: a valid one is applied without
-dropping the job in flight, an invalid one is logged and ignored.  SIGTERM stops
-the schedules, lets each bus finish its job in flight, commits the store and exits 0
-within 10 s.
+(lazily), READY=1.  SIGHUP reloads the file: a valid one is applied without cutting
+anything in progress (cycles finish on their old settings and buses, a daily job
+finishes before a bus or ``[daily]`` is replaced; see :meth:`Daemon.reload`), an
+invalid one is logged and ignored.  SIGTERM stops the schedules (a cycle in progress
+is recorded as cut), lets each bus finish its job in flight, commits the store and
+exits 0 within 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers.bus import Bus
 from drivers.mqtt import MqttBus
@@ -28,7 +33,7 @@ from .control import Control
 from .ctlsocket import CtlServer
 from .daily import DailyJobs
 from .forwarder import Forwarder
-from .metrics import Metrics
+from .metrics import Metrics, MetricsServer
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
@@ -36,7 +41,7 @@ from .records import CycleRecord, Event, Reading, utcnow
 from .rules import AlarmEngine, AlarmSettings
 from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
 from .secrets import load_secrets
-from .settings import BusSettings, Settings
+from .settings import BusSettings, MeterSettings, ScheduleSettings, Settings
 from .store import Store, StoreWriter
 
 log = logging.getLogger("amic.daemon")
@@ -63,6 +68,45 @@ class _BusEntry:
     worker: BusWorker
 
 
+@dataclass
+class _ScheduleRun:
+    """A running schedule; ``stop`` set: it returns after the cycle in progress."""
+
+    settings: ScheduleSettings
+    meters: list[MeterSettings]
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    @property
+    def buses(self) -> set[str]:
+        return {m.bus for m in self.meters}
+
+
+# Applied by a reload only after a restart: section -> the fields that matter.
+RESTART_SECTIONS = ("collector", "mqtt", "commands", "prepaid")
+
+
+def restart_needed(old: Settings, new: Settings) -> list[str]:
+    """``[section] key`` of each change a reload cannot apply (they need a restart)."""
+    out: list[str] = []
+    for section in RESTART_SECTIONS:
+        a, b = getattr(old, section), getattr(new, section)
+        if section == "collector":  # metrics_listen is rebound by a reload
+            a = dataclasses.replace(a, metrics_listen=None)
+            b = dataclasses.replace(b, metrics_listen=None)
+        if a == b:
+            continue
+        if a is None or b is None:
+            out.append(f"[{section}]")
+            continue
+        keys = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+        out.append(f"[{section}] {', '.join(keys)}")
+    if new.prepaid is not None and old.prepaid == new.prepaid and (
+            {m for m in old.meters if m.prepaid} != {m for m in new.meters if m.prepaid}):
+        out.append("[[meter]] prepaid meters (the prepaid engine's accounts)")
+    return out
+
+
 class Daemon:
     """Owns the buses, the poller, the store writer and the service protocol."""
 
@@ -75,7 +119,7 @@ class Daemon:
         self.buses: dict[str, _BusEntry] = {}
         self.health: dict[str, MeterHealth] = {}
         self.poller: Poller | None = None
-        self.schedule_tasks: list[asyncio.Task[None]] = []
+        self.runs: list[_ScheduleRun] = []
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.stop_requested = asyncio.Event()
@@ -94,6 +138,8 @@ class Daemon:
         self.daily: DailyJobs | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.metrics_server: MetricsServer | None = None
+        self._reloading = asyncio.Lock()  # one reload at a time, in signal order
 
     # ---- sinks -------------------------------------------------------------------------
 
@@ -133,6 +179,11 @@ class Daemon:
         assert self.writer is not None
         self.writer.put_cycle(cycle)
         took = (cycle.ended - cycle.started).total_seconds() if cycle.ended else 0.0
+        if cycle.cut:
+            # Not a completed cycle: the success gauges and durations stay as they were.
+            log.info("cycle %s cut: %d/%d meters tried, %d read, in %.1f s", cycle.schedule,
+                     cycle.succeeded + cycle.failed, cycle.planned, cycle.succeeded, took)
+            return
         log.info("cycle %s done: %d/%d meters read (%.1f%%) in %.1f s", cycle.schedule,
                  cycle.succeeded, cycle.planned, 100 * cycle.success_rate, took)
         self.metrics.observe_cycle(cycle.schedule, took)
@@ -199,56 +250,137 @@ class Daemon:
 
     # ---- applying a configuration ------------------------------------------------------
 
-    async def _apply(self, settings: Settings, *, first: bool) -> None:
+    async def _start_bus(self, b: BusSettings) -> _BusEntry:
+        worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
+                           modbus=b.modbus, observe=self._observe)
+        if not await worker.start():
+            log.warning("bus %s: %s not reachable yet; will retry", b.name, worker.bus.name)
+        return _BusEntry(b, worker)
+
+    def _start_run(self, s: ScheduleSettings, meters: list[MeterSettings], *,
+                   immediate: bool) -> None:
+        assert self.poller is not None
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            self.poller.run_schedule(s, meters, align=self.align, immediate=immediate,
+                                     stop=stop), name=f"schedule:{s.name}")
+        self.runs.append(_ScheduleRun(s, meters, task, stop))
+
+    async def _unless_stopping(self, aw: Awaitable[Any]) -> bool:
+        """Await ``aw``; False (and ``aw`` cancelled) if a stop is requested first."""
+        job = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait([job, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if job.done():
+            return True
+        job.cancel()
+        return False
+
+    async def _apply(self, settings: Settings, *, first: bool) -> bool:
+        """Apply the buses, meters and schedules of ``settings``.
+
+        Nothing in progress is cut: a schedule that did not change (nor its meters or
+        their buses) keeps running; the others finish the cycle in progress on their
+        old settings, then the new ones start; a bus whose settings changed (or that
+        was removed) is replaced only once no cycle and no daily job uses it.  Returns
+        False if a stop came before all of it was done.
+        """
         old = self.buses
-        new: dict[str, _BusEntry] = {}
-        stopping: list[BusWorker] = []
+        self.settings = settings  # before any bus starts: mqtt buses find their gateway
+        keep: dict[str, _BusEntry] = {}
+        replaced: list[BusSettings] = []
         for b in settings.buses:
             entry = old.get(b.name)
             if entry is not None and entry.settings == b:
                 entry.worker.refused.clear()  # a reload asks refused quantities again
-                new[b.name] = entry
-                continue
-            if entry is not None:
-                stopping.append(entry.worker)
-            worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
-                               modbus=b.modbus,
-                               observe=self._observe)
-            up = await worker.start()
-            if not up:
-                log.warning("bus %s: %s not reachable yet; will retry", b.name,
-                            worker.bus.name)
-            new[b.name] = _BusEntry(b, worker)
-        stopping.extend(e.worker for name, e in old.items() if name not in new)
-        # The schedules go first, so no new job lands on a bus that is being replaced.
-        await self._stop_schedules()
-        for entry in new.values():
-            entry.worker.drop_queued(Lane.SCHEDULED)
-        self.buses = new
-        self.settings = settings
+                keep[b.name] = entry
+            elif entry is not None:
+                replaced.append(b)
+            else:
+                keep[b.name] = await self._start_bus(b)
+        removed = [n for n in old if n not in {b.name for b in settings.buses}]
+        changed = {b.name for b in replaced} | set(removed)
+        # Old workers stay reachable (commands, daily jobs) until they are replaced.
+        self.buses = {**{n: old[n] for n in changed}, **keep}
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
         if self.mqtt is not None and self.mqtt.ingestor is not None:
             await self.mqtt.apply(settings)
-        await asyncio.gather(*(w.stop(DRAIN_SECONDS) for w in stopping))
-        self.poller = Poller({n: e.worker for n, e in new.items()},
-                             Sinks(self._on_readings, self._on_event, self._on_cycle,
-                                   self._on_progress, room=self._room), health=self.health,
-                             dead_after=settings.alarms.comm_loss_after,
-                             profiles=self._profile)
-        for s in settings.schedules:
-            meters = select_meters(settings, s)
-            self.schedule_tasks.append(asyncio.create_task(
-                self.poller.run_schedule(s, meters, align=self.align, immediate=first),
-                name=f"schedule:{s.name}"))
+        if self.poller is None:
+            self.poller = Poller({}, Sinks(self._on_readings, self._on_event, self._on_cycle,
+                                           self._on_progress, room=self._room),
+                                 health=self.health, profiles=self._profile)
+        poller = self.poller
+        # No new cycle reaches a bus that is being replaced (running ones keep theirs).
+        poller.workers = {n: e.worker for n, e in keep.items()}
+        poller.dead_after = settings.alarms.comm_loss_after
+        wanted = [(s, select_meters(settings, s)) for s in settings.schedules]
+        retired: list[_ScheduleRun] = []
+        kept: set[str] = set()
+        for run in self.runs:
+            if ((run.settings, run.meters) in wanted and not run.buses & changed
+                    and not run.task.done()):
+                kept.add(run.settings.name)
+            else:
+                run.stop.set()
+                retired.append(run)
+        busy = {r.settings.name for r in retired if not r.task.done()}
+        later: list[tuple[ScheduleSettings, list[MeterSettings]]] = []
+        for s, meters in wanted:
+            if s.name in kept:
+                continue
+            if s.name in busy or {m.bus for m in meters} & changed:
+                later.append((s, meters))
+            else:
+                self._start_run(s, meters, immediate=first)
+        names = {s.name for s in settings.schedules}
+        for name in [n for n in poller.last_cycle if n not in names]:
+            del poller.last_cycle[name]
         assert self.store is not None
         self.store.sync_meters(list(settings.meters))
+        waiting = [r.task for r in retired if not r.task.done()]
+        if waiting:
+            log.info("reload: %d cycle(s) in progress finish on the previous configuration "
+                     "first", len(busy))
+        if waiting or changed:
+            # The new configuration is accepted: systemd's reload timeout must not run
+            # out while a long (daily) cycle or job finishes.
+            self.notifier.ready()
+        if waiting and not await self._unless_stopping(asyncio.wait(waiting)):
+            return False
+        self.runs = [r for r in self.runs if not r.task.done()]
+        if changed:
+            lock = self.daily.lock if self.daily is not None else asyncio.Lock()
+            if not await self._unless_stopping(lock.acquire()):
+                return False
+            try:  # a daily job in progress has ended; the next waits for the new buses
+                await asyncio.gather(*(old[n].worker.stop(DRAIN_SECONDS) for n in changed))
+                for n in removed:
+                    del self.buses[n]
+                    self.metrics.forget_bus(n)
+                for b in replaced:
+                    self.buses[b.name] = await self._start_bus(b)
+            finally:
+                lock.release()
+            poller.workers = {n: e.worker for n, e in self.buses.items()}
+        for s, meters in later:
+            self._start_run(s, meters, immediate=first)
+        return True
+
+    @property
+    def schedule_tasks(self) -> list[asyncio.Task[None]]:
+        return [r.task for r in self.runs]
 
     def _profile(self, name: str) -> Profile:
         # Validated when the configuration was loaded; found the same way here.
         return load_profile(name, search=[self.settings.source.absolute().parent])
 
     async def _stop_schedules(self) -> None:
-        tasks, self.schedule_tasks = self.schedule_tasks, []
+        """Cancel every schedule: a cycle in progress ends cut (shutdown)."""
+        tasks = [r.task for r in self.runs]
+        self.runs = []
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -256,7 +388,22 @@ class Daemon:
                 await t
 
     async def reload(self) -> bool:
-        """Re-read the configuration file; apply it only if it is entirely valid."""
+        """Re-read the configuration file; apply it only if it is entirely valid.
+
+        Buses, meters, schedules (see :meth:`_apply`: nothing in progress is cut),
+        gateways, ``[alarms]``, ``[daily]`` (re-created once a job in progress ends),
+        ``[timeseries]`` (the forwarder restarts on its cursor) and ``metrics_listen``
+        (rebound) are applied; a change to ``[collector]`` (other keys), ``[mqtt]``,
+        ``[commands]`` or ``[prepaid]`` is logged as needing a restart.
+        """
+        if not await self._unless_stopping(self._reloading.acquire()):
+            return False
+        try:
+            return await self._reload()
+        finally:
+            self._reloading.release()
+
+    async def _reload(self) -> bool:
         path = self.settings.source
         log.info("reload requested: %s", path)
         try:
@@ -273,16 +420,108 @@ class Daemon:
             self.reload_failures += 1
             log.error("reload rejected: cannot read %s: %s", path, e)
             return False
+        old = self.settings
         self.notifier.reloading()
         try:
-            await self._apply(settings, first=False)
+            done = await self._apply(settings, first=False)
+            if done:
+                done = await self._apply_sections(old, settings)
         finally:
             self.notifier.ready()  # systemd must not wait for a reload that failed
+        if not done:
+            log.warning("reload not finished: the collector is stopping")
+            return False
         self.reloads += 1
         self.metrics.observe_reload(True)
-        log.info("reload applied: %d buses, %d meters, %d schedules", len(settings.buses),
-                 len(settings.meters), len(settings.schedules))
+        summary = (f"{len(settings.buses)} buses, {len(settings.meters)} meters, "
+                   f"{len(settings.schedules)} schedules")
+        pending = restart_needed(old, settings)
+        for change in pending:
+            log.warning("reload: %s changed; it takes effect only after a restart", change)
+        if pending:
+            log.warning("reload partly applied: %s; restart needed for %s", summary,
+                        "; ".join(pending))
+        else:
+            log.info("reload applied: %s", summary)
         self._report_status()
+        return True
+
+    async def _apply_sections(self, old: Settings, new: Settings) -> bool:
+        """``[alarms]``, ``metrics_listen``, ``[timeseries]``, ``[daily]`` of a reload."""
+        if self.alarms is not None and old.alarms.values != new.alarms.values:
+            self.alarms.settings = AlarmSettings(**dict(new.alarms.values))  # type: ignore[arg-type]
+        if old.collector.metrics_listen != new.collector.metrics_listen:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
+            self._serve_metrics()
+        if old.timeseries != new.timeseries:
+            if not await self._stop_forwarder():
+                return False
+            self._start_forwarder()
+            log.info("reload: [timeseries] applied (forwarder restarted on its cursor)")
+        elif self.forwarder is not None and old.meters != new.meters:
+            self.forwarder.set_meters(new.meters)
+        if old.daily != new.daily:
+            if self.daily is not None:
+                jobs = self.daily
+                if not await self._unless_stopping(jobs.lock.acquire()):
+                    return False
+                try:  # between ticks: nothing of the old jobs is cut
+                    for t in [t for t in self._tasks if t.get_name() == "daily"]:
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
+                        self._tasks.remove(t)
+                    self.daily = None
+                finally:
+                    jobs.lock.release()
+            self._start_daily()
+            log.info("reload: [daily] applied")
+        return True
+
+    def _serve_metrics(self) -> None:
+        listen = self.settings.collector.metrics_listen
+        if not listen:
+            return
+        try:
+            self.metrics_server = self.metrics.start_server(listen)
+        except (OSError, ValueError) as e:
+            log.error("metrics_listen %s: cannot serve /metrics: %s", listen, e)
+
+    def _start_daily(self) -> None:
+        if self.settings.daily is not None:
+            self.daily = DailyJobs(self, self.settings.daily)
+            self._tasks.append(asyncio.create_task(self.daily.run(), name="daily"))
+
+    def _start_forwarder(self) -> None:
+        ts = self.settings.timeseries
+        assert self.store is not None
+        if ts is None:
+            return
+        self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
+                                   token=ts.token, name=FORWARDER, batch=ts.batch,
+                                   precision=ts.precision, gzip=ts.gzip,
+                                   gzip_level=ts.gzip_level,
+                                   process_backlog=ts.worker_backlog,
+                                   meters=self.settings.meters,
+                                   on_event=self._on_event_threadsafe,
+                                   collector=self.settings.collector.id)
+        self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+
+    async def _stop_forwarder(self) -> bool:
+        """Stop the forwarder after its batch in flight; its cursor stays in the store.
+
+        False if a stop comes first (shutdown then waits for it as usual)."""
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        for t in [t for t in self._tasks if t.get_name() == "forwarder"]:
+            if not await self._unless_stopping(asyncio.wait([t])):
+                return False
+            self._tasks.remove(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("forwarder ended with %r", t.exception())
+        self.forwarder = None
         return True
 
     # ---- running -----------------------------------------------------------------------
@@ -322,9 +561,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
 
         c = self.settings.collector
-        metrics_server = None
         if c.metrics_listen:  # first: a port in use stops the start before anything runs
-            metrics_server = self.metrics.start_server(c.metrics_listen)
+            self.metrics_server = self.metrics.start_server(c.metrics_listen)
         c.data_dir.mkdir(parents=True, exist_ok=True)
         # First: refuses to start while another daemon serves this data directory.
         self.ctl = CtlServer(self)
@@ -347,20 +585,8 @@ class Daemon:
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
         self.control.start()
-        if self.settings.daily is not None:
-            self.daily = DailyJobs(self, self.settings.daily)
-            self._tasks.append(asyncio.create_task(self.daily.run(), name="daily"))
-        ts = self.settings.timeseries
-        if ts is not None:
-            self.forwarder = Forwarder(self.store, ts.url, org=ts.org, bucket=ts.bucket,
-                                       token=ts.token, name=FORWARDER, batch=ts.batch,
-                                       precision=ts.precision, gzip=ts.gzip,
-                                       gzip_level=ts.gzip_level,
-                                       process_backlog=ts.worker_backlog,
-                                       meters=self.settings.meters,
-                                       on_event=self._on_event_threadsafe,
-                                       collector=c.id)
-            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+        self._start_daily()
+        self._start_forwarder()
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
                  len(self.buses), len(self.settings.meters), len(self.settings.schedules),
@@ -372,9 +598,9 @@ class Daemon:
             await self.stop_requested.wait()
         finally:
             await self.shutdown(pending_reload)
-            if metrics_server is not None:
+            if self.metrics_server is not None:
                 with contextlib.suppress(Exception):
-                    metrics_server.close()
+                    self.metrics_server.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return 0

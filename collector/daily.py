@@ -58,6 +58,9 @@ class DailyJobs:
         self.planner = AuditPlanner(settings.audit_window[0], settings.audit_window[1],
                                     tz=self.zone)
         self.audit = AuditSettings(sample_fraction=settings.audit_fraction)
+        # Held while a tick runs: a reload takes it before replacing a bus or these jobs,
+        # so a backfill or time sync in progress is never cut.
+        self.lock = asyncio.Lock()
         self._load()
 
     # ---- state -------------------------------------------------------------------------
@@ -99,6 +102,10 @@ class DailyJobs:
         return local.date()
 
     async def tick(self, now: dt.datetime) -> None:
+        async with self.lock:
+            await self._tick(now)
+
+    async def _tick(self, now: dt.datetime) -> None:
         s = self.settings
         # Backfill first: yesterday's line loss needs the freezes it fetches.
         today = self._due("backfill", s.backfill_at, now)

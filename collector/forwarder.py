@@ -381,6 +381,8 @@ class Forwarder:
         """One ``cycle`` line per ended cycle, plus ``cycle_area`` / ``cycle_bus`` lines.
 
         A cycle still running has no line: its final row comes later under a new id.
+        A cut cycle (the collector stopped during it) gets ``cut=1`` and ``attempted``,
+        its ratio covers the meters tried, and it has none when no meter was tried.
         """
         out: list[str] = []
         for row in rows:
@@ -394,8 +396,12 @@ class Forwarder:
             ratio = ok / done if done else 0.0
             sched = escape_tag(row["schedule"])
             ctag = self._collector_tag
-            out.append(f"cycle,schedule={sched}{ctag} planned={_num(planned)},succeeded={_num(ok)},"
-                       f"failed={_num(failed)},success_ratio={_num(ratio)},"
+            fields = f"success_ratio={_num(ratio)},"
+            if row["cut"]:
+                fields = (f"success_ratio={_num(ratio)}," if done else "") + \
+                    f"cut=1.0,attempted={_num(done)},"
+            out.append(f"cycle,schedule={sched}{ctag} planned={_num(planned)},"
+                       f"succeeded={_num(ok)},failed={_num(failed)},{fields}"
                        f"duration_s={_num((ended - started) / 1000)} {ts}")
             for meas, col, key in (("cycle_area", "per_area", "area"),
                                    ("cycle_bus", "per_bus", "bus")):

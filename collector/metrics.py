@@ -45,7 +45,8 @@ config_reloads_total                     result             SIGHUP reloads (appl
 =======================================  =================  ===================================
 
 The bus counters mirror :meth:`drivers.bus.Bus.counters`; they stay monotonic when a
-reload replaces a bus object (whose own counters start again at zero).
+reload replaces a bus object (whose own counters start again at zero).  A bus that a
+reload removes loses every series (:meth:`Metrics.forget_bus`).
 """
 
 from __future__ import annotations
@@ -351,12 +352,25 @@ class Metrics:
         self.queue_depth.labels(bus, lane.lower()).set(n)
 
     def forget_bus(self, bus: str) -> None:
-        """Drop the gauges of a bus removed by a reload (counters stay, as Prometheus wants)."""
+        """Drop every series of a bus removed by a reload.
+
+        Its counters go too: a bus that is gone must not be scraped as idle forever (a
+        bus of that name added later counts from zero, which rate() takes as a reset).
+        """
         self._buses.pop(bus, None)
-        for gauge, labels in ((self.bus_utilisation, (bus,)), (self.bus_success, (bus,)),
-                              *((self.queue_depth, (bus, lane)) for lane in LANES)):
+        outcomes, reasons = ("ok", "failed"), (*REASONS, "other")
+        series: list[tuple[Any, tuple[str, ...]]] = [
+            (self.transactions, (bus, o)) for o in outcomes]
+        series += [(self.failures, (bus, r)) for r in reasons]
+        series += [(self.bus_bytes, (bus, d)) for d in ("in", "out")]
+        series += [(self.queue_depth, (bus, lane)) for lane in LANES]
+        series += [(family, (bus,)) for family in (
+            self.latency, self.bus_requests, self.bus_timeouts, self.bus_link_drops,
+            self.bus_connects, self.bus_connect_failures, self.bus_bytes_discarded,
+            self.bus_busy_seconds, self.bus_utilisation, self.bus_success)]
+        for family, labels in series:
             with contextlib.suppress(KeyError):  # older prometheus_client raise on absent
-                gauge.remove(*labels)
+                family.remove(*labels)
 
     # ---- cycles -------------------------------------------------------------------------
 

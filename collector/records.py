@@ -95,6 +95,9 @@ class CycleRecord:
     per_bus: dict[str, tuple[int, int]] = field(default_factory=dict)  # bus -> (ok, total)
     per_area: dict[str, tuple[int, int]] = field(default_factory=dict)
     failed_meters: list[str] = field(default_factory=list)  # meter ids not read this cycle
+    # Ended before every planned meter was tried (shutdown): the meters never tried are
+    # neither succeeded nor failed, and the ratios cover the meters tried.
+    cut: bool = False
 
     @property
     def success_rate(self) -> float:

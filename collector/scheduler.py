@@ -339,7 +339,9 @@ class Poller:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
-                return False  # dropped by a reload: the new schedules take over
+                return False  # dropped: the cycle ends cut
+            except WorkerStopped:
+                return False  # the bus stopped under the cycle: not tried, not failed
             except Exception as e:
                 self._failed(cycle, schedule, m, e)
             else:
@@ -371,8 +373,10 @@ class Poller:
             # Buses run side by side, each through its meters in order.
             await asyncio.gather(*(feed(self.workers[bus], items) for bus, items in due.items()))
         finally:
-            # Also when cancelled (reload, shutdown): the cycle is recorded as far as it got.
+            # Also when cancelled (shutdown): the cycle is recorded as far as it got, and
+            # marked cut when some planned meter was never tried.
             cycle.ended = utcnow()
+            cycle.cut = cycle.succeeded + cycle.failed < cycle.planned
             self.current.pop(schedule.name, None)
             self.last_cycle[schedule.name] = cycle
             self.sinks.cycle(cycle)
@@ -440,22 +444,33 @@ class Poller:
 
     async def run_schedule(self, schedule: ScheduleSettings, meters: list[MeterSettings],
                            *, align: bool = True, immediate: bool = True,
-                           cycles: int | None = None) -> None:
+                           cycles: int | None = None,
+                           stop: asyncio.Event | None = None) -> None:
         """Cycles at every interval boundary (UTC), plus jitter, until cancelled.
 
         ``immediate``: the first cycle starts at once rather than at the next boundary,
         so a (re)started collector does not sit idle for up to an interval.
+        ``stop``: once set, return after the cycle in progress (a reload: that cycle
+        ends on its old settings); cancelling instead cuts the cycle (shutdown).
         """
         done = 0
         rng = random.Random()
         while cycles is None or done < cycles:
+            delay = 0.0
             if immediate and not done:
                 pass
             elif align:
                 period = schedule.interval
-                delay = period - (time.time() % period)
-                await asyncio.sleep(delay + rng.uniform(0, schedule.jitter))
+                delay = period - (time.time() % period) + rng.uniform(0, schedule.jitter)
             elif done:
-                await asyncio.sleep(schedule.interval + rng.uniform(0, schedule.jitter))
+                delay = schedule.interval + rng.uniform(0, schedule.jitter)
+            if stop is None:
+                if delay:
+                    await asyncio.sleep(delay)
+            elif delay and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            if stop is not None and stop.is_set():
+                return
             await self.run_cycle(schedule, meters)
             done += 1

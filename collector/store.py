@@ -61,7 +61,7 @@ from .settings import MeterSettings
 log = logging.getLogger("amic.store")
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 DAY_MS: Final = 86_400_000
 
 Table = Literal["readings", "events", "commands", "cycles"]
@@ -232,6 +232,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
                 NEW.detail, NEW.updated);
     END;
     """,
+    """
+    -- A cycle ended before every planned meter was tried (the collector stopped): its
+    -- untried meters are neither succeeded nor failed (planned > succeeded + failed).
+    ALTER TABLE cycles ADD COLUMN cut INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -247,8 +252,8 @@ INSERT_COMMAND: Final = ("INSERT OR REPLACE INTO commands (command_id, meter, ki
 INSERT_DAILY: Final = ("INSERT OR REPLACE INTO daily (day, kind, key, ts, complete, fields, "
                        "detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
 INSERT_CYCLE: Final = ("INSERT OR REPLACE INTO cycles (cycle_id, schedule, started, ended, "
-                       "planned, succeeded, failed, per_bus, per_area, failed_meters) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                       "planned, succeeded, failed, per_bus, per_area, failed_meters, cut) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class StoreError(Exception):
@@ -295,7 +300,7 @@ def cycle_row(c: CycleRecord) -> tuple[Any, ...]:
             None if c.ended is None else to_ms(c.ended), c.planned, c.succeeded, c.failed,
             json.dumps({k: list(v) for k, v in c.per_bus.items()}, sort_keys=True),
             json.dumps({k: list(v) for k, v in c.per_area.items()}, sort_keys=True),
-            json.dumps(sorted(c.failed_meters)))
+            json.dumps(sorted(c.failed_meters)), int(c.cut))
 
 
 def _as_ms(t: dt.datetime | int | float | None) -> int | None:
@@ -615,17 +620,18 @@ class Store:
     def cycle(self, cycle_id: str) -> CycleRecord | None:
         row = self._conn().execute(
             "SELECT cycle_id, schedule, started, ended, planned, succeeded, failed, per_bus, "
-            "per_area, failed_meters FROM cycles WHERE cycle_id = ?", (cycle_id,)).fetchone()
+            "per_area, failed_meters, cut FROM cycles WHERE cycle_id = ?",
+            (cycle_id,)).fetchone()
         if row is None:
             return None
-        cid, schedule, started, ended, planned, ok, failed, per_bus, per_area, bad = row
+        cid, schedule, started, ended, planned, ok, failed, per_bus, per_area, bad, cut = row
 
         def pairs(text: str) -> dict[str, tuple[int, int]]:
             return {k: (int(v[0]), int(v[1])) for k, v in json.loads(text).items()}
 
         return CycleRecord(cid, schedule, from_ms(started),
                            None if ended is None else from_ms(ended), planned, ok, failed,
-                           pairs(per_bus), pairs(per_area), json.loads(bad))
+                           pairs(per_bus), pairs(per_area), json.loads(bad), bool(cut))
 
     # ---- outbox ----------------------------------------------------------------------
 
