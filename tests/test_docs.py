@@ -151,5 +151,10 @@ def test_schema_md_examples_are_what_the_forwarder_writes(tmp_path: Path) -> Non
                                        "updated": 1767323050120}])
         got += fwd.cycle_lines([{"schedule": "fifteen_min", "started": 1767323000000,  # type: ignore[list-item]
                                  "ended": 1767323041200, "planned": 400, "succeeded": 398,
-                                 "failed": 2, "per_area": "{}", "per_bus": "{}"}])
+                                 "failed": 2, "per_area": "{}", "per_bus": "{}",
+                                 "cut": 0}])
+        got += fwd.cycle_lines([{"schedule": "fifteen_min", "started": 1767323900000,  # type: ignore[list-item]
+                                 "ended": 1767323912500, "planned": 400, "succeeded": 120,
+                                 "failed": 1, "per_area": "{}", "per_bus": "{}",
+                                 "cut": 1}])
     assert got == documented
