@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import until
 from daemonproc import Daemon
 
 from collector.cli import main
@@ -98,7 +99,9 @@ async def test_cli_goes_through_the_running_daemon_and_falls_back_without_one(
             sock = tmp_path / "data" / "amic.sock"
             mode = sock.lstat().st_mode
             assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
-            assert server.stats.connections == 1  # the daemon's own link
+            # The daemon's own link (opened lazily: maybe just after READY=1).
+            await until(lambda: server.stats.connections == 1,
+                        what=lambda: server.stats.connections)
             r = await amic("relay-status", "M1", "M2", "-c", str(cfg), "--json")
             assert r.exit_code == 0, r.output
             assert f"via running daemon (pid {daemon.proc.pid})" in r.stderr
