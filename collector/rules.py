@@ -98,6 +98,10 @@ SEVERITY: dict[str, int] = {
     "comm_loss": 1,
     "comm_restored": 0,
     "schedule_overdue": 1,
+    "meter_dead": 1,
+    "meter_recovered": 0,
+    "bus_down": 2,
+    "bus_up": 0,
 }
 
 _EPS = 1e-6  # energy "moved" when it grew by more than this (kWh)
