@@ -615,6 +615,9 @@ class Poller:
     def _failed(self, cycle: CycleRecord, schedule: ScheduleSettings, m: MeterSettings,
                 error: Exception) -> None:
         self._count(cycle, m, ok=False)
+        bus = self.buses.get(m.bus)
+        if bus is not None and bus.down and _silent(error):
+            return  # the job was on the line when the bus went down: not the meter's fault
         h = self.health[m.meter_id]
         before = replace(h)
         h.failures += 1
