@@ -33,7 +33,7 @@ from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
 from .rules import AlarmEngine, AlarmSettings
-from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
+from .scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
 from .secrets import load_secrets
 from .settings import BusSettings, Settings
 from .store import Store, StoreWriter
@@ -73,6 +73,7 @@ class Daemon:
         self.align = align
         self.buses: dict[str, _BusEntry] = {}
         self.health: dict[str, MeterHealth] = {}
+        self.bus_health: dict[str, BusHealth] = {}  # kept across reloads, like health
         self.poller: Poller | None = None
         self.schedule_tasks: list[asyncio.Task[None]] = []
         self.store: Store | None = None
@@ -231,7 +232,7 @@ class Daemon:
                              Sinks(self._on_readings, self._on_event, self._on_cycle,
                                    self._on_progress, room=self._room), health=self.health,
                              dead_after=settings.alarms.comm_loss_after,
-                             profiles=self._profile)
+                             profiles=self._profile, bus_health=self.bus_health)
         for s in settings.schedules:
             meters = select_meters(settings, s)
             self.schedule_tasks.append(asyncio.create_task(

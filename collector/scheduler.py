@@ -502,6 +502,11 @@ class Poller:
         """A down bus: try a few meters (last read first); the items left to read if one
         answers (``bus_up``), else none, every meter counted as not collected."""
         bus = self.buses[worker.name]
+        if worker.bus.reconnect_wait > 0:
+            # The link failed moments ago: a probe would first sleep out the bus's
+            # reconnect back-off (up to seconds) and overrun the cycle.  Next cycle.
+            self._not_queued(cycle, bus, [m for m, _ in items])
+            return []
 
         def last_ok(item: tuple[MeterSettings, int]) -> float:
             when = self.health[item[0].meter_id].last_ok
