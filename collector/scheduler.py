@@ -301,18 +301,43 @@ async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[
     return got.readings
 
 
-async def read_modbus_meter(worker: BusWorker, meter: MeterSettings, profile: Profile,
-                            quantities: tuple[str, ...], *, retries: int = 1,
-                            td: float | None = None) -> list[Reading]:
-    """The ``quantities`` of one Modbus meter, as stored readings."""
+async def read_modbus_meter_each(worker: BusWorker, meter: MeterSettings, profile: Profile,
+                                 quantities: tuple[str, ...], *, retries: int = 1,
+                                 td: float | None = None
+                                 ) -> tuple[list[Reading], dict[str, DriverError]]:
+    """The ``quantities`` of one Modbus meter as stored readings, keeping every value read,
+    and those that failed (asked once more, if the meter answered anything).  Raises
+    when nothing at all was read."""
     session = worker.modbus()
     session.retries = retries
     session.td = td
-    values = await session.read_profile(meter.unit, profile, quantities)
+    values: dict[str, Decimal] = {}
+    failed: dict[str, DriverError] = {}
+    wanted = list(quantities)
+    for _ in range(2):  # the first pass, then once more for what failed
+        got = await session.read_profile_each(meter.unit, profile, wanted)
+        values.update(got.values)
+        failed = got.failed
+        if not failed or not got.answered:
+            break
+        wanted = list(failed)
+    if not values and failed:
+        raise next(iter(failed.values()))
     ts = utcnow()
     units = {r.name: r.unit for r in profile.registers}
-    return [Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
-            for name, v in values.items()]
+    return ([Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
+             for name, v in values.items()], failed)
+
+
+async def read_modbus_meter(worker: BusWorker, meter: MeterSettings, profile: Profile,
+                            quantities: tuple[str, ...], *, retries: int = 1,
+                            td: float | None = None) -> list[Reading]:
+    """The ``quantities`` of one Modbus meter, as stored readings (the first failure raises)."""
+    records, failed = await read_modbus_meter_each(worker, meter, profile, quantities,
+                                                   retries=retries, td=td)
+    if failed:
+        raise next(iter(failed.values()))
+    return records
 
 
 # ---- polling ---------------------------------------------------------------------------
@@ -474,22 +499,23 @@ class Poller:
              ) -> Callable[[BusWorker], Awaitable[list[str]]]:
         """The read of one meter; its result: the quantities that failed (none: all read)."""
         async def run(worker: BusWorker) -> list[str]:
-            failed: list[str] = []
+            errors: dict[str, DriverError]
             if m.protocol == "modbus":
                 if self.profiles is None:
                     raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
-                records = await read_modbus_meter(worker, m, self.profiles(m.profile),
-                                                  schedule.quantities, retries=retries,
-                                                  td=schedule.td)
+                records, errors = await read_modbus_meter_each(
+                    worker, m, self.profiles(m.profile), schedule.quantities,
+                    retries=retries, td=schedule.td)
             else:
                 got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
                                             td=schedule.td)
                 records = to_records(m.meter_id, got.readings, utcnow())
-                failed = list(got.failed)
-                if failed:
-                    log.warning("meter %s on %s: %s not read (%s); the other values kept",
-                                m.meter_id, m.bus, ", ".join(failed),
-                                type(next(iter(got.failed.values()))).__name__)
+                errors = got.failed
+            failed = list(errors)
+            if failed:
+                log.warning("meter %s on %s: %s not read (%s); the other values kept",
+                            m.meter_id, m.bus, ", ".join(failed),
+                            type(next(iter(errors.values()))).__name__)
             # Handed over here, in the bus worker, so readings of a transaction that
             # completes after its cycle was cancelled are still stored.
             self.sinks.readings(records)

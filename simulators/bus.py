@@ -14,7 +14,9 @@ and link faults can be injected per meter:
 Faults are written ``kind:ADDRESS[:probability]`` separated by commas, ``*`` for every
 meter, e.g. ``dead:000000000003,slow:000000000005,garble:*:0.05``.  ``ADDRESS@DI`` limits a
 fault to the requests of one data identifier (hex, as in the catalogue), e.g.
-``garble:000000000001@02010100`` garbles that meter's replies to voltage A only.
+``garble:000000000001@02010100`` garbles that meter's replies to voltage A only.  A
+Modbus RTU meter on the line is addressed by its unit id (``dead:7``), ``@`` then names
+the first register of a request, in hex; ``dead`` and ``garble`` apply to it.
 """
 
 from __future__ import annotations
@@ -168,8 +170,16 @@ class _Line:
         if server.modbus and len(data) == rtu_request(data, server.modbus) > 0:
             # A Modbus RTU request on a mixed line (masters write one frame at a time).
             server.stats.requests += 1
+            unit, first = f"{data[0]:012d}", int.from_bytes(data[2:4], "big")
+            if server._hit(unit, FaultKind.DEAD, first):
+                server.stats.unanswered += 1
+                return
+            reply = bytearray(rtu_reply(server.modbus[data[0]], bytes(data)))
+            if server._hit(unit, FaultKind.GARBLE, first):
+                # A bit of the function code or the data: the CRC fails.
+                reply[server._rng.randrange(1, len(reply) - 2)] ^= 1 << server._rng.randrange(8)
             server.stats.replies += 1
-            self.send(rtu_reply(server.modbus[data[0]], bytes(data)), heard_at + server.td)
+            self.send(bytes(reply), heard_at + server.td)
             return
         self.extractor.feed(data)
         for frame in self.extractor:
@@ -389,8 +399,9 @@ class BusServer:
         meter = self._index.get(address)
         return [meter] if meter is not None else []
 
-    def _hit(self, address: str, kind: FaultKind, request: Frame | None = None) -> bool:
-        """Does fault ``kind`` strike the meter at ``address`` (answering ``request``)?"""
+    def _hit(self, address: str, kind: FaultKind, request: Frame | int | None = None) -> bool:
+        """Does fault ``kind`` strike the meter at ``address`` (answering ``request``: a
+        DL/T645 frame, or the first register a Modbus request reads)?"""
         for fault in self.faults:
             if fault.kind is kind and fault.address in ("*", address) \
                     and (fault.di is None or _asks(request, fault.di)) \
@@ -458,10 +469,10 @@ class BusServer:
         return bytes(raw), start
 
 
-def _asks(request: Frame | None, di: int) -> bool:
+def _asks(request: Frame | int | None, di: int) -> bool:
     """Does ``request`` (a read, follow-up or write) name data identifier ``di``?"""
-    if request is None:
-        return False
+    if request is None or isinstance(request, int):
+        return request == di  # Modbus: the request's first register
     data = request.data
     # 2007 DIs are 4 bytes, 1997 DIs 2, low byte first, at the start of the data field.
     return (len(data) >= 4 and int.from_bytes(data[:4], "little") == di) \

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from collector.profiles import load_profile
 from collector.records import CycleRecord, Event, Reading
 from collector.scheduler import BusWorker, Lane, Poller, Sinks, read_meter
 from collector.settings import MeterSettings, ScheduleSettings
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer, parse_faults
 from simulators.dlt645 import make_meters
+from simulators.modbus import make_modbus_meters
 
 N = 8
 ADDRESSES = [f"{i:012d}" for i in range(1, N + 1)]
@@ -307,3 +309,30 @@ async def test_a_few_silent_meters_are_not_a_dead_bus(
     c = await poller.run_cycle(schedule(interval=0.2), METERS)
     assert (c.succeeded, c.failed) == (N - 4, 4)
     assert out.events == []
+
+
+async def test_modbus_meter_garbling_one_block_keeps_the_others() -> None:
+    ddsy = load_profile("acrel-ddsy1352")
+    # Unit 1's replies to the block starting at register 0x0B (voltage, current) garbled.
+    server = BusServer([], baud=19200, td=0.005, faults="garble:1@B",
+                       modbus=make_modbus_meters(ddsy, [1], seed=2))
+    async with server:
+        worker = BusWorker("b1", TcpBus("127.0.0.1", server.port, td=0.15, tb=0.05,
+                                        guard=0.02))
+        await worker.start()
+        try:
+            out = Collect()
+            poller = Poller({"b1": worker}, out.sinks(), profiles=lambda name: ddsy)
+            meter = MeterSettings(meter_id="D1", address="1", bus="b1", protocol="modbus",
+                                  profile="acrel-ddsy1352")
+            wanted = ("energy_active_combined_total", "voltage_a", "current_a",
+                      "power_factor_total")
+            c = await poller.run_cycle(schedule(wanted, retries=1), [meter])
+        finally:
+            await worker.stop()
+    assert sorted(r.quantity for r in out.readings) == ["energy_active_combined_total",
+                                                        "power_factor_total"]
+    # Three blocks; only the garbled one asked again (2 attempts in each of 2 passes).
+    assert server.stats.requests == 2 + 4
+    assert (c.succeeded, c.failed) == (0, 1) and poller.values_failed == 2
+    assert not poller.health["D1"].dead
