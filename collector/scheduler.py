@@ -367,11 +367,15 @@ class BusHealth:
     # before that failure: restored if it turns out the bus, not they, went away.
     silent: list[tuple[str, MeterHealth]] = field(default_factory=list)
     not_queued: int = 0  # meter reads not queued because the bus was down
+    suspect: bool = False  # enough meters silent in a row: is the line itself down?
+    probe_from: int = 0  # where the next probe starts among meters never read
 
 
 # When does a bus count as down?  A link that cannot be (re)opened at once; otherwise
-# this many meters in a row that stay silent (or all of a smaller bus's, from two up).
+# this many meters in a row that stay silent (or all of a smaller bus's, from two up),
+# and then a meter of the bus that answered before does not answer either.
 BUS_DOWN_AFTER = 5
+PING_QUANTITY = "energy_active_forward_total"  # every DL/T645 edition has it
 PROBE_METERS = 3  # meters tried (no retries) once per cycle while a bus is down
 
 
@@ -401,7 +405,7 @@ class Poller:
         self.dead_after = dead_after
         self.health: dict[str, MeterHealth] = health if health is not None else {}
         self.buses: dict[str, BusHealth] = bus_health if bus_health is not None else {}
-        self.bus_size: dict[str, int] = {}  # meters per bus in the cycle being fed
+        self.bus_meters: dict[str, dict[str, MeterSettings]] = {}  # every meter seen, by bus
         self.values_failed = 0  # quantities not obtained from meters that answered
         self.last_cycle: dict[str, CycleRecord] = {}
         self.current: dict[str, CycleRecord] = {}
@@ -428,9 +432,7 @@ class Poller:
             # A dead meter gets one probe, not the schedule's retries.
             due.setdefault(m.bus, []).append((m, 0 if h.dead else schedule.retries))
         for m in meters:
-            self.bus_size[m.bus] = 0
-        for m in meters:
-            self.bus_size[m.bus] += 1
+            self.bus_meters.setdefault(m.bus, {})[m.meter_id] = m
         cycle.planned = len(meters)
         for m in skipped:
             self._count(cycle, m, ok=False)
@@ -472,6 +474,8 @@ class Poller:
                             continue
                     if not await settle(*queued.popleft()):
                         return
+                    if bus.suspect and not bus.down:
+                        await self._check_line(schedule, worker, bus)
                 if bus.down:
                     # The job in flight ends on its own; the rest is not queued at all.
                     in_flight = worker.current.future if worker.current is not None else None
@@ -538,7 +542,17 @@ class Poller:
             when = self.health[item[0].meter_id].last_ok
             return when.timestamp() if when is not None else 0.0
 
-        for m, _ in sorted(items, key=last_ok, reverse=True)[:PROBE_METERS]:
+        # Meters read before first (the latest first), then, in turn from one down cycle
+        # to the next, those never read: a few dead meters at the head of the line must
+        # not keep a working line "down".
+        known = sorted((i for i in items if last_ok(i)), key=last_ok, reverse=True)
+        never = [i for i in items if not last_ok(i)]
+        if never:
+            start = bus.probe_from % len(never)
+            never = never[start:] + never[:start]
+        candidates = (known + never)[:PROBE_METERS]
+        bus.probe_from += sum(1 for i in candidates if not last_ok(i))
+        for m, _ in candidates:
             fut = worker.submit(Lane.SCHEDULED, self._job(schedule, m, 0))
             try:
                 failed = await fut
@@ -584,7 +598,8 @@ class Poller:
         bus.not_queued = 0
 
     def _bus_failure(self, m: MeterSettings, error: Exception, before: MeterHealth) -> None:
-        """After a meter failed: is its bus down?  Raises ``bus_down`` once if so."""
+        """After a meter failed: is its bus down?  A link down is; a run of silent meters
+        makes the bus suspect (checked by :meth:`_check_line`)."""
         bus = self.buses.setdefault(m.bus, BusHealth())
         if bus.down:
             return
@@ -593,26 +608,73 @@ class Poller:
             return
         if not before.dead:  # a meter known dead being silent is no news about the bus
             bus.silent.append((m.meter_id, before))
-        size = self.bus_size.get(m.bus, 0)
+        size = len(self.bus_meters.get(m.bus, ()))
         if isinstance(error, LinkDown):
-            reason = f"link down: {error}"
+            self._bus_down(m.bus, bus, f"link down: {error}")
         elif size >= 2 and len(bus.silent) >= min(BUS_DOWN_AFTER, size):
-            reason = f"{len(bus.silent)} meters in a row did not answer"
-        else:
-            return
+            bus.suspect = True
+
+    async def _check_line(self, schedule: ScheduleSettings, worker: BusWorker,
+                          bus: BusHealth) -> None:
+        """Meters silent in a row: ask one that answered before (not one of them).  If it
+        answers too, those meters are just silent; if not, or none ever answered, the
+        bus is down."""
+        bus.suspect = False
+        silent = {meter_id for meter_id, _ in bus.silent}
+        reason = f"{len(silent)} meters in a row did not answer"
+        known = [m for m in self.bus_meters.get(worker.name, {}).values()
+                 if m.meter_id not in silent and (h := self.health.get(m.meter_id))
+                 and h.last_ok is not None and not h.dead]
+        if known:
+            witness = max(known, key=lambda m: self.health[m.meter_id].last_ok
+                          or dt.datetime.min.replace(tzinfo=dt.UTC))
+            try:
+                await worker.submit(Lane.SCHEDULED, self._ping(schedule, witness))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return
+            except Exception as e:
+                if not _silent(e):
+                    bus.silent.clear()  # it answered: the line works
+                    return
+                reason += f", nor did {witness.meter_id}, which answered before"
+            else:
+                bus.silent.clear()
+                return
+        self._bus_down(worker.name, bus, reason)
+
+    def _ping(self, schedule: ScheduleSettings, m: MeterSettings
+              ) -> Callable[[BusWorker], Awaitable[object]]:
+        """One request to ``m``, no retries, nothing stored: does it answer at all?"""
+        async def run(worker: BusWorker) -> object:
+            if m.protocol == "modbus":
+                if self.profiles is None:
+                    raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
+                profile = self.profiles(m.profile)
+                modbus = worker.modbus()
+                modbus.retries, modbus.td = 0, schedule.td
+                return await modbus.read_profile(m.unit, profile, (profile.registers[0].name,))
+            session = worker.session(VERSIONS[m.protocol])
+            session.retries, session.td = 0, schedule.td
+            return await session.read(m.address, PING_QUANTITY)
+        return run
+
+    def _bus_down(self, name: str, bus: BusHealth, reason: str) -> None:
         bus.down = True
+        bus.suspect = False
         bus.since = time.monotonic()
         bus.reason = reason
         # The bus, not these meters, failed: their count of failures is undone.
         for meter_id, health in bus.silent:
             self.health[meter_id] = health
-        self.health[m.meter_id] = before
         bus.silent.clear()
+        size = len(self.bus_meters.get(name, ()))
         log.error("bus %s is down (%s): its meters are not queued until it answers again",
-                  m.bus, reason)
-        self.sinks.event(Event("bus_down", utcnow(), bus=m.bus,
-                               severity=SEVERITY["bus_down"], value=float(size),
-                               detail=reason))
+                  name, reason)
+        self.sinks.event(Event("bus_down", utcnow(), bus=name, severity=SEVERITY["bus_down"],
+                               value=float(size), detail=reason))
 
     def _count(self, cycle: CycleRecord, m: MeterSettings, *, ok: bool) -> None:
         if ok:

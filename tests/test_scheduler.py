@@ -302,13 +302,38 @@ async def test_unreachable_concentrator_is_one_alarm_until_it_is_back() -> None:
 async def test_a_few_silent_meters_are_not_a_dead_bus(
         line: tuple[BusServer, BusWorker]) -> None:
     server, worker = line
-    # Four meters in a row without power, the others fine.
-    server.faults = parse_faults(",".join(f"dead:{a}" for a in ADDRESSES[:4]))
     out = Collect()
     poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
-    c = await poller.run_cycle(schedule(interval=0.2), METERS)
-    assert (c.succeeded, c.failed) == (N - 4, 4)
+    sched = schedule(interval=0.2)
+    await poller.run_cycle(sched, METERS)  # every meter answers once
+    # Then six meters in a row lose power (a meter box): more than BUS_DOWN_AFTER, but
+    # a meter that answered before still answers, so the line is fine.
+    server.faults = parse_faults(",".join(f"dead:{a}" for a in ADDRESSES[:6]))
+    c = await poller.run_cycle(sched, METERS)
+    assert (c.succeeded, c.failed) == (N - 6, 6)
     assert out.events == []
+
+
+async def test_dead_meters_at_the_head_of_a_new_line_do_not_keep_it_down(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    # At start-up nothing has answered yet: six silent meters first look like a dead line.
+    server.faults = parse_faults(",".join(f"dead:{a}" for a in ADDRESSES[:6]))
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
+    sched = schedule(interval=0.2)
+    for _ in range(4):  # each down cycle probes other meters, and m7, m8 answer
+        c = await poller.run_cycle(sched, METERS)
+        if c.succeeded:
+            break
+    assert [e.kind for e in out.events] == ["bus_down", "bus_up"]
+    c = await poller.run_cycle(sched, METERS)
+    assert c.succeeded == 2
+    # The line stays up; the six meters fail on their own (meter_dead, not bus_down).
+    kinds = [e.kind for e in out.events]
+    assert kinds.count("bus_down") == 1 and kinds[-1] != "bus_down"
+    assert sorted(e.meter or "" for e in out.events if e.kind == "meter_dead") == \
+        [m.meter_id for m in METERS[:6]]
 
 
 async def test_modbus_meter_garbling_one_block_keeps_the_others() -> None:
