@@ -13,7 +13,10 @@ Every reply is checked by :class:`protocols.dlt645.Master` against its request
 are fetched and joined transparently.  Reads are retried ``retries`` times after
 :class:`~drivers.errors.NoReply`, :class:`~drivers.errors.BadReply`,
 :class:`~drivers.errors.WrongReply` and :class:`~drivers.errors.LinkDown` (the retry
-reconnects, after the bus's back-off); writes and relay commands are never retried.
+reconnects, after the bus's back-off); writes and relay commands are never retried.  A
+whole reply frame with a wrong checksum (a garbled reply) fails at once as
+:class:`~drivers.errors.BadReply`, without waiting out Tb for another.
+:meth:`Dlt645Session.read_each` keeps every value of a multi-quantity read that succeeded.
 """
 
 from __future__ import annotations
