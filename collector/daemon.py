@@ -39,7 +39,7 @@ from .notify import Notifier, watchdog_loop
 from .profiles import load_profile
 from .records import CycleRecord, Event, Reading, utcnow
 from .rules import AlarmEngine, AlarmSettings
-from .scheduler import BusWorker, Lane, MeterHealth, Poller, Sinks
+from .scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
 from .secrets import load_secrets
 from .settings import BusSettings, MeterSettings, ScheduleSettings, Settings
 from .store import Store, StoreWriter
@@ -118,6 +118,7 @@ class Daemon:
         self.align = align
         self.buses: dict[str, _BusEntry] = {}
         self.health: dict[str, MeterHealth] = {}
+        self.bus_health: dict[str, BusHealth] = {}  # kept across reloads, like health
         self.poller: Poller | None = None
         self.runs: list[_ScheduleRun] = []
         self.store: Store | None = None
@@ -311,7 +312,8 @@ class Daemon:
         if self.poller is None:
             self.poller = Poller({}, Sinks(self._on_readings, self._on_event, self._on_cycle,
                                            self._on_progress, room=self._room),
-                                 health=self.health, profiles=self._profile)
+                                 health=self.health, profiles=self._profile,
+                                 bus_health=self.bus_health)
         poller = self.poller
         # No new cycle reaches a bus that is being replaced (running ones keep theirs).
         poller.workers = {n: e.worker for n, e in keep.items()}

@@ -50,12 +50,14 @@ from collector.records import Event, Quality, Reading, from_ms, to_ms
 
 __all__ = [
     "RULES",
+    "SEVERITY",
     "AlarmEngine",
     "AlarmSettings",
     "CommLossTracker",
     "ScheduleWatch",
     "relay_bits",
     "schedule_overdue",
+    "severity",
 ]
 
 ENERGY = "energy_active_forward_total"
@@ -84,7 +86,12 @@ RULES: tuple[str, ...] = (
     "relay_unexpected",
 )
 
+# The one table of event kinds and their severity (0 info, 1 warning, 2 alarm: what
+# ``amic events --alarms`` shows), for every event the collector raises; docs/schema.md
+# lists the same (tests/test_event_severity.py checks both, and every Event(...) in
+# collector/).  The ``<rule>_cleared`` events of the alarm rules are all 0.
 SEVERITY: dict[str, int] = {
+    # alarm rules (this module)
     "energy_backwards": 2,
     "energy_jump": 1,
     "zero_use": 1,
@@ -98,7 +105,50 @@ SEVERITY: dict[str, int] = {
     "comm_loss": 1,
     "comm_restored": 0,
     "schedule_overdue": 1,
+    # polling (scheduler.py)
+    "meter_dead": 1,
+    "meter_recovered": 0,
+    "bus_down": 2,
+    "bus_up": 0,
+    # clocks (timesync.py)
+    "clock_drift_large": 2,
+    "clock_sync_failed": 1,
+    "clock_synced": 0,
+    # prepaid (prepaid.py)
+    "balance_warning_1": 1,
+    "balance_warning_2": 1,
+    "balance_exhausted": 2,
+    "balance_register_backwards": 2,
+    "trip_deferred": 1,
+    "trip_skipped_protected": 1,
+    "restore_requested": 0,
+    "topup": 0,
+    "topup_duplicate": 1,
+    # read audits (audit_reads.py)
+    "audit_failed": 1,
+    "audit_mismatch": 2,
+    # store, forwarder, daily figures, MQTT reports, the daemon
+    "store_full": 2,
+    "store_recovered": 0,
+    "disk_low": 1,
+    "disk_low_cleared": 0,
+    "forward_rejected": 2,
+    "lineloss_incomplete": 1,
+    "report_rejected": 1,
+    "collector_started": 0,
+    "collector_stopped": 0,
+    # the command channel and the broker (control.py, mqttlink.py)
+    "command_refused": 2,
+    "broker_session_lost": 2,
 }
+
+
+def severity(kind: str) -> int:
+    """The severity of an event kind (KeyError for a kind not in :data:`SEVERITY`)."""
+    if kind not in SEVERITY and kind.removesuffix("_cleared") in SEVERITY:
+        return 0
+    return SEVERITY[kind]
+
 
 _EPS = 1e-6  # energy "moved" when it grew by more than this (kWh)
 _SKIP = Quality.ESTIMATED | Quality.BACKFILLED

@@ -19,20 +19,28 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any, TypeVar
 
 from drivers.bus import Bus
-from drivers.dlt645 import Dlt645Session
+from drivers.dlt645 import Dlt645Session, resolve_quantity
 from drivers.dlt645 import Reading as WireReading
-from drivers.errors import DriverError, MeterError, UnknownQuantity
+from drivers.errors import (
+    DriverError,
+    IncompleteReply,
+    LinkDown,
+    MeterError,
+    NoReply,
+    UnknownQuantity,
+)
 from drivers.modbus import ModbusSession
 from protocols.dlt645 import StatusWord, Version
 from protocols.modbus import Profile
 
 from .records import CycleRecord, Event, Quality, Reading, utcnow
+from .rules import SEVERITY
 from .settings import MeterSettings, ModbusFraming, ScheduleSettings
 
 log = logging.getLogger("amic.scheduler")
@@ -220,56 +228,125 @@ def to_records(meter_id: str, readings: Iterable[WireReading], ts: dt.datetime) 
     return out
 
 
+@dataclass(slots=True)
+class MeterRead:
+    """One meter's read: what it gave, what failed after every retry, what it refuses."""
+
+    readings: list[WireReading] = field(default_factory=list)
+    failed: dict[str, DriverError] = field(default_factory=dict)  # quantity -> last error
+    refused: list[str] = field(default_factory=list)  # newly refused this time
+
+
+async def read_meter_each(worker: BusWorker, meter: MeterSettings,
+                          quantities: tuple[str, ...], *, retries: int = 1,
+                          td: float | None = None) -> MeterRead:
+    """The ``quantities`` of one meter, keeping every value read.
+
+    A quantity that fails (no reply, garbled, wrong reply) does not lose the others, and
+    only what failed is asked again, once more after the first pass (each with
+    ``retries``), if the meter answered anything.  A quantity the meter refuses is left
+    out and not asked again.  Raises when nothing at all was read: the meter failed.
+    """
+    version = VERSIONS[meter.protocol]
+    session = worker.session(version)
+    session.retries = retries
+    session.td = td
+    got = MeterRead()
+    wanted: list[str] = []
+    for q in quantities:
+        if (meter.address, q) in worker.refused:
+            continue  # what this meter refused before is not asked again every cycle
+        try:
+            resolve_quantity(q, version)
+        except UnknownQuantity:
+            got.refused.append(q)
+            continue
+        wanted.append(q)
+    for _ in range(2):  # the first pass, then once more for what failed
+        if not wanted:
+            break
+        result = await session.read_each(meter.address, wanted)
+        got.readings.extend(result.readings)
+        got.failed = {}
+        for asked, e in result.failed:
+            if isinstance(e, MeterError):
+                got.refused.append(str(asked))
+            else:
+                got.failed[str(asked)] = e
+        if not result.answered:
+            break  # silent or link down: asking again would only wait out more timeouts
+        wanted = list(got.failed)
+    for q in got.refused:
+        worker.refused.add((meter.address, q))
+    if got.refused:
+        log.info("meter %s refuses %s; not asked again", meter.meter_id,
+                 ", ".join(got.refused))
+    if not got.readings:
+        if got.failed:
+            raise next(iter(got.failed.values()))
+        raise MeterError(f"meter {meter.meter_id}: refuses every scheduled quantity",
+                         address=meter.address, function=0x11, code=0, errors=())
+    return got
+
+
 async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[str, ...],
                      *, retries: int = 1, td: float | None = None) -> list[WireReading]:
     """All ``quantities`` of one meter; a quantity the meter refuses is left out.
 
     A communication failure (no reply, wrong reply, link down) raises: the meter failed.
     """
-    session = worker.session(VERSIONS[meter.protocol])
+    got = await read_meter_each(worker, meter, quantities, retries=retries, td=td)
+    if got.failed:
+        raise next(iter(got.failed.values()))
+    return got.readings
+
+
+async def read_modbus_meter_each(worker: BusWorker, meter: MeterSettings, profile: Profile,
+                                 quantities: tuple[str, ...], *, retries: int = 1,
+                                 td: float | None = None
+                                 ) -> tuple[list[Reading], dict[str, DriverError]]:
+    """The ``quantities`` of one Modbus meter as stored readings, keeping every value read,
+    and those that failed (asked once more, if the meter answered anything).  Raises
+    when nothing at all was read."""
+    session = worker.modbus()
     session.retries = retries
     session.td = td
-    # What this meter refused before is not asked again every cycle.
-    wanted = tuple(q for q in quantities if (meter.address, q) not in worker.refused)
-    if not wanted:
-        raise MeterError(f"meter {meter.meter_id}: refuses every scheduled quantity",
-                         address=meter.address, function=0x11, code=0, errors=())
-    try:
-        return await session.read_many(meter.address, wanted)
-    except (MeterError, UnknownQuantity):
-        if len(wanted) == 1:
-            raise
-    # The meter refused something: keep what it does answer.
-    out: list[WireReading] = []
-    refused: list[str] = []
-    for q in wanted:
-        try:
-            out.extend(await session.read_many(meter.address, (q,)))
-        except (MeterError, UnknownQuantity):
-            refused.append(q)
-            worker.refused.add((meter.address, q))
-    if not out:
-        raise MeterError(f"meter {meter.meter_id}: refused every quantity",
-                         address=meter.address, function=0x11, code=0, errors=())
-    log.info("meter %s refuses %s; not asked again", meter.meter_id, ", ".join(refused))
-    return out
+    values: dict[str, Decimal] = {}
+    failed: dict[str, DriverError] = {}
+    wanted = list(quantities)
+    for _ in range(2):  # the first pass, then once more for what failed
+        got = await session.read_profile_each(meter.unit, profile, wanted)
+        values.update(got.values)
+        failed = got.failed
+        if not failed or not got.answered:
+            break
+        wanted = list(failed)
+    if not values and failed:
+        raise next(iter(failed.values()))
+    ts = utcnow()
+    units = {r.name: r.unit for r in profile.registers}
+    return ([Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
+             for name, v in values.items()], failed)
 
 
 async def read_modbus_meter(worker: BusWorker, meter: MeterSettings, profile: Profile,
                             quantities: tuple[str, ...], *, retries: int = 1,
                             td: float | None = None) -> list[Reading]:
-    """The ``quantities`` of one Modbus meter, as stored readings."""
-    session = worker.modbus()
-    session.retries = retries
-    session.td = td
-    values = await session.read_profile(meter.unit, profile, quantities)
-    ts = utcnow()
-    units = {r.name: r.unit for r in profile.registers}
-    return [Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
-            for name, v in values.items()]
+    """The ``quantities`` of one Modbus meter, as stored readings (the first failure raises)."""
+    records, failed = await read_modbus_meter_each(worker, meter, profile, quantities,
+                                                   retries=retries, td=td)
+    if failed:
+        raise next(iter(failed.values()))
+    return records
 
 
 # ---- polling ---------------------------------------------------------------------------
+
+def _silent(error: Exception) -> bool:
+    """Nothing came back at all: no reply byte within Td, or the link is down."""
+    return isinstance(error, LinkDown) or (isinstance(error, NoReply)
+                                           and not isinstance(error, IncompleteReply))
+
 
 @dataclass(slots=True)
 class MeterHealth:
@@ -277,6 +354,29 @@ class MeterHealth:
     next_try: float = 0.0  # monotonic time before which the meter is skipped
     dead: bool = False
     last_ok: dt.datetime | None = None
+
+
+@dataclass(slots=True)
+class BusHealth:
+    """A bus (its link, or the whole line behind it) as the poller sees it."""
+
+    down: bool = False
+    since: float = 0.0  # monotonic time it went down
+    reason: str = ""
+    # Meters silent one after another (none answering in between), with their health
+    # before that failure: restored if it turns out the bus, not they, went away.
+    silent: list[tuple[str, MeterHealth]] = field(default_factory=list)
+    not_queued: int = 0  # meter reads not queued because the bus was down
+    suspect: bool = False  # enough meters silent in a row: is the line itself down?
+    probe_from: int = 0  # where the next probe starts among meters never read
+
+
+# When does a bus count as down?  A link that cannot be (re)opened at once; otherwise
+# this many meters in a row that stay silent (or all of a smaller bus's, from two up),
+# and then a meter of the bus that answered before does not answer either.
+BUS_DOWN_AFTER = 5
+PING_QUANTITY = "energy_active_forward_total"  # every DL/T645 edition has it
+PROBE_METERS = 3  # meters tried (no retries) once per cycle while a bus is down
 
 
 @dataclass(slots=True)
@@ -297,12 +397,16 @@ class Poller:
 
     def __init__(self, workers: dict[str, BusWorker], sinks: Sinks, *,
                  dead_after: int = 2, health: dict[str, MeterHealth] | None = None,
-                 profiles: Callable[[str], Profile] | None = None) -> None:
+                 profiles: Callable[[str], Profile] | None = None,
+                 bus_health: dict[str, BusHealth] | None = None) -> None:
         self.workers = workers
         self.profiles = profiles  # Modbus profile by name (from the configuration)
         self.sinks = sinks
         self.dead_after = dead_after
         self.health: dict[str, MeterHealth] = health if health is not None else {}
+        self.buses: dict[str, BusHealth] = bus_health if bus_health is not None else {}
+        self.bus_meters: dict[str, dict[str, MeterSettings]] = {}  # every meter seen, by bus
+        self.values_failed = 0  # quantities not obtained from meters that answered
         self.last_cycle: dict[str, CycleRecord] = {}
         self.current: dict[str, CycleRecord] = {}
 
@@ -327,14 +431,16 @@ class Poller:
                 continue
             # A dead meter gets one probe, not the schedule's retries.
             due.setdefault(m.bus, []).append((m, 0 if h.dead else schedule.retries))
+        for m in meters:
+            self.bus_meters.setdefault(m.bus, {})[m.meter_id] = m
         cycle.planned = len(meters)
         for m in skipped:
             self._count(cycle, m, ok=False)
         self.sinks.progress(cycle)
 
-        async def settle(m: MeterSettings, fut: asyncio.Future[int]) -> bool:
+        async def settle(m: MeterSettings, fut: asyncio.Future[list[str]]) -> bool:
             try:
-                await fut
+                failed = await fut
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -345,7 +451,7 @@ class Poller:
             except Exception as e:
                 self._failed(cycle, schedule, m, e)
             else:
-                self._succeeded(cycle, m)
+                self._succeeded(cycle, m, failed)
             self.sinks.progress(cycle)
             return True
 
@@ -353,18 +459,33 @@ class Poller:
             # Two jobs queued per bus at most: memory stays flat however many meters a
             # cycle has, the bus never idles between jobs, and commands still overtake
             # every poll not yet started.
-            queued: deque[tuple[MeterSettings, asyncio.Future[int]]] = deque()
+            bus = self.buses.setdefault(worker.name, BusHealth())
+            if bus.down:
+                items = await self._probe(cycle, schedule, worker, items)
+            pending = deque(items)
+            queued: deque[tuple[MeterSettings, asyncio.Future[list[str]]]] = deque()
             try:
-                for m, retries in items:
-                    if self.sinks.room is not None:
-                        await self.sinks.room()
-                    queued.append((m, worker.submit(Lane.SCHEDULED,
-                                                    self._job(schedule, m, retries))))
-                    if len(queued) >= 2 and not await settle(*queued.popleft()):
-                        return
-                while queued:
+                while (pending or queued) and not bus.down:
+                    if pending and len(queued) < 2:
+                        m, retries = pending.popleft()
+                        if self.sinks.room is not None:
+                            await self.sinks.room()
+                        queued.append((m, worker.submit(Lane.SCHEDULED,
+                                                        self._job(schedule, m, retries))))
+                        if len(queued) < 2 and pending:
+                            continue
                     if not await settle(*queued.popleft()):
                         return
+                    if bus.suspect and not bus.down:
+                        await self._check_line(schedule, worker, bus)
+                if bus.down:
+                    # The job in flight ends on its own; the rest is not queued at all.
+                    in_flight = worker.current.future if worker.current is not None else None
+                    if queued and queued[0][1] is in_flight \
+                            and not await settle(*queued.popleft()):
+                        return
+                    self._not_queued(cycle, bus, [m for m, _ in queued]
+                                     + [m for m, _ in pending])
             finally:
                 for _, fut in queued:
                     fut.cancel()
@@ -383,23 +504,181 @@ class Poller:
         return cycle
 
     def _job(self, schedule: ScheduleSettings, m: MeterSettings, retries: int
-             ) -> Callable[[BusWorker], Awaitable[int]]:
-        async def run(worker: BusWorker) -> int:
+             ) -> Callable[[BusWorker], Awaitable[list[str]]]:
+        """The read of one meter; its result: the quantities that failed (none: all read)."""
+        async def run(worker: BusWorker) -> list[str]:
+            errors: dict[str, DriverError]
             if m.protocol == "modbus":
                 if self.profiles is None:
                     raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
-                records = await read_modbus_meter(worker, m, self.profiles(m.profile),
-                                                  schedule.quantities, retries=retries,
-                                                  td=schedule.td)
+                records, errors = await read_modbus_meter_each(
+                    worker, m, self.profiles(m.profile), schedule.quantities,
+                    retries=retries, td=schedule.td)
             else:
-                wire = await read_meter(worker, m, schedule.quantities, retries=retries,
-                                        td=schedule.td)
-                records = to_records(m.meter_id, wire, utcnow())
+                got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
+                                            td=schedule.td)
+                records = to_records(m.meter_id, got.readings, utcnow())
+                errors = got.failed
+            failed = list(errors)
+            if failed:
+                log.warning("meter %s on %s: %s not read (%s); the other values kept",
+                            m.meter_id, m.bus, ", ".join(failed),
+                            type(next(iter(errors.values()))).__name__)
             # Handed over here, in the bus worker, so readings of a transaction that
             # completes after its cycle was cancelled are still stored.
             self.sinks.readings(records)
-            return len(records)
+            return failed
         return run
+
+    async def _probe(self, cycle: CycleRecord, schedule: ScheduleSettings, worker: BusWorker,
+                     items: list[tuple[MeterSettings, int]]
+                     ) -> list[tuple[MeterSettings, int]]:
+        """A down bus: try a few meters (last read first); the items left to read if one
+        answers (``bus_up``), else none, every meter counted as not collected."""
+        bus = self.buses[worker.name]
+        if worker.bus.reconnect_wait > 0:
+            # The link failed moments ago: a probe would first sleep out the bus's
+            # reconnect back-off (up to seconds) and overrun the cycle.  Next cycle.
+            self._not_queued(cycle, bus, [m for m, _ in items])
+            return []
+
+        def last_ok(item: tuple[MeterSettings, int]) -> float:
+            when = self.health[item[0].meter_id].last_ok
+            return when.timestamp() if when is not None else 0.0
+
+        # Meters read before first (the latest first), then, in turn from one down cycle
+        # to the next, those never read: a few dead meters at the head of the line must
+        # not keep a working line "down".
+        known = sorted((i for i in items if last_ok(i)), key=last_ok, reverse=True)
+        never = [i for i in items if not last_ok(i)]
+        if never:
+            start = bus.probe_from % len(never)
+            never = never[start:] + never[:start]
+        candidates = (known + never)[:PROBE_METERS]
+        bus.probe_from += sum(1 for i in candidates if not last_ok(i))
+        for m, _ in candidates:
+            fut = worker.submit(Lane.SCHEDULED, self._job(schedule, m, 0))
+            try:
+                failed = await fut
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return []  # dropped by a reload
+            except Exception as e:
+                if _silent(e):
+                    if isinstance(e, LinkDown):
+                        break  # the link itself: other meters cannot do better
+                    continue
+                self._bus_up(worker.name, bus, m)
+                self._failed(cycle, schedule, m, e)
+            else:
+                self._bus_up(worker.name, bus, m)
+                self._succeeded(cycle, m, failed)
+            self.sinks.progress(cycle)
+            return [item for item in items if item[0] is not m]
+        self._not_queued(cycle, bus, [m for m, _ in items])
+        return []
+
+    def _not_queued(self, cycle: CycleRecord, bus: BusHealth, meters: list[MeterSettings]
+                    ) -> None:
+        # Not the meters' fault: their own health (and back-off) is left as it was.
+        for m in meters:
+            self._count(cycle, m, ok=False)
+        bus.not_queued += len(meters)
+        if meters:
+            self.sinks.progress(cycle)
+
+    def _bus_up(self, name: str, bus: BusHealth, m: MeterSettings) -> None:
+        down_for = time.monotonic() - bus.since
+        bus.down = False
+        bus.silent.clear()
+        log.warning("bus %s is back (meter %s answers) after %.0f s down", name, m.meter_id,
+                    down_for)
+        self.sinks.event(Event("bus_up", utcnow(), bus=name, severity=SEVERITY["bus_up"],
+                               value=round(down_for, 1),
+                               detail=f"meter {m.meter_id} answers again; "
+                                      f"{bus.not_queued} meter reads were not queued"))
+        bus.not_queued = 0
+
+    def _bus_failure(self, m: MeterSettings, error: Exception, before: MeterHealth) -> None:
+        """After a meter failed: is its bus down?  A link down is; a run of silent meters
+        makes the bus suspect (checked by :meth:`_check_line`)."""
+        bus = self.buses.setdefault(m.bus, BusHealth())
+        if bus.down:
+            return
+        if not _silent(error):
+            bus.silent.clear()
+            return
+        if not before.dead:  # a meter known dead being silent is no news about the bus
+            bus.silent.append((m.meter_id, before))
+        size = len(self.bus_meters.get(m.bus, ()))
+        if isinstance(error, LinkDown):
+            self._bus_down(m.bus, bus, f"link down: {error}")
+        elif size >= 2 and len(bus.silent) >= min(BUS_DOWN_AFTER, size):
+            bus.suspect = True
+
+    async def _check_line(self, schedule: ScheduleSettings, worker: BusWorker,
+                          bus: BusHealth) -> None:
+        """Meters silent in a row: ask one that answered before (not one of them).  If it
+        answers too, those meters are just silent; if not, or none ever answered, the
+        bus is down."""
+        bus.suspect = False
+        silent = {meter_id for meter_id, _ in bus.silent}
+        reason = f"{len(silent)} meters in a row did not answer"
+        known = [m for m in self.bus_meters.get(worker.name, {}).values()
+                 if m.meter_id not in silent and (h := self.health.get(m.meter_id))
+                 and h.last_ok is not None and not h.dead]
+        if known:
+            witness = max(known, key=lambda m: self.health[m.meter_id].last_ok
+                          or dt.datetime.min.replace(tzinfo=dt.UTC))
+            try:
+                await worker.submit(Lane.SCHEDULED, self._ping(schedule, witness))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return
+            except Exception as e:
+                if not _silent(e):
+                    bus.silent.clear()  # it answered: the line works
+                    return
+                reason += f", nor did {witness.meter_id}, which answered before"
+            else:
+                bus.silent.clear()
+                return
+        self._bus_down(worker.name, bus, reason)
+
+    def _ping(self, schedule: ScheduleSettings, m: MeterSettings
+              ) -> Callable[[BusWorker], Awaitable[object]]:
+        """One request to ``m``, no retries, nothing stored: does it answer at all?"""
+        async def run(worker: BusWorker) -> object:
+            if m.protocol == "modbus":
+                if self.profiles is None:
+                    raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
+                profile = self.profiles(m.profile)
+                modbus = worker.modbus()
+                modbus.retries, modbus.td = 0, schedule.td
+                return await modbus.read_profile(m.unit, profile, (profile.registers[0].name,))
+            session = worker.session(VERSIONS[m.protocol])
+            session.retries, session.td = 0, schedule.td
+            return await session.read(m.address, PING_QUANTITY)
+        return run
+
+    def _bus_down(self, name: str, bus: BusHealth, reason: str) -> None:
+        bus.down = True
+        bus.suspect = False
+        bus.since = time.monotonic()
+        bus.reason = reason
+        # The bus, not these meters, failed: their count of failures is undone.
+        for meter_id, health in bus.silent:
+            self.health[meter_id] = health
+        bus.silent.clear()
+        size = len(self.bus_meters.get(name, ()))
+        log.error("bus %s is down (%s): its meters are not queued until it answers again",
+                  name, reason)
+        self.sinks.event(Event("bus_down", utcnow(), bus=name, severity=SEVERITY["bus_down"],
+                               value=float(size), detail=reason))
 
     def _count(self, cycle: CycleRecord, m: MeterSettings, *, ok: bool) -> None:
         if ok:
@@ -411,14 +690,20 @@ class Poller:
             good, total = table.get(key, (0, 0))
             table[key] = (good + ok, total + 1)
 
-    def _succeeded(self, cycle: CycleRecord, m: MeterSettings) -> None:
-        self._count(cycle, m, ok=True)
+    def _succeeded(self, cycle: CycleRecord, m: MeterSettings,
+                   failed: list[str] | None = None) -> None:
+        """The meter answered; collected if every scheduled value came (``failed`` empty)."""
+        # Partly read: the values read are stored, but the meter is not collected.
+        self._count(cycle, m, ok=not failed)
+        self.values_failed += len(failed or ())
+        self.buses.setdefault(m.bus, BusHealth()).silent.clear()
         h = self.health[m.meter_id]
         if h.dead:
             log.info("meter %s on %s answers again after %d failed cycles", m.meter_id, m.bus,
                      h.failures)
             self.sinks.event(Event("meter_recovered", utcnow(), meter=m.meter_id, bus=m.bus,
-                                   severity=0, value=float(h.failures)))
+                                   severity=SEVERITY["meter_recovered"],
+                                   value=float(h.failures)))
         h.failures = 0
         h.dead = False
         h.next_try = 0.0
@@ -427,7 +712,11 @@ class Poller:
     def _failed(self, cycle: CycleRecord, schedule: ScheduleSettings, m: MeterSettings,
                 error: Exception) -> None:
         self._count(cycle, m, ok=False)
+        bus = self.buses.get(m.bus)
+        if bus is not None and bus.down and _silent(error):
+            return  # the job was on the line when the bus went down: not the meter's fault
         h = self.health[m.meter_id]
+        before = replace(h)
         h.failures += 1
         wait = self.backoff(h.failures, schedule.interval, schedule.backoff_max)
         # Half an interval of margin so the next due cycle is not missed by a hair.
@@ -438,9 +727,11 @@ class Poller:
             log.warning("meter %s on %s: %d failed cycles (%s); backing off", m.meter_id,
                         m.bus, h.failures, error)
             self.sinks.event(Event("meter_dead", utcnow(), meter=m.meter_id, bus=m.bus,
-                                   severity=1, value=float(h.failures), detail=reason))
+                                   severity=SEVERITY["meter_dead"], value=float(h.failures),
+                                   detail=reason))
         else:
             log.debug("meter %s: %s", m.meter_id, error)
+        self._bus_failure(m, error, before)
 
     async def run_schedule(self, schedule: ScheduleSettings, meters: list[MeterSettings],
                            *, align: bool = True, immediate: bool = True,

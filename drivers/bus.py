@@ -228,6 +228,14 @@ class Bus(ABC):
     def connected(self) -> bool:
         return self._link is not None and self._link.lost is None
 
+    @property
+    def reconnect_wait(self) -> float:
+        """Seconds until a link that failed may be tried again (0: now, or it is up)."""
+        if self.connected or not self._failures:
+            return 0.0
+        delay = min(self.reconnect_min * 2.0 ** (self._failures - 1), self.reconnect_max)
+        return max(0.0, self._last_failure + delay - monotonic())
+
     async def open(self, *, lazy: bool = False) -> bool:
         """Open the link; :class:`LinkDown` if it cannot be opened (the bus stays closed).
 

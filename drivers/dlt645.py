@@ -13,7 +13,10 @@ Every reply is checked by :class:`protocols.dlt645.Master` against its request
 are fetched and joined transparently.  Reads are retried ``retries`` times after
 :class:`~drivers.errors.NoReply`, :class:`~drivers.errors.BadReply`,
 :class:`~drivers.errors.WrongReply` and :class:`~drivers.errors.LinkDown` (the retry
-reconnects, after the bus's back-off); writes and relay commands are never retried.
+reconnects, after the bus's back-off); writes and relay commands are never retried.  A
+whole reply frame with a wrong checksum (a garbled reply) fails at once as
+:class:`~drivers.errors.BadReply`, without waiting out Tb for another.
+:meth:`Dlt645Session.read_each` keeps every value of a multi-quantity read that succeeded.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from protocols.dlt645 import (
@@ -58,10 +61,12 @@ from protocols.quantities import QUANTITIES, WILDCARD_ADDRESS, normalise_address
 from .bus import Bus
 from .errors import (
     BadReply,
+    DriverError,
     IncompleteReply,
     LinkDown,
     MeterError,
     NoReply,
+    ReplyError,
     UnknownQuantity,
     WrongReply,
 )
@@ -131,6 +136,17 @@ class Reading:
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp.isoformat()
         return out
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """What :meth:`Dlt645Session.read_each` got: ``readings`` in the order asked,
+    ``failed`` the quantities that failed (after retries) with their errors, ``answered``
+    whether the meter replied anything at all (an error reply counts)."""
+
+    readings: list[Reading] = field(default_factory=list)
+    failed: list[tuple[Quantity, DriverError]] = field(default_factory=list)
+    answered: bool = False
 
 
 # ---- what to send for a quantity ---------------------------------------------------------
@@ -278,11 +294,37 @@ class Dlt645Session:
 
         Two or more members of one block are read with the block's DI; if the meter
         refuses the block (abnormal reply) or garbles it, they are read one by one (and a
-        refused block is not tried again on that meter).  The first error raises.
+        refused block is not tried again on that meter).  All or nothing: the first
+        failure (in the order of ``quantities``) raises; :meth:`read_each` keeps the rest.
+        """
+        result = await self.read_each(address, quantities)
+        if result.failed:
+            raise result.failed[0][1]
+        return result.readings
+
+    async def read_each(self, address: str, quantities: Iterable[Quantity]) -> ReadResult:
+        """Like :meth:`read_many`, but a quantity that fails does not lose the others.
+
+        Every quantity is tried (each with its ``retries``) and what it gave is kept;
+        the failures come back with their errors.  One exception: when the meter is
+        silent (no reply byte at all, or the link is down) before it answered anything,
+        the rest is not tried: they fail with the same error rather than each waiting
+        out its own timeout.  :class:`UnknownQuantity` still raises before any I/O.
         """
         addr = normalise_address(address)
-        targets = [_target(q, self.version) for q in quantities]
-        results: list[Reading | None] = [None] * len(targets)
+        wanted = list(quantities)
+        targets = [_target(q, self.version) for q in wanted]
+        results: list[Reading | DriverError | None] = [None] * len(targets)
+        answered = False
+        silent: DriverError | None = None  # the meter never answered: give up on it
+
+        def heard(e: DriverError) -> None:
+            nonlocal answered, silent
+            if isinstance(e, ReplyError | IncompleteReply):
+                answered = True  # something came back: the meter is there
+            elif not answered and isinstance(e, NoReply | LinkDown):
+                silent = e
+
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(targets):
             if t.block is not None and (t.di is None
@@ -293,38 +335,65 @@ class Dlt645Session:
             distinct = {targets[i].di for i in members}
             if len(distinct) < 2 and not needs_block:
                 continue
+            if silent is not None:
+                break
             block = targets[members[0]].block
             assert block is not None
             names = dict.fromkeys(t.item.name for i in members if (t := targets[i]).item)
             label = f"{', '.join(names)} (block {block.di_hex})"
             try:
                 reading = await self._read_one(addr, _Target(block.di, block, None), label)
-            except MeterError:
+            except MeterError as e:
+                answered = True
                 if needs_block:
-                    raise
+                    for i in members:
+                        results[i] = e
+                    continue
                 # Not every meter offers every block: read its members one by one, now
                 # and from now on.
                 self.blocks_refused.add((addr, block_di))
                 continue
-            except BadReply:
+            except BadReply as e:
+                answered = True
                 if needs_block:
-                    raise
+                    for i in members:
+                        results[i] = e
                 continue
+            except (NoReply, WrongReply, LinkDown) as e:
+                heard(e)
+                for i in members:
+                    results[i] = e  # already retried: its members are not asked singly
+                continue
+            answered = True
             parts = {r.name: r for r in reading.members()}
             for i in members:
                 item = targets[i].item
                 assert item is not None
                 part = parts.get(item.name)
                 if part is None and targets[i].di is None:
-                    raise BadReply(f"meter {reading.address}: block {block.di_hex} "
-                                   f"({block.name}) lacks {item.name}", address=reading.address)
+                    results[i] = BadReply(f"meter {reading.address}: block {block.di_hex} "
+                                          f"({block.name}) lacks {item.name}",
+                                          address=reading.address)
+                    continue
                 results[i] = part
-        out: list[Reading] = []
+        out = ReadResult()
         for i, t in enumerate(targets):
             r = results[i]
             if r is None:
-                r = await self._read_one(addr, t)
-            out.append(r)
+                if silent is not None:
+                    r = silent
+                else:
+                    try:
+                        r = await self._read_one(addr, t)
+                        answered = True
+                    except (NoReply, ReplyError, LinkDown) as e:
+                        heard(e)
+                        r = e
+            if isinstance(r, Reading):
+                out.readings.append(r)
+            else:
+                out.failed.append((wanted[i], r))
+        out.answered = answered
         return out
 
     async def _read_one(self, address: str, target: _Target, label: str | None = None
@@ -478,11 +547,16 @@ class Dlt645Session:
     async def _exchange_once(self, request: Message, what: str) -> Message:
         master = self.master
         got: list[Message] = []
+        stats = master.extractor.stats
 
         def complete(chunk: bytes) -> bool:
             master.receive_data(chunk)
             reply = master.next_reply()
             if reply is None:
+                if stats.bad_checksums > bad_before:
+                    # A whole frame arrived with a wrong checksum: that was the reply,
+                    # garbled.  Waiting out Tb for another would only cost bus time.
+                    raise _Garbled
                 return False
             got.append(reply)
             return True
@@ -490,8 +564,8 @@ class Dlt645Session:
         address = request.address
         async with self.bus.exclusive():
             wire = master.send(request)
-            stats = master.extractor.stats
             junk_before = stats.garbage_bytes + stats.bad_checksums
+            bad_before = stats.bad_checksums
             self.requests += 1
             try:
                 await self.bus.transaction(wire, complete, td=self.td, tb=self.tb)
@@ -500,6 +574,11 @@ class Dlt645Session:
                 self.no_replies += 1
                 junk = stats.garbage_bytes + stats.bad_checksums - junk_before
                 raise _no_reply(e, address, what, junk) from e
+            except _Garbled:
+                master.cancel()
+                self.bad_replies += 1
+                raise BadReply(f"meter {address}: garbled reply to {what} (bad checksum)",
+                               address=address) from None
             except ReplyMismatch as e:
                 master.cancel()
                 self.wrong_replies += 1
@@ -533,6 +612,10 @@ class Dlt645Session:
                         address=address, raw=self.master.extractor.last_raw)
 
 
+class _Garbled(Exception):
+    """The reply frame arrived with a wrong checksum (ends the transaction early)."""
+
+
 def _no_reply(e: NoReply, address: str, what: str, junk: int) -> NoReply:
     if isinstance(e, IncompleteReply):
         detail = f"{len(e.received)} bytes"
@@ -554,4 +637,5 @@ def _check_request(request: Message) -> bytes:
         raise ValueError(str(e)) from None
 
 
-__all__ = ["Dlt645Session", "EncryptHook", "Quantity", "Reading", "resolve_quantity"]
+__all__ = ["Dlt645Session", "EncryptHook", "Quantity", "ReadResult", "Reading",
+           "resolve_quantity"]

@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from time import monotonic
 from typing import Literal
@@ -91,6 +92,7 @@ from protocols.modbus import (
 from .bus import Bus
 from .errors import (
     BadReply,
+    DriverError,
     IncompleteReply,
     LinkDown,
     MeterError,
@@ -101,6 +103,17 @@ from .errors import (
 )
 
 Framing = Literal["rtu", "tcp"]
+
+
+@dataclass(slots=True)
+class ProfileRead:
+    """What :meth:`ModbusSession.read_profile_each` got: ``values`` by name in the order
+    asked, ``failed`` the names not read with their errors (after retries), ``answered``
+    whether the device replied anything (an exception reply counts)."""
+
+    values: dict[str, Decimal] = field(default_factory=dict)
+    failed: dict[str, DriverError] = field(default_factory=dict)
+    answered: bool = False
 
 EXCEPTION_NAMES: dict[int, str] = {
     0x01: "ILLEGAL_FUNCTION",
@@ -406,9 +419,22 @@ class ModbusSession:
                            ) -> dict[str, Decimal]:
         """The named quantities of a device described by ``profile``, in ``names`` order.
 
-        One request per block of :func:`protocols.modbus.plan_reads`; the first
-        error raises.  A name the profile lacks raises
-        :class:`~drivers.errors.UnknownQuantity` before any I/O.
+        One request per block of :func:`protocols.modbus.plan_reads`; all or nothing: the
+        first failure raises (:meth:`read_profile_each` keeps the rest).  A name the
+        profile lacks raises :class:`~drivers.errors.UnknownQuantity` before any I/O.
+        """
+        result = await self.read_profile_each(unit, profile, names)
+        if result.failed:
+            raise next(iter(result.failed.values()))
+        return result.values
+
+    async def read_profile_each(self, unit: int, profile: Profile, names: Iterable[str]
+                                ) -> ProfileRead:
+        """Like :meth:`read_profile`, but a block that fails does not lose the others.
+
+        Every block is tried (each with its ``retries``); its quantities fail with its
+        error.  When the device is silent (no reply byte, or the link is down) before it
+        answered anything, the rest is not tried and fails with the same error.
         """
         wanted = [names] if isinstance(names, str) else list(dict.fromkeys(names))
         for name in wanted:
@@ -418,15 +444,35 @@ class ModbusSession:
                 raise UnknownQuantity(f"profile {profile.name}: no register for {name!r}"
                                       ) from None
         values: dict[str, Decimal] = {}
+        failed: dict[str, DriverError] = {}
+        answered = False
+        silent: DriverError | None = None
         for block in plan_reads(profile, wanted):
-            words = await self.read_registers(unit, block.function, block.start, block.count)
+            names_here = [r.name for r in block.registers]
+            if silent is not None:
+                failed.update(dict.fromkeys(names_here, silent))
+                continue
+            try:
+                words = await self.read_registers(unit, block.function, block.start,
+                                                  block.count)
+            except (NoReply, ReplyError, LinkDown) as e:
+                if isinstance(e, ReplyError | IncompleteReply):
+                    answered = True
+                elif not answered:
+                    silent = e
+                failed.update(dict.fromkeys(names_here, e))
+                continue
+            answered = True
             try:
                 values.update(decode_block(block, words))
             except (ValueError, ArithmeticError) as e:
                 self.bad_replies += 1
-                raise BadReply(f"unit {unit}: registers {block.start}+{block.count} do not "
-                               f"decode per {profile.name}: {e}", address=str(unit)) from e
-        return {name: values[name] for name in wanted if name in values}
+                failed.update(dict.fromkeys(names_here, BadReply(
+                    f"unit {unit}: registers {block.start}+{block.count} do not decode per "
+                    f"{profile.name}: {e}", address=str(unit))))
+        return ProfileRead({name: values[name] for name in wanted if name in values},
+                           {name: failed[name] for name in wanted if name in failed},
+                           answered)
 
     async def relay(self, unit: int, profile: Profile, trip: bool) -> None:
         """Trip (open) or close the relay as ``profile.relay`` says.  Not retried.
@@ -657,5 +703,6 @@ __all__ = [
     "ModbusBusy",
     "ModbusError",
     "ModbusSession",
+    "ProfileRead",
     "exception_name",
 ]

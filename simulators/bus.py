@@ -12,7 +12,11 @@ and link faults can be injected per meter:
 ``wrong-address``  the reply carries another meter's address
 
 Faults are written ``kind:ADDRESS[:probability]`` separated by commas, ``*`` for every
-meter, e.g. ``dead:000000000003,slow:000000000005,garble:*:0.05``.
+meter, e.g. ``dead:000000000003,slow:000000000005,garble:*:0.05``.  ``ADDRESS@DI`` limits a
+fault to the requests of one data identifier (hex, as in the catalogue), e.g.
+``garble:000000000001@02010100`` garbles that meter's replies to voltage A only.  A
+Modbus RTU meter on the line is addressed by its unit id (``dead:7``), ``@`` then names
+the first register of a request, in hex; ``dead`` and ``garble`` apply to it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Fault:
     kind: FaultKind
     address: str
     probability: float = 1.0
+    di: int | None = None  # only requests of this data identifier (None: every request)
 
 
 def parse_faults(text: str) -> tuple[Fault, ...]:
@@ -75,7 +80,15 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
         except ValueError:
             kinds = ", ".join(k.value for k in FaultKind)
             raise ValueError(f"fault {part!r}: unknown kind {fields[0]!r} ({kinds})") from None
-        address = fields[1].strip()
+        address, at, di_text = fields[1].strip().partition("@")
+        di: int | None = None
+        if at:
+            try:
+                di = int(di_text.strip(), 16)
+            except ValueError:
+                raise ValueError(f"fault {part!r}: DI {di_text!r} is not hexadecimal") from None
+            if not 0 <= di <= 0xFFFFFFFF:
+                raise ValueError(f"fault {part!r}: DI {di_text!r} is longer than 4 bytes")
         if address != "*":
             address = normalise_address(address)
             if "A" in address:
@@ -89,7 +102,7 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
                                  "is not a number") from None
             if not 0.0 <= probability <= 1.0:
                 raise ValueError(f"fault {part!r}: probability must be within 0-1")
-        faults.append(Fault(kind, address, probability))
+        faults.append(Fault(kind, address, probability, di))
     return tuple(faults)
 
 
@@ -157,8 +170,16 @@ class _Line:
         if server.modbus and len(data) == rtu_request(data, server.modbus) > 0:
             # A Modbus RTU request on a mixed line (masters write one frame at a time).
             server.stats.requests += 1
+            unit, first = f"{data[0]:012d}", int.from_bytes(data[2:4], "big")
+            if server._hit(unit, FaultKind.DEAD, first):
+                server.stats.unanswered += 1
+                return
+            reply = bytearray(rtu_reply(server.modbus[data[0]], bytes(data)))
+            if server._hit(unit, FaultKind.GARBLE, first):
+                # A bit of the function code or the data: the CRC fails.
+                reply[server._rng.randrange(1, len(reply) - 2)] ^= 1 << server._rng.randrange(8)
             server.stats.replies += 1
-            self.send(rtu_reply(server.modbus[data[0]], bytes(data)), heard_at + server.td)
+            self.send(bytes(reply), heard_at + server.td)
             return
         self.extractor.feed(data)
         for frame in self.extractor:
@@ -378,10 +399,12 @@ class BusServer:
         meter = self._index.get(address)
         return [meter] if meter is not None else []
 
-    def _hit(self, address: str, kind: FaultKind) -> bool:
-        """Does fault ``kind`` strike the meter at ``address`` this time?"""
+    def _hit(self, address: str, kind: FaultKind, request: Frame | int | None = None) -> bool:
+        """Does fault ``kind`` strike the meter at ``address`` (answering ``request``: a
+        DL/T645 frame, or the first register a Modbus request reads)?"""
         for fault in self.faults:
             if fault.kind is kind and fault.address in ("*", address) \
+                    and (fault.di is None or _asks(request, fault.di)) \
                     and self._rng.random() < fault.probability:
                 self.stats.faults[kind.value] += 1
                 return True
@@ -398,7 +421,7 @@ class BusServer:
             if meter.baud != self.baud:
                 self.stats.deaf += 1  # a UART at another rate hears only noise
                 continue
-            if self._hit(meter.address, FaultKind.DEAD):
+            if self._hit(meter.address, FaultKind.DEAD, frame):
                 continue
             reply = meter.handle(frame)
             if reply is not None and not broadcast:
@@ -420,29 +443,40 @@ class BusServer:
             line.send(_collide(raws), heard_at + self.td)
             return
         meter, reply = answers[0]
-        raw, start = self._faulty(meter.address, reply, heard_at)
+        raw, start = self._faulty(meter.address, reply, heard_at, frame)
         self.stats.replies += 1
         _log.debug("%s: %s fn %02X -> %d bytes", line.name, meter.address, frame.function,
                    len(raw))
         line.send(raw, start)
 
-    def _faulty(self, address: str, reply: Frame, heard_at: float) -> tuple[bytes, float]:
+    def _faulty(self, address: str, reply: Frame, heard_at: float,
+                request: Frame | None = None) -> tuple[bytes, float]:
         """The reply's bytes and start time after the faults that strike this time."""
-        if self._hit(address, FaultKind.WRONG_ADDRESS):
+        if self._hit(address, FaultKind.WRONG_ADDRESS, request):
             reply = Frame(_other_address(address), reply.control, reply.data)
         raw = bytearray(build_frame(reply, preamble=self.reply_preamble))
         body = self.reply_preamble  # index of the first 68
-        if self._hit(address, FaultKind.GARBLE):
+        if self._hit(address, FaultKind.GARBLE, request):
             # The control byte or a data byte, never L: the frame still ends where it
             # should, and only its checksum is wrong.
             positions = [body + 8, *range(body + 10, len(raw) - 2)]
             raw[self._rng.choice(positions)] ^= 1 << self._rng.randrange(8)
-        if self._hit(address, FaultKind.TRUNCATE):
+        if self._hit(address, FaultKind.TRUNCATE, request):
             raw = raw[: self._rng.randint(body + 1, len(raw) - 1)]
         start = heard_at + self.td
-        if self._hit(address, FaultKind.SLOW):
+        if self._hit(address, FaultKind.SLOW, request):
             start = heard_at + self.slow_delay
         return bytes(raw), start
+
+
+def _asks(request: Frame | int | None, di: int) -> bool:
+    """Does ``request`` (a read, follow-up or write) name data identifier ``di``?"""
+    if request is None or isinstance(request, int):
+        return request == di  # Modbus: the request's first register
+    data = request.data
+    # 2007 DIs are 4 bytes, 1997 DIs 2, low byte first, at the start of the data field.
+    return (len(data) >= 4 and int.from_bytes(data[:4], "little") == di) \
+        or (di <= 0xFFFF and len(data) >= 2 and int.from_bytes(data[:2], "little") == di)
 
 
 def _other_address(address: str) -> str:

@@ -139,7 +139,9 @@ def test_schema_md_examples_are_what_the_forwarder_writes(tmp_path: Path) -> Non
         ts = 1767323045678
         got = fwd.reading_lines([(1, "M0101001", "voltage_a", 229.8, "V", ts, None)])  # type: ignore[list-item]
         got += fwd.event_lines([{"kind": "meter_dead", "meter": "M0101001", "bus": None,  # type: ignore[list-item]
-                                 "severity": 2, "value": None, "ts": ts}])
+                                 "severity": 1, "value": None, "ts": ts},
+                                {"kind": "bus_down", "meter": None, "bus": "rs485-1",
+                                 "severity": 2, "value": 50.0, "ts": 1767323049001}])
         relay = ('{"latency_ms": 412.0, "energy_at_switch": 1234.56, '
                  '"before": {"relay_open": false}, "after": {"relay_open": true}}')
         command = {"meter": "M0101001", "kind": "trip", "status": "confirmed",

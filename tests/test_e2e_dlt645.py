@@ -11,7 +11,7 @@ import pytest
 
 from drivers.bus import Bus
 from drivers.dlt645 import Dlt645Session
-from drivers.errors import IncompleteReply, MeterError, NoReply, WrongReply
+from drivers.errors import BadReply, IncompleteReply, MeterError, NoReply, WrongReply
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
 from protocols.dlt645 import RelayCommand, StatusWord, Version
@@ -63,7 +63,7 @@ async def test_each_fault_is_a_typed_error(line: tuple[BusServer, Bus]) -> None:
     s = Dlt645Session(bus, retries=0)
     with pytest.raises(NoReply):
         await s.read(DEAD, "voltage_a")
-    with pytest.raises(IncompleteReply, match="not a valid frame"):  # checksum fails
+    with pytest.raises(BadReply, match="garbled"):  # checksum fails
         await s.read(GARBLE, "voltage_a")
     with pytest.raises(NoReply):  # slower than Td
         await s.read(SLOW, "voltage_a")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
+from collector.profiles import load_profile
 from collector.records import CycleRecord, Event, Reading
 from collector.scheduler import BusWorker, Lane, Poller, Sinks, read_meter
 from collector.settings import MeterSettings, ScheduleSettings
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer, parse_faults
 from simulators.dlt645 import make_meters
+from simulators.modbus import make_modbus_meters
 
 N = 8
 ADDRESSES = [f"{i:012d}" for i in range(1, N + 1)]
@@ -192,3 +195,169 @@ async def test_stop_refuses_queued_jobs_and_finishes_the_one_in_flight(
     assert (await first)[0].name == "voltage_a"
     with pytest.raises(WorkerStopped):
         await queued
+
+
+# ---- partial reads -----------------------------------------------------------------------
+
+# Eight quantities, no two in one block: eight requests.
+EIGHT = ("energy_active_forward_total", "energy_active_reverse_total", "voltage_a",
+         "current_a", "power_active_total", "power_factor_total", "frequency", "status_word_3")
+
+
+async def test_meter_garbling_one_request_of_eight_keeps_the_other_seven(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    # Every reply of meter 1 to voltage A (DI 02010100) garbled, whatever the retries.
+    server.faults = parse_faults(f"garble:{ADDRESSES[0]}@02010100")
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks())
+    before = server.stats.requests
+    c = await poller.run_cycle(schedule(EIGHT, retries=1), METERS[:1])
+    assert sorted(r.quantity for r in out.readings) == sorted(q for q in EIGHT
+                                                              if q != "voltage_a")
+    # Only what failed is asked again: 7 requests, plus voltage A twice (1 + 1 retry)
+    # in the first pass and twice more in the retry pass.
+    assert server.stats.requests - before == 7 + 4
+    # A scheduled value is missing: not collected, but the meter answers, so it is not
+    # backed off (no meter_dead) and the missing quantity is counted.
+    assert (c.succeeded, c.failed, c.failed_meters) == (0, 1, ["m1"])
+    assert poller.values_failed == 1
+    assert poller.health["m1"].failures == 0 and not poller.health["m1"].dead
+    assert out.events == []
+
+
+async def test_noisy_line_reads_every_meter_with_default_retries(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    server.faults = parse_faults("garble:*:0.2")  # 1 reply in 5 garbled (seeded dice)
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks())
+    sched = ScheduleSettings(name="s", interval=1.0, quantities=EIGHT[:4])  # default retries
+    for _ in range(2):
+        c = await poller.run_cycle(sched, METERS)
+        assert (c.succeeded, c.failed) == (N, 0)
+    assert len(out.readings) == 2 * N * 4
+    assert server.stats.faults["garble"] > 5
+
+
+# ---- a dead bus --------------------------------------------------------------------------
+
+async def test_silent_bus_is_one_bus_down_alarm_and_its_meters_are_not_queued(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    server.faults = parse_faults("dead:*")  # the line behind the concentrator is cut
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
+    sched = schedule(interval=0.2)
+    before = server.stats.requests
+    for _ in range(3):
+        c = await poller.run_cycle(sched, METERS)
+        assert (c.succeeded, c.failed) == (0, N)
+    # 5 meters silent in a row (and the 6th, already on the line), then 3 probes per
+    # cycle, instead of 8 a cycle; no storm of meter_dead.
+    assert server.stats.requests - before == 5 + 1 + 3 + 3
+    assert [(e.kind, e.bus, e.severity) for e in out.events] == [("bus_down", "b1", 2)]
+    assert all(h.failures == 0 and not h.dead for h in poller.health.values())
+    server.faults = ()
+    c = await poller.run_cycle(sched, METERS)
+    assert (c.succeeded, c.failed) == (N, 0)
+    assert [e.kind for e in out.events] == ["bus_down", "bus_up"]
+    assert out.events[1].severity == 0 and out.events[1].value is not None
+
+
+async def test_unreachable_concentrator_is_one_alarm_until_it_is_back() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: connection refused
+    bus = TcpBus("127.0.0.1", port, td=0.15, tb=0.1, guard=0.02, reconnect_max=0.2)
+    worker = BusWorker("b1", bus)
+    assert not await worker.start()
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
+    sched = schedule(interval=0.2, retries=1)
+    try:
+        for _ in range(3):
+            c = await poller.run_cycle(sched, METERS)
+            assert (c.succeeded, c.failed) == (0, N)
+        # At start, the first meter's read (1 + 1 retry) and the second's (already on the
+        # line), then one probe per cycle: not 2 per meter and cycle (48).
+        assert bus.connect_failures <= 1 + 2 + 2 + 1 + 1
+        assert [(e.kind, e.severity) for e in out.events] == [("bus_down", 2)]
+        assert "link down" in out.events[0].detail
+        assert all(h.failures == 0 for h in poller.health.values())
+        async with BusServer(make_meters(ADDRESSES, seed=3), port=port, baud=19200,
+                             td=0.005):
+            for _ in range(5):  # probed once per cycle, outside the bus's reconnect back-off
+                await asyncio.sleep(0.2)
+                c = await poller.run_cycle(sched, METERS)
+                if c.succeeded:
+                    break
+        assert (c.succeeded, c.failed) == (N, 0)
+        assert [e.kind for e in out.events] == ["bus_down", "bus_up"]
+    finally:
+        await worker.stop()
+
+
+async def test_a_few_silent_meters_are_not_a_dead_bus(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
+    sched = schedule(interval=0.2)
+    await poller.run_cycle(sched, METERS)  # every meter answers once
+    # Then six meters in a row lose power (a meter box): more than BUS_DOWN_AFTER, but
+    # a meter that answered before still answers, so the line is fine.
+    server.faults = parse_faults(",".join(f"dead:{a}" for a in ADDRESSES[:6]))
+    c = await poller.run_cycle(sched, METERS)
+    assert (c.succeeded, c.failed) == (N - 6, 6)
+    assert out.events == []
+
+
+async def test_dead_meters_at_the_head_of_a_new_line_do_not_keep_it_down(
+        line: tuple[BusServer, BusWorker]) -> None:
+    server, worker = line
+    # At start-up nothing has answered yet: six silent meters first look like a dead line.
+    server.faults = parse_faults(",".join(f"dead:{a}" for a in ADDRESSES[:6]))
+    out = Collect()
+    poller = Poller({"b1": worker}, out.sinks(), dead_after=2)
+    sched = schedule(interval=0.2)
+    for _ in range(4):  # each down cycle probes other meters, and m7, m8 answer
+        c = await poller.run_cycle(sched, METERS)
+        if c.succeeded:
+            break
+    assert [e.kind for e in out.events] == ["bus_down", "bus_up"]
+    c = await poller.run_cycle(sched, METERS)
+    assert c.succeeded == 2
+    # The line stays up; the six meters fail on their own (meter_dead, not bus_down).
+    kinds = [e.kind for e in out.events]
+    assert kinds.count("bus_down") == 1 and kinds[-1] != "bus_down"
+    assert sorted(e.meter or "" for e in out.events if e.kind == "meter_dead") == \
+        [m.meter_id for m in METERS[:6]]
+
+
+async def test_modbus_meter_garbling_one_block_keeps_the_others() -> None:
+    ddsy = load_profile("acrel-ddsy1352")
+    # Unit 1's replies to the block starting at register 0x0B (voltage, current) garbled.
+    server = BusServer([], baud=19200, td=0.005, faults="garble:1@B",
+                       modbus=make_modbus_meters(ddsy, [1], seed=2))
+    async with server:
+        worker = BusWorker("b1", TcpBus("127.0.0.1", server.port, td=0.15, tb=0.05,
+                                        guard=0.02))
+        await worker.start()
+        try:
+            out = Collect()
+            poller = Poller({"b1": worker}, out.sinks(), profiles=lambda name: ddsy)
+            meter = MeterSettings(meter_id="D1", address="1", bus="b1", protocol="modbus",
+                                  profile="acrel-ddsy1352")
+            wanted = ("energy_active_combined_total", "voltage_a", "current_a",
+                      "power_factor_total")
+            c = await poller.run_cycle(schedule(wanted, retries=1), [meter])
+        finally:
+            await worker.stop()
+    assert sorted(r.quantity for r in out.readings) == ["energy_active_combined_total",
+                                                        "power_factor_total"]
+    # Three blocks; only the garbled one asked again (2 attempts in each of 2 passes).
+    assert server.stats.requests == 2 + 4
+    assert (c.succeeded, c.failed) == (0, 1) and poller.values_failed == 2
+    assert not poller.health["D1"].dead

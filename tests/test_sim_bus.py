@@ -111,6 +111,17 @@ def test_parse_faults() -> None:
             parse_faults(bad)
 
 
+def test_parse_faults_of_one_data_identifier() -> None:
+    assert parse_faults("garble:1@02010100,dead:*@0201FF00:0.5") == (
+        Fault(FaultKind.GARBLE, "000000000001", 1.0, 0x02010100),
+        Fault(FaultKind.DEAD, "*", 0.5, 0x0201FF00),
+    )
+    for bad, why in (("garble:1@0201XX00", "not hexadecimal"),
+                     ("garble:1@0102030405", "longer than 4 bytes")):
+        with pytest.raises(ValueError, match=why):
+            parse_faults(bad)
+
+
 def test_duplicate_addresses_refused() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         BusServer(make_meters(["000000000001", "000000000001"]))

@@ -69,8 +69,8 @@ def _url_host(host: str) -> str:
 @click.option("--td-ms", type=click.IntRange(0, 2000), default=20, show_default=True,
               help="Reply delay Td after the request (meters: 20-500 ms).")
 @click.option("--faults", default="", metavar="KIND:ADDR[:P],...",
-              help="Faults: dead, garble, slow, truncate, wrong-address; ADDR * = every meter; "
-                   "P = probability.")
+              help="Faults: dead, garble, slow, truncate, wrong-address; ADDR * = every meter, "
+                   "ADDR@DI = only requests of that DI (hex); P = probability.")
 @click.option("--slow-ms", type=click.IntRange(0, 60000), default=2000, show_default=True,
               help="Reply delay of meters with the slow fault.")
 @click.option("--pty", "use_pty", is_flag=True,
