@@ -932,7 +932,7 @@ class CommitInfo:
     """Passed to ``on_commit`` (in the writer thread) after each commit."""
 
     rows: int  # rows in this transaction
-    readings: int
+    readings: int  # readings in this transaction
     seconds: float
     rows_committed: int  # totals since the writer started
     readings_committed: int
@@ -1409,10 +1409,19 @@ class StoreWriter:
             self._room_again()
         if time.monotonic() >= self._next_disk_check:
             self._check_disk()
+        committed_readings = readings - rejected_readings
+        # Before the flush waiters wake: after flush(), on_commit has seen these rows.
+        if self.on_commit is not None:
+            try:
+                self.on_commit(CommitInfo(stored, committed_readings, took,
+                                          self.rows_committed + stored,
+                                          self.readings_committed + committed_readings))
+            except Exception:
+                log.exception("store: on_commit callback failed")
         with self._cond:
             self._done += n
             self.rows_committed += stored
-            self.readings_committed += readings - rejected_readings
+            self.readings_committed += committed_readings
             self.rows_rejected += rejected
             self.commits += 1
             self.last_commit_seconds = took
@@ -1420,12 +1429,6 @@ class StoreWriter:
             if self._queued - self._done < self.max_pending:
                 self._warned_backlog = False
             self._wake_waiters()
-        if self.on_commit is not None:
-            try:
-                self.on_commit(CommitInfo(stored, readings, took, self.rows_committed,
-                                          self.readings_committed))
-            except Exception:
-                log.exception("store: on_commit callback failed")
 
     # ---- disk-full policy (docs/storage.md) ------------------------------------------
 
