@@ -201,11 +201,15 @@ async def disk_full_workload(fs: Path) -> dict[str, Any]:
     reserve = writer.reserve_path.stat().st_size
     shipped: list[float] = []
     stop = threading.Event()
+    server_up = threading.Event()
+    server_up.set()
 
     def forwarder() -> None:  # reads the outbox like the real one, then moves its cursor
         reader = Store(fs / DB_NAME, create=False)
         try:
             while not stop.is_set():
+                if not server_up.wait(0.05):
+                    continue
                 with contextlib.suppress(sqlite3.OperationalError):  # full: retried
                     rows = reader.outbox("timeseries", "readings", limit=3000)
                     if rows:
@@ -219,6 +223,7 @@ async def disk_full_workload(fs: Path) -> dict[str, Any]:
     shipping.start()
     filler = fs / "other.log"
     filler.write_bytes(b"\0" * (shutil.disk_usage(fs).free - 2 * 1048576))
+    server_up.clear()  # the server is down when the disk fills: nothing to delete
     written = 0
     held = 0
     t0 = time.monotonic()
@@ -228,6 +233,8 @@ async def disk_full_workload(fs: Path) -> dict[str, Any]:
             written += 300
             held = max(held, writer.pending)
             await asyncio.sleep(0.02)
+            if writer.full_since is not None and time.monotonic() - writer.full_since > 1:
+                server_up.set()  # back: it ships the backlog, the writer deletes that
             assert time.monotonic() - t0 < 30, "the store never got room again"
         sizes = {p.name: p.stat().st_size for p in fs.iterdir()}
         filler.unlink()  # room on the file system again
