@@ -165,6 +165,47 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_no_flapping_while_a_forwarder_trickles(tmp_path: Path) -> None:
+    """A full store whose forwarder ships a few rows at a time makes room for a few rows
+    at a time: commits fit, then fail, then fit.  That is one episode, not an event pair
+    per commit: room again means room for more than the next commit."""
+    async def main() -> None:
+        store = Store(tmp_path / DB_NAME, max_size_mb=SIZE_MB)
+        alerts: list[Event] = []
+        writer = StoreWriter(store, commit_interval=0.02, commit_rows=500,
+                             on_alert=alerts.append, min_free_mb=0)
+        await writer.start()
+        queued = await fill_until_full(writer, alerts)
+        await until(lambda: store.last_id("readings") > 0, 10)
+        shipped = 0
+        for _ in range(60):  # ~50 rows a tick in, 60 rows a tick shipped
+            writer.put_many(batch(queued, 50))
+            queued += 50
+            shipped = min(shipped + 60, store.last_id("readings"))
+            store.advance("timeseries", "readings", shipped)
+            await asyncio.sleep(0.05)
+        assert [e.kind for e in alerts] == ["store_full"]
+        assert writer.rows_purged_for_room > 0
+        # The forwarder catches up: room for good, one store_recovered.
+        for _ in range(200):
+            if writer.full_since is None:
+                break
+            writer.put_many(batch(queued, 50))
+            queued += 50
+            store.advance("timeseries", "readings", store.last_id("readings"))
+            await asyncio.sleep(0.05)
+        assert writer.full_since is None
+        await writer.close()
+        assert [e.kind for e in alerts] == ["store_full", "store_recovered"]
+        assert writer.rows_dropped == 0
+        values = [int(v) for (v,) in sqlite3.connect(store.path).execute(
+            "SELECT value FROM readings")]
+        assert len(values) == len(set(values)) and max(values) == queued - 1
+        store.close()
+
+    asyncio.run(main())
+
+
 def test_disk_low_event(tmp_path: Path) -> None:
     async def main() -> None:
         store = Store(tmp_path / DB_NAME)
