@@ -1569,7 +1569,10 @@ class StoreWriter:
             self._tight = False  # the file system has room again
 
     def _release_reserve(self) -> None:
+        """Delete the reserve file when the file system (not a size cap) is short."""
         try:
+            if shutil.disk_usage(self.store.path.parent).free >= self._wal_budget:
+                return
             size = self.reserve_path.stat().st_size
             self.reserve_path.unlink()
         except FileNotFoundError:

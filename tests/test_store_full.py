@@ -81,6 +81,8 @@ def test_full_store_raises_event_holds_rows_and_resumes_after_forwarding(tmp_pat
         await writer.flush()
         assert any(e.kind == "store_recovered" for e in alerts)
         assert writer.rows_dropped == 0 and writer.rows_purged_for_room > 0
+        # The disk has room (the cap is what is full): the reserve file stays.
+        assert writer.reserve_releases == 0 and writer.reserve_path.stat().st_size > 0
 
         # Every unshipped reading is in the store: the values after `shipped` are all there.
         values = {int(v) for (v,) in sqlite3.connect(store.path).execute(
@@ -302,6 +304,7 @@ async def disk_full_workload(fs: Path) -> dict[str, Any]:
             "room_failures": writer.room_failures, "errors": writer.errors,
             "rows_dropped": writer.rows_dropped, "purged": writer.rows_purged_for_room,
             "reserve": reserve, "reserve_back": writer.reserve_path.stat().st_size,
+            "reserve_releases": writer.reserve_releases,
             "sizes_full": sizes}
 
 
@@ -348,5 +351,6 @@ def test_disk_full_on_a_real_file_system(tmp_path: Path) -> None:
     assert len(stored) == len(set(stored))
     assert set(stored) | {int(v) for v in got["shipped"]} == set(range(got["written"]))
     assert max(stored) == got["written"] - 1  # written after room came back
-    # Room on the file system again: the reserve is back for the next time.
+    # The reserve went once; with room on the file system again it is back.
+    assert got["reserve_releases"] == 1
     assert got["reserve_back"] == got["reserve"] > 0
