@@ -42,7 +42,7 @@ from .rules import AlarmEngine, AlarmSettings
 from .scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
 from .secrets import load_secrets
 from .settings import BusSettings, MeterSettings, ScheduleSettings, Settings
-from .store import Store, StoreWriter
+from .store import CommitInfo, Store, StoreWriter
 
 log = logging.getLogger("amic.daemon")
 
@@ -224,6 +224,10 @@ class Daemon:
         elif event.kind == "store_recovered":
             self.metrics.set_store_full(False)
             self._report_status()
+
+    def _on_commit(self, info: CommitInfo) -> None:
+        """From the store writer's thread (prometheus_client counters are thread-safe)."""
+        self.metrics.add_readings_committed(info.readings)
 
     def _on_progress(self, cycle: CycleRecord) -> None:
         now = time.monotonic()
@@ -543,10 +547,13 @@ class Daemon:
             if self.store is not None and self.writer is not None:
                 self.metrics.set_store_size(self.store.store_size_bytes())
                 # Rows the time-series forwarder has not shipped, plus those not yet
-                # committed; max(id) keeps this O(1) on a large table.
-                shipped = self.store.cursor(FORWARDER, "readings")
-                last = self.store.last_id("readings")
-                self.metrics.set_outbox_lag(max(last - shipped, 0) + self.writer.pending)
+                # committed; max(id) keeps this O(1) on a large table.  Without a
+                # forwarder nothing waits to be shipped: only the uncommitted rows.
+                lag = self.writer.pending
+                if self.forwarder is not None:
+                    shipped = self.store.cursor(FORWARDER, "readings")
+                    lag += max(self.store.last_id("readings") - shipped, 0)
+                self.metrics.set_outbox_lag(lag)
                 self.writer.maybe_purge()
 
     async def run(self) -> int:
@@ -573,7 +580,8 @@ class Daemon:
         self.writer = StoreWriter(self.store, commit_interval=c.commit_interval,
                                   commit_rows=c.commit_rows,
                                   retention_days=c.retention_days,
-                                  min_free_mb=c.min_free_mb, on_alert=self._on_store_alert)
+                                  min_free_mb=c.min_free_mb, on_alert=self._on_store_alert,
+                                  on_commit=self._on_commit)
         await self.writer.start()
         self.writer.put_event(Event("collector_started", utcnow(), severity=0,
                                     detail=f"config {self.settings.source}"))

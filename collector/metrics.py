@@ -38,7 +38,9 @@ cycle_duration_seconds                   schedule           length of the last c
 cycles_total                             schedule           completed cycles
 cycle_last_end_timestamp_seconds         schedule           when the last cycle ended (epoch)
 store_size_bytes                                            size of the store on disk
-outbox_lag_rows                                             rows waiting to be committed
+outbox_lag_rows                                             rows not yet forwarded (and not
+                                                            committed); without a forwarder,
+                                                            rows waiting to be committed
 store_full                                                  1 while the store has no room
 readings_committed_total                                    readings committed to the store
 config_reloads_total                     result             SIGHUP reloads (applied, rejected)
@@ -267,8 +269,10 @@ class Metrics:
                                registry=r)
         self.store_size = Gauge("amic_store_size_bytes", "Size of the store on disk.",
                                 registry=r)
-        self.outbox_lag = Gauge("amic_outbox_lag_rows", "Rows waiting to be committed.",
-                                registry=r)
+        self.outbox_lag = Gauge("amic_outbox_lag_rows",
+                                "Readings the time-series forwarder has not shipped yet, "
+                                "plus rows waiting to be committed (only those without a "
+                                "forwarder).", registry=r)
         self.store_full = Gauge("amic_store_full",
                                 "1 while the store has no room to commit (disk full or "
                                 "max_store_mb reached).", registry=r)

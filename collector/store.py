@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import sqlite3
 import threading
@@ -945,6 +946,19 @@ def purge_shipped(conn: sqlite3.Connection, *, chunk: int = 20_000) -> int:
     return total
 
 
+def has_shipped(conn: sqlite3.Connection) -> bool:
+    """Whether :func:`purge_shipped` would find a row to delete."""
+    for table in PURGED:
+        guard = conn.execute("SELECT min(last_id) FROM cursors WHERE table_name = ?",
+                             (table,)).fetchone()[0]
+        if not guard:
+            continue
+        low, top = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
+        if low is not None and low <= int(guard) and low < top:
+            return True
+    return False
+
+
 def is_full(e: BaseException) -> bool:
     """Whether a SQLite error means no room: disk full, or the store's size cap reached."""
     code = getattr(e, "sqlite_errorcode", None)
@@ -972,7 +986,7 @@ class CommitInfo:
     """Passed to ``on_commit`` (in the writer thread) after each commit."""
 
     rows: int  # rows in this transaction
-    readings: int
+    readings: int  # readings in this transaction
     seconds: float
     rows_committed: int  # totals since the writer started
     readings_committed: int
@@ -1015,7 +1029,7 @@ class StoreWriter:
                  on_commit: Callable[[CommitInfo], None] | None = None,
                  cache_mb: int = 32, on_alert: Callable[[Event], None] | None = None,
                  min_free_mb: float = 100.0, disk_check_interval: float = 30.0,
-                 purge_shipped_when_full: bool = True) -> None:
+                 purge_shipped_when_full: bool = True, reserve_mb: float = 8.0) -> None:
         if commit_interval <= 0 or commit_rows <= 0:
             raise ValueError("commit_interval and commit_rows must be positive")
         self.store = store
@@ -1037,6 +1051,17 @@ class StoreWriter:
         self._next_disk_check = 0.0
         self.full_episodes = 0
         self.rows_purged_for_room = 0
+        # A file of reserve_mb (at most 1/8 of the file system) released when the file
+        # system is full: the WAL checkpoint that must precede deleting shipped rows
+        # grows the database file by up to the WAL's size, which the writer keeps under
+        # half the reserve (wal_autocheckpoint).
+        self.reserve_mb = max(float(reserve_mb), 0.0)
+        self.reserve_path = store.path.with_name(store.path.name + "-reserve")
+        self._tight = False  # ran out of room once: keep room ahead of the commits
+        self.room_attempts = 0  # room-making runs (delete shipped rows)
+        self.room_failures = 0  # of those, how many failed (SQLite error)
+        self.reserve_releases = 0
+        self._wal_budget = 8 << 20  # bytes of file system the WAL may need; set at start
 
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Chunk] = []
@@ -1260,6 +1285,12 @@ class StoreWriter:
                 self._call_loop(_set_exception, started, e)
             self._thread = None
             return
+        self._ensure_reserve()
+        reserve = self._reserve_bytes()
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = min(max(reserve // 2 // page, 64), 1000)  # 1000: SQLite's default
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        self._wal_budget = 2 * pages * page
         assert self._started is not None
         self._call_loop(_resolve, self._started)
         purge: Iterator[tuple[str, int]] | None = None
@@ -1371,6 +1402,8 @@ class StoreWriter:
         readings = sum(len(items) for kind, items in batch if kind == _READINGS)
         delay = 0.05
         careful = False
+        if self._tight:
+            self._keep_room(conn)
         while True:
             t0 = time.perf_counter()
             try:
@@ -1422,16 +1455,27 @@ class StoreWriter:
                 delay = min(delay * 2, 5.0)
         took = time.perf_counter() - t0
         stored = n - rejected
-        # Room again once the backlog is written, not at the first small commit that
-        # fits: a store hovering at its cap would raise an event pair per commit.
-        if self.full_since is not None and self.pending - n < self.commit_rows:
+        # Room again once the backlog is written and there is room for more than the
+        # next commit, not at the first small commit that fits: a store hovering at its
+        # limit would raise an event pair per commit.
+        if (self.full_since is not None and self.pending - n < self.commit_rows
+                and self._room_bytes(conn) >= self._low_water()):
             self._room_again()
         if time.monotonic() >= self._next_disk_check:
             self._check_disk()
+        committed_readings = readings - rejected_readings
+        # Before the flush waiters wake: after flush(), on_commit has seen these rows.
+        if self.on_commit is not None:
+            try:
+                self.on_commit(CommitInfo(stored, committed_readings, took,
+                                          self.rows_committed + stored,
+                                          self.readings_committed + committed_readings))
+            except Exception:
+                log.exception("store: on_commit callback failed")
         with self._cond:
             self._done += n
             self.rows_committed += stored
-            self.readings_committed += readings - rejected_readings
+            self.readings_committed += committed_readings
             self.rows_rejected += rejected
             self.commits += 1
             self.last_commit_seconds = took
@@ -1439,12 +1483,6 @@ class StoreWriter:
             if self._queued - self._done < self.max_pending:
                 self._warned_backlog = False
             self._wake_waiters()
-        if self.on_commit is not None:
-            try:
-                self.on_commit(CommitInfo(stored, readings, took, self.rows_committed,
-                                          self.readings_committed))
-            except Exception:
-                log.exception("store: on_commit callback failed")
 
     # ---- disk-full policy (docs/storage.md) ------------------------------------------
 
@@ -1479,19 +1517,131 @@ class StoreWriter:
                                  f"without room; nothing was lost"))
 
     def _make_room(self, conn: sqlite3.Connection) -> bool:
-        """Delete shipped rows to make room; True when some were deleted."""
+        """Delete shipped rows to make room; True when some were deleted.
+
+        On a full file system the deletes need room in the WAL themselves: the reserve
+        file goes first, and the WAL is checkpointed and truncated before and after, so
+        its space is the file system's again.
+        """
+        self._tight = True
+        if not has_shipped(conn):  # nothing to delete: keep the reserve for later
+            return False
+        self.room_attempts += 1
+        self._release_reserve()
+        self._truncate_wal(conn)
         try:
             n = purge_shipped(conn)
         except sqlite3.Error as e:
+            self.room_failures += 1
             log.error("store: cannot delete shipped rows to make room: %s", e)
             return False
+        self._truncate_wal(conn)
         if n:
             self.rows_purged_for_room += n
             log.warning("store: full: deleted the %d oldest rows already forwarded", n)
         return n > 0
 
+    def _keep_room(self, conn: sqlite3.Connection) -> None:
+        """Once the store ran out of room: make room before it runs out again, so a
+        store kept at its limit by a forwarder that keeps up raises no new episode."""
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self.store.path.parent).free < self._wal_budget:
+                self._truncate_wal(conn)  # a reader kept the WAL from starting over
+        for _ in range(8):  # bounded: each round deletes up to 20,000 rows a table
+            if self._room_bytes(conn) >= self._low_water():
+                return
+            if not self._make_room(conn):
+                return
+
+    def _low_water(self) -> int:
+        """Room (bytes) the store keeps ahead of its commits once it was full."""
+        cap = self.store.max_size_mb
+        if cap is not None:
+            return max(65536, min(1 << 20, int(cap * 1048576 / 8)))
+        return 1 << 20
+
+    def _room_bytes(self, conn: sqlite3.Connection) -> int:
+        """Free pages in the file, plus what it may still grow (cap, free disk space
+        beyond what the WAL needs)."""
+        try:
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            grow = max(shutil.disk_usage(self.store.path.parent).free - self._wal_budget, 0)
+            if self.store.max_size_mb is not None:
+                pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                limit = int(conn.execute("PRAGMA max_page_count").fetchone()[0])
+                grow = min(grow, max(limit - pages, 0) * page)
+        except (sqlite3.Error, OSError):
+            return 0
+        return free_pages * page + grow
+
+    @staticmethod
+    def _truncate_wal(conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes (best effort:
+        a reader may hold it)."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as e:
+            log.debug("store: WAL checkpoint failed: %s", e)
+
+    def _reserve_bytes(self) -> int:
+        if not self.reserve_mb:
+            return 0
+        try:
+            total = shutil.disk_usage(self.store.path.parent).total
+        except OSError:
+            return 0
+        return min(int(self.reserve_mb * 1048576), total // 8) // 4096 * 4096
+
+    def _ensure_reserve(self) -> None:
+        """(Re)create the reserve file while the file system has room for it twice."""
+        size = self._reserve_bytes()
+        if not size:
+            return
+        try:
+            if self.reserve_path.stat().st_size >= size:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            if shutil.disk_usage(self.store.path.parent).free < 2 * size + (1 << 20):
+                return
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("store: cannot create the reserve file %s: %s", self.reserve_path, e)
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()
+            return
+        log.info("store: reserve file %s (%d kB)", self.reserve_path, size // 1024)
+        if self.store.max_size_mb is None and self.full_since is None:
+            self._tight = False  # the file system has room again
+
+    def _release_reserve(self) -> None:
+        """Delete the reserve file when the file system (not a size cap) is short."""
+        try:
+            if shutil.disk_usage(self.store.path.parent).free >= self._wal_budget:
+                return
+            size = self.reserve_path.stat().st_size
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("store: cannot remove the reserve file %s: %s", self.reserve_path, e)
+            return
+        self.reserve_releases += 1
+        log.warning("store: file system full: released the reserve file (%d kB)",
+                    size // 1024)
+
     def _check_disk(self) -> None:
         self._next_disk_check = time.monotonic() + self.disk_check_interval
+        if self.full_since is None:
+            self._ensure_reserve()
         if not self.min_free_mb:
             return
         try:

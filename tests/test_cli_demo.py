@@ -29,3 +29,24 @@ def test_demo_runs_a_cycle_and_commits_every_reading(tmp_path: Path) -> None:
         assert c.execute("SELECT count(*) FROM readings").fetchone()[0] == stored
         wrong = c.execute("SELECT count(*) FROM readings WHERE meter IN ('M01011', 'M02011')")
         assert wrong.fetchone()[0] == 0  # nothing stored from a wrong-address reply
+
+
+def test_a_second_demo_run_reports_only_its_own_readings(tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    args = ["demo", "--buses", "1", "--meters", "4", "--baud", "19200", "--data-dir",
+            str(data)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    with sqlite3.connect(data / "amic.db") as c:
+        before = c.execute("SELECT max(id) FROM readings").fetchone()[0]
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    with sqlite3.connect(data / "amic.db") as c:
+        this_run = c.execute("SELECT count(*) FROM readings WHERE id > ?",
+                             (before,)).fetchone()[0]
+        total = c.execute("SELECT count(*) FROM readings").fetchone()[0]
+    assert this_run == 4 * 8 and total == 2 * this_run
+    areas = re.findall(r"^(TQ-\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)%\s+(\d+)$", second.output,
+                       re.M)
+    assert sum(int(a[4]) for a in areas) == this_run
+    assert f"{this_run} readings stored and committed" in second.output

@@ -4,9 +4,18 @@ rows in memory, makes room only from rows already forwarded, and loses nothing."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import until
@@ -72,6 +81,8 @@ def test_full_store_raises_event_holds_rows_and_resumes_after_forwarding(tmp_pat
         await writer.flush()
         assert any(e.kind == "store_recovered" for e in alerts)
         assert writer.rows_dropped == 0 and writer.rows_purged_for_room > 0
+        # The disk has room (the cap is what is full): the reserve file stays.
+        assert writer.reserve_releases == 0 and writer.reserve_path.stat().st_size > 0
 
         # Every unshipped reading is in the store: the values after `shipped` are all there.
         values = {int(v) for (v,) in sqlite3.connect(store.path).execute(
@@ -156,6 +167,47 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_no_flapping_while_a_forwarder_trickles(tmp_path: Path) -> None:
+    """A full store whose forwarder ships a few rows at a time makes room for a few rows
+    at a time: commits fit, then fail, then fit.  That is one episode, not an event pair
+    per commit: room again means room for more than the next commit."""
+    async def main() -> None:
+        store = Store(tmp_path / DB_NAME, max_size_mb=SIZE_MB)
+        alerts: list[Event] = []
+        writer = StoreWriter(store, commit_interval=0.02, commit_rows=500,
+                             on_alert=alerts.append, min_free_mb=0)
+        await writer.start()
+        queued = await fill_until_full(writer, alerts)
+        await until(lambda: store.last_id("readings") > 0, 10)
+        shipped = 0
+        for _ in range(60):  # ~50 rows a tick in, 60 rows a tick shipped
+            writer.put_many(batch(queued, 50))
+            queued += 50
+            shipped = min(shipped + 60, store.last_id("readings"))
+            store.advance("timeseries", "readings", shipped)
+            await asyncio.sleep(0.05)
+        assert [e.kind for e in alerts] == ["store_full"]
+        assert writer.rows_purged_for_room > 0
+        # The forwarder catches up: room for good, one store_recovered.
+        for _ in range(200):
+            if writer.full_since is None:
+                break
+            writer.put_many(batch(queued, 50))
+            queued += 50
+            store.advance("timeseries", "readings", store.last_id("readings"))
+            await asyncio.sleep(0.05)
+        assert writer.full_since is None
+        await writer.close()
+        assert [e.kind for e in alerts] == ["store_full", "store_recovered"]
+        assert writer.rows_dropped == 0
+        values = [int(v) for (v,) in sqlite3.connect(store.path).execute(
+            "SELECT value FROM readings")]
+        assert len(values) == len(set(values)) and max(values) == queued - 1
+        store.close()
+
+    asyncio.run(main())
+
+
 def test_disk_low_event(tmp_path: Path) -> None:
     async def main() -> None:
         store = Store(tmp_path / DB_NAME)
@@ -173,3 +225,132 @@ def test_disk_low_event(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(main())
+
+
+# ---- a real, tiny file system -----------------------------------------------------------
+
+FS_MB = 12
+
+
+async def disk_full_workload(fs: Path) -> dict[str, Any]:
+    """On the (empty, FS_MB) file system at ``fs``: another file eats the free space, the
+    store fills the rest while readings keep arriving and a forwarder ships them; then
+    the other file goes.  Returns what the test checks (JSON-able)."""
+    store = Store(fs / DB_NAME)
+    alerts: list[Event] = []
+    writer = StoreWriter(store, commit_interval=0.05, commit_rows=500, min_free_mb=0,
+                         disk_check_interval=0.2, on_alert=alerts.append)
+    await writer.start()
+    reserve = writer.reserve_path.stat().st_size
+    shipped: list[float] = []
+    stop = threading.Event()
+    server_up = threading.Event()
+    server_up.set()
+
+    def forwarder() -> None:  # reads the outbox like the real one, then moves its cursor
+        reader = Store(fs / DB_NAME, create=False)
+        try:
+            while not stop.is_set():
+                if not server_up.wait(0.05):
+                    continue
+                with contextlib.suppress(sqlite3.OperationalError):  # full: retried
+                    rows = reader.outbox("timeseries", "readings", limit=3000)
+                    if rows:
+                        reader.advance("timeseries", "readings", rows[-1]["id"])
+                        shipped.extend(r["value"] for r in rows)  # acknowledged
+                time.sleep(0.05)
+        finally:
+            reader.close()
+
+    shipping = threading.Thread(target=forwarder)
+    shipping.start()
+    filler = fs / "other.log"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(fs).free - 2 * 1048576))
+    server_up.clear()  # the server is down when the disk fills: nothing to delete
+    written = 0
+    held = 0
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 4.0 or writer.full_since is not None:
+            writer.put_many(batch(written, 300))
+            written += 300
+            held = max(held, writer.pending)
+            await asyncio.sleep(0.02)
+            if writer.full_since is not None and time.monotonic() - writer.full_since > 1:
+                server_up.set()  # back: it ships the backlog, the writer deletes that
+            assert time.monotonic() - t0 < 30, "the store never got room again"
+        sizes = {p.name: p.stat().st_size for p in fs.iterdir()}
+        filler.unlink()  # room on the file system again
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 1.0:
+            writer.put_many(batch(written, 300))
+            written += 300
+            await asyncio.sleep(0.02)
+        await writer.flush()
+    finally:
+        stop.set()
+        shipping.join()
+    await writer.close()
+    conn = sqlite3.connect(store.path)
+    try:
+        stored = [v for (v,) in conn.execute("SELECT value FROM readings ORDER BY id")]
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    store.close()
+    return {"written": written, "stored": stored, "shipped": shipped,
+            "alerts": [(e.kind, e.value) for e in alerts], "integrity": integrity,
+            "held": held, "room_attempts": writer.room_attempts,
+            "room_failures": writer.room_failures, "errors": writer.errors,
+            "rows_dropped": writer.rows_dropped, "purged": writer.rows_purged_for_room,
+            "reserve": reserve, "reserve_back": writer.reserve_path.stat().st_size,
+            "reserve_releases": writer.reserve_releases,
+            "sizes_full": sizes}
+
+
+def run_on_tiny_fs(mnt: Path) -> dict[str, Any]:
+    """:func:`disk_full_workload` on a FS_MB tmpfs mounted at ``mnt``: here as root,
+    else in a subprocess with its own user and mount namespaces."""
+    mnt.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_MB}m", "tmpfs", str(mnt)],
+                       check=True)
+        try:
+            return asyncio.run(disk_full_workload(mnt))
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
+    code = ("import asyncio, json, sys; from pathlib import Path; "
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import test_store_full as t; "
+            "print(json.dumps(asyncio.run(t.disk_full_workload(Path(sys.argv[1])))))")
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                        f'mount -t tmpfs -o size={FS_MB}m tmpfs "$1" && exec "$2" -c "$3" "$1"',
+                        "sh", str(mnt), sys.executable, code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout.splitlines()[-1]))
+
+
+def test_disk_full_on_a_real_file_system(tmp_path: Path) -> None:
+    """A 12 MB file system filled by another file, then by the store: room is made from
+    shipped rows (the reserve file goes first), nothing unshipped is lost, one event
+    pair, and the store writes on once the other file is gone."""
+    got = run_on_tiny_fs(tmp_path / "fs")
+    print(f"\nheld in memory at most {got['held']} rows; episode "
+          f"{[v for k, v in got['alerts'] if k == 'store_recovered']} s; room-making "
+          f"{got['room_attempts']} runs, {got['room_failures']} failed; commit errors "
+          f"{got['errors']}; {got['purged']} shipped rows deleted; reserve "
+          f"{got['reserve']} B; files when full {got['sizes_full']}")
+    assert got["integrity"] == "ok"
+    # It was full: the store made room, once, without failing.
+    assert [k for k, _ in got["alerts"]] == ["store_full", "store_recovered"]
+    assert got["room_failures"] == 0 and got["purged"] > 0
+    assert got["rows_dropped"] == 0
+    # No unshipped row lost, none twice: what is not in the store was shipped before.
+    stored = [int(v) for v in got["stored"]]
+    assert len(stored) == len(set(stored))
+    assert set(stored) | {int(v) for v in got["shipped"]} == set(range(got["written"]))
+    assert max(stored) == got["written"] - 1  # written after room came back
+    # The reserve went once; with room on the file system again it is back.
+    assert got["reserve_releases"] == 1
+    assert got["reserve_back"] == got["reserve"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -98,14 +99,29 @@ async def _demo(data_dir: Path, buses: int, meters: int, baud: int, td_ms: int,
     return daemon, time.monotonic() - t0
 
 
-def _summary(daemon: Daemon, elapsed: float) -> None:
+def _last_reading_id(data_dir: Path) -> int:
+    """The newest reading id of an earlier run's store (0: none)."""
+    path = data_dir / "amic.db"
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+    except sqlite3.Error:  # not a store yet: the daemon says so
+        return 0
+    finally:
+        conn.close()
+
+
+def _summary(daemon: Daemon, elapsed: float, after_id: int = 0) -> None:
+    """This run's figures: readings with ids above ``after_id`` (an earlier run's)."""
     cycle = daemon.poller.last_cycle.get("demo") if daemon.poller else None
     store = Store(daemon.settings.collector.data_dir / "amic.db")
     conn = store.connect()
     try:
         stored = dict(conn.execute(
             "SELECT m.area, count(*) FROM readings r JOIN meters m ON m.meter_id = r.meter "
-            "GROUP BY m.area").fetchall())
+            "WHERE r.id > ? GROUP BY m.area", (after_id,)).fetchall())
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         conn.close()
@@ -160,6 +176,7 @@ def demo(buses: int, meters: int, baud: int, td_ms: int, seconds: float, data_di
         raise click.BadParameter("need at least one bus and two meters")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
+    after_id = _last_reading_id(data_dir.resolve())
     daemon, elapsed = asyncio.run(_demo(data_dir.resolve(), buses, meters, baud, td_ms,
                                         seconds))
-    _summary(daemon, elapsed)
+    _summary(daemon, elapsed, after_id)
