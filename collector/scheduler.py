@@ -273,8 +273,8 @@ async def read_meter_each(worker: BusWorker, meter: MeterSettings,
                 got.refused.append(str(asked))
             else:
                 got.failed[str(asked)] = e
-        if not result.answered:
-            break  # silent or link down: asking again would only wait out more timeouts
+        if not result.valid:
+            break  # silent, link down or nothing valid: asking again would only fail alike
         wanted = list(got.failed)
     for q in got.refused:
         worker.refused.add((meter.address, q))

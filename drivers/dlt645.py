@@ -138,6 +138,12 @@ class Reading:
         return out
 
 
+# Reads of one meter that may fail before any valid reply, before the rest is given up:
+# two, so a noisy line (a few garbled replies) never loses a meter, while a meter that
+# only garbles or answers as another address costs two reads, not one per quantity.
+GIVE_UP_AFTER = 2
+
+
 @dataclass(slots=True)
 class ReadResult:
     """What :meth:`Dlt645Session.read_each` got: ``readings`` in the order asked,
@@ -147,6 +153,9 @@ class ReadResult:
     readings: list[Reading] = field(default_factory=list)
     failed: list[tuple[Quantity, DriverError]] = field(default_factory=list)
     answered: bool = False
+    # whether any reply was valid (a value, or the meter's own error answer): a meter
+    # that only garbles or answers as another address gave nothing valid
+    valid: bool = False
 
 
 # ---- what to send for a quantity ---------------------------------------------------------
@@ -309,21 +318,29 @@ class Dlt645Session:
         the failures come back with their errors.  One exception: when the meter is
         silent (no reply byte at all, or the link is down) before it answered anything,
         the rest is not tried: they fail with the same error rather than each waiting
-        out its own timeout.  :class:`UnknownQuantity` still raises before any I/O.
+        out its own timeout.  Likewise when the first :data:`GIVE_UP_AFTER` reads gave
+        nothing valid (only garbled replies or replies from another address): the meter
+        is faulty, not the line.  :class:`UnknownQuantity` still raises before any I/O.
         """
         addr = normalise_address(address)
         wanted = list(quantities)
         targets = [_target(q, self.version) for q in wanted]
         results: list[Reading | DriverError | None] = [None] * len(targets)
         answered = False
+        valid = False
+        invalid = 0  # reads that failed before any valid reply
         silent: DriverError | None = None  # the meter never answered: give up on it
 
         def heard(e: DriverError) -> None:
-            nonlocal answered, silent
+            nonlocal answered, silent, invalid
             if isinstance(e, ReplyError | IncompleteReply):
                 answered = True  # something came back: the meter is there
             elif not answered and isinstance(e, NoReply | LinkDown):
                 silent = e
+            if not valid:
+                invalid += 1
+                if invalid >= GIVE_UP_AFTER and silent is None:
+                    silent = e  # nothing valid from it: the rest would fail alike
 
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(targets):
@@ -344,7 +361,7 @@ class Dlt645Session:
             try:
                 reading = await self._read_one(addr, _Target(block.di, block, None), label)
             except MeterError as e:
-                answered = True
+                answered = valid = True
                 if needs_block:
                     for i in members:
                         results[i] = e
@@ -354,7 +371,7 @@ class Dlt645Session:
                 self.blocks_refused.add((addr, block_di))
                 continue
             except BadReply as e:
-                answered = True
+                heard(e)
                 if needs_block:
                     for i in members:
                         results[i] = e
@@ -364,7 +381,7 @@ class Dlt645Session:
                 for i in members:
                     results[i] = e  # already retried: its members are not asked singly
                 continue
-            answered = True
+            answered = valid = True
             parts = {r.name: r for r in reading.members()}
             for i in members:
                 item = targets[i].item
@@ -385,7 +402,10 @@ class Dlt645Session:
                 else:
                     try:
                         r = await self._read_one(addr, t)
-                        answered = True
+                        answered = valid = True
+                    except MeterError as e:
+                        answered = valid = True  # the meter's own answer: it is there
+                        r = e
                     except (NoReply, ReplyError, LinkDown) as e:
                         heard(e)
                         r = e
@@ -394,6 +414,7 @@ class Dlt645Session:
             else:
                 out.failed.append((wanted[i], r))
         out.answered = answered
+        out.valid = valid
         return out
 
     async def _read_one(self, address: str, target: _Target, label: str | None = None
