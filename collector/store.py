@@ -64,6 +64,7 @@ log = logging.getLogger("amic.store")
 DB_NAME: Final = "amic.db"
 SCHEMA_VERSION: Final = 6
 DAY_MS: Final = 86_400_000
+ROOM_RECHECK_SECONDS: Final = 0.5  # how often a full, quiet store looks for room
 
 Table = Literal["readings", "events", "commands", "cycles"]
 OUTBOX_TABLES: Final[tuple[str, ...]] = ("readings", "events", "commands", "cycles", "daily")
@@ -1049,6 +1050,7 @@ class StoreWriter:
         self._full_wall: dt.datetime | None = None
         self._disk_low = False
         self._next_disk_check = 0.0
+        self._next_room_check = 0.0  # while full and idle: is there room again?
         self.full_episodes = 0
         self.rows_purged_for_room = 0
         # A file of reserve_mb (at most 1/8 of the file system) released when the file
@@ -1303,6 +1305,8 @@ class StoreWriter:
                     purge = self._purge_step(conn, purge)
                 elif stop:
                     break
+                else:
+                    self._recheck_room(conn)
         except BaseException:  # a bug: never leave flush() or close() waiting
             log.exception("store writer thread failed")
             raise
@@ -1337,10 +1341,15 @@ class StoreWriter:
                     return [], True, False
                 if self._purge_due():
                     return [], True, False
+                if not pending and self.full_since is not None \
+                        and now >= self._next_room_check:
+                    return [], False, False  # the room check of a full, quiet store
                 timeout = (self.commit_interval - (now - self._oldest) if pending
                            else self.commit_interval)
                 if self.retention_days:
                     timeout = min(timeout, 60.0)  # look at the purge clock now and then
+                if self.full_since is not None:
+                    timeout = min(timeout, max(self._next_room_check - now, 0.001))
                 self._cond.wait(max(timeout, 0.001))
 
     def _take(self) -> list[_Chunk]:
@@ -1540,6 +1549,18 @@ class StoreWriter:
             self.rows_purged_for_room += n
             log.warning("store: full: deleted the %d oldest rows already forwarded", n)
         return n > 0
+
+    def _recheck_room(self, conn: sqlite3.Connection) -> None:
+        """A full store with nothing to commit: recovered once the forwarder's progress
+        (or freed disk space) leaves room, not only at the next commit, which may be a
+        cycle away."""
+        self._next_room_check = time.monotonic() + ROOM_RECHECK_SECONDS
+        if self.full_since is None:
+            return
+        if self._tight:
+            self._keep_room(conn)
+        if self.pending < self.commit_rows and self._room_bytes(conn) >= self._low_water():
+            self._room_again()
 
     def _keep_room(self, conn: sqlite3.Connection) -> None:
         """Once the store ran out of room: make room before it runs out again, so a

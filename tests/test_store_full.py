@@ -156,6 +156,8 @@ def test_back_pressure_past_max_pending(tmp_path: Path) -> None:
         shipping = asyncio.create_task(forwarder())
         await asyncio.wait_for(waiter, 10)
         await until(lambda: writer.pending == 0, 10)
+        # Recovered with headroom, at a commit or at the next room check of the quiet store.
+        await until(lambda: writer.full_since is None, 5)
         shipping.cancel()
         await writer.close()
         # One episode, not an event pair per commit while it hovered at the cap.
@@ -354,3 +356,35 @@ def test_disk_full_on_a_real_file_system(tmp_path: Path) -> None:
     # The reserve went once; with room on the file system again it is back.
     assert got["reserve_releases"] == 1
     assert got["reserve_back"] == got["reserve"] > 0
+
+
+def test_a_full_store_that_goes_quiet_recovers_when_the_forwarder_catches_up(
+        tmp_path: Path) -> None:
+    """Recovery is not left to the next commit (a cycle away, or never on a quiet
+    store): once shipped rows leave room, store_recovered comes by itself."""
+    async def main() -> None:
+        store = Store(tmp_path / DB_NAME, max_size_mb=SIZE_MB)
+        alerts: list[Event] = []
+        writer = StoreWriter(store, commit_interval=0.02, commit_rows=500,
+                             on_alert=alerts.append, min_free_mb=0)
+        await writer.start()
+        await fill_until_full(writer, alerts)
+        # A slow forwarder ships just enough for the held rows to go in: the backlog is
+        # written, but the store is still at its cap (no headroom: not recovered).
+        shipped = 0
+        while writer.pending:
+            shipped = min(store.last_id("readings"), shipped + 200)
+            store.advance("timeseries", "readings", shipped)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert writer.full_since is not None, "recovered already: the test proves nothing"
+        # Nothing more arrives; the forwarder catches up: recovered without a commit.
+        store.advance("timeseries", "readings", store.last_id("readings"))
+        await until(lambda: writer.full_since is None, 5,
+                    what=lambda: [e.kind for e in alerts])
+        assert [e.kind for e in alerts] == ["store_full", "store_recovered"]
+        assert writer.rows_dropped == 0
+        await writer.close()
+        store.close()
+
+    asyncio.run(main())
