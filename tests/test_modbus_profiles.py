@@ -297,7 +297,7 @@ def test_unknown_keys_everywhere() -> None:
                 extra="[relay]\nkind = \"coil\"\naddress = 1\ntrip = 1\nclose = 0\n"
                       "open_wen = 1\n\n[extra]\nx = 1\n")
     assert problems(text) == [
-        "t.toml: unknown key 'extra'; expected one of profile, register, relay",
+        "t.toml: unknown key 'extra'; expected one of profile, register, unmapped, relay",
         "t.toml: [profile]: unknown key 'max_regs' (did you mean 'max_registers'?); expected "
         "one of manufacturer, model, manual, max_registers, max_gap",
         "t.toml: register 1 (voltage_a): unknown key 'wordorder' (did you mean "
