@@ -163,3 +163,42 @@ def test_acrel_meter_in_line_loss(cfg: Path) -> None:
     # supplied 100 (M00), sold 30 (M01) + 60 (P1, combined energy): loss 10 kWh, 10 %.
     assert area["supplied_kwh"] == 100.0 and area["sold_kwh"] == 90.0
     assert area["loss_kwh"] == 10.0 and area["loss_pct"] == 10.0
+
+
+# ---- prepaid accounting ----------------------------------------------------------------
+
+PREPAID = """
+[prepaid]
+warn1 = 20
+warn2 = 5
+price = "0.5"
+computed = ["*"]
+"""
+
+
+def test_computed_prepaid_balance_of_an_acrel_meter_charges_combined_energy(
+        cfg: Path) -> None:
+    from decimal import Decimal
+
+    from collector.control import build_engine
+
+    text = cfg.read_text(encoding="utf-8").replace(
+        'profile = "acrel-ddsy1352"\n', 'profile = "acrel-ddsy1352"\nprepaid = true\n')
+    cfg.write_text(text + PREPAID, encoding="utf-8")
+    engine = build_engine(load_settings(cfg))
+    assert engine is not None and set(engine.accounts) == {"P1"}
+    assert engine.accounts["P1"].energy == "combined"
+    t = local(DAY, 12)
+    engine.observe("P1", [reading("P1", "energy_active_combined_total", 500.0, t)], t)
+    later = t + dt.timedelta(hours=1)
+    engine.observe("P1", [reading("P1", "energy_active_combined_total", 510.0, later),
+                          reading("P1", "energy_active_forward_total", 900.0, later)], later)
+    # 10 kWh of combined energy at 0.5 yuan; the (stray) forward reading is not charged.
+    assert engine.balance("P1") == Decimal("-5.0")
+
+
+def test_prepaid_account_energy_is_checked() -> None:
+    from collector.prepaid import PrepaidAccount
+
+    with pytest.raises(ValueError, match="energy must be one of forward, combined"):
+        PrepaidAccount("m1", energy="reverse")
