@@ -163,6 +163,9 @@ def test_acrel_meter_in_line_loss(cfg: Path) -> None:
     # supplied 100 (M00), sold 30 (M01) + 60 (P1, combined energy): loss 10 kWh, 10 %.
     assert area["supplied_kwh"] == 100.0 and area["sold_kwh"] == 90.0
     assert area["loss_kwh"] == 10.0 and area["loss_pct"] == 10.0
+    assert {m["meter"]: (m["energy"], m["source"], m["usage_kwh"]) for m in area["meters"]} == {
+        "M00": ("forward", "frozen", 100.0), "M01": ("forward", "frozen", 30.0),
+        "P1": ("combined", "live", 60.0)}
 
 
 # ---- prepaid accounting ----------------------------------------------------------------

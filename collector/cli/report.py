@@ -182,7 +182,7 @@ def lineloss_json(a: AreaLineLoss) -> dict[str, Any]:
             "reason": a.reason, "source": a.source,
             "meters": [{"meter": u.meter, "role": u.role, "opening_kwh": u.opening,
                         "closing_kwh": u.closing, "usage_kwh": _round(u.usage),
-                        "source": u.source} for u in a.meters]}
+                        "source": u.source, "energy": u.energy} for u in a.meters]}
 
 
 def _round(v: float | None) -> float | None:
