@@ -64,8 +64,8 @@ async def test_every_listed_register_is_answered(name: str) -> None:
     # The RS-485 line simulator answers the same ones.
     (meter,) = make_modbus_meters(profile, [1])
     for what, function, address, words in listed(profile):
-        reply = rtu_reply(meter, rtu(1, function, address, words))
-        assert reply[1] == function, f"{name}: {what} at {address:#06x}: exception {reply[2]}"
+        frame = rtu_reply(meter, rtu(1, function, address, words))
+        assert frame[1] == function, f"{name}: {what} at {address:#06x}: exception {frame[2]}"
 
 
 async def test_acrel_ddsy1352_answers_its_whole_table_in_one_read() -> None:
