@@ -205,3 +205,26 @@ def test_prepaid_account_energy_is_checked() -> None:
 
     with pytest.raises(ValueError, match="energy must be one of forward, combined"):
         PrepaidAccount("m1", energy="reverse")
+
+
+def test_the_daemons_daily_line_loss_counts_the_acrel_meter(cfg: Path) -> None:
+    """The daily job (stored ``lineloss`` rows) picks the energy as ``amic report`` does."""
+    from types import SimpleNamespace
+
+    from collector.daily import DailyJobs
+    from collector.records import DailyRecord, Event
+    from collector.settings import DailySettings
+
+    settings = load_settings(cfg)
+    stored: list[DailyRecord] = []
+    events: list[Event] = []
+    with Store(cfg.parent / "data" / DB_NAME) as store:
+        daemon = SimpleNamespace(settings=settings, store=store,
+                                 writer=SimpleNamespace(put_daily=stored.append),
+                                 _on_event=events.append)
+        jobs = DailyJobs(daemon, DailySettings(tz="Asia/Shanghai"))  # type: ignore[arg-type]
+        jobs.report(DAY)
+    (loss,) = [r for r in stored if r.kind == "lineloss"]
+    assert loss.key == "TQ-A" and loss.complete, loss
+    assert dict(loss.fields)["loss_kwh"] == 10.0 and dict(loss.fields)["sold_kwh"] == 90.0
+    assert not [e for e in events if e.kind == "lineloss_incomplete"]
