@@ -224,20 +224,27 @@ def meter_energies(meters: Iterable[MeterSettings],
     """
     from .profiles import ProfileError, load_profile
 
-    out: dict[str, str] = {}
-    for m in meters:
-        if m.profile:
+    def choose(profile: str, protocol: str) -> str | None:
+        if profile:
             try:
-                offered = {r.name for r in load_profile(m.profile, search=search).registers}
+                offered = {r.name for r in load_profile(profile, search=search).registers}
             except ProfileError:
-                continue
+                return None
         else:
-            version = PROTOCOLS.get(m.protocol)
+            version = PROTOCOLS.get(protocol)
             if version is None:
-                continue
+                return None
             offered = {q for q in ("energy_active_forward_total",
                                    "energy_active_combined_total") if _readable(q, version)}
-        chosen = billing_energy(offered)
+        return billing_energy(offered)
+
+    out: dict[str, str] = {}
+    known: dict[tuple[str, str], str | None] = {}  # thousands of meters, a few kinds
+    for m in meters:
+        key = (m.profile, m.protocol)
+        if key not in known:
+            known[key] = choose(*key)
+        chosen = known[key]
         if chosen is not None:
             out[m.meter_id] = chosen
     return out
