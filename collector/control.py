@@ -48,6 +48,7 @@ from .config import meters_matching
 from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
 from .records import CommandRecord, Event, Reading, utcnow
 from .remote import DOCUMENT, CommandDenied, CommandError, Execute, JsonDict, parse_ts
+from .reports import meter_energies
 from .secrets import Secrets
 from .settings import Settings
 from .signing import ReplayCache, SignatureError, Verifier
@@ -79,10 +80,13 @@ def build_engine(settings: Settings) -> PrepaidEngine | None:
     plan: TariffPlan | None = None
     if p.price is not None or p.prices:
         plan = TariffPlan(flat=p.price, **dict(p.prices))
+    prepaid = [m for m in settings.meters if m.prepaid]
+    energy = meter_energies(prepaid, [settings.source.absolute().parent])
     accounts = [PrepaidAccount(m.meter_id, mode="computed" if m.meter_id in computed
                                else "meter", protected=m.meter_id in protected, plan=plan,
-                               opening_balance=p.opening_balance)
-                for m in settings.meters if m.prepaid]
+                               opening_balance=p.opening_balance,
+                               energy=energy.get(m.meter_id, "forward"))
+                for m in prepaid]
     return PrepaidEngine(policy, accounts)
 
 

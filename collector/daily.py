@@ -35,7 +35,7 @@ from .audit_reads import (
 )
 from .backfill import backfill_meter
 from .records import DailyRecord, Event, utcnow
-from .reports import line_loss, midnight_ms, success_report
+from .reports import line_loss, meter_energies, midnight_ms, success_report
 from .settings import DailySettings
 from .timesync import TimeSync, TimeSyncSettings
 
@@ -140,7 +140,8 @@ class DailyJobs:
         assert d.store is not None and d.writer is not None
         ts = dt.datetime.fromtimestamp(midnight_ms(day, self.zone) / 1000, dt.UTC)
         out: list[DailyRecord] = []
-        for a in line_loss(d.store, day, self.zone):
+        energy = meter_energies(d.settings.meters, [d.settings.source.absolute().parent])
+        for a in line_loss(d.store, day, self.zone, energy=energy):
             fields = tuple((k, float(v)) for k, v in (
                 ("loss_pct", a.loss_pct), ("loss_kwh", a.loss_kwh),
                 ("supplied_kwh", a.supplied_kwh), ("sold_kwh", a.sold_kwh),

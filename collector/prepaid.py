@@ -20,7 +20,8 @@ Two kinds of account:
     ``balance_energy``/``overdraft_energy``, turned into yuan by the account's flat price).
 ``mode="computed"``
     The meter keeps no money: the balance is computed from its forward active energy
-    registers and a :class:`TariffPlan`: ``credit - sum((E_t - E0_t) * price_t)`` where
+    registers (combined where the meter has no forward ones) and a :class:`TariffPlan`:
+    ``credit - sum((E_t - E0_t) * price_t)`` where
     ``credit`` is the opening balance plus top-ups less what was charged before the last
     top-up, and ``E0_t`` the register at the opening or at the last top-up.  A register
     going backwards (meter replaced or cleared) is flagged and never credited.
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+from protocols.quantities import ENERGY_DIRECTIONS
 
 from .records import Event, Quality, Reading
 
@@ -308,8 +311,8 @@ class PrepaidPolicy:
 # ---------------------------------------------------------------- tariffs
 
 
-def _energy_quantity(tariff: str) -> str:
-    return f"energy_active_forward_{tariff}"
+def _energy_quantity(tariff: str, energy: str = "forward") -> str:
+    return f"energy_active_{energy}_{tariff}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +409,9 @@ class PrepaidAccount:
     ``protected`` customers (hold-power list) are never tripped.  ``plan`` is required for
     ``mode="computed"``; ``baseline`` gives the energy registers (``total`` or
     ``t1``..``t4``, kWh) at the opening, else the first reading is taken as baseline.
+    ``energy``: the active energy a computed balance is charged on, ``forward`` or
+    ``combined`` (a meter without forward registers; see
+    :func:`protocols.quantities.billing_energy`).
     """
 
     meter: str
@@ -414,6 +420,7 @@ class PrepaidAccount:
     plan: TariffPlan | None = None
     opening_balance: Decimal = Decimal(0)
     baseline: dict[str, Decimal] = field(default_factory=dict)
+    energy: str = "forward"
     # -- state
     balance: Decimal | None = field(default=None, init=False)  # last known, yuan
     warn_level: int = field(default=0, init=False)  # 0, 1, 2: highest warning fired, armed
@@ -437,6 +444,9 @@ class PrepaidAccount:
         if self.mode not in ("meter", "computed"):
             raise ValueError(f"meter {self.meter}: mode must be 'meter' or 'computed', "
                              f"got {self.mode!r}")
+        if self.energy not in ENERGY_DIRECTIONS:
+            raise ValueError(f"meter {self.meter}: energy must be one of "
+                             f"{', '.join(ENERGY_DIRECTIONS)}, got {self.energy!r}")
         self.opening_balance = _decimal(self.opening_balance, "opening_balance")
         self.baseline = dict(self.baseline)  # ours to move on top-ups
         if self.mode == "computed":
@@ -646,7 +656,7 @@ class PrepaidEngine:
         assert acc.plan is not None
         out: list[Action] = []
         for t, price in acc.plan.prices().items():
-            r = latest.get(_energy_quantity(t))
+            r = latest.get(_energy_quantity(t, acc.energy))
             e = None if r is None else _reading_decimal(r.value)
             if e is None:
                 continue
@@ -661,8 +671,8 @@ class PrepaidEngine:
                 acc.balance = self._computed_balance(acc)
                 out.append(Action(
                     "event", acc.meter,
-                    f"{_energy_quantity(t)} went backwards {prev} -> {e} kWh (meter replaced "
-                    f"or cleared?); not credited, counting from {e} kWh",
+                    f"{_energy_quantity(t, acc.energy)} went backwards {prev} -> {e} kWh "
+                    f"(meter replaced or cleared?); not credited, counting from {e} kWh",
                     event=BALANCE_REGISTER_BACKWARDS, value=acc.balance, severity=2))
             acc.energies[t] = e
         acc.balance = self._computed_balance(acc)

@@ -34,6 +34,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,10 +43,11 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 from zoneinfo import ZoneInfo
 
-from protocols.quantities import normalise_address
+from protocols.quantities import billing_energy, normalise_address
 
-from .config import REQUIRED_METER_KEYS, CsvRecordError, _Loader, csv_records
+from .config import PROTOCOLS, REQUIRED_METER_KEYS, CsvRecordError, _Loader, _readable, csv_records
 from .records import from_ms, to_ms
+from .settings import MeterSettings
 from .store import Store
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "line_loss",
     "lineloss_line",
     "local_date",
+    "meter_energies",
     "midnight_ms",
     "success_report",
     "validate_ledger",
@@ -140,10 +143,17 @@ _Key = tuple[str, str, dt.date]  # meter, tariff, boundary date
 
 def _boundary_values(conn: sqlite3.Connection, meters: Collection[str],
                      tariffs: Sequence[str], day: dt.date, tz: TzLike, *,
-                     window: dt.timedelta | None, late: dt.timedelta) -> dict[_Key, _Value]:
-    """Energy of each meter and tariff at the start of ``day`` and of ``day + 1``."""
+                     window: dt.timedelta | None, late: dt.timedelta,
+                     energy: Mapping[str, str] | None = None) -> dict[_Key, _Value]:
+    """Energy of each meter and tariff at the start of ``day`` and of ``day + 1``.
+
+    ``energy``: meter -> the active energy it is billed on (``forward`` or ``combined``,
+    :func:`protocols.quantities.billing_energy`); forward for meters not in it.
+    """
+    chosen = energy or {}
+    directions = sorted({chosen.get(m, "forward") for m in meters} or {"forward"})
     boundaries = (day, day + dt.timedelta(days=1))
-    frozen = {FROZEN_PREFIX + t: t for t in tariffs}
+    frozen = {f"freeze_daily_energy_active_{d}_{t}": (d, t) for d in directions for t in tariffs}
     lo = midnight_ms(boundaries[0], tz)
     hi = midnight_ms(boundaries[1] + dt.timedelta(days=1), tz) + int(late.total_seconds() * 1000)
     marks = ",".join("?" * len(frozen))
@@ -152,15 +162,16 @@ def _boundary_values(conn: sqlite3.Connection, meters: Collection[str],
             f"SELECT meter, quantity, value, ts, meter_ts FROM indexed_readings "
             f"WHERE ts >= ? AND ts < ? AND quantity IN ({marks}) AND value IS NOT NULL "
             f"ORDER BY ts, id", (lo, hi, *frozen)):
-        if meter not in meters:
+        d, t = frozen[quantity]
+        if meter not in meters or chosen.get(meter, "forward") != d:
             continue
         at = ts if meter_ts is None else meter_ts
         placed = local_date(at, tz)
         if placed in boundaries:
-            out[(meter, frozen[quantity], placed)] = _Value(float(value), "frozen", at)
+            out[(meter, t, placed)] = _Value(float(value), "frozen", at)
     if window is None:
         return out
-    live = {LIVE_PREFIX + t: t for t in tariffs}
+    live = {f"energy_active_{d}_{t}": (d, t) for d in directions for t in tariffs}
     marks = ",".join("?" * len(live))
     span = int(window.total_seconds() * 1000)
     for boundary in boundaries:
@@ -174,8 +185,9 @@ def _boundary_values(conn: sqlite3.Connection, meters: Collection[str],
                 f"SELECT meter, quantity, value, ts, meter_ts FROM indexed_readings "
                 f"WHERE ts >= ? AND ts <= ? AND quantity IN ({marks}) AND value IS NOT NULL "
                 f"ORDER BY ts, id", (edge - span, edge + span, *live)):
-            key = (meter, live[quantity])
-            if key not in wanted:
+            d, t = live[quantity]
+            key = (meter, t)
+            if key not in wanted or chosen.get(meter, "forward") != d:
                 continue
             at = ts if meter_ts is None else meter_ts
             if abs(at - edge) > span:
@@ -199,6 +211,45 @@ def _meters_table(store: Store) -> list[dict[str, str]]:
     return store.meters()
 
 
+# ---- which energy each meter is billed on ----------------------------------------------
+
+def meter_energies(meters: Iterable[MeterSettings],
+                   search: Sequence[str | os.PathLike[str]] = ()) -> dict[str, str]:
+    """Meter id -> ``forward`` or ``combined``: :func:`~protocols.quantities.billing_energy`
+    of what each meter offers (its device profile's registers, else the DL/T645 catalogue
+    of its edition).  ``search``: extra profile directories (the configuration's folder).
+
+    Meters offering neither total, or whose profile does not load, are left out (the
+    reports then look for forward energy and find it missing).
+    """
+    from .profiles import ProfileError, load_profile
+
+    def choose(profile: str, protocol: str) -> str | None:
+        if profile:
+            try:
+                offered = {r.name for r in load_profile(profile, search=search).registers}
+            except ProfileError:
+                return None
+        else:
+            version = PROTOCOLS.get(protocol)
+            if version is None:
+                return None
+            offered = {q for q in ("energy_active_forward_total",
+                                   "energy_active_combined_total") if _readable(q, version)}
+        return billing_energy(offered)
+
+    out: dict[str, str] = {}
+    known: dict[tuple[str, str], str | None] = {}  # thousands of meters, a few kinds
+    for m in meters:
+        key = (m.profile, m.protocol)
+        if key not in known:
+            known[key] = choose(*key)
+        chosen = known[key]
+        if chosen is not None:
+            out[m.meter_id] = chosen
+    return out
+
+
 # ---- line loss -------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +261,7 @@ class MeterUsage:
     opening: float | None  # at the start of the day
     closing: float | None  # at the start of the next day
     source: Source
+    energy: str = "forward"  # forward, or combined where the meter has no forward total
 
     @property
     def usage(self) -> float | None:
@@ -250,12 +302,15 @@ class AreaLineLoss:
 
 def line_loss(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
               window: dt.timedelta | None = DEFAULT_WINDOW,
-              late: dt.timedelta = DEFAULT_LATE) -> list[AreaLineLoss]:
+              late: dt.timedelta = DEFAULT_LATE,
+              energy: Mapping[str, str] | None = None) -> list[AreaLineLoss]:
     """Line loss of every area of the meters table on local ``day``, by area.
 
     ``window``: how far from local midnight a live reading may be to stand in for a
     missing frozen value (None: frozen values only).  ``late``: how long after the day
     frozen values carrying their freeze time (``meter_ts``) are still looked for.
+    ``energy``: meter id -> ``forward`` or ``combined`` (:func:`meter_energies`); forward
+    for the others.
     """
     areas: dict[str, list[dict[str, str]]] = {}
     for m in _meters_table(store):
@@ -265,7 +320,8 @@ def line_loss(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
         return []
     ids = {m["meter_id"] for ms in areas.values() for m in ms}
     with _reading(store) as conn:
-        values = _boundary_values(conn, ids, ("total",), day, tz, window=window, late=late)
+        values = _boundary_values(conn, ids, ("total",), day, tz, window=window, late=late,
+                                  energy=energy)
     nxt = day + dt.timedelta(days=1)
     out: list[AreaLineLoss] = []
     for area in sorted(areas):
@@ -275,7 +331,8 @@ def line_loss(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
             o = values.get((m["meter_id"], "total", day))
             c = values.get((m["meter_id"], "total", nxt))
             usages.append(MeterUsage(m["meter_id"], m["role"], None if o is None else o.value,
-                                     None if c is None else c.value, _source((o, c))))
+                                     None if c is None else c.value, _source((o, c)),
+                                     (energy or {}).get(m["meter_id"], "forward")))
         out.append(_area_loss(day, area, usages, values, nxt))
     return out
 
@@ -477,6 +534,13 @@ class BillingRow:
     balance: float | None
     status: Literal["complete", "partial", "missing"]
     source: Source
+    energy: str = "forward"  # forward, or combined where the meter has no forward total
+
+    @property
+    def status_text(self) -> str:
+        """The export's status cell: the status, ``(combined)`` after it for a meter
+        billed on combined energy."""
+        return self.status if self.energy == "forward" else f"{self.status} ({self.energy})"
 
     @property
     def usage(self) -> dict[str, float | None]:
@@ -489,15 +553,17 @@ class BillingRow:
 
 def billing_export(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
                    window: dt.timedelta | None = DEFAULT_WINDOW,
-                   late: dt.timedelta = DEFAULT_LATE) -> list[BillingRow]:
+                   late: dt.timedelta = DEFAULT_LATE,
+                   energy: Mapping[str, str] | None = None) -> list[BillingRow]:
     """One row per meter of the meters table (by meter id); see :func:`line_loss` for
-    where opening and closing values come from."""
+    where opening and closing values come from and for ``energy``."""
     meters = _meters_table(store)
     ids = {m["meter_id"] for m in meters}
     start, end = day_bounds(day, tz)
     nxt = day + dt.timedelta(days=1)
     with _reading(store) as conn:
-        values = _boundary_values(conn, ids, TARIFFS, day, tz, window=window, late=late)
+        values = _boundary_values(conn, ids, TARIFFS, day, tz, window=window, late=late,
+                                  energy=energy)
         balances: dict[str, float] = {}
         for meter, value in conn.execute(
                 "SELECT meter, value FROM indexed_readings WHERE ts >= ? AND ts < ? "
@@ -517,7 +583,8 @@ def billing_export(store: Store, day: dt.date, tz: TzLike = DEFAULT_TZ, *,
             status = "complete"
         source = _source(values.get((mid, t, b)) for t in TARIFFS for b in (day, nxt))
         rows.append(BillingRow(day, mid, m["address"], m["area"], m["bus"], m["role"],
-                               opening, closing, balances.get(mid), status, source))
+                               opening, closing, balances.get(mid), status, source,
+                               (energy or {}).get(mid, "forward")))
     return rows
 
 
@@ -542,7 +609,7 @@ def billing_cells(row: BillingRow) -> list[str]:
     """A row's CSV cells, in :data:`BILLING_HEADER` order (kWh and yuan with 2 decimals)."""
     usage = row.usage
     return [row.day.isoformat(), row.meter_id, row.address, row.area, row.bus, row.role,
-            row.status, row.source,
+            row.status_text, row.source,
             *(_fixed(row.opening[t]) for t in TARIFFS),
             *(_fixed(row.closing[t]) for t in TARIFFS),
             *(_fixed(usage[t]) for t in TARIFFS), _fixed(row.balance)]

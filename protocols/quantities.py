@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -211,3 +212,24 @@ def normalise_address(text: str) -> str:
     if not _ADDRESS_RE.match(t):
         raise ValueError(f"meter address {text!r}: only digits 0-9 and wildcard A allowed")
     return t
+
+
+# ---- which energy a meter is billed on ---------------------------------------------------
+
+ENERGY_DIRECTIONS: tuple[str, ...] = ("forward", "combined")
+"""Active energy a meter may be billed on, in order of preference."""
+
+
+def billing_energy(offered: Iterable[str]) -> str | None:
+    """``"forward"`` or ``"combined"``: the active energy that billing, line loss and
+    prepaid accounting take from a meter offering the quantities ``offered``.
+
+    Forward energy where the meter has ``energy_active_forward_total``; combined energy
+    where ``energy_active_combined_total`` is its only total (some prepaid Modbus meters);
+    None with neither.  The tariff registers are ``energy_active_<direction>_<tariff>``.
+    """
+    names = set(offered)
+    for direction in ENERGY_DIRECTIONS:
+        if f"energy_active_{direction}_total" in names:
+            return direction
+    return None

@@ -10,6 +10,9 @@ the register map of a :class:`~protocols.modbus.Profile`:
   between registers read as 0 when the gap is within the profile's ``max_gap`` (the
   device lets a merged read span them); a read longer than ``max_registers`` gets 03
   (when its addresses are all in use: pymodbus checks addresses before the hook runs);
+* a register the profile lists as ``[[unmapped]]`` (a setting or code the manual lists,
+  no quantity) reads 0 until written; a writable one takes values within its
+  ``low``..``high`` (others get 03);
 * the relay control point (coil for 05 / 15, or register for 06 / 16) trips and closes
   the model's relay; other values get 03, writes anywhere else 02.  The control point
   and the readback register (its ``readback_bit``) read the relay *state*: after a trip
@@ -53,7 +56,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from protocols.modbus import Profile, Register, RelayControl, encode_value
+from protocols.modbus import Profile, Register, RelayControl, Unmapped, encode_value
 from protocols.quantities import QUANTITIES, Kind
 
 from .meter import Clock, MeterConfig, MeterModel, Unavailable
@@ -131,6 +134,11 @@ class SimulatedModbusMeter:
         self.stats = stats if stats is not None else ModbusStats()
         self._by_table: dict[str, tuple[Register, ...]] = {
             t: tuple(r for r in profile.registers if _TABLE[r.function] == t) for t in "hi"}
+        # (table, address) -> word written to a writable [[unmapped]] register
+        self._settings: dict[tuple[str, int], int] = {}
+        # addresses pymodbus lets through (the RTU line server checks the same ones)
+        self._valid: dict[str, frozenset[int]] = {
+            t: frozenset(_fill_gaps(c, profile.max_gap)) for t, c in _cells(profile).items()}
         self.device = SimDevice(unit, simdata=_layout(profile), action=self._action)
 
     def __repr__(self) -> str:
@@ -181,6 +189,9 @@ class SimulatedModbusMeter:
                 for i, word in enumerate(self._encode(reg)):
                     if reg.address + i in window:
                         window[reg.address + i] = word
+        for (t, a), word in self._settings.items():
+            if t == table and a in window:
+                window[a] = word
         relay = self.profile.relay
         if relay is not None:
             is_open = self.model.relay_open
@@ -227,10 +238,19 @@ class SimulatedModbusMeter:
     def _write_register(self, table: str, address: int,
                         values: list[int] | list[bool]) -> ExcCodes | None:
         relay = self.profile.relay
-        if table != "h" or relay is None or relay.kind != "register" \
-                or address != relay.address or len(values) != 1:
+        if table == "h" and relay is not None and relay.kind == "register" \
+                and address == relay.address and len(values) == 1:
+            return self._command(relay, int(values[0]))
+        setting = _setting(self.profile, table, address, len(values))
+        if setting is None:
             return ExcCodes.ILLEGAL_ADDRESS
-        return self._command(relay, int(values[0]))
+        words = [int(v) for v in values]
+        if any(not setting.low <= w <= setting.high for w in words):
+            return ExcCodes.ILLEGAL_VALUE
+        for i, w in enumerate(words):
+            self._settings[(table, address + i)] = w
+        _log.info("unit %d: register %d set to %s", self.unit, address, words)
+        return None
 
     def _command(self, relay: RelayControl, value: int) -> ExcCodes | None:
         coil = relay.kind == "coil"
@@ -252,6 +272,15 @@ class SimulatedModbusMeter:
         return None
 
 
+def _setting(profile: Profile, table: str, address: int, count: int) -> Unmapped | None:
+    """The writable ``[[unmapped]]`` register holding ``address``..+``count``, if any."""
+    for u in profile.unmapped:
+        if u.writable and _TABLE[u.function] == table and u.address <= address \
+                and address + count <= u.end:
+            return u
+    return None
+
+
 def _readback(relay: RelayControl) -> tuple[str, int] | None:
     if relay.readback_function is None or relay.readback_address is None:
         return None
@@ -262,25 +291,15 @@ def _layout(profile: Profile) -> tuple[list[SimData], list[SimData], list[SimDat
                                        list[SimData]]:
     """The four pymodbus tables (coils, discrete inputs, holding, input) of ``profile``.
 
-    Only addresses the profile uses are valid (plus gaps up to ``max_gap``); the action
-    supplies every value, so the blocks hold zeros.  Only the relay control register is
-    writable.
+    Only addresses the profile lists are valid (plus gaps up to ``max_gap``); the action
+    supplies every value, so the blocks hold zeros.  Only the relay control register and
+    writable ``[[unmapped]]`` ones are writable.
     """
-    cells: dict[str, dict[int, bool]] = {"h": {}, "i": {}}  # address -> writable
-    for reg in profile.registers:
-        for a in range(reg.address, reg.end):
-            cells[_TABLE[reg.function]][a] = False
     coils: list[SimData] = []
     relay = profile.relay
-    if relay is not None:
-        if relay.kind == "coil":
-            coils.append(SimData(relay.address, values=False, datatype=DataType.BITS))
-        else:
-            cells["h"][relay.address] = True
-        rb = _readback(relay)
-        if rb is not None:
-            cells[rb[0]].setdefault(rb[1], False)
-    tables = {t: _blocks(c, profile.max_gap) for t, c in cells.items()}
+    if relay is not None and relay.kind == "coil":
+        coils.append(SimData(relay.address, values=False, datatype=DataType.BITS))
+    tables = {t: _blocks(c, profile.max_gap) for t, c in _cells(profile).items()}
     # pymodbus needs at least one entry a table: an invalid register, or a coil the
     # action refuses.
     placeholder_bits = [SimData(0, values=False, datatype=DataType.BITS)]
@@ -289,12 +308,37 @@ def _layout(profile: Profile) -> tuple[list[SimData], list[SimData], list[SimDat
             tables["i"] or [SimData(0, datatype=DataType.INVALID)])
 
 
-def _blocks(cells: dict[int, bool], max_gap: int) -> list[SimData]:
-    """Runs of registers of one writability; gaps up to ``max_gap`` filled (read-only)."""
+def _cells(profile: Profile) -> dict[str, dict[int, bool]]:
+    """Holding (``h``) and input (``i``) addresses the profile lists -> writable."""
+    cells: dict[str, dict[int, bool]] = {"h": {}, "i": {}}
+    for reg in profile.registers:
+        for a in range(reg.address, reg.end):
+            cells[_TABLE[reg.function]][a] = False
+    for u in profile.unmapped:
+        for a in range(u.address, u.end):
+            cells[_TABLE[u.function]][a] = u.writable
+    relay = profile.relay
+    if relay is not None:
+        if relay.kind == "register":
+            cells["h"][relay.address] = True
+        rb = _readback(relay)
+        if rb is not None:
+            cells[rb[0]].setdefault(rb[1], False)
+    return cells
+
+
+def _fill_gaps(cells: dict[int, bool], max_gap: int) -> dict[int, bool]:
+    """``cells`` with the gaps of up to ``max_gap`` registers between them (read-only)."""
     filled = dict(cells)
     for a, b in itertools.pairwise(sorted(cells)):
         if 1 < b - a <= max_gap + 1:
             filled.update(dict.fromkeys(range(a + 1, b), False))
+    return filled
+
+
+def _blocks(cells: dict[int, bool], max_gap: int) -> list[SimData]:
+    """Runs of registers of one writability; gaps up to ``max_gap`` filled (read-only)."""
+    filled = _fill_gaps(cells, max_gap)
     runs: list[list[int]] = []
     for a in sorted(filled):
         if runs and a == runs[-1][-1] + 1 and filled[a] == filled[runs[-1][0]]:
@@ -553,9 +597,8 @@ def rtu_reply(meter: SimulatedModbusMeter, request: bytes) -> bytes:
     error: ExcCodes | None
     if function in (3, 4):
         table = _TABLE[function]
-        regs = meter._by_table[table]
-        covered = all(any(r.address <= a < r.end for r in regs)
-                      for a in range(address, address + arg))
+        valid = meter._valid[table]
+        covered = all(a in valid for a in range(address, address + arg))
         words = [0] * arg
         error = meter._access(function, address, address, arg, words, None) if covered \
             else ExcCodes.ILLEGAL_ADDRESS

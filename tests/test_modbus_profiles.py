@@ -141,7 +141,8 @@ def test_acrel_ddsy1352_matches_the_manual_table() -> None:
         "voltage_a": Decimal("220.1"), "current_a": Decimal("5.12"),
         "power_active_total": Decimal("-0.200")}
     assert p.relay is not None and not p.relay.public  # third-party source, not the manual
-    assert relay_state(p, [1]) is None  # no readback register is known
+    # No relay status register is known: the control word is read back (public = false).
+    assert relay_state(p, [1]) is True and relay_state(p, [0]) is False
 
 
 def test_profiles_by_path_and_from_extra_directories(tmp_path: Path) -> None:
@@ -296,7 +297,7 @@ def test_unknown_keys_everywhere() -> None:
                 extra="[relay]\nkind = \"coil\"\naddress = 1\ntrip = 1\nclose = 0\n"
                       "open_wen = 1\n\n[extra]\nx = 1\n")
     assert problems(text) == [
-        "t.toml: unknown key 'extra'; expected one of profile, register, relay",
+        "t.toml: unknown key 'extra'; expected one of profile, register, unmapped, relay",
         "t.toml: [profile]: unknown key 'max_regs' (did you mean 'max_registers'?); expected "
         "one of manufacturer, model, manual, max_registers, max_gap",
         "t.toml: register 1 (voltage_a): unknown key 'wordorder' (did you mean "

@@ -32,6 +32,7 @@ from collector.reports import (
     SuccessRow,
     billing_export,
     line_loss,
+    meter_energies,
     success_report,
     validate_ledger,
     write_csv,
@@ -117,13 +118,21 @@ def _open_store(command: str, settings: Settings) -> Store:
 
 def _prepare(command: str, config_path: Path, day_text: str | None,
              tz_name: str) -> tuple[Store, dt.date, ZoneInfo]:
+    store, day, zone, _ = _prepare_energy(command, config_path, day_text, tz_name)
+    return store, day, zone
+
+
+def _prepare_energy(command: str, config_path: Path, day_text: str | None, tz_name: str
+                    ) -> tuple[Store, dt.date, ZoneInfo, dict[str, str]]:
+    """:func:`_prepare`, and which energy each configured meter is billed on."""
     zone = _zone(command, tz_name)
     try:
         day = parse_day(day_text, zone)
     except ValueError as e:
         _fail(command, f"--day: {e}")
     settings = _settings(command, config_path)
-    return _open_store(command, settings), day, zone
+    energy = meter_energies(settings.meters, [settings.source.absolute().parent])
+    return _open_store(command, settings), day, zone, energy
 
 
 def _num(v: float | None, digits: int = 2) -> str:
@@ -173,7 +182,7 @@ def lineloss_json(a: AreaLineLoss) -> dict[str, Any]:
             "reason": a.reason, "source": a.source,
             "meters": [{"meter": u.meter, "role": u.role, "opening_kwh": u.opening,
                         "closing_kwh": u.closing, "usage_kwh": _round(u.usage),
-                        "source": u.source} for u in a.meters]}
+                        "source": u.source, "energy": u.energy} for u in a.meters]}
 
 
 def _round(v: float | None) -> float | None:
@@ -195,9 +204,9 @@ def lineloss(config_path: Path, day_text: str | None, tz_name: str, as_json: boo
     Exit status: 0 every area complete, 3 some area incomplete, 2 bad arguments.
     """
     command = "report lineloss"
-    store, day, zone = _prepare(command, config_path, day_text, tz_name)
+    store, day, zone, energy = _prepare_energy(command, config_path, day_text, tz_name)
     with store:
-        areas = line_loss(store, day, zone)
+        areas = line_loss(store, day, zone, energy=energy)
     incomplete = [a for a in areas if not a.complete]
     if as_json:  # JSON Lines: one object per area
         for a in areas:
@@ -276,15 +285,17 @@ def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
     """Billing export of one local day: each meter's daily frozen energy by tariff.
 
     One row per meter: opening and closing values (kWh) and usage, total and t1..t4, the
-    last balance (yuan) of the day, and a status (complete / partial / missing).
+    last balance (yuan) of the day, and a status (complete / partial / missing).  A
+    meter whose profile has no forward energy total is billed on combined energy, and
+    its status says so: "complete (combined)".
 
     Exit status: 0 written, 2 bad arguments or the output cannot be written.
     """
     command = "export"
     assert fmt == "csv"
-    store, day, zone = _prepare(command, config_path, day_text, tz_name)
+    store, day, zone, energy = _prepare_energy(command, config_path, day_text, tz_name)
     with store:
-        rows = billing_export(store, day, zone)
+        rows = billing_export(store, day, zone, energy=energy)
     if output == "-":
         buf = io.StringIO()
         n = write_csv(rows, buf)

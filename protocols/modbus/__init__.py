@@ -10,7 +10,16 @@ from ._codec import (
     relay_write,
 )
 from ._loader import MAX_READ_REGISTERS, ProfileError, parse_profile, profile_from_dict
-from ._profile import WORDS, Function, Profile, ReadBlock, Register, RegisterType, RelayControl
+from ._profile import (
+    WORDS,
+    Function,
+    Profile,
+    ReadBlock,
+    Register,
+    RegisterType,
+    RelayControl,
+    Unmapped,
+)
 
 __all__ = [
     "MAX_READ_REGISTERS",
@@ -22,6 +31,7 @@ __all__ = [
     "Register",
     "RegisterType",
     "RelayControl",
+    "Unmapped",
     "decode_block",
     "decode_register",
     "encode_value",

@@ -18,17 +18,27 @@ from typing import Any, Literal, NamedTuple, cast
 
 from protocols.quantities import QUANTITIES, Kind
 
-from ._profile import WORDS, Function, Profile, Register, RegisterType, RelayControl, WordOrder
+from ._profile import (
+    WORDS,
+    Function,
+    Profile,
+    Register,
+    RegisterType,
+    RelayControl,
+    Unmapped,
+    WordOrder,
+)
 
 __all__ = ["MAX_READ_REGISTERS", "ProfileError", "parse_profile", "profile_from_dict"]
 
 # Modbus application protocol: at most 125 registers per read (03/04) request.
 MAX_READ_REGISTERS = 125
 
-_TOP_KEYS = ("profile", "register", "relay")
+_TOP_KEYS = ("profile", "register", "unmapped", "relay")
 _PROFILE_KEYS = ("manufacturer", "model", "manual", "max_registers", "max_gap")
 _REGISTER_KEYS = ("name", "function", "address", "type", "word_order", "scale", "unit",
                   "public", "note")
+_UNMAPPED_KEYS = ("function", "address", "words", "writable", "low", "high", "public", "note")
 _RELAY_KEYS = ("kind", "address", "trip", "close", "readback_function", "readback_address",
                "readback_bit", "open_when", "public", "note")
 _REGISTER_KINDS = (Kind.NUMBER, Kind.COUNT, Kind.STATUS)
@@ -223,6 +233,16 @@ class _Checker:
             reg = self.register(index, item, seen, max_registers, spans)
             if reg is not None:
                 registers.append(reg)
+        raw_unmapped = data.get("unmapped", [])
+        unmapped: list[Unmapped] = []
+        if not isinstance(raw_unmapped, list):
+            self.problem("", f"key 'unmapped': expected [[unmapped]] tables, got "
+                             f"{_got(raw_unmapped)}")
+            raw_unmapped = []
+        for index, item in enumerate(raw_unmapped, start=1):
+            extra = self.unmapped(index, item, spans)
+            if extra is not None:
+                unmapped.append(extra)
         self.overlaps(spans)
 
         relay: RelayControl | None = None
@@ -233,7 +253,8 @@ class _Checker:
             return None
         return Profile(name=name, manufacturer=cast(str, manufacturer), model=cast(str, model),
                        manual=cast(str, manual), registers=tuple(registers), relay=relay,
-                       max_registers=cast(int, max_registers), max_gap=cast(int, max_gap))
+                       max_registers=cast(int, max_registers), max_gap=cast(int, max_gap),
+                       unmapped=tuple(unmapped))
 
     def register(self, index: int, item: Any, seen: dict[str, int],
                  max_registers: int | None, spans: list[_Span]) -> Register | None:
@@ -307,6 +328,46 @@ class _Checker:
                         unit=cast(str, unit), scale=cast(Decimal, scale),
                         word_order=cast(WordOrder, word_order), public=public,
                         note=cast(str, note))
+
+    def unmapped(self, index: int, item: Any, spans: list[_Span]) -> Unmapped | None:
+        """A ``[[unmapped]]`` table: a listed register that carries no quantity."""
+        where = f"unmapped {index}"
+        table = self.table(where, item)
+        if table is None:
+            return None
+        self.unknown_keys(where, table, _UNMAPPED_KEYS)
+        function = self.choice(where, table, "function", (3, 4), required=True)
+        address = self.integer(where, table, "address", required=True, low=0, high=0xFFFF,
+                               hex_ok=True)
+        words = self.integer(where, table, "words", required=False, low=1, high=4, default=1)
+        writable = self.boolean(where, table, "writable", False)
+        low = self.integer(where, table, "low", required=False, low=0, high=0xFFFF, default=0)
+        high = self.integer(where, table, "high", required=False, low=0, high=0xFFFF,
+                            default=0xFFFF)
+        if low is not None and high is not None and low > high:
+            self.problem(where, f"keys 'low' and 'high': low {low} is above high {high}")
+            return None
+        if not writable and ("low" in table or "high" in table):
+            self.problem(where, "keys 'low'/'high' are the values a write may set: only for "
+                                "writable = true")
+        public = self.boolean(where, table, "public", True)
+        note = self.string(where, table, "note", required=True,
+                           hint=" (what the manual lists at this address)")
+        if note is not None and not note.strip():
+            self.problem(where, "key 'note': empty; say what the manual lists at this address")
+            return None
+        if None in (function, address, words, low, high, note):
+            return None
+        start, count = cast(int, address), cast(int, words)
+        if start + count > 0x10000:
+            self.problem(where, f"key 'address': {count} word(s) at {start} end past 65535")
+            return None
+        # numbered after the registers, so an overlap names the register first
+        spans.append(_Span(100_000 + index, f"unmapped {index}", cast(int, function), start,
+                           start + count))
+        return Unmapped(function=cast(Function, function), address=start, words=count,
+                        writable=writable, low=cast(int, low), high=cast(int, high),
+                        public=public, note=cast(str, note))
 
     def scale(self, where: str, table: Mapping[str, Any]) -> Decimal | None:
         value = self.get(where, table, "scale", required=False)

@@ -38,6 +38,25 @@ class Register:
 
 
 @dataclass(frozen=True, slots=True)
+class Unmapped:
+    """A register the device's manual lists that carries no quantity (a setting, a code,
+    a row nobody could read): the meter answers it, the collector does not read it."""
+
+    function: Function
+    address: int
+    words: int = 1
+    writable: bool = False
+    low: int = 0  # the values a write may set (writable registers; one word each)
+    high: int = 0xFFFF
+    public: bool = True
+    note: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.address + self.words
+
+
+@dataclass(frozen=True, slots=True)
 class RelayControl:
     """How to trip/close the relay and how to read back its state."""
 
@@ -64,6 +83,7 @@ class Profile:
     max_registers: int = 120  # longest read request this device accepts
     max_gap: int = 0  # unused registers a merged read may span (some devices refuse gaps)
     byte_order: Literal["big"] = "big"  # Modbus registers are big-endian on the wire
+    unmapped: tuple[Unmapped, ...] = ()  # listed registers that are no quantity
 
     def register(self, name: str) -> Register:
         for r in self.registers:
