@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
@@ -17,6 +19,13 @@ def test_shipped_data_is_the_repository_config_folder() -> None:
     # One copy: the editable install maps amic_config onto config/ itself.
     assert shipped_dir().resolve() == (ROOT / "config").resolve()
     assert SHIPPED_DIR.resolve() == (ROOT / "config" / "profiles").resolve()
+
+
+def test_a_source_tree_without_amic_config_installed_uses_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An editable install made before amic_config existed, or PYTHONPATH=. alone.
+    monkeypatch.setitem(sys.modules, "amic_config", None)  # import raises
+    assert shipped_dir() == ROOT / "config"
 
 
 def test_config_example_writes_a_config_that_checks(tmp_path: Path) -> None:
