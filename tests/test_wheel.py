@@ -35,6 +35,18 @@ class Installed:
     env: dict[str, str]
 
 
+def _tracked(folder: str) -> list[Path]:
+    """The files of ``folder`` under version control (not a local amic.toml or the data
+    directory of a run of the example); every file there outside a git checkout."""
+    try:
+        r = _run(["git", "ls-files", "-z", "--", folder], cwd=ROOT)
+    except OSError:  # no git
+        r = subprocess.CompletedProcess([], 1, "", "")
+    if r.returncode == 0 and r.stdout:
+        return [ROOT / name for name in r.stdout.split("\0") if name]
+    return [p for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
 def _run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
@@ -73,8 +85,7 @@ def test_wheel_holds_every_module_and_every_shipped_file(installed: Installed) -
     missing = [str(p.relative_to(ROOT)) for top in CODE for p in (ROOT / top).rglob("*.py")
                if "__pycache__" not in p.parts and str(p.relative_to(ROOT)) not in names]
     assert not missing, f"not in the wheel (add the package to pyproject.toml): {missing}"
-    data = [p.relative_to(ROOT / "config") for p in (ROOT / "config").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts]
+    data = [p.relative_to(ROOT / "config") for p in _tracked("config")]
     absent = [str(p) for p in data if f"amic_config/{p}" not in names]
     assert not absent, f"config/ files not shipped as amic_config (package-data): {absent}"
     assert not any(n.startswith(("config/", "tests/")) for n in names)
