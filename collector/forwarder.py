@@ -40,6 +40,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
 from . import linework
+from ._shim_influxdb import pass_gzipped_bodies
 from .records import Event, utcnow
 from .settings import MeterSettings
 from .store import OUTBOX_TABLES, Store
@@ -125,7 +126,6 @@ class _Batch:
     pairs: list[tuple[int, str]] | None  # (row id, line); None: built by the worker process
 
 
-_GZIP_MAGIC: Final = b"\x1f\x8b"
 DEFAULT_GZIP_LEVEL: Final = 6
 # Readings behind by at least this many rows are converted in a worker process.
 DEFAULT_PROCESS_BACKLOG: Final = 50_000
@@ -432,15 +432,7 @@ class Forwarder:
             # Bodies come compressed from _body (on the prefetch thread, at gzip_level);
             # the client still sets the Content-Encoding header.  Its own compression is
             # gzip level 9: several times the CPU for about 5 % less bytes.
-            conf = self._client.conf
-            default = conf.update_request_body
-
-            def body(path: str, data: Any) -> Any:
-                if isinstance(data, bytes) and data.startswith(_GZIP_MAGIC):
-                    return data
-                return default(path, data)
-
-            conf.update_request_body = body  # type: ignore[method-assign,assignment]
+            pass_gzipped_bodies(self._client)
         if not self._meters_given:
             self._load_meters_from_store()
         known = {c.table: c.last_id for c in self.store.cursors() if c.name == self.name}

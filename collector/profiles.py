@@ -1,6 +1,7 @@
 """Find and load Modbus device profiles (TOML files) by name or path.
 
-Profiles ship in ``config/profiles/`` next to the packages; a site adds its own in extra
+Profiles ship in ``config/profiles/`` (installed as ``amic_config/profiles``, found with
+importlib.resources: :mod:`collector.shipped`); a site adds its own in extra
 directories (``search=[...]``), which are looked at first so a local file can replace a
 shipped one of the same name.  ``protocols.modbus`` parses and validates the text; this
 module only reads files.  Every failure - not found, unreadable, invalid - raises
@@ -23,6 +24,7 @@ from pathlib import Path
 from protocols.modbus import Profile, ProfileError, parse_profile
 
 from .safefile import FileRefused, path_problem, read_regular
+from .shipped import shipped_dir
 
 __all__ = [
     "SHIPPED_DIR",
@@ -34,7 +36,7 @@ __all__ = [
     "load_profile_file",
 ]
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+SHIPPED_DIR = shipped_dir() / "profiles"
 SUFFIX = ".toml"
 MAX_PROFILE_BYTES = 1 << 20  # a profile is a few KiB; the limit only stops /dev/zero & co.
 

@@ -55,6 +55,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ._shim_aiomqtt import fail_fast_before_connack, watch_connack
 from .bus import Bus, BusOptions
 from .errors import BrokerRefused, BusClosed, LinkDown
 
@@ -560,7 +561,7 @@ class MqttConnection:
             logger=logging.getLogger("amic.mqtt.paho"),
         )
         client.pending_calls_threshold = 1000  # many concurrent publishes are normal here
-        _fail_fast_before_connack(client)
+        fail_fast_before_connack(client)
         return client
 
     async def _run(self) -> None:
@@ -618,7 +619,7 @@ class MqttConnection:
     async def _connect(self) -> _Session:
         connack: list[bool] = []  # session_present of this attempt's CONNACK
         client = self._client()
-        _watch_connack(client, connack)
+        watch_connack(client, connack)
         entering = asyncio.ensure_future(client.__aenter__())
         try:
             await asyncio.shield(entering)
@@ -765,55 +766,6 @@ def _strip_name(text: str, name: str) -> str:
 def _check_qos(qos: int) -> None:
     if qos not in (0, 1, 2):
         raise ValueError(f"QoS {qos!r} is not 0, 1 or 2")
-
-
-def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
-    """Make a connection closed before CONNACK fail the attempt at once.
-
-    aiomqtt 2 ignores a disconnect that comes before CONNACK (a TLS client certificate
-    the broker rejects, a broker at its connection limit) and waits out its timeout.
-    This wraps its paho ``on_disconnect`` callback (aiomqtt internals, checked here).
-    """
-    paho = getattr(client, "_client", None)
-    connected = getattr(client, "_connected", None)
-    loop = getattr(client, "_loop", None)
-    if paho is None or not isinstance(connected, asyncio.Future) or loop is None:
-        return  # another aiomqtt: its own timeout applies
-    original = paho.on_disconnect
-
-    def fail() -> None:
-        # Only the attempt this client was made for (we never reuse a client).
-        if not connected.done():
-            connected.set_exception(aiomqtt.MqttError(
-                "the broker closed the connection before accepting it (no CONNACK; "
-                "a TLS client certificate or the broker's limits? see its log)"))
-            connected.exception()  # retrieved: no "never retrieved" noise if unawaited
-
-    def on_disconnect(*args: Any, **kwargs: Any) -> None:
-        if original is not None:
-            original(*args, **kwargs)
-        loop.call_soon_threadsafe(fail)
-
-    paho.on_disconnect = on_disconnect
-
-
-def _watch_connack(client: aiomqtt.Client, found: list[bool]) -> None:
-    """Append the CONNACK's ``session_present`` flag to ``found`` (aiomqtt 2 does not
-    expose it): wraps its paho ``on_connect`` callback (aiomqtt internals, checked here)."""
-    paho = getattr(client, "_client", None)
-    if paho is None:
-        return  # another aiomqtt: the flag stays unknown (None), nothing is reported
-    original = paho.on_connect
-
-    def on_connect(*args: Any, **kwargs: Any) -> None:
-        flags = args[2] if len(args) > 2 else kwargs.get("flags")
-        present = getattr(flags, "session_present", None)
-        if isinstance(present, bool):
-            found.append(present)
-        if original is not None:
-            original(*args, **kwargs)
-
-    paho.on_connect = on_connect
 
 
 async def _exit_quietly(client: aiomqtt.Client) -> None:

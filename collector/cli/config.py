@@ -90,3 +90,27 @@ def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
                        f"{_plural(len(s.quantities), 'quantity', 'quantities')} from "
                        f"{_plural(n, 'meter')} ({', '.join(s.meters)})")
     sys.exit(EXIT_OK)
+
+
+@config.command("example")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace files that are already there.")
+def example(directory: Path, force: bool) -> None:
+    """Write the shipped examples into DIRECTORY: amic.example.toml (every key, commented)
+    with the ledger it names, the Grafana board and the systemd unit.
+
+    Then `amic config check DIRECTORY/amic.example.toml`.  Refuses (exit 1, writing
+    nothing) when one of the files exists, unless --force.
+    """
+    from ..shipped import ExampleExists, copy_examples
+
+    try:
+        written = copy_examples(directory, force=force)
+    except ExampleExists as e:
+        click.echo(f"amic config example: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:
+        click.echo(f"amic config example: {directory}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    for path in written:
+        click.echo(str(path))

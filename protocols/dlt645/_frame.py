@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 from functools import lru_cache
-from io import BytesIO
 from typing import Any, NamedTuple
 
-from construct import Bytes, Const, ConstructError, Container, Int8ub, Struct, this
+from construct import Bytes, Const, ConstructError, Int8ub, Struct, this
 
+from .._shim_construct import fast_parser
 from ._bcd import MINUS_33, PLUS_33
 from ._errors import FrameError
 
@@ -103,10 +103,9 @@ FRAME_FORMAT = Struct(
     "end" / Const(bytes((END,))),
 )
 FRAME = FRAME_FORMAT.compile()
-# The compiled parser called directly on a stream with a shared read-only context:
-# Compiled.parse() would rebuild both on every call, a third of the parse time.
-_PARSE_COMPILED = FRAME.parsefunc
-_PARSE_CONTEXT = Container(_parsing=True, _building=False, _sizing=False, _params=Container())
+# Compiled.parse() would rebuild a stream and a context on every call: a third of the
+# parse time (construct internals, kept in protocols/_shim_construct.py).
+_PARSE_COMPILED = fast_parser(FRAME)
 
 # Where each field of FRAME_FORMAT starts, so a construct error maps to a byte offset.
 _FIELD_OFFSETS = {"start": 0, "address": 1, "start2": 7, "control": 8, "length": 9, "data": 10}
@@ -168,7 +167,7 @@ def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
             base + len(body), f"frame too short: {len(body)} bytes, a frame has at least 12"
         )
     try:
-        c = (_PARSE_COMPILED(BytesIO(body), _PARSE_CONTEXT) if compiled
+        c = (_PARSE_COMPILED(body) if compiled
              else FRAME_FORMAT.parse(body))
     except Exception:
         # Compiled parsers report neither the field nor the offset: ask the plain one.

@@ -43,6 +43,7 @@ from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-
 from influxdb_client.client.write_api import SYNCHRONOUS
 from victoria import VictoriaMetrics
 
+from collector._shim_influxdb import set_body_hook
 from collector.forwarder import DEFAULT_GZIP_LEVEL, Forwarder
 from collector.records import Reading
 from collector.settings import MeterSettings
@@ -106,10 +107,10 @@ def run_bare_readings(url: str, reads: list[list[Reading]], batch: int,
     points = 0
     with InfluxDBClient(url=url, token="t", org="amic", enable_gzip=True) as client:
         if gzip_level is not None:
-            def body(path: str, data: bytes | str) -> bytes:
+            def body(path: str, data: bytes | str, default: object) -> bytes:
                 raw = data if isinstance(data, bytes) else data.encode()
                 return gzip.compress(raw, compresslevel=gzip_level)
-            client.conf.update_request_body = body  # type: ignore[method-assign,assignment]
+            set_body_hook(client, body)
         w = client.write_api(write_options=SYNCHRONOUS)
         t = time.perf_counter()
         for i in range(0, len(flat), batch):
