@@ -4,8 +4,10 @@ RTU frame: ``unit | function | data | CRC`` with CRC-16/MODBUS sent low byte fir
 Only the function codes the collector uses are known: 03/04 (read holding / input
 registers), 05 (write single coil), 06 (write single register), 10H (write multiple
 registers), and their exception replies (``function | 0x80``).  The data field of each
-is one construct definition, compiled once at import; the register words of a read reply
-are unpacked in one ``struct`` call (construct's arrays cost 10x more per word).
+is one construct definition, compiled once at import.  The two layouts every poll uses,
+the read request and the read reply, are also done with ``struct`` (half the time of
+the compiled construct, which matters at thousands of polls a second); a test keeps both
+in agreement.
 
 Errors are :class:`RtuError` (``offset``: the byte where the frame went wrong) and its
 subclass :class:`CrcError`.
@@ -17,7 +19,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct, this
 
@@ -135,6 +137,9 @@ def _build(layout: Any, fields: dict[str, Any]) -> bytes:
     return bytes(layout.build(fields))
 
 
+_READ_REQUEST = struct.Struct(">BHH")  # function, then ADDRESS_COUNT
+
+
 def _check_u16(value: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
         raise ValueError(f"{what} {value!r} is not 0-65535")
@@ -149,7 +154,7 @@ def read_request_pdu(function: int, start: int, count: int) -> bytes:
     _check_u16(start, "start address")
     if start + count > 0x10000:
         raise ValueError(f"registers {start}+{count} do not fit 0-65535")
-    return bytes((function,)) + _build(ADDRESS_COUNT, {"address": start, "count": count})
+    return _READ_REQUEST.pack(function, start, count)
 
 
 def read_reply_pdu(function: int, words: Sequence[int]) -> bytes:
@@ -213,21 +218,21 @@ class FrameKind(StrEnum):
     EXCEPTION = "exception"
 
 
-@dataclass(frozen=True, slots=True)
-class ModbusPdu:
+class ModbusPdu(NamedTuple):
     """One decoded PDU.
 
     ``function`` is the request's function (without 0x80 on an exception); ``address``
     the start address (03/04 requests, 05/06/10H both ways; None on a read reply, which
-    does not carry it); ``count`` the number of registers (reads, 10H); ``values`` the
+    does not carry it); ``quantity`` the number of registers (reads, 10H); ``values`` the
     register words (read replies, 06, 10H requests; 05: FF00/0000); ``exception`` the
-    exception code.
+    exception code.  A NamedTuple: made for every reply, and a third of the cost of a
+    frozen dataclass.
     """
 
     kind: FrameKind
     function: int
     address: int | None = None
-    count: int | None = None
+    quantity: int | None = None
     values: tuple[int, ...] = ()
     exception: int | None = None
 
@@ -263,8 +268,13 @@ def parse_pdu(pdu: bytes, kind: FrameKind | str, *, offset: int = 0) -> ModbusPd
     fn = pdu[0]
     body = pdu[1:]
     at = offset + 1
-    if kind == FrameKind.EXCEPTION:
-        kind = FrameKind.RESPONSE
+    if kind is not FrameKind.RESPONSE and kind is not FrameKind.REQUEST:
+        try:
+            kind = FrameKind(kind)
+        except ValueError:
+            raise ValueError(f"kind {kind!r} is not request or response") from None
+        if kind is FrameKind.EXCEPTION:
+            kind = FrameKind.RESPONSE
     if fn & 0x80:
         if kind == FrameKind.REQUEST:
             raise RtuError(offset, f"function {fn:02X} is an exception reply, not a request")
@@ -276,14 +286,12 @@ def parse_pdu(pdu: bytes, kind: FrameKind | str, *, offset: int = 0) -> ModbusPd
         raise RtuError(offset, f"function {fn:02X} is not one of "
                                f"{', '.join(f'{f:02X}' for f in FUNCTIONS)}")
     try:
-        if kind == FrameKind.REQUEST:
+        if kind is FrameKind.REQUEST:
             return _parse_request(fn, body, at)
-        if kind == FrameKind.RESPONSE:
-            return _parse_response(fn, body, at)
+        return _parse_response(fn, body, at)
     except ConstructError:
         raise RtuError(at, f"function {fn:02X}: {len(body)} data bytes do not fit a "
                            f"{kind}") from None
-    raise ValueError(f"kind {kind!r} is not request or response")
 
 
 def _exact(body: bytes, size: int, at: int, what: str) -> None:
@@ -322,13 +330,13 @@ def _parse_response(fn: int, body: bytes, at: int) -> ModbusPdu:
             raise RtuError(at, f"byte count {count_bytes}, {len(body) - 1} data bytes follow")
         if count_bytes % 2:
             raise RtuError(at, f"byte count {count_bytes} is odd (registers are 2 bytes)")
-        c: Any = READ_REPLY.parse(body)
-        return ModbusPdu(FrameKind.RESPONSE, fn, None, count_bytes // 2, _words(c.data))
+        # READ_REPLY's layout, checked above; the words unpacked directly (see top).
+        return ModbusPdu(FrameKind.RESPONSE, fn, None, count_bytes // 2, _words(body[1:]))
     if fn in _SINGLE_WRITES:
         _exact(body, 4, at, f"a {fn:02X} reply")
         return _single_write(FrameKind.RESPONSE, fn, body, at)
     _exact(body, 4, at, "a 10 reply")
-    c = ADDRESS_COUNT.parse(body)
+    c: Any = ADDRESS_COUNT.parse(body)
     return ModbusPdu(FrameKind.RESPONSE, fn, c.address, c.count)
 
 
