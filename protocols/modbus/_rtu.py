@@ -279,8 +279,8 @@ def parse_pdu(pdu: bytes, kind: FrameKind | str, *, offset: int = 0) -> ModbusPd
         if kind == FrameKind.REQUEST:
             raise RtuError(offset, f"function {fn:02X} is an exception reply, not a request")
         if len(body) != 1:
-            raise RtuError(at, f"an exception reply has 1 data byte (the code), got "
-                               f"{len(body)}")
+            raise RtuError(at + min(len(body), 1),
+                           f"an exception reply has 1 data byte (the code), got {len(body)}")
         return ModbusPdu(FrameKind.EXCEPTION, fn & 0x7F, exception=body[0])
     if fn not in FUNCTIONS:
         raise RtuError(offset, f"function {fn:02X} is not one of "
