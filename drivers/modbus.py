@@ -85,7 +85,9 @@ from protocols.modbus import (
     write_coil_pdu,
     write_register_pdu,
 )
+from protocols.modbus import EXCEPTION_NAMES as EXCEPTION_NAMES
 from protocols.modbus import MAX_READ_COUNT as MAX_READ_COUNT
+from protocols.modbus import exception_name as exception_name
 
 from .bus import Bus
 from .errors import (
@@ -113,19 +115,6 @@ class ProfileRead:
     failed: dict[str, DriverError] = field(default_factory=dict)
     answered: bool = False
 
-EXCEPTION_NAMES: dict[int, str] = {
-    0x01: "ILLEGAL_FUNCTION",
-    0x02: "ILLEGAL_DATA_ADDRESS",
-    0x03: "ILLEGAL_DATA_VALUE",
-    0x04: "SERVER_DEVICE_FAILURE",
-    0x05: "ACKNOWLEDGE",
-    0x06: "SERVER_DEVICE_BUSY",
-    0x07: "NEGATIVE_ACKNOWLEDGE",
-    0x08: "MEMORY_PARITY_ERROR",
-    0x0A: "GATEWAY_PATH_UNAVAILABLE",
-    0x0B: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
-}
-"""Exception codes by their names in the Modbus application protocol specification."""
 
 _BUSY_CODES = frozenset({0x05, 0x06})
 _GATEWAY_CODES = frozenset({0x0A, 0x0B})
@@ -138,11 +127,6 @@ _MAX_PDU = 253
 
 # RTU: (bus.transactions, monotonic time) at the end of the last Modbus transaction.
 _QUIET_SINCE: WeakKeyDictionary[Bus, tuple[int, float]] = WeakKeyDictionary()
-
-
-def exception_name(code: int) -> str:
-    """The specification's name of an exception code (``EXCEPTION_0C`` if none)."""
-    return EXCEPTION_NAMES.get(code, f"EXCEPTION_{code:02X}")
 
 
 # ---- errors ------------------------------------------------------------------------------

@@ -23,23 +23,11 @@ from protocols.modbus import (
     RtuError,
     RtuFrame,
     decode_register,
+    exception_name,
     parse_rtu,
     request_length,
     response_length,
 )
-
-_EXCEPTION_NAMES: dict[int, str] = {
-    0x01: "ILLEGAL_FUNCTION",
-    0x02: "ILLEGAL_DATA_ADDRESS",
-    0x03: "ILLEGAL_DATA_VALUE",
-    0x04: "SERVER_DEVICE_FAILURE",
-    0x05: "ACKNOWLEDGE",
-    0x06: "SERVER_DEVICE_BUSY",
-    0x07: "NEGATIVE_ACKNOWLEDGE",
-    0x08: "MEMORY_PARITY_ERROR",
-    0x0A: "GATEWAY_PATH_UNAVAILABLE",
-    0x0B: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
-}  # as drivers.modbus.EXCEPTION_NAMES, without importing the driver
 
 
 class ModbusInputError(Exception):
@@ -136,8 +124,7 @@ def _describe(found: _Found, start: int | None, profile: Profile | None
     out["kind"] = pdu.kind.value
     if pdu.kind is FrameKind.EXCEPTION:
         out["exception"] = pdu.exception
-        out["exception_name"] = _EXCEPTION_NAMES.get(pdu.exception or 0,
-                                                     f"EXCEPTION_{pdu.exception:02X}")
+        out["exception_name"] = exception_name(pdu.exception or 0)
         return out
     fn = pdu.function
     address = pdu.address

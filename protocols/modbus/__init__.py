@@ -14,6 +14,7 @@ from ._profile import WORDS, Function, Profile, ReadBlock, Register, RegisterTyp
 from ._receivebuffer import FrameHunter, HunterStats, ReplyHunter, reply_size
 from ._rtu import (
     COIL_ON,
+    EXCEPTION_NAMES,
     FUNCTIONS,
     MAX_READ_COUNT,
     MAX_WRITE_COUNT,
@@ -24,6 +25,7 @@ from ._rtu import (
     RtuFrame,
     check_crc,
     crc16,
+    exception_name,
     exception_pdu,
     parse_pdu,
     parse_rtu,
@@ -40,6 +42,7 @@ from ._rtu import (
 
 __all__ = [
     "COIL_ON",
+    "EXCEPTION_NAMES",
     "FUNCTIONS",
     "MAX_READ_COUNT",
     "MAX_READ_REGISTERS",
@@ -65,6 +68,7 @@ __all__ = [
     "decode_block",
     "decode_register",
     "encode_value",
+    "exception_name",
     "exception_pdu",
     "parse_pdu",
     "parse_profile",

@@ -25,6 +25,7 @@ from construct import Bytes, ConstructError, Int8ub, Int16ub, Struct, this
 
 __all__ = [
     "COIL_ON",
+    "EXCEPTION_NAMES",
     "FUNCTIONS",
     "MAX_READ_COUNT",
     "MAX_WRITE_COUNT",
@@ -35,6 +36,7 @@ __all__ = [
     "RtuFrame",
     "check_crc",
     "crc16",
+    "exception_name",
     "exception_pdu",
     "parse_pdu",
     "parse_rtu",
@@ -57,6 +59,26 @@ FUNCTIONS: dict[int, str] = {
     0x10: "write_multiple_registers",
 }
 """Function codes this codec knows, by their names in the specification."""
+
+EXCEPTION_NAMES: dict[int, str] = {
+    0x01: "ILLEGAL_FUNCTION",
+    0x02: "ILLEGAL_DATA_ADDRESS",
+    0x03: "ILLEGAL_DATA_VALUE",
+    0x04: "SERVER_DEVICE_FAILURE",
+    0x05: "ACKNOWLEDGE",
+    0x06: "SERVER_DEVICE_BUSY",
+    0x07: "NEGATIVE_ACKNOWLEDGE",
+    0x08: "MEMORY_PARITY_ERROR",
+    0x0A: "GATEWAY_PATH_UNAVAILABLE",
+    0x0B: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
+}
+"""Exception codes by their names in the Modbus application protocol specification."""
+
+
+def exception_name(code: int) -> str:
+    """The specification's name of an exception code (``EXCEPTION_0C`` if none)."""
+    return EXCEPTION_NAMES.get(code, f"EXCEPTION_{code:02X}")
+
 
 MAX_READ_COUNT = 125  # registers per 03/04 request
 MAX_WRITE_COUNT = 123  # registers per 10H request
