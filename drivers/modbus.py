@@ -547,26 +547,26 @@ class ModbusSession:
             self.bad_replies += 1
             raise BadReply(f"unit {unit}: reply to {what} has {len(pdu)} bytes, expected 5",
                            address=str(unit), raw=pdu)
+        else:  # an echo that differs is a wrong reply, whatever it holds
+            self._check_echo(request, pdu, what)
         try:
-            response = parse_pdu(pdu, FrameKind.RESPONSE)
+            return parse_pdu(pdu, FrameKind.RESPONSE)
         except RtuError as e:
             self.bad_replies += 1
             raise BadReply(f"unit {unit}: bad reply to {what}: {e.problem}",
                            address=str(unit), raw=pdu) from e
-        if function not in _READ_FUNCTIONS:
-            self._check_echo(request, response, what)
-        return response
 
-    def _check_echo(self, request: _Request, response: ModbusPdu, what: str) -> None:
+    def _check_echo(self, request: _Request, pdu: bytes, what: str) -> None:
         """05/06 replies echo the request's address and value."""
         unit = request.unit
-        if response.address != request.address:
+        address = int.from_bytes(pdu[1:3], "big")
+        if address != request.address:
             self.wrong_replies += 1
             raise WrongReply(f"unit {unit}: reply to {what} is for register "
-                             f"{response.address}", address=str(unit), field="register",
-                             expected=str(request.address), got=str(response.address))
+                             f"{address}", address=str(unit), field="register",
+                             expected=str(request.address), got=str(address))
         sent = request.value
-        echoed = response.values[0]
+        echoed = int.from_bytes(pdu[3:5], "big")
         if echoed != sent:
             self.wrong_replies += 1
             raise WrongReply(f"unit {unit}: reply to {what} echoes value {echoed:#06x}",
