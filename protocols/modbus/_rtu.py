@@ -4,10 +4,10 @@ RTU frame: ``unit | function | data | CRC`` with CRC-16/MODBUS sent low byte fir
 Only the function codes the collector uses are known: 03/04 (read holding / input
 registers), 05 (write single coil), 06 (write single register), 10H (write multiple
 registers), and their exception replies (``function | 0x80``).  The data field of each
-is one construct definition, compiled once at import.  The two layouts every poll uses,
-the read request and the read reply, are also done with ``struct`` (half the time of
-the compiled construct, which matters at thousands of polls a second); a test keeps both
-in agreement.
+is one construct definition, compiled once at import.  The two steps every poll takes,
+building a read request and parsing a read reply, use ``struct`` instead (half the time
+of the compiled construct, which matters at thousands of polls a second); a test keeps
+them in agreement with the construct layouts.
 
 Errors are :class:`RtuError` (``offset``: the byte where the frame went wrong) and its
 subclass :class:`CrcError`.
