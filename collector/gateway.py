@@ -42,7 +42,18 @@ from protocols.dlt645 import (
     decode_message,
     parse_frame,
 )
-from protocols.modbus import Profile, Register, decode_register
+from protocols.modbus import (
+    CrcError,
+    FrameKind,
+    Profile,
+    Register,
+    RtuError,
+    check_crc,
+    decode_register,
+    parse_pdu,
+    parse_rtu,
+)
+from protocols.modbus import crc16 as modbus_crc
 from protocols.quantities import QUANTITIES, Kind, implausible, normalise_address
 
 from .records import Quality, Reading, utcnow
@@ -231,16 +242,6 @@ def _hex_bytes(value: object, what: str) -> bytes:
         bad = next((i for i, c in enumerate(text) if c not in "0123456789abcdefABCDEF"), None)
         where = f"character {bad}" if bad is not None else f"odd length {len(text)}"
         raise _Rejected(RejectReason.BAD_HEX, f"{what}: not hex ({where})") from None
-
-
-def modbus_crc(data: bytes) -> int:
-    """CRC-16/MODBUS of ``data`` (sent low byte first)."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
 
 
 def _excerpt(obj: object) -> str:
@@ -676,10 +677,10 @@ class ReportIngestor:
         if len(reply) < 5:
             raise _Rejected(R.BAD_FRAME, f"frame: {len(reply)} bytes, an RTU reply has at "
                                          "least 5")
-        crc = int.from_bytes(reply[-2:], "little")
-        if modbus_crc(reply[:-2]) != crc:
-            raise _Rejected(R.CHECKSUM, f"frame: CRC {crc:04X} does not match computed "
-                                        f"{modbus_crc(reply[:-2]):04X}")
+        try:
+            check_crc(reply)
+        except CrcError as e:
+            raise _Rejected(R.CHECKSUM, f"frame: {e.problem}") from None
         f_unit, f_function = reply[0], reply[1]
         if unit is not None and unit != f_unit:
             raise _Rejected(R.BAD_FRAME, f"frame: from unit {f_unit}, payload says unit {unit}")
@@ -690,19 +691,18 @@ class ReportIngestor:
         if meter is None:
             raise _Rejected(R.UNKNOWN_METER, f"unit {f_unit} is no Modbus meter of this "
                                              "gateway")
-        if f_function & 0x80:
-            code = reply[2]
-            raise _Rejected(R.ABNORMAL_REPLY, f"meter {meter.meter_id} answered exception "
-                                              f"{code:02X} to function {f_function & 0x7F}")
-        if f_function not in (3, 4):
+        if f_function not in (3, 4) and not f_function & 0x80:
             raise _Rejected(R.UNSUPPORTED_FRAME, f"frame: function {f_function}, only read "
                                                  "replies (3, 4) carry readings")
-        count_bytes = reply[2]
-        data = reply[3:-2]
-        if count_bytes != len(data) or count_bytes % 2:
-            raise _Rejected(R.BAD_FRAME, f"frame: byte count {count_bytes}, "
-                                         f"{len(data)} data bytes")
-        count = count_bytes // 2
+        try:
+            pdu = parse_pdu(reply[1:-2], FrameKind.RESPONSE, offset=1)
+        except RtuError as e:
+            raise _Rejected(R.BAD_FRAME, f"frame: {e}") from None
+        if pdu.kind is FrameKind.EXCEPTION:
+            raise _Rejected(R.ABNORMAL_REPLY, f"meter {meter.meter_id} answered exception "
+                                              f"{pdu.exception:02X} to function {pdu.function}")
+        words = list(pdu.values)
+        count = len(words)
         if "request" in doc:
             req_start, req_count = self._modbus_request(doc["request"], f_unit, f_function)
             if start is not None and start != req_start:
@@ -722,7 +722,6 @@ class ReportIngestor:
         except Exception as e:
             raise _Rejected(R.NO_PROFILE, f"meter {meter.meter_id}: profile "
                                           f"{_name(meter.profile)}: {type(e).__name__}") from None
-        words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
         end = start + count
         inside: list[Register] = [r for r in profile.registers
                                   if r.function == f_function and start <= r.address
@@ -749,14 +748,18 @@ class ReportIngestor:
         req = _hex_bytes(value, "request")
         if len(req) != 8:
             raise _Rejected(R.BAD_FRAME, f"request: {len(req)} bytes, a read request has 8")
-        crc = int.from_bytes(req[-2:], "little")
-        if modbus_crc(req[:-2]) != crc:
-            raise _Rejected(R.CHECKSUM, f"request: CRC {crc:04X} does not match computed "
-                                        f"{modbus_crc(req[:-2]):04X}")
-        if req[0] != unit or req[1] != function:
-            raise _Rejected(R.BAD_FRAME, f"request to unit {req[0]} function {req[1]}, reply "
-                                         f"from unit {unit} function {function}")
-        return int.from_bytes(req[2:4], "big"), int.from_bytes(req[4:6], "big")
+        try:
+            frame = parse_rtu(req, FrameKind.REQUEST)
+        except CrcError as e:
+            raise _Rejected(R.CHECKSUM, f"request: {e.problem}") from None
+        except RtuError as e:
+            raise _Rejected(R.BAD_FRAME, f"request: {e}") from None
+        if frame.unit != unit or frame.function != function:
+            raise _Rejected(R.BAD_FRAME, f"request to unit {frame.unit} function "
+                                         f"{frame.function}, reply from unit {unit} "
+                                         f"function {function}")
+        assert frame.pdu.address is not None and frame.pdu.quantity is not None
+        return frame.pdu.address, frame.pdu.quantity
 
     # ---- rejects ---------------------------------------------------------------------------
 

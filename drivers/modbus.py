@@ -10,14 +10,14 @@
     async with SerialBus("/dev/ttyUSB0", 9600) as bus:      # shared with DL/T645 meters
         meter = ModbusSession(bus, framing="rtu")
 
-pymodbus does the protocol work: requests are its PDU classes
-(``ReadHoldingRegistersRequest`` ...), framed by its ``FramerRTU`` (CRC16) or
-``FramerSocket`` (MBAP header); replies are decoded by its response classes and the
-RTU CRC is checked with ``FramerRTU.check_CRC``.  The bus does the I/O, so Modbus and
-DL/T645 meters share one line, one transaction at a time.
+The protocol work is :mod:`protocols.modbus` (sans-I/O): requests are built and
+replies decoded by its PDU codec, RTU frames carry its CRC-16/MODBUS and are found by
+its :class:`~protocols.modbus.ReplyHunter`; Modbus TCP's MBAP header is added here.
+The bus does the I/O, so Modbus and DL/T645 meters share one line, one transaction at
+a time.
 
-Finding the reply is done here, knowing the request (pymodbus's own frame hunters drop
-frames from other unit ids silently and lose a good frame after leading garbage):
+Finding the reply knows the request (a generic hunter would drop frames from other unit
+ids silently and lose a good frame after leading garbage):
 
 * ``rtu``: the reply is complete once the length its function implies is in (byte
   count + 5 for reads, 8 for writes, 5 for an exception reply ``function | 0x80``);
@@ -67,27 +67,27 @@ from time import monotonic
 from typing import Literal
 from weakref import WeakKeyDictionary
 
-from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerBase, FramerRTU, FramerSocket
-from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
-from pymodbus.pdu.bit_message import WriteSingleCoilRequest, WriteSingleCoilResponse
-from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersRequest,
-    ReadHoldingRegistersResponse,
-    ReadInputRegistersRequest,
-    ReadInputRegistersResponse,
-    WriteSingleRegisterRequest,
-    WriteSingleRegisterResponse,
-)
-
 from protocols.modbus import (
+    COIL_ON,
+    FrameKind,
+    ModbusPdu,
     Profile,
+    ReplyHunter,
+    RtuError,
     decode_block,
+    parse_pdu,
     plan_reads,
+    read_request_pdu,
     relay_readback_block,
     relay_state,
     relay_write,
+    rtu_frame,
+    write_coil_pdu,
+    write_register_pdu,
 )
+from protocols.modbus import EXCEPTION_NAMES as EXCEPTION_NAMES
+from protocols.modbus import MAX_READ_COUNT as MAX_READ_COUNT
+from protocols.modbus import exception_name as exception_name
 
 from .bus import Bus
 from .errors import (
@@ -115,48 +115,18 @@ class ProfileRead:
     failed: dict[str, DriverError] = field(default_factory=dict)
     answered: bool = False
 
-EXCEPTION_NAMES: dict[int, str] = {
-    0x01: "ILLEGAL_FUNCTION",
-    0x02: "ILLEGAL_DATA_ADDRESS",
-    0x03: "ILLEGAL_DATA_VALUE",
-    0x04: "SERVER_DEVICE_FAILURE",
-    0x05: "ACKNOWLEDGE",
-    0x06: "SERVER_DEVICE_BUSY",
-    0x07: "NEGATIVE_ACKNOWLEDGE",
-    0x08: "MEMORY_PARITY_ERROR",
-    0x0A: "GATEWAY_PATH_UNAVAILABLE",
-    0x0B: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
-}
-"""Exception codes by their names in the Modbus application protocol specification."""
 
 _BUSY_CODES = frozenset({0x05, 0x06})
 _GATEWAY_CODES = frozenset({0x0A, 0x0B})
 
-MAX_READ_COUNT = ReadHoldingRegistersRequest.MAX_COUNT  # 125 registers per request
-
 _FUNCTION_NAMES = {3: "holding", 4: "input"}
-_READ_REQUESTS: dict[int, type[ReadHoldingRegistersRequest]] = {
-    3: ReadHoldingRegistersRequest, 4: ReadInputRegistersRequest,
-}
-_RESPONSES: dict[int, type[ModbusPDU]] = {
-    3: ReadHoldingRegistersResponse,
-    4: ReadInputRegistersResponse,
-    5: WriteSingleCoilResponse,
-    6: WriteSingleRegisterResponse,
-}
-_COIL_ON = 0xFF00
-_RTU_WRITE_REPLY = 8  # unit, function, address (2), value (2), CRC (2)
-_RTU_EXCEPTION_REPLY = 5  # unit, function | 0x80, code, CRC (2)
+_READ_FUNCTIONS = frozenset(_FUNCTION_NAMES)
 _MBAP_HEADER = 7  # transaction id, protocol id, length, unit id
+_MBAP = struct.Struct(">HHHB")
 _MAX_PDU = 253
 
 # RTU: (bus.transactions, monotonic time) at the end of the last Modbus transaction.
 _QUIET_SINCE: WeakKeyDictionary[Bus, tuple[int, float]] = WeakKeyDictionary()
-
-
-def exception_name(code: int) -> str:
-    """The specification's name of an exception code (``EXCEPTION_0C`` if none)."""
-    return EXCEPTION_NAMES.get(code, f"EXCEPTION_{code:02X}")
 
 
 # ---- errors ------------------------------------------------------------------------------
@@ -218,79 +188,38 @@ class _Garbage(Exception):
     """Internal: bytes that cannot be the reply (raised through Bus.transaction)."""
 
 
-class _Reply:
-    """What a completion found: the replying unit, the PDU, and what it skipped."""
+@dataclass(slots=True)
+class _Request:
+    """One request: its unit id, its PDU, and what the reply must echo."""
 
-    __slots__ = ("bad_checksums", "buffer", "garbage", "pdu", "skipped", "unit")
+    unit: int
+    function: int
+    pdu: bytes
+    count: int = 0  # registers asked (reads)
+    address: int = 0  # 05/06
+    value: int = 0  # 05/06: the value written (coil: FF00/0000)
+    transaction_id: int = 0
 
-    def __init__(self) -> None:
+
+class _RtuReply(ReplyHunter):
+    """Completion for one RTU request (see :class:`protocols.modbus.ReplyHunter`)."""
+
+    __slots__ = ()
+    skipped = 0  # RTU has no transaction ids: nothing is skipped as late
+
+
+class _TcpReply:
+    """Completion for one Modbus TCP request: the MBAP frame of its transaction id."""
+
+    __slots__ = ("buffer", "garbage", "pdu", "pos", "skipped", "tid", "unit")
+    bad_checksums = 0  # TCP has no CRC
+
+    def __init__(self, tid: int) -> None:
         self.buffer = bytearray()
         self.unit = -1
         self.pdu = b""
-        self.bad_checksums = 0  # RTU candidates with a bad CRC
         self.garbage = 0  # bytes received around the reply
-        self.skipped = 0  # well-formed frames that answer an earlier request (TCP)
-
-
-class _RtuReply(_Reply):
-    """Completion for one RTU request: hunts a frame of the expected function."""
-
-    __slots__ = ("exception", "function", "rejected", "size", "start")
-
-    def __init__(self, function: int, size: int) -> None:
-        super().__init__()
-        self.function = function
-        self.exception = function | 0x80
-        self.size = size  # the normal reply's length; 0: byte count at [2] + 5
-        self.start = 0  # nothing before this can start the reply
-        self.rejected: set[int] = set()  # candidate offsets whose CRC failed
-
-    def feed(self, chunk: bytes) -> bool:
-        buf = self.buffer
-        buf += chunk
-        n = len(buf)
-        first_pending = -1
-        i = self.start
-        while i + 1 < n:
-            fn = buf[i + 1]
-            if fn == self.function:
-                size = self.size
-                if not size:
-                    if i + 2 >= n:
-                        if first_pending < 0:
-                            first_pending = i
-                        break
-                    size = buf[i + 2] + 5
-            elif fn == self.exception:
-                size = _RTU_EXCEPTION_REPLY
-            else:
-                i += 1
-                continue
-            end = i + size
-            if end > n:  # may be the reply, still arriving; a later offset may be it too
-                if first_pending < 0:
-                    first_pending = i
-            elif i not in self.rejected:
-                crc = (buf[end - 2] << 8) | buf[end - 1]
-                if FramerRTU.check_CRC(bytes(buf[i : end - 2]), crc):
-                    self.unit = buf[i]
-                    self.pdu = bytes(buf[i + 1 : end - 2])
-                    self.garbage = n - size
-                    return True
-                self.rejected.add(i)
-                self.bad_checksums += 1
-            i += 1
-        self.start = first_pending if first_pending >= 0 else max(n - 1, 0)
-        return False
-
-
-class _TcpReply(_Reply):
-    """Completion for one Modbus TCP request: the MBAP frame of its transaction id."""
-
-    __slots__ = ("pos", "tid")
-
-    def __init__(self, tid: int) -> None:
-        super().__init__()
+        self.skipped = 0  # well-formed frames that answer an earlier request
         self.tid = tid
         self.pos = 0
 
@@ -352,9 +281,6 @@ class ModbusSession:
         self.retries = retries
         self.td = td
         self.tb = tb
-        decoder = DecodePDU(is_server=False)
-        self._framer: FramerBase = (FramerRTU(decoder) if framing == "rtu"
-                                    else FramerSocket(decoder))
         self._tid = 0
         self.requests = 0
         self.retried = 0
@@ -385,23 +311,22 @@ class ModbusSession:
                              ) -> list[int]:
         """03 (holding) or 04 (input): ``count`` registers from ``start``, as 0-65535."""
         _check_unit(unit, self.framing, broadcast=False)
-        if function not in _READ_REQUESTS:
+        if function not in _READ_FUNCTIONS:
             raise ValueError(f"function {function!r} is not 3 (holding) or 4 (input registers)")
-        if not 1 <= count <= MAX_READ_COUNT:
-            raise ValueError(f"register count {count!r} is not 1-{MAX_READ_COUNT}")
-        if start < 0 or start + count > 0x10000:
+        if start < 0:
             raise ValueError(f"registers {start}+{count} do not fit 0-65535")
-        request = _READ_REQUESTS[function](address=start, count=count, dev_id=unit)
+        request = _Request(unit, function, read_request_pdu(function, start, count), count)
         reply = await self._exchange(
             request, f"read {count} {_FUNCTION_NAMES[function]} registers at {start}",
             self.retries)
-        return list(reply.registers)
+        return list(reply.values)
 
     async def write_coil(self, unit: int, address: int, on: bool) -> None:
         """05: set a coil on (FF00) or off (0000); returns on the device's echo."""
         _check_unit(unit, self.framing, broadcast=True)
         _check_address(address, "coil")
-        request = WriteSingleCoilRequest(address=address, bits=[bool(on)], dev_id=unit)
+        request = _Request(unit, 5, write_coil_pdu(address, bool(on)), address=address,
+                           value=COIL_ON if on else 0)
         await self._exchange(request, f"write coil {address} {'on' if on else 'off'}", 0)
 
     async def write_register(self, unit: int, address: int, value: int) -> None:
@@ -410,7 +335,8 @@ class ModbusSession:
         _check_address(address, "register")
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
             raise ValueError(f"register value {value!r} is not 0-65535")
-        request = WriteSingleRegisterRequest(address=address, registers=[value], dev_id=unit)
+        request = _Request(unit, 6, write_register_pdu(address, value), address=address,
+                           value=value)
         await self._exchange(request, f"write register {address} = {value}", 0)
 
     # ---- profiles --------------------------------------------------------------------------
@@ -504,17 +430,18 @@ class ModbusSession:
 
     # ---- one exchange --------------------------------------------------------------------
 
-    async def _exchange(self, request: ModbusPDU, what: str, retries: int) -> ModbusPDU:
-        if self.framing == "rtu" and request.dev_id == 0:  # broadcast: nothing answers
+    async def _exchange(self, request: _Request, what: str, retries: int) -> ModbusPdu:
+        if self.framing == "rtu" and request.unit == 0:  # broadcast: nothing answers
             async with self.bus.exclusive():
                 await self._frame_gap()
                 self.requests += 1
-                wire = self._framer.buildFrame(request)
+                wire = rtu_frame(0, request.pdu)
                 try:
                     await self.bus.send(wire)
                 finally:  # the line is busy until the frame is out
                     self._line_quiet(self.bus._tx_time(len(wire)))
-            return request
+            return ModbusPdu(FrameKind.REQUEST, request.function, request.address, 1,
+                             (request.value,))
         for attempt in range(retries + 1):
             try:
                 return await self._exchange_once(request, what)
@@ -524,24 +451,25 @@ class ModbusSession:
                 self.retried += 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _exchange_once(self, request: ModbusPDU, what: str) -> ModbusPDU:
+    async def _exchange_once(self, request: _Request, what: str) -> ModbusPdu:
         if self.framing == "rtu" and self.bus._tx_time(1) > 0:
             async with self.bus.exclusive():  # no other frame between the gap and ours
                 await self._frame_gap()
                 return await self._transact(request, what)
         return await self._transact(request, what)  # the bus takes the line itself
 
-    async def _transact(self, request: ModbusPDU, what: str) -> ModbusPDU:
-        unit = request.dev_id
-        function = request.function_code
+    async def _transact(self, request: _Request, what: str) -> ModbusPdu:
+        unit = request.unit
+        function = request.function
         reply: _RtuReply | _TcpReply
         if self.framing == "rtu":
-            reply = _RtuReply(function, 0 if function in _READ_REQUESTS else _RTU_WRITE_REPLY)
+            reply = _RtuReply(function)
+            wire = rtu_frame(unit, request.pdu)
         else:
             self._tid = self._tid % 0xFFFF + 1
             request.transaction_id = self._tid
             reply = _TcpReply(self._tid)
-        wire = self._framer.buildFrame(request)
+            wire = _MBAP.pack(self._tid, 0, len(request.pdu) + 1, unit) + request.pdu
         self.requests += 1
         try:
             await self.bus.transaction(wire, reply.feed, td=self.td, tb=self.tb)
@@ -582,10 +510,10 @@ class ModbusSession:
         if self.framing == "rtu":
             _QUIET_SINCE[self.bus] = (self.bus.transactions, monotonic() + after)
 
-    def _check(self, request: ModbusPDU, unit: int, pdu: bytes, what: str) -> ModbusPDU:
+    def _check(self, request: _Request, unit: int, pdu: bytes, what: str) -> ModbusPdu:
         """The decoded reply, if it answers ``request``; else the typed error."""
-        expected = request.dev_id
-        function = request.function_code
+        expected = request.unit
+        function = request.function
         if unit != expected:
             self.wrong_replies += 1
             raise WrongReply(f"unit {expected}: reply to {what} comes from unit {unit}",
@@ -600,16 +528,14 @@ class ModbusSession:
                 self.bad_replies += 1
                 raise BadReply(f"unit {unit}: exception reply to {what} of {len(pdu)} bytes",
                                address=str(unit), raw=pdu)
-            exc = ExceptionResponse(function)
-            exc.decode(pdu[1:])
             self.meter_errors += 1
-            raise _exception(unit, function, exc.exception_code, what)
+            raise _exception(unit, function, pdu[1], what)
         if got != function:
             self.wrong_replies += 1
             raise WrongReply(f"unit {unit}: reply to {what} has function {got:02X}",
                              address=str(unit), field="function", expected=f"{function:02X}",
                              got=f"{got:02X}")
-        if function in _READ_REQUESTS:
+        if function in _READ_FUNCTIONS:
             count = 2 * request.count
             if len(pdu) < 2 or pdu[1] != count or len(pdu) != count + 2:
                 self.bad_replies += 1
@@ -621,30 +547,25 @@ class ModbusSession:
             self.bad_replies += 1
             raise BadReply(f"unit {unit}: reply to {what} has {len(pdu)} bytes, expected 5",
                            address=str(unit), raw=pdu)
-        response = _RESPONSES[function]()
+        else:  # an echo that differs is a wrong reply, whatever it holds
+            self._check_echo(request, pdu, what)
         try:
-            response.decode(pdu[1:])
-        except (ModbusException, ValueError, IndexError, struct.error) as e:
+            return parse_pdu(pdu, FrameKind.RESPONSE)
+        except RtuError as e:
             self.bad_replies += 1
-            raise BadReply(f"unit {unit}: bad reply to {what}: {e}", address=str(unit),
-                           raw=pdu) from e
-        response.dev_id = unit
-        response.transaction_id = request.transaction_id
-        if function not in _READ_REQUESTS:
-            self._check_echo(request, response, pdu, what)
-        return response
+            raise BadReply(f"unit {unit}: bad reply to {what}: {e.problem}",
+                           address=str(unit), raw=pdu) from e
 
-    def _check_echo(self, request: ModbusPDU, response: ModbusPDU, pdu: bytes,
-                    what: str) -> None:
+    def _check_echo(self, request: _Request, pdu: bytes, what: str) -> None:
         """05/06 replies echo the request's address and value."""
-        unit = request.dev_id
-        if response.address != request.address:
+        unit = request.unit
+        address = int.from_bytes(pdu[1:3], "big")
+        if address != request.address:
             self.wrong_replies += 1
             raise WrongReply(f"unit {unit}: reply to {what} is for register "
-                             f"{response.address}", address=str(unit), field="register",
-                             expected=str(request.address), got=str(response.address))
-        sent = (_COIL_ON if request.bits[0] else 0) if request.function_code == 5 \
-            else request.registers[0]
+                             f"{address}", address=str(unit), field="register",
+                             expected=str(request.address), got=str(address))
+        sent = request.value
         echoed = int.from_bytes(pdu[3:5], "big")
         if echoed != sent:
             self.wrong_replies += 1

@@ -480,6 +480,19 @@ async def test_write_echo_of_another_register_is_rejected(framing: Framing) -> N
 
 
 @FRAMINGS
+async def test_coil_echo_of_another_value_is_a_wrong_reply(framing: Framing) -> None:
+    """Even a value no coil can hold (not FF00/0000): the device echoed something else."""
+    def script(raw: bytes) -> bytes:
+        r = parse(raw, framing)
+        pdu = struct.pack(">BHH", r.function, r.address, 0x1234)
+        return rtu(r.unit, pdu) if framing == "rtu" else mbap(r.tid, r.unit, pdu)
+    async with raw_session(framing, script) as (session, raw):
+        with pytest.raises(WrongReply) as info:
+            await session.write_coil(1, 5, True)
+    assert (info.value.field, info.value.expected, info.value.got) == ("value", "FF00", "1234")
+    assert len(raw.requests) == 1
+
+@FRAMINGS
 async def test_byte_count_mismatch_is_a_bad_reply(framing: Framing) -> None:
     async with raw_session(framing, answer(framing, [1, 2, 3]), retries=0) as (session, _):
         with pytest.raises(BadReply, match="6 data bytes"):

@@ -1,4 +1,4 @@
-"""``amic decode HEX...``: one JSON object per DL/T645 frame."""
+"""``amic decode HEX...``: one JSON object per DL/T645 (or Modbus RTU) frame."""
 
 from __future__ import annotations
 
@@ -162,15 +162,36 @@ def describe(message: Message, raw_control: int) -> dict[str, Any]:
 
 
 @click.command()
+@click.option("--protocol", "-p", type=click.Choice(["dlt645", "modbus-rtu"]),
+              default="dlt645", show_default=True, help="What the frames are.")
+@click.option("--profile", "profile_name", default=None, metavar="NAME",
+              help="modbus-rtu: device profile (name or file) naming and scaling the "
+                   "registers.")
+@click.option("--start", type=click.IntRange(0, 0xFFFF), default=None, metavar="ADDR",
+              help="modbus-rtu: start address of a read reply given without its request.")
 @click.argument("hex_bytes", nargs=-1, metavar="HEX...")
-def decode(hex_bytes: tuple[str, ...]) -> None:
+def decode(protocol: str, profile_name: str | None, start: int | None,
+           hex_bytes: tuple[str, ...]) -> None:
     """Decode DL/T645 frames given as hex (arguments, or standard input if none).
 
     Frames may be given one per argument or back to back; wake-up FE bytes are
     skipped.  Prints one JSON object per frame.  Exit status 2 names the byte
     offset of the first problem.
+
+    With --protocol modbus-rtu: Modbus RTU requests and replies (unit, function, kind,
+    address, count, registers, crc_ok); a read reply takes its start address from the
+    read request just before it, else from --start; --profile names and scales the
+    registers.  Frames before a problem are printed; a frame with a bad CRC is printed
+    with crc_ok false, then exit status 2.
     """
     args = hex_bytes or (sys.stdin.read(),)
+    if protocol == "modbus-rtu":
+        _decode_modbus(args, profile_name, start)
+        return
+    if profile_name is not None or start is not None:
+        click.echo("amic decode: --profile and --start are for --protocol modbus-rtu",
+                   err=True)
+        sys.exit(2)
     try:
         data = hex_input(args)
         objects = []
@@ -183,6 +204,34 @@ def decode(hex_bytes: tuple[str, ...]) -> None:
                 data_at = offset + skip_preamble(chunk) + HEADER_SIZE
                 raise InputError(f"byte {data_at}: data field: {e}") from None
     except InputError as e:
+        click.echo(f"amic decode: {e}", err=True)
+        sys.exit(2)
+    for obj in objects:
+        click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def _decode_modbus(args: tuple[str, ...], profile_name: str | None, start: int | None
+                   ) -> None:
+    from protocols.modbus import ProfileError
+
+    from ..profiles import load_profile
+    from .decode_modbus import ModbusInputError, decode_modbus
+
+    profile = None
+    if profile_name is not None:
+        try:
+            profile = load_profile(profile_name)
+        except ProfileError as e:
+            click.echo(f"amic decode: --profile: {e}", err=True)
+            sys.exit(2)
+    try:
+        objects = decode_modbus(hex_input(args), profile=profile, start=start)
+    except InputError as e:
+        click.echo(f"amic decode: {e}", err=True)
+        sys.exit(2)
+    except ModbusInputError as e:
+        for obj in e.objects:
+            click.echo(json.dumps(obj, ensure_ascii=False))
         click.echo(f"amic decode: {e}", err=True)
         sys.exit(2)
     for obj in objects:

@@ -111,8 +111,16 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
                    "(options: baud, parity, bytesize, stopbits, td_ms, tb_ms).")
 @click.option("--address", "-a", default=None, metavar="ADDR",
               help="Meter address, up to 12 digits (AAAAAAAAAAAA: the only meter on the line).")
-@click.option("--protocol", "-p", type=click.Choice(list(PROTOCOLS)), default="dlt645-2007",
-              show_default=True, help="Protocol edition of the meter.")
+@click.option("--protocol", "-p", type=click.Choice([*PROTOCOLS, "modbus"]),
+              default="dlt645-2007", show_default=True,
+              help="Protocol edition of the meter (modbus: with --unit and --profile).")
+@click.option("--unit", "-u", "modbus_unit", type=click.IntRange(0, 255), default=None,
+              metavar="N", help="With --protocol modbus: the device's unit id.")
+@click.option("--profile", "profile_name", default=None, metavar="NAME",
+              help="With --protocol modbus: the device profile (name or file).")
+@click.option("--framing", type=click.Choice(["tcp", "rtu"]), default=None,
+              help="With --protocol modbus: tcp (MBAP; default on tcp://) or rtu (default "
+                   "on serial://; also RTU over a TCP serial server).")
 @click.option("--via", default=None, metavar="BROKER",
               help="Read through a collector's command channel: mqtt://HOST:PORT or "
                    "mqtts://HOST:PORT (with --collector and --meter instead of --target).")
@@ -145,6 +153,7 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.argument("quantities", nargs=-1, required=True, metavar="QUANTITY...")
 @click.pass_context
 def read(ctx: click.Context, target: str | None, address: str | None, protocol: str,
+         modbus_unit: int | None, profile_name: str | None, framing: str | None,
          via: str | None, collector_id: str | None, meter_id: str | None,
          config_path: Path | None, username: str | None, password_file: str | None,
          ca_file: str | None,
@@ -163,9 +172,17 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     With --config FILE --meter ID the meter of that configuration is read through its
     running daemon (which owns the buses), or on its bus directly when none runs.
 
+    With --protocol modbus the device --unit N is read through its --profile NAME
+    (groups give the members the profile has), framed as --framing.
+
     Exit status: 0 all read, 1 the meter, the link or the collector failed (or no reply),
     2 bad arguments.
     """
+    modbus_only = [name for name, value in (("--unit", modbus_unit),
+                                            ("--profile", profile_name),
+                                            ("--framing", framing)) if value is not None]
+    if modbus_only and protocol != "modbus":
+        _fail(f"{', '.join(modbus_only)}: only with --protocol modbus", EXIT_USAGE)
     if config_path is not None:
         if via is not None or target is not None or address is not None:
             _fail("--config reads a configured meter (--meter ID): not with --via, "
@@ -196,6 +213,11 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
         extra.append("--retries")
     if extra:
         _fail(f"{', '.join(extra)}: only with --via mqtt://BROKER", EXIT_USAGE)
+    if protocol == "modbus":
+        from .read_modbus import read_modbus
+        read_modbus(target, address, modbus_unit, profile_name, framing, quantities, as_json,
+                    timeout_ms)
+        return
     if target is None:
         _fail("missing --target URL (a meter line) or --via mqtt://BROKER (a collector)",
               EXIT_USAGE)
