@@ -40,6 +40,8 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
 from . import linework
+from .lineproto import escape_measurement, escape_tag, number, sql_number
+from .lineproto import tags as _tags
 from .records import Event, utcnow
 from .settings import MeterSettings
 from .store import OUTBOX_TABLES, Store
@@ -73,15 +75,6 @@ _PRECISION: Final[dict[str, tuple[str, int]]] = {
     "us": (WritePrecision.US, 1_000), "ns": (WritePrecision.NS, 1_000_000),
 }
 
-_TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\",
-                                     "\n": "\\n"})
-
-
-def escape_tag(text: str) -> str:
-    """A tag key or value escaped for line protocol (comma, equals, space, backslash)."""
-    return text.translate(_TAG_ESCAPES)
-
-
 def read_token(token: str | None = None, token_file: Path | str | None = None) -> str:
     """The API token: ``token``, else the first line of ``token_file``, else the
     environment variable ``AMIC_TSDB_TOKEN``, else ``""`` (no authentication)."""
@@ -108,11 +101,6 @@ class _TokenFilter(logging.Filter):
         return True
 
 
-def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
-    """``,k=v`` for each pair with a non-empty value."""
-    return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
-
-
 @dataclass(slots=True)
 class _Batch:
     """One batch of a table, ready to POST."""
@@ -133,25 +121,22 @@ _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
 
 # Readings are the bulk: their lines are built by SQLite itself (string concatenation in
 # C, while the GIL is released), from a per-connection temp table of meter tags.
-# printf('%!.17g') gives back the exact double below 1e200 (measured; SQLite's own
-# formatting drifts in the last digit above), so 1e15 and beyond, an unconfigured meter
-# or a quantity that is not a plain name get NULL and Python's conversion instead.  A NULL
-# (NaN) value gets '' (no point).
+# The lines are the very text of reading_lines: an unconfigured meter or a quantity that
+# is not a plain name get NULL and Python's conversion instead; a value
+# lineproto.sql_number cannot write gets NUL in its place, which linework.fill_number
+# replaces by lineproto.number of the row's third column.  A NULL (NaN) or infinite
+# (9e999 in SQLite) value gets '' (no point).
 _READING_SQL: Final = (
-    "SELECT r.id, CASE WHEN r.value IS NULL THEN '' "
-    "WHEN t.prefix IS NULL OR abs(r.value) >= 1e15 OR r.quantity GLOB '*[^a-z0-9_]*' "
+    "SELECT r.id, CASE WHEN r.value IS NULL OR abs(r.value) >= 9e999 THEN '' "
+    "WHEN t.prefix IS NULL OR r.quantity GLOB '*[^a-z0-9_]*' "
     "THEN NULL "
     "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' || "
-    "printf('%!.17g', r.value) || ' ' || {ts} END "
+    "coalesce({value}, char(0)) || ' ' || {ts} END, r.value "
     "FROM main.readings r LEFT JOIN temp.amic_fwd_tags t ON t.meter = r.meter "
     "WHERE r.id > ? ORDER BY r.id LIMIT ?")
 _TS_SQL: Final[dict[str, str]] = {
     "s": "(coalesce(r.meter_ts, r.ts) / 1000)", "ms": "coalesce(r.meter_ts, r.ts)",
     "us": "(coalesce(r.meter_ts, r.ts) * 1000)", "ns": "(coalesce(r.meter_ts, r.ts) * 1000000)"}
-
-
-def _num(v: float | int) -> str:
-    return repr(float(v))
 
 
 @dataclass(slots=True)
@@ -182,11 +167,11 @@ def _command_fields(detail: str) -> str:
             with contextlib.suppress(ValueError):
                 v = float(v)
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            out += f",{field}={_num(v)}"
+            out += f",{field}={number(v)}"
     for key in ("before", "after"):
         state = doc.get(key)
         if isinstance(state, dict) and isinstance(state.get("relay_open"), bool):
-            out += f",relay_open_{key}={_num(int(state['relay_open']))}"
+            out += f",relay_open_{key}={number(int(state['relay_open']))}"
     return out
 
 
@@ -244,7 +229,8 @@ class Forwarder:
         self._tags_lock = threading.Lock()
         self._tags_version = 0
         self._local = threading.local()  # per thread: the tags version its SQL table has
-        self._reading_sql = _READING_SQL.format(ts=_TS_SQL[precision])
+        self._reading_sql = _READING_SQL.format(ts=_TS_SQL[precision],
+                                                 value=sql_number("r.value"))
         if meters is not None:
             self.set_meters(meters)
         self._meters_given = meters is not None
@@ -305,6 +291,7 @@ class Forwarder:
         mult = self._ts_mult
         isfinite = math.isfinite
         esc = escape_tag
+        num = number
         cache: dict[str, str] = {}
         for row in rows:
             value = row[3]
@@ -320,7 +307,7 @@ class Forwarder:
             if ts is None:
                 ts = row[5]
             ts = ts // 1000 if mult == 0 else ts * mult
-            append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={float(value)!r} {ts}")
+            append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={num(value)} {ts}")
         return out
 
     def event_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -330,10 +317,10 @@ class Forwarder:
             meter = row["meter"]
             bus = row["bus"] or (self._meter_bus.get(meter) if meter else None)
             tags = _tags((("kind", row["kind"]), ("meter", meter), ("bus", bus)))
-            fields = f"severity={_num(row['severity'])},count=1.0"
+            fields = f"severity={number(row['severity'])},count=1.0"
             value = row["value"]
             if value is not None and math.isfinite(value):
-                fields += f",value={_num(value)}"
+                fields += f",value={number(value)}"
             tags += self._collector_tag
             out.append(f"event{tags} {fields} {self._ts(row['ts'])}")
         return out
@@ -346,7 +333,7 @@ class Forwarder:
             code = COMMAND_STATUS_CODES.get(status, UNKNOWN_STATUS_CODE)
             tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status),
                           ("operator", row["operator"])))
-            fields = f"status_code={_num(code)},count=1.0{_command_fields(row['detail'])}"
+            fields = f"status_code={number(code)},count=1.0{_command_fields(row['detail'])}"
             tags += self._collector_tag
             out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
         return out
@@ -360,7 +347,7 @@ class Forwarder:
                 fields: dict[str, float] = json.loads(row["fields"])
             except (TypeError, ValueError):
                 continue
-            body = ",".join(f"{k}={_num(v)}" for k, v in sorted(fields.items())
+            body = ",".join(f"{k}={number(v)}" for k, v in sorted(fields.items())
                             if isinstance(v, int | float) and math.isfinite(v))
             if not body:
                 continue
@@ -370,7 +357,7 @@ class Forwarder:
             elif kind.startswith("success_"):
                 meas, tag = "success_daily", kind[len("success_"):]
             else:
-                meas, tag = escape_tag(kind), "key"
+                meas, tag = escape_measurement(kind), "key"
             complete = "true" if row["complete"] else "false"
             out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete}"
                        f"{self._collector_tag} {body} "
@@ -396,13 +383,13 @@ class Forwarder:
             ratio = ok / done if done else 0.0
             sched = escape_tag(row["schedule"])
             ctag = self._collector_tag
-            fields = f"success_ratio={_num(ratio)},"
+            fields = f"success_ratio={number(ratio)},"
             if row["cut"]:
-                fields = (f"success_ratio={_num(ratio)}," if done else "") + \
-                    f"cut=1.0,attempted={_num(done)},"
-            out.append(f"cycle,schedule={sched}{ctag} planned={_num(planned)},"
-                       f"succeeded={_num(ok)},failed={_num(failed)},{fields}"
-                       f"duration_s={_num((ended - started) / 1000)} {ts}")
+                fields = (f"success_ratio={number(ratio)}," if done else "") + \
+                    f"cut=1.0,attempted={number(done)},"
+            out.append(f"cycle,schedule={sched}{ctag} planned={number(planned)},"
+                       f"succeeded={number(ok)},failed={number(failed)},{fields}"
+                       f"duration_s={number((ended - started) / 1000)} {ts}")
             for meas, col, key in (("cycle_area", "per_area", "area"),
                                    ("cycle_bus", "per_bus", "bus")):
                 try:
@@ -415,8 +402,8 @@ class Forwarder:
                     r = k_ok / k_total if k_total else 0.0
                     out.append(f"{meas},schedule={sched},{key}={escape_tag(k)}"
                                f"{self._collector_tag} "
-                               f"succeeded={_num(k_ok)},total={_num(k_total)},"
-                               f"success_ratio={_num(r)} {ts}")
+                               f"succeeded={number(k_ok)},total={number(k_total)},"
+                               f"success_ratio={number(r)} {ts}")
         return out
 
     # ---- the loop ----------------------------------------------------------------------
@@ -487,8 +474,9 @@ class Forwarder:
             version, items = self._tag_rows()
             linework.load_tags(conn, items)
             self._local.tags = version
-        rows: list[tuple[int, str | None]] = conn.execute(
-            self._reading_sql, (after_id, self.batch)).fetchall()
+        rows: list[tuple[int, str | None]] = [
+            (rid, linework.fill_number(line, value))
+            for rid, line, value in conn.execute(self._reading_sql, (after_id, self.batch))]
         if not rows:
             return _Batch(0, after_id, after_id, 0, b"", [])
         if any(line is None for _, line in rows):
@@ -550,9 +538,11 @@ class Forwarder:
     def _tag_rows(self) -> tuple[int, list[linework.TagRow]]:
         """(version, rows) of the meter tags for the reading SQL's temp table."""
         with self._tags_lock:
+            # a NUL stands for the value in the SQL's lines: such a meter is left to Python
             return self._tags_version, [(m, f"reading,meter={escape_tag(m)}",
                                          tags + self._collector_tag)
-                                        for m, tags in self._meter_tags.items()]
+                                        for m, tags in self._meter_tags.items()
+                                        if "\0" not in m + tags + self._collector_tag]
 
     def _write(self, payload: bytes) -> None:
         assert self._write_api is not None

@@ -25,6 +25,11 @@ import threading
 import zlib
 from typing import IO, Any, Final
 
+if __package__:
+    from .lineproto import number
+else:  # run as a script: this file's directory is first on sys.path
+    from lineproto import number  # type: ignore[import-not-found,no-redef]
+
 # (meter, "reading,meter=<escaped id>", ",area=..,bus=..,feeder=..,station=..")
 TagRow = tuple[str, str, str]
 
@@ -37,6 +42,15 @@ def load_tags(conn: sqlite3.Connection, items: list[TagRow]) -> None:
     conn.execute(_TAGS_DDL)
     conn.execute("DELETE FROM temp.amic_fwd_tags")
     conn.executemany("INSERT INTO temp.amic_fwd_tags VALUES (?, ?, ?)", items)
+
+
+def fill_number(line: str | None, value: float | None) -> str | None:
+    """A line of the reading SQL with its NUL (a value SQLite cannot write as
+    :func:`lineproto.number` does) replaced by that number."""
+    if line and "\0" in line:
+        assert value is not None
+        return line.replace("\0", number(value))
+    return line
 
 
 def body(lines: list[str], gzip_level: int | None) -> bytes:
@@ -82,15 +96,16 @@ def reading_batch(path: str, sql: str, after_id: int, limit: int, tags_version: 
             return NEED_TAGS
         load_tags(_conn, tags)
         _tags_version = tags_version
-    rows: list[tuple[int, str | None]] = _conn.execute(sql, (after_id, limit)).fetchall()
+    rows: list[tuple[int, str | None, Any]] = _conn.execute(  # Any: the REAL or NULL
+        sql, (after_id, limit)).fetchall()
     if not rows:
         return 0, after_id, 0, b""
     lines: list[str] = []
-    for _, line in rows:
+    for _, line, value in rows:
         if line is None:
             return LOCAL
         if line:
-            lines.append(line)
+            lines.append(line if "\0" not in line else line.replace("\0", number(value)))
     return len(rows), rows[-1][0], len(lines), body(lines, gzip_level)
 
 

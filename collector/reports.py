@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 
 from protocols.quantities import normalise_address
 
+from . import lineproto
 from .config import REQUIRED_METER_KEYS, CsvRecordError, _Loader, csv_records
 from .records import from_ms, to_ms
 from .store import Store
@@ -316,12 +317,6 @@ def _area_loss(day: dt.date, area: str, usages: list[MeterUsage],
                         complete, missing, "; ".join(reasons), source, tuple(usages))
 
 
-def _escape_tag(text: str) -> str:
-    for a, b in (("\\", "\\\\"), (",", "\\,"), ("=", "\\="), (" ", "\\ "), ("\n", "\\n")):
-        text = text.replace(a, b)
-    return text
-
-
 def lineloss_line(loss: AreaLineLoss, tz: TzLike = DEFAULT_TZ) -> str | None:
     """The ``lineloss`` point of an area's day, in line protocol (ms precision).
 
@@ -335,9 +330,10 @@ def lineloss_line(loss: AreaLineLoss, tz: TzLike = DEFAULT_TZ) -> str | None:
                                   ("sold_kwh", loss.sold_kwh)) if v is not None]
     if not fields:
         return None
-    tags = f"area={_escape_tag(loss.area)},complete={'true' if loss.complete else 'false'}"
-    body = ",".join(f"{k}={float(v)!r}" for k, v in fields)
-    return f"{LINELOSS_MEASUREMENT},{tags} {body} {midnight_ms(loss.day, tz)}"
+    tags = lineproto.tags((("area", loss.area),
+                           ("complete", "true" if loss.complete else "false")))
+    body = ",".join(f"{k}={lineproto.number(v)}" for k, v in fields)
+    return lineproto.line(LINELOSS_MEASUREMENT, tags, body, midnight_ms(loss.day, tz))
 
 
 # ---- read success ----------------------------------------------------------------------

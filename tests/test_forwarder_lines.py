@@ -6,10 +6,15 @@ import asyncio
 import datetime as dt
 import gzip
 import math
+import random
+import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from collector import lineproto
 from collector.forwarder import Forwarder
 from collector.records import Reading
 from collector.settings import MeterSettings
@@ -57,7 +62,8 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     sql = gzip.decompress(batch.body).decode().split("\n")
     assert sql == [line for _, line in batch.pairs]
     assert batch.points == len(sql) == len(python)
-    # The same points: same measurement and tags, same timestamp, the very same double.
+    # The very same lines, byte for byte (so also the same double).
+    assert sql == python
     assert [parse(a) for a in sql] == [parse(b) for b in python]
     # Both carry the collector tag, configured meter or not.
     assert all(COLLECTOR_TAG + " " in line for line in sql + python)
@@ -97,7 +103,8 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
         finally:
             worker._stop_worker()
     assert after == len(rows)
-    assert built_by_worker == len(rows) // 100  # all but the last batch (unconfigured)
+    # all but the last batch (unconfigured meter), values of 16 or 17 digits included
+    assert built_by_worker == len(rows) // 100
     assert c.pairs is None
     assert b"bus=bus-9" in gzip.decompress(c.body)
 
@@ -187,3 +194,45 @@ def test_every_measurement_carries_the_collector_tag(tmp_path: Path) -> None:
         {"events": 1, "commands": 1, "cycles": 3, "daily": 1}
     for line in [line for v in lines.values() for line in v]:
         assert COLLECTOR_TAG + " " in line, line  # the last tag
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False)
+       | st.decimals(min_value=-10**9, max_value=10**9, places=4, allow_nan=False
+                     ).map(float))
+def test_sql_number_is_the_python_number_or_null(value: float) -> None:
+    """lineproto.sql_number is lineproto.number's text, or NULL (then the caller asks
+    Python): SQLite's own digits never reach a line."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (v REAL)")
+    conn.execute("INSERT INTO t VALUES (?)", (value,))
+    (stored,) = conn.execute("SELECT v FROM t").fetchone()  # SQLite drops the sign of -0.0
+    (text,) = conn.execute(f"SELECT {lineproto.sql_number('v')} FROM t").fetchone()
+    assert text is None or text == lineproto.number(stored)
+    if stored == 0 or (1e-4 <= abs(stored) < 1e15 and len(repr(stored)) <= 16):
+        assert text is not None  # plain meter values are written by SQLite
+
+
+def test_sql_lines_equal_python_lines_for_many_values(tmp_path: Path) -> None:
+    """Thousands of values of meters (decimals) and of arithmetic (16-17 digits) through
+    both the thread's and the worker process's SQL: byte-identical to reading_lines."""
+    rnd = random.Random(14)
+    values = [round(rnd.uniform(-1e6, 1e6), rnd.randint(0, 4)) for _ in range(1500)]
+    values += [rnd.uniform(-1e6, 1e6) for _ in range(1500)]
+    values += [rnd.uniform(-1e-3, 1e-3) for _ in range(300)]
+    rows = [Reading("M2", "energy_active_forward_total", v, "kWh",
+                    T0 + dt.timedelta(seconds=i)) for i, v in enumerate(values)]
+    with Store(tmp_path / "amic.db") as store:
+        commit(store, rows)
+        here = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                         batch=10_000, process_backlog=0, collector=COLLECTOR)
+        worker = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                           batch=10_000, process_backlog=1, collector=COLLECTOR)
+        try:
+            a, b = here._prepare("readings", 0), worker._prepare("readings", 0)
+        finally:
+            worker._stop_worker()
+        python = here.reading_lines(store.outbox("x", "readings", after_id=0, limit=10_000))
+    assert b.pairs is None  # built by the worker process
+    assert gzip.decompress(a.body).decode().split("\n") == python
+    assert gzip.decompress(b.body).decode().split("\n") == python
