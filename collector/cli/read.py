@@ -272,7 +272,7 @@ def _password(opts: RemoteOptions) -> str | None:
 def _check_remote(opts: RemoteOptions, quantities: tuple[str, ...]) -> list[str]:
     from drivers.mqtt import parse_broker_url
     try:
-        scheme, _, _ = parse_broker_url(opts.via)
+        scheme = parse_broker_url(opts.via).scheme
     except ValueError as e:
         raise ValueError(f"--via: {e}") from None
     if not opts.collector:
