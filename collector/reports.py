@@ -61,6 +61,7 @@ __all__ = [
     "LedgerReport",
     "MeterUsage",
     "SuccessRow",
+    "as_zone",
     "billing_cells",
     "billing_export",
     "day_bounds",
@@ -95,13 +96,14 @@ Source = Literal["frozen", "live", "mixed", "missing"]
 
 # ---- time ------------------------------------------------------------------------------
 
-def _zone(tz: TzLike) -> dt.tzinfo:
+def as_zone(tz: TzLike) -> dt.tzinfo:
+    """The zone of ``tz``: an IANA name (``"Asia/Shanghai"``) or a tzinfo."""
     return ZoneInfo(tz) if isinstance(tz, str) else tz
 
 
 def midnight_ms(day: dt.date, tz: TzLike = DEFAULT_TZ) -> int:
     """UTC epoch ms of local midnight starting ``day``."""
-    return to_ms(dt.datetime.combine(day, dt.time(), tzinfo=_zone(tz)))
+    return to_ms(dt.datetime.combine(day, dt.time(), tzinfo=as_zone(tz)))
 
 
 def day_bounds(day: dt.date, tz: TzLike = DEFAULT_TZ) -> tuple[int, int]:
@@ -110,7 +112,7 @@ def day_bounds(day: dt.date, tz: TzLike = DEFAULT_TZ) -> tuple[int, int]:
 
 
 def local_date(ms: int, tz: TzLike = DEFAULT_TZ) -> dt.date:
-    return from_ms(ms).astimezone(_zone(tz)).date()
+    return from_ms(ms).astimezone(as_zone(tz)).date()
 
 
 @contextmanager

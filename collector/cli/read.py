@@ -267,7 +267,7 @@ def remote_quantities(args: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _password(opts: RemoteOptions) -> str | None:
+def remote_password(opts: RemoteOptions) -> str | None:
     if opts.password_file is not None:
         path = Path(opts.password_file)
         try:
@@ -308,7 +308,7 @@ def _check_remote(opts: RemoteOptions, quantities: tuple[str, ...]) -> list[str]
     return remote_quantities(quantities)
 
 
-async def _call_remote(opts: RemoteOptions, password: str | None, collector: str,
+async def call_remote(opts: RemoteOptions, password: str | None, collector: str,
                        body: dict[str, Any], request_id: str,
                        command: str = "read") -> dict[str, Any]:
     from drivers.mqtt import MqttConnection
@@ -362,7 +362,7 @@ def remote_table(readings: list[dict[str, Any]]) -> str:
 def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -> None:
     try:
         wanted = _check_remote(opts, quantities)
-        password = _password(opts)
+        password = remote_password(opts)
     except ValueError as e:
         _fail(str(e), EXIT_USAGE)
     assert opts.collector is not None and opts.meter is not None
@@ -375,7 +375,7 @@ def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -
     amic_log = logging.getLogger("amic")
     amic_log.addHandler(quiet)
     try:
-        reply = asyncio.run(_call_remote(opts, password, collector, body, request_id))
+        reply = asyncio.run(call_remote(opts, password, collector, body, request_id))
     except BrokerError as e:  # names the broker
         _fail(str(e), EXIT_FAILED)
     except RemoteError as e:
