@@ -39,8 +39,8 @@ from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
-from . import linework
-from .lineproto import escape_measurement, escape_tag, number, sql_number
+from . import lineproto, linework
+from .lineproto import escape_tag, number, sql_number
 from .lineproto import tags as _tags
 from .records import Event, utcnow
 from .settings import MeterSettings
@@ -307,6 +307,7 @@ class Forwarder:
             if ts is None:
                 ts = row[5]
             ts = ts // 1000 if mult == 0 else ts * mult
+            # lineproto.line inlined: this loop is the forwarder's bulk in Python
             append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={num(value)} {ts}")
         return out
 
@@ -322,7 +323,7 @@ class Forwarder:
             if value is not None and math.isfinite(value):
                 fields += f",value={number(value)}"
             tags += self._collector_tag
-            out.append(f"event{tags} {fields} {self._ts(row['ts'])}")
+            out.append(lineproto.line("event", tags, fields, self._ts(row["ts"])))
         return out
 
     def command_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -335,7 +336,7 @@ class Forwarder:
                           ("operator", row["operator"])))
             fields = f"status_code={number(code)},count=1.0{_command_fields(row['detail'])}"
             tags += self._collector_tag
-            out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
+            out.append(lineproto.line("command", tags, fields, self._ts(row["updated"])))
         return out
 
     def daily_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -357,11 +358,10 @@ class Forwarder:
             elif kind.startswith("success_"):
                 meas, tag = "success_daily", kind[len("success_"):]
             else:
-                meas, tag = escape_measurement(kind), "key"
+                meas, tag = kind, "key"
             complete = "true" if row["complete"] else "false"
-            out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete}"
-                       f"{self._collector_tag} {body} "
-                       f"{self._ts(row['ts'])}")
+            tags = f",{tag}={escape_tag(row['key'])},complete={complete}{self._collector_tag}"
+            out.append(lineproto.line(meas, tags, body, self._ts(row["ts"])))
         return out
 
     def cycle_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -387,9 +387,10 @@ class Forwarder:
             if row["cut"]:
                 fields = (f"success_ratio={number(ratio)}," if done else "") + \
                     f"cut=1.0,attempted={number(done)},"
-            out.append(f"cycle,schedule={sched}{ctag} planned={number(planned)},"
-                       f"succeeded={number(ok)},failed={number(failed)},{fields}"
-                       f"duration_s={number((ended - started) / 1000)} {ts}")
+            fields = (f"planned={number(planned)},succeeded={number(ok)},"
+                      f"failed={number(failed)},{fields}"
+                      f"duration_s={number((ended - started) / 1000)}")
+            out.append(lineproto.line("cycle", f",schedule={sched}{ctag}", fields, ts))
             for meas, col, key in (("cycle_area", "per_area", "area"),
                                    ("cycle_bus", "per_bus", "bus")):
                 try:
@@ -400,10 +401,10 @@ class Forwarder:
                     if not k:
                         continue
                     r = k_ok / k_total if k_total else 0.0
-                    out.append(f"{meas},schedule={sched},{key}={escape_tag(k)}"
-                               f"{self._collector_tag} "
-                               f"succeeded={number(k_ok)},total={number(k_total)},"
-                               f"success_ratio={number(r)} {ts}")
+                    out.append(lineproto.line(
+                        meas, f",schedule={sched},{key}={escape_tag(k)}{ctag}",
+                        f"succeeded={number(k_ok)},total={number(k_total)},"
+                        f"success_ratio={number(r)}", ts))
         return out
 
     # ---- the loop ----------------------------------------------------------------------
