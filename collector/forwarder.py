@@ -40,7 +40,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
 from . import lineproto, linework
-from .lineproto import escape_tag, number, sql_number
+from .lineproto import escape_tag, number, value_line
 from .lineproto import tags as _tags
 from .records import Event, utcnow
 from .settings import MeterSettings
@@ -121,17 +121,17 @@ _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
 
 # Readings are the bulk: their lines are built by SQLite itself (string concatenation in
 # C, while the GIL is released), from a per-connection temp table of meter tags.
-# The lines are the very text of reading_lines: an unconfigured meter or a quantity that
-# is not a plain name get NULL and Python's conversion instead; a value
-# lineproto.sql_number cannot write gets NUL in its place, which linework.fill_number
-# replaces by lineproto.number of the row's third column.  A NULL (NaN) or infinite
-# (9e999 in SQLite) value gets '' (no point).
+# SQLite builds each line's head ("reading,...,collector=.. value="); the number and the
+# timestamp are added by lineproto.value_line, so the lines are the very text of
+# reading_lines.  An unconfigured meter or a quantity that is not a plain name get a NULL
+# head and Python's conversion instead.  A NULL (NaN) or infinite (9e999 in SQLite)
+# value gets '' (no point).
 _READING_SQL: Final = (
     "SELECT r.id, CASE WHEN r.value IS NULL OR abs(r.value) >= 9e999 THEN '' "
     "WHEN t.prefix IS NULL OR r.quantity GLOB '*[^a-z0-9_]*' "
     "THEN NULL "
-    "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' || "
-    "coalesce({value}, char(0)) || ' ' || {ts} END, r.value "
+    "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' END, "
+    "r.value, {ts} "
     "FROM main.readings r LEFT JOIN temp.amic_fwd_tags t ON t.meter = r.meter "
     "WHERE r.id > ? ORDER BY r.id LIMIT ?")
 _TS_SQL: Final[dict[str, str]] = {
@@ -229,8 +229,7 @@ class Forwarder:
         self._tags_lock = threading.Lock()
         self._tags_version = 0
         self._local = threading.local()  # per thread: the tags version its SQL table has
-        self._reading_sql = _READING_SQL.format(ts=_TS_SQL[precision],
-                                                 value=sql_number("r.value"))
+        self._reading_sql = _READING_SQL.format(ts=_TS_SQL[precision])
         if meters is not None:
             self.set_meters(meters)
         self._meters_given = meters is not None
@@ -476,8 +475,9 @@ class Forwarder:
             linework.load_tags(conn, items)
             self._local.tags = version
         rows: list[tuple[int, str | None]] = [
-            (rid, linework.fill_number(line, value))
-            for rid, line, value in conn.execute(self._reading_sql, (after_id, self.batch))]
+            (rid, value_line(head, value, ts) if head else head)
+            for rid, head, value, ts in conn.execute(self._reading_sql,
+                                                     (after_id, self.batch))]
         if not rows:
             return _Batch(0, after_id, after_id, 0, b"", [])
         if any(line is None for _, line in rows):
@@ -539,11 +539,9 @@ class Forwarder:
     def _tag_rows(self) -> tuple[int, list[linework.TagRow]]:
         """(version, rows) of the meter tags for the reading SQL's temp table."""
         with self._tags_lock:
-            # a NUL stands for the value in the SQL's lines: such a meter is left to Python
             return self._tags_version, [(m, f"reading,meter={escape_tag(m)}",
                                          tags + self._collector_tag)
-                                        for m, tags in self._meter_tags.items()
-                                        if "\0" not in m + tags + self._collector_tag]
+                                        for m, tags in self._meter_tags.items()]
 
     def _write(self, payload: bytes) -> None:
         assert self._write_api is not None

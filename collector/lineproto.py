@@ -3,9 +3,10 @@
 ``measurement,tag=value,... field=number,... timestamp``: :func:`escape_measurement` for
 the measurement, :func:`escape_tag` for tag keys, tag values and field keys,
 :func:`number` for every field value (a float, as the TSDB stores it), :func:`line` to put
-them together.  :func:`sql_number` is the same number format as an SQLite expression, for
-the forwarder's readings built by SQLite itself; it yields NULL where it cannot give the
-very text of :func:`number`, and the caller converts those rows here.
+them together; :func:`value_line` for the forwarder's readings, whose rest SQLite builds.
+SQLite never writes a number: its printf gets the 16th and 17th digit wrong now and then
+(3.40) and its text-to-real conversion is off by one unit in the last place at times, so
+its lines could not be the same text, nor always the same double.
 
 Standard library only, so any process can import it.
 """
@@ -50,22 +51,11 @@ def line(measurement: str, tag_text: str, field_text: str, ts: int) -> str:
     return f"{escape_measurement(measurement)}{tag_text} {field_text} {ts}"
 
 
-# Why 15 digits: SQLite's printf (3.40) rounds the 16th and 17th digit wrongly now and
-# then; 15 digits are exact, and when they give back the double they are repr's digits
-# (any shorter text that does is the same number with the zeros stripped).  The '!' flag
-# writes '220.0' as repr does.  Below 1e-4 repr switches to '1e-05', SQLite to '1.0e-05';
-# from 1e15 on 15 digits cannot hold every double; those and the other values needing
-# 16 or 17 digits give NULL.  SQLite keeps no negative zero, so 0 is '0.0'.
-_SQL_NUMBER: Final = (
-    "CASE WHEN {v} = 0 THEN '0.0' "
-    "WHEN abs({v}) >= 1e-4 AND abs({v}) < 1e15 AND CAST(printf('%!.15g', {v}) AS REAL) = {v} "
-    "THEN printf('%!.15g', {v}) END")
+def value_line(head: str, value: float, ts: int) -> str:
+    """``head`` (``measurement,tags field=``, escaped), the float ``value`` as
+    :func:`number` writes it, the timestamp: the forwarder's reading lines, whose heads
+    SQLite builds."""
+    return f"{head}{float(value)!r} {ts}"  # number() inlined: once per reading
 
 
-def sql_number(expr: str) -> str:
-    """An SQLite expression of the text :func:`number` gives for the REAL ``expr``, or
-    NULL where it cannot be sure to give that very text."""
-    return "(" + _SQL_NUMBER.format(v=expr) + ")"
-
-
-__all__ = ["escape_measurement", "escape_tag", "line", "number", "sql_number", "tags"]
+__all__ = ["escape_measurement", "escape_tag", "line", "number", "tags", "value_line"]

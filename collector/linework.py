@@ -26,9 +26,9 @@ import zlib
 from typing import IO, Any, Final
 
 if __package__:
-    from .lineproto import number
+    from .lineproto import value_line
 else:  # run as a script: this file's directory is first on sys.path
-    from lineproto import number  # type: ignore[import-not-found,no-redef]
+    from lineproto import value_line  # type: ignore[import-not-found,no-redef]
 
 # (meter, "reading,meter=<escaped id>", ",area=..,bus=..,feeder=..,station=..")
 TagRow = tuple[str, str, str]
@@ -42,15 +42,6 @@ def load_tags(conn: sqlite3.Connection, items: list[TagRow]) -> None:
     conn.execute(_TAGS_DDL)
     conn.execute("DELETE FROM temp.amic_fwd_tags")
     conn.executemany("INSERT INTO temp.amic_fwd_tags VALUES (?, ?, ?)", items)
-
-
-def fill_number(line: str | None, value: float | None) -> str | None:
-    """A line of the reading SQL with its NUL (a value SQLite cannot write as
-    :func:`lineproto.number` does) replaced by that number."""
-    if line and "\0" in line:
-        assert value is not None
-        return line.replace("\0", number(value))
-    return line
 
 
 def body(lines: list[str], gzip_level: int | None) -> bytes:
@@ -96,16 +87,17 @@ def reading_batch(path: str, sql: str, after_id: int, limit: int, tags_version: 
             return NEED_TAGS
         load_tags(_conn, tags)
         _tags_version = tags_version
-    rows: list[tuple[int, str | None, Any]] = _conn.execute(  # Any: the REAL or NULL
+    # (id, line head or '' (no point) or NULL (Python's conversion), value, timestamp)
+    rows: list[tuple[int, str | None, float, int]] = _conn.execute(
         sql, (after_id, limit)).fetchall()
     if not rows:
         return 0, after_id, 0, b""
     lines: list[str] = []
-    for _, line, value in rows:
-        if line is None:
+    for _, head, value, ts in rows:
+        if head is None:
             return LOCAL
-        if line:
-            lines.append(line if "\0" not in line else line.replace("\0", number(value)))
+        if head:
+            lines.append(value_line(head, value, ts))
     return len(rows), rows[-1][0], len(lines), body(lines, gzip_level)
 
 

@@ -51,8 +51,8 @@ def test_daily_line_of_an_odd_kind_keeps_its_measurement_name(tmp_path: Path) ->
 def test_linework_runs_as_a_script_with_lineproto() -> None:
     """The worker process runs linework.py by path: it finds lineproto there too."""
     code = ("import runpy, sys; sys.argv = ['x']; sys.path.insert(0, {d!r}); "
-            "m = runpy.run_path({p!r}); print(m['fill_number']('v=\\0 1', 0.5))")
+            "m = runpy.run_path({p!r}); print(m['value_line']('m v=', 0.5, 1))")
     path = Path(linework.__file__)
     out = subprocess.run([sys.executable, "-c", code.format(d=str(path.parent), p=str(path))],
                          capture_output=True, text=True, check=True, cwd="/")
-    assert out.stdout.strip() == "v=0.5 1"
+    assert out.stdout.strip() == "m v=0.5 1"
