@@ -347,7 +347,7 @@ class Forwarder:
                 fields: dict[str, float] = json.loads(row["fields"])
             except (TypeError, ValueError):
                 continue
-            body = ",".join(f"{k}={number(v)}" for k, v in sorted(fields.items())
+            body = ",".join(f"{escape_tag(k)}={number(v)}" for k, v in sorted(fields.items())
                             if isinstance(v, int | float) and math.isfinite(v))
             if not body:
                 continue
