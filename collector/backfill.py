@@ -27,11 +27,10 @@ from typing import Final, TypeVar
 from drivers.dlt645 import Dlt645Session
 from drivers.dlt645 import Reading as WireReading
 from drivers.errors import DriverError, MeterError
-from protocols.dlt645 import Version
-from protocols.dlt645._catalogue import DAILY_FREEZES, freeze_di
+from protocols.dlt645 import DAILY_FREEZES, Version, freeze_di
 
-from .records import UTC, Quality, Reading, to_ms, utcnow
-from .reports import DEFAULT_TZ, FROZEN_PREFIX, TzLike, _zone, local_date, midnight_ms
+from .records import UTC, Quality, Reading, assume_utc, to_ms, utcnow
+from .reports import DEFAULT_TZ, FROZEN_PREFIX, TzLike, as_zone, local_date, midnight_ms
 from .scheduler import BusWorker, Lane, to_number
 from .settings import MeterSettings
 from .store import Store
@@ -85,18 +84,12 @@ class BackfillResult:
 
 # ---- what is missing -----------------------------------------------------------------
 
-def _aware(now: dt.datetime | None) -> dt.datetime:
-    if now is None:
-        return utcnow()
-    return now.replace(tzinfo=UTC) if now.tzinfo is None else now
-
-
 def wanted_days(days: int, tz: TzLike = DEFAULT_TZ, now: dt.datetime | None = None
                 ) -> list[dt.date]:
     """The last ``days`` local days, today included, oldest first."""
     if days < 0:
         raise ValueError(f"days must not be negative, not {days}")
-    today = _aware(now).astimezone(_zone(tz)).date()
+    today = assume_utc(utcnow() if now is None else now).astimezone(as_zone(tz)).date()
     return [today - dt.timedelta(days=k) for k in range(days - 1, -1, -1)]
 
 
@@ -215,8 +208,8 @@ async def backfill_meter(
     """
     if not 1 <= days <= DAILY_FREEZES:
         raise ValueError(f"days: 1-{DAILY_FREEZES} (the daily freezes a meter keeps)")
-    now = _aware(now)
-    zone = _zone(tz)
+    now = assume_utc(utcnow() if now is None else now)
+    zone = as_zone(tz)
     today = now.astimezone(zone).date()
     result = BackfillResult(meter.meter_id, missing_days(store, meter.meter_id, days, tz, now))
     if not result.missing:

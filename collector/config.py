@@ -682,7 +682,8 @@ def _other(protocol: str) -> str:
 
 
 @cache
-def _readable(quantity: str, version: Version) -> bool:
+def readable(quantity: str, version: Version) -> bool:
+    """Whether a DL/T645 meter of ``version`` has ``quantity`` in the catalogue."""
     try:
         resolve_quantity(quantity, version)
     except UnknownQuantity:
@@ -1707,7 +1708,7 @@ class _Loader:
                              hint="leave the meter out of this schedule (e.g. meters = "
                                   '["protocol:dlt645-2007"]) or those quantities out')
                 continue
-            bad = [q for q in quantities if not _readable(q, version)]
+            bad = [q for q in quantities if not readable(q, version)]
             if bad:
                 self.add(t, "quantities",
                          f"quantities readable over DL/T645-{version} (meter protocol "

@@ -39,8 +39,10 @@ from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
-from . import linework
+from . import lineproto, linework
 from ._shim_influxdb import pass_gzipped_bodies
+from .lineproto import escape_tag, number, value_line
+from .lineproto import tags as _tags
 from .records import Event, utcnow
 from .settings import MeterSettings
 from .store import OUTBOX_TABLES, Store
@@ -74,15 +76,6 @@ _PRECISION: Final[dict[str, tuple[str, int]]] = {
     "us": (WritePrecision.US, 1_000), "ns": (WritePrecision.NS, 1_000_000),
 }
 
-_TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\",
-                                     "\n": "\\n"})
-
-
-def escape_tag(text: str) -> str:
-    """A tag key or value escaped for line protocol (comma, equals, space, backslash)."""
-    return text.translate(_TAG_ESCAPES)
-
-
 def read_token(token: str | None = None, token_file: Path | str | None = None) -> str:
     """The API token: ``token``, else the first line of ``token_file``, else the
     environment variable ``AMIC_TSDB_TOKEN``, else ``""`` (no authentication)."""
@@ -109,11 +102,6 @@ class _TokenFilter(logging.Filter):
         return True
 
 
-def _tags(pairs: Sequence[tuple[str, str | None]]) -> str:
-    """``,k=v`` for each pair with a non-empty value."""
-    return "".join(f",{k}={escape_tag(v)}" for k, v in pairs if v)
-
-
 @dataclass(slots=True)
 class _Batch:
     """One batch of a table, ready to POST."""
@@ -133,25 +121,22 @@ _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
 
 # Readings are the bulk: their lines are built by SQLite itself (string concatenation in
 # C, while the GIL is released), from a per-connection temp table of meter tags.
-# printf('%!.17g') gives back the exact double below 1e200 (measured; SQLite's own
-# formatting drifts in the last digit above), so 1e15 and beyond, an unconfigured meter
-# or a quantity that is not a plain name get NULL and Python's conversion instead.  A NULL
-# (NaN) value gets '' (no point).
+# SQLite builds each line's head ("reading,...,collector=.. value="); the number and the
+# timestamp are added by lineproto.value_line, so the lines are the very text of
+# reading_lines.  An unconfigured meter or a quantity that is not a plain name get a NULL
+# head and Python's conversion instead.  A NULL (NaN) or infinite (9e999 in SQLite)
+# value gets '' (no point).
 _READING_SQL: Final = (
-    "SELECT r.id, CASE WHEN r.value IS NULL THEN '' "
-    "WHEN t.prefix IS NULL OR abs(r.value) >= 1e15 OR r.quantity GLOB '*[^a-z0-9_]*' "
+    "SELECT r.id, CASE WHEN r.value IS NULL OR abs(r.value) >= 9e999 THEN '' "
+    "WHEN t.prefix IS NULL OR r.quantity GLOB '*[^a-z0-9_]*' "
     "THEN NULL "
-    "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' || "
-    "printf('%!.17g', r.value) || ' ' || {ts} END "
+    "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' END, "
+    "r.value, {ts} "
     "FROM main.readings r LEFT JOIN temp.amic_fwd_tags t ON t.meter = r.meter "
     "WHERE r.id > ? ORDER BY r.id LIMIT ?")
 _TS_SQL: Final[dict[str, str]] = {
     "s": "(coalesce(r.meter_ts, r.ts) / 1000)", "ms": "coalesce(r.meter_ts, r.ts)",
     "us": "(coalesce(r.meter_ts, r.ts) * 1000)", "ns": "(coalesce(r.meter_ts, r.ts) * 1000000)"}
-
-
-def _num(v: float | int) -> str:
-    return repr(float(v))
 
 
 @dataclass(slots=True)
@@ -182,11 +167,11 @@ def _command_fields(detail: str) -> str:
             with contextlib.suppress(ValueError):
                 v = float(v)
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            out += f",{field}={_num(v)}"
+            out += f",{field}={number(v)}"
     for key in ("before", "after"):
         state = doc.get(key)
         if isinstance(state, dict) and isinstance(state.get("relay_open"), bool):
-            out += f",relay_open_{key}={_num(int(state['relay_open']))}"
+            out += f",relay_open_{key}={number(int(state['relay_open']))}"
     return out
 
 
@@ -305,6 +290,7 @@ class Forwarder:
         mult = self._ts_mult
         isfinite = math.isfinite
         esc = escape_tag
+        num = number
         cache: dict[str, str] = {}
         for row in rows:
             value = row[3]
@@ -320,7 +306,8 @@ class Forwarder:
             if ts is None:
                 ts = row[5]
             ts = ts // 1000 if mult == 0 else ts * mult
-            append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={float(value)!r} {ts}")
+            # lineproto.line inlined: this loop is the forwarder's bulk in Python
+            append(f"{prefix},quantity={esc(row[2])}{suffix}{ctag} value={num(value)} {ts}")
         return out
 
     def event_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -330,12 +317,12 @@ class Forwarder:
             meter = row["meter"]
             bus = row["bus"] or (self._meter_bus.get(meter) if meter else None)
             tags = _tags((("kind", row["kind"]), ("meter", meter), ("bus", bus)))
-            fields = f"severity={_num(row['severity'])},count=1.0"
+            fields = f"severity={number(row['severity'])},count=1.0"
             value = row["value"]
             if value is not None and math.isfinite(value):
-                fields += f",value={_num(value)}"
+                fields += f",value={number(value)}"
             tags += self._collector_tag
-            out.append(f"event{tags} {fields} {self._ts(row['ts'])}")
+            out.append(lineproto.line("event", tags, fields, self._ts(row["ts"])))
         return out
 
     def command_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -346,9 +333,9 @@ class Forwarder:
             code = COMMAND_STATUS_CODES.get(status, UNKNOWN_STATUS_CODE)
             tags = _tags((("meter", row["meter"]), ("kind", row["kind"]), ("status", status),
                           ("operator", row["operator"])))
-            fields = f"status_code={_num(code)},count=1.0{_command_fields(row['detail'])}"
+            fields = f"status_code={number(code)},count=1.0{_command_fields(row['detail'])}"
             tags += self._collector_tag
-            out.append(f"command{tags} {fields} {self._ts(row['updated'])}")
+            out.append(lineproto.line("command", tags, fields, self._ts(row["updated"])))
         return out
 
     def daily_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -360,7 +347,7 @@ class Forwarder:
                 fields: dict[str, float] = json.loads(row["fields"])
             except (TypeError, ValueError):
                 continue
-            body = ",".join(f"{k}={_num(v)}" for k, v in sorted(fields.items())
+            body = ",".join(f"{escape_tag(k)}={number(v)}" for k, v in sorted(fields.items())
                             if isinstance(v, int | float) and math.isfinite(v))
             if not body:
                 continue
@@ -370,11 +357,10 @@ class Forwarder:
             elif kind.startswith("success_"):
                 meas, tag = "success_daily", kind[len("success_"):]
             else:
-                meas, tag = escape_tag(kind), "key"
+                meas, tag = kind, "key"
             complete = "true" if row["complete"] else "false"
-            out.append(f"{meas},{tag}={escape_tag(row['key'])},complete={complete}"
-                       f"{self._collector_tag} {body} "
-                       f"{self._ts(row['ts'])}")
+            tags = f",{tag}={escape_tag(row['key'])},complete={complete}{self._collector_tag}"
+            out.append(lineproto.line(meas, tags, body, self._ts(row["ts"])))
         return out
 
     def cycle_lines(self, rows: list[sqlite3.Row]) -> list[str]:
@@ -396,13 +382,14 @@ class Forwarder:
             ratio = ok / done if done else 0.0
             sched = escape_tag(row["schedule"])
             ctag = self._collector_tag
-            fields = f"success_ratio={_num(ratio)},"
+            fields = f"success_ratio={number(ratio)},"
             if row["cut"]:
-                fields = (f"success_ratio={_num(ratio)}," if done else "") + \
-                    f"cut=1.0,attempted={_num(done)},"
-            out.append(f"cycle,schedule={sched}{ctag} planned={_num(planned)},"
-                       f"succeeded={_num(ok)},failed={_num(failed)},{fields}"
-                       f"duration_s={_num((ended - started) / 1000)} {ts}")
+                fields = (f"success_ratio={number(ratio)}," if done else "") + \
+                    f"cut=1.0,attempted={number(done)},"
+            fields = (f"planned={number(planned)},succeeded={number(ok)},"
+                      f"failed={number(failed)},{fields}"
+                      f"duration_s={number((ended - started) / 1000)}")
+            out.append(lineproto.line("cycle", f",schedule={sched}{ctag}", fields, ts))
             for meas, col, key in (("cycle_area", "per_area", "area"),
                                    ("cycle_bus", "per_bus", "bus")):
                 try:
@@ -413,10 +400,10 @@ class Forwarder:
                     if not k:
                         continue
                     r = k_ok / k_total if k_total else 0.0
-                    out.append(f"{meas},schedule={sched},{key}={escape_tag(k)}"
-                               f"{self._collector_tag} "
-                               f"succeeded={_num(k_ok)},total={_num(k_total)},"
-                               f"success_ratio={_num(r)} {ts}")
+                    out.append(lineproto.line(
+                        meas, f",schedule={sched},{key}={escape_tag(k)}{ctag}",
+                        f"succeeded={number(k_ok)},total={number(k_total)},"
+                        f"success_ratio={number(r)}", ts))
         return out
 
     # ---- the loop ----------------------------------------------------------------------
@@ -479,8 +466,10 @@ class Forwarder:
             version, items = self._tag_rows()
             linework.load_tags(conn, items)
             self._local.tags = version
-        rows: list[tuple[int, str | None]] = conn.execute(
-            self._reading_sql, (after_id, self.batch)).fetchall()
+        rows: list[tuple[int, str | None]] = [
+            (rid, value_line(head, value, ts) if head else head)
+            for rid, head, value, ts in conn.execute(self._reading_sql,
+                                                     (after_id, self.batch))]
         if not rows:
             return _Batch(0, after_id, after_id, 0, b"", [])
         if any(line is None for _, line in rows):

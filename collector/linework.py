@@ -25,6 +25,11 @@ import threading
 import zlib
 from typing import IO, Any, Final
 
+if __package__:
+    from .lineproto import value_line
+else:  # run as a script: this file's directory is first on sys.path
+    from lineproto import value_line  # type: ignore[import-not-found,no-redef]
+
 # (meter, "reading,meter=<escaped id>", ",area=..,bus=..,feeder=..,station=..")
 TagRow = tuple[str, str, str]
 
@@ -82,15 +87,17 @@ def reading_batch(path: str, sql: str, after_id: int, limit: int, tags_version: 
             return NEED_TAGS
         load_tags(_conn, tags)
         _tags_version = tags_version
-    rows: list[tuple[int, str | None]] = _conn.execute(sql, (after_id, limit)).fetchall()
+    # (id, line head or '' (no point) or NULL (Python's conversion), value, timestamp)
+    rows: list[tuple[int, str | None, float, int]] = _conn.execute(
+        sql, (after_id, limit)).fetchall()
     if not rows:
         return 0, after_id, 0, b""
     lines: list[str] = []
-    for _, line in rows:
-        if line is None:
+    for _, head, value, ts in rows:
+        if head is None:
             return LOCAL
-        if line:
-            lines.append(line)
+        if head:
+            lines.append(value_line(head, value, ts))
     return len(rows), rows[-1][0], len(lines), body(lines, gzip_level)
 
 

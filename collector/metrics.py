@@ -129,18 +129,20 @@ def failure_reason(outcome: str) -> str | None:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``; ValueError if malformed."""
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``, port 0 meaning any
+    free port; ValueError if malformed.  The one parser of listen addresses (the
+    /metrics endpoint, ``amic simulate --listen``)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9108, [::1]:9108; port 0: "
+                         f"any free), got {listen!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"an IPv6 address needs brackets: [{host}]:{port_text}")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"bad port {port_text!r} in {listen!r}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"an IPv6 address needs brackets: [{host.strip('[]')}]:{port_text}")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"bad port {port_text!r} in {listen!r}")
+    port = int(port_text)
     if not 0 <= port <= 65535 or not host:
         raise ValueError(f"bad HOST:PORT {listen!r}")
     return host, port

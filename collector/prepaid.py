@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from protocols.quantities import ENERGY_DIRECTIONS
 
-from .records import Event, Quality, Reading
+from .records import Event, Quality, Reading, require_aware
 
 __all__ = [
     "Action",
@@ -110,12 +110,6 @@ def _reading_decimal(value: float) -> Decimal | None:
 
 def _money(d: Decimal) -> str:
     return f"{d.quantize(Decimal('0.01'))}"
-
-
-def _aware(now: dt.datetime) -> dt.datetime:
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(f"expected an aware datetime, got naive {now.isoformat()}")
-    return now
 
 
 # ---------------------------------------------------------------- no-trip windows
@@ -282,7 +276,7 @@ class PrepaidPolicy:
 
     def no_trip_reason(self, now: dt.datetime) -> str | None:
         """Why tripping is not allowed at ``now`` (a holiday or a window), else None."""
-        local = _aware(now).astimezone(self.zone)
+        local = require_aware(now).astimezone(self.zone)
         if local.date() in self.holidays:
             return f"holiday {local.date().isoformat()}"
         for w in self.windows:
@@ -528,7 +522,7 @@ class PrepaidEngine:
         Readings of other meters, estimated or backfilled readings and readings older
         than one already taken are ignored.
         """
-        _aware(now)
+        require_aware(now)
         acc = self.accounts.get(meter)
         if acc is None:
             return []
@@ -554,7 +548,7 @@ class PrepaidEngine:
 
     def tick(self, now: dt.datetime) -> list[Action]:
         """Run the timers: trips whose grace or no-trip window ended, restore retries."""
-        _aware(now)
+        require_aware(now)
         out: list[Action] = []
         for acc in self.accounts.values():
             out += self._evaluate(acc, now)
@@ -565,7 +559,7 @@ class PrepaidEngine:
         with a ``topup_duplicate`` event).  Computed accounts are credited at once;
         meter-mode accounts get a ``write_topup`` action and their balance is taken from
         the meter's next reading."""
-        _aware(now)
+        require_aware(now)
         acc = self._account(meter)
         amount = _decimal(amount, "top-up amount")
         if amount <= 0:
@@ -605,7 +599,7 @@ class PrepaidEngine:
         ``retry_interval`` after it was sent.  Returns what follows (a trip confirmed
         after a top-up already arrived gives the restore).
         """
-        _aware(now)
+        require_aware(now)
         acc = self._account(meter)
         if action.meter != meter:
             raise ValueError(f"relay result for meter {meter} with an action of {action.meter}")
@@ -631,7 +625,7 @@ class PrepaidEngine:
 
         A trip waiting for a meter's hold power to end waits on :meth:`observe` instead.
         """
-        _aware(now)
+        require_aware(now)
         p = self.policy
         due: list[dt.datetime] = []
         for acc in self.accounts.values():

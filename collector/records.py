@@ -17,6 +17,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
+def assume_utc(t: dt.datetime) -> dt.datetime:
+    """``t`` aware: a naive datetime is taken as UTC (the store's time), an aware one is
+    returned as it is."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def require_aware(t: dt.datetime) -> dt.datetime:
+    """``t`` if it is aware; ValueError for a naive one, where guessing its zone could
+    shift a local day (tariff windows, prepaid no-trip hours)."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"expected an aware datetime, got naive {t.isoformat()}")
+    return t
+
+
 def to_ms(t: dt.datetime) -> int:
     """Epoch milliseconds of an aware datetime (naive ones are taken as UTC)."""
     if t.tzinfo is None:

@@ -45,7 +45,15 @@ from zoneinfo import ZoneInfo
 
 from protocols.quantities import billing_energy, normalise_address
 
-from .config import PROTOCOLS, REQUIRED_METER_KEYS, CsvRecordError, _Loader, _readable, csv_records
+from . import lineproto
+from .config import (
+    PROTOCOLS,
+    REQUIRED_METER_KEYS,
+    CsvRecordError,
+    _Loader,
+    csv_records,
+    readable,
+)
 from .records import from_ms, to_ms
 from .settings import MeterSettings
 from .store import Store
@@ -62,6 +70,7 @@ __all__ = [
     "LedgerReport",
     "MeterUsage",
     "SuccessRow",
+    "as_zone",
     "billing_cells",
     "billing_export",
     "day_bounds",
@@ -97,13 +106,14 @@ Source = Literal["frozen", "live", "mixed", "missing"]
 
 # ---- time ------------------------------------------------------------------------------
 
-def _zone(tz: TzLike) -> dt.tzinfo:
+def as_zone(tz: TzLike) -> dt.tzinfo:
+    """The zone of ``tz``: an IANA name (``"Asia/Shanghai"``) or a tzinfo."""
     return ZoneInfo(tz) if isinstance(tz, str) else tz
 
 
 def midnight_ms(day: dt.date, tz: TzLike = DEFAULT_TZ) -> int:
     """UTC epoch ms of local midnight starting ``day``."""
-    return to_ms(dt.datetime.combine(day, dt.time(), tzinfo=_zone(tz)))
+    return to_ms(dt.datetime.combine(day, dt.time(), tzinfo=as_zone(tz)))
 
 
 def day_bounds(day: dt.date, tz: TzLike = DEFAULT_TZ) -> tuple[int, int]:
@@ -112,7 +122,7 @@ def day_bounds(day: dt.date, tz: TzLike = DEFAULT_TZ) -> tuple[int, int]:
 
 
 def local_date(ms: int, tz: TzLike = DEFAULT_TZ) -> dt.date:
-    return from_ms(ms).astimezone(_zone(tz)).date()
+    return from_ms(ms).astimezone(as_zone(tz)).date()
 
 
 @contextmanager
@@ -235,7 +245,7 @@ def meter_energies(meters: Iterable[MeterSettings],
             if version is None:
                 return None
             offered = {q for q in ("energy_active_forward_total",
-                                   "energy_active_combined_total") if _readable(q, version)}
+                                   "energy_active_combined_total") if readable(q, version)}
         return billing_energy(offered)
 
     out: dict[str, str] = {}
@@ -373,12 +383,6 @@ def _area_loss(day: dt.date, area: str, usages: list[MeterUsage],
                         complete, missing, "; ".join(reasons), source, tuple(usages))
 
 
-def _escape_tag(text: str) -> str:
-    for a, b in (("\\", "\\\\"), (",", "\\,"), ("=", "\\="), (" ", "\\ "), ("\n", "\\n")):
-        text = text.replace(a, b)
-    return text
-
-
 def lineloss_line(loss: AreaLineLoss, tz: TzLike = DEFAULT_TZ) -> str | None:
     """The ``lineloss`` point of an area's day, in line protocol (ms precision).
 
@@ -392,9 +396,10 @@ def lineloss_line(loss: AreaLineLoss, tz: TzLike = DEFAULT_TZ) -> str | None:
                                   ("sold_kwh", loss.sold_kwh)) if v is not None]
     if not fields:
         return None
-    tags = f"area={_escape_tag(loss.area)},complete={'true' if loss.complete else 'false'}"
-    body = ",".join(f"{k}={float(v)!r}" for k, v in fields)
-    return f"{LINELOSS_MEASUREMENT},{tags} {body} {midnight_ms(loss.day, tz)}"
+    tags = lineproto.tags((("area", loss.area),
+                           ("complete", "true" if loss.complete else "false")))
+    body = ",".join(f"{k}={lineproto.number(v)}" for k, v in fields)
+    return lineproto.line(LINELOSS_MEASUREMENT, tags, body, midnight_ms(loss.day, tz))
 
 
 # ---- read success ----------------------------------------------------------------------

@@ -51,7 +51,7 @@ from drivers.errors import DriverError, MeterError, UnknownQuantity
 from protocols.dlt645 import Version
 from protocols.quantities import QUANTITIES
 
-from .records import Event, Quality, Reading
+from .records import Event, Quality, Reading, assume_utc
 from .scheduler import VERSIONS, BusWorker, Lane
 from .settings import MeterSettings
 
@@ -94,13 +94,9 @@ def _to_local(epoch: float, tz: dt.tzinfo | None) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz).replace(tzinfo=None)
 
 
-def _aware(now: dt.datetime) -> dt.datetime:
-    return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
-
-
 def _local_of(now: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
     """Naive local time of an aware (or naive UTC) datetime."""
-    aware = _aware(now)
+    aware = assume_utc(now)
     return (aware.astimezone(tz) if tz is not None else aware.astimezone()).replace(tzinfo=None)
 
 
@@ -371,7 +367,7 @@ class TimeSync:
         """
         s = self.settings
         bus = worker.name
-        ts = _aware(now) if now is not None else dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        ts = assume_utc(now) if now is not None else dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         result = TimeSyncResult(bus, self.local(ts).date())
         todo: list[MeterSettings] = []
         for m in meters:

@@ -47,8 +47,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from time import monotonic
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple, Self, TypeVar, Unpack
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -94,12 +94,24 @@ def _describe(exc: BaseException) -> str:
 # ---- broker URL ------------------------------------------------------------------------
 
 
-def parse_broker_url(url: str) -> tuple[str, str, int]:
-    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` -> ``(scheme, host, port)``.
+class BrokerUrl(NamedTuple):
+    """A parsed broker URL; ``username``/``password`` only where credentials are allowed."""
+
+    scheme: str  # "mqtt" or "mqtts"
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_broker_url(url: str, *, credentials: bool = False) -> BrokerUrl:
+    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` as a :class:`BrokerUrl`.
 
     The port defaults to 1883 (mqtt) or 8883 (mqtts); IPv6 hosts go in brackets.  Every
     mistake is a :class:`ValueError` naming the part at fault.  Credentials in the URL
-    are refused (and never echoed): they belong in ``username``/``password``.
+    (``mqtt://USER:PASSWORD@HOST``, percent-encoded) are refused unless ``credentials``
+    (the simulators); the collector's belong in ``username``/``password``.  A password is
+    never echoed in an error.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("MQTT URL is empty (expected mqtt://HOST:PORT or mqtts://HOST:PORT)")
@@ -107,38 +119,46 @@ def parse_broker_url(url: str) -> tuple[str, str, int]:
     scheme_part, sep, rest = text.partition("://")
     netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if "@" in netloc:
-        raise ValueError("MQTT URL: credentials in the URL are not accepted "
-                         "(give username= and password= instead)")
+        if not credentials:
+            raise ValueError("MQTT URL: credentials in the URL are not accepted "
+                             "(give username= and password= instead)")
+        hostport = netloc.rpartition("@")[2]
+        shown = text.replace(netloc, "***@" + hostport, 1)  # no password in errors
+    else:
+        hostport, shown = netloc, text
     if not sep:
-        raise ValueError(f"MQTT URL {text!r}: no scheme (expected mqtt://HOST:PORT "
+        raise ValueError(f"MQTT URL {shown!r}: no scheme (expected mqtt://HOST:PORT "
                          "or mqtts://HOST:PORT)")
     scheme = scheme_part.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"MQTT URL {text!r}: scheme {scheme_part!r} is not mqtt or mqtts")
+        raise ValueError(f"MQTT URL {shown!r}: scheme {scheme_part!r} is not mqtt or mqtts "
+                         "(expected mqtt://HOST:PORT or mqtts://HOST:PORT)")
     try:
         parts = urlsplit(text)
     except ValueError as e:  # e.g. an unbalanced IPv6 bracket
-        raise ValueError(f"MQTT URL {text!r}: host {netloc!r}: {e}") from None
+        raise ValueError(f"MQTT URL {shown!r}: host {hostport!r}: {e}") from None
     host = parts.hostname or ""
     if not host or any(c.isspace() for c in host):
-        raise ValueError(f"MQTT URL {text!r}: host {netloc!r} is missing or invalid")
-    port_text = netloc.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in netloc.rsplit(
+        raise ValueError(f"MQTT URL {shown!r}: host {hostport!r} is missing or invalid")
+    port_text = hostport.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in hostport.rsplit(
         "]", 1)[-1] else ""
-    if port_text == "" and netloc.endswith(":"):
-        raise ValueError(f"MQTT URL {text!r}: port is empty")
+    if port_text == "" and hostport.endswith(":"):
+        raise ValueError(f"MQTT URL {shown!r}: port is empty")
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"MQTT URL {text!r}: port {port_text!r} is not in 1-65535")
+            raise ValueError(f"MQTT URL {shown!r}: port {port_text!r} is not in 1-65535")
         port = int(port_text)
     else:
         port = DEFAULT_PORTS[scheme]
     if parts.path not in ("", "/"):
-        raise ValueError(f"MQTT URL {text!r}: path {parts.path!r} is not allowed "
+        raise ValueError(f"MQTT URL {shown!r}: path {parts.path!r} is not allowed "
                          "(a broker URL is mqtt://HOST:PORT)")
     if parts.query or parts.fragment:
-        raise ValueError(f"MQTT URL {text!r}: options {parts.query or parts.fragment!r} "
+        raise ValueError(f"MQTT URL {shown!r}: options {parts.query or parts.fragment!r} "
                          "are not supported")
-    return scheme, host, port
+    return BrokerUrl(scheme, host, port,
+                     unquote(parts.username) if parts.username else None,
+                     unquote(parts.password) if parts.password else None)
 
 
 def _shown_host(host: str) -> str:
@@ -215,7 +235,7 @@ class MqttConnection:
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
     ) -> None:
-        self.scheme, self.host, self.port = parse_broker_url(url)
+        self.scheme, self.host, self.port, _, _ = parse_broker_url(url)
         self.tls = self.scheme == "mqtts"
         self.name = f"{self.scheme}://{_shown_host(self.host)}:{self.port}"
         if not isinstance(client_id, str) or not client_id:
@@ -940,4 +960,5 @@ class MqttBus(Bus):
         return 0.0
 
 
-__all__ = ["DEFAULT_PORTS", "Handler", "MqttBus", "MqttConnection", "parse_broker_url"]
+__all__ = ["DEFAULT_PORTS", "BrokerUrl", "Handler", "MqttBus", "MqttConnection",
+           "parse_broker_url"]

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
+from drivers.mqtt import parse_broker_url
 from protocols.dlt645 import (
     FrameExtractor,
     ReadRequest,
@@ -52,7 +52,6 @@ __all__ = [
     "GatewaySimulator",
     "GatewayStats",
     "Mode",
-    "parse_broker_url",
     "serve",
 ]
 
@@ -84,20 +83,6 @@ RAW_ITEMS: tuple[str, ...] = (
 
 RECONNECT_MIN = 0.2  # seconds before the first reconnection attempt
 RECONNECT_MAX = 5.0  # back-off cap
-
-
-def parse_broker_url(url: str) -> tuple[str, int, str | None, str | None]:
-    """``mqtt://[user[:password]@]host[:port]`` as (host, port, user, password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValueError(f"broker {url!r}: expected mqtt://HOST[:PORT]")
-    try:
-        port = parts.port or 1883
-    except ValueError:
-        raise ValueError(f"broker {url!r}: bad port") from None
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, user, password
 
 
 def _json_number(value: Any) -> Any:
@@ -134,7 +119,10 @@ class GatewaySimulator:
         client_id: str | None = None,
         qos: int = 1,
     ) -> None:
-        self.host, self.port, self._user, self._password = parse_broker_url(broker_url)
+        url = parse_broker_url(broker_url, credentials=True)
+        if url.scheme != "mqtt":
+            raise ValueError(f"broker: the simulator speaks plain mqtt://, not {url.scheme}://")
+        self.host, self.port, self._user, self._password = url[1:]
         if mode not in ("json", "raw"):
             raise ValueError(f"mode {mode!r}: json or raw")
         if interval <= 0:

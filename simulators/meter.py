@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Protocol
 
-from protocols.dlt645 import Format, Version, items
-from protocols.dlt645._catalogue import DAILY_FREEZES
+from protocols.dlt645 import DAILY_FREEZES, Format, Version, items
 from protocols.quantities import QUANTITIES
 
 Reading = Decimal | int | str | dt.date | dt.time | dt.datetime

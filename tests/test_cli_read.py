@@ -197,3 +197,23 @@ def test_real_process_prints_no_traceback(target: str) -> None:
     assert bad.stdout == ""
     assert bad.stderr == (f"amic read: meter {ADDR} refused read power_factor_total "
                           f"(02060000): no_requested_data\n")
+
+
+def test_a_quantity_asked_twice_is_read_once(target: str) -> None:
+    """Groups and names expand as in the collector's read command (one
+    expand_quantities): in order, without repeats."""
+    r = amic_read("--target", target, "--address", "123", "voltage_b", "voltage",
+                  "VOLTAGE_A")
+    assert r.exit_code == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[1:]]
+    assert names == ["voltage_b", "voltage_a", "voltage_c"]
+
+
+def test_one_quantity_expansion() -> None:
+    """``amic read`` and the collector's read command share the expansion of groups."""
+    import importlib
+
+    from collector import remote
+
+    read = importlib.import_module("collector.cli.read")
+    assert read.expand_quantities is remote.expand_quantities

@@ -16,7 +16,7 @@ from mosquitto import PASSWORD, USER, Broker
 
 from drivers.dlt645 import Dlt645Session
 from drivers.errors import BrokerRefused, BusClosed, LinkDown, NoReply, WrongReply
-from drivers.mqtt import MqttBus, MqttConnection, parse_broker_url
+from drivers.mqtt import BrokerUrl, MqttBus, MqttConnection, parse_broker_url
 from protocols.dlt645 import DLT645Error, FrameExtractor, decode_message
 
 ADDR = "000000000123"
@@ -52,10 +52,11 @@ class Inbox:
 
 
 def test_parse_broker_url() -> None:
-    assert parse_broker_url("mqtt://127.0.0.1:1884") == ("mqtt", "127.0.0.1", 1884)
+    assert parse_broker_url("mqtt://127.0.0.1:1884") == \
+        BrokerUrl("mqtt", "127.0.0.1", 1884, None, None)
     assert parse_broker_url("mqtts://broker.example.net") == ("mqtts", "broker.example.net",
-                                                              8883)
-    assert parse_broker_url("mqtt://[::1]:1883/") == ("mqtt", "::1", 1883)
+                                                              8883, None, None)
+    assert parse_broker_url("mqtt://[::1]:1883/") == ("mqtt", "::1", 1883, None, None)
     for url, part in [("", "empty"), ("tcp://h:1", "scheme 'tcp'"), ("h:1883", "scheme"),
                       ("mqtt://:1883", "host"), ("mqtt://h:99999", "port '99999'"),
                       ("mqtt://h:x", "port 'x'"), ("mqtt://h:0", "port '0'"),
@@ -65,6 +66,22 @@ def test_parse_broker_url() -> None:
     with pytest.raises(ValueError, match="credentials") as info:
         parse_broker_url("mqtt://amic:s3cret@h:1883")
     assert "s3cret" not in str(info.value)
+
+
+def test_parse_broker_url_with_credentials() -> None:
+    """The one broker URL parser: where credentials are allowed (the simulators) they come
+    in the same shape, percent-decoded, and a mistake never shows the password."""
+    url = parse_broker_url("mqtt://u:p%40ss@host", credentials=True)
+    assert url == BrokerUrl("mqtt", "host", 1883, "u", "p@ss")
+    assert (url.username, url.password) == ("u", "p@ss")
+    assert parse_broker_url("mqtts://[::1]:8884", credentials=True) == \
+        BrokerUrl("mqtts", "::1", 8884)
+    for bad, part in [("mqtt://u:s3cret@h:99999", "port '99999'"),
+                      ("mqtt://u:s3cret@h:1/x", "path '/x'"),
+                      ("http://u:s3cret@h", "scheme 'http'")]:
+        with pytest.raises(ValueError, match=part) as info:
+            parse_broker_url(bad, credentials=True)
+        assert "s3cret" not in str(info.value) and "***@h" in str(info.value)
 
 
 def test_connection_arguments(tmp_path: Path) -> None:

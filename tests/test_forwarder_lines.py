@@ -6,6 +6,8 @@ import asyncio
 import datetime as dt
 import gzip
 import math
+import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -57,7 +59,8 @@ def test_sql_lines_equal_python_lines(tmp_path: Path, precision: str) -> None:
     sql = gzip.decompress(batch.body).decode().split("\n")
     assert sql == [line for _, line in batch.pairs]
     assert batch.points == len(sql) == len(python)
-    # The same points: same measurement and tags, same timestamp, the very same double.
+    # The very same lines, byte for byte (so also the same double).
+    assert sql == python
     assert [parse(a) for a in sql] == [parse(b) for b in python]
     # Both carry the collector tag, configured meter or not.
     assert all(COLLECTOR_TAG + " " in line for line in sql + python)
@@ -97,7 +100,8 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
         finally:
             worker._stop_worker()
     assert after == len(rows)
-    assert built_by_worker == len(rows) // 100  # all but the last batch (unconfigured)
+    # all but the last batch (unconfigured meter), values of 16 or 17 digits included
+    assert built_by_worker == len(rows) // 100
     assert c.pairs is None
     assert b"bus=bus-9" in gzip.decompress(c.body)
 
@@ -187,3 +191,36 @@ def test_every_measurement_carries_the_collector_tag(tmp_path: Path) -> None:
         {"events": 1, "commands": 1, "cycles": 3, "daily": 1}
     for line in [line for v in lines.values() for line in v]:
         assert COLLECTOR_TAG + " " in line, line  # the last tag
+
+
+def test_sql_lines_equal_python_lines_for_many_values(tmp_path: Path) -> None:
+    """Thousands of values of meters (decimals), of arithmetic (16-17 digits) and any
+    double through both the thread's and the worker process's SQL: byte-identical to
+    reading_lines, and each number gives back the stored double."""
+    rnd = random.Random(14)
+    values = [round(rnd.uniform(-1e6, 1e6), rnd.randint(0, 4)) for _ in range(1500)]
+    values += [rnd.uniform(-1e6, 1e6) for _ in range(1500)]
+    values += [rnd.uniform(-1e-3, 1e-3) for _ in range(300)]
+    # doubles SQLite 3.40 writes wrongly (printf, 17 digits) or reads back wrongly (15)
+    values += [-546125307946255.4, 0.0008353323508828638, 38119.805511187296,
+               617428.8843511459, 0.05151296, 1e20, -1e300, 5e-324, -0.0]
+    # any bit pattern that is a finite double
+    values += [v for v in (struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0]
+                           for _ in range(1000)) if math.isfinite(v)]
+    rows = [Reading("M2", "energy_active_forward_total", v, "kWh",
+                    T0 + dt.timedelta(seconds=i)) for i, v in enumerate(values)]
+    with Store(tmp_path / "amic.db") as store:
+        commit(store, rows)
+        here = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                         batch=10_000, process_backlog=0, collector=COLLECTOR)
+        worker = Forwarder(store, "http://unused", org="o", bucket="b", meters=METERS,
+                           batch=10_000, process_backlog=1, collector=COLLECTOR)
+        try:
+            a, b = here._prepare("readings", 0), worker._prepare("readings", 0)
+        finally:
+            worker._stop_worker()
+        python = here.reading_lines(store.outbox("x", "readings", after_id=0, limit=10_000))
+    assert b.pairs is None  # built by the worker process
+    assert gzip.decompress(a.body).decode().split("\n") == python
+    assert gzip.decompress(b.body).decode().split("\n") == python
+    assert [parse(line)[1] for line in python] == [v + 0.0 for v in values]  # -0.0 is 0.0

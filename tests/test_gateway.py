@@ -52,7 +52,7 @@ from protocols.dlt645 import (
 from protocols.modbus import Profile
 from protocols.modbus import encode_value as modbus_encode
 from simulators.dlt645 import make_meters
-from simulators.gateway import GatewaySimulator, parse_broker_url
+from simulators.gateway import GatewaySimulator
 from simulators.meter import ManualClock
 
 R = RejectReason
@@ -639,12 +639,18 @@ async def test_simulator_reconnects_after_broker_restart(tmp_path: Path) -> None
             assert json.loads(got[0][1])["values"]["voltage_a"] > 190
 
 
-def test_parse_broker_url() -> None:
-    assert parse_broker_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, None, None)
-    assert parse_broker_url("mqtt://u:p%40ss@host") == ("host", 1883, "u", "p@ss")
-    for bad in ("http://x", "mqtt://", "mqtt://h:99999"):
-        with pytest.raises(ValueError):
-            parse_broker_url(bad)
+def test_broker_url() -> None:
+    """The simulator takes the collector's broker URLs (drivers.mqtt.parse_broker_url),
+    plus credentials; a mistake names the part at fault."""
+    sim = GatewaySimulator("mqtt://u:p%40ss@host")
+    assert (sim.host, sim.port, sim._user, sim._password) == ("host", 1883, "u", "p@ss")
+    sim = GatewaySimulator("mqtt://[::1]:1884")
+    assert (sim.host, sim.port, sim._user, sim._password) == ("::1", 1884, None, None)
+    for bad, part in (("http://x", "scheme 'http'"), ("mqtt://", "host"),
+                      ("mqtt://h:99999", "port '99999'"), ("mqtt://h:1/x", "path '/x'"),
+                      ("mqtts://h", "plain mqtt://")):
+        with pytest.raises(ValueError, match=part):
+            GatewaySimulator(bad)
     with pytest.raises(ValueError):
         GatewaySimulator("mqtt://h", gateway="a/b")
     with pytest.raises(ValueError):

@@ -256,7 +256,16 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize("listen", ["9108", ":9108", "127.0.0.1:", "127.0.0.1:x",
-                                    "127.0.0.1:70000", "::1:9108", "[]:9108"])
+                                    "127.0.0.1:70000", "::1:9108", "[]:9108",
+                                    "127.0.0.1: 80", "127.0.0.1:+80", "[::1:9108"])
 def test_parse_listen_rejects(listen: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(listen)
+
+
+def test_one_listen_parser() -> None:
+    """``amic simulate --listen`` and the metrics endpoint parse HOST:PORT alike."""
+    import importlib
+
+    simulate = importlib.import_module("collector.cli.simulate")  # the module, not the group
+    assert simulate.parse_listen is parse_listen

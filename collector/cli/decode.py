@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from protocols.dlt645 import (
+    HEADER_SIZE,
+    START,
     AbnormalReply,
     DLT645Error,
     FrameError,
@@ -33,9 +35,9 @@ from protocols.dlt645 import (
     decode_value,
     lookup,
     parse_frame,
+    skip_preamble,
     value_to_json,
 )
-from protocols.dlt645._frame import HEADER_SIZE, START, skip_preamble
 
 
 class InputError(Exception):

@@ -20,7 +20,15 @@ from typing import Any, NoReturn
 
 import click
 
-from collector.remote import COLLECTOR_ID_RE, BrokerError, RemoteError, call, new_request_id
+from collector.remote import (
+    COLLECTOR_ID_RE,
+    BrokerError,
+    CommandError,
+    RemoteError,
+    call,
+    expand_quantities,
+    new_request_id,
+)
 from drivers.dlt645 import Dlt645Session, Quantity, Reading, resolve_quantity
 from drivers.errors import DriverError
 from drivers.target import parse_target
@@ -43,17 +51,17 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def expand_quantities(args: tuple[str, ...], version: Version) -> list[Quantity]:
-    """Groups, quantity names and hex DIs, in order; ValueError names the bad one."""
-    out: list[Quantity] = []
+def wanted_quantities(args: tuple[str, ...], version: Version) -> list[Quantity]:
+    """``amic read``'s QUANTITY arguments: groups and quantity names as the collector's
+    read command takes them (:func:`collector.remote.expand_quantities`), or DL/T645 DIs
+    in hex; in order, without repeats.  ValueError names the bad one."""
+    out: dict[Quantity, None] = {}
     for arg in args:
         text = arg.strip()
-        key = text.lower()
-        if key in GROUPS:
-            names: list[Quantity] = list(GROUPS[key])
-        elif key in QUANTITIES:
-            names = [key]
-        else:
+        names: list[Quantity]
+        try:
+            names = list(expand_quantities([text]))
+        except CommandError:
             try:
                 di, _ = parse_di(text, version)
             except DLT645Error:
@@ -66,8 +74,8 @@ def expand_quantities(args: tuple[str, ...], version: Version) -> list[Quantity]
                 resolve_quantity(q, version)
             except DriverError as e:
                 raise ValueError(f"{e} (asked for as {text!r})") from None
-        out += names
-    return out
+        out.update(dict.fromkeys(names))
+    return list(out)
 
 
 def format_value(value: Value, item: DataItem | None = None) -> str:
@@ -227,7 +235,7 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     try:
         parse_target(target)
         addr = normalise_address(address)
-        wanted = expand_quantities(quantities, version)
+        wanted = wanted_quantities(quantities, version)
     except ValueError as e:
         _fail(str(e), EXIT_USAGE)
     td = timeout_ms / 1000 if timeout_ms is not None else None
@@ -266,19 +274,22 @@ class RemoteOptions:
 
 
 def remote_quantities(args: tuple[str, ...]) -> list[str]:
-    """Groups and quantity names as the collector takes them; ValueError names a bad one."""
+    """Groups and quantity names as the collector takes them (sent as given: the collector
+    expands them for the meter's profile); ValueError names a bad one."""
     out: list[str] = []
     for arg in args:
         key = arg.strip().lower()
-        if key not in GROUPS and key not in QUANTITIES:
+        try:
+            expand_quantities([key])
+        except CommandError:
             raise ValueError(f"unknown quantity {arg.strip()!r}: not a group "
                              f"({', '.join(GROUPS)}) or a quantity name (raw DIs need "
-                             f"--target)")
+                             f"--target)") from None
         out.append(key)
     return out
 
 
-def _password(opts: RemoteOptions) -> str | None:
+def remote_password(opts: RemoteOptions) -> str | None:
     if opts.password_file is not None:
         path = Path(opts.password_file)
         try:
@@ -294,7 +305,7 @@ def _password(opts: RemoteOptions) -> str | None:
 def _check_remote(opts: RemoteOptions, quantities: tuple[str, ...]) -> list[str]:
     from drivers.mqtt import parse_broker_url
     try:
-        scheme, _, _ = parse_broker_url(opts.via)
+        scheme = parse_broker_url(opts.via).scheme
     except ValueError as e:
         raise ValueError(f"--via: {e}") from None
     if not opts.collector:
@@ -319,7 +330,7 @@ def _check_remote(opts: RemoteOptions, quantities: tuple[str, ...]) -> list[str]
     return remote_quantities(quantities)
 
 
-async def _call_remote(opts: RemoteOptions, password: str | None, collector: str,
+async def call_remote(opts: RemoteOptions, password: str | None, collector: str,
                        body: dict[str, Any], request_id: str,
                        command: str = "read") -> dict[str, Any]:
     from drivers.mqtt import MqttConnection
@@ -373,7 +384,7 @@ def remote_table(readings: list[dict[str, Any]]) -> str:
 def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -> None:
     try:
         wanted = _check_remote(opts, quantities)
-        password = _password(opts)
+        password = remote_password(opts)
     except ValueError as e:
         _fail(str(e), EXIT_USAGE)
     assert opts.collector is not None and opts.meter is not None
@@ -386,7 +397,7 @@ def _read_via(opts: RemoteOptions, quantities: tuple[str, ...], as_json: bool) -
     amic_log = logging.getLogger("amic")
     amic_log.addHandler(quiet)
     try:
-        reply = asyncio.run(_call_remote(opts, password, collector, body, request_id))
+        reply = asyncio.run(call_remote(opts, password, collector, body, request_id))
     except BrokerError as e:  # names the broker
         _fail(str(e), EXIT_FAILED)
     except RemoteError as e:

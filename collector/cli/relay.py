@@ -47,7 +47,7 @@ from collector.settings import CommandSettings, Settings
 from collector.signing import sign
 
 from .query import parse_since
-from .read import RemoteOptions, _call_remote, _password
+from .read import RemoteOptions, call_remote, remote_password
 from .times import json_time, show_time
 from .viadaemon import ask, daemon_of
 
@@ -115,13 +115,13 @@ def _remote_opts(via: str, collector_id: str | None, username: str | None,
 
 async def _via(opts: RemoteOptions, command: str, body: dict[str, Any],
                request_id: str) -> dict[str, Any]:
-    password = _password(opts)
+    password = remote_password(opts)
     assert opts.collector is not None
     quiet = logging.NullHandler()
     amic_log = logging.getLogger("amic")
     amic_log.addHandler(quiet)
     try:
-        return await _call_remote(opts, password, opts.collector, body, request_id,
+        return await call_remote(opts, password, opts.collector, body, request_id,
                                   command=command)
     finally:
         amic_log.removeHandler(quiet)

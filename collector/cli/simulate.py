@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from collector.metrics import parse_listen
 from protocols.quantities import BROADCAST_ADDRESS, normalise_address
 from simulators.bus import BusServer, BusStats, parse_faults, serve
 from simulators.dlt645 import DEFAULT_PASSWORDS, make_meters, parse_password
@@ -20,14 +21,6 @@ BAUDS = ("600", "1200", "2400", "4800", "9600", "19200")
 @click.group()
 def simulate() -> None:
     """Run meter simulators."""
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8899 (port 0: any free)")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def read_addresses(path: Path) -> list[str]:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)  # naive: UTC
+from collector.records import assume_utc
 
 
 def show_time(t: dt.datetime) -> str:
     """For tables: ``2026-12-04 18:03:05+08:00`` (a naive ``t`` is taken as UTC)."""
-    return _aware(t).astimezone().isoformat(sep=" ", timespec="seconds")
+    return assume_utc(t).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 def json_time(t: dt.datetime, timespec: str = "seconds") -> str:
     """For JSON: ``2026-12-04T18:03:05+08:00`` (a naive ``t`` is taken as UTC)."""
-    return _aware(t).astimezone().isoformat(timespec=timespec)
+    return assume_utc(t).astimezone().isoformat(timespec=timespec)

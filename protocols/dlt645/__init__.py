@@ -6,6 +6,7 @@ Sans-I/O: bytes in, typed values out.  The caller owns the serial port or socket
 from ._bcd import add_33, sub_33
 from ._catalogue import (
     CATALOGUE,
+    DAILY_FREEZES,
     STATUS_BITS,
     Bit,
     DataItem,
@@ -16,6 +17,7 @@ from ._catalogue import (
     by_name,
     decode_value,
     encode_value,
+    freeze_di,
     items,
     lookup,
     parse_di,
@@ -52,6 +54,8 @@ from ._events import (
     error_names,
 )
 from ._frame import (
+    HEADER_SIZE,
+    START,
     Frame,
     Function1997,
     Function2007,
@@ -59,6 +63,7 @@ from ._frame import (
     build_frame,
     control_code,
     parse_frame,
+    skip_preamble,
     version_of,
 )
 from ._receivebuffer import ExtractorStats, FrameExtractor, address_matches
@@ -77,3 +82,5 @@ __all__ = [
     "error_names", "items", "lookup", "parse_di", "parse_frame", "sub_33", "value_to_json",
     "version_of",
 ]
+# for the collector, the simulators and `amic decode`, instead of the private modules
+__all__ += ["DAILY_FREEZES", "HEADER_SIZE", "START", "freeze_di", "skip_preamble"]
