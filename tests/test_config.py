@@ -1096,6 +1096,12 @@ def test_alarm_limits_checked() -> None:
         + ', got "voltage_hgh"; did you mean "voltage_high"?']
 
 
+def test_over_long_time_zone_is_a_problem_not_a_crash() -> None:
+    # ZoneInfo raises OSError (file name too long) for such a name; found by the fuzz test.
+    text = problem(BASE + '\n[daily]\ntz = "' + "a" * 300 + '"\n')
+    assert text.startswith('amic.toml:20: [daily]: key "tz": expected a time zone name')
+
+
 def test_daily_and_prepaid_time_zone_checked() -> None:
     assert problems(BASE + '\n[daily]\ntz = "Mars/Olympus"\n') == [
         'amic.toml:20: [daily]: key "tz": expected a time zone name such as "Asia/Shanghai", '

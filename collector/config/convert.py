@@ -272,7 +272,7 @@ def _zone_conv() -> _Conv[str]:
         name = _str_value(v)
         try:
             ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
             raise _Bad() from None
         return name
     return _Conv('a time zone name such as "Asia/Shanghai"', fn)
