@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -19,6 +20,8 @@ from collector.config import (
     COLLECTOR_KEYS,
     LEDGER_COLUMNS,
     SCHEDULE_KEYS,
+    TABLE_KEYS,
+    TOP_KEYS,
     ConfigError,
     Problem,
     load_settings,
@@ -223,6 +226,41 @@ def test_example_config_shows_every_key() -> None:
     for key in (*COLLECTOR_KEYS, *BUS_COMMON_KEYS, *BUS_TCP_KEYS, *BUS_SERIAL_KEYS,
                 *SCHEDULE_KEYS):
         assert f"{key} =" in text or f"  {key} " in text, key
+
+
+def _example_keys(text: str) -> dict[str, set[str]]:
+    """Table -> keys shown in an example config: written, or commented out as ``# key = ...``
+    under a table header (itself written or commented out).  ``[schedule.X]`` tables count
+    as ``schedule.NAME``."""
+    header = re.compile(r"^(?:#\s?)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(?:#.*)?$")
+    key = re.compile(r"^(?:#\s?)?([A-Za-z0-9_]+)\s*=")
+    shown: dict[str, set[str]] = {}
+    table: str | None = None
+    for line in text.splitlines():
+        if m := header.match(line):
+            table = m.group(1)
+            table = "schedule.NAME" if table.startswith("schedule.") else table
+            shown.setdefault(table, set())
+        elif (m := key.match(line)) and table is not None:
+            shown[table].add(m.group(1))
+    return shown
+
+
+def test_example_config_shows_every_key_of_the_schema_and_no_other() -> None:
+    shown = _example_keys(EXAMPLE.read_text())
+    assert set(TABLE_KEYS) == set(TOP_KEYS) - {"schedule"} | {"schedule.NAME"}
+    missing = {t: sorted(set(keys) - shown.get(t, set())) for t, keys in TABLE_KEYS.items()}
+    extra = {t: sorted(keys - set(TABLE_KEYS.get(t, ()))) for t, keys in shown.items()}
+    assert {t: k for t, k in missing.items() if k} == {}, "keys missing from the example"
+    assert {t: k for t, k in extra.items() if k} == {}, "keys the schema lacks"
+
+
+def test_example_key_scan_sees_commented_keys_and_strays() -> None:
+    # The scan the test above relies on: it must see both a gap and a stray key.
+    shown = _example_keys('[collector]\nid = "x"\n# [mqtt]\n# url = "mqtt://h"\n'
+                          "#   [default] password = 1\n# bogus = 1\n[schedule.a]\nretries = 1\n")
+    assert shown == {"collector": {"id"}, "mqtt": {"url", "bogus"},
+                     "schedule.NAME": {"retries"}}
 
 
 def test_example_ledger_is_fictional_and_complete() -> None:

@@ -9,20 +9,16 @@ against what was found::
     amic.toml:14: [[bus]] #2 (name "rs485-a"): key "baud": expected one of 1200, 2400,
     4800, 9600, 19200, got 2401
 
-Schema (``config/amic.example.toml`` documents every key)::
-
-    [collector]       id, data_dir, retention_days, metrics_listen, commit_interval,
-                      commit_rows, max_store_mb, min_free_mb
-    [[bus]]           name, type = "tcp" (host, port, line_baud) or "serial" (device,
-                      baud, parity, bytesize, stopbits); td_ms, tb_ms, preamble
-    [[meter]]         meter_id, address, bus, protocol, station, feeder, area, box,
-                      customer, prepaid, role
-    [meters]          ledger = "meters.csv" (same columns as [[meter]], one meter a row)
-    [schedule.NAME]   interval, quantities, meters, jitter, retries, td_ms, backoff_max
+The package, by concern: ``schema`` (tables, keys, limits), ``problems`` (:class:`Problem`,
+:class:`ConfigError`, line numbers), ``convert`` (value converters), ``base`` (the loader's
+core), ``tables`` (one method a table), ``ledger`` ([[meter]] and the CSV ledger),
+``selectors`` and ``checks`` (across keys and meters).  The keys are declared once in
+``schema.TABLE_KEYS``, the defaults once as the fields of collector/settings.py's classes;
+``config/amic.example.toml`` documents every key (a test keeps the three in step).
 
 Meter selectors (a schedule's ``meters``): ``"*"``, ``"area:ID"``, ``"bus:NAME"``,
 ``"feeder:ID"``, ``"station:ID"``, ``"box:ID"``, ``"role:customer|area_master"``,
-``"protocol:dlt645-2007|dlt645-1997"`` or a meter id.  A meter is in a schedule if any
+``"protocol:dlt645-2007|dlt645-1997|modbus"`` or a meter id.  A meter is in a schedule if any
 selector matches it; a selector that matches no meter is an error.
 """
 
@@ -64,6 +60,7 @@ from .schema import (
     SCHEDULE_KEYS,
     SELECTOR_KINDS,
     STOPBITS,
+    TABLE_KEYS,
     TIMESERIES_KEYS,
     TOKEN_ENV,
     TOP_KEYS,
@@ -100,6 +97,7 @@ __all__ = [
     "SCHEDULE_KEYS",
     "SELECTOR_KINDS",
     "STOPBITS",
+    "TABLE_KEYS",
     "TIMESERIES_KEYS",
     "TOKEN_ENV",
     "TOP_KEYS",

@@ -1,9 +1,16 @@
-"""The configuration's tables and keys, and the limits of what the loader reads."""
+"""The configuration's tables and keys, and the limits of what the loader reads.
+
+The keys of each table are declared here once (:data:`TABLE_KEYS`); the defaults once, as
+the field defaults of the settings classes (collector/settings.py, read by :func:`default`).
+``config/amic.example.toml`` shows every key, written or commented out as ``# key = ...``
+under its (possibly commented-out) table header; tests/test_config.py checks both ways.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from protocols.dlt645 import Version
 
@@ -50,6 +57,22 @@ METERS_KEYS = ("ledger",)
 SCHEDULE_KEYS = ("interval", "quantities", "meters", "jitter", "retries", "td_ms",
                  "backoff_max")
 
+# table as written ("schedule.NAME": any schedule) -> its keys; one entry per TOP_KEYS name
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "collector": COLLECTOR_KEYS,
+    "bus": BUS_COMMON_KEYS + BUS_TCP_KEYS + BUS_SERIAL_KEYS + BUS_MQTT_KEYS,
+    "meter": LEDGER_COLUMNS,
+    "meters": METERS_KEYS,
+    "schedule.NAME": SCHEDULE_KEYS,
+    "mqtt": MQTT_KEYS,
+    "gateway": GATEWAY_KEYS,
+    "timeseries": TIMESERIES_KEYS,
+    "commands": COMMANDS_KEYS,
+    "prepaid": PREPAID_KEYS,
+    "alarms": ALARM_KEYS,
+    "daily": DAILY_KEYS,
+}
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
@@ -63,3 +86,15 @@ MAX_SECRET_BYTES = 64 << 10  # a password or token file
 
 T = TypeVar("T")
 
+
+
+def default(cls: type[Any], attr: str) -> Any:
+    """The default of the settings field ``cls.attr``: the one place a default is stated."""
+    for f in dataclasses.fields(cls):
+        if f.name == attr:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{attr} has no default")
+    raise KeyError(f"{cls.__name__} has no field {attr}")
