@@ -41,7 +41,7 @@ from influxdb_client.rest import ApiException
 
 from . import linework
 from .records import Event, utcnow
-from .settings import MeterSettings
+from .settings import MeterSettings, TimeseriesSettings, defaults
 from .store import OUTBOX_TABLES, Store
 
 log = logging.getLogger("amic.forwarder")
@@ -126,9 +126,10 @@ class _Batch:
 
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
-DEFAULT_GZIP_LEVEL: Final = 6
+_TS: Final = defaults(TimeseriesSettings)  # [timeseries] defaults, stated once there
+DEFAULT_GZIP_LEVEL: Final[int] = _TS["gzip_level"]
 # Readings behind by at least this many rows are converted in a worker process.
-DEFAULT_PROCESS_BACKLOG: Final = 50_000
+DEFAULT_PROCESS_BACKLOG: Final[int] = _TS["worker_backlog"]
 _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
 
 # Readings are the bulk: their lines are built by SQLite itself (string concatenation in
@@ -195,8 +196,9 @@ class Forwarder:
 
     def __init__(self, store: Store, url: str, *, org: str, bucket: str,
                  token: str | None = None, token_file: Path | str | None = None,
-                 name: str = "timeseries", batch: int = 5000, precision: str = "ms",
-                 gzip: bool = True, gzip_level: int = DEFAULT_GZIP_LEVEL,
+                 name: str = "timeseries", batch: int = _TS["batch"],
+                 precision: str = _TS["precision"], gzip: bool = _TS["gzip"],
+                 gzip_level: int = DEFAULT_GZIP_LEVEL,
                  meters: Sequence[MeterSettings] | None = None,
                  backoff_min: float = 0.5, backoff_max: float = 60.0,
                  idle_interval: float = 1.0, timeout: float = 30.0,

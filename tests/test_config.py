@@ -29,8 +29,16 @@ from collector.config import (
     parse_selector,
     select_meters,
 )
+from collector.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
 from collector.rules import RULES
-from collector.settings import ScheduleSettings, Settings
+from collector.settings import (
+    MQTT_BUS_TD,
+    BusSettings,
+    ScheduleSettings,
+    Settings,
+    default,
+    defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "amic.example.toml"
@@ -261,6 +269,34 @@ def test_example_key_scan_sees_commented_keys_and_strays() -> None:
                           "#   [default] password = 1\n# bogus = 1\n[schedule.a]\nretries = 1\n")
     assert shown == {"collector": {"id"}, "mqtt": {"url", "bogus"},
                      "schedule.NAME": {"retries"}}
+
+
+def test_a_key_left_out_takes_the_settings_field_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The defaults are stated once, on the settings classes: every table read with only
+    # its required keys must come out equal to those field defaults.
+    monkeypatch.delenv("AMIC_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("AMIC_TSDB_TOKEN", raising=False)
+    s = load(BASE.replace('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\n\n[[bus]]\n'
+                          'name = "tcp-1"\ntype = "tcp"\nhost = "10.0.0.1"\nport = 8899\n'
+                          '\n[[bus]]\nname = "gw-line"\ntype = "mqtt"\ngateway = "gw-1"\n')
+             + '\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[[gateway]]\nname = "gw-1"\n'
+             '[timeseries]\nurl = "http://127.0.0.1:8428"\n[commands]\n'
+             "[prepaid]\nwarn1 = 20\nwarn2 = 5\n[alarms]\n[daily]\n")
+    assert s.mqtt and s.timeseries and s.commands and s.prepaid and s.daily
+    serial, tcp, mqtt_bus = s.buses
+    given = {"name", "kind", "device", "host", "port", "gateway", "td"}
+    checked = [(s.collector, {"id", "data_dir"}), (serial, given), (tcp, given),
+               (mqtt_bus, given), (s.meters[0], {"meter_id", "address", "bus"}),
+               (s.schedules[0], {"name", "interval", "quantities", "meters"}), (s.mqtt, set()),
+               (s.gateways[0], {"name"}), (s.timeseries, set()), (s.commands, set()),
+               (s.prepaid, {"warn1", "warn2"}), (s.alarms, set()), (s.daily, set())]
+    for obj, keys in checked:
+        want = {k: v for k, v in defaults(type(obj)).items() if k not in keys}
+        assert {k: getattr(obj, k) for k in want} == want, type(obj).__name__
+    assert (serial.td, tcp.td, mqtt_bus.td) == (default(BusSettings, "td"),) * 2 + (MQTT_BUS_TD,)
+    assert s.timeseries.gzip_level == DEFAULT_GZIP_LEVEL
+    assert s.timeseries.worker_backlog == DEFAULT_PROCESS_BACKLOG
 
 
 def test_example_ledger_is_fictional_and_complete() -> None:

@@ -15,6 +15,7 @@ from ..settings import (
     MeterSettings,
     Protocol,
     Role,
+    defaults,
 )
 from .base import _LoaderBase
 from .convert import (
@@ -40,6 +41,7 @@ from .schema import (
 )
 from .selectors import _Row
 
+_METER = defaults(MeterSettings)  # the defaults, stated once in collector/settings.py
 
 class CsvRecordError(ValueError):
     """A CSV syntax error; ``line`` is where the reader stopped."""
@@ -191,12 +193,12 @@ class LedgerMixin(_LoaderBase):
             return self.convert(t, key, values[key], conv, meter=mid, file=file, line=line)
 
         ok_id = get("meter_id", _name_conv(), "", required=True)
-        protocol = get("protocol", _choice_conv(tuple(PROTOCOLS)), "dlt645-2007")
+        protocol = get("protocol", _choice_conv(tuple(PROTOCOLS)), _METER["protocol"])
         modbus = protocol == "modbus"
         address = get("address", _unit_conv() if modbus else _address_conv(), "",
                       required=True)
         bus = get("bus", _name_conv("the name of a [[bus]]"), "", required=True)
-        profile = get("profile", _text_conv(), "")
+        profile = get("profile", _text_conv(), _METER["profile"])
         if modbus and profile == "":
             self.add(t, "profile", "a device profile for a modbus meter (e.g. "
                      '"acrel-dtsy1352"; see config/profiles)', "nothing", meter=mid, file=file,
@@ -212,13 +214,14 @@ class LedgerMixin(_LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k, _text_conv(), "") for k in ("station", "feeder", "area", "box")}
-        texts["customer"] = get("customer", _customer_conv(), "")
-        prepaid = get("prepaid", _csv_bool_conv() if csv_cells else _toml_bool_conv(), False)
-        role = get("role", _choice_conv(ROLES), "customer")
+        texts = {k: get(k, _text_conv(), _METER[k]) for k in ("station", "feeder", "area", "box")}
+        texts["customer"] = get("customer", _customer_conv(), _METER["customer"])
+        prepaid = get("prepaid", _csv_bool_conv() if csv_cells else _toml_bool_conv(),
+                      _METER["prepaid"])
+        role = get("role", _choice_conv(ROLES), _METER["role"])
         row.fields = {"id": mid or "", "bus": str(values.get("bus", "")).strip(),
-                      "role": str(values.get("role", "customer")).strip(),
-                      "protocol": str(values.get("protocol", "dlt645-2007")).strip(),
+                      "role": str(values.get("role", _METER["role"])).strip(),
+                      "protocol": str(values.get("protocol", _METER["protocol"])).strip(),
                       **{k: str(values.get(k, "")).strip()
                          for k in ("area", "feeder", "station", "box")}}
         row.id = ok_id or None

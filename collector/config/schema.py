@@ -1,16 +1,15 @@
 """The configuration's tables and keys, and the limits of what the loader reads.
 
 The keys of each table are declared here once (:data:`TABLE_KEYS`); the defaults once, as
-the field defaults of the settings classes (collector/settings.py, read by :func:`default`).
+the field defaults of the settings classes (collector/settings.py, read by ``default``).
 ``config/amic.example.toml`` shows every key, written or commented out as ``# key = ...``
 under its (possibly commented-out) table header; tests/test_config.py checks both ways.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from protocols.dlt645 import Version
 
@@ -85,16 +84,3 @@ MAX_LEDGER_BYTES = 16 << 20
 MAX_SECRET_BYTES = 64 << 10  # a password or token file
 
 T = TypeVar("T")
-
-
-
-def default(cls: type[Any], attr: str) -> Any:
-    """The default of the settings field ``cls.attr``: the one place a default is stated."""
-    for f in dataclasses.fields(cls):
-        if f.name == attr:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-            raise KeyError(f"{cls.__name__}.{attr} has no default")
-    raise KeyError(f"{cls.__name__} has no field {attr}")

@@ -22,6 +22,7 @@ from ..rules import RULES, AlarmSettings
 from ..safefile import FileRefused, read_regular
 from ..secrets import SecretsError, load_secrets
 from ..settings import (
+    MQTT_BUS_TD,
     AlarmConfig,
     BusSettings,
     CollectorSettings,
@@ -33,6 +34,7 @@ from ..settings import (
     PrepaidSettings,
     ScheduleSettings,
     TimeseriesSettings,
+    defaults,
 )
 from .base import _LoaderBase
 from .convert import (
@@ -81,6 +83,18 @@ from .schema import (
 )
 from .selectors import _Row
 
+# The defaults, from the settings classes' fields (the one place they are stated).
+_C = defaults(CollectorSettings)
+_M = defaults(MqttSettings)
+_TS = defaults(TimeseriesSettings)
+_D = defaults(DailySettings)
+_A = defaults(AlarmConfig)
+_K = defaults(CommandSettings)
+_P = defaults(PrepaidSettings)
+_G = defaults(GatewaySettings)
+_B = defaults(BusSettings)
+_S = defaults(ScheduleSettings)
+
 
 class TablesMixin(_LoaderBase):
     """Each table's keys, converted and checked."""
@@ -107,20 +121,25 @@ class TablesMixin(_LoaderBase):
                 self.add(t, "data_dir", "a folder (amic keeps its store there)",
                          f"{folder} ({there} is not a folder)")
                 data_dir = None
-        retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"), 90)
-        listen = self.optional(t, data, "metrics_listen", _listen_conv(), None)
+        retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"),
+                                  _C["retention_days"])
+        listen = self.optional(t, data, "metrics_listen", _listen_conv(), _C["metrics_listen"])
         interval = self.optional(t, data, "commit_interval",
-                                 _duration_conv(0.0, above=True, maximum=3600.0), 1.0)
-        rows = self.optional(t, data, "commit_rows", _int_conv(1, 1_000_000), 2000)
-        max_mb = self.optional(t, data, "max_store_mb", _int_conv(16, 16_777_216, " MB"), 0)
-        free_mb = self.optional(t, data, "min_free_mb", _int_conv(0, 16_777_216, " MB"), 100)
+                                 _duration_conv(0.0, above=True, maximum=3600.0),
+                                 _C["commit_interval"])
+        rows = self.optional(t, data, "commit_rows", _int_conv(1, 1_000_000), _C["commit_rows"])
+        max_mb = self.optional(t, data, "max_store_mb", _int_conv(16, 16_777_216, " MB"),
+                               _C["max_store_mb"])
+        free_mb = self.optional(t, data, "min_free_mb", _int_conv(0, 16_777_216, " MB"),
+                                _C["min_free_mb"])
         if cid is None or data_dir is None or retention is None or interval is None \
-                or rows is None or max_mb is None or free_mb is None:
+                or rows is None or (max_mb is None and "max_store_mb" in data) \
+                or free_mb is None:
             return None
         return CollectorSettings(id=cid, data_dir=self.relative(data_dir),
                                  retention_days=retention, metrics_listen=listen,
                                  commit_interval=interval, commit_rows=rows,
-                                 max_store_mb=max_mb or None, min_free_mb=free_mb)
+                                 max_store_mb=max_mb, min_free_mb=free_mb)
 
     # -- [mqtt] and [[gateway]]
 
@@ -140,7 +159,7 @@ class TablesMixin(_LoaderBase):
         username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
         files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
                  for k in ("ca_file", "cert_file", "key_file")}
-        commands = self.optional(t, data, "commands", _toml_bool_conv(), True)
+        commands = self.optional(t, data, "commands", _toml_bool_conv(), _M["commands"])
         reply_prefixes = self.reply_prefixes(t, data)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
@@ -218,15 +237,15 @@ class TablesMixin(_LoaderBase):
             "token": f"never in the file: use token_file or the {TOKEN_ENV} environment "
                      "variable"})
         url = self.required(t, data, "url", _http_url_conv())
-        org = self.optional(t, data, "org", _text_conv(), "")
-        bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), "amic")
-        batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), 5000)
+        org = self.optional(t, data, "org", _text_conv(), _TS["org"])
+        bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), _TS["bucket"])
+        batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), _TS["batch"])
         precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
-                                  "ms")
-        gzip = self.optional(t, data, "gzip", _toml_bool_conv(), True)
-        level = self.optional(t, data, "gzip_level", _int_conv(1, 9), 6)
+                                  _TS["precision"])
+        gzip = self.optional(t, data, "gzip", _toml_bool_conv(), _TS["gzip"])
+        level = self.optional(t, data, "gzip_level", _int_conv(1, 9), _TS["gzip_level"])
         backlog = self.optional(t, data, "worker_backlog", _int_conv(0, 100_000_000, " rows"),
-                                50_000)
+                                _TS["worker_backlog"])
         token = self.secret(t, data, "token_file", TOKEN_ENV)
         if url is None or org is None or bucket is None or batch is None \
                 or precision is None or gzip is None or level is None or backlog is None:
@@ -244,13 +263,12 @@ class TablesMixin(_LoaderBase):
         t = "daily"
         self.unknown_keys(t, data, DAILY_KEYS)
         ok = True
-        tz = self.optional(t, data, "tz", _zone_conv(), "Asia/Shanghai")
+        tz = self.optional(t, data, "tz", _zone_conv(), _D["tz"])
         times: dict[str, dt.time] = {}
-        for key, default in (("report_at", dt.time(6)), ("timesync_at", dt.time(2)),
-                             ("backfill_at", dt.time(1, 30))):
+        for key in ("report_at", "timesync_at", "backfill_at"):
             raw = data.get(key)
             if raw is None:
-                times[key] = default
+                times[key] = _D[key]
             elif isinstance(raw, dt.time):
                 times[key] = raw
             else:
@@ -259,15 +277,16 @@ class TablesMixin(_LoaderBase):
                 except ValueError:
                     self.add(t, key, "a local time such as \"06:00\"", _show(raw))
                     ok = False
-        sync = self.optional(t, data, "timesync", _toml_bool_conv(), True)
-        days = self.optional(t, data, "backfill_days", _int_conv(0, 62, " days"), 7)
-        fraction = data.get("audit_fraction", 0.02)
+        sync = self.optional(t, data, "timesync", _toml_bool_conv(), _D["timesync"])
+        days = self.optional(t, data, "backfill_days", _int_conv(0, 62, " days"),
+                           _D["backfill_days"])
+        fraction = data.get("audit_fraction", _D["audit_fraction"])
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
                 or not 0 <= fraction <= 1:
             self.add(t, "audit_fraction", "a fraction from 0 to 1", _show(fraction))
             ok = False
             fraction = 0.0
-        window = (9.0, 17.0)
+        window = _D["audit_window"]
         if "audit_window" in data:
             raw = data["audit_window"]
             m = re.fullmatch(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*",
@@ -323,10 +342,11 @@ class TablesMixin(_LoaderBase):
                 AlarmSettings(**dict(values))  # type: ignore[arg-type]
             except ValueError as e:
                 self.add(t, None, "limits that make sense together", str(e))
-        after = self.optional(t, data, "comm_loss_after", _int_conv(1, 1000, " cycles"), 2)
-        publish = self.optional(t, data, "publish", _toml_bool_conv(), True)
-        return AlarmConfig(values=tuple(values), comm_loss_after=after or 2,
-                           publish=True if publish is None else publish)
+        after = self.optional(t, data, "comm_loss_after", _int_conv(1, 1000, " cycles"),
+                              _A["comm_loss_after"])
+        publish = self.optional(t, data, "publish", _toml_bool_conv(), _A["publish"])
+        return AlarmConfig(values=tuple(values), comm_loss_after=after or _A["comm_loss_after"],
+                           publish=_A["publish"] if publish is None else publish)
 
     def commands(self, value: object) -> CommandSettings | None:
         if value is None:
@@ -347,14 +367,17 @@ class TablesMixin(_LoaderBase):
             except SecretsError as e:
                 for text in e.problems:
                     self.add(t, "secrets_file", "a secrets file amic accepts", text)
-        interval = self.optional(t, data, "min_interval", _duration_conv(maximum=3600.0), 2.0)
-        expiry = self.optional(t, data, "expiry", _duration_conv(1.0, maximum=86400.0), 300.0)
+        interval = self.optional(t, data, "min_interval", _duration_conv(maximum=3600.0),
+                                 _K["min_interval"])
+        expiry = self.optional(t, data, "expiry", _duration_conv(1.0, maximum=86400.0),
+                               _K["expiry"])
         verify = self.optional(t, data, "verify_timeout",
-                               _duration_conv(0.0, maximum=600.0), 15.0)
+                               _duration_conv(0.0, maximum=600.0), _K["verify_timeout"])
         poll = self.optional(t, data, "poll_interval",
-                             _duration_conv(0.0, above=True, maximum=60.0), 0.5)
-        direct = self.optional(t, data, "direct_close", _toml_bool_conv(), False)
-        signed = self.optional(t, data, "signed", _toml_bool_conv(), True)
+                             _duration_conv(0.0, above=True, maximum=60.0),
+                             _K["poll_interval"])
+        direct = self.optional(t, data, "direct_close", _toml_bool_conv(), _K["direct_close"])
+        signed = self.optional(t, data, "signed", _toml_bool_conv(), _K["signed"])
         if interval is None or expiry is None or verify is None or poll is None \
                 or direct is None or signed is None:
             return None
@@ -374,11 +397,12 @@ class TablesMixin(_LoaderBase):
         warn2 = self.required(t, data, "warn2", _money_conv())
         if warn1 is not None and warn2 is not None and not warn1 > warn2:
             self.add(t, "warn2", f"an amount below warn1 ({warn1})", str(warn2))
-        overdraft = self.optional(t, data, "overdraft_limit", _money_conv(), Decimal(0))
-        grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), 600.0)
+        overdraft = self.optional(t, data, "overdraft_limit", _money_conv(),
+                                  _P["overdraft_limit"])
+        grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), _P["grace"])
         retry = self.optional(t, data, "retry_interval",
-                              _duration_conv(1.0, maximum=86400.0), 300.0)
-        tz = self.optional(t, data, "tz", _zone_conv(), "Asia/Shanghai")
+                              _duration_conv(1.0, maximum=86400.0), _P["retry_interval"])
+        tz = self.optional(t, data, "tz", _zone_conv(), _P["tz"])
         windows: list[str] = []
         if "no_trip_windows" in data:
             got = self.strings(t, data, "no_trip_windows",
@@ -403,7 +427,7 @@ class TablesMixin(_LoaderBase):
             if "protected" in data else []
         computed = self.selectors(t, {"meters": data["computed"]}, rows)[0] \
             if "computed" in data else []
-        price = self.optional(t, data, "price", _money_conv(), None)
+        price = self.optional(t, data, "price", _money_conv(), _P["price"])
         prices: list[tuple[str, Decimal]] = []
         raw = data.get("prices")
         if raw is not None:
@@ -423,7 +447,7 @@ class TablesMixin(_LoaderBase):
         if computed and price is None and not prices:
             self.add(t, "price", "a price (or prices) for the computed meters", "nothing")
         opening = self.optional(t, data, "opening_balance", _money_conv(Decimal(-10**6)),
-                                Decimal(0))
+                                _P["opening_balance"])
         if warn1 is None or warn2 is None or overdraft is None or grace is None \
                 or retry is None or tz is None or protected is None or computed is None \
                 or opening is None:
@@ -450,8 +474,9 @@ class TablesMixin(_LoaderBase):
             name = raw_name if isinstance(raw_name, str) else None
             self.unknown_keys(t, data, GATEWAY_KEYS, name=name)
             ok_name = self.required(t, data, "name", _name_conv(), name=name)
-            prefix = self.optional(t, data, "prefix", _topic_conv(), "amic-gw", name=name)
-            reports = self.optional(t, data, "reports", _toml_bool_conv(), True, name=name)
+            prefix = self.optional(t, data, "prefix", _topic_conv(), _G["prefix"], name=name)
+            reports = self.optional(t, data, "reports", _toml_bool_conv(), _G["reports"],
+                                    name=name)
             if ok_name in seen:
                 self.add(t, "name", "a gateway name used once", _q(ok_name or ""), name=name)
                 continue
@@ -491,12 +516,13 @@ class TablesMixin(_LoaderBase):
         ok_name = self.required(t, data, "name", _name_conv(), name=name)
         kind = self.required(t, data, "type", _choice_conv(("tcp", "serial", "mqtt")),
                              name=name)
-        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), 0.5, name=name)
-        tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), 0.5, name=name)
-        preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), 4,
+        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _B["td"], name=name)
+        tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), _B["tb"], name=name)
+        preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), _B["preamble"],
                                  name=name)
         framings = ("rtu", "tcp") if kind == "tcp" else ("rtu",)
-        modbus = self.optional(t, data, "modbus", _choice_conv(framings), "rtu", name=name)
+        modbus = self.optional(t, data, "modbus", _choice_conv(framings), _B["modbus"],
+                                name=name)
         own: tuple[str, ...]
         other: tuple[str, ...]
         if kind == "mqtt":
@@ -507,7 +533,7 @@ class TablesMixin(_LoaderBase):
                     or modbus is None or gateway is None:
                 return None
             return BusSettings(kind="mqtt", name=ok_name, gateway=gateway,
-                               td=td if "td_ms" in data else 5.0, tb=tb, preamble=preamble)
+                               td=td if "td_ms" in data else MQTT_BUS_TD, tb=tb, preamble=preamble)
         if kind == "tcp":
             own, other, other_kind = BUS_TCP_KEYS, BUS_SERIAL_KEYS, "serial"
         elif kind == "serial":
@@ -527,7 +553,7 @@ class TablesMixin(_LoaderBase):
         if kind == "tcp":
             host = self.required(t, data, "host", _host_conv(), name=name, why=why)
             port = self.required(t, data, "port", _int_conv(1, 65535), name=name, why=why)
-            line_baud = self.optional(t, data, "line_baud", _choice_conv(BAUDS), None,
+            line_baud = self.optional(t, data, "line_baud", _choice_conv(BAUDS), _B["line_baud"],
                                       name=name)
             if not common_ok or host is None or port is None or (
                     line_baud is None and "line_baud" in data):
@@ -539,10 +565,12 @@ class TablesMixin(_LoaderBase):
                                modbus=cast(ModbusFraming, modbus))
         device = self.required(t, data, "device", _path_conv("a serial device path"),
                                name=name, why=why)
-        baud = self.optional(t, data, "baud", _choice_conv(BAUDS), 2400, name=name)
-        parity = self.optional(t, data, "parity", _parity_conv(), "E", name=name)
-        bytesize = self.optional(t, data, "bytesize", _choice_conv(BYTESIZES), 8, name=name)
-        stopbits = self.optional(t, data, "stopbits", _choice_conv(STOPBITS), 1, name=name)
+        baud = self.optional(t, data, "baud", _choice_conv(BAUDS), _B["baud"], name=name)
+        parity = self.optional(t, data, "parity", _parity_conv(), _B["parity"], name=name)
+        bytesize = self.optional(t, data, "bytesize", _choice_conv(BYTESIZES), _B["bytesize"],
+                                 name=name)
+        stopbits = self.optional(t, data, "stopbits", _choice_conv(STOPBITS), _B["stopbits"],
+                                 name=name)
         if not common_ok or device is None or baud is None or parity is None \
                 or bytesize is None or stopbits is None:
             return None
@@ -586,10 +614,10 @@ class TablesMixin(_LoaderBase):
                  rows: list[_Row]) -> ScheduleSettings | None:
         self.unknown_keys(t, data, SCHEDULE_KEYS)
         interval = self.required(t, data, "interval", _duration_conv(1.0))
-        jitter = self.optional(t, data, "jitter", _duration_conv(0.0), 0.0)
-        retries = self.optional(t, data, "retries", _int_conv(0, 10), 1)
-        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), None)
-        backoff = self.optional(t, data, "backoff_max", _duration_conv(1.0), 3600.0)
+        jitter = self.optional(t, data, "jitter", _duration_conv(0.0), _S["jitter"])
+        retries = self.optional(t, data, "retries", _int_conv(0, 10), _S["retries"])
+        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _S["td"])
+        backoff = self.optional(t, data, "backoff_max", _duration_conv(1.0), _S["backoff_max"])
         if interval is not None and jitter is not None and jitter >= interval:
             self.add(t, "jitter", f"less than the interval ({_seconds(interval)})",
                      f"{_show(data['jitter'])} ({_seconds(jitter)})")
