@@ -29,7 +29,6 @@ from pathlib import Path
 
 from ..messages import quote as _q
 from ..settings import Settings
-from .checks import ChecksMixin
 from .convert import parse_duration
 from .ledger import CsvRecordError, LedgerMixin, csv_records
 from .problems import ConfigError, Problem
@@ -65,7 +64,7 @@ from .schema import (
     TOKEN_ENV,
     TOP_KEYS,
 )
-from .selectors import SelectorsMixin, meters_matching, parse_selector, select_meters
+from .selectors import meters_matching, parse_selector, select_meters
 from .tables import TablesMixin
 
 log = logging.getLogger("amic.config")
@@ -113,7 +112,7 @@ __all__ = [
 ]
 
 
-class _Loader(TablesMixin, LedgerMixin, SelectorsMixin, ChecksMixin):
+class _Loader(TablesMixin, LedgerMixin):
     """The whole file: each part is a mixin (tables, ledger, selectors, checks)."""
 
     # -- the whole file

@@ -36,7 +36,7 @@ from ..settings import (
     TimeseriesSettings,
     defaults,
 )
-from .base import _LoaderBase
+from .checks import ChecksMixin
 from .convert import (
     _choice_conv,
     _duration_conv,
@@ -81,7 +81,7 @@ from .schema import (
     TIMESERIES_KEYS,
     TOKEN_ENV,
 )
-from .selectors import _Row
+from .selectors import SelectorsMixin, _Row
 
 # The defaults, from the settings classes' fields (the one place they are stated).
 _C = defaults(CollectorSettings)
@@ -96,7 +96,7 @@ _B = defaults(BusSettings)
 _S = defaults(ScheduleSettings)
 
 
-class TablesMixin(_LoaderBase):
+class TablesMixin(SelectorsMixin, ChecksMixin):
     """Each table's keys, converted and checked."""
 
     # -- [collector]
