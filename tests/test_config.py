@@ -14,10 +14,12 @@ from click.testing import CliRunner
 from collector.cli.config import EXIT_INVALID
 from collector.cli.config import config as config_group
 from collector.config import (
+    ALARM_KEYS,
     BUS_COMMON_KEYS,
     BUS_SERIAL_KEYS,
     BUS_TCP_KEYS,
     COLLECTOR_KEYS,
+    FIELD_OF_KEY,
     LEDGER_COLUMNS,
     SCHEDULE_KEYS,
     TABLE_KEYS,
@@ -33,9 +35,18 @@ from collector.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
 from collector.rules import RULES
 from collector.settings import (
     MQTT_BUS_TD,
+    AlarmConfig,
     BusSettings,
+    CollectorSettings,
+    CommandSettings,
+    DailySettings,
+    GatewaySettings,
+    MeterSettings,
+    MqttSettings,
+    PrepaidSettings,
     ScheduleSettings,
     Settings,
+    TimeseriesSettings,
     default,
     defaults,
 )
@@ -297,6 +308,21 @@ def test_a_key_left_out_takes_the_settings_field_default(
     assert (serial.td, tcp.td, mqtt_bus.td) == (default(BusSettings, "td"),) * 2 + (MQTT_BUS_TD,)
     assert s.timeseries.gzip_level == DEFAULT_GZIP_LEVEL
     assert s.timeseries.worker_backlog == DEFAULT_PROCESS_BACKLOG
+
+
+def test_every_settings_field_has_its_key_and_every_key_its_field() -> None:
+    # Adding a field to a settings class (or a key to the schema) without the other fails.
+    limits = set(ALARM_KEYS) - {"comm_loss_after", "publish"}  # kept in AlarmConfig.values
+    tables = {CollectorSettings: "collector", BusSettings: "bus", MeterSettings: "meter",
+              ScheduleSettings: "schedule.NAME", MqttSettings: "mqtt",
+              GatewaySettings: "gateway", TimeseriesSettings: "timeseries",
+              CommandSettings: "commands", PrepaidSettings: "prepaid", AlarmConfig: "alarms",
+              DailySettings: "daily"}
+    for cls, table in tables.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - {"values"} - (
+            {"name"} if table == "schedule.NAME" else set())  # the table's own name
+        keys = {FIELD_OF_KEY.get(k, k) for k in TABLE_KEYS[table] if k not in limits}
+        assert fields == keys, table
 
 
 def test_example_ledger_is_fictional_and_complete() -> None:

@@ -71,6 +71,10 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "alarms": ALARM_KEYS,
     "daily": DAILY_KEYS,
 }
+# key -> the settings field it fills, where the two names differ (all others: the same name;
+# the [alarms] limits and rules go to AlarmConfig.values)
+FIELD_OF_KEY = {"type": "kind", "td_ms": "td", "tb_ms": "tb", "password_file": "password",
+                "token_file": "token"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
