@@ -44,7 +44,7 @@ from ._shim_influxdb import pass_gzipped_bodies
 from .lineproto import escape_tag, number, value_line
 from .lineproto import tags as _tags
 from .records import Event, utcnow
-from .settings import MeterSettings
+from .settings import MeterSettings, TimeseriesSettings, defaults
 from .store import OUTBOX_TABLES, Store
 
 log = logging.getLogger("amic.forwarder")
@@ -114,9 +114,10 @@ class _Batch:
     pairs: list[tuple[int, str]] | None  # (row id, line); None: built by the worker process
 
 
-DEFAULT_GZIP_LEVEL: Final = 6
+_TS: Final = defaults(TimeseriesSettings)  # [timeseries] defaults, stated once there
+DEFAULT_GZIP_LEVEL: Final[int] = _TS["gzip_level"]
 # Readings behind by at least this many rows are converted in a worker process.
-DEFAULT_PROCESS_BACKLOG: Final = 50_000
+DEFAULT_PROCESS_BACKLOG: Final[int] = _TS["worker_backlog"]
 _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
 
 # Readings are the bulk: their lines are built by SQLite itself (string concatenation in
@@ -180,8 +181,9 @@ class Forwarder:
 
     def __init__(self, store: Store, url: str, *, org: str, bucket: str,
                  token: str | None = None, token_file: Path | str | None = None,
-                 name: str = "timeseries", batch: int = 5000, precision: str = "ms",
-                 gzip: bool = True, gzip_level: int = DEFAULT_GZIP_LEVEL,
+                 name: str = "timeseries", batch: int = _TS["batch"],
+                 precision: str = _TS["precision"], gzip: bool = _TS["gzip"],
+                 gzip_level: int = DEFAULT_GZIP_LEVEL,
                  meters: Sequence[MeterSettings] | None = None,
                  backoff_min: float = 0.5, backoff_max: float = 60.0,
                  idle_interval: float = 1.0, timeout: float = 30.0,

@@ -1,17 +1,24 @@
-"""The validated configuration, as typed values (loading and checking: collector.config)."""
+"""The validated configuration, as typed values (loading and checking: collector.config).
+
+The field defaults below are the configuration's defaults, stated once: the loader and the
+forwarder read them with :func:`default` / :func:`defaults`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
 ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
+
+MQTT_BUS_TD = 5.0  # reply timeout of a type = "mqtt" bus (a gateway round trip), seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +201,22 @@ class Settings:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+
+def defaults(cls: type[Any]) -> dict[str, Any]:
+    """Field name -> default of a settings class (fields without one left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def default(cls: type[Any], attr: str) -> Any:
+    """The default of the field ``cls.attr``; KeyError if it has none."""
+    try:
+        return defaults(cls)[attr]
+    except KeyError:
+        raise KeyError(f"{cls.__name__}.{attr} has no default") from None

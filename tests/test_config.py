@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -13,12 +14,16 @@ from click.testing import CliRunner
 from collector.cli.config import EXIT_INVALID
 from collector.cli.config import config as config_group
 from collector.config import (
+    ALARM_KEYS,
     BUS_COMMON_KEYS,
     BUS_SERIAL_KEYS,
     BUS_TCP_KEYS,
     COLLECTOR_KEYS,
+    FIELD_OF_KEY,
     LEDGER_COLUMNS,
     SCHEDULE_KEYS,
+    TABLE_KEYS,
+    TOP_KEYS,
     ConfigError,
     Problem,
     load_settings,
@@ -26,8 +31,25 @@ from collector.config import (
     parse_selector,
     select_meters,
 )
+from collector.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
 from collector.rules import RULES
-from collector.settings import ScheduleSettings, Settings
+from collector.settings import (
+    MQTT_BUS_TD,
+    AlarmConfig,
+    BusSettings,
+    CollectorSettings,
+    CommandSettings,
+    DailySettings,
+    GatewaySettings,
+    MeterSettings,
+    MqttSettings,
+    PrepaidSettings,
+    ScheduleSettings,
+    Settings,
+    TimeseriesSettings,
+    default,
+    defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "amic.example.toml"
@@ -223,6 +245,84 @@ def test_example_config_shows_every_key() -> None:
     for key in (*COLLECTOR_KEYS, *BUS_COMMON_KEYS, *BUS_TCP_KEYS, *BUS_SERIAL_KEYS,
                 *SCHEDULE_KEYS):
         assert f"{key} =" in text or f"  {key} " in text, key
+
+
+def _example_keys(text: str) -> dict[str, set[str]]:
+    """Table -> keys shown in an example config: written, or commented out as ``# key = ...``
+    under a table header (itself written or commented out).  ``[schedule.X]`` tables count
+    as ``schedule.NAME``."""
+    header = re.compile(r"^(?:#\s?)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(?:#.*)?$")
+    key = re.compile(r"^(?:#\s?)?([A-Za-z0-9_]+)\s*=")
+    shown: dict[str, set[str]] = {}
+    table: str | None = None
+    for line in text.splitlines():
+        if m := header.match(line):
+            table = m.group(1)
+            table = "schedule.NAME" if table.startswith("schedule.") else table
+            shown.setdefault(table, set())
+        elif (m := key.match(line)) and table is not None:
+            shown[table].add(m.group(1))
+    return shown
+
+
+def test_example_config_shows_every_key_of_the_schema_and_no_other() -> None:
+    shown = _example_keys(EXAMPLE.read_text())
+    assert set(TABLE_KEYS) == set(TOP_KEYS) - {"schedule"} | {"schedule.NAME"}
+    missing = {t: sorted(set(keys) - shown.get(t, set())) for t, keys in TABLE_KEYS.items()}
+    extra = {t: sorted(keys - set(TABLE_KEYS.get(t, ()))) for t, keys in shown.items()}
+    assert {t: k for t, k in missing.items() if k} == {}, "keys missing from the example"
+    assert {t: k for t, k in extra.items() if k} == {}, "keys the schema lacks"
+
+
+def test_example_key_scan_sees_commented_keys_and_strays() -> None:
+    # The scan the test above relies on: it must see both a gap and a stray key.
+    shown = _example_keys('[collector]\nid = "x"\n# [mqtt]\n# url = "mqtt://h"\n'
+                          "#   [default] password = 1\n# bogus = 1\n[schedule.a]\nretries = 1\n")
+    assert shown == {"collector": {"id"}, "mqtt": {"url", "bogus"},
+                     "schedule.NAME": {"retries"}}
+
+
+def test_a_key_left_out_takes_the_settings_field_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The defaults are stated once, on the settings classes: every table read with only
+    # its required keys must come out equal to those field defaults.
+    monkeypatch.delenv("AMIC_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("AMIC_TSDB_TOKEN", raising=False)
+    s = load(BASE.replace('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\n\n[[bus]]\n'
+                          'name = "tcp-1"\ntype = "tcp"\nhost = "10.0.0.1"\nport = 8899\n'
+                          '\n[[bus]]\nname = "gw-line"\ntype = "mqtt"\ngateway = "gw-1"\n')
+             + '\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[[gateway]]\nname = "gw-1"\n'
+             '[timeseries]\nurl = "http://127.0.0.1:8428"\n[commands]\n'
+             "[prepaid]\nwarn1 = 20\nwarn2 = 5\n[alarms]\n[daily]\n")
+    assert s.mqtt and s.timeseries and s.commands and s.prepaid and s.daily
+    serial, tcp, mqtt_bus = s.buses
+    given = {"name", "kind", "device", "host", "port", "gateway", "td"}
+    checked = [(s.collector, {"id", "data_dir"}), (serial, given), (tcp, given),
+               (mqtt_bus, given), (s.meters[0], {"meter_id", "address", "bus"}),
+               (s.schedules[0], {"name", "interval", "quantities", "meters"}), (s.mqtt, set()),
+               (s.gateways[0], {"name"}), (s.timeseries, set()), (s.commands, set()),
+               (s.prepaid, {"warn1", "warn2"}), (s.alarms, set()), (s.daily, set())]
+    for obj, keys in checked:
+        want = {k: v for k, v in defaults(type(obj)).items() if k not in keys}
+        assert {k: getattr(obj, k) for k in want} == want, type(obj).__name__
+    assert (serial.td, tcp.td, mqtt_bus.td) == (default(BusSettings, "td"),) * 2 + (MQTT_BUS_TD,)
+    assert s.timeseries.gzip_level == DEFAULT_GZIP_LEVEL
+    assert s.timeseries.worker_backlog == DEFAULT_PROCESS_BACKLOG
+
+
+def test_every_settings_field_has_its_key_and_every_key_its_field() -> None:
+    # Adding a field to a settings class (or a key to the schema) without the other fails.
+    limits = set(ALARM_KEYS) - {"comm_loss_after", "publish"}  # kept in AlarmConfig.values
+    tables = {CollectorSettings: "collector", BusSettings: "bus", MeterSettings: "meter",
+              ScheduleSettings: "schedule.NAME", MqttSettings: "mqtt",
+              GatewaySettings: "gateway", TimeseriesSettings: "timeseries",
+              CommandSettings: "commands", PrepaidSettings: "prepaid", AlarmConfig: "alarms",
+              DailySettings: "daily"}
+    for cls, table in tables.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - {"values"} - (
+            {"name"} if table == "schedule.NAME" else set())  # the table's own name
+        keys = {FIELD_OF_KEY.get(k, k) for k in TABLE_KEYS[table] if k not in limits}
+        assert fields == keys, table
 
 
 def test_example_ledger_is_fictional_and_complete() -> None:
@@ -1094,6 +1194,12 @@ def test_alarm_limits_checked() -> None:
         'amic.toml:20: [alarms]: key "low_pf": expected a number, got "high"',
         'amic.toml:21: [alarms]: key "rules": expected rule names: ' + ", ".join(RULES)
         + ', got "voltage_hgh"; did you mean "voltage_high"?']
+
+
+def test_over_long_time_zone_is_a_problem_not_a_crash() -> None:
+    # ZoneInfo raises OSError (file name too long) for such a name; found by the fuzz test.
+    text = problem(BASE + '\n[daily]\ntz = "' + "a" * 300 + '"\n')
+    assert text.startswith('amic.toml:20: [daily]: key "tz": expected a time zone name')
 
 
 def test_daily_and_prepaid_time_zone_checked() -> None:

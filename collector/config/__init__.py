@@ -1,0 +1,161 @@
+"""Load and check the collector's configuration: one TOML file, plus an optional meter ledger.
+
+:func:`load_settings` reads the file and checks all of it before anything starts.  Every
+problem found is collected (not just the first) and raised together as a
+:class:`ConfigError`; each :class:`Problem` names the file, the line where it can be
+found, the table, the key (or ledger column), the meter concerned and what was expected
+against what was found::
+
+    amic.toml:14: [[bus]] #2 (name "rs485-a"): key "baud": expected one of 1200, 2400,
+    4800, 9600, 19200, got 2401
+
+The package, by concern: ``schema`` (tables, keys, limits), ``problems`` (:class:`Problem`,
+:class:`ConfigError`, line numbers), ``convert`` (value converters), ``base`` (the loader's
+core), ``tables`` (one method a table), ``ledger`` ([[meter]] and the CSV ledger),
+``selectors`` and ``checks`` (across keys and meters).  The keys are declared once in
+``schema.TABLE_KEYS``, the defaults once as the fields of collector/settings.py's classes;
+``config/amic.example.toml`` documents every key (a test keeps the three in step).
+
+Meter selectors (a schedule's ``meters``): ``"*"``, ``"area:ID"``, ``"bus:NAME"``,
+``"feeder:ID"``, ``"station:ID"``, ``"box:ID"``, ``"role:customer|area_master"``,
+``"protocol:dlt645-2007|dlt645-1997|modbus"`` or a meter id.  A meter is in a schedule if any
+selector matches it; a selector that matches no meter is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..messages import quote as _q
+from ..settings import Settings
+from .checks import readable
+from .convert import parse_duration
+from .ledger import CsvRecordError, LedgerMixin, csv_records
+from .problems import ConfigError, Problem
+from .schema import (
+    ALARM_KEYS,
+    BAUDS,
+    BUS_COMMON_KEYS,
+    BUS_MQTT_KEYS,
+    BUS_SERIAL_KEYS,
+    BUS_TCP_KEYS,
+    BYTESIZES,
+    COLLECTOR_KEYS,
+    COMMANDS_KEYS,
+    DAILY_KEYS,
+    FIELD_OF_KEY,
+    GATEWAY_KEYS,
+    LEDGER_COLUMNS,
+    MAX_CONFIG_BYTES,
+    MAX_LEDGER_BYTES,
+    MAX_SECRET_BYTES,
+    METERS_KEYS,
+    MQTT_KEYS,
+    PARITIES,
+    PASSWORD_ENV,
+    PREPAID_KEYS,
+    PROTOCOLS,
+    REQUIRED_METER_KEYS,
+    ROLES,
+    SCHEDULE_KEYS,
+    SELECTOR_KINDS,
+    STOPBITS,
+    TABLE_KEYS,
+    TIMESERIES_KEYS,
+    TOKEN_ENV,
+    TOP_KEYS,
+)
+from .selectors import meters_matching, parse_selector, select_meters
+from .tables import TablesMixin
+
+log = logging.getLogger("amic.config")
+
+__all__ = [
+    "ALARM_KEYS",
+    "BAUDS",
+    "BUS_COMMON_KEYS",
+    "BUS_MQTT_KEYS",
+    "BUS_SERIAL_KEYS",
+    "BUS_TCP_KEYS",
+    "BYTESIZES",
+    "COLLECTOR_KEYS",
+    "COMMANDS_KEYS",
+    "DAILY_KEYS",
+    "FIELD_OF_KEY",
+    "GATEWAY_KEYS",
+    "LEDGER_COLUMNS",
+    "MAX_CONFIG_BYTES",
+    "MAX_LEDGER_BYTES",
+    "MAX_SECRET_BYTES",
+    "METERS_KEYS",
+    "MQTT_KEYS",
+    "PARITIES",
+    "PASSWORD_ENV",
+    "PREPAID_KEYS",
+    "PROTOCOLS",
+    "REQUIRED_METER_KEYS",
+    "ROLES",
+    "SCHEDULE_KEYS",
+    "SELECTOR_KINDS",
+    "STOPBITS",
+    "TABLE_KEYS",
+    "TIMESERIES_KEYS",
+    "TOKEN_ENV",
+    "TOP_KEYS",
+    "ConfigError",
+    "CsvRecordError",
+    "Problem",
+    "csv_records",
+    "load_settings",
+    "meters_matching",
+    "parse_duration",
+    "parse_selector",
+    "readable",
+    "select_meters",
+]
+
+
+class _Loader(TablesMixin, LedgerMixin):
+    """The whole file: each part is a mixin (tables, ledger, selectors, checks)."""
+
+    # -- the whole file
+
+    def load(self) -> Settings:
+        data = self.read_toml()
+        if data is None:
+            raise ConfigError(self.problems)
+        self.unknown_keys("", data, TOP_KEYS)
+        collector = self.collector(data.get("collector"))
+        mqtt = self.mqtt(data.get("mqtt"))
+        timeseries = self.timeseries(data.get("timeseries"))
+        gateways = self.gateways(data.get("gateway"), mqtt is not None)
+        buses, bus_names = self.buses(data.get("bus"))
+        for i, b in enumerate(buses):
+            if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:
+                self.add(f"bus[{i}]", "gateway", "the name of a [[gateway]]", _q(b.gateway),
+                         name=b.name)
+        rows = self.inline_meters(data.get("meter"), bus_names)
+        rows += self.ledger(data.get("meters"), bus_names)
+        meters = self.check_meters(rows)
+        schedules = self.schedules(data.get("schedule"), rows)
+        commands = self.commands(data.get("commands"))
+        prepaid = self.prepaid(data.get("prepaid"), rows)
+        alarms = self.alarms(data.get("alarms"))
+        daily = self.daily(data.get("daily"))
+        if self.problems:
+            raise ConfigError(self.sorted_problems())
+        assert collector is not None
+        return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
+                        meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
+                        gateways=tuple(gateways), timeseries=timeseries,
+                        commands=commands, prepaid=prepaid, alarms=alarms, daily=daily)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check one TOML configuration (and the ledger it names).
+
+    Relative paths in it (``data_dir``, ``ledger``) are relative to the file's folder.
+    :class:`ConfigError` lists every problem found; nothing is started either way.
+    """
+    return _Loader(Path(path)).load()

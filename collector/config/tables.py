@@ -1,0 +1,659 @@
+"""One method a table: [collector], [mqtt], [[bus]], [schedule.NAME], ..."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import cast
+
+from protocols.quantities import (
+    GROUPS,
+    QUANTITIES,
+)
+
+from ..messages import did_you_mean as _did_you_mean
+from ..messages import quote as _q
+from ..prepaid import parse_window
+from ..rules import RULES, AlarmSettings
+from ..safefile import FileRefused, read_regular
+from ..secrets import SecretsError, load_secrets
+from ..settings import (
+    MQTT_BUS_TD,
+    AlarmConfig,
+    BusSettings,
+    CollectorSettings,
+    CommandSettings,
+    DailySettings,
+    GatewaySettings,
+    ModbusFraming,
+    MqttSettings,
+    PrepaidSettings,
+    ScheduleSettings,
+    TimeseriesSettings,
+    defaults,
+)
+from .checks import ChecksMixin
+from .convert import (
+    _choice_conv,
+    _duration_conv,
+    _host_conv,
+    _http_url_conv,
+    _int_conv,
+    _listen_conv,
+    _money_conv,
+    _mqtt_url_conv,
+    _ms_conv,
+    _name_conv,
+    _nonempty_conv,
+    _parity_conv,
+    _path_conv,
+    _seconds,
+    _text_conv,
+    _toml_bool_conv,
+    _topic_conv,
+    _zone_conv,
+)
+from .problems import _show
+from .schema import (
+    _NAME_RE,
+    _NAME_TEXT,
+    ALARM_KEYS,
+    BAUDS,
+    BUS_COMMON_KEYS,
+    BUS_MQTT_KEYS,
+    BUS_SERIAL_KEYS,
+    BUS_TCP_KEYS,
+    BYTESIZES,
+    COLLECTOR_KEYS,
+    COMMANDS_KEYS,
+    DAILY_KEYS,
+    GATEWAY_KEYS,
+    MAX_SECRET_BYTES,
+    MQTT_KEYS,
+    PASSWORD_ENV,
+    PREPAID_KEYS,
+    SCHEDULE_KEYS,
+    STOPBITS,
+    TIMESERIES_KEYS,
+    TOKEN_ENV,
+)
+from .selectors import SelectorsMixin, _Row
+
+# The defaults, from the settings classes' fields (the one place they are stated).
+_C = defaults(CollectorSettings)
+_M = defaults(MqttSettings)
+_TS = defaults(TimeseriesSettings)
+_D = defaults(DailySettings)
+_A = defaults(AlarmConfig)
+_K = defaults(CommandSettings)
+_P = defaults(PrepaidSettings)
+_G = defaults(GatewaySettings)
+_B = defaults(BusSettings)
+_S = defaults(ScheduleSettings)
+
+
+class TablesMixin(SelectorsMixin, ChecksMixin):
+    """Each table's keys, converted and checked."""
+
+    # -- [collector]
+
+    def collector(self, value: object) -> CollectorSettings | None:
+        if value is None:
+            self.add("collector", None, "a [collector] table with at least id and data_dir",
+                     "nothing")
+            return None
+        data = self.table("", "collector", value, "a [collector] table")
+        if data is None:
+            return None
+        t = "collector"
+        self.unknown_keys(t, data, COLLECTOR_KEYS)
+        cid = self.required(t, data, "id", _name_conv())
+        data_dir = self.required(t, data, "data_dir", _path_conv("a folder path"))
+        if data_dir is not None:
+            # amic run creates the folder: what is already there must be folders.
+            folder = self.relative(data_dir)
+            there = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+            if not there.is_dir():
+                self.add(t, "data_dir", "a folder (amic keeps its store there)",
+                         f"{folder} ({there} is not a folder)")
+                data_dir = None
+        retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"),
+                                  _C["retention_days"])
+        listen = self.optional(t, data, "metrics_listen", _listen_conv(), _C["metrics_listen"])
+        interval = self.optional(t, data, "commit_interval",
+                                 _duration_conv(0.0, above=True, maximum=3600.0),
+                                 _C["commit_interval"])
+        rows = self.optional(t, data, "commit_rows", _int_conv(1, 1_000_000), _C["commit_rows"])
+        max_mb = self.optional(t, data, "max_store_mb", _int_conv(16, 16_777_216, " MB"),
+                               _C["max_store_mb"])
+        free_mb = self.optional(t, data, "min_free_mb", _int_conv(0, 16_777_216, " MB"),
+                                _C["min_free_mb"])
+        if cid is None or data_dir is None or retention is None or interval is None \
+                or rows is None or (max_mb is None and "max_store_mb" in data) \
+                or free_mb is None:
+            return None
+        return CollectorSettings(id=cid, data_dir=self.relative(data_dir),
+                                 retention_days=retention, metrics_listen=listen,
+                                 commit_interval=interval, commit_rows=rows,
+                                 max_store_mb=max_mb, min_free_mb=free_mb)
+
+    # -- [mqtt] and [[gateway]]
+
+    def mqtt(self, value: object) -> MqttSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "mqtt", value, "an [mqtt] table")
+        if data is None:
+            return None
+        t = "mqtt"
+        before = len(self.problems)
+        self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
+            "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
+                        "environment variable"})
+        url = self.required(t, data, "url", _mqtt_url_conv())
+        client_id = self.optional(t, data, "client_id", _name_conv(), None)
+        username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
+        files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
+                 for k in ("ca_file", "cert_file", "key_file")}
+        commands = self.optional(t, data, "commands", _toml_bool_conv(), _M["commands"])
+        reply_prefixes = self.reply_prefixes(t, data)
+        paths = {k: self.relative(v) if v else None for k, v in files.items()}
+        for k, path in paths.items():
+            if path is not None and not path.is_file():
+                self.add(t, k, "a readable file", f"{path} (no such file)")
+        password = self.secret(t, data, "password_file", PASSWORD_ENV)
+        if password is not None and username is None and "username" not in data:
+            # MQTT 3.1.1 sends no password without a user name; the client refuses it.
+            self.add(t, "username", "a username with the password (MQTT sends no password "
+                     "alone)", "nothing" + ("" if "password_file" in data else
+                                            f" (the password is from {PASSWORD_ENV})"))
+        if (paths["cert_file"] is None) != (paths["key_file"] is None):
+            self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
+                     "cert_file and key_file together (a client certificate)", "only one")
+        if url is not None and len(self.problems) == before:
+            self.connection_problem(t, url, client_id, username, password, paths)
+        if url is None or commands is None:
+            return None
+        return MqttSettings(url=url, client_id=client_id or "", username=username,
+                            password=password, ca_file=paths["ca_file"],
+                            cert_file=paths["cert_file"], key_file=paths["key_file"],
+                            commands=commands, reply_prefixes=reply_prefixes)
+
+    def reply_prefixes(self, t: str, data: Mapping[str, object]) -> tuple[str, ...]:
+        """``reply_prefixes``: topics a request's ``reply_to`` may name (besides
+        amic/<cid>/reply/), each a prefix without wildcards; never the command topics."""
+        if "reply_prefixes" not in data:
+            return ()
+        what = 'a list of MQTT topic prefixes, e.g. ["ops/replies"]'
+        out: list[str] = []
+        for p in self.strings(t, data, "reply_prefixes", what) or []:
+            if not p or any(c in p for c in "#+ \x00") or p.startswith(("/", "$")):
+                self.add(t, "reply_prefixes", what + " (no wildcards, spaces, leading / "
+                         "or $)", _show(p))
+            elif (parts := p.rstrip("/").split("/"))[0] == "amic" \
+                    and (len(parts) <= 2 or parts[2] == "cmd"):
+                self.add(t, "reply_prefixes", "a prefix outside the command topics "
+                         "amic/<cid>/cmd/", _show(p))
+            else:
+                out.append(p.rstrip("/"))
+        return tuple(out)
+
+    def secret(self, t: str, data: Mapping[str, object], key: str, env: str) -> str | None:
+        """The secret in the file ``data[key]`` names (a problem if group or others may
+        access it, as for the secrets file), else the environment variable ``env``; never
+        the config file itself."""
+        name = self.optional(t, data, key, _path_conv("a file path"), None)
+        if name is None:
+            return os.environ.get(env)
+        path = self.relative(name)
+        try:
+            text = read_regular(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+        except FileRefused as e:
+            self.add(t, key, "a readable file", f"{path} ({e})")
+            return None
+        except UnicodeDecodeError:
+            self.add(t, key, "a file of UTF-8 text", f"{path} (not UTF-8)")
+            return None
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            self.add(t, key, "a file only its owner can access (mode 0600 or 0400)",
+                     f"{path} with mode {mode:04o} (group or others may read it; "
+                     f"chmod 600 {path})")
+            return None
+        return text
+
+    def timeseries(self, value: object) -> TimeseriesSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "timeseries", value, "a [timeseries] table")
+        if data is None:
+            return None
+        t = "timeseries"
+        self.unknown_keys(t, data, TIMESERIES_KEYS, elsewhere={
+            "token": f"never in the file: use token_file or the {TOKEN_ENV} environment "
+                     "variable"})
+        url = self.required(t, data, "url", _http_url_conv())
+        org = self.optional(t, data, "org", _text_conv(), _TS["org"])
+        bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), _TS["bucket"])
+        batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), _TS["batch"])
+        precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
+                                  _TS["precision"])
+        gzip = self.optional(t, data, "gzip", _toml_bool_conv(), _TS["gzip"])
+        level = self.optional(t, data, "gzip_level", _int_conv(1, 9), _TS["gzip_level"])
+        backlog = self.optional(t, data, "worker_backlog", _int_conv(0, 100_000_000, " rows"),
+                                _TS["worker_backlog"])
+        token = self.secret(t, data, "token_file", TOKEN_ENV)
+        if url is None or org is None or bucket is None or batch is None \
+                or precision is None or gzip is None or level is None or backlog is None:
+            return None
+        return TimeseriesSettings(url=url, org=org, bucket=bucket, token=token, batch=batch,
+                                  precision=precision, gzip=gzip, gzip_level=level,
+                                  worker_backlog=backlog)
+
+    def daily(self, value: object) -> DailySettings | None:
+        if value is None:
+            return None
+        data = self.table("", "daily", value, "a [daily] table")
+        if data is None:
+            return None
+        t = "daily"
+        self.unknown_keys(t, data, DAILY_KEYS)
+        ok = True
+        tz = self.optional(t, data, "tz", _zone_conv(), _D["tz"])
+        times: dict[str, dt.time] = {}
+        for key in ("report_at", "timesync_at", "backfill_at"):
+            raw = data.get(key)
+            if raw is None:
+                times[key] = _D[key]
+            elif isinstance(raw, dt.time):
+                times[key] = raw
+            else:
+                try:
+                    times[key] = dt.time.fromisoformat(str(raw))
+                except ValueError:
+                    self.add(t, key, "a local time such as \"06:00\"", _show(raw))
+                    ok = False
+        sync = self.optional(t, data, "timesync", _toml_bool_conv(), _D["timesync"])
+        days = self.optional(t, data, "backfill_days", _int_conv(0, 62, " days"),
+                           _D["backfill_days"])
+        fraction = data.get("audit_fraction", _D["audit_fraction"])
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not 0 <= fraction <= 1:
+            self.add(t, "audit_fraction", "a fraction from 0 to 1", _show(fraction))
+            ok = False
+            fraction = 0.0
+        window = _D["audit_window"]
+        if "audit_window" in data:
+            raw = data["audit_window"]
+            m = re.fullmatch(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*",
+                             str(raw)) if isinstance(raw, str) else None
+            if m is None:
+                self.add(t, "audit_window", "local hours such as \"09:00-17:00\"",
+                         _show(raw))
+                ok = False
+            else:
+                start = int(m[1]) + int(m[2] or 0) / 60
+                end = int(m[3]) + int(m[4] or 0) / 60
+                if not 0 <= start < end <= 24:
+                    self.add(t, "audit_window", "a window inside one day, start before end",
+                             _show(raw))
+                    ok = False
+                window = (start, end)
+        if not ok or tz is None or sync is None or days is None:
+            return None
+        return DailySettings(tz=tz, report_at=times["report_at"], timesync=sync,
+                             timesync_at=times["timesync_at"], backfill_days=days,
+                             backfill_at=times["backfill_at"],
+                             audit_fraction=float(fraction), audit_window=window)
+
+    def alarms(self, value: object) -> AlarmConfig:
+        if value is None:
+            return AlarmConfig()
+        data = self.table("", "alarms", value, "an [alarms] table")
+        if data is None:
+            return AlarmConfig()
+        t = "alarms"
+        self.unknown_keys(t, data, ALARM_KEYS)
+        values: list[tuple[str, object]] = []
+        ok = True
+        for key in ALARM_KEYS[:8]:
+            if key in data:
+                v = data[key]
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    self.add(t, key, "a number", _show(v))
+                    ok = False
+                    continue
+                values.append((key, float(v)))
+        if "rules" in data:
+            names = self.strings(t, data, "rules", "a list of rule names: " + ", ".join(RULES))
+            for rule in names or []:
+                if rule not in RULES:
+                    ok = False
+                    self.add(t, "rules", "rule names: " + ", ".join(RULES), _q(rule),
+                             hint=_did_you_mean(rule, list(RULES)))
+            if names is not None:
+                values.append(("rules", frozenset(names)))
+        if ok:
+            try:
+                AlarmSettings(**dict(values))  # type: ignore[arg-type]
+            except ValueError as e:
+                self.add(t, None, "limits that make sense together", str(e))
+        after = self.optional(t, data, "comm_loss_after", _int_conv(1, 1000, " cycles"),
+                              _A["comm_loss_after"])
+        publish = self.optional(t, data, "publish", _toml_bool_conv(), _A["publish"])
+        return AlarmConfig(values=tuple(values), comm_loss_after=after or _A["comm_loss_after"],
+                           publish=_A["publish"] if publish is None else publish)
+
+    def commands(self, value: object) -> CommandSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "commands", value, "a [commands] table")
+        if data is None:
+            return None
+        t = "commands"
+        self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
+            "password": "never in the configuration: meter passwords are in the secrets "
+                        "file (secrets_file)"})
+        name = self.optional(t, data, "secrets_file", _path_conv("a file path"), None)
+        secrets_file = None
+        if name is not None:
+            secrets_file = self.relative(name)
+            try:
+                load_secrets(secrets_file)
+            except SecretsError as e:
+                for text in e.problems:
+                    self.add(t, "secrets_file", "a secrets file amic accepts", text)
+        interval = self.optional(t, data, "min_interval", _duration_conv(maximum=3600.0),
+                                 _K["min_interval"])
+        expiry = self.optional(t, data, "expiry", _duration_conv(1.0, maximum=86400.0),
+                               _K["expiry"])
+        verify = self.optional(t, data, "verify_timeout",
+                               _duration_conv(0.0, maximum=600.0), _K["verify_timeout"])
+        poll = self.optional(t, data, "poll_interval",
+                             _duration_conv(0.0, above=True, maximum=60.0),
+                             _K["poll_interval"])
+        direct = self.optional(t, data, "direct_close", _toml_bool_conv(), _K["direct_close"])
+        signed = self.optional(t, data, "signed", _toml_bool_conv(), _K["signed"])
+        if interval is None or expiry is None or verify is None or poll is None \
+                or direct is None or signed is None:
+            return None
+        return CommandSettings(secrets_file=secrets_file, min_interval=interval,
+                               expiry=expiry, verify_timeout=verify, poll_interval=poll,
+                               direct_close=direct, signed=signed)
+
+    def prepaid(self, value: object, rows: list[_Row]) -> PrepaidSettings | None:
+        if value is None:
+            return None
+        data = self.table("", "prepaid", value, "a [prepaid] table")
+        if data is None:
+            return None
+        t = "prepaid"
+        self.unknown_keys(t, data, PREPAID_KEYS)
+        warn1 = self.required(t, data, "warn1", _money_conv())
+        warn2 = self.required(t, data, "warn2", _money_conv())
+        if warn1 is not None and warn2 is not None and not warn1 > warn2:
+            self.add(t, "warn2", f"an amount below warn1 ({warn1})", str(warn2))
+        overdraft = self.optional(t, data, "overdraft_limit", _money_conv(),
+                                  _P["overdraft_limit"])
+        grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), _P["grace"])
+        retry = self.optional(t, data, "retry_interval",
+                              _duration_conv(1.0, maximum=86400.0), _P["retry_interval"])
+        tz = self.optional(t, data, "tz", _zone_conv(), _P["tz"])
+        windows: list[str] = []
+        if "no_trip_windows" in data:
+            got = self.strings(t, data, "no_trip_windows",
+                               'a list of windows such as "22:00-06:00", "Sat-Sun", '
+                               '"Mon-Fri 12:00-13:30"')
+            for w in got or []:
+                try:
+                    parse_window(w)
+                    windows.append(w)
+                except ValueError as e:
+                    self.add(t, "no_trip_windows", "a window such as \"22:00-06:00\"",
+                             str(e))
+        holidays: list[dt.date] = []
+        raw_days = data.get("holidays", [])
+        for h in raw_days if isinstance(raw_days, list) else [raw_days]:
+            try:
+                holidays.append(h if isinstance(h, dt.date) else dt.date.fromisoformat(str(h)))
+            except ValueError:
+                self.add(t, "holidays", "a list of dates (2026-10-01 or \"2026-10-01\")",
+                         _show(h))
+        protected = self.selectors(t, {"meters": data["protected"]}, rows)[0] \
+            if "protected" in data else []
+        computed = self.selectors(t, {"meters": data["computed"]}, rows)[0] \
+            if "computed" in data else []
+        price = self.optional(t, data, "price", _money_conv(), _P["price"])
+        prices: list[tuple[str, Decimal]] = []
+        raw = data.get("prices")
+        if raw is not None:
+            if not isinstance(raw, dict) or not raw:
+                self.add(t, "prices", "a table of prices per tariff: { t1 = 0.56, ... }",
+                         _show(raw))
+            else:
+                for k, v in raw.items():
+                    if k not in ("t1", "t2", "t3", "t4"):
+                        self.add(t, "prices", "tariffs t1, t2, t3, t4", _q(k))
+                        continue
+                    d = self.convert(t, "prices", v, _money_conv())
+                    if d is not None:
+                        prices.append((k, d))
+        if price is not None and prices:
+            self.add(t, "prices", "either price (flat) or prices (per tariff)", "both")
+        if computed and price is None and not prices:
+            self.add(t, "price", "a price (or prices) for the computed meters", "nothing")
+        opening = self.optional(t, data, "opening_balance", _money_conv(Decimal(-10**6)),
+                                _P["opening_balance"])
+        if warn1 is None or warn2 is None or overdraft is None or grace is None \
+                or retry is None or tz is None or protected is None or computed is None \
+                or opening is None:
+            return None
+        return PrepaidSettings(warn1=warn1, warn2=warn2, overdraft_limit=overdraft,
+                               grace=grace, no_trip_windows=tuple(windows),
+                               holidays=tuple(holidays), tz=tz, retry_interval=retry,
+                               protected=tuple(protected), computed=tuple(computed),
+                               price=price, prices=tuple(prices), opening_balance=opening)
+
+    def gateways(self, value: object, have_mqtt: bool) -> list[GatewaySettings]:
+        out: list[GatewaySettings] = []
+        seen: set[str] = set()
+        items = self.array_of_tables("gateway", value, "[[gateway]] tables")
+        if items and not have_mqtt:
+            self.add("gateway[0]", None, "an [mqtt] table: gateways are reached through a "
+                     "broker", "no [mqtt] table")
+        for i, item in enumerate(items):
+            t = f"gateway[{i}]"
+            data = self.table(t, None, item, "a [[gateway]] table")
+            if data is None:
+                continue
+            raw_name = data.get("name")
+            name = raw_name if isinstance(raw_name, str) else None
+            self.unknown_keys(t, data, GATEWAY_KEYS, name=name)
+            ok_name = self.required(t, data, "name", _name_conv(), name=name)
+            prefix = self.optional(t, data, "prefix", _topic_conv(), _G["prefix"], name=name)
+            reports = self.optional(t, data, "reports", _toml_bool_conv(), _G["reports"],
+                                    name=name)
+            if ok_name in seen:
+                self.add(t, "name", "a gateway name used once", _q(ok_name or ""), name=name)
+                continue
+            if ok_name is None or prefix is None or reports is None:
+                continue
+            seen.add(ok_name)
+            out.append(GatewaySettings(name=ok_name, prefix=prefix, reports=reports))
+        return out
+
+    # -- [[bus]]
+
+    def buses(self, value: object) -> tuple[list[BusSettings], set[str]]:
+        out: list[BusSettings] = []
+        declared: dict[str, str] = {}
+        items = self.array_of_tables("bus", value, "[[bus]] tables")
+        if value is None or (isinstance(value, list) and not value):
+            self.add("", "bus", "at least one [[bus]] table", "none")
+        for i, item in enumerate(items):
+            t = f"bus[{i}]"
+            data = self.table(t, None, item, "a [[bus]] table")
+            if data is None:
+                continue
+            raw_name = data.get("name")
+            name = raw_name.strip() if isinstance(raw_name, str) else None
+            bus = self.bus(t, data, name)
+            if name and _NAME_RE.match(name):
+                if name in declared:
+                    self.add(t, "name", "a bus name used once",
+                             f"{_q(name)} again (first at {declared[name]})", name=name)
+                    continue
+                declared[name] = f"{self.file}:{self.lines.of(t)}"
+            if bus is not None:
+                out.append(bus)
+        return out, set(declared)
+
+    def bus(self, t: str, data: dict[str, object], name: str | None) -> BusSettings | None:
+        ok_name = self.required(t, data, "name", _name_conv(), name=name)
+        kind = self.required(t, data, "type", _choice_conv(("tcp", "serial", "mqtt")),
+                             name=name)
+        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _B["td"], name=name)
+        tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), _B["tb"], name=name)
+        preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), _B["preamble"],
+                                 name=name)
+        framings = ("rtu", "tcp") if kind == "tcp" else ("rtu",)
+        modbus = self.optional(t, data, "modbus", _choice_conv(framings), _B["modbus"],
+                                name=name)
+        own: tuple[str, ...]
+        other: tuple[str, ...]
+        if kind == "mqtt":
+            self.unknown_keys(t, data, BUS_COMMON_KEYS + BUS_MQTT_KEYS, name=name)
+            gateway = self.required(t, data, "gateway", _name_conv("the name of a [[gateway]]"),
+                                    name=name, why=' (required for type = "mqtt")')
+            if ok_name is None or td is None or tb is None or preamble is None \
+                    or modbus is None or gateway is None:
+                return None
+            return BusSettings(kind="mqtt", name=ok_name, gateway=gateway,
+                               td=td if "td_ms" in data else MQTT_BUS_TD, tb=tb, preamble=preamble)
+        if kind == "tcp":
+            own, other, other_kind = BUS_TCP_KEYS, BUS_SERIAL_KEYS, "serial"
+        elif kind == "serial":
+            own, other, other_kind = BUS_SERIAL_KEYS, BUS_TCP_KEYS, "tcp"
+        else:
+            own, other, other_kind = BUS_TCP_KEYS + BUS_SERIAL_KEYS, (), ""
+        elsewhere = {k: f'{k} is for type = "{other_kind}" buses' for k in other}
+        if kind == "tcp":
+            elsewhere["baud"] = ("the RS-485 line behind a serial server is line_baud; "
+                                 "set its framing on the server")
+        self.unknown_keys(t, data, BUS_COMMON_KEYS + own, name=name, elsewhere=elsewhere)
+        if kind is None:
+            return None
+        why = f' (required for type = "{kind}")'
+        common_ok = ok_name is not None and td is not None and tb is not None \
+            and preamble is not None and modbus is not None
+        if kind == "tcp":
+            host = self.required(t, data, "host", _host_conv(), name=name, why=why)
+            port = self.required(t, data, "port", _int_conv(1, 65535), name=name, why=why)
+            line_baud = self.optional(t, data, "line_baud", _choice_conv(BAUDS), _B["line_baud"],
+                                      name=name)
+            if not common_ok or host is None or port is None or (
+                    line_baud is None and "line_baud" in data):
+                return None
+            assert ok_name is not None and td is not None and tb is not None \
+                and preamble is not None
+            return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
+                               name=ok_name, td=td, tb=tb, preamble=preamble,
+                               modbus=cast(ModbusFraming, modbus))
+        device = self.required(t, data, "device", _path_conv("a serial device path"),
+                               name=name, why=why)
+        baud = self.optional(t, data, "baud", _choice_conv(BAUDS), _B["baud"], name=name)
+        parity = self.optional(t, data, "parity", _parity_conv(), _B["parity"], name=name)
+        bytesize = self.optional(t, data, "bytesize", _choice_conv(BYTESIZES), _B["bytesize"],
+                                 name=name)
+        stopbits = self.optional(t, data, "stopbits", _choice_conv(STOPBITS), _B["stopbits"],
+                                 name=name)
+        if not common_ok or device is None or baud is None or parity is None \
+                or bytesize is None or stopbits is None:
+            return None
+        assert ok_name is not None and td is not None and tb is not None \
+            and preamble is not None
+        return BusSettings(kind="serial", device=device, baud=baud, parity=parity,
+                           bytesize=bytesize, stopbits=stopbits, name=ok_name, td=td, tb=tb,
+                           preamble=preamble)
+
+    # -- [schedule.NAME]
+
+    def schedules(self, value: object, rows: list[_Row]) -> list[ScheduleSettings]:
+        if value is None:
+            self.add("", None, "at least one [schedule.NAME] table", "none")
+            return []
+        if isinstance(value, list):
+            self.add("", "schedule", "[schedule.NAME] tables", "an array of tables",
+                     hint="write [schedule.fast], [schedule.daily], ... (one name each)")
+            return []
+        data = self.table("", "schedule", value, "[schedule.NAME] tables")
+        if data is None:
+            return []
+        if not data:
+            self.add("schedule", None, "at least one [schedule.NAME] table", "none")
+        out: list[ScheduleSettings] = []
+        for name, item in data.items():
+            t = f"schedule.{name}"
+            if not isinstance(item, dict):
+                self.add("schedule", name, "a [schedule.NAME] table", _show(item),
+                         hint=f"{name} = ... is not a schedule: keys go under "
+                              "[schedule.NAME] tables")
+                continue
+            if not _NAME_RE.match(name):
+                self.add(t, None, "a schedule " + _NAME_TEXT.removeprefix("a "), _q(name))
+            s = self.schedule(t, name, cast(dict[str, object], item), rows)
+            if s is not None:
+                out.append(s)
+        return out
+
+    def schedule(self, t: str, name: str, data: dict[str, object],
+                 rows: list[_Row]) -> ScheduleSettings | None:
+        self.unknown_keys(t, data, SCHEDULE_KEYS)
+        interval = self.required(t, data, "interval", _duration_conv(1.0))
+        jitter = self.optional(t, data, "jitter", _duration_conv(0.0), _S["jitter"])
+        retries = self.optional(t, data, "retries", _int_conv(0, 10), _S["retries"])
+        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _S["td"])
+        backoff = self.optional(t, data, "backoff_max", _duration_conv(1.0), _S["backoff_max"])
+        if interval is not None and jitter is not None and jitter >= interval:
+            self.add(t, "jitter", f"less than the interval ({_seconds(interval)})",
+                     f"{_show(data['jitter'])} ({_seconds(jitter)})")
+            jitter = None
+        quantities = self.quantities(t, data)
+        selectors, selected = self.selectors(t, data, rows)
+        if quantities and selected:
+            self.readability(t, quantities, selected)
+        if interval is None or jitter is None or retries is None or backoff is None \
+                or quantities is None or selectors is None or ("td_ms" in data and td is None):
+            return None
+        return ScheduleSettings(name=name, interval=interval, quantities=tuple(quantities),
+                                jitter=jitter, retries=retries, td=td,
+                                meters=tuple(selectors), backoff_max=backoff)
+
+    def quantities(self, t: str, data: Mapping[str, object]) -> list[str] | None:
+        what = "a non-empty list of quantity names or groups (" + ", ".join(GROUPS) + ")"
+        if "quantities" not in data:
+            self.add(t, "quantities", what, "nothing")
+            return None
+        names = self.strings(t, data, "quantities", what)
+        if names is None:
+            return None
+        out: list[str] = []
+        ok = True
+        for n in names:
+            key = n.lower()
+            if key in GROUPS:
+                out += [q for q in GROUPS[key] if q not in out]
+            elif key in QUANTITIES:
+                if key not in out:
+                    out.append(key)
+            else:
+                ok = False
+                self.add(t, "quantities", "quantity names (protocols/quantities.py) or groups "
+                         f"({', '.join(GROUPS)})", f"{_q(n)}, which is neither",
+                         hint=_did_you_mean(key, [*GROUPS, *QUANTITIES]))
+        return out if ok else None
+
