@@ -11,17 +11,17 @@ from typing import cast
 from ..messages import did_you_mean as _did_you_mean
 from ..safefile import FileRefused, read_regular
 from .convert import (
-    _Bad,
-    _Conv,
+    BadValue,
+    Conv,
 )
-from .problems import Problem, _Lines, _show
+from .problems import Lines, Problem, show_value
 from .schema import (
     MAX_CONFIG_BYTES,
     T,
 )
 
 
-class _LoaderBase:
+class LoaderBase:
     """State and helpers every part of the loader uses."""
 
     def __init__(self, path: Path) -> None:
@@ -29,7 +29,7 @@ class _LoaderBase:
         self.file = str(path)
         self.base = path.absolute().parent
         self.problems: list[Problem] = []
-        self.lines = _Lines("")
+        self.lines = Lines("")
         self.ledger_failed = False  # no meters from it: its problems say why
 
     # -- recording problems
@@ -45,14 +45,14 @@ class _LoaderBase:
         self.problems.append(Problem(file, line, table, key, expected, found, meter, name,
                                      hint, column))
 
-    def convert(self, table: str, key: str, value: object, conv: _Conv[T], *,
+    def convert(self, table: str, key: str, value: object, conv: Conv[T], *,
                 name: str | None = None, meter: str | None = None, file: str | None = None,
                 line: int | None = None) -> T | None:
         try:
             return conv.fn(value)
-        except _Bad as bad:
+        except BadValue as bad:
             self.add(table, key, bad.expected or conv.expected,
-                     bad.found if bad.found is not None else _show(value), name=name,
+                     bad.found if bad.found is not None else show_value(value), name=name,
                      meter=meter, hint=bad.hint, file=file, line=line)
             return None
 
@@ -85,7 +85,7 @@ class _LoaderBase:
                      line=raw[: e.start].count(b"\n") + 1,
                      hint="save the file as UTF-8")
             return None
-        self.lines = _Lines(text)
+        self.lines = Lines(text)
         try:
             return cast(dict[str, object], tomllib.loads(text))
         except tomllib.TOMLDecodeError as e:
@@ -109,7 +109,7 @@ class _LoaderBase:
         if isinstance(value, dict):
             return cast(dict[str, object], value)
         self.add(table, key, what,
-                 "an array of tables" if isinstance(value, list) else _show(value))
+                 "an array of tables" if isinstance(value, list) else show_value(value))
         return None
 
     def array_of_tables(self, key: str, value: object, what: str) -> list[object]:
@@ -117,7 +117,7 @@ class _LoaderBase:
             return []
         if isinstance(value, list):
             return list(value)
-        self.add("", key, what, "a table" if isinstance(value, dict) else _show(value),
+        self.add("", key, what, "a table" if isinstance(value, dict) else show_value(value),
                  hint=f"write [[{key}]], with double brackets, once for each {key}")
         return []
 
@@ -125,14 +125,14 @@ class _LoaderBase:
         p = Path(text).expanduser()
         return p if p.is_absolute() else self.base / p
 
-    def required(self, table: str, data: Mapping[str, object], key: str, conv: _Conv[T], *,
+    def required(self, table: str, data: Mapping[str, object], key: str, conv: Conv[T], *,
                  name: str | None = None, why: str = "") -> T | None:
         if key not in data:
             self.add(table, key, conv.expected + why, "nothing", name=name)
             return None
         return self.convert(table, key, data[key], conv, name=name)
 
-    def optional(self, table: str, data: Mapping[str, object], key: str, conv: _Conv[T],
+    def optional(self, table: str, data: Mapping[str, object], key: str, conv: Conv[T],
                  default: T | None, *, name: str | None = None) -> T | None:
         if key not in data:
             return default
@@ -143,7 +143,7 @@ class _LoaderBase:
         value = data[key]
         if not isinstance(value, list) or not value \
                 or not all(isinstance(v, str) for v in value):
-            self.add(t, key, what, _show(value))
+            self.add(t, key, what, show_value(value))
             return None
         return [cast(str, v).strip() for v in value]
 

@@ -14,11 +14,11 @@ from ..messages import quote as _q
 from ..settings import (
     MeterSettings,
 )
-from .base import _LoaderBase
+from .base import LoaderBase
 from .schema import (
     PROTOCOLS,
 )
-from .selectors import _Row
+from .selectors import Row
 
 
 def _other(protocol: str) -> str:
@@ -37,14 +37,14 @@ def readable(quantity: str, version: Version) -> bool:
 
 
 
-class ChecksMixin(_LoaderBase):
+class ChecksMixin(LoaderBase):
     """Checks that need more than one key: meters, quantities, the broker."""
 
-    def check_meters(self, rows: list[_Row]) -> list[MeterSettings]:
+    def check_meters(self, rows: list[Row]) -> list[MeterSettings]:
         """Unique ids, unique (bus, address), at most one area master an area."""
-        ids: dict[str, _Row] = {}
-        addresses: dict[tuple[str, str], _Row] = {}
-        masters: dict[str, _Row] = {}
+        ids: dict[str, Row] = {}
+        addresses: dict[tuple[str, str], Row] = {}
+        masters: dict[str, Row] = {}
         for row in rows:
             file = None if row.file == self.file else row.file
             line = row.line if file is not None else None

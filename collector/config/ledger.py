@@ -17,18 +17,18 @@ from ..settings import (
     Role,
     defaults,
 )
-from .base import _LoaderBase
+from .base import LoaderBase
 from .convert import (
-    _address_conv,
-    _choice_conv,
-    _Conv,
-    _csv_bool_conv,
-    _customer_conv,
-    _name_conv,
-    _path_conv,
-    _text_conv,
-    _toml_bool_conv,
-    _unit_conv,
+    Conv,
+    address_conv,
+    choice_conv,
+    csv_bool_conv,
+    customer_conv,
+    name_conv,
+    path_conv,
+    text_conv,
+    toml_bool_conv,
+    unit_conv,
 )
 from .schema import (
     LEDGER_COLUMNS,
@@ -39,7 +39,7 @@ from .schema import (
     ROLES,
     T,
 )
-from .selectors import _Row
+from .selectors import Row
 
 _METER = defaults(MeterSettings)  # the defaults, stated once in collector/settings.py
 
@@ -68,13 +68,13 @@ def csv_records(text: str) -> Iterator[tuple[int, list[str]]]:
 
 
 
-class LedgerMixin(_LoaderBase):
+class LedgerMixin(LoaderBase):
     """[[meter]] tables, [meters] ledger = "..." and each meter's keys."""
 
     # -- meters: [[meter]] tables and the ledger
 
-    def inline_meters(self, value: object, bus_names: set[str]) -> list[_Row]:
-        rows: list[_Row] = []
+    def inline_meters(self, value: object, bus_names: set[str]) -> list[Row]:
+        rows: list[Row] = []
         for i, item in enumerate(self.array_of_tables("meter", value, "[[meter]] tables")):
             t = f"meter[{i}]"
             data = self.table(t, None, item, "a [[meter]] table")
@@ -83,20 +83,20 @@ class LedgerMixin(_LoaderBase):
             raw_id = data.get("meter_id")
             mid = raw_id.strip() if isinstance(raw_id, str) else None
             self.unknown_keys(t, data, LEDGER_COLUMNS, meter=mid)
-            row = _Row(t, self.file, self.lines.of(t))
+            row = Row(t, self.file, self.lines.of(t))
             values: dict[str, object] = dict(data)
             row.meter = self.meter(row, values, bus_names, csv_cells=False)
             rows.append(row)
         return rows
 
-    def ledger(self, value: object, bus_names: set[str]) -> list[_Row]:
+    def ledger(self, value: object, bus_names: set[str]) -> list[Row]:
         before = len(self.problems)
         rows = self.read_ledger(value, bus_names)
         if not rows and len(self.problems) > before:
             self.ledger_failed = True  # "no meters" would only repeat its problems
         return rows
 
-    def read_ledger(self, value: object, bus_names: set[str]) -> list[_Row]:
+    def read_ledger(self, value: object, bus_names: set[str]) -> list[Row]:
         if value is None:
             return []
         data = self.table("", "meters", value, "a [meters] table")
@@ -106,7 +106,7 @@ class LedgerMixin(_LoaderBase):
         if "ledger" not in data:
             return []
         name = self.convert("meters", "ledger", data["ledger"],
-                            _path_conv("the path of a CSV meter ledger"))
+                            path_conv("the path of a CSV meter ledger"))
         if name is None:
             return []
         path = Path(name).expanduser()
@@ -125,9 +125,9 @@ class LedgerMixin(_LoaderBase):
             return []
         return self.ledger_rows(shown, text, bus_names)
 
-    def ledger_rows(self, file: str, text: str, bus_names: set[str]) -> list[_Row]:
+    def ledger_rows(self, file: str, text: str, bus_names: set[str]) -> list[Row]:
         header: list[str] | None = None
-        rows: list[_Row] = []
+        rows: list[Row] = []
         try:
             for start, cells in csv_records(text):
                 if header is None:
@@ -137,7 +137,7 @@ class LedgerMixin(_LoaderBase):
                     continue
                 i = len(rows)
                 t = f"ledger[{i}]"
-                row = _Row(t, file, start)
+                row = Row(t, file, start)
                 rows.append(row)
                 if len(cells) != len(header):
                     self.add(t, None, f"{len(header)} cells (one for each header column)",
@@ -175,7 +175,7 @@ class LedgerMixin(_LoaderBase):
                 ok = False
         return ok
 
-    def meter(self, row: _Row, values: Mapping[str, object], bus_names: set[str], *,
+    def meter(self, row: Row, values: Mapping[str, object], bus_names: set[str], *,
               csv_cells: bool) -> MeterSettings | None:
         t = row.table
         file = None if row.file == self.file else row.file
@@ -183,7 +183,7 @@ class LedgerMixin(_LoaderBase):
         raw_id = values.get("meter_id")
         mid = raw_id.strip() if isinstance(raw_id, str) and raw_id.strip() else None
 
-        def get(key: str, conv: _Conv[T], default: T, *, required: bool = False) -> T | None:
+        def get(key: str, conv: Conv[T], default: T, *, required: bool = False) -> T | None:
             if key not in values:
                 if required:
                     found = "an empty cell" if csv_cells else "nothing"
@@ -192,13 +192,13 @@ class LedgerMixin(_LoaderBase):
                 return default
             return self.convert(t, key, values[key], conv, meter=mid, file=file, line=line)
 
-        ok_id = get("meter_id", _name_conv(), "", required=True)
-        protocol = get("protocol", _choice_conv(tuple(PROTOCOLS)), _METER["protocol"])
+        ok_id = get("meter_id", name_conv(), "", required=True)
+        protocol = get("protocol", choice_conv(tuple(PROTOCOLS)), _METER["protocol"])
         modbus = protocol == "modbus"
-        address = get("address", _unit_conv() if modbus else _address_conv(), "",
+        address = get("address", unit_conv() if modbus else address_conv(), "",
                       required=True)
-        bus = get("bus", _name_conv("the name of a [[bus]]"), "", required=True)
-        profile = get("profile", _text_conv(), _METER["profile"])
+        bus = get("bus", name_conv("the name of a [[bus]]"), "", required=True)
+        profile = get("profile", text_conv(), _METER["profile"])
         if modbus and profile == "":
             self.add(t, "profile", "a device profile for a modbus meter (e.g. "
                      '"acrel-dtsy1352"; see config/profiles)', "nothing", meter=mid, file=file,
@@ -214,11 +214,11 @@ class LedgerMixin(_LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k, _text_conv(), _METER[k]) for k in ("station", "feeder", "area", "box")}
-        texts["customer"] = get("customer", _customer_conv(), _METER["customer"])
-        prepaid = get("prepaid", _csv_bool_conv() if csv_cells else _toml_bool_conv(),
+        texts = {k: get(k, text_conv(), _METER[k]) for k in ("station", "feeder", "area", "box")}
+        texts["customer"] = get("customer", customer_conv(), _METER["customer"])
+        prepaid = get("prepaid", csv_bool_conv() if csv_cells else toml_bool_conv(),
                       _METER["prepaid"])
-        role = get("role", _choice_conv(ROLES), _METER["role"])
+        role = get("role", choice_conv(ROLES), _METER["role"])
         row.fields = {"id": mid or "", "bus": str(values.get("bus", "")).strip(),
                       "role": str(values.get("role", _METER["role"])).strip(),
                       "protocol": str(values.get("protocol", _METER["protocol"])).strip(),

@@ -74,7 +74,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     """A value as it would be written in TOML (shortened)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -84,15 +84,15 @@ def _show(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value) if isinstance(value, int) or math.isfinite(value) else str(value)
     if isinstance(value, list):
-        inner = ", ".join(_show(v) for v in value[:8])
+        inner = ", ".join(show_value(v) for v in value[:8])
         return f"[{inner}{', ...' if len(value) > 8 else ''}]"
     if isinstance(value, dict):
         return "a table"
     return type(value).__name__
 
 
-def _one_of(values: Iterable[object]) -> str:
-    return "one of " + ", ".join(_show(v) for v in values)
+def one_of(values: Iterable[object]) -> str:
+    return "one of " + ", ".join(show_value(v) for v in values)
 
 
 
@@ -103,7 +103,7 @@ _KEY_RE = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*(?:\.|=)""")
 _PART_RE = re.compile(r""""([^"]*)"|'([^']*)'|([^.\s"']+)""")
 
 
-class _Lines:
+class Lines:
     """Line numbers of tables and keys, found by a simple scan of the TOML text.
 
     Best effort (no full parse): enough to point at ``[[bus]]`` #2's ``baud``.

@@ -76,12 +76,12 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 FIELD_OF_KEY = {"type": "kind", "td_ms": "td", "tb_ms": "tb", "password_file": "password",
                 "token_file": "token"}
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
-_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
+DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
 # Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LEDGER_BYTES = 16 << 20

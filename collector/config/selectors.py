@@ -13,7 +13,7 @@ from ..settings import (
     ScheduleSettings,
     Settings,
 )
-from .base import _LoaderBase
+from .base import LoaderBase
 from .schema import (
     PROTOCOLS,
     ROLES,
@@ -23,7 +23,7 @@ from .schema import (
 # ---- meters as read, before they are known to be valid ----------------------------------
 
 @dataclass(slots=True)
-class _Row:
+class Row:
     """A meter as declared (TOML table or ledger row), valid or not: for matching."""
 
     table: str
@@ -96,11 +96,11 @@ def select_meters(settings: Settings, schedule: ScheduleSettings) -> list[MeterS
 
 
 
-class SelectorsMixin(_LoaderBase):
+class SelectorsMixin(LoaderBase):
     """Selectors in schedules and [prepaid]."""
 
     def selectors(self, t: str, data: Mapping[str, object],
-                  rows: list[_Row]) -> tuple[list[str] | None, list[MeterSettings]]:
+                  rows: list[Row]) -> tuple[list[str] | None, list[MeterSettings]]:
         """The selectors as written, and the valid meters they pick."""
         kinds = ('"*", "area:ID", "bus:NAME", "feeder:ID", "station:ID", "box:ID", '
                  '"role:ROLE", "protocol:PROTOCOL"')
@@ -137,7 +137,7 @@ class SelectorsMixin(_LoaderBase):
     @staticmethod
 
     @staticmethod
-    def selector_hint(kind: str, value: str, rows: list[_Row]) -> str:
+    def selector_hint(kind: str, value: str, rows: list[Row]) -> str:
         if kind == "*":
             return ""
         known = sorted({r.fields.get(kind, "") for r in rows} - {""})

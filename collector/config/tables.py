@@ -38,29 +38,27 @@ from ..settings import (
 )
 from .checks import ChecksMixin
 from .convert import (
-    _choice_conv,
-    _duration_conv,
-    _host_conv,
-    _http_url_conv,
-    _int_conv,
-    _listen_conv,
-    _money_conv,
-    _mqtt_url_conv,
-    _ms_conv,
-    _name_conv,
-    _nonempty_conv,
-    _parity_conv,
-    _path_conv,
-    _seconds,
-    _text_conv,
-    _toml_bool_conv,
-    _topic_conv,
-    _zone_conv,
+    choice_conv,
+    duration_conv,
+    host_conv,
+    http_url_conv,
+    int_conv,
+    listen_conv,
+    money_conv,
+    mqtt_url_conv,
+    ms_conv,
+    name_conv,
+    nonempty_conv,
+    parity_conv,
+    path_conv,
+    text_conv,
+    to_seconds,
+    toml_bool_conv,
+    topic_conv,
+    zone_conv,
 )
-from .problems import _show
+from .problems import show_value
 from .schema import (
-    _NAME_RE,
-    _NAME_TEXT,
     ALARM_KEYS,
     BAUDS,
     BUS_COMMON_KEYS,
@@ -74,6 +72,8 @@ from .schema import (
     GATEWAY_KEYS,
     MAX_SECRET_BYTES,
     MQTT_KEYS,
+    NAME_RE,
+    NAME_TEXT,
     PASSWORD_ENV,
     PREPAID_KEYS,
     SCHEDULE_KEYS,
@@ -81,7 +81,7 @@ from .schema import (
     TIMESERIES_KEYS,
     TOKEN_ENV,
 )
-from .selectors import SelectorsMixin, _Row
+from .selectors import Row, SelectorsMixin
 
 # The defaults, from the settings classes' fields (the one place they are stated).
 _C = defaults(CollectorSettings)
@@ -111,8 +111,8 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             return None
         t = "collector"
         self.unknown_keys(t, data, COLLECTOR_KEYS)
-        cid = self.required(t, data, "id", _name_conv())
-        data_dir = self.required(t, data, "data_dir", _path_conv("a folder path"))
+        cid = self.required(t, data, "id", name_conv())
+        data_dir = self.required(t, data, "data_dir", path_conv("a folder path"))
         if data_dir is not None:
             # amic run creates the folder: what is already there must be folders.
             folder = self.relative(data_dir)
@@ -121,16 +121,16 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 self.add(t, "data_dir", "a folder (amic keeps its store there)",
                          f"{folder} ({there} is not a folder)")
                 data_dir = None
-        retention = self.optional(t, data, "retention_days", _int_conv(1, 36500, " days"),
+        retention = self.optional(t, data, "retention_days", int_conv(1, 36500, " days"),
                                   _C["retention_days"])
-        listen = self.optional(t, data, "metrics_listen", _listen_conv(), _C["metrics_listen"])
+        listen = self.optional(t, data, "metrics_listen", listen_conv(), _C["metrics_listen"])
         interval = self.optional(t, data, "commit_interval",
-                                 _duration_conv(0.0, above=True, maximum=3600.0),
+                                 duration_conv(0.0, above=True, maximum=3600.0),
                                  _C["commit_interval"])
-        rows = self.optional(t, data, "commit_rows", _int_conv(1, 1_000_000), _C["commit_rows"])
-        max_mb = self.optional(t, data, "max_store_mb", _int_conv(16, 16_777_216, " MB"),
+        rows = self.optional(t, data, "commit_rows", int_conv(1, 1_000_000), _C["commit_rows"])
+        max_mb = self.optional(t, data, "max_store_mb", int_conv(16, 16_777_216, " MB"),
                                _C["max_store_mb"])
-        free_mb = self.optional(t, data, "min_free_mb", _int_conv(0, 16_777_216, " MB"),
+        free_mb = self.optional(t, data, "min_free_mb", int_conv(0, 16_777_216, " MB"),
                                 _C["min_free_mb"])
         if cid is None or data_dir is None or retention is None or interval is None \
                 or rows is None or (max_mb is None and "max_store_mb" in data) \
@@ -154,12 +154,12 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
             "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
                         "environment variable"})
-        url = self.required(t, data, "url", _mqtt_url_conv())
-        client_id = self.optional(t, data, "client_id", _name_conv(), None)
-        username = self.optional(t, data, "username", _nonempty_conv("a user name"), None)
-        files = {k: self.optional(t, data, k, _path_conv("a file path"), None)
+        url = self.required(t, data, "url", mqtt_url_conv())
+        client_id = self.optional(t, data, "client_id", name_conv(), None)
+        username = self.optional(t, data, "username", nonempty_conv("a user name"), None)
+        files = {k: self.optional(t, data, k, path_conv("a file path"), None)
                  for k in ("ca_file", "cert_file", "key_file")}
-        commands = self.optional(t, data, "commands", _toml_bool_conv(), _M["commands"])
+        commands = self.optional(t, data, "commands", toml_bool_conv(), _M["commands"])
         reply_prefixes = self.reply_prefixes(t, data)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
@@ -193,11 +193,11 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         for p in self.strings(t, data, "reply_prefixes", what) or []:
             if not p or any(c in p for c in "#+ \x00") or p.startswith(("/", "$")):
                 self.add(t, "reply_prefixes", what + " (no wildcards, spaces, leading / "
-                         "or $)", _show(p))
+                         "or $)", show_value(p))
             elif (parts := p.rstrip("/").split("/"))[0] == "amic" \
                     and (len(parts) <= 2 or parts[2] == "cmd"):
                 self.add(t, "reply_prefixes", "a prefix outside the command topics "
-                         "amic/<cid>/cmd/", _show(p))
+                         "amic/<cid>/cmd/", show_value(p))
             else:
                 out.append(p.rstrip("/"))
         return tuple(out)
@@ -206,7 +206,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         """The secret in the file ``data[key]`` names (a problem if group or others may
         access it, as for the secrets file), else the environment variable ``env``; never
         the config file itself."""
-        name = self.optional(t, data, key, _path_conv("a file path"), None)
+        name = self.optional(t, data, key, path_conv("a file path"), None)
         if name is None:
             return os.environ.get(env)
         path = self.relative(name)
@@ -236,15 +236,15 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, TIMESERIES_KEYS, elsewhere={
             "token": f"never in the file: use token_file or the {TOKEN_ENV} environment "
                      "variable"})
-        url = self.required(t, data, "url", _http_url_conv())
-        org = self.optional(t, data, "org", _text_conv(), _TS["org"])
-        bucket = self.optional(t, data, "bucket", _nonempty_conv("a bucket name"), _TS["bucket"])
-        batch = self.optional(t, data, "batch", _int_conv(1, 100_000, " points"), _TS["batch"])
-        precision = self.optional(t, data, "precision", _choice_conv(("s", "ms", "us", "ns")),
+        url = self.required(t, data, "url", http_url_conv())
+        org = self.optional(t, data, "org", text_conv(), _TS["org"])
+        bucket = self.optional(t, data, "bucket", nonempty_conv("a bucket name"), _TS["bucket"])
+        batch = self.optional(t, data, "batch", int_conv(1, 100_000, " points"), _TS["batch"])
+        precision = self.optional(t, data, "precision", choice_conv(("s", "ms", "us", "ns")),
                                   _TS["precision"])
-        gzip = self.optional(t, data, "gzip", _toml_bool_conv(), _TS["gzip"])
-        level = self.optional(t, data, "gzip_level", _int_conv(1, 9), _TS["gzip_level"])
-        backlog = self.optional(t, data, "worker_backlog", _int_conv(0, 100_000_000, " rows"),
+        gzip = self.optional(t, data, "gzip", toml_bool_conv(), _TS["gzip"])
+        level = self.optional(t, data, "gzip_level", int_conv(1, 9), _TS["gzip_level"])
+        backlog = self.optional(t, data, "worker_backlog", int_conv(0, 100_000_000, " rows"),
                                 _TS["worker_backlog"])
         token = self.secret(t, data, "token_file", TOKEN_ENV)
         if url is None or org is None or bucket is None or batch is None \
@@ -263,7 +263,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         t = "daily"
         self.unknown_keys(t, data, DAILY_KEYS)
         ok = True
-        tz = self.optional(t, data, "tz", _zone_conv(), _D["tz"])
+        tz = self.optional(t, data, "tz", zone_conv(), _D["tz"])
         times: dict[str, dt.time] = {}
         for key in ("report_at", "timesync_at", "backfill_at"):
             raw = data.get(key)
@@ -275,15 +275,15 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 try:
                     times[key] = dt.time.fromisoformat(str(raw))
                 except ValueError:
-                    self.add(t, key, "a local time such as \"06:00\"", _show(raw))
+                    self.add(t, key, "a local time such as \"06:00\"", show_value(raw))
                     ok = False
-        sync = self.optional(t, data, "timesync", _toml_bool_conv(), _D["timesync"])
-        days = self.optional(t, data, "backfill_days", _int_conv(0, 62, " days"),
+        sync = self.optional(t, data, "timesync", toml_bool_conv(), _D["timesync"])
+        days = self.optional(t, data, "backfill_days", int_conv(0, 62, " days"),
                            _D["backfill_days"])
         fraction = data.get("audit_fraction", _D["audit_fraction"])
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
                 or not 0 <= fraction <= 1:
-            self.add(t, "audit_fraction", "a fraction from 0 to 1", _show(fraction))
+            self.add(t, "audit_fraction", "a fraction from 0 to 1", show_value(fraction))
             ok = False
             fraction = 0.0
         window = _D["audit_window"]
@@ -293,14 +293,14 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                              str(raw)) if isinstance(raw, str) else None
             if m is None:
                 self.add(t, "audit_window", "local hours such as \"09:00-17:00\"",
-                         _show(raw))
+                         show_value(raw))
                 ok = False
             else:
                 start = int(m[1]) + int(m[2] or 0) / 60
                 end = int(m[3]) + int(m[4] or 0) / 60
                 if not 0 <= start < end <= 24:
                     self.add(t, "audit_window", "a window inside one day, start before end",
-                             _show(raw))
+                             show_value(raw))
                     ok = False
                 window = (start, end)
         if not ok or tz is None or sync is None or days is None:
@@ -324,7 +324,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             if key in data:
                 v = data[key]
                 if isinstance(v, bool) or not isinstance(v, int | float):
-                    self.add(t, key, "a number", _show(v))
+                    self.add(t, key, "a number", show_value(v))
                     ok = False
                     continue
                 values.append((key, float(v)))
@@ -342,9 +342,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 AlarmSettings(**dict(values))  # type: ignore[arg-type]
             except ValueError as e:
                 self.add(t, None, "limits that make sense together", str(e))
-        after = self.optional(t, data, "comm_loss_after", _int_conv(1, 1000, " cycles"),
+        after = self.optional(t, data, "comm_loss_after", int_conv(1, 1000, " cycles"),
                               _A["comm_loss_after"])
-        publish = self.optional(t, data, "publish", _toml_bool_conv(), _A["publish"])
+        publish = self.optional(t, data, "publish", toml_bool_conv(), _A["publish"])
         return AlarmConfig(values=tuple(values), comm_loss_after=after or _A["comm_loss_after"],
                            publish=_A["publish"] if publish is None else publish)
 
@@ -358,7 +358,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
             "password": "never in the configuration: meter passwords are in the secrets "
                         "file (secrets_file)"})
-        name = self.optional(t, data, "secrets_file", _path_conv("a file path"), None)
+        name = self.optional(t, data, "secrets_file", path_conv("a file path"), None)
         secrets_file = None
         if name is not None:
             secrets_file = self.relative(name)
@@ -367,17 +367,17 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             except SecretsError as e:
                 for text in e.problems:
                     self.add(t, "secrets_file", "a secrets file amic accepts", text)
-        interval = self.optional(t, data, "min_interval", _duration_conv(maximum=3600.0),
+        interval = self.optional(t, data, "min_interval", duration_conv(maximum=3600.0),
                                  _K["min_interval"])
-        expiry = self.optional(t, data, "expiry", _duration_conv(1.0, maximum=86400.0),
+        expiry = self.optional(t, data, "expiry", duration_conv(1.0, maximum=86400.0),
                                _K["expiry"])
         verify = self.optional(t, data, "verify_timeout",
-                               _duration_conv(0.0, maximum=600.0), _K["verify_timeout"])
+                               duration_conv(0.0, maximum=600.0), _K["verify_timeout"])
         poll = self.optional(t, data, "poll_interval",
-                             _duration_conv(0.0, above=True, maximum=60.0),
+                             duration_conv(0.0, above=True, maximum=60.0),
                              _K["poll_interval"])
-        direct = self.optional(t, data, "direct_close", _toml_bool_conv(), _K["direct_close"])
-        signed = self.optional(t, data, "signed", _toml_bool_conv(), _K["signed"])
+        direct = self.optional(t, data, "direct_close", toml_bool_conv(), _K["direct_close"])
+        signed = self.optional(t, data, "signed", toml_bool_conv(), _K["signed"])
         if interval is None or expiry is None or verify is None or poll is None \
                 or direct is None or signed is None:
             return None
@@ -385,7 +385,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                                expiry=expiry, verify_timeout=verify, poll_interval=poll,
                                direct_close=direct, signed=signed)
 
-    def prepaid(self, value: object, rows: list[_Row]) -> PrepaidSettings | None:
+    def prepaid(self, value: object, rows: list[Row]) -> PrepaidSettings | None:
         if value is None:
             return None
         data = self.table("", "prepaid", value, "a [prepaid] table")
@@ -393,16 +393,16 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             return None
         t = "prepaid"
         self.unknown_keys(t, data, PREPAID_KEYS)
-        warn1 = self.required(t, data, "warn1", _money_conv())
-        warn2 = self.required(t, data, "warn2", _money_conv())
+        warn1 = self.required(t, data, "warn1", money_conv())
+        warn2 = self.required(t, data, "warn2", money_conv())
         if warn1 is not None and warn2 is not None and not warn1 > warn2:
             self.add(t, "warn2", f"an amount below warn1 ({warn1})", str(warn2))
-        overdraft = self.optional(t, data, "overdraft_limit", _money_conv(),
+        overdraft = self.optional(t, data, "overdraft_limit", money_conv(),
                                   _P["overdraft_limit"])
-        grace = self.optional(t, data, "grace", _duration_conv(maximum=86400.0), _P["grace"])
+        grace = self.optional(t, data, "grace", duration_conv(maximum=86400.0), _P["grace"])
         retry = self.optional(t, data, "retry_interval",
-                              _duration_conv(1.0, maximum=86400.0), _P["retry_interval"])
-        tz = self.optional(t, data, "tz", _zone_conv(), _P["tz"])
+                              duration_conv(1.0, maximum=86400.0), _P["retry_interval"])
+        tz = self.optional(t, data, "tz", zone_conv(), _P["tz"])
         windows: list[str] = []
         if "no_trip_windows" in data:
             got = self.strings(t, data, "no_trip_windows",
@@ -422,31 +422,31 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 holidays.append(h if isinstance(h, dt.date) else dt.date.fromisoformat(str(h)))
             except ValueError:
                 self.add(t, "holidays", "a list of dates (2026-10-01 or \"2026-10-01\")",
-                         _show(h))
+                         show_value(h))
         protected = self.selectors(t, {"meters": data["protected"]}, rows)[0] \
             if "protected" in data else []
         computed = self.selectors(t, {"meters": data["computed"]}, rows)[0] \
             if "computed" in data else []
-        price = self.optional(t, data, "price", _money_conv(), _P["price"])
+        price = self.optional(t, data, "price", money_conv(), _P["price"])
         prices: list[tuple[str, Decimal]] = []
         raw = data.get("prices")
         if raw is not None:
             if not isinstance(raw, dict) or not raw:
                 self.add(t, "prices", "a table of prices per tariff: { t1 = 0.56, ... }",
-                         _show(raw))
+                         show_value(raw))
             else:
                 for k, v in raw.items():
                     if k not in ("t1", "t2", "t3", "t4"):
                         self.add(t, "prices", "tariffs t1, t2, t3, t4", _q(k))
                         continue
-                    d = self.convert(t, "prices", v, _money_conv())
+                    d = self.convert(t, "prices", v, money_conv())
                     if d is not None:
                         prices.append((k, d))
         if price is not None and prices:
             self.add(t, "prices", "either price (flat) or prices (per tariff)", "both")
         if computed and price is None and not prices:
             self.add(t, "price", "a price (or prices) for the computed meters", "nothing")
-        opening = self.optional(t, data, "opening_balance", _money_conv(Decimal(-10**6)),
+        opening = self.optional(t, data, "opening_balance", money_conv(Decimal(-10**6)),
                                 _P["opening_balance"])
         if warn1 is None or warn2 is None or overdraft is None or grace is None \
                 or retry is None or tz is None or protected is None or computed is None \
@@ -473,9 +473,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             raw_name = data.get("name")
             name = raw_name if isinstance(raw_name, str) else None
             self.unknown_keys(t, data, GATEWAY_KEYS, name=name)
-            ok_name = self.required(t, data, "name", _name_conv(), name=name)
-            prefix = self.optional(t, data, "prefix", _topic_conv(), _G["prefix"], name=name)
-            reports = self.optional(t, data, "reports", _toml_bool_conv(), _G["reports"],
+            ok_name = self.required(t, data, "name", name_conv(), name=name)
+            prefix = self.optional(t, data, "prefix", topic_conv(), _G["prefix"], name=name)
+            reports = self.optional(t, data, "reports", toml_bool_conv(), _G["reports"],
                                     name=name)
             if ok_name in seen:
                 self.add(t, "name", "a gateway name used once", _q(ok_name or ""), name=name)
@@ -502,7 +502,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             raw_name = data.get("name")
             name = raw_name.strip() if isinstance(raw_name, str) else None
             bus = self.bus(t, data, name)
-            if name and _NAME_RE.match(name):
+            if name and NAME_RE.match(name):
                 if name in declared:
                     self.add(t, "name", "a bus name used once",
                              f"{_q(name)} again (first at {declared[name]})", name=name)
@@ -513,21 +513,21 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         return out, set(declared)
 
     def bus(self, t: str, data: dict[str, object], name: str | None) -> BusSettings | None:
-        ok_name = self.required(t, data, "name", _name_conv(), name=name)
-        kind = self.required(t, data, "type", _choice_conv(("tcp", "serial", "mqtt")),
+        ok_name = self.required(t, data, "name", name_conv(), name=name)
+        kind = self.required(t, data, "type", choice_conv(("tcp", "serial", "mqtt")),
                              name=name)
-        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _B["td"], name=name)
-        tb = self.optional(t, data, "tb_ms", _ms_conv(1, 10000), _B["tb"], name=name)
-        preamble = self.optional(t, data, "preamble", _int_conv(0, 4, " FE bytes"), _B["preamble"],
+        td = self.optional(t, data, "td_ms", ms_conv(1, 60000), _B["td"], name=name)
+        tb = self.optional(t, data, "tb_ms", ms_conv(1, 10000), _B["tb"], name=name)
+        preamble = self.optional(t, data, "preamble", int_conv(0, 4, " FE bytes"), _B["preamble"],
                                  name=name)
         framings = ("rtu", "tcp") if kind == "tcp" else ("rtu",)
-        modbus = self.optional(t, data, "modbus", _choice_conv(framings), _B["modbus"],
+        modbus = self.optional(t, data, "modbus", choice_conv(framings), _B["modbus"],
                                 name=name)
         own: tuple[str, ...]
         other: tuple[str, ...]
         if kind == "mqtt":
             self.unknown_keys(t, data, BUS_COMMON_KEYS + BUS_MQTT_KEYS, name=name)
-            gateway = self.required(t, data, "gateway", _name_conv("the name of a [[gateway]]"),
+            gateway = self.required(t, data, "gateway", name_conv("the name of a [[gateway]]"),
                                     name=name, why=' (required for type = "mqtt")')
             if ok_name is None or td is None or tb is None or preamble is None \
                     or modbus is None or gateway is None:
@@ -551,9 +551,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         common_ok = ok_name is not None and td is not None and tb is not None \
             and preamble is not None and modbus is not None
         if kind == "tcp":
-            host = self.required(t, data, "host", _host_conv(), name=name, why=why)
-            port = self.required(t, data, "port", _int_conv(1, 65535), name=name, why=why)
-            line_baud = self.optional(t, data, "line_baud", _choice_conv(BAUDS), _B["line_baud"],
+            host = self.required(t, data, "host", host_conv(), name=name, why=why)
+            port = self.required(t, data, "port", int_conv(1, 65535), name=name, why=why)
+            line_baud = self.optional(t, data, "line_baud", choice_conv(BAUDS), _B["line_baud"],
                                       name=name)
             if not common_ok or host is None or port is None or (
                     line_baud is None and "line_baud" in data):
@@ -563,13 +563,13 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
                                name=ok_name, td=td, tb=tb, preamble=preamble,
                                modbus=cast(ModbusFraming, modbus))
-        device = self.required(t, data, "device", _path_conv("a serial device path"),
+        device = self.required(t, data, "device", path_conv("a serial device path"),
                                name=name, why=why)
-        baud = self.optional(t, data, "baud", _choice_conv(BAUDS), _B["baud"], name=name)
-        parity = self.optional(t, data, "parity", _parity_conv(), _B["parity"], name=name)
-        bytesize = self.optional(t, data, "bytesize", _choice_conv(BYTESIZES), _B["bytesize"],
+        baud = self.optional(t, data, "baud", choice_conv(BAUDS), _B["baud"], name=name)
+        parity = self.optional(t, data, "parity", parity_conv(), _B["parity"], name=name)
+        bytesize = self.optional(t, data, "bytesize", choice_conv(BYTESIZES), _B["bytesize"],
                                  name=name)
-        stopbits = self.optional(t, data, "stopbits", _choice_conv(STOPBITS), _B["stopbits"],
+        stopbits = self.optional(t, data, "stopbits", choice_conv(STOPBITS), _B["stopbits"],
                                  name=name)
         if not common_ok or device is None or baud is None or parity is None \
                 or bytesize is None or stopbits is None:
@@ -582,7 +582,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
 
     # -- [schedule.NAME]
 
-    def schedules(self, value: object, rows: list[_Row]) -> list[ScheduleSettings]:
+    def schedules(self, value: object, rows: list[Row]) -> list[ScheduleSettings]:
         if value is None:
             self.add("", None, "at least one [schedule.NAME] table", "none")
             return []
@@ -599,28 +599,28 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         for name, item in data.items():
             t = f"schedule.{name}"
             if not isinstance(item, dict):
-                self.add("schedule", name, "a [schedule.NAME] table", _show(item),
+                self.add("schedule", name, "a [schedule.NAME] table", show_value(item),
                          hint=f"{name} = ... is not a schedule: keys go under "
                               "[schedule.NAME] tables")
                 continue
-            if not _NAME_RE.match(name):
-                self.add(t, None, "a schedule " + _NAME_TEXT.removeprefix("a "), _q(name))
+            if not NAME_RE.match(name):
+                self.add(t, None, "a schedule " + NAME_TEXT.removeprefix("a "), _q(name))
             s = self.schedule(t, name, cast(dict[str, object], item), rows)
             if s is not None:
                 out.append(s)
         return out
 
     def schedule(self, t: str, name: str, data: dict[str, object],
-                 rows: list[_Row]) -> ScheduleSettings | None:
+                 rows: list[Row]) -> ScheduleSettings | None:
         self.unknown_keys(t, data, SCHEDULE_KEYS)
-        interval = self.required(t, data, "interval", _duration_conv(1.0))
-        jitter = self.optional(t, data, "jitter", _duration_conv(0.0), _S["jitter"])
-        retries = self.optional(t, data, "retries", _int_conv(0, 10), _S["retries"])
-        td = self.optional(t, data, "td_ms", _ms_conv(1, 60000), _S["td"])
-        backoff = self.optional(t, data, "backoff_max", _duration_conv(1.0), _S["backoff_max"])
+        interval = self.required(t, data, "interval", duration_conv(1.0))
+        jitter = self.optional(t, data, "jitter", duration_conv(0.0), _S["jitter"])
+        retries = self.optional(t, data, "retries", int_conv(0, 10), _S["retries"])
+        td = self.optional(t, data, "td_ms", ms_conv(1, 60000), _S["td"])
+        backoff = self.optional(t, data, "backoff_max", duration_conv(1.0), _S["backoff_max"])
         if interval is not None and jitter is not None and jitter >= interval:
-            self.add(t, "jitter", f"less than the interval ({_seconds(interval)})",
-                     f"{_show(data['jitter'])} ({_seconds(jitter)})")
+            self.add(t, "jitter", f"less than the interval ({to_seconds(interval)})",
+                     f"{show_value(data['jitter'])} ({to_seconds(jitter)})")
             jitter = None
         quantities = self.quantities(t, data)
         selectors, selected = self.selectors(t, data, rows)
