@@ -36,8 +36,8 @@ from collector.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Store,
-    _split_sql,
     cycle_row,
+    split_sql,
 )
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
@@ -337,7 +337,7 @@ def test_store_upgrade_from_version_4_adds_the_cut_flag(tmp_path: Path) -> None:
     path = tmp_path / DB_NAME
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:4]:
-        for statement in _split_sql(script):
+        for statement in split_sql(script):
             conn.execute(statement)
     conn.execute("INSERT INTO cycles (cycle_id, schedule, started, ended, planned, "
                  "succeeded, failed, per_bus, per_area) VALUES ('old', 's', 1000, 2000, 3, "

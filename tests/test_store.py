@@ -441,11 +441,11 @@ async def test_reads_index_one_row_per_read(store: Store) -> None:
 def test_upgrade_from_version_3_indexes_stored_readings(tmp_path: Path) -> None:
     """A store of the previous schema is upgraded in place: its readings are found by
     meter and time through the new reads index, and nothing is lost."""
-    from collector.store import MIGRATIONS, _split_sql
+    from collector.store import MIGRATIONS, split_sql
     path = tmp_path / DB_NAME
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:3]:
-        for statement in _split_sql(script):
+        for statement in split_sql(script):
             conn.execute(statement)
     rows = [(m, "voltage_a", 220.0 + i, "V", to_ms(T0) + 60_000 * (i // 2), None, 0)
             for i in range(20) for m in ("m1", "m2")]
@@ -470,11 +470,11 @@ async def test_upgrade_from_version_4_keeps_the_commands_outbox(tmp_path: Path) 
     """Version 5 forwards every command status from command_log: a store upgraded with
     a forwarder half-way through its commands goes on after its cursor, nothing twice,
     and from then on each status is a row of its own."""
-    from collector.store import MIGRATIONS, _split_sql
+    from collector.store import MIGRATIONS, split_sql
     path = tmp_path / DB_NAME
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:4]:
-        for statement in _split_sql(script):
+        for statement in split_sql(script):
             conn.execute(statement)
     for i, status in enumerate(("queued", "sent", "verified")):
         conn.execute("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, status, "
