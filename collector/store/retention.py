@@ -125,4 +125,3 @@ def has_shipped(conn: sqlite3.Connection) -> bool:
         if low is not None and low <= int(guard) and low < top:
             return True
     return False
-

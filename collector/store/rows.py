@@ -20,6 +20,8 @@ from ..records import (
     to_ms,
 )
 
+# ---- row conversion --------------------------------------------------------------------
+
 ReadingRow = tuple[str, str, float, str, int, int | None, int]
 
 
@@ -91,4 +93,3 @@ class Cursor:
     table: str
     last_id: int
     updated: dt.datetime
-

@@ -198,6 +198,7 @@ INSERT_CYCLE: Final = ("INSERT OR REPLACE INTO cycles (cycle_id, schedule, start
 
 
 def max_id(conn: sqlite3.Connection, table: str) -> int:
+    """The highest id of a table (0 when empty)."""
     return int(conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
 
 
@@ -216,4 +217,3 @@ def split_sql(script: str) -> list[str]:
     if pending.strip(" \n;"):
         out.append(pending.strip(" \n;"))
     return out
-

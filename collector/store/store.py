@@ -46,14 +46,12 @@ class StoreError(Exception):
     """The store cannot be opened or used (missing, not an amic store, too new)."""
 
 
-
 def _as_ms(t: dt.datetime | int | float | None) -> int | None:
     if t is None:
         return None
     if isinstance(t, dt.datetime):
         return to_ms(t)
     return int(t)
-
 
 
 # ---- the store -------------------------------------------------------------------------
@@ -536,5 +534,3 @@ class Store:
 def _check_table(table: str, allowed: Sequence[str] = OUTBOX_TABLES) -> None:
     if table not in allowed:
         raise ValueError(f"unknown table {table!r}: one of {', '.join(allowed)}")
-
-
