@@ -66,7 +66,8 @@ def test_the_context_follows_the_daemon(tmp_path: Path) -> None:
 def test_collaborators_hold_the_context_not_the_daemon(tmp_path: Path) -> None:
     d = _daemon(tmp_path)
     ctx = d.context
-    made = [Control(ctx, None), DailyJobs(ctx, DailySettings()), CtlServer(ctx)]
+    made: list[Control | DailyJobs | CtlServer] = [
+        Control(ctx, None), DailyJobs(ctx, DailySettings()), CtlServer(ctx)]
     for obj in made:
         assert obj.ctx is ctx
         assert not any(v is d for v in vars(obj).values()), type(obj).__name__
