@@ -54,7 +54,7 @@ from .settings import Settings
 from .signing import ReplayCache, SignatureError, Verifier
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .context import DaemonContext
 
 log = logging.getLogger("amic.control")
 
@@ -93,20 +93,19 @@ def build_engine(settings: Settings) -> PrepaidEngine | None:
 class Control:
     """Relay service, remote relay/top-up requests and the prepaid engine of a daemon."""
 
-    def __init__(self, daemon: Daemon, secrets: Secrets | None) -> None:
-        self.daemon = daemon
+    def __init__(self, ctx: DaemonContext, secrets: Secrets | None) -> None:
+        self.ctx = ctx
         self.secrets = secrets
-        settings = daemon.settings.commands
+        settings = ctx.settings().commands
         self.signed = settings.signed if settings is not None else True
         self.relay = RelayService(
-            meters=lambda: daemon.settings.meters,
-            workers=lambda: {n: e.worker for n, e in daemon.buses.items()},
-            secrets=secrets, profile=daemon._profile, record=self._record,
-            settings=settings, protected=lambda: protected_meters(daemon.settings))
+            meters=lambda: ctx.settings().meters, workers=ctx.workers,
+            secrets=secrets, profile=ctx.profile, record=self._record,
+            settings=settings, protected=lambda: protected_meters(ctx.settings()))
         self.verifier = Verifier(secrets.find_key if secrets is not None else {},
                                  seen=ReplayCache())
-        self.engine = build_engine(daemon.settings)
-        self.state_path = daemon.settings.collector.data_dir / STATE_FILE
+        self.engine = build_engine(ctx.settings())
+        self.state_path = ctx.settings().collector.data_dir / STATE_FILE
         self._dirty = False
         if self.engine is not None:
             self._load_state()
@@ -151,8 +150,9 @@ class Control:
     # ---- store -------------------------------------------------------------------------
 
     def _record(self, c: CommandRecord) -> None:
-        if self.daemon.writer is not None:
-            self.daemon.writer.put_command(c)
+        writer = self.ctx.writer()
+        if writer is not None:
+            writer.put_command(c)
 
     # ---- remote requests ---------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class Control:
         doc = request.get(DOCUMENT, request)  # as published: what was signed
         try:
             return check_request(doc, self.verifier if self.signed else None,
-                                 collector=self.daemon.settings.collector.id,
+                                 collector=self.ctx.settings().collector.id,
                                  command=str(request.get("command") or ""))
         except SignatureError as e:
             raise self._denied(request, doc, e, meter=meter, kind=kind) from None
@@ -187,7 +187,7 @@ class Control:
         rid = request.get("request_id")
         command = request.get("command")
         log.warning("request %s (%s) refused: %s", rid, command, e)
-        self.daemon._on_event(Event(
+        self.ctx.on_event(Event(
             "command_refused", utcnow(), meter=meter or None, severity=2,
             detail=f"{command} request {rid} ({kind}) refused, {e}; claimed operator "
                    f"{_show(operator)}"))
@@ -200,7 +200,7 @@ class Control:
         if area is not None:
             if not isinstance(area, str) or not area:
                 raise CommandError("area: expected an area id")
-            ids = [m.meter_id for m in self.daemon.settings.meters if m.area == area]
+            ids = [m.meter_id for m in self.ctx.settings().meters if m.area == area]
             if not ids:
                 raise CommandError(f"area {area}: no meters configured there")
             return ids
@@ -308,7 +308,7 @@ class Control:
         done: list[JsonDict] = []
         for a in actions:
             if a.kind == "event":
-                self.daemon._on_event(a.to_event(utcnow()))
+                self.ctx.on_event(a.to_event(utcnow()))
             elif a.kind in ("trip", "restore"):
                 if wait:
                     done += await self._switch(a)

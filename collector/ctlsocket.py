@@ -31,11 +31,13 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .commands import RelayService
+    from .context import DaemonContext
     from .settings import Settings
 
 log = logging.getLogger("amic.ctlsocket")
@@ -84,11 +86,14 @@ def _peer_uid(sock: socket.socket) -> int:
 # ---- the daemon's side ------------------------------------------------------------------
 
 class CtlServer:
-    """The control socket of a running :class:`~collector.daemon.Daemon`."""
+    """The control socket of a running daemon; ``relay``: its relay service, None while
+    it is starting."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.path = socket_path(daemon.settings)
+    def __init__(self, ctx: DaemonContext,
+                 relay: Callable[[], RelayService | None] = lambda: None) -> None:
+        self.ctx = ctx
+        self.relay = relay
+        self.path = socket_path(ctx.settings())
         self._server: asyncio.AbstractServer | None = None
         self._ino: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,7 +216,7 @@ class CtlServer:
         op = request.get("op")
         try:
             if op == "hello":
-                c = self.daemon.settings.collector
+                c = self.ctx.settings().collector
                 return {"status": "ok", "pid": os.getpid(), "collector": c.id,
                         "data_dir": str(Path(c.data_dir).resolve())}
             if op == "relay":
@@ -228,8 +233,8 @@ class CtlServer:
     async def _relay(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         from .commands import CommandRejected, exit_status
 
-        control = self.daemon.control
-        if control is None:
+        relay = self.relay()
+        if relay is None:
             raise CtlError("the daemon is starting; try again")
         action = request.get("action")
         if not isinstance(action, str):
@@ -238,7 +243,7 @@ class CtlServer:
         ids = request.get("meters")
         area = request.get("area")
         if isinstance(area, str) and area:
-            ids = [m.meter_id for m in self.daemon.settings.meters if m.area == area]
+            ids = [m.meter_id for m in self.ctx.settings().meters if m.area == area]
             if not ids:
                 raise CtlError(f"area {area}: no meters configured there")
         if not isinstance(ids, list) or not ids or not all(isinstance(m, str) for m in ids):
@@ -254,9 +259,8 @@ class CtlServer:
             log.info("control socket: %s of %d meter(s) by operator %s (uid %d)", action,
                      len(ids), operator or "-", uid)
         try:
-            results = await control.relay.run(action, ids, operator=operator,
-                                              reason=reason.strip(), dry_run=dry_run,
-                                              force=force)
+            results = await relay.run(action, ids, operator=operator,
+                                      reason=reason.strip(), dry_run=dry_run, force=force)
         except CommandRejected as e:
             raise CtlError(str(e)) from None
         return {"results": results, "exit": exit_status(results)}
@@ -272,8 +276,8 @@ class CtlServer:
                 or not all(isinstance(q, str) for q in quantities):
             raise CtlError("quantities: expected a non-empty list of names")
         try:
-            return await daemon_executor(self.daemon)({"meter": meter,
-                                                       "quantities": quantities})
+            return await daemon_executor(self.ctx)({"meter": meter,
+                                                    "quantities": quantities})
         except (CommandError, ValueError) as e:
             raise CtlError(str(e)) from None
 

@@ -29,6 +29,7 @@ from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 
 from .config import ConfigError, load_settings, select_meters
+from .context import DaemonContext
 from .control import Control
 from .ctlsocket import CtlServer
 from .daily import DailyJobs
@@ -54,7 +55,7 @@ def make_bus(b: BusSettings, mqtt: MqttLink | None = None) -> Bus:
     if b.kind == "mqtt":
         if mqtt is None:
             raise ValueError(f"bus {b.name}: an mqtt bus needs the [mqtt] connection")
-        gateway = next(g for g in mqtt.daemon.settings.gateways if g.name == b.gateway)
+        gateway = next(g for g in mqtt.ctx.settings().gateways if g.name == b.gateway)
         return MqttBus(mqtt.conn, gateway.prefix, gateway.name, td=b.td, tb=b.tb)
     if b.kind == "tcp":
         return TcpBus(b.host, b.port, line_baud=b.line_baud, td=b.td, tb=b.tb)
@@ -141,6 +142,13 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics_server: MetricsServer | None = None
         self._reloading = asyncio.Lock()  # one reload at a time, in signal order
+        # What Control, MqttLink, DailyJobs and the control socket see of the daemon.
+        self.context = DaemonContext(
+            settings=lambda: self.settings,
+            workers=lambda: {n: e.worker for n, e in self.buses.items()},
+            profile=self._profile, on_readings=self._on_readings,
+            store_readings=self._store_readings, on_event=self._on_event,
+            store=lambda: self.store, writer=lambda: self.writer)
 
     # ---- sinks -------------------------------------------------------------------------
 
@@ -161,6 +169,12 @@ class Daemon:
                                                  bus=self._meter_bus.get(meter),
                                                  expected_relay_open=expected.get(meter)):
                     self._on_event(event)
+
+    def _store_readings(self, rows: list[Reading]) -> None:
+        """On-demand reads: stored and counted, no rules (dropped before the store)."""
+        if self.writer is not None:
+            self.readings_seen += len(rows)
+            self.writer.put_many(rows)
 
     def _on_event(self, event: Event) -> None:
         assert self.writer is not None
@@ -497,7 +511,7 @@ class Daemon:
 
     def _start_daily(self) -> None:
         if self.settings.daily is not None:
-            self.daily = DailyJobs(self, self.settings.daily)
+            self.daily = DailyJobs(self.context, self.settings.daily)
             self._tasks.append(asyncio.create_task(self.daily.run(), name="daily"))
 
     def _start_forwarder(self) -> None:
@@ -574,7 +588,8 @@ class Daemon:
             self.metrics_server = self.metrics.start_server(c.metrics_listen)
         c.data_dir.mkdir(parents=True, exist_ok=True)
         # First: refuses to start while another daemon serves this data directory.
-        self.ctl = CtlServer(self)
+        self.ctl = CtlServer(self.context, relay=lambda: (
+            self.control.relay if self.control is not None else None))
         await self.ctl.start()
         self.store = Store(c.data_dir / "amic.db", max_size_mb=c.max_store_mb)
         self.writer = StoreWriter(self.store, commit_interval=c.commit_interval,
@@ -588,10 +603,10 @@ class Daemon:
         cs = self.settings.commands
         secrets = load_secrets(cs.secrets_file) if cs is not None and cs.secrets_file \
             else None
-        self.control = Control(self, secrets)
+        self.control = Control(self.context, secrets)
         if self.settings.mqtt is not None:
             # Before the buses: mqtt buses talk through this connection.
-            self.mqtt = MqttLink(self)
+            self.mqtt = MqttLink(self.context, self.control)
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
         self.control.start()

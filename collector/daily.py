@@ -40,7 +40,7 @@ from .settings import DailySettings
 from .timesync import TimeSync, TimeSyncSettings
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .context import DaemonContext
 
 log = logging.getLogger("amic.daily")
 
@@ -48,11 +48,11 @@ log = logging.getLogger("amic.daily")
 class DailyJobs:
     """The daemon's daily jobs (see the module doc)."""
 
-    def __init__(self, daemon: Daemon, settings: DailySettings) -> None:
-        self.daemon = daemon
+    def __init__(self, ctx: DaemonContext, settings: DailySettings) -> None:
+        self.ctx = ctx
         self.settings = settings
         self.zone = ZoneInfo(settings.tz)
-        self.state_path = daemon.settings.collector.data_dir / "daily-state.json"
+        self.state_path = ctx.settings().collector.data_dir / "daily-state.json"
         self.done: dict[str, str] = {}  # job -> local date it last ran
         self.timesync = TimeSync(TimeSyncSettings(tz=settings.tz))
         self.planner = AuditPlanner(settings.audit_window[0], settings.audit_window[1],
@@ -132,16 +132,16 @@ class DailyJobs:
     # ---- the jobs ----------------------------------------------------------------------
 
     def _event(self, e: Event) -> None:
-        self.daemon._on_event(e)
+        self.ctx.on_event(e)
 
     def report(self, day: dt.date) -> list[DailyRecord]:
         """Line loss and read success of ``day``, stored (and so forwarded)."""
-        d = self.daemon
-        assert d.store is not None and d.writer is not None
+        settings, store, writer = self.ctx.settings(), self.ctx.store(), self.ctx.writer()
+        assert store is not None and writer is not None
         ts = dt.datetime.fromtimestamp(midnight_ms(day, self.zone) / 1000, dt.UTC)
         out: list[DailyRecord] = []
-        energy = meter_energies(d.settings.meters, [d.settings.source.absolute().parent])
-        for a in line_loss(d.store, day, self.zone, energy=energy):
+        energy = meter_energies(settings.meters, [settings.source.absolute().parent])
+        for a in line_loss(store, day, self.zone, energy=energy):
             fields = tuple((k, float(v)) for k, v in (
                 ("loss_pct", a.loss_pct), ("loss_kwh", a.loss_kwh),
                 ("supplied_kwh", a.supplied_kwh), ("sold_kwh", a.sold_kwh),
@@ -156,43 +156,44 @@ class DailyJobs:
                                          f"{'; missing: ' + shown if shown else ''}"))
         by: Literal["area", "bus"]
         for by in ("area", "bus"):
-            for r in success_report(d.store, day, self.zone, by=by):
+            for r in success_report(store, day, self.zone, by=by):
                 if r.key is None or r.ratio is None:
                     continue
                 fields = (("ratio", float(r.ratio)), ("planned", float(r.planned)),
                           ("succeeded", float(r.succeeded)), ("failed", float(r.failed)))
                 out.append(DailyRecord(day, f"success_{by}", str(r.key), ts, True, fields))
         for rec in out:
-            d.writer.put_daily(rec)
+            writer.put_daily(rec)
         log.info("daily report %s: %d area(s) of line loss, %d success rows", day,
                  sum(r.kind == "lineloss" for r in out),
                  sum(r.kind != "lineloss" for r in out))
         return out
 
     def _bus_meters(self) -> dict[str, list[Any]]:
-        d = self.daemon
+        workers = self.ctx.workers()
         per_bus: dict[str, list[Any]] = {}
-        for m in d.settings.meters:
-            if m.protocol != "modbus" and m.bus in d.buses:
+        for m in self.ctx.settings().meters:
+            if m.protocol != "modbus" and m.bus in workers:
                 per_bus.setdefault(m.bus, []).append(m)
         return per_bus
 
     async def sync_clocks(self, now: dt.datetime) -> None:
-        d = self.daemon
+        ctx = self.ctx
 
         async def one(bus: str, meters: list[Any]) -> None:
-            result = await self.timesync.run_bus(d.buses[bus].worker, meters, now)
+            result = await self.timesync.run_bus(ctx.workers()[bus], meters, now)
             for e in result.events:
                 self._event(e)
-            if result.readings and d.writer is not None:
-                d.writer.put_many(result.readings)
+            writer = ctx.writer()
+            if result.readings and writer is not None:
+                writer.put_many(result.readings)
 
         await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
         self._save()
 
     async def backfill(self, now: dt.datetime) -> None:
-        d = self.daemon
-        store, writer = d.store, d.writer
+        ctx = self.ctx
+        store, writer = ctx.store(), ctx.writer()
         assert store is not None and writer is not None
 
         async def one(bus: str, meters: list[Any]) -> None:
@@ -200,7 +201,7 @@ class DailyJobs:
                 if m.protocol != "dlt645-2007":
                     continue
                 try:
-                    result = await backfill_meter(d.buses[bus].worker, m, store,
+                    result = await backfill_meter(ctx.workers()[bus], m, store,
                                                   days=self.settings.backfill_days,
                                                   tz=self.zone, now=now)
                 except Exception as e:
@@ -212,12 +213,12 @@ class DailyJobs:
         await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
 
     async def audit_reads(self, now: dt.datetime) -> list[AuditResult]:
-        d = self.daemon
-        assert d.store is not None
+        store = self.ctx.store()
+        assert store is not None
         day = now.astimezone(self.zone).date()
-        sample = choose_sample(d.settings.meters, day, self.audit)
-        results = await audit_sample({n: e.worker for n, e in d.buses.items()}, sample,
-                                     d.store, self.audit, now.astimezone(self.zone),
+        sample = choose_sample(self.ctx.settings().meters, day, self.audit)
+        results = await audit_sample(self.ctx.workers(), sample,
+                                     store, self.audit, now.astimezone(self.zone),
                                      event=self._event)
         log.info("audit re-reads %s: %d meters, %d mismatches", day, len(results),
                  sum(r.status == "mismatch" for r in results))

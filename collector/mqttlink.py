@@ -16,7 +16,8 @@ from .remote import CommandServer, StoreJournal, daemon_executor
 from .settings import MeterSettings, Settings
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .context import DaemonContext
+    from .control import Control
 
 log = logging.getLogger("amic.mqtt")
 
@@ -35,13 +36,14 @@ def connection_for(settings: Settings) -> MqttConnection:
 class MqttLink:
     """One persistent-session connection shared by reports, mqtt buses and commands."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.conn = connection_for(daemon.settings)
+    def __init__(self, ctx: DaemonContext, control: Control | None = None) -> None:
+        self.ctx = ctx
+        self.control = control  # answers relay and top-up requests when there is one
+        self.conn = connection_for(ctx.settings())
         self.conn.on_session_lost = self._on_session_lost
         self.conn.on_connected = self._on_connected
         # A session an earlier run had at this broker: the first connection is checked too.
-        self._session_file = daemon.settings.collector.data_dir / SESSION_FILE
+        self._session_file = ctx.settings().collector.data_dir / SESSION_FILE
         self._session_key = {"broker": self.conn.name, "client_id": self.conn.client_id}
         self.conn.had_session = self._read_session_file() == self._session_key
         self.ingestor: ReportIngestor | None = None
@@ -52,28 +54,30 @@ class MqttLink:
 
     async def start(self) -> None:
         await self.conn.__aenter__()
-        d = self.daemon
-        self.ingestor = ReportIngestor(d.settings.meters, d._profile, d._on_readings,
+        ctx = self.ctx
+        settings = ctx.settings()
+        self.ingestor = ReportIngestor(settings.meters, ctx.profile, ctx.on_readings,
                                        self._on_reject, gateway_of=self._gateway_of)
-        await self.apply(d.settings)
-        m = d.settings.mqtt
+        await self.apply(settings)
+        m = settings.mqtt
         if m is not None and m.commands:
-            assert d.store is not None and d.writer is not None
-            execute = daemon_executor(d)
-            if d.control is not None:
-                execute = d.control.executor(execute)
-            self.commands = CommandServer(self.conn, d.settings.collector.id, execute,
-                                          StoreJournal(d.store, d.writer),
+            store, writer = ctx.store(), ctx.writer()
+            assert store is not None and writer is not None
+            execute = daemon_executor(ctx)
+            if self.control is not None:
+                execute = self.control.executor(execute)
+            self.commands = CommandServer(self.conn, settings.collector.id, execute,
+                                          StoreJournal(store, writer),
                                           commands=("read", "relay", "topup"),
                                           repeatable=("read",), signed=("relay", "topup"),
                                           reply_prefixes=m.reply_prefixes)
             self.commands.start()
         log.info("mqtt: %s as %s; %d gateways, command channel %s", m.url if m else "-",
                  self.conn.client_id if hasattr(self.conn, "client_id") else "-",
-                 len(d.settings.gateways), "on" if self.commands else "off")
+                 len(settings.gateways), "on" if self.commands else "off")
 
     def _gateway_of(self, meter: MeterSettings) -> str:
-        for b in self.daemon.settings.buses:
+        for b in self.ctx.settings().buses:
             if b.name == meter.bus:
                 return b.gateway or b.name
         return meter.bus
@@ -126,14 +130,14 @@ class MqttLink:
     def _on_session_lost(self, text: str) -> None:
         # An alarm: commands and gateway replies the broker queued for us are gone, and
         # it will happen again at its next restart until persistence is turned on.
-        self.daemon._on_event(Event("broker_session_lost", utcnow(), severity=2,
-                                    detail=text[:500]))
+        self.ctx.on_event(Event("broker_session_lost", utcnow(), severity=2,
+                                detail=text[:500]))
 
     def _on_reject(self, r: Reject) -> None:
         # Kept as events (numeric fields only where they matter): reason and excerpt.
-        self.daemon._on_event(Event("report_rejected", r.ts, severity=1,
-                                    detail=f"{r.reason}: {r.detail} | {r.topic} | "
-                                           f"{r.payload_excerpt}"[:500]))
+        self.ctx.on_event(Event("report_rejected", r.ts, severity=1,
+                                detail=f"{r.reason}: {r.detail} | {r.topic} | "
+                                       f"{r.payload_excerpt}"[:500]))
 
     def publish_event(self, event: Event) -> None:
         """``amic/<collector id>/event``, QoS 1, not retained; dropped while offline (the
@@ -143,7 +147,7 @@ class MqttLink:
         doc = {"kind": event.kind, "ts": event.ts.isoformat(), "meter": event.meter,
                "bus": event.bus, "severity": event.severity, "value": event.value,
                "detail": event.detail}
-        topic = f"amic/{self.daemon.settings.collector.id}/event"
+        topic = f"amic/{self.ctx.settings().collector.id}/event"
         task = asyncio.get_running_loop().create_task(
             self.conn.publish(topic, json.dumps(doc, ensure_ascii=False), qos=1))
         self._publishing.add(task)

@@ -91,7 +91,7 @@ from .records import CommandRecord, Reading, utcnow
 if TYPE_CHECKING:
     from protocols.modbus import Profile
 
-    from .daemon import Daemon
+    from .context import DaemonContext
     from .scheduler import BusWorker
     from .settings import MeterSettings
     from .store import Store, StoreWriter
@@ -793,22 +793,11 @@ def read_executor(*, meters: Callable[[], Iterable[MeterSettings]],
     return execute
 
 
-def daemon_executor(daemon: Daemon) -> Execute:
-    """:func:`read_executor` wired to a running :class:`~collector.daemon.Daemon`."""
-    from .profiles import load_profile
-
-    def profile(name: str) -> Profile:
-        return load_profile(name, search=[daemon.settings.source.absolute().parent])
-
-    def sink(rows: list[Reading]) -> None:
-        if daemon.writer is not None:
-            daemon.readings_seen += len(rows)
-            daemon.writer.put_many(rows)
-
-    return read_executor(meters=lambda: daemon.settings.meters,
-                         workers=lambda: {n: e.worker for n, e in daemon.buses.items()},
-                         profile=profile, sink=sink,
-                         collector_id=daemon.settings.collector.id)
+def daemon_executor(ctx: DaemonContext) -> Execute:
+    """:func:`read_executor` wired to a running daemon (through its context)."""
+    return read_executor(meters=lambda: ctx.settings().meters, workers=ctx.workers,
+                         profile=ctx.profile, sink=ctx.store_readings,
+                         collector_id=ctx.settings().collector.id)
 
 
 # ---- the requester's side (amic read --via) ---------------------------------------------

@@ -176,11 +176,11 @@ async def test_socket_requests_are_checked(tmp_path: Path) -> None:
     from collector.ctlsocket import CtlServer
 
     class Stub:
-        control = None
         settings: Any = None
 
     server = CtlServer.__new__(CtlServer)
-    server.daemon = Stub()  # type: ignore[assignment]
+    server.ctx = Stub()  # type: ignore[assignment]
+    server.relay = lambda: None  # the daemon is starting: no relay service yet
     for line, error in ((b"{not json", "not a JSON request"), (b"[1]", "expected a JSON"),
                         (b'{"op": "format"}', "expected hello, relay or read"),
                         (b'{"op": "relay", "action": "trip"}', "starting")):
@@ -261,10 +261,8 @@ async def test_a_socket_of_another_configuration_is_passed_over(
             self.collector = CollectorSettings(id="gw", data_dir=data_dir)
 
     class Stub:
-        control = None
-
         def __init__(self, data_dir: Path) -> None:
-            self.settings = Settings(data_dir)
+            self.settings = lambda: Settings(data_dir)
 
     runtime = tmp_path / "run"
     runtime.mkdir()

@@ -219,10 +219,10 @@ def test_the_daemons_daily_line_loss_counts_the_acrel_meter(cfg: Path) -> None:
     stored: list[DailyRecord] = []
     events: list[Event] = []
     with Store(cfg.parent / "data" / DB_NAME) as store:
-        daemon = SimpleNamespace(settings=settings, store=store,
-                                 writer=SimpleNamespace(put_daily=stored.append),
-                                 _on_event=events.append)
-        jobs = DailyJobs(daemon, DailySettings(tz="Asia/Shanghai"))  # type: ignore[arg-type]
+        writer = SimpleNamespace(put_daily=stored.append)
+        ctx = SimpleNamespace(settings=lambda: settings, store=lambda: store,
+                              writer=lambda: writer, on_event=events.append)
+        jobs = DailyJobs(ctx, DailySettings(tz="Asia/Shanghai"))  # type: ignore[arg-type]
         jobs.report(DAY)
     (loss,) = [r for r in stored if r.kind == "lineloss"]
     assert loss.key == "TQ-A" and loss.complete, loss

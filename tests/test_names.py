@@ -26,13 +26,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("collector.reports", "_Loader"),
     # issue 14: the Modbus framing is rewritten (the bus's line timing made public)
     ("drivers.modbus", "_tx_time"),
-    # issue 14: the device-model redesign gives the daemon a public interface for these
-    ("collector.control", "_profile"),
-    ("collector.control", "_on_event"),
-    ("collector.daily", "_on_event"),
-    ("collector.mqttlink", "_on_readings"),
-    ("collector.mqttlink", "_profile"),
-    ("collector.mqttlink", "_on_event"),
 })
 
 
