@@ -16,12 +16,7 @@ PACKAGES = ("collector", "drivers", "protocols", "simulators")
 
 # Cycles (as sorted member tuples) still to go; each names who removes it.  An entry that
 # is no longer found fails the test: delete it.
-ALLOWED_CYCLES: frozenset[tuple[str, ...]] = frozenset({
-    # issue 14: ``amic read --config`` (readconfig) prints with read's remote_table while
-    # read imports read_configured (a function-local import hides it at run time); the
-    # CLI's regrouping gives the table a module of its own.
-    ("collector.cli.read", "collector.cli.readconfig"),
-})
+ALLOWED_CYCLES: frozenset[tuple[str, ...]] = frozenset()
 
 
 def _module_name(path: Path) -> tuple[str, str]:

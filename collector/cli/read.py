@@ -199,7 +199,8 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
             wanted_names = remote_quantities(quantities)
         except ValueError as e:
             _fail(str(e), EXIT_USAGE)
-        read_configured(config_path, meter_id, wanted_names, as_json, timeout_ms)
+        read_configured(config_path, meter_id, wanted_names, as_json, timeout_ms,
+                        remote_table)
         return
     if via is not None:
         if target is not None or address is not None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,10 +60,10 @@ async def _read_directly(settings: Settings, meter_id: str,
 
 
 def read_configured(config_path: Path, meter_id: str | None, quantities: list[str],
-                    as_json: bool, timeout_ms: int | None) -> None:
-    """Read ``quantities`` of configured meter ``meter_id`` and print them."""
-    from .read import remote_table
-
+                    as_json: bool, timeout_ms: int | None,
+                    table: Callable[[list[dict[str, Any]]], str]) -> None:
+    """Read ``quantities`` of configured meter ``meter_id`` and print them (``table``
+    formats them for a terminal)."""
     if not meter_id or not meter_id.strip():
         _fail("--config needs --meter METER_ID (a meter of the configuration)", EXIT_USAGE)
     meter_id = meter_id.strip()
@@ -91,4 +92,4 @@ def read_configured(config_path: Path, meter_id: str | None, quantities: list[st
         for r in readings:
             click.echo(json.dumps(r, ensure_ascii=False))
     else:
-        click.echo(remote_table(readings))
+        click.echo(table(readings))
