@@ -210,7 +210,7 @@ class Bus(ABC):
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open the transport; any exception means it cannot be opened (LinkDown)."""
 
-    def _tx_time(self, nbytes: int) -> float:
+    def tx_time(self, nbytes: int) -> float:
         """Seconds the line needs to transmit ``nbytes`` (Td starts after them)."""
         return 0.0
 
@@ -335,7 +335,7 @@ class Bus(ABC):
             try:
                 await self._prepare(link)
                 await self._write(link, request)
-                first = td + self._tx_time(len(request))
+                first = td + self.tx_time(len(request))
                 limit = monotonic() + first + self.reply_limit
                 received = bytearray()
                 timeout = first
@@ -451,7 +451,7 @@ class Bus(ABC):
             raise _Lost(_describe(e)) from e
 
     async def _write(self, link: _Link, request: bytes) -> None:
-        await link.write(request, timeout=1.0 + 2 * self._tx_time(len(request)))
+        await link.write(request, timeout=1.0 + 2 * self.tx_time(len(request)))
         self.bytes_out += len(request)
 
 

@@ -439,7 +439,7 @@ class ModbusSession:
                 try:
                     await self.bus.send(wire)
                 finally:  # the line is busy until the frame is out
-                    self._line_quiet(self.bus._tx_time(len(wire)))
+                    self._line_quiet(self.bus.tx_time(len(wire)))
             return ModbusPdu(FrameKind.REQUEST, request.function, request.address, 1,
                              (request.value,))
         for attempt in range(retries + 1):
@@ -452,7 +452,7 @@ class ModbusSession:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange_once(self, request: _Request, what: str) -> ModbusPdu:
-        if self.framing == "rtu" and self.bus._tx_time(1) > 0:
+        if self.framing == "rtu" and self.bus.tx_time(1) > 0:
             async with self.bus.exclusive():  # no other frame between the gap and ours
                 await self._frame_gap()
                 return await self._transact(request, what)
@@ -496,7 +496,7 @@ class ModbusSession:
         transaction on the bus if nothing else used the bus since; otherwise (a
         DL/T645 session, say) it is waited in full.
         """
-        char = self.bus._tx_time(1)
+        char = self.bus.tx_time(1)
         if char <= 0:
             return
         gap = max(3.5 * char, 0.00175)

@@ -956,7 +956,7 @@ class MqttBus(Bus):
             raise
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    def _tx_time(self, nbytes: int) -> float:
+    def tx_time(self, nbytes: int) -> float:
         return 0.0
 
 

@@ -59,7 +59,7 @@ class SerialBus(Bus):
         )
         return reader, writer
 
-    def _tx_time(self, nbytes: int) -> float:
+    def tx_time(self, nbytes: int) -> float:
         return nbytes * self.bits_per_byte / self.baud
 
     def _discard_device_input(self, writer: asyncio.StreamWriter) -> None:

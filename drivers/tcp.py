@@ -46,7 +46,7 @@ class TcpBus(Bus):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return reader, writer
 
-    def _tx_time(self, nbytes: int) -> float:
+    def tx_time(self, nbytes: int) -> float:
         return nbytes * 11 / self.line_baud if self.line_baud else 0.0
 
 

@@ -149,10 +149,10 @@ async def test_inter_byte_timeout_tb() -> None:
 async def test_td_counts_from_the_end_of_transmission_on_serial() -> None:
     bus = SerialBus("/dev/null", baud=1200, td=0.5)
     # 20 bytes at 1200 baud 8E1: 11 bits a byte.
-    assert bus._tx_time(20) == pytest.approx(20 * 11 / 1200)
+    assert bus.tx_time(20) == pytest.approx(20 * 11 / 1200)
     assert SerialBus("/dev/null", parity="N", stopbits=2).bits_per_byte == 11
-    assert TcpBus("h", 1, line_baud=2400)._tx_time(24) == pytest.approx(0.11)
-    assert TcpBus("h", 1)._tx_time(24) == 0
+    assert TcpBus("h", 1, line_baud=2400).tx_time(24) == pytest.approx(0.11)
+    assert TcpBus("h", 1).tx_time(24) == 0
 
 
 async def test_stray_input_is_discarded_before_each_request() -> None:
