@@ -50,7 +50,7 @@ from .config import (
     PROTOCOLS,
     REQUIRED_METER_KEYS,
     CsvRecordError,
-    _Loader,
+    check_ledger_text,
     csv_records,
     readable,
 )
@@ -787,12 +787,8 @@ def validate_ledger(rows: Iterable[str] | str, buses: Iterable[str], *,
                                 f"meter {seen[0][1]} at line {seen[0][0]})", meter=mid,
                                 column="address", lines=tuple(x[0] for x in seen)))
     # collector.config's reading of the same text: everything else amic run refuses.
-    loader = _Loader(Path(f"<validate {file}>"))
-    config_rows = loader.ledger_rows(file, text, bus_names)
-    valid = loader.check_meters(config_rows)
-    report.rows = len(config_rows)
-    report.valid = len(valid)
-    for p in loader.problems:
+    report.rows, report.valid, problems = check_ledger_text(file, text, bus_names)
+    for p in problems:
         if p.file != file or (p.line, p.key) in covered:
             continue
         text = str(p)

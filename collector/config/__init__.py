@@ -25,6 +25,7 @@ selector matches it; a selector that matches no meter is an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..messages import quote as _q
@@ -106,6 +107,7 @@ __all__ = [
     "ConfigError",
     "CsvRecordError",
     "Problem",
+    "check_ledger_text",
     "csv_records",
     "load_settings",
     "meters_matching",
@@ -150,6 +152,16 @@ class _Loader(TablesMixin, LedgerMixin):
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
                         gateways=tuple(gateways), timeseries=timeseries,
                         commands=commands, prepaid=prepaid, alarms=alarms, daily=daily)
+
+
+def check_ledger_text(file: str, text: str, bus_names: Iterable[str]
+                      ) -> tuple[int, int, list[Problem]]:
+    """What ``amic run`` makes of a ledger CSV's ``text``: (rows, valid meters, problems),
+    the problems naming ``file`` (for ``amic ledger check``)."""
+    loader = _Loader(Path(f"<validate {file}>"))
+    rows = loader.ledger_rows(file, text, set(bus_names))
+    valid = loader.check_meters(rows)
+    return len(rows), len(valid), list(loader.problems)
 
 
 def load_settings(path: Path) -> Settings:
