@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from drivers.dlt645 import DataValue as WireReading
 from drivers.dlt645 import Dlt645Session
-from drivers.dlt645 import Reading as WireReading
 from drivers.errors import DriverError, MeterError
 from protocols.dlt645 import DAILY_FREEZES, Version, freeze_di
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import IntFlag
+
+# Defined with the protocols (one vocabulary); the collector stores them as they are.
+from protocols.readings import Quality as Quality
+from protocols.readings import Reading as Reading
 
 UTC = dt.UTC
 
@@ -40,33 +43,6 @@ def to_ms(t: dt.datetime) -> int:
 
 def from_ms(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, UTC)
-
-
-class Quality(IntFlag):
-    """Quality flags of a reading (0 = good, read live from the meter)."""
-
-    GOOD = 0
-    ESTIMATED = 1  # not read from the meter
-    BACKFILLED = 2  # read later from the meter's frozen data
-    CLOCK_SUSPECT = 4  # the meter clock was off by more than the allowed drift
-    BLOCK_READ = 8  # came from a block DI read
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one quantity of one meter.
-
-    ``value`` is numeric (status words as their raw integer, dates as epoch seconds)
-    so every store, including those that keep numeric fields only, keeps it.
-    """
-
-    meter: str
-    quantity: str
-    value: float
-    unit: str
-    ts: dt.datetime  # when the collector got it (UTC)
-    meter_ts: dt.datetime | None = None  # the meter's own timestamp, when it gives one (UTC)
-    quality: Quality = Quality.GOOD
 
 
 @dataclass(frozen=True, slots=True)

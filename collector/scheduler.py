@@ -25,8 +25,8 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 from drivers.bus import Bus
+from drivers.dlt645 import DataValue as WireReading
 from drivers.dlt645 import Dlt645Session, resolve_quantity
-from drivers.dlt645 import Reading as WireReading
 from drivers.errors import (
     DriverError,
     IncompleteReply,

@@ -70,6 +70,7 @@ from .errors import (
     UnknownQuantity,
     WrongReply,
 )
+from .options import DEFAULT, CallOptions
 
 EncryptHook = Callable[[str, bytes], bytes | Awaitable[bytes]]
 """``encrypt(meter_address, n1_to_n8) -> ciphertext`` (plain or async), for ESAM meters."""
@@ -79,8 +80,9 @@ Quantity = int | str
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
-    """One value read from one meter.
+class DataValue:
+    """One data item's value as one meter gave it (before it becomes a
+    :class:`~protocols.readings.Reading` of a quantity).
 
     ``address`` is the meter that answered (its real address even if the request used
     wildcards); ``di`` the quantity's DI (for a block member without a DI of its own,
@@ -110,19 +112,19 @@ class Reading:
     def di_hex(self) -> str:
         return f"{self.di:04X}" if self.version is Version.V1997 else f"{self.di:08X}"
 
-    def members(self) -> list[Reading]:
+    def members(self) -> list[DataValue]:
         """A block reading split into one reading per member present; else ``[self]``."""
         item = self.item
         if item is None or not item.is_block or not isinstance(self.value, dict):
             return [self]
-        out: list[Reading] = []
+        out: list[DataValue] = []
         pos = 0
         for m in item.members:
             if m.name not in self.value:
                 break
             own = lookup(m.di, self.version)
             di = m.di if own is not None and own.name == m.name else self.di
-            out.append(Reading(self.address, di, m, self.value[m.name],
+            out.append(DataValue(self.address, di, m, self.value[m.name],
                                self.raw[pos : pos + m.size], self.version, self.timestamp))
             pos += m.size
         return out
@@ -150,7 +152,7 @@ class ReadResult:
     ``failed`` the quantities that failed (after retries) with their errors, ``answered``
     whether the meter replied anything at all (an error reply counts)."""
 
-    readings: list[Reading] = field(default_factory=list)
+    readings: list[DataValue] = field(default_factory=list)
     failed: list[tuple[Quantity, DriverError]] = field(default_factory=list)
     answered: bool = False
     # whether any reply was valid (a value, or the meter's own error answer): a meter
@@ -294,11 +296,13 @@ class Dlt645Session:
 
     # ---- reading -------------------------------------------------------------------------
 
-    async def read(self, address: str, quantity: Quantity) -> Reading:
+    async def read(self, address: str, quantity: Quantity, *,
+                   opts: CallOptions = DEFAULT) -> DataValue:
         """Read one DI or named quantity from the meter at ``address``."""
-        return (await self.read_many(address, [quantity]))[0]
+        return (await self.read_many(address, [quantity], opts=opts))[0]
 
-    async def read_many(self, address: str, quantities: Iterable[Quantity]) -> list[Reading]:
+    async def read_many(self, address: str, quantities: Iterable[Quantity], *,
+                        opts: CallOptions = DEFAULT) -> list[DataValue]:
         """Read several quantities, in order; block DIs (``...FF..``) save round trips.
 
         Two or more members of one block are read with the block's DI; if the meter
@@ -306,12 +310,13 @@ class Dlt645Session:
         refused block is not tried again on that meter).  All or nothing: the first
         failure (in the order of ``quantities``) raises; :meth:`read_each` keeps the rest.
         """
-        result = await self.read_each(address, quantities)
+        result = await self.read_each(address, quantities, opts=opts)
         if result.failed:
             raise result.failed[0][1]
         return result.readings
 
-    async def read_each(self, address: str, quantities: Iterable[Quantity]) -> ReadResult:
+    async def read_each(self, address: str, quantities: Iterable[Quantity], *,
+                        opts: CallOptions = DEFAULT) -> ReadResult:
         """Like :meth:`read_many`, but a quantity that fails does not lose the others.
 
         Every quantity is tried (each with its ``retries``) and what it gave is kept;
@@ -325,7 +330,7 @@ class Dlt645Session:
         addr = normalise_address(address)
         wanted = list(quantities)
         targets = [_target(q, self.version) for q in wanted]
-        results: list[Reading | DriverError | None] = [None] * len(targets)
+        results: list[DataValue | DriverError | None] = [None] * len(targets)
         answered = False
         valid = False
         invalid = 0  # reads that failed before any valid reply
@@ -359,7 +364,8 @@ class Dlt645Session:
             names = dict.fromkeys(t.item.name for i in members if (t := targets[i]).item)
             label = f"{', '.join(names)} (block {block.di_hex})"
             try:
-                reading = await self._read_one(addr, _Target(block.di, block, None), label)
+                reading = await self._read_one(addr, _Target(block.di, block, None), opts,
+                                               label)
             except MeterError as e:
                 answered = valid = True
                 if needs_block:
@@ -401,7 +407,7 @@ class Dlt645Session:
                     r = silent
                 else:
                     try:
-                        r = await self._read_one(addr, t)
+                        r = await self._read_one(addr, t, opts)
                         answered = valid = True
                     except MeterError as e:
                         answered = valid = True  # the meter's own answer: it is there
@@ -409,7 +415,7 @@ class Dlt645Session:
                     except (NoReply, ReplyError, LinkDown) as e:
                         heard(e)
                         r = e
-            if isinstance(r, Reading):
+            if isinstance(r, DataValue):
                 out.readings.append(r)
             else:
                 out.failed.append((wanted[i], r))
@@ -417,14 +423,14 @@ class Dlt645Session:
         out.valid = valid
         return out
 
-    async def _read_one(self, address: str, target: _Target, label: str | None = None
-                        ) -> Reading:
+    async def _read_one(self, address: str, target: _Target, opts: CallOptions,
+                        label: str | None = None) -> DataValue:
         assert target.di is not None
         di = target.di
         what = f"read {label or _what(target, self.version)}"
         async with self.bus.exclusive():
             reply = await self._exchange(
-                ReadRequest(address=address, version=self.version, di=di), what)
+                ReadRequest(address=address, version=self.version, di=di), what, opts)
             if not isinstance(reply, ReadReply):
                 raise self._unexpected(address, what, reply)
             body = reply.body
@@ -438,7 +444,7 @@ class Dlt645Session:
                 follow_what = f"{what} follow-up {seq}"
                 part = await self._exchange(
                     ReadFollowUpRequest(address=address, version=self.version, di=di,
-                                        seq=seq), follow_what)
+                                        seq=seq), follow_what, opts)
                 if not isinstance(part, ReadFollowUpReply):
                     raise self._unexpected(address, follow_what, part)
                 if part.seq is not None and part.seq != seq & 0xFF:
@@ -459,14 +465,14 @@ class Dlt645Session:
                 self.bad_replies += 1
                 raise BadReply(f"meter {reply.address}: bad reply to {what}: {e}",
                                address=address) from e
-        return Reading(reply.address, di, item, value, body, self.version)
+        return DataValue(reply.address, di, item, value, body, self.version)
 
-    async def read_address(self) -> str:
+    async def read_address(self, *, opts: CallOptions = DEFAULT) -> str:
         """The address of the only meter on the line (13 to AAAAAAAAAAAA; 1997: DI C032)."""
         if self.version is Version.V1997:
-            reading = await self.read(WILDCARD_ADDRESS, "meter_address")
+            reading = await self.read(WILDCARD_ADDRESS, "meter_address", opts=opts)
             return reading.address
-        reply = await self._exchange(ReadAddressRequest(), "read address")
+        reply = await self._exchange(ReadAddressRequest(), "read address", opts)
         if not isinstance(reply, ReadAddressReply):
             raise self._unexpected(WILDCARD_ADDRESS, "read address", reply)
         return reply.meter_address
@@ -495,6 +501,7 @@ class Dlt645Session:
         operator: str = "00000000",
         expiry: dt.datetime,
         encrypt: EncryptHook | None = None,
+        opts: CallOptions = DEFAULT,
     ) -> None:
         """1C relay command (trip, close, alarm, hold power ...); returns on the meter's ack.
 
@@ -515,7 +522,7 @@ class Dlt645Session:
             request = replace(request, ciphertext=bytes(cipher))
             _check_request(request)
         name = command.name.lower() if isinstance(command, RelayCommand) else f"{command:02X}"
-        reply = await self._exchange(request, f"remote control {name}", retries=0)
+        reply = await self._exchange(request, f"remote control {name}", opts, retries=0)
         if not isinstance(reply, Ack):
             raise self._unexpected(addr, f"remote control {name}", reply)
 
@@ -527,6 +534,7 @@ class Dlt645Session:
         *,
         password: str,
         operator: str = "00000000",
+        opts: CallOptions = DEFAULT,
     ) -> None:
         """14 / 04: write ``value`` (encoded per the catalogue, or raw ``bytes``).  Not retried."""
         addr = normalise_address(address)
@@ -547,25 +555,28 @@ class Dlt645Session:
                                password=password, operator=operator, body=body)
         _check_request(request)
         what = f"write {_what(target, self.version)}"
-        reply = await self._exchange(request, what, retries=0)
+        reply = await self._exchange(request, what, opts, retries=0)
         if not isinstance(reply, Ack):
             raise self._unexpected(addr, what, reply)
 
     # ---- one exchange --------------------------------------------------------------------
 
-    async def _exchange(self, request: Message, what: str, *,
+    async def _exchange(self, request: Message, what: str, opts: CallOptions, *,
                         retries: int | None = None) -> Message:
-        attempts = 1 + (self.retries if retries is None else retries)
+        if retries is None:
+            retries = self.retries if opts.retries is None else opts.retries
+        attempts = 1 + retries
         for attempt in range(attempts):
             try:
-                return await self._exchange_once(request, what)
+                return await self._exchange_once(request, what, opts)
             except (NoReply, BadReply, WrongReply, LinkDown):
                 if attempt + 1 >= attempts:
                     raise
                 self.retried += 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _exchange_once(self, request: Message, what: str) -> Message:
+    async def _exchange_once(self, request: Message, what: str, opts: CallOptions
+                             ) -> Message:
         master = self.master
         got: list[Message] = []
         stats = master.extractor.stats
@@ -589,7 +600,8 @@ class Dlt645Session:
             bad_before = stats.bad_checksums
             self.requests += 1
             try:
-                await self.bus.transaction(wire, complete, td=self.td, tb=self.tb)
+                await self.bus.transaction(wire, complete, td=opts.td or self.td,
+                                           tb=opts.tb or self.tb)
             except NoReply as e:
                 master.cancel()
                 self.no_replies += 1
@@ -658,5 +670,5 @@ def _check_request(request: Message) -> bytes:
         raise ValueError(str(e)) from None
 
 
-__all__ = ["Dlt645Session", "EncryptHook", "Quantity", "ReadResult", "Reading",
+__all__ = ["DataValue", "Dlt645Session", "EncryptHook", "Quantity", "ReadResult",
            "resolve_quantity"]

@@ -101,6 +101,7 @@ from .errors import (
     UnknownQuantity,
     WrongReply,
 )
+from .options import DEFAULT, CallOptions
 
 Framing = Literal["rtu", "tcp"]
 
@@ -307,8 +308,8 @@ class ModbusSession:
 
     # ---- registers and coils -------------------------------------------------------------
 
-    async def read_registers(self, unit: int, function: int, start: int, count: int
-                             ) -> list[int]:
+    async def read_registers(self, unit: int, function: int, start: int, count: int, *,
+                             opts: CallOptions = DEFAULT) -> list[int]:
         """03 (holding) or 04 (input): ``count`` registers from ``start``, as 0-65535."""
         _check_unit(unit, self.framing, broadcast=False)
         if function not in _READ_FUNCTIONS:
@@ -318,18 +319,21 @@ class ModbusSession:
         request = _Request(unit, function, read_request_pdu(function, start, count), count)
         reply = await self._exchange(
             request, f"read {count} {_FUNCTION_NAMES[function]} registers at {start}",
-            self.retries)
+            self.retries if opts.retries is None else opts.retries, opts)
         return list(reply.values)
 
-    async def write_coil(self, unit: int, address: int, on: bool) -> None:
+    async def write_coil(self, unit: int, address: int, on: bool, *,
+                         opts: CallOptions = DEFAULT) -> None:
         """05: set a coil on (FF00) or off (0000); returns on the device's echo."""
         _check_unit(unit, self.framing, broadcast=True)
         _check_address(address, "coil")
         request = _Request(unit, 5, write_coil_pdu(address, bool(on)), address=address,
                            value=COIL_ON if on else 0)
-        await self._exchange(request, f"write coil {address} {'on' if on else 'off'}", 0)
+        await self._exchange(request, f"write coil {address} {'on' if on else 'off'}", 0,
+                             opts)
 
-    async def write_register(self, unit: int, address: int, value: int) -> None:
+    async def write_register(self, unit: int, address: int, value: int, *,
+                             opts: CallOptions = DEFAULT) -> None:
         """06: write one holding register (0-65535); returns on the device's echo."""
         _check_unit(unit, self.framing, broadcast=True)
         _check_address(address, "register")
@@ -337,25 +341,25 @@ class ModbusSession:
             raise ValueError(f"register value {value!r} is not 0-65535")
         request = _Request(unit, 6, write_register_pdu(address, value), address=address,
                            value=value)
-        await self._exchange(request, f"write register {address} = {value}", 0)
+        await self._exchange(request, f"write register {address} = {value}", 0, opts)
 
     # ---- profiles --------------------------------------------------------------------------
 
-    async def read_profile(self, unit: int, profile: Profile, names: Iterable[str]
-                           ) -> dict[str, Decimal]:
+    async def read_profile(self, unit: int, profile: Profile, names: Iterable[str], *,
+                           opts: CallOptions = DEFAULT) -> dict[str, Decimal]:
         """The named quantities of a device described by ``profile``, in ``names`` order.
 
         One request per block of :func:`protocols.modbus.plan_reads`; all or nothing: the
         first failure raises (:meth:`read_profile_each` keeps the rest).  A name the
         profile lacks raises :class:`~drivers.errors.UnknownQuantity` before any I/O.
         """
-        result = await self.read_profile_each(unit, profile, names)
+        result = await self.read_profile_each(unit, profile, names, opts=opts)
         if result.failed:
             raise next(iter(result.failed.values()))
         return result.values
 
-    async def read_profile_each(self, unit: int, profile: Profile, names: Iterable[str]
-                                ) -> ProfileRead:
+    async def read_profile_each(self, unit: int, profile: Profile, names: Iterable[str], *,
+                                opts: CallOptions = DEFAULT) -> ProfileRead:
         """Like :meth:`read_profile`, but a block that fails does not lose the others.
 
         Every block is tried (each with its ``retries``); its quantities fail with its
@@ -380,7 +384,7 @@ class ModbusSession:
                 continue
             try:
                 words = await self.read_registers(unit, block.function, block.start,
-                                                  block.count)
+                                                  block.count, opts=opts)
             except (NoReply, ReplyError, LinkDown) as e:
                 if isinstance(e, ReplyError | IncompleteReply):
                     answered = True
@@ -400,7 +404,8 @@ class ModbusSession:
                            {name: failed[name] for name in wanted if name in failed},
                            answered)
 
-    async def relay(self, unit: int, profile: Profile, trip: bool) -> None:
+    async def relay(self, unit: int, profile: Profile, trip: bool, *,
+                    opts: CallOptions = DEFAULT) -> None:
         """Trip (open) or close the relay as ``profile.relay`` says.  Not retried.
 
         The device does not report the relay moving: read :meth:`relay_open` afterwards.
@@ -409,16 +414,18 @@ class ModbusSession:
             raise ValueError(f"profile {profile.name}: the device has no relay control")
         function, address, value = relay_write(profile, trip)
         if function == 5:
-            await self.write_coil(unit, address, bool(value))
+            await self.write_coil(unit, address, bool(value), opts=opts)
         else:
-            await self.write_register(unit, address, value)
+            await self.write_register(unit, address, value, opts=opts)
 
-    async def relay_open(self, unit: int, profile: Profile) -> bool:
+    async def relay_open(self, unit: int, profile: Profile, *,
+                         opts: CallOptions = DEFAULT) -> bool:
         """Whether the relay is open, from the profile's read-back register."""
         block = relay_readback_block(profile)
         if block is None:
             raise ValueError(f"profile {profile.name}: the relay state cannot be read back")
-        words = await self.read_registers(unit, block.function, block.start, block.count)
+        words = await self.read_registers(unit, block.function, block.start, block.count,
+                                          opts=opts)
         try:
             state = relay_state(profile, words)
         except ValueError as e:
@@ -430,7 +437,8 @@ class ModbusSession:
 
     # ---- one exchange --------------------------------------------------------------------
 
-    async def _exchange(self, request: _Request, what: str, retries: int) -> ModbusPdu:
+    async def _exchange(self, request: _Request, what: str, retries: int,
+                        opts: CallOptions) -> ModbusPdu:
         if self.framing == "rtu" and request.unit == 0:  # broadcast: nothing answers
             async with self.bus.exclusive():
                 await self._frame_gap()
@@ -444,21 +452,22 @@ class ModbusSession:
                              (request.value,))
         for attempt in range(retries + 1):
             try:
-                return await self._exchange_once(request, what)
+                return await self._exchange_once(request, what, opts)
             except (NoReply, BadReply, WrongReply, LinkDown):
                 if attempt >= retries:
                     raise
                 self.retried += 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _exchange_once(self, request: _Request, what: str) -> ModbusPdu:
+    async def _exchange_once(self, request: _Request, what: str, opts: CallOptions
+                             ) -> ModbusPdu:
         if self.framing == "rtu" and self.bus.tx_time(1) > 0:
             async with self.bus.exclusive():  # no other frame between the gap and ours
                 await self._frame_gap()
-                return await self._transact(request, what)
-        return await self._transact(request, what)  # the bus takes the line itself
+                return await self._transact(request, what, opts)
+        return await self._transact(request, what, opts)  # the bus takes the line itself
 
-    async def _transact(self, request: _Request, what: str) -> ModbusPdu:
+    async def _transact(self, request: _Request, what: str, opts: CallOptions) -> ModbusPdu:
         unit = request.unit
         function = request.function
         reply: _RtuReply | _TcpReply
@@ -472,7 +481,8 @@ class ModbusSession:
             wire = _MBAP.pack(self._tid, 0, len(request.pdu) + 1, unit) + request.pdu
         self.requests += 1
         try:
-            await self.bus.transaction(wire, reply.feed, td=self.td, tb=self.tb)
+            await self.bus.transaction(wire, reply.feed, td=opts.td or self.td,
+                                        tb=opts.tb or self.tb)
         except NoReply as e:
             self.no_replies += 1
             raise _no_reply(e, unit, what, reply.bad_checksums) from e

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from fake_dlt645 import Action, FakeMeter, Send, pty_meter, tcp_meter
 
-from drivers.dlt645 import Dlt645Session, Reading, resolve_quantity
+from drivers.dlt645 import DataValue, Dlt645Session, resolve_quantity
 from drivers.errors import (
     BadReply,
     IncompleteReply,
@@ -88,7 +88,7 @@ def reads(meter: FakeMeter) -> list[str]:
 
 async def test_read_by_name(session: Dlt645Session, meter: FakeMeter) -> None:
     r = await session.read(ADDR, "voltage_a")
-    assert isinstance(r, Reading)
+    assert isinstance(r, DataValue)
     assert r.address == ADDR
     assert r.name == "voltage_a" and r.di == 0x02010100 and r.di_hex == "02010100"
     assert r.value == Decimal("220.1") and r.unit == "V"

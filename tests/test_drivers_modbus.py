@@ -25,7 +25,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 from drivers.bus import Bus, BusOptions
-from drivers.dlt645 import Dlt645Session, Reading
+from drivers.dlt645 import DataValue, Dlt645Session
 from drivers.errors import (
     BadReply,
     DriverError,
@@ -716,7 +716,7 @@ async def test_dlt645_and_modbus_meters_share_one_bus() -> None:
         results = await asyncio.gather(*jobs)
     for i in range(10):
         reading = results[2 * i]
-        assert isinstance(reading, Reading) and reading.value == Decimal("220.1")
+        assert isinstance(reading, DataValue) and reading.value == Decimal("220.1")
         assert results[2 * i + 1] == [i, i + 1, i + 2, i + 3]
     assert bus.transactions == 20 and bus.timeouts == 0 and bus.bytes_discarded == 0
     assert dlt.counters()["requests"] == modbus.requests == 10

@@ -29,7 +29,7 @@ from collector.remote import (
     expand_quantities,
     new_request_id,
 )
-from drivers.dlt645 import Dlt645Session, Quantity, Reading, resolve_quantity
+from drivers.dlt645 import DataValue, Dlt645Session, Quantity, resolve_quantity
 from drivers.errors import DriverError
 from drivers.target import parse_target
 from protocols.dlt645 import DataItem, DLT645Error, StatusWord, Value, Version, parse_di
@@ -94,7 +94,7 @@ def format_value(value: Value, item: DataItem | None = None) -> str:
     return str(value)
 
 
-def table(rows: list[Reading]) -> str:
+def table(rows: list[DataValue]) -> str:
     cells = [("QUANTITY", "VALUE", "UNIT")]
     for r in rows:
         name = r.name if not (r.item and r.item.settlement) else \
@@ -106,7 +106,7 @@ def table(rows: list[Reading]) -> str:
 
 
 async def _read(url: str, address: str, version: Version, quantities: list[Quantity],
-                td: float | None) -> list[Reading]:
+                td: float | None) -> list[DataValue]:
     bus = parse_target(url).bus(td=td)
     async with bus:
         session = Dlt645Session(bus, version=version)

@@ -1,0 +1,343 @@
+"""DL/T645-2007 and -1997 meters in the device model (:mod:`drivers.device`).
+
+Registered as the ledger protocols ``dlt645-2007`` and ``dlt645-1997``.  A read asks
+block DIs where several members are wanted, keeps every value read, and asks once more
+for what failed; a quantity the meter refuses (abnormal reply) is remembered on the line
+and not asked again.  Relay commands are 1C with the meter password and operator code
+(2007 only), verified through status word 3; daily freezes are ``0506 00..02 NN``
+(2007); the clock is ``0400010C`` (or date and time apart), set by the 08 broadcast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Final
+
+from protocols.dlt645 import (
+    DAILY_FREEZES,
+    RelayCommand,
+    RemoteControlRequest,
+    StatusWord,
+    Value,
+    Version,
+    freeze_di,
+    items,
+)
+from protocols.dlt645 import DLT645Error as _CodecError
+from protocols.quantities import BROADCAST_ADDRESS, normalise_address
+from protocols.readings import Quality, Reading
+
+from .device import (
+    Capabilities,
+    ClockRead,
+    Credentials,
+    Freeze,
+    Line,
+    Meter,
+    MeterKind,
+    MeterRead,
+    MeterRef,
+    RelayPlan,
+    RelayState,
+    Unsupported,
+)
+from .dlt645 import DataValue, Dlt645Session, resolve_quantity
+from .errors import BadReply, MeterError, UnknownQuantity
+from .options import DEFAULT, CallOptions
+
+PING_QUANTITY: Final = "energy_active_forward_total"  # every edition has it
+FREEZE_ENERGIES: Final[tuple[str, ...]] = (
+    "freeze_daily_energy_active_forward", "freeze_daily_energy_active_reverse")
+BROADCAST_BYTES: Final = 18  # 68 A0..A5 68 C L, six data bytes, CS 16 (plus FE preamble)
+
+
+def number_of(value: Value) -> float | None:
+    """The stored number of a decoded value (status words by their raw bits; dates and
+    times as the collector's local epoch seconds); None for text."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (Decimal, int, float)):
+        return float(value)
+    if isinstance(value, StatusWord):
+        return float(value.raw)
+    if isinstance(value, dt.datetime):
+        return value.timestamp()  # meter local time, read as the collector's local time
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day).timestamp()
+    if isinstance(value, dt.time):
+        return float(value.hour * 3600 + value.minute * 60 + value.second)
+    return None
+
+
+def to_readings(meter_id: str, values: Sequence[DataValue], ts: dt.datetime,
+                quality: Quality = Quality.GOOD,
+                meter_ts: dt.datetime | None = None) -> list[Reading]:
+    """``values`` (blocks split into members) as readings of ``meter_id`` got at ``ts``."""
+    out: list[Reading] = []
+    for v in values:
+        for part in v.members():
+            number = number_of(part.value)
+            if number is None:
+                continue
+            when = meter_ts
+            if when is None and part.timestamp is not None:
+                when = part.timestamp.astimezone(dt.UTC)
+            out.append(Reading(meter_id, part.name, number, part.unit, ts, when, quality))
+    return out
+
+
+def _quantities(version: Version) -> frozenset[str]:
+    names: set[str] = set()
+    for item in items(version):
+        names.add(item.name)
+        for m in item.members:
+            names.add(m.name)
+    offered = set()
+    for n in names:
+        try:
+            resolve_quantity(n, version)
+        except UnknownQuantity:
+            continue
+        offered.add(n)
+    return frozenset(offered)
+
+
+_COMMANDS: Final[dict[str, RelayCommand]] = {
+    "trip": RelayCommand.TRIP, "restore": RelayCommand.CLOSE_PERMITTED,
+    "hold": RelayCommand.HOLD_POWER, "release": RelayCommand.HOLD_POWER_RELEASE,
+    "alarm": RelayCommand.ALARM, "alarm_release": RelayCommand.ALARM_RELEASE,
+}
+_EXPECT: Final[dict[RelayCommand, tuple[Callable[[RelayState], bool], str]]] = {
+    RelayCommand.TRIP: (lambda s: s.relay_open is True, "relay open"),
+    RelayCommand.CLOSE_PERMITTED: (lambda s: s.command_open is False,
+                                   "relay command state close (close permitted)"),
+    RelayCommand.CLOSE_DIRECT: (lambda s: s.relay_open is False, "relay closed"),
+    RelayCommand.HOLD_POWER: (lambda s: s.hold_power is True, "hold power on"),
+    RelayCommand.HOLD_POWER_RELEASE: (lambda s: s.hold_power is False, "hold power off"),
+    RelayCommand.ALARM: (lambda s: s.alarm is True, "alarm on"),
+    RelayCommand.ALARM_RELEASE: (lambda s: s.alarm is False, "alarm off"),
+}
+
+
+class Dlt645Meter(Meter):
+    """One DL/T645 meter on a line."""
+
+    def __init__(self, line: Line, ref: MeterRef, kind: Dlt645Kind) -> None:
+        super().__init__(line, ref, kind.capabilities(ref))
+        self.version = kind.version
+        self._address = normalise_address(ref.address)
+        self.session: Dlt645Session = line.session(
+            ("dlt645", kind.version),
+            lambda: Dlt645Session(line.bus, version=kind.version, preamble=line.preamble))
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def requests(self) -> int:
+        return self.session.requests
+
+    @property
+    def ping_quantity(self) -> str:
+        return PING_QUANTITY
+
+    # ---- reading
+
+    async def read(self, quantities: Sequence[str], opts: CallOptions = DEFAULT) -> MeterRead:
+        """Every value read is kept; what failed (no reply, garbled, wrong reply) is asked
+        once more after the first pass (each with ``opts.retries``) if the meter answered
+        anything; a quantity the meter refuses is left out and not asked again."""
+        line, address = self.line, self._address
+        got = MeterRead()
+        values: list[DataValue] = []
+        wanted: list[str] = []
+        for q in quantities:
+            if (address, q) in line.refused:
+                continue
+            if not self.capabilities.offers(q):
+                got.refused.append(q)
+                continue
+            wanted.append(q)
+        for _ in range(2):  # the first pass, then once more for what failed
+            if not wanted:
+                break
+            result = await self.session.read_each(address, wanted, opts=opts)
+            values.extend(result.readings)
+            got.answered |= result.answered
+            got.valid |= result.valid
+            got.failed = {}
+            for asked, e in result.failed:
+                if isinstance(e, MeterError):
+                    got.refused.append(str(asked))
+                else:
+                    got.failed[str(asked)] = e
+            if not result.valid:
+                break  # silent, link down or nothing valid: asking again would fail alike
+            wanted = list(got.failed)
+        for q in got.refused:
+            line.refused.add((address, q))
+        got.readings = to_readings(self.meter_id, values, dt.datetime.now(dt.UTC))
+        return got
+
+    # ---- relay
+
+    def relay_plan(self, action: str, *, direct_close: bool = False) -> RelayPlan:
+        if action not in self.capabilities.relay:
+            raise Unsupported(f"DL/T645-{self.version} has no remote relay control (1C)"
+                              if not self.capabilities.relay else
+                              f"meter {self.meter_id}: no relay action {action!r}",
+                              address=self._address)
+        command = _COMMANDS[action]
+        if action == "restore" and direct_close:
+            command = RelayCommand.CLOSE_DIRECT
+        expected, expectation = _EXPECT[command]
+        return RelayPlan(action, f"{command.name.lower()} ({command.value:02X})", expected,
+                         expectation, trip=command is RelayCommand.TRIP, payload=command)
+
+    def _command(self, plan: RelayPlan) -> RelayCommand:
+        if not isinstance(plan.payload, RelayCommand):
+            raise ValueError(f"meter {self.meter_id}: not a DL/T645 relay plan")
+        return plan.payload
+
+    def check_credentials(self, plan: RelayPlan, credentials: Credentials | None) -> None:
+        if "A" in self._address or self._address == BROADCAST_ADDRESS:
+            raise ValueError(f"meter address {self.ref.address!r}: a relay command needs one "
+                             "meter's full address, not a wildcard or the broadcast address")
+        if credentials is None or credentials.expires is None:
+            raise ValueError("a DL/T645 relay command needs a password (LLPPPPPP), an "
+                             "operator code and an expiry")
+        try:  # the messages never quote the password
+            RemoteControlRequest(address=self._address, password=credentials.password,
+                                 operator=credentials.operator, command=self._command(plan),
+                                 expiry=credentials.expires).data()
+        except _CodecError as e:
+            raise ValueError(str(e)) from None
+
+    def secret_of(self, credentials: Credentials | None) -> str:
+        return credentials.password.strip() if credentials is not None else ""
+
+    async def relay_state(self, opts: CallOptions = DEFAULT) -> RelayState:
+        if not self.capabilities.relay_state:
+            return await super().relay_state(opts)
+        value = await self.session.read(self._address, "status_word_3", opts=opts)
+        if not isinstance(value.value, StatusWord):  # pragma: no cover - catalogue says so
+            raise BadReply(f"meter {self._address}: status word 3 did not decode",
+                           address=self._address)
+        return RelayState.from_status_word_3(value.value.raw)
+
+    async def relay(self, plan: RelayPlan, credentials: Credentials | None = None,
+                    opts: CallOptions = DEFAULT) -> None:
+        self.check_credentials(plan, credentials)
+        assert credentials is not None and credentials.expires is not None
+        await self.session.remote_control(
+            self._address, self._command(plan), password=credentials.password,
+            operator=credentials.operator, expiry=credentials.expires, opts=opts)
+
+    # ---- daily freezes
+
+    async def freeze_time(self, n: int, opts: CallOptions = DEFAULT) -> dt.datetime:
+        if not self.capabilities.daily_freezes:
+            return await super().freeze_time(n, opts)
+        value = (await self.session.read(self._address, freeze_di("freeze_daily_time", n),
+                                         opts=opts)).value
+        if not isinstance(value, dt.datetime):  # pragma: no cover - the catalogue's format
+            raise BadReply(f"daily freeze time {n}: {value!r}", address=self._address)
+        return value
+
+    async def read_freeze(self, n: int, opts: CallOptions = DEFAULT,
+                          *, tz: dt.tzinfo | None = None) -> Freeze:
+        taken = await self.freeze_time(n, opts)
+        meter_ts = (taken.replace(tzinfo=tz) if tz is not None
+                    else taken.astimezone()).astimezone(dt.UTC)
+        blocks: list[DataValue] = []
+        notes: list[str] = []
+        for record in FREEZE_ENERGIES:
+            try:
+                blocks.append(await self.session.read(self._address, freeze_di(record, n),
+                                                      opts=opts))
+            except MeterError as e:
+                if record == FREEZE_ENERGIES[0]:
+                    raise
+                notes.append(f"meter refuses {record}: {e}")
+        now = dt.datetime.now(dt.UTC)
+        return Freeze(taken, to_readings(self.meter_id, blocks, now, Quality.BACKFILLED,
+                                         meter_ts), notes)
+
+    # ---- the clock
+
+    async def read_clock(self, clock: Callable[[], float],
+                         opts: CallOptions = DEFAULT) -> ClockRead:
+        session, address, line = self.session, self._address, self.line
+        if self.version is Version.V2007 and (address, "meter_datetime") not in line.refused:
+            t0 = clock()
+            try:
+                value = await session.read(address, "meter_datetime", opts=opts)
+            except (MeterError, UnknownQuantity):
+                # Meters before the 2013 amendment lack 0400010C: date and time apart.
+                line.refused.add((address, "meter_datetime"))
+            else:
+                t1 = clock()
+                if not isinstance(value.value, dt.datetime):
+                    raise BadReply(f"meter_datetime decoded as {type(value.value).__name__}",
+                                   address=address)
+                return ClockRead(value.value, t0, t1)
+        day = await session.read(address, "meter_date", opts=opts)
+        t0 = clock()
+        tod = await session.read(address, "meter_time", opts=opts)
+        t1 = clock()
+        if not isinstance(tod.value, dt.time):
+            raise BadReply(f"meter_time decoded as {type(tod.value).__name__}", address=address)
+        if tod.value < dt.time(0, 1):
+            # Just past midnight: the date read before may still be yesterday's.
+            day = await session.read(address, "meter_date", opts=opts)
+        if not isinstance(day.value, dt.date):
+            raise BadReply(f"meter_date decoded as {type(day.value).__name__}", address=address)
+        return ClockRead(dt.datetime.combine(day.value, tod.value), t0, t1)
+
+    def clock_group(self) -> object:
+        return ("dlt645", self.version)
+
+    async def broadcast_time(self, when: dt.datetime, opts: CallOptions = DEFAULT) -> None:
+        await self.session.broadcast_time(when)
+
+    def broadcast_bytes(self) -> int:
+        return BROADCAST_BYTES + self.line.preamble
+
+
+class Dlt645Kind(MeterKind):
+    """The ledger protocol ``dlt645-2007`` or ``dlt645-1997``."""
+
+    def __init__(self, version: Version) -> None:
+        self.version = version
+        self.name = f"dlt645-{version}"
+        quantities = _quantities(version)
+        v2007 = version is Version.V2007
+        self._caps = Capabilities(
+            quantities=quantities,
+            relay=frozenset(_COMMANDS) if v2007 else frozenset(),
+            relay_state="status_word_3" in quantities,
+            credentials=True,
+            daily_freezes=DAILY_FREEZES if v2007 else 0,
+            clock=True,
+            clock_set="broadcast",
+            block_reads=True,
+        )
+
+    def capabilities(self, ref: MeterRef) -> Capabilities:
+        return self._caps
+
+    def open(self, line: Line, ref: MeterRef) -> Dlt645Meter:
+        return Dlt645Meter(line, ref, self)
+
+    def address_key(self, address: str) -> str:
+        return normalise_address(address)
+
+
+DLT645_2007 = Dlt645Kind(Version.V2007)
+DLT645_1997 = Dlt645Kind(Version.V1997)
+
+__all__ = ["BROADCAST_BYTES", "DLT645_1997", "DLT645_2007", "FREEZE_ENERGIES",
+           "PING_QUANTITY", "Dlt645Kind", "Dlt645Meter", "number_of", "to_readings"]
