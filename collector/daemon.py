@@ -271,7 +271,7 @@ class Daemon:
 
     async def _start_bus(self, b: BusSettings) -> _BusEntry:
         worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
-                           modbus=b.modbus, observe=self._observe)
+                           modbus=b.modbus, observe=self._observe, profiles=self._profile)
         if not await worker.start():
             log.warning("bus %s: %s not reachable yet; will retry", b.name, worker.bus.name)
         return _BusEntry(b, worker)

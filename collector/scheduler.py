@@ -25,6 +25,7 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 from drivers.bus import Bus
+from drivers.device import Line, Meter, MeterRef
 from drivers.dlt645 import DataValue as WireReading
 from drivers.dlt645 import Dlt645Session, resolve_quantity
 from drivers.errors import (
@@ -35,10 +36,12 @@ from drivers.errors import (
     NoReply,
     UnknownQuantity,
 )
+from drivers.meters import open_meter
 from drivers.modbus import ModbusSession
 from protocols.dlt645 import StatusWord, Version
 from protocols.modbus import Profile
 
+from .profiles import load_profile
 from .records import CycleRecord, Event, Quality, Reading, utcnow
 from .rules import SEVERITY
 from .settings import MeterSettings, ModbusFraming, ScheduleSettings
@@ -73,38 +76,49 @@ class BusWorker:
 
     def __init__(self, name: str, bus: Bus, *, preamble: int = 4,
                  modbus: ModbusFraming = "rtu",
-                 observe: Callable[[str, float, str], None] | None = None) -> None:
+                 observe: Callable[[str, float, str], None] | None = None,
+                 profiles: Callable[[str], Profile] | None = None) -> None:
         self.name = name
         self.bus = bus
         self.preamble = preamble
         self.modbus_framing = modbus  # "rtu" or "tcp" (MBAP) for Modbus meters here
-        self._modbus: ModbusSession | None = None
+        # The line's sessions are shared by every meter of the bus (their counters and
+        # what meters refused); the device model opens meters on it.
+        self.line = Line(bus, preamble=preamble, modbus=modbus)
+        self.profiles = profiles  # Modbus profile by name (default: the shipped/configured)
         self._queues: dict[Lane, deque[_Job]] = {lane: deque() for lane in Lane}
         self._wake = asyncio.Event()
-        self._sessions: dict[Version, Dlt645Session] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.current: _Job | None = None
         self.jobs_done = 0
-        self.refused: set[tuple[str, str]] = set()  # (address, quantity) a meter refused
+        self.refused = self.line.refused  # (address, quantity) a meter refused
         self.observe = observe  # (bus, seconds, outcome) per job, for metrics
 
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def device(self, meter: MeterSettings) -> Meter:
+        """``meter`` on this bus, in the device model (its profile loaded if it has one)."""
+        profile = None
+        if meter.profile:
+            profile = (self.profiles or load_profile)(meter.profile)
+        return open_meter(self.line, MeterRef(meter.meter_id, meter.protocol, meter.address,
+                                              profile))
+
     def session(self, version: Version) -> Dlt645Session:
-        s = self._sessions.get(version)
-        if s is None:
-            s = self._sessions[version] = Dlt645Session(self.bus, version=version,
-                                                        preamble=self.preamble)
+        s: Dlt645Session = self.line.session(
+            ("dlt645", version),
+            lambda: Dlt645Session(self.bus, version=version, preamble=self.preamble))
         return s
 
     def modbus(self) -> ModbusSession:
         """The Modbus session of this bus (one per bus, sharing its line)."""
-        if self._modbus is None:
-            self._modbus = ModbusSession(self.bus, framing=self.modbus_framing)
-        return self._modbus
+        s: ModbusSession = self.line.session(
+            ("modbus", self.modbus_framing),
+            lambda: ModbusSession(self.bus, framing=self.modbus_framing))
+        return s
 
     def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
