@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -137,12 +137,15 @@ class RelayPlan:
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """What a protected relay command carries: the meter ``password`` (DL/T645
-    ``LLPPPPPP``), the ``operator`` code, and when the command ``expires`` (meter local
-    time).  Never logged."""
+    ``LLPPPPPP``), the ``operator`` code, when the command ``expires`` (meter local
+    time) and the ESAM ``encrypt`` hook if the meter needs one.  Never logged."""
 
     password: str = ""
     operator: str = "00000000"
     expires: dt.datetime | None = None
+    # ESAM meters: (address, N1..N8) -> ciphertext, see Dlt645Session.remote_control
+    encrypt: Callable[[str, bytes], bytes | Awaitable[bytes]] | None = field(
+        default=None, compare=False)
 
     def __repr__(self) -> str:
         return "Credentials(********)"
@@ -308,6 +311,23 @@ class Meter(ABC):
         """The energy quantity read around a switching (None: none)."""
         direction = billing_energy(self.capabilities.quantities)
         return None if direction is None else f"energy_active_{direction}_total"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol's name in relay outcomes and records (one for every edition)."""
+        return self.ref.kind
+
+    @property
+    def retries(self) -> int:
+        """Extra attempts a read gets when its options do not say (the line's default)."""
+        return 0
+
+    async def read_number(self, quantity: str, opts: CallOptions = DEFAULT) -> float | None:
+        """One quantity in one request (plus ``opts.retries``), never asked a second time:
+        its number (None: not a number).  The failure raises as it came (a reply from
+        another meter stays a :class:`~drivers.errors.WrongReply`)."""
+        got = await self.read_all([quantity], opts)
+        return got[0].value if got else None
 
     # ---- daily freezes
 

@@ -234,7 +234,19 @@ class Dlt645Meter(Meter):
         assert credentials is not None and credentials.expires is not None
         await self.session.remote_control(
             self._address, self._command(plan), password=credentials.password,
-            operator=credentials.operator, expiry=credentials.expires, opts=opts)
+            operator=credentials.operator, expiry=credentials.expires,
+            encrypt=credentials.encrypt, opts=opts)
+
+    @property
+    def protocol(self) -> str:
+        return "dlt645"  # both editions, as relay outcomes have always named them
+
+    @property
+    def retries(self) -> int:
+        return self.session.retries
+
+    async def read_number(self, quantity: str, opts: CallOptions = DEFAULT) -> float | None:
+        return number_of((await self.session.read(self._address, quantity, opts=opts)).value)
 
     # ---- daily freezes
 

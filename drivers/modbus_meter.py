@@ -28,10 +28,11 @@ from .device import (
     Unsupported,
 )
 from .errors import BadReply, DriverError
-from .modbus import ModbusSession
+from .modbus import ModbusBusy, ModbusError, ModbusSession
 from .options import DEFAULT, CallOptions
 
 _RELAY_ACTIONS = frozenset({"trip", "restore"})
+ACKNOWLEDGE = 0x05  # exception code: request taken, processing takes long
 
 
 def _profile(ref: MeterRef) -> Profile:
@@ -156,7 +157,26 @@ class ModbusMeter(Meter):
                     opts: CallOptions = DEFAULT) -> None:
         if not isinstance(plan.payload, bool):
             raise ValueError(f"meter {self.meter_id}: not a Modbus relay plan")
-        await self.session.relay(self.unit, self.profile, plan.payload, opts=opts)
+        try:
+            await self.session.relay(self.unit, self.profile, plan.payload, opts=opts)
+        except ModbusBusy as e:
+            if e.code == ACKNOWLEDGE:
+                return  # taken, carried out slowly: the state read afterwards tells
+            # SERVER_DEVICE_BUSY: not taken, a refusal of this command
+            raise ModbusError(str(e), unit=e.unit, function=e.function, code=e.code) from e
+
+    @property
+    def retries(self) -> int:
+        return self.session.retries
+
+    async def read_number(self, quantity: str, opts: CallOptions = DEFAULT) -> float | None:
+        if not self.capabilities.offers(quantity):
+            raise Unsupported(f"profile {self.profile.name}: no register for {quantity!r}",
+                              address=self.address)
+        values = await self.session.read_profile(self.unit, self.profile, [quantity],
+                                                 opts=opts)
+        value = values.get(quantity)
+        return None if value is None else float(value)
 
 
 class ModbusKind(MeterKind):
