@@ -1,17 +1,19 @@
 """Verified relay switching: send one relay command, then prove it took effect.
 
-Independent of the daemon: the caller owns the bus and hands over a session::
+Independent of the daemon and of the protocol: the caller owns the bus and hands over a
+meter of the device model (:mod:`drivers.device`)::
 
     async with TcpBus("10.0.0.7", 10001) as bus:
-        outcome = await execute_dlt645("trip", session=Dlt645Session(bus),
-                                       address="000000000123", password="02000000")
+        meter = open_meter(Line(bus), MeterRef("m1", "dlt645-2007", "000000000123"))
+        outcome = await execute("trip", meter, Credentials(password="02000000"))
         sys.exit(outcome.exit_code)
 
-Every switching runs the same sequence:
+Every switching runs the same sequence, whatever the meter speaks (the meter's
+:meth:`~drivers.device.Meter.relay_plan` says what is sent and what shows it worked):
 
-1. read the state *before* (DL/T645: status word 3: relay open, relay command state,
-   pre-trip alarm, hold power; Modbus: the profile's relay readback) and the forward
-   active energy (a failed energy read is tolerated: ``energy_before`` is None).  If the
+1. read the relay state *before* (DL/T645: status word 3: relay open, relay command
+   state, pre-trip alarm, hold power; Modbus: the profile's relay readback) and the
+   billing energy (a failed energy read is tolerated: ``energy_before`` is None).  If the
    state cannot be read, nothing is sent (``failed``); a trip while hold power (保电) is
    on is not sent either (``refused``, error bit ``hold_power``): the meter would ack it
    and keep the relay closed.  A dry run (``dry_run=True``) stops here (``dry_run``);
@@ -59,9 +61,10 @@ What is expected of each action (DL/T645, status word 3):
 On Modbus, ``trip`` and ``restore`` write the profile's relay coil or register and are
 confirmed by its readback.
 
-While a switching runs, the session's read ``retries`` is set to 0 (restored after):
-reads are retried here instead, except after a reply from another address, which ends
-the sequence at once.  Argument mistakes (an address with wildcards, a malformed
+Every request of a switching goes with ``CallOptions(retries=0)``: reads are retried
+here instead (as often as the meter's line retries a read), except after a reply from
+another address, which ends the sequence at once.  The session, which polls share,
+keeps its own settings.  Argument mistakes (an address with wildcards, a malformed
 password) raise :class:`ValueError` before anything is sent.
 """
 
@@ -70,11 +73,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_args
 
-from drivers.dlt645 import Dlt645Session, EncryptHook
+from drivers.device import Credentials, Meter, RelayState, Unsupported
 from drivers.errors import (
     BadReply,
     DriverError,
@@ -83,10 +85,7 @@ from drivers.errors import (
     NoReply,
     WrongReply,
 )
-from drivers.modbus import ModbusBusy, ModbusSession
-from protocols.dlt645 import DLT645Error, RelayCommand, RemoteControlRequest, StatusWord, Version
-from protocols.modbus import Profile, relay_readback_block, relay_state
-from protocols.quantities import BROADCAST_ADDRESS, normalise_address
+from drivers.options import CallOptions
 
 Action = Literal["trip", "restore", "hold", "release", "alarm", "alarm_release"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
@@ -119,24 +118,8 @@ CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
 DEFAULT_EXPIRY = dt.timedelta(minutes=5)
 DEFAULT_VERIFY_TIMEOUT = 10.0
 DEFAULT_POLL_INTERVAL = 0.5
-ENERGY_QUANTITIES = ("energy_active_forward_total", "energy_active_combined_total")
-"""The energy read before and at switching: the first of these the meter offers (Modbus:
-the profile maps; DL/T645 always reads the first)."""
-
-_DLT645_COMMANDS: dict[Action, RelayCommand] = {
-    "trip": RelayCommand.TRIP,
-    "restore": RelayCommand.CLOSE_PERMITTED,
-    "hold": RelayCommand.HOLD_POWER,
-    "release": RelayCommand.HOLD_POWER_RELEASE,
-    "alarm": RelayCommand.ALARM,
-    "alarm_release": RelayCommand.ALARM_RELEASE,
-}
-
-# Status word 3 (DL/T645-2007 with the 2013 amendment's hold power bit).
-_BIT_RELAY_OPEN = 4
-_BIT_COMMAND_OPEN = 6
-_BIT_ALARM = 7
-_BIT_HOLD_POWER = 12
+ONCE = CallOptions(retries=0)
+"""Every request of a switching: retried here, never by the session."""
 
 
 def exit_code(outcome: RelayOutcome | str) -> int:
@@ -167,43 +150,12 @@ def command_expiry(expiry: dt.datetime | None = None, *, tz: dt.tzinfo | None = 
 
 # ---- results -------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class RelayState:
-    """What the meter said about its relay; None where it does not tell.
-
-    ``relay_open``: the relay (bit 4, or the Modbus readback); ``command_open``: the
-    relay command state is "trip" (bit 6); ``hold_power`` (bit 12); ``alarm``: pre-trip
-    alarm (bit 7); ``status_word_3``: the raw word, when read.
-    """
-
-    relay_open: bool | None = None
-    command_open: bool | None = None
-    hold_power: bool | None = None
-    alarm: bool | None = None
-    status_word_3: int | None = None
-
-    @classmethod
-    def from_status_word_3(cls, word: int, relay_open: bool | None = None) -> RelayState:
-        """Decode status word 3; ``relay_open`` overrides bit 4 (a Modbus readback)."""
-        return cls(
-            relay_open=bool(word >> _BIT_RELAY_OPEN & 1) if relay_open is None else relay_open,
-            command_open=bool(word >> _BIT_COMMAND_OPEN & 1),
-            hold_power=bool(word >> _BIT_HOLD_POWER & 1),
-            alarm=bool(word >> _BIT_ALARM & 1),
-            status_word_3=word,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"relay_open": self.relay_open, "command_open": self.command_open,
-                "hold_power": self.hold_power, "alarm": self.alarm,
-                "status_word_3": self.status_word_3}
-
-
 @dataclass(slots=True)
 class RelayOutcome:
     """The result of one switching; see the module doc for ``status``.
 
-    ``address``: the meter (12 digits) or the Modbus unit id (as text);
+    ``address``: the meter as it answers (12 digits, a Modbus unit id as text);
+    ``protocol``: ``dlt645`` or ``modbus`` (:attr:`drivers.device.Meter.protocol`);
     ``command_sent``: the command went on the wire; ``acknowledged``: the meter acked it;
     ``round_trips``: requests sent during the whole sequence; ``detail``: a sentence for
     people (never holds the password).
@@ -211,7 +163,7 @@ class RelayOutcome:
 
     action: Action
     address: str
-    protocol: Literal["dlt645", "modbus"]
+    protocol: str
     status: Status = "failed"
     error_bits: list[str] = field(default_factory=list)
     before: RelayState | None = None
@@ -273,9 +225,9 @@ def _is_foreign(e: BaseException) -> bool:
 
 @dataclass(slots=True)
 class _Plan:
-    """What differs between protocols: how to read, what to send, what to expect."""
+    """One switching on one meter: how to read, what to send, what to expect."""
 
-    session: Dlt645Session | ModbusSession
+    meter: Meter
     read_state: Callable[[], Awaitable[RelayState]]
     read_energy: Callable[[], Awaitable[float | None]] | None
     send: Callable[[], Awaitable[None]]
@@ -305,12 +257,12 @@ async def _guarded(call: Callable[[], Awaitable[_T]], step: str, attempts: int =
 
 async def _run(plan: _Plan, out: RelayOutcome, verify_timeout: float,
                poll_interval: float) -> RelayOutcome:
-    session = plan.session
-    retries = session.retries
-    first_request = session.requests
-    session.retries = 0  # reads are retried in _guarded, which stops at a foreign reply
+    meter = plan.meter
+    first_request = meter.requests
     try:
-        await _sequence(plan, out, verify_timeout, poll_interval, 1 + retries)
+        # Reads are retried in _guarded (each request once), which stops at a foreign
+        # reply; as many attempts as the line gives a read.
+        await _sequence(plan, out, verify_timeout, poll_interval, 1 + meter.retries)
     except _Foreign as e:
         out.status = "address_mismatch"
         sent = "after the command was sent" if out.command_sent else "nothing was sent"
@@ -319,8 +271,7 @@ async def _run(plan: _Plan, out: RelayOutcome, verify_timeout: float,
         if out.command_sent:
             out.detail += await _reread(plan, out)
     finally:
-        session.retries = retries
-        out.round_trips = session.requests - first_request
+        out.round_trips = meter.requests - first_request
     if plan.secret:
         out.detail = out.detail.replace(plan.secret, "********")
     return out
@@ -374,13 +325,6 @@ async def _sequence(plan: _Plan, out: RelayOutcome, verify_timeout: float,
     answered = False
     try:
         await _guarded(plan.send, f"{plan.command}")
-        out.acknowledged = True
-    except ModbusBusy as e:
-        if e.code != 0x05:  # SERVER_DEVICE_BUSY: not taken; ACKNOWLEDGE: taken, slow
-            out.status = "refused"
-            out.error_bits = list(e.errors)
-            out.detail = f"{plan.command} refused: {e}"
-            return
         out.acknowledged = True
     except MeterError as e:
         out.status = "refused"
@@ -473,231 +417,66 @@ def _check_timing(verify_timeout: float, poll_interval: float) -> None:
         raise ValueError(f"poll_interval {poll_interval!r} must be positive")
 
 
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, Decimal | int) else None
-
-
-# ---- DL/T645 ------------------------------------------------------------------------------
-
-async def execute_dlt645(
-    action: Action | str,
-    *,
-    session: Dlt645Session,
-    address: str,
-    password: str,
-    operator: str = "00000000",
-    expiry: dt.datetime | None = None,
-    tz: dt.tzinfo | None = CHINA_TZ,
-    direct_close: bool = False,
-    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
-    encrypt: EncryptHook | None = None,
-    dry_run: bool = False,
-) -> RelayOutcome:
-    """Switch the relay of the DL/T645-2007 meter at ``address`` and verify it.
-
-    ``password`` ``LLPPPPPP`` (level, code); ``operator`` the operator code sent with the
-    command; ``expiry`` the command's expiry (default now + 5 min), see
-    :func:`command_expiry` for ``tz``; ``direct_close``: ``restore`` sends 1C (direct
-    close) instead of 1B (close permitted); ``encrypt``: see
-    :meth:`Dlt645Session.remote_control`; ``dry_run``: everything but the command.
-    """
-    act = _check_action(action)
-    _check_timing(verify_timeout, poll_interval)
-    addr = normalise_address(address)
-    if "A" in addr or addr == BROADCAST_ADDRESS:
-        raise ValueError(f"meter address {address!r}: a relay command needs one meter's "
-                         "full address, not a wildcard or the broadcast address")
-    out = RelayOutcome(action=act, address=addr, protocol="dlt645")
-    if session.version is not Version.V2007:
-        out.status = "unsupported"
-        out.detail = f"DL/T645-{session.version} has no remote relay control (1C)"
-        return out
-    command = _DLT645_COMMANDS[act]
-    if act == "restore" and direct_close:
-        command = RelayCommand.CLOSE_DIRECT
-    when = command_expiry(expiry, tz=tz)
-    try:  # argument mistakes before any I/O (the messages never quote the password)
-        RemoteControlRequest(address=addr, password=password, operator=operator,
-                             command=command, expiry=when).data()
-    except DLT645Error as e:
-        raise ValueError(str(e)) from None
-
-    async def read_state() -> RelayState:
-        reading = await session.read(addr, "status_word_3")
-        if not isinstance(reading.value, StatusWord):  # pragma: no cover - catalogue says so
-            raise BadReply(f"meter {addr}: status word 3 did not decode", address=addr)
-        return RelayState.from_status_word_3(reading.value.raw)
-
-    async def read_energy() -> float | None:
-        return _float((await session.read(addr, ENERGY_QUANTITIES[0])).value)
-
-    async def send() -> None:
-        await session.remote_control(addr, command, password=password, operator=operator,
-                                     expiry=when, encrypt=encrypt)
-
-    expected, expectation = _dlt645_expectation(command)
-    plan = _Plan(session, read_state, read_energy, send, expected, expectation,
-                 f"{command.name.lower()} ({command.value:02X})", secret=password.strip(),
-                 trip=command is RelayCommand.TRIP, dry_run=dry_run)
-    return await _run(plan, out, verify_timeout, poll_interval)
-
-
-def _dlt645_expectation(command: RelayCommand) -> tuple[Callable[[RelayState], bool], str]:
-    table: dict[RelayCommand, tuple[Callable[[RelayState], bool], str]] = {
-        RelayCommand.TRIP: (lambda s: s.relay_open is True, "relay open"),
-        RelayCommand.CLOSE_PERMITTED: (lambda s: s.command_open is False,
-                                       "relay command state close (close permitted)"),
-        RelayCommand.CLOSE_DIRECT: (lambda s: s.relay_open is False, "relay closed"),
-        RelayCommand.HOLD_POWER: (lambda s: s.hold_power is True, "hold power on"),
-        RelayCommand.HOLD_POWER_RELEASE: (lambda s: s.hold_power is False, "hold power off"),
-        RelayCommand.ALARM: (lambda s: s.alarm is True, "alarm on"),
-        RelayCommand.ALARM_RELEASE: (lambda s: s.alarm is False, "alarm off"),
-    }
-    return table[command]
-
-
-# ---- Modbus -------------------------------------------------------------------------------
-
-async def execute_modbus(
-    action: Action | str,
-    *,
-    session: ModbusSession,
-    unit: int,
-    profile: Profile,
-    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
-    dry_run: bool = False,
-) -> RelayOutcome:
-    """Trip or restore (close) the relay of Modbus ``unit`` as ``profile`` says, verified.
-
-    The profile needs a ``[relay]`` with a readback; ``hold``, ``release``, ``alarm`` and
-    ``alarm_release`` have no Modbus profile mapping: ``unsupported``, nothing sent.  A
-    ``status_word_3`` register in the profile adds command state, hold power and alarm
-    to the reported states (not used for confirmation; its hold power bit stops a trip).
-    ``dry_run``: everything but the command.
-    """
-    act = _check_action(action)
-    _check_timing(verify_timeout, poll_interval)
-    if isinstance(unit, bool) or not isinstance(unit, int) or not 1 <= unit <= 255:
-        raise ValueError(f"unit id {unit!r}: a relay command needs one device (1-255), "
-                         "not the broadcast address")
-    out = RelayOutcome(action=act, address=str(unit), protocol="modbus")
-    relay = profile.relay
-    block = relay_readback_block(profile)
-    if act not in ("trip", "restore"):
-        out.status = "unsupported"
-        out.detail = f"profile {profile.name}: {act} is not available over Modbus"
-        return out
-    if relay is None:
-        out.status = "unsupported"
-        out.detail = f"profile {profile.name}: the device has no relay control"
-        return out
-    if block is None:
-        out.status = "unsupported"
-        out.detail = (f"profile {profile.name}: the relay state cannot be read back, so a "
-                      "switching could not be verified; nothing sent")
-        return out
-    names = {r.name for r in profile.registers}
-    energy_name = next((n for n in ENERGY_QUANTITIES if n in names), None)
-    status_reg = profile.register("status_word_3") if "status_word_3" in names else None
-    trip = act == "trip"
-
-    async def read_state() -> RelayState:
-        words = await session.read_registers(unit, block.function, block.start, 1)
-        try:
-            is_open = relay_state(profile, words)
-        except ValueError as e:  # pragma: no cover - the session checked the word count
-            raise BadReply(f"unit {unit}: relay state: {e}", address=str(unit)) from e
-        if status_reg is None:
-            return RelayState(relay_open=is_open)
-        if (status_reg.function, status_reg.address) == (block.function, block.start):
-            word = words[0]
-        else:
-            values = await session.read_profile(unit, profile, ["status_word_3"])
-            word = int(values["status_word_3"])
-        return RelayState.from_status_word_3(word, relay_open=is_open)
-
-    read_energy: Callable[[], Awaitable[float | None]] | None = None
-    if energy_name is not None:
-        name = energy_name
-
-        async def read_energy() -> float | None:
-            return _float((await session.read_profile(unit, profile, [name])).get(name))
-
-    async def send() -> None:
-        await session.relay(unit, profile, trip)
-
-    expected: Callable[[RelayState], bool] = (
-        (lambda s: s.relay_open is True) if trip else (lambda s: s.relay_open is False))
-    value = relay.trip if trip else relay.close
-    target = f"coil {relay.address}" if relay.kind == "coil" else f"register {relay.address}"
-    plan = _Plan(session, read_state, read_energy, send, expected,
-                 "relay open" if trip else "relay closed",
-                 f"{'trip' if trip else 'close'} ({target} = {value})", trip=trip,
-                 dry_run=dry_run)
-    return await _run(plan, out, verify_timeout, poll_interval)
-
-
-# ---- reading the state only ------------------------------------------------------------------
-
-async def read_relay_state(*, session: Dlt645Session | ModbusSession, address: str | int,
-                           profile: Profile | None = None) -> RelayState:
-    """The relay state now: status word 3 (DL/T645) or the profile's readback (Modbus)."""
-    if isinstance(session, ModbusSession):
-        if profile is None:
-            raise ValueError("a Modbus relay state needs the device profile")
-        block = relay_readback_block(profile)
-        if block is None:
-            raise ValueError(f"profile {profile.name}: no relay readback")
-        words = await session.read_registers(int(address), block.function, block.start, 1)
-        return RelayState(relay_open=relay_state(profile, words))
-    reading = await session.read(normalise_address(str(address)), "status_word_3")
-    if not isinstance(reading.value, StatusWord):  # pragma: no cover - catalogue says so
-        raise BadReply(f"meter {address}: status word 3 did not decode", address=str(address))
-    return RelayState.from_status_word_3(reading.value.raw)
-
-
-# ---- one entry for both ---------------------------------------------------------------------
+# ---- the one entry -----------------------------------------------------------------------
 
 async def execute(
     action: Action | str,
+    meter: Meter,
+    credentials: Credentials | None = None,
     *,
-    session: Dlt645Session | ModbusSession,
-    address: str | int,
-    password: str | None = None,
-    operator: str = "00000000",
-    expiry: dt.datetime | None = None,
     tz: dt.tzinfo | None = CHINA_TZ,
     direct_close: bool = False,
-    profile: Profile | None = None,
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
-    encrypt: EncryptHook | None = None,
     dry_run: bool = False,
 ) -> RelayOutcome:
-    """:func:`execute_dlt645` or :func:`execute_modbus`, by the session's type.
+    """Carry out ``action`` on ``meter`` and verify it (see the module doc).
 
-    DL/T645 needs ``password``; Modbus needs ``profile`` and takes ``address`` as the
-    unit id.
+    ``credentials``: what the meter's relay commands need (its capabilities'
+    ``credentials``): password, operator code, expiry (None: now + 5 min; see
+    :func:`command_expiry` for ``tz``), ESAM hook; ``direct_close``: ``restore`` closes
+    the relay at once where the meter can (DL/T645 1C instead of 1B); ``dry_run``:
+    everything but the command.  What the meter cannot do ends ``unsupported``, nothing
+    sent; credentials it cannot use raise :class:`ValueError` before any I/O.
     """
-    if isinstance(session, ModbusSession):
-        if profile is None:
-            raise ValueError("a Modbus relay command needs the device's profile")
-        try:
-            unit = int(address)
-        except ValueError:
-            raise ValueError(f"Modbus unit id {address!r} is not a number") from None
-        return await execute_modbus(action, session=session, unit=unit, profile=profile,
-                                    verify_timeout=verify_timeout, poll_interval=poll_interval,
-                                    dry_run=dry_run)
-    if password is None:
-        raise ValueError("a DL/T645 relay command needs a password (LLPPPPPP)")
-    return await execute_dlt645(action, session=session, address=str(address),
-                                password=password, operator=operator, expiry=expiry, tz=tz,
-                                direct_close=direct_close, verify_timeout=verify_timeout,
-                                poll_interval=poll_interval, encrypt=encrypt,
-                                dry_run=dry_run)
+    act = _check_action(action)
+    _check_timing(verify_timeout, poll_interval)
+    out = RelayOutcome(action=act, address=meter.address, protocol=meter.protocol)
+    try:
+        relay_plan = meter.relay_plan(act, direct_close=direct_close)
+    except Unsupported as e:
+        out.status = "unsupported"
+        out.detail = str(e)
+        return out
+    if credentials is not None:
+        credentials = replace(credentials,
+                              expires=command_expiry(credentials.expires, tz=tz))
+    meter.check_credentials(relay_plan, credentials)
+    energy = meter.billing_energy()
+
+    async def read_state() -> RelayState:
+        return await meter.relay_state(ONCE)
+
+    read_energy: Callable[[], Awaitable[float | None]] | None = None
+    if energy is not None:
+        name = energy
+
+        async def read_energy() -> float | None:
+            return await meter.read_number(name, ONCE)
+
+    async def send() -> None:
+        await meter.relay(relay_plan, credentials, ONCE)
+
+    plan = _Plan(meter, read_state, read_energy, send, relay_plan.expected,
+                 relay_plan.expectation, relay_plan.command,
+                 secret=meter.secret_of(credentials), trip=relay_plan.trip, dry_run=dry_run)
+    return await _run(plan, out, verify_timeout, poll_interval)
+
+
+async def read_relay_state(meter: Meter, opts: CallOptions | None = None) -> RelayState:
+    """The relay state now (read only); :class:`~drivers.device.Unsupported` where the
+    meter cannot tell (its capabilities' ``relay_state``)."""
+    return await meter.relay_state(opts or CallOptions())
 
 
 __all__ = [
@@ -706,7 +485,6 @@ __all__ = [
     "DEFAULT_EXPIRY",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_VERIFY_TIMEOUT",
-    "ENERGY_QUANTITIES",
     "EXIT_ADDRESS_MISMATCH",
     "EXIT_CODES",
     "EXIT_CONFIRMED",
@@ -715,6 +493,7 @@ __all__ = [
     "EXIT_REFUSED",
     "EXIT_UNCONFIRMED",
     "EXIT_UNSUPPORTED",
+    "ONCE",
     "STATUSES",
     "Action",
     "RelayOutcome",
@@ -722,7 +501,6 @@ __all__ = [
     "Status",
     "command_expiry",
     "execute",
-    "execute_dlt645",
-    "execute_modbus",
     "exit_code",
+    "read_relay_state",
 ]

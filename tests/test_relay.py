@@ -1,4 +1,5 @@
-"""collector.relay against the real simulators over TCP: DL/T645 BusServer, Modbus TCP."""
+"""collector.relay against the real simulators over TCP: DL/T645 BusServer, Modbus TCP;
+one ``execute`` for every meter of the device model."""
 
 from __future__ import annotations
 
@@ -20,14 +21,12 @@ from collector.relay import (
     RelayOutcome,
     command_expiry,
     execute,
-    execute_dlt645,
-    execute_modbus,
     exit_code,
 )
-from drivers.dlt645 import Dlt645Session
-from drivers.modbus import ModbusSession
+from drivers.device import Credentials, Line, Meter, MeterRef
+from drivers.meters import open_meter
 from drivers.tcp import TcpBus
-from protocols.dlt645 import Frame, Version
+from protocols.dlt645 import Frame
 from protocols.modbus import Profile
 from simulators.bus import BusServer
 from simulators.dlt645 import SimulatedMeter, make_meters
@@ -43,30 +42,36 @@ FAST = {"verify_timeout": 2.0, "poll_interval": 0.05, "tz": None}  # tz None: ho
 
 @asynccontextmanager
 async def line(meters: list[SimulatedMeter], **server: Any
-               ) -> AsyncIterator[tuple[BusServer, Dlt645Session]]:
+               ) -> AsyncIterator[tuple[BusServer, Line]]:
     async with BusServer(meters, baud=BAUD, td=0.02, **server) as srv, \
             TcpBus("127.0.0.1", srv.port, td=0.3, tb=0.2, reconnect_min=0.01) as bus:
-        yield srv, Dlt645Session(bus)
+        yield srv, Line(bus)
 
 
 @asynccontextmanager
 async def one_meter(config: MeterConfig | None = None, **server: Any
-                    ) -> AsyncIterator[tuple[BusServer, Dlt645Session, MeterModel]]:
+                    ) -> AsyncIterator[tuple[BusServer, Line, MeterModel]]:
     meters = make_meters([ADDR], seed=3, config=config)
-    async with line(meters, **server) as (srv, session):
-        yield srv, session, meters[0].model
+    async with line(meters, **server) as (srv, bus_line):
+        yield srv, bus_line, meters[0].model
 
 
-async def switch(action: str, session: Dlt645Session, **kwargs: Any) -> RelayOutcome:
-    options = {"address": ADDR, "password": PASSWORD, **FAST, **kwargs}
-    return await execute_dlt645(action, session=session, **options)
+def dlt645(bus_line: Line, address: str = ADDR, kind: str = "dlt645-2007") -> Meter:
+    return open_meter(bus_line, MeterRef("M1", kind, address))
+
+
+async def switch(action: str, bus_line: Line, *, address: str = ADDR,
+                 password: str = PASSWORD, expiry: dt.datetime | None = None,
+                 **kwargs: Any) -> RelayOutcome:
+    return await execute(action, dlt645(bus_line, address),
+                         Credentials(password, expires=expiry), **{**FAST, **kwargs})
 
 
 # ---- DL/T645 -----------------------------------------------------------------------------
 
 async def test_trip_confirmed_and_relay_really_open() -> None:
-    async with one_meter() as (srv, session, model):
-        out = await switch("trip", session)
+    async with one_meter() as (srv, bus_line, model):
+        out = await switch("trip", bus_line)
         assert out.status == "confirmed", out.detail
         assert model.relay_open and model.relay_command_open
         assert out.before is not None and out.before.relay_open is False
@@ -86,9 +91,9 @@ async def test_trip_confirmed_and_relay_really_open() -> None:
 
 
 async def test_restore_after_trip_confirmed() -> None:
-    async with one_meter() as (_, session, model):
-        assert (await switch("trip", session)).status == "confirmed"
-        out = await switch("restore", session)
+    async with one_meter() as (_, bus_line, model):
+        assert (await switch("trip", bus_line)).status == "confirmed"
+        out = await switch("restore", bus_line)
         assert out.status == "confirmed", out.detail
         assert out.before is not None and out.before.relay_open and out.before.command_open
         assert out.after is not None and out.after.command_open is False
@@ -97,22 +102,22 @@ async def test_restore_after_trip_confirmed() -> None:
 
 async def test_restore_permitted_without_auto_close_reports_relay_still_open() -> None:
     config = MeterConfig(auto_close_on_permit=False)
-    async with one_meter(config) as (_, session, model):
-        assert (await switch("trip", session)).status == "confirmed"
-        out = await switch("restore", session)
+    async with one_meter(config) as (_, bus_line, model):
+        assert (await switch("trip", bus_line)).status == "confirmed"
+        out = await switch("restore", bus_line)
         # Close permitted is confirmed by the command state; the relay waits for the button.
         assert out.status == "confirmed", out.detail
         assert out.after is not None and out.after.command_open is False
         assert out.relay_closed is False and model.relay_open
-        out = await switch("restore", session, direct_close=True)
+        out = await switch("restore", bus_line, direct_close=True)
         assert out.status == "confirmed", out.detail
         assert out.relay_closed is True and not model.relay_open
         assert "close_direct (1C)" in out.detail
 
 
 async def test_trip_under_hold_power_refused_at_once_from_the_pre_read() -> None:
-    async with one_meter() as (srv, session, model):
-        out = await switch("hold", session)
+    async with one_meter() as (srv, bus_line, model):
+        out = await switch("hold", bus_line)
         assert out.status == "confirmed" and model.hold_power, out.detail
         assert out.after is not None and out.after.hold_power
         # The meter would ack the trip and keep the relay closed: the pre-read shows hold
@@ -121,7 +126,7 @@ async def test_trip_under_hold_power_refused_at_once_from_the_pre_read() -> None
         requests = srv.stats.requests
         loop = asyncio.get_running_loop()
         started = loop.time()
-        out = await switch("trip", session, verify_timeout=10.0)
+        out = await switch("trip", bus_line, verify_timeout=10.0)
         elapsed = loop.time() - started
         assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
         assert elapsed < 1.0, elapsed
@@ -130,25 +135,25 @@ async def test_trip_under_hold_power_refused_at_once_from_the_pre_read() -> None
         assert out.before is not None and out.before.hold_power and out.after is None
         assert out.round_trips == 1 == srv.stats.requests - requests  # the pre-read only
         assert srv.meter(ADDR).audit[-1].action != "TRIP"
-        out = await switch("release", session)
+        out = await switch("release", bus_line)
         assert out.status == "confirmed" and not model.hold_power, out.detail
-        assert (await switch("trip", session)).status == "confirmed"
+        assert (await switch("trip", bus_line)).status == "confirmed"
         assert model.relay_open
 
 
 async def test_alarm_and_release() -> None:
-    async with one_meter() as (_, session, model):
-        out = await switch("alarm", session)
+    async with one_meter() as (_, bus_line, model):
+        out = await switch("alarm", bus_line)
         assert out.status == "confirmed" and model.alarm_commanded, out.detail
         assert out.after is not None and out.after.alarm
-        out = await switch("alarm_release", session)
+        out = await switch("alarm_release", bus_line)
         assert out.status == "confirmed" and not model.alarm_commanded, out.detail
         assert not model.relay_open
 
 
 async def test_wrong_password_refused() -> None:
-    async with one_meter() as (srv, session, model):
-        out = await switch("trip", session, password="02999999")
+    async with one_meter() as (srv, bus_line, model):
+        out = await switch("trip", bus_line, password="02999999")
         assert out.status == "refused", out.detail
         assert out.error_bits == ["unauthorised"]
         assert not model.relay_open and out.after is None and out.exit_code == 3
@@ -158,16 +163,16 @@ async def test_wrong_password_refused() -> None:
 
 
 async def test_expired_command_refused() -> None:
-    async with one_meter() as (_, session, model):
-        out = await switch("trip", session, expiry=model.now() - dt.timedelta(minutes=1))
+    async with one_meter() as (_, bus_line, model):
+        out = await switch("trip", bus_line, expiry=model.now() - dt.timedelta(minutes=1))
         assert out.status == "refused", out.detail
         assert out.error_bits == ["other_error"]
         assert not model.relay_open
 
 
 async def test_wrong_address_reply_stops_before_anything_is_sent() -> None:
-    async with one_meter(faults=f"wrong-address:{ADDR}") as (srv, session, model):
-        out = await switch("trip", session)
+    async with one_meter(faults=f"wrong-address:{ADDR}") as (srv, bus_line, model):
+        out = await switch("trip", bus_line)
         assert out.status == "address_mismatch", out.detail
         assert out.exit_code == 5 and not out.command_sent and not model.relay_open
         assert out.before is None
@@ -175,7 +180,7 @@ async def test_wrong_address_reply_stops_before_anything_is_sent() -> None:
         assert srv.stats.requests == 1 == out.round_trips
         assert srv.meter(ADDR).counters["requests"] == 1
         assert "000000000002" in out.detail
-        assert session.retries == 1  # the session's own setting is back
+        assert dlt645(bus_line).retries == 1  # the shared session's own setting, untouched
 
 
 class ImpostorMeter(SimulatedMeter):
@@ -196,8 +201,8 @@ class ImpostorMeter(SimulatedMeter):
 
 async def test_ack_from_another_address_is_never_success() -> None:
     meter = ImpostorMeter(MeterModel(ADDR, seed="3"), lambda f: f.function == 0x1C)
-    async with line([meter]) as (srv, session):
-        out = await switch("trip", session)
+    async with line([meter]) as (srv, bus_line):
+        out = await switch("trip", bus_line)
         assert out.status == "address_mismatch", out.detail
         assert out.command_sent and not out.acknowledged and out.after is None
         # status, energy, command, one re-read of the state (answered by the impostor)
@@ -224,8 +229,8 @@ class ForeignAck(SimulatedMeter):
 
 async def test_address_mismatch_reports_the_real_relay_state() -> None:
     meter = ForeignAck(MeterModel(ADDR, seed="3"))
-    async with line([meter]) as (srv, session):
-        out = await switch("trip", session)
+    async with line([meter]) as (srv, bus_line):
+        out = await switch("trip", bus_line)
         assert out.status == "address_mismatch" and out.exit_code == 5, out.detail
         assert meter.model.relay_open  # the meter did act on the command
         # The state read again from ADDR, after the foreign ack: the relay is open.
@@ -246,8 +251,8 @@ async def test_verification_read_from_another_address_stops_at_once() -> None:
         return hit
 
     meter = ImpostorMeter(MeterModel(ADDR, seed="3"), after_command)
-    async with line([meter]) as (srv, session):
-        out = await switch("trip", session)
+    async with line([meter]) as (srv, bus_line):
+        out = await switch("trip", bus_line)
         assert out.status == "address_mismatch", out.detail
         assert out.acknowledged and out.latency_ms is None
         # one verification read and one re-read, no more
@@ -273,8 +278,8 @@ class SilentOnControl(SimulatedMeter):
 @pytest.mark.parametrize("acts", [True, False])
 async def test_no_ack_then_the_state_decides(acts: bool) -> None:
     meter = SilentOnControl(MeterModel(ADDR, seed="3"), acts)
-    async with line([meter]) as (_, session):
-        out = await switch("trip", session, verify_timeout=0.5)
+    async with line([meter]) as (_, bus_line):
+        out = await switch("trip", bus_line, verify_timeout=0.5)
         assert not out.acknowledged and "no acknowledgement" in out.detail
         if acts:
             assert out.status == "confirmed" and meter.model.relay_open, out.detail
@@ -284,50 +289,49 @@ async def test_no_ack_then_the_state_decides(acts: bool) -> None:
 
 
 async def test_dlt645_1997_unsupported_and_argument_errors() -> None:
-    async with one_meter() as (srv, session, _):
-        old = Dlt645Session(session.bus, version=Version.V1997)
-        out = await execute_dlt645("trip", session=old, address=ADDR, password=PASSWORD)
+    async with one_meter() as (srv, bus_line, _):
+        old = dlt645(bus_line, kind="dlt645-1997")
+        out = await execute("trip", old, Credentials(PASSWORD))
         assert out.status == "unsupported" and out.exit_code == 7
         with pytest.raises(ValueError, match="wildcard"):
-            await switch("trip", session, address="AAAAAAAAAAAA")
+            await switch("trip", bus_line, address="AAAAAAAAAAAA")
         with pytest.raises(ValueError, match="8 hex digits") as e:
-            await switch("trip", session, password="0200000x")
+            await switch("trip", bus_line, password="0200000x")
         assert "0200000x" not in str(e.value)
         with pytest.raises(ValueError, match="relay action"):
-            await switch("open", session)
+            await switch("open", bus_line)
         with pytest.raises(ValueError, match="password"):
-            await execute("trip", session=session, address=ADDR)
+            await execute("trip", dlt645(bus_line))
         assert srv.stats.requests == 0
 
 
 async def test_dry_run_predicts_and_sends_nothing() -> None:
-    async with one_meter() as (srv, session, model):
-        out = await switch("trip", session, dry_run=True)
+    async with one_meter() as (srv, bus_line, model):
+        out = await switch("trip", bus_line, dry_run=True)
         assert out.status == "dry_run" and out.exit_code == 0, out.detail
         assert "would be sent" in out.detail and "relay closed" in out.detail
         assert not out.command_sent and not model.relay_open
         assert srv.stats.requests == 1 == out.round_trips  # the pre-read only
-        old = Dlt645Session(session.bus, version=Version.V1997)
-        out = await execute_dlt645("trip", session=old, address=ADDR, password=PASSWORD,
-                                   dry_run=True)
+        old = dlt645(bus_line, kind="dlt645-1997")
+        out = await execute("trip", old, Credentials(PASSWORD), dry_run=True)
         assert out.status == "unsupported" and out.exit_code == 7
         model.hold_power = True
-        out = await switch("trip", session, dry_run=True)
+        out = await switch("trip", bus_line, dry_run=True)
         assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
-        assert (await switch("release", session, dry_run=True)).status == "dry_run"
+        assert (await switch("release", bus_line, dry_run=True)).status == "dry_run"
         assert not model.relay_open and model.hold_power
-    async with one_meter(faults=f"wrong-address:{ADDR}") as (_, session, _):
-        out = await switch("trip", session, dry_run=True)
+    async with one_meter(faults=f"wrong-address:{ADDR}") as (_, bus_line, _):
+        out = await switch("trip", bus_line, dry_run=True)
         assert out.status == "address_mismatch" and out.exit_code == 5, out.detail
-    async with line([]) as (_, session):  # nobody answers
-        out = await switch("trip", session, dry_run=True)
+    async with line([]) as (_, bus_line):  # nobody answers
+        out = await switch("trip", bus_line, dry_run=True)
         assert out.status == "failed" and out.exit_code == 6, out.detail
         assert "unreadable" in out.detail
 
 
 async def test_execute_dispatches_to_dlt645() -> None:
-    async with one_meter() as (_, session, model):
-        out = await execute("trip", session=session, address=ADDR, password=PASSWORD,
+    async with one_meter() as (_, bus_line, model):
+        out = await execute("trip", dlt645(bus_line), Credentials(PASSWORD),
                             verify_timeout=2.0, poll_interval=0.05, tz=None)
         assert out.status == "confirmed" and out.protocol == "dlt645" and model.relay_open
 
@@ -405,17 +409,21 @@ def write_profile(tmp_path: Path, name: str, text: str) -> Profile:
 
 
 @asynccontextmanager
-async def modbus(profile: Profile) -> AsyncIterator[tuple[ModbusSimulator, ModbusSession]]:
+async def modbus(profile: Profile) -> AsyncIterator[tuple[ModbusSimulator, Line]]:
     async with ModbusSimulator(profile, meters=1, transport="tcp", seed=5) as sim, \
             TcpBus("127.0.0.1", sim.port, td=0.5, tb=0.2, reconnect_min=0.01) as bus:
-        yield sim, ModbusSession(bus, framing="tcp")
+        yield sim, Line(bus, modbus="tcp")
+
+
+def unit(bus_line: Line, profile: Profile | None, address: str = "1") -> Meter:
+    return open_meter(bus_line, MeterRef("P1", "modbus", address, profile))
 
 
 async def test_modbus_trip_and_restore_confirmed(tmp_path: Path) -> None:
     profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
-    async with modbus(profile) as (sim, session):
-        out = await execute_modbus("trip", session=session, unit=1, profile=profile,
-                                   verify_timeout=2.0, poll_interval=0.05)
+    async with modbus(profile) as (sim, bus_line):
+        out = await execute("trip", unit(bus_line, profile), verify_timeout=2.0,
+                            poll_interval=0.05)
         assert out.status == "confirmed", out.detail
         assert sim.model(1).relay_open and out.protocol == "modbus" and out.address == "1"
         assert out.before is not None and out.before.relay_open is False
@@ -423,18 +431,18 @@ async def test_modbus_trip_and_restore_confirmed(tmp_path: Path) -> None:
         assert out.energy_before is not None and out.energy_at_switch is not None
         assert out.round_trips == 5  # readback, energy, write, readback, energy
         assert sim.stats.trips == 1
-        out = await execute("restore", session=session, address=1, profile=profile,
-                            verify_timeout=2.0, poll_interval=0.05)
+        out = await execute("restore", unit(bus_line, profile), verify_timeout=2.0,
+                            poll_interval=0.05)
         assert out.status == "confirmed", out.detail
         assert out.relay_closed is True and not sim.model(1).relay_open
 
 
 async def test_modbus_trip_under_hold_power_refused_at_once(tmp_path: Path) -> None:
     profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
-    async with modbus(profile) as (sim, session):
+    async with modbus(profile) as (sim, bus_line):
         sim.model(1).set_hold_power(True)
-        out = await execute_modbus("trip", session=session, unit=1, profile=profile,
-                                   verify_timeout=10.0, poll_interval=0.05)
+        out = await execute("trip", unit(bus_line, profile), verify_timeout=10.0,
+                            poll_interval=0.05)
         # The profile's status word 3 shows hold power: the trip is not written.
         assert out.status == "refused" and out.error_bits == ["hold_power"], out.detail
         assert not out.command_sent and sim.stats.trips == 0
@@ -445,17 +453,16 @@ async def test_modbus_without_relay_or_hold_unsupported(tmp_path: Path) -> None:
     no_relay = RELAY_PROFILE.split("[relay]")[0]
     plain = write_profile(tmp_path, "no-relay", no_relay)
     with_relay = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
-    async with modbus(plain) as (sim, session):
-        out = await execute_modbus("trip", session=session, unit=1, profile=plain)
+    async with modbus(plain) as (sim, bus_line):
+        out = await execute("trip", unit(bus_line, plain))
         assert out.status == "unsupported" and out.exit_code == 7
         assert "no relay control" in out.detail and not out.command_sent
-        out = await execute_modbus("hold", session=session, unit=1, profile=with_relay)
+        out = await execute("hold", unit(bus_line, with_relay))
         assert out.status == "unsupported" and "hold" in out.detail
-        out = await execute_modbus("trip", session=session, unit=1, profile=plain,
-                                   dry_run=True)
+        out = await execute("trip", unit(bus_line, plain), dry_run=True)
         assert out.status == "unsupported" and "no relay control" in out.detail
-        assert sim.stats.requests == 0 and session.requests == 0
+        assert sim.stats.requests == 0 and unit(bus_line, plain).requests == 0
         with pytest.raises(ValueError, match="broadcast"):
-            await execute_modbus("trip", session=session, unit=0, profile=with_relay)
+            await execute("trip", unit(bus_line, with_relay, "0"))
         with pytest.raises(ValueError, match="profile"):
-            await execute("trip", session=session, address=1)
+            await execute("trip", unit(bus_line, None))
