@@ -41,20 +41,15 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from drivers.device import Capabilities, Credentials, MeterRef, Unsupported
 from drivers.errors import DriverError
+from drivers.meters import capabilities
 from protocols.modbus import Profile
 
 from .config import meters_matching
 from .records import CommandRecord, utcnow
-from .relay import (
-    ACTIONS,
-    EXIT_CODES,
-    RelayState,
-    execute_dlt645,
-    execute_modbus,
-    read_relay_state,
-)
-from .scheduler import VERSIONS, BusWorker, Lane, WorkerStopped
+from .relay import ACTIONS, EXIT_CODES, RelayState, execute, read_relay_state
+from .scheduler import BusWorker, Lane, WorkerStopped
 from .secrets import Secrets, SecretsError
 from .settings import CommandSettings, MeterSettings, Settings
 
@@ -132,17 +127,25 @@ class RelayService:
         if self.secrets is None:
             raise CommandRejected("no secrets file ([commands] secrets_file): meter "
                                   "passwords and operator codes are kept there")
-        needs_code = any(m.protocol != "modbus" for m in meters)
-        if needs_code:
+        protected = [m for m in meters if self.capabilities(m).credentials]
+        if protected:
             try:
                 self.secrets.operator_code(operator)
             except SecretsError as e:
                 raise CommandRejected(str(e)) from None
-        no_password = [m.meter_id for m in meters
-                       if m.protocol != "modbus" and self.secrets.password(m.meter_id) is None]
+        no_password = [m.meter_id for m in protected
+                       if self.secrets.password(m.meter_id) is None]
         if no_password:
             raise CommandRejected(f"no password in the secrets file for "
                                   f"{', '.join(no_password[:10])}")
+
+    def capabilities(self, m: MeterSettings) -> Capabilities:
+        """What ``m`` offers (no I/O); CommandRejected if its profile cannot be loaded."""
+        try:
+            profile = self.profile(m.profile) if m.profile else None
+            return capabilities(MeterRef(m.meter_id, m.protocol, m.address, profile))
+        except (ValueError, KeyError, OSError) as e:
+            raise CommandRejected(f"meter {m.meter_id}: {e}") from None
 
     def protection(self, m: MeterSettings) -> str | None:
         """Why a trip must not reach ``m`` without force (None: it may)."""
@@ -247,21 +250,16 @@ class RelayService:
                       dry_run: bool, expires: dt.datetime) -> dict[str, Any]:
         s = self.settings
         assert self.secrets is not None
-        if m.protocol == "modbus":
-            outcome = await execute_modbus(action, session=w.modbus(), unit=m.unit,
-                                           profile=self.profile(m.profile),
-                                           verify_timeout=s.verify_timeout,
-                                           poll_interval=s.poll_interval, dry_run=dry_run)
-        else:
+        meter = w.device(m)
+        credentials = None
+        if meter.capabilities.credentials:
             password = self.secrets.password(m.meter_id)
             assert password is not None  # checked before
-            outcome = await execute_dlt645(
-                action, session=w.session(VERSIONS[m.protocol]), address=m.address,
-                password=password.reveal(),
-                operator=self.secrets.operator_code(operator).reveal(),
-                expiry=expires, direct_close=s.direct_close,
-                verify_timeout=s.verify_timeout, poll_interval=s.poll_interval,
-                dry_run=dry_run)
+            credentials = Credentials(password.reveal(),
+                                      self.secrets.operator_code(operator).reveal(), expires)
+        outcome = await execute(action, meter, credentials, direct_close=s.direct_close,
+                                verify_timeout=s.verify_timeout,
+                                poll_interval=s.poll_interval, dry_run=dry_run)
         result = outcome.as_dict()
         if dry_run:
             result["state"] = result["before"]  # what relay-status shows
@@ -270,12 +268,10 @@ class RelayService:
     async def _status(self, w: BusWorker, m: MeterSettings) -> dict[str, Any]:
         """The relay state now (read only)."""
         try:
-            state = await read_relay_state(
-                session=w.modbus() if m.protocol == "modbus"
-                else w.session(VERSIONS[m.protocol]),
-                address=m.unit if m.protocol == "modbus" else m.address,
-                profile=self.profile(m.profile) if m.protocol == "modbus" else None)
-        except ValueError as e:  # the profile has no relay readback
+            state = await read_relay_state(w.device(m))
+        except Unsupported as e:  # e.g. a profile without a relay readback
+            return {"status": "unsupported", "detail": str(e)}
+        except ValueError as e:  # the meter cannot be opened (its profile, its unit id)
             return {"status": "unsupported", "detail": str(e)}
         except (DriverError, OSError) as e:
             return {"status": "failed", "detail": f"{type(e).__name__}: {e}"}

@@ -45,6 +45,7 @@ from collector.remote import BrokerError, RemoteError, new_request_id
 from collector.secrets import Secrets, SecretsError, load_secrets
 from collector.settings import CommandSettings, Settings
 from collector.signing import sign
+from protocols.modbus import Profile
 
 from .query import parse_since
 from .read import RemoteOptions, call_remote, remote_password
@@ -181,15 +182,20 @@ async def _local(settings: Settings, secrets: Secrets | None, action: str, meter
     chosen = {m.meter_id: m for m in settings.meters}
     buses = {chosen[m].bus for m in meters if m in chosen}
     workers: dict[str, BusWorker] = {}
+
+    def profile(name: str) -> Profile:
+        return load_profile(name, search=[settings.source.parent])
+
     try:
         for b in settings.buses:
             if b.name in buses:
-                w = BusWorker(b.name, make_bus(b), preamble=b.preamble, modbus=b.modbus)
+                w = BusWorker(b.name, make_bus(b), preamble=b.preamble, modbus=b.modbus,
+                              profiles=profile)
                 await w.start()
                 workers[b.name] = w
         service = RelayService(
             meters=lambda: settings.meters, workers=lambda: workers, secrets=secrets,
-            profile=lambda n: load_profile(n, search=[settings.source.parent]),
+            profile=profile,
             record=writer.put_command, settings=settings.commands or CommandSettings(),
             protected=lambda: protected_meters(settings))
         return await service.run(action, meters, operator=operator, reason=reason,
