@@ -224,7 +224,7 @@ class TimeSyncResult:
     readings: list[Reading] = field(default_factory=list)  # clock_drift, if known
 
 
-def _settable(meter: MeterSettings) -> bool:
+def clock_settable(meter: MeterSettings) -> bool:
     """Whether ``meter``'s kind has a clock amic reads and sets by broadcast (no I/O)."""
     try:
         caps = kind_of(meter.protocol).fixed_capabilities()
@@ -356,7 +356,7 @@ class TimeSync:
         result = TimeSyncResult(bus, self.local(ts).date())
         todo: list[MeterSettings] = []
         for m in meters:
-            if not _settable(m):
+            if not clock_settable(m):
                 result.skipped[m.meter_id] = f"{m.protocol}: no broadcast time sync"
             elif m.bus != bus:
                 result.skipped[m.meter_id] = f"on bus {m.bus}, not {bus}"
@@ -443,6 +443,7 @@ __all__ = [
     "TimeSync",
     "TimeSyncResult",
     "TimeSyncSettings",
+    "clock_settable",
     "measure_clock",
     "read_clock",
     "read_drift",
