@@ -3,7 +3,8 @@
 A DL/T645-2007 meter keeps its last 62 daily freezes: ``0506 00 NN`` is the time of the
 NN-th last freeze, ``0506 01 NN`` / ``0506 02 NN`` the forward / reverse active energy
 (total, t1..t4) frozen then.  When the collector missed days (bus down, collector
-stopped), :func:`backfill_meter` reads the freezes of the days the store lacks and
+stopped), :func:`backfill_meter` reads the freezes of the days the store lacks (through
+:meth:`drivers.device.Meter.read_freeze`, for meters whose kind keeps freezes) and
 returns them as readings with the freeze time as ``meter_ts`` and quality
 ``BACKFILLED``; :mod:`collector.reports` then places them on their day.
 

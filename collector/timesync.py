@@ -8,15 +8,14 @@ DL/T645 meters keep *local* time (China: Asia/Shanghai, UTC+8, no daylight savin
 The collector's time is taken as the middle of the read's round trip (request sent to
 reply received: the meter sampled its clock somewhere in between, most likely near
 the middle), and half a second is added because a meter shows whole seconds, truncated.
-DL/T645-2007 meters are read with ``meter_datetime`` (0400010C, one frame); meters that
-refuse it, and DL/T645-1997 meters, with ``meter_date`` then ``meter_time`` (the date
-read again when the time is just past midnight, so a midnight between the two reads
-cannot put the clock a day out).
+The meter's kind reads its clock (:meth:`drivers.device.Meter.read_clock`: DL/T645-2007
+with ``meter_datetime``, else ``meter_date`` then ``meter_time``).
 
-:class:`TimeSync` runs one bus at a time (:meth:`TimeSync.run_bus`): it reads every
-DL/T645 meter's drift (Modbus meters are skipped), then, when at least one meter is off
-by more than ``min_drift`` and at most ``max_sync_drift``, broadcasts the time (08 to
-999999999999) -- at most once per local day per bus -- and reads those meters again to
+:class:`TimeSync` runs one bus at a time (:meth:`TimeSync.run_bus`): it reads the drift
+of every meter whose kind has a clock set by broadcast (DL/T645; the others, Modbus, are
+skipped), then, when at least one meter is off by more than ``min_drift`` and at most
+``max_sync_drift``, broadcasts the time (08 to 999999999999, one per clock group: a
+DL/T645 edition) -- at most once per local day per bus -- and reads those meters again to
 see whether they took it.  A broadcast cannot be aimed at one meter and meters accept
 one about once a day and only within some minutes of their own clock, so a meter further
 off than ``max_sync_drift`` is not a reason to broadcast: it raises ``clock_drift_large``
