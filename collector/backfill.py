@@ -3,7 +3,8 @@
 A DL/T645-2007 meter keeps its last 62 daily freezes: ``0506 00 NN`` is the time of the
 NN-th last freeze, ``0506 01 NN`` / ``0506 02 NN`` the forward / reverse active energy
 (total, t1..t4) frozen then.  When the collector missed days (bus down, collector
-stopped), :func:`backfill_meter` reads the freezes of the days the store lacks and
+stopped), :func:`backfill_meter` reads the freezes of the days the store lacks (through
+:meth:`drivers.device.Meter.read_freeze`, for meters whose kind keeps freezes) and
 returns them as readings with the freeze time as ``meter_ts`` and quality
 ``BACKFILLED``; :mod:`collector.reports` then places them on their day.
 
@@ -21,17 +22,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
 
-from drivers.dlt645 import DataValue as WireReading
-from drivers.dlt645 import Dlt645Session
+from drivers.device import Freeze, Meter
+from drivers.dlt645_meter import FREEZE_ENERGIES
 from drivers.errors import DriverError, MeterError
-from protocols.dlt645 import DAILY_FREEZES, Version, freeze_di
+from drivers.meters import kind_of
+from drivers.options import CallOptions
+from protocols.dlt645 import DAILY_FREEZES
 
 from .records import UTC, Quality, Reading, assume_utc, to_ms, utcnow
 from .reports import DEFAULT_TZ, FROZEN_PREFIX, TzLike, as_zone, local_date, midnight_ms
-from .scheduler import BusWorker, Lane, to_number
+from .scheduler import BusWorker, Lane
 from .settings import MeterSettings
 from .store import Store
 
@@ -41,6 +44,7 @@ __all__ = [
     "SETTLE",
     "BackfillResult",
     "backfill_meter",
+    "daily_freezes",
     "missing_days",
     "wanted_days",
 ]
@@ -50,8 +54,7 @@ T = TypeVar("T")
 
 FROZEN_TOTAL: Final = FROZEN_PREFIX + "total"
 """The quantity whose presence marks a day as collected."""
-ENERGY_RECORDS: Final[tuple[str, ...]] = (
-    "freeze_daily_energy_active_forward", "freeze_daily_energy_active_reverse")
+ENERGY_RECORDS: Final[tuple[str, ...]] = FREEZE_ENERGIES
 SETTLE: Final = dt.timedelta(minutes=15)
 """A frozen value read (without ``meter_ts``) this soon after local midnight may still be
 the day before's freeze (a meter clock running slow): it does not count for its day."""
@@ -126,6 +129,14 @@ def missing_days(store: Store, meter_id: str, days: int, tz: TzLike = DEFAULT_TZ
 
 # ---- reading the meter ---------------------------------------------------------------
 
+def daily_freezes(meter: MeterSettings) -> int:
+    """How many daily freezes ``meter``'s kind keeps to backfill from (no I/O; 0: none)."""
+    try:
+        return kind_of(meter.protocol).fixed_capabilities().daily_freezes
+    except KeyError:
+        return 0
+
+
 class _Reader:
     """Reads of one meter's daily freezes, each batch one job on the bus worker."""
 
@@ -134,54 +145,34 @@ class _Reader:
         self.worker = worker
         self.meter = meter
         self.lane = lane
-        self.retries = retries
+        self.opts = CallOptions(retries=retries)
         self.result = result
 
-    async def _run(self, body: Callable[[Dlt645Session], Awaitable[T]]) -> T:
+    async def _run(self, body: Callable[[Meter], Awaitable[T]]) -> T:
         async def job(w: BusWorker) -> T:
-            session = w.session(Version.V2007)
-            session.retries = self.retries
-            return await body(session)
+            device = w.device(self.meter)
+            before = device.requests
+            try:
+                return await body(device)
+            finally:
+                self.result.requests += device.requests - before
         return await self.worker.submit(self.lane, job)
-
-    async def _get(self, session: Dlt645Session, record: str, n: int) -> WireReading:
-        self.result.requests += 1
-        return await session.read(self.meter.address, freeze_di(record, n))
-
-    async def _time(self, session: Dlt645Session, n: int) -> dt.datetime:
-        value = (await self._get(session, "freeze_daily_time", n)).value
-        if not isinstance(value, dt.datetime):  # pragma: no cover - the catalogue's format
-            raise TypeError(f"daily freeze time {n}: {value!r}")
-        return value
 
     async def last_freeze(self) -> dt.datetime:
         """When the meter froze last (meter local time)."""
-        return await self._run(lambda s: self._time(s, 1))
+        return await self._run(lambda m: m.freeze_time(1, self.opts))
 
-    async def day(self, n: int, day: dt.date
-                  ) -> tuple[dt.datetime, list[WireReading], list[str]] | str:
-        """Freeze ``n``'s time and energy blocks (one job), or why they are not ``day``'s.
+    async def day(self, n: int, day: dt.date, tz: dt.tzinfo) -> Freeze | str:
+        """Freeze ``n``'s time and energies (one job), or why they are not ``day``'s.
 
         The time is read in the same job as the energies (never reused from an earlier
         job), so a freeze taken meanwhile cannot file another day's energies under ``day``.
         """
-        async def body(session: Dlt645Session
-                       ) -> tuple[dt.datetime, list[WireReading], list[str]] | str:
-            when = await self._time(session, n)
-            if when.date() != day:
-                return (f"daily freeze {n} was taken at {when:%Y-%m-%d %H:%M}, not on {day} "
-                        f"(meter clock or freeze history off)")
-            blocks: list[WireReading] = []
-            notes: list[str] = []
-            for record in ENERGY_RECORDS:
-                try:
-                    blocks.append(await self._get(session, record, n))
-                except MeterError as e:
-                    if record == ENERGY_RECORDS[0]:
-                        raise
-                    notes.append(f"{day}: meter refuses {record}: {e}")
-            return when, blocks, notes
-        return await self._run(body)
+        got = await self._run(lambda m: m.read_freeze(n, self.opts, tz=tz, on=day))
+        if got.taken.date() != day:
+            return (f"daily freeze {n} was taken at {got.taken:%Y-%m-%d %H:%M}, not on {day} "
+                    f"(meter clock or freeze history off)")
+        return got
 
 
 async def backfill_meter(
@@ -220,7 +211,8 @@ async def backfill_meter(
             result.skipped.setdefault(d, reason)
         return result
 
-    if meter.protocol != "dlt645-2007":
+    kept = daily_freezes(meter)
+    if not kept:
         result.notes.append(f"{meter.protocol} meters keep no daily freeze history here")
         return skip_all("no daily freeze history")
 
@@ -247,11 +239,11 @@ async def backfill_meter(
             result.skipped[day] = (f"not frozen yet (the meter's last freeze is "
                                    f"{anchor:%Y-%m-%d %H:%M})")
             continue
-        if n > DAILY_FREEZES:
-            result.skipped[day] = f"older than the meter's {DAILY_FREEZES} daily freezes"
+        if n > kept:
+            result.skipped[day] = f"older than the meter's {kept} daily freezes"
             continue
         try:
-            got = await reader.day(n, day)
+            got = await reader.day(n, day, zone)
         except MeterError as e:
             result.skipped[day] = f"meter refused daily freeze {n}: {e}"
             continue
@@ -262,19 +254,12 @@ async def backfill_meter(
         if isinstance(got, str):
             result.skipped[day] = got
             continue
-        when, blocks, notes = got
-        result.notes += notes
-        meter_ts = when.replace(tzinfo=zone).astimezone(UTC)
+        result.notes += [f"{day}: {note}" for note in got.notes]
+        meter_ts = got.taken.replace(tzinfo=zone).astimezone(UTC)
         result.readings.append(Reading(meter.meter_id, "freeze_daily_time",
                                        to_ms(meter_ts) / 1000, "", now, meter_ts,
                                        Quality.BACKFILLED))
-        for block in blocks:
-            for part in block.members():
-                number = to_number(part.value)
-                if number is not None:
-                    result.readings.append(Reading(meter.meter_id, part.name, number,
-                                                   part.unit, now, meter_ts,
-                                                   Quality.BACKFILLED))
+        result.readings += [replace(r, ts=now) for r in got.readings]
         result.filled.append(day)
 
     if result.filled:

@@ -4,11 +4,12 @@
   rate per area and bus (采集成功率) are computed from the store and stored as ``daily``
   rows (forwarded: measurements ``lineloss`` and ``success_daily``); an area whose
   collection is incomplete gets a ``lineloss_incomplete`` event listing the missing meters;
-- ``timesync_at`` (02:00): clock drift read on every DL/T645 meter, one broadcast time
-  sync per bus when some meter is off by more than ``min_drift`` and at most 10 min
-  (collector/timesync.py);
+- ``timesync_at`` (02:00): clock drift read on every meter whose clock amic sets by
+  broadcast (DL/T645), one broadcast time sync per bus when some meter is off by more
+  than ``min_drift`` and at most 10 min (collector/timesync.py);
 - ``backfill_at`` (01:30): missed days of daily frozen energy read back from the meters
-  (collector/backfill.py), with the meters' own timestamps, idempotently;
+  that keep daily freezes (collector/backfill.py), with the meters' own timestamps,
+  idempotently;
 - audit re-reads (监察性抄表) once a day at a random time in ``audit_window``: a sample
   of meters read again and compared (collector/audit_reads.py).
 
@@ -23,6 +24,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -33,11 +35,11 @@ from .audit_reads import (
     audit_sample,
     choose_sample,
 )
-from .backfill import backfill_meter
+from .backfill import backfill_meter, daily_freezes
 from .records import DailyRecord, Event, utcnow
 from .reports import line_loss, meter_energies, midnight_ms, success_report
-from .settings import DailySettings
-from .timesync import TimeSync, TimeSyncSettings
+from .settings import DailySettings, MeterSettings
+from .timesync import TimeSync, TimeSyncSettings, clock_settable
 
 if TYPE_CHECKING:
     from .context import DaemonContext
@@ -169,11 +171,12 @@ class DailyJobs:
                  sum(r.kind != "lineloss" for r in out))
         return out
 
-    def _bus_meters(self) -> dict[str, list[Any]]:
+    def _bus_meters(self, able: Callable[[MeterSettings], bool]) -> dict[str, list[Any]]:
+        """The meters that can take part (``able``: by what their kind offers), by bus."""
         workers = self.ctx.workers()
         per_bus: dict[str, list[Any]] = {}
         for m in self.ctx.settings().meters:
-            if m.protocol != "modbus" and m.bus in workers:
+            if m.bus in workers and able(m):
                 per_bus.setdefault(m.bus, []).append(m)
         return per_bus
 
@@ -188,7 +191,7 @@ class DailyJobs:
             if result.readings and writer is not None:
                 writer.put_many(result.readings)
 
-        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
+        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters(clock_settable).items()))
         self._save()
 
     async def backfill(self, now: dt.datetime) -> None:
@@ -198,8 +201,6 @@ class DailyJobs:
 
         async def one(bus: str, meters: list[Any]) -> None:
             for m in meters:
-                if m.protocol != "dlt645-2007":
-                    continue
                 try:
                     result = await backfill_meter(ctx.workers()[bus], m, store,
                                                   days=self.settings.backfill_days,
@@ -210,7 +211,8 @@ class DailyJobs:
                 if result.readings:
                     writer.put_many(result.readings)
 
-        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters().items()))
+        keeps = self._bus_meters(lambda m: daily_freezes(m) > 0)
+        await asyncio.gather(*(one(b, ms) for b, ms in keeps.items()))
 
     async def audit_reads(self, now: dt.datetime) -> list[AuditResult]:
         store = self.ctx.store()

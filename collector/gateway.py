@@ -33,13 +33,16 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+from drivers.device import MeterKind, Unsupported
+from drivers.dlt645_meter import FRAMES as DLT645_FRAMES
+from drivers.meters import kind_of
+from drivers.modbus_meter import FRAMES as MODBUS_FRAMES
 from protocols.dlt645 import (
     AbnormalReply,
     DLT645Error,
     FrameError,
     ReadReply,
     Version,
-    decode_message,
     parse_frame,
 )
 from protocols.modbus import (
@@ -50,11 +53,10 @@ from protocols.modbus import (
     RtuError,
     check_crc,
     decode_register,
-    parse_pdu,
     parse_rtu,
 )
 from protocols.modbus import crc16 as modbus_crc
-from protocols.quantities import QUANTITIES, Kind, implausible, normalise_address
+from protocols.quantities import QUANTITIES, Kind, implausible
 
 from .records import Quality, Reading, utcnow
 from .scheduler import to_number
@@ -277,9 +279,13 @@ def _name(text: str) -> str:
 
 @dataclass(slots=True)
 class _Gateway:
-    dlt645: dict[str, MeterSettings]  # 12-digit address -> meter
-    modbus: dict[int, MeterSettings]  # unit id -> meter
+    # frame family -> address as its kinds normalise it -> meter
+    by_frames: dict[str, dict[str, MeterSettings]]
+    keys: dict[str, MeterKind]  # frame family -> a kind that normalises its addresses
     ids: set[str]
+
+    def meter(self, family: str, key: str) -> MeterSettings | None:
+        return self.by_frames.get(family, {}).get(key)
 
 
 def _default_gateway_of(meter: MeterSettings) -> str:
@@ -333,18 +339,18 @@ class ReportIngestor:
             by_id[m.meter_id] = m
             g = gateways.setdefault(self._gateway_of(m), _Gateway({}, {}, set()))
             g.ids.add(m.meter_id)
-            if m.protocol == "modbus":
-                try:
-                    g.modbus[int(m.address)] = m
-                except ValueError:
-                    log.warning("meter %s: Modbus address %r is not a unit id; gateway "
-                                "reports cannot name it by address", m.meter_id, m.address)
-            else:
-                try:
-                    g.dlt645[normalise_address(m.address)] = m
-                except ValueError:
-                    log.warning("meter %s: address %r is not a DL/T645 address; gateway "
-                                "reports cannot name it by address", m.meter_id, m.address)
+            try:
+                kind = kind_of(m.protocol)
+                family = kind.frame_family()
+                if family is None:
+                    continue
+                key = kind.address_key(m.address)
+            except (KeyError, ValueError) as e:
+                log.warning("meter %s: %s; gateway reports cannot name it by address",
+                            m.meter_id, e.args[0] if e.args else e)
+                continue
+            g.by_frames.setdefault(family, {})[key] = m
+            g.keys.setdefault(family, kind)
         self._by_id, self._gateways = by_id, gateways
 
     # ---- entry ---------------------------------------------------------------------------
@@ -491,14 +497,11 @@ class ReportIngestor:
                                            "address) or an integer (Modbus unit id)")
         text = str(address).strip()
         matches: dict[str, MeterSettings] = {}
-        try:
-            m = gw.dlt645.get(normalise_address(text))
-            if m is not None:
-                matches[m.meter_id] = m
-        except ValueError:
-            pass
-        if text.isdigit() and len(text) <= 3:
-            m = gw.modbus.get(int(text))
+        for family, kind in gw.keys.items():
+            try:
+                m = gw.meter(family, kind.address_key(text))
+            except ValueError:
+                continue  # not an address of this family's meters
             if m is not None:
                 matches[m.meter_id] = m
         if not matches:
@@ -594,25 +597,26 @@ class ReportIngestor:
         except FrameError as e:
             reason = R.CHECKSUM if e.problem.startswith("checksum") else R.BAD_FRAME
             raise _Rejected(reason, f"{what}: {e}") from None
-        meter = gw.dlt645.get(frame.address)
+        meter = gw.meter(DLT645_FRAMES, frame.address)
         if meter is None:
             raise _Rejected(R.UNKNOWN_METER, f"{what}: address {frame.address} is no "
                                              "DL/T645 meter of this gateway")
         if not frame.is_reply:
             raise _Rejected(R.UNSUPPORTED_FRAME, f"{what}: a request (control "
                                                  f"{frame.control:02X}), not a reply")
-        version = Version.V1997 if meter.protocol == "dlt645-1997" else Version.V2007
-        try:
-            message = decode_message(frame, version)
+        try:  # the meter's edition decodes it
+            message = kind_of(meter.protocol).decode_reply(frame)
+        except Unsupported as e:
+            raise _Rejected(R.UNSUPPORTED_FRAME, f"{what}: {e}") from None
         except (DLT645Error, ValueError, IndexError) as e:
             raise _Rejected(R.BAD_FRAME, f"{what}: {e}") from None
         if isinstance(message, AbnormalReply):
             raise _Rejected(R.ABNORMAL_REPLY, f"{what}: meter {meter.meter_id} refused: "
                                               f"{', '.join(message.errors) or 'no error bit'}")
-        if not isinstance(message, ReadReply) or message.version is not version:
+        if not isinstance(message, ReadReply):  # pragma: no cover - decode_reply says so
             raise _Rejected(R.UNSUPPORTED_FRAME, f"{what}: control {frame.control:02X} is not "
-                                                 f"a DL/T645-{version} read reply")
-        width = 4 if version is Version.V1997 else 8
+                                                 "a read reply")
+        width = 4 if message.version is Version.V1997 else 8
         di = f"{message.di:0{width}X}"
         if message.follow_up:
             raise _Rejected(R.UNSUPPORTED_FRAME, f"{what}: DI {di} continues in follow-up "
@@ -687,7 +691,7 @@ class ReportIngestor:
         if function is not None and function != f_function & 0x7F:
             raise _Rejected(R.BAD_FRAME, f"frame: function {f_function & 0x7F}, payload says "
                                          f"function {function}")
-        meter = gw.modbus.get(f_unit)
+        meter = gw.meter(MODBUS_FRAMES, str(f_unit))
         if meter is None:
             raise _Rejected(R.UNKNOWN_METER, f"unit {f_unit} is no Modbus meter of this "
                                              "gateway")
@@ -695,7 +699,9 @@ class ReportIngestor:
             raise _Rejected(R.UNSUPPORTED_FRAME, f"frame: function {f_function}, only read "
                                                  "replies (3, 4) carry readings")
         try:
-            pdu = parse_pdu(reply[1:-2], FrameKind.RESPONSE, offset=1)
+            pdu = kind_of(meter.protocol).decode_reply(reply).pdu
+        except Unsupported as e:  # pragma: no cover - every kind of the family decodes
+            raise _Rejected(R.UNSUPPORTED_FRAME, f"frame: {e}") from None
         except RtuError as e:
             raise _Rejected(R.BAD_FRAME, f"frame: {e}") from None
         if pdu.kind is FrameKind.EXCEPTION:

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 from zoneinfo import ZoneInfo
 
-from protocols.quantities import billing_energy, normalise_address
+from drivers.meters import KINDS, kind_of
+from protocols.quantities import billing_energy
 
 from . import lineproto
 from .config import (
@@ -55,7 +56,7 @@ from .config import (
     readable,
 )
 from .records import from_ms, to_ms
-from .settings import MeterSettings
+from .settings import MeterSettings, defaults
 from .store import Store
 
 __all__ = [
@@ -91,6 +92,7 @@ FROZEN_PREFIX: Final = "freeze_daily_energy_active_forward_"
 LIVE_PREFIX: Final = "energy_active_forward_"
 BALANCE: Final = "balance_amount"
 MASTER_ROLES: Final = frozenset({"area_master", "master"})
+_DEFAULT_PROTOCOL: Final[str] = defaults(MeterSettings)["protocol"]
 NO_AREA: Final = "-"  # the scheduler's per_area key for meters without an area
 DEFAULT_WINDOW: Final = dt.timedelta(hours=2)
 # Frozen values read later with the freeze time as meter_ts (backfill) are looked for
@@ -723,10 +725,10 @@ def _records(text: str) -> tuple[int | None, list[str], list[tuple[int, dict[str
 
 def _address_key(cells: Mapping[str, str]) -> str:
     a = cells.get("address", "")
-    if cells.get("protocol", "") == "modbus":
-        return str(int(a)) if a.isdigit() else a
+    # An unknown protocol is config's to report; its address is compared as the default's.
+    kind = KINDS.get(cells.get("protocol", "")) or kind_of(_DEFAULT_PROTOCOL)
     try:
-        return normalise_address(a)
+        return kind.address_key(a)
     except ValueError:
         return a
 

@@ -8,15 +8,14 @@ DL/T645 meters keep *local* time (China: Asia/Shanghai, UTC+8, no daylight savin
 The collector's time is taken as the middle of the read's round trip (request sent to
 reply received: the meter sampled its clock somewhere in between, most likely near
 the middle), and half a second is added because a meter shows whole seconds, truncated.
-DL/T645-2007 meters are read with ``meter_datetime`` (0400010C, one frame); meters that
-refuse it, and DL/T645-1997 meters, with ``meter_date`` then ``meter_time`` (the date
-read again when the time is just past midnight, so a midnight between the two reads
-cannot put the clock a day out).
+The meter's kind reads its clock (:meth:`drivers.device.Meter.read_clock`: DL/T645-2007
+with ``meter_datetime``, else ``meter_date`` then ``meter_time``).
 
-:class:`TimeSync` runs one bus at a time (:meth:`TimeSync.run_bus`): it reads every
-DL/T645 meter's drift (Modbus meters are skipped), then, when at least one meter is off
-by more than ``min_drift`` and at most ``max_sync_drift``, broadcasts the time (08 to
-999999999999) -- at most once per local day per bus -- and reads those meters again to
+:class:`TimeSync` runs one bus at a time (:meth:`TimeSync.run_bus`): it reads the drift
+of every meter whose kind has a clock set by broadcast (DL/T645; the others, Modbus, are
+skipped), then, when at least one meter is off by more than ``min_drift`` and at most
+``max_sync_drift``, broadcasts the time (08 to 999999999999, one per clock group: a
+DL/T645 edition) -- at most once per local day per bus -- and reads those meters again to
 see whether they took it.  A broadcast cannot be aimed at one meter and meters accept
 one about once a day and only within some minutes of their own clock, so a meter further
 off than ``max_sync_drift`` is not a reason to broadcast: it raises ``clock_drift_large``
@@ -47,12 +46,14 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.bus import Bus
-from drivers.errors import DriverError, MeterError, UnknownQuantity
-from protocols.dlt645 import Version
+from drivers.device import Meter
+from drivers.errors import DriverError
+from drivers.meters import kind_of
+from drivers.options import CallOptions
 from protocols.quantities import QUANTITIES
 
 from .records import Event, Quality, Reading, assume_utc
-from .scheduler import VERSIONS, BusWorker, Lane
+from .scheduler import BusWorker, Lane
 from .settings import MeterSettings
 
 log = logging.getLogger("amic.timesync")
@@ -62,7 +63,6 @@ DRIFT_QUANTITY = "clock_drift"
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
 DEFAULT_TZ = "Asia/Shanghai"
-_BROADCAST_BYTES = 18  # 68 A0..A5 68 C L, six data bytes, CS 16 (plus the FE preamble)
 _DAY = 86400.0
 
 Clock = Callable[[], float]
@@ -118,41 +118,15 @@ async def measure_clock(worker: BusWorker, meter: MeterSettings, *,
     """Read ``meter``'s clock now.  Call it from inside a job of ``worker`` (it does I/O).
 
     Raises :class:`~drivers.errors.DriverError` when the meter cannot be read, and
-    ValueError for a meter that is not DL/T645.
+    ValueError for a meter whose clock cannot be read.
     """
-    version = VERSIONS.get(meter.protocol)
-    if version is None:
-        raise ValueError(f"meter {meter.meter_id}: {meter.protocol} meters have no "
-                         f"DL/T645 clock to read")
     tzinfo = zone(tz)
-    session = worker.session(version)
-    session.retries = retries
-    session.td = td
-    address = meter.address
-    if version is Version.V2007 and (address, "meter_datetime") not in worker.refused:
-        t0 = clock()
-        try:
-            reading = await session.read(address, "meter_datetime")
-        except (MeterError, UnknownQuantity):
-            # Meters before the 2013 amendment lack 0400010C: date and time apart.
-            worker.refused.add((address, "meter_datetime"))
-        else:
-            t1 = clock()
-            if not isinstance(reading.value, dt.datetime):
-                raise TypeError(f"meter_datetime decoded as {type(reading.value).__name__}")
-            return _result(meter, reading.value, t0, t1, tzinfo)
-    day = await session.read(address, "meter_date")
-    t0 = clock()
-    tod = await session.read(address, "meter_time")
-    t1 = clock()
-    if not isinstance(tod.value, dt.time):
-        raise TypeError(f"meter_time decoded as {type(tod.value).__name__}")
-    if tod.value < dt.time(0, 1):
-        # Just past midnight: the date read before may still be yesterday's.
-        day = await session.read(address, "meter_date")
-    if not isinstance(day.value, dt.date):
-        raise TypeError(f"meter_date decoded as {type(day.value).__name__}")
-    return _result(meter, dt.datetime.combine(day.value, tod.value), t0, t1, tzinfo)
+    device = worker.device(meter)
+    if not device.capabilities.clock:
+        raise ValueError(f"meter {meter.meter_id}: {meter.protocol} meters have no clock "
+                         f"to read")
+    got = await device.read_clock(clock, CallOptions(retries=retries, td=td))
+    return _result(meter, got.shown, got.t0, got.t1, tzinfo)
 
 
 def _result(meter: MeterSettings, shown: dt.datetime, t0: float, t1: float,
@@ -249,6 +223,15 @@ class TimeSyncResult:
     readings: list[Reading] = field(default_factory=list)  # clock_drift, if known
 
 
+def clock_settable(meter: MeterSettings) -> bool:
+    """Whether ``meter``'s kind has a clock amic reads and sets by broadcast (no I/O)."""
+    try:
+        caps = kind_of(meter.protocol).fixed_capabilities()
+    except KeyError:
+        return False
+    return caps.clock and caps.clock_set == "broadcast"
+
+
 def _air_time(bus: Bus, nbytes: int) -> float:
     baud = getattr(bus, "line_baud", None) or getattr(bus, "baud", None)
     return nbytes * 11 / baud if isinstance(baud, int) and baud > 0 else 0.0
@@ -339,11 +322,12 @@ class TimeSync:
                          worker.name, e)
         return found
 
-    async def _broadcast(self, worker: BusWorker, version: Version) -> None:
-        """08 to every meter on the bus, timed so they hear it on a second boundary."""
+    async def _broadcast(self, worker: BusWorker, meter: Meter) -> None:
+        """A time broadcast to ``meter``'s clock group on the bus, timed so the meters hear
+        it on a second boundary."""
         given = self.settings.lead
-        lead = (given if given is not None
-                else _air_time(worker.bus, _BROADCAST_BYTES + worker.preamble))
+        lead = given if given is not None else _air_time(worker.bus, meter.broadcast_bytes())
+        opts = CallOptions(retries=self.settings.retries, td=self.settings.td)
 
         align = self.settings.align
 
@@ -354,7 +338,7 @@ class TimeSync:
                 await asyncio.sleep(max(0.0, target - lead - self.clock()))
             else:
                 target = round(self.clock() + lead)
-            await w.session(version).broadcast_time(_to_local(target, self.tz))
+            await meter.broadcast_time(_to_local(target, self.tz), opts)
 
         await worker.submit(Lane.ON_DEMAND, job)
 
@@ -371,7 +355,7 @@ class TimeSync:
         result = TimeSyncResult(bus, self.local(ts).date())
         todo: list[MeterSettings] = []
         for m in meters:
-            if m.protocol not in VERSIONS:
+            if not clock_settable(m):
                 result.skipped[m.meter_id] = f"{m.protocol}: no broadcast time sync"
             elif m.bus != bus:
                 result.skipped[m.meter_id] = f"on bus {m.bus}, not {bus}"
@@ -407,11 +391,16 @@ class TimeSync:
                      len(result.candidates), why)
             return result
 
-        versions = sorted({VERSIONS[by_id[i].protocol] for i in result.candidates},
-                          key=lambda v: v.value, reverse=True)
-        for version in versions:
+        # One broadcast per clock group (a DL/T645 edition), in the candidates' order.
+        groups: dict[object, Meter] = {}
+        for meter_id in result.candidates:
+            device = worker.device(by_id[meter_id])
+            group = device.clock_group()
+            if group is not None:
+                groups.setdefault(group, device)
+        for device in groups.values():
             try:
-                await self._broadcast(worker, version)
+                await self._broadcast(worker, device)
             except DriverError as e:
                 result.reason = f"broadcast failed: {e}"
                 log.warning("time sync: bus %s: broadcast failed: %s", bus, e)
@@ -453,6 +442,7 @@ __all__ = [
     "TimeSync",
     "TimeSyncResult",
     "TimeSyncSettings",
+    "clock_settable",
     "measure_clock",
     "read_clock",
     "read_drift",

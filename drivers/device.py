@@ -337,10 +337,11 @@ class Meter(ABC):
                           address=self.address)
 
     async def read_freeze(self, n: int, opts: CallOptions = DEFAULT,
-                          *, tz: dt.tzinfo | None = None) -> Freeze:
+                          *, tz: dt.tzinfo | None = None, on: dt.date | None = None) -> Freeze:
         """Daily freeze ``n``: its time and its energies (one request each), in one go so a
         freeze taken meanwhile cannot mix days.  ``tz``: the meter's zone (readings'
-        ``meter_ts`` in UTC)."""
+        ``meter_ts`` in UTC); ``on``: the day expected (a freeze taken on another day is
+        returned without readings, its energies not asked for)."""
         raise Unsupported(f"meter {self.meter_id}: keeps no daily freezes",
                           address=self.address)
 
@@ -388,6 +389,22 @@ class MeterKind(ABC):
 
     def needs_profile(self) -> bool:
         return False
+
+    def fixed_capabilities(self) -> Capabilities:
+        """What every meter of this kind offers whatever its profile (no I/O, no ref):
+        enough to tell whether it has a clock or keeps daily freezes."""
+        return Capabilities(frozenset())
+
+    def frame_family(self) -> str | None:
+        """The raw frames a gateway may forward for meters of this kind; meters of one
+        family share one address space (None: no raw frames)."""
+        return None
+
+    def decode_reply(self, frame: Any) -> Any:
+        """A raw reply of :meth:`frame_family` as this kind's meters send it: the message
+        (a refusal included); :class:`Unsupported` for a message that is no read reply of
+        this kind, ValueError (or the codec's error) for one that does not decode."""
+        raise Unsupported(f"{self.name}: no raw frames")
 
 
 __all__ = [

@@ -17,11 +17,16 @@ from typing import Final
 
 from protocols.dlt645 import (
     DAILY_FREEZES,
+    AbnormalReply,
+    Frame,
+    Message,
+    ReadReply,
     RelayCommand,
     RemoteControlRequest,
     StatusWord,
     Value,
     Version,
+    decode_message,
     freeze_di,
     items,
 )
@@ -50,6 +55,7 @@ from .options import DEFAULT, CallOptions
 PING_QUANTITY: Final = "energy_active_forward_total"  # every edition has it
 FREEZE_ENERGIES: Final[tuple[str, ...]] = (
     "freeze_daily_energy_active_forward", "freeze_daily_energy_active_reverse")
+FRAMES: Final = "dlt645"  # both editions share the frame format and the addresses
 BROADCAST_BYTES: Final = 18  # 68 A0..A5 68 C L, six data bytes, CS 16 (plus FE preamble)
 
 
@@ -260,8 +266,10 @@ class Dlt645Meter(Meter):
         return value
 
     async def read_freeze(self, n: int, opts: CallOptions = DEFAULT,
-                          *, tz: dt.tzinfo | None = None) -> Freeze:
+                          *, tz: dt.tzinfo | None = None, on: dt.date | None = None) -> Freeze:
         taken = await self.freeze_time(n, opts)
+        if on is not None and taken.date() != on:
+            return Freeze(taken, [])
         meter_ts = (taken.replace(tzinfo=tz) if tz is not None
                     else taken.astimezone()).astimezone(dt.UTC)
         blocks: list[DataValue] = []
@@ -347,9 +355,25 @@ class Dlt645Kind(MeterKind):
     def address_key(self, address: str) -> str:
         return normalise_address(address)
 
+    def fixed_capabilities(self) -> Capabilities:
+        return self._caps
+
+    def frame_family(self) -> str:
+        return FRAMES
+
+    def decode_reply(self, frame: Frame) -> Message:
+        """``frame`` decoded in this edition: a read reply or an abnormal reply."""
+        message = decode_message(frame, self.version)
+        if isinstance(message, AbnormalReply):
+            return message
+        if not isinstance(message, ReadReply) or message.version is not self.version:
+            raise Unsupported(f"control {frame.control:02X} is not a DL/T645-{self.version} "
+                              "read reply", address=frame.address)
+        return message
+
 
 DLT645_2007 = Dlt645Kind(Version.V2007)
 DLT645_1997 = Dlt645Kind(Version.V1997)
 
-__all__ = ["BROADCAST_BYTES", "DLT645_1997", "DLT645_2007", "FREEZE_ENERGIES",
+__all__ = ["BROADCAST_BYTES", "DLT645_1997", "DLT645_2007", "FRAMES", "FREEZE_ENERGIES",
            "PING_QUANTITY", "Dlt645Kind", "Dlt645Meter", "number_of", "to_readings"]

@@ -11,8 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import Final
 
-from protocols.modbus import Profile, relay_readback_block, relay_state
+from protocols.modbus import (
+    FrameKind,
+    Profile,
+    RtuFrame,
+    parse_rtu,
+    relay_readback_block,
+    relay_state,
+)
 from protocols.readings import Quality, Reading
 
 from .device import (
@@ -33,6 +41,7 @@ from .options import DEFAULT, CallOptions
 
 _RELAY_ACTIONS = frozenset({"trip", "restore"})
 ACKNOWLEDGE = 0x05  # exception code: request taken, processing takes long
+FRAMES: Final = "modbus"  # RTU replies, whatever the bus's framing
 
 
 def _profile(ref: MeterRef) -> Profile:
@@ -206,7 +215,18 @@ class ModbusKind(MeterKind):
     def needs_profile(self) -> bool:
         return True
 
+    def fixed_capabilities(self) -> Capabilities:
+        # A profile adds registers and a relay, never a clock or freezes.
+        return Capabilities(frozenset())
+
+    def frame_family(self) -> str:
+        return FRAMES
+
+    def decode_reply(self, frame: bytes) -> RtuFrame:
+        """An RTU reply (CRC checked first); a Modbus exception reply is a reply too."""
+        return parse_rtu(frame, FrameKind.RESPONSE)
+
 
 MODBUS = ModbusKind()
 
-__all__ = ["MODBUS", "ModbusKind", "ModbusMeter"]
+__all__ = ["FRAMES", "MODBUS", "ModbusKind", "ModbusMeter"]

@@ -19,6 +19,7 @@ from collector.settings import MeterSettings
 from collector.store import Store
 from drivers.tcp import TcpBus
 from protocols.dlt645 import (
+    DAILY_FREEZES,
     AbnormalReply,
     Format,
     ReadReply,
@@ -30,10 +31,10 @@ from protocols.dlt645 import (
     decode_message,
     decode_value,
     encode_value,
+    freeze_di,
     lookup,
     parse_frame,
 )
-from protocols.dlt645._catalogue import DAILY_FREEZES, freeze_di
 from simulators.bus import BusServer
 from simulators.dlt645 import SimulatedMeter, make_meters
 from simulators.meter import DEFAULT_LOAD_CURVE, ManualClock, MeterConfig, MeterModel
