@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import IntEnum
@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from drivers.bus import Bus
 from drivers.device import Line, Meter, MeterRead, MeterRef
-from drivers.dlt645 import DataValue as WireReading
 from drivers.dlt645 import Dlt645Session
 from drivers.errors import (
     DriverError,
@@ -42,7 +41,7 @@ from protocols.dlt645 import StatusWord, Version
 from protocols.modbus import Profile
 
 from .profiles import load_profile
-from .records import CycleRecord, Event, Quality, Reading, utcnow
+from .records import CycleRecord, Event, Reading, utcnow
 from .rules import SEVERITY
 from .settings import MeterSettings, ModbusFraming, ScheduleSettings
 
@@ -229,19 +228,6 @@ def to_number(value: object) -> float | None:
     if isinstance(value, dt.time):
         return float(value.hour * 3600 + value.minute * 60 + value.second)
     return None
-
-
-def to_records(meter_id: str, readings: Iterable[WireReading], ts: dt.datetime) -> list[Reading]:
-    out: list[Reading] = []
-    for r in readings:
-        for part in r.members():
-            number = to_number(part.value)
-            if number is None:
-                continue
-            meter_ts = part.timestamp.astimezone(dt.UTC) if part.timestamp else None
-            out.append(Reading(meter_id, part.name, number, part.unit, ts, meter_ts,
-                               Quality.GOOD))
-    return out
 
 
 async def read_meter_each(worker: BusWorker, meter: MeterSettings,
