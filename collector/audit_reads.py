@@ -24,16 +24,17 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from drivers.dlt645 import resolve_quantity
-from drivers.errors import DriverError, UnknownQuantity
+from drivers.device import MeterRef
+from drivers.errors import DriverError
+from drivers.meters import kind_of
 from protocols.modbus import Profile
 
 from .records import UTC, Event, Quality, Reading
-from .scheduler import VERSIONS, BusWorker, Lane, read_meter, read_modbus_meter, to_records
+from .scheduler import BusWorker, Lane, read_meter
 from .settings import MeterSettings
 from .store import Store, StoredReading
 
@@ -80,35 +81,42 @@ class AuditSettings:
 # ---- the sample ----------------------------------------------------------------------------
 
 def dlt645_has_quantity(meter: MeterSettings, quantity: str) -> bool:
-    """DL/T645 meters whose edition can read ``quantity``; never Modbus meters."""
-    version = VERSIONS.get(meter.protocol)
-    if version is None:
-        return False
+    """Meters whose kind offers ``quantity`` without a device profile (the DL/T645
+    editions); never those that need one (Modbus) nor an unknown protocol."""
     try:
-        resolve_quantity(quantity, version)
-    except UnknownQuantity:
+        kind = kind_of(meter.protocol)
+    except KeyError:
         return False
-    return True
+    if kind.needs_profile():
+        return False
+    return kind.capabilities(MeterRef(meter.meter_id, meter.protocol, meter.address)
+                             ).offers(quantity)
 
 
 def profile_has_quantity(profiles: Callable[[str], Profile]) -> HasQuantity:
-    """DL/T645 as :func:`dlt645_has_quantity`; Modbus meters whose profile has the quantity.
+    """As :func:`dlt645_has_quantity`, and meters whose device profile has the quantity.
 
     ``profiles`` loads a profile by name (e.g. :func:`collector.profiles.load_profile`);
     a profile that cannot be loaded leaves its meters out.
     """
     def has(meter: MeterSettings, quantity: str) -> bool:
-        if meter.protocol != "modbus":
+        try:
+            kind = kind_of(meter.protocol)
+        except KeyError:
+            return False
+        if not kind.needs_profile():
             return dlt645_has_quantity(meter, quantity)
         if not meter.profile:
             return False
         try:
             profile = profiles(meter.profile)
+            caps = kind.capabilities(MeterRef(meter.meter_id, meter.protocol, meter.address,
+                                              profile))
         except Exception as e:  # a broken profile must not stop the audit of the others
             log.warning("audit: meter %s left out, profile %s: %s", meter.meter_id,
                         meter.profile, e)
             return False
-        return any(r.name == quantity for r in profile.registers)
+        return caps.offers(quantity)
     return has
 
 
@@ -209,7 +217,8 @@ async def audit_meter(worker: BusWorker, meter: MeterSettings, store: Store,
 
     The reference is looked up first: with nothing stored today the meter is not read
     (``no_reference``; a meter the regular read missed is the poller's to report).  The
-    re-read runs on the bus's on-demand lane; a Modbus meter needs ``profiles``.
+    re-read runs on the bus's on-demand lane; a device profile is loaded by ``profiles``
+    (default: the worker's loader).
     """
     q = settings.quantity
     zone = (now if now.tzinfo is not None else now.astimezone()).tzinfo
@@ -221,13 +230,9 @@ async def audit_meter(worker: BusWorker, meter: MeterSettings, store: Store,
     now_utc = now.astimezone(UTC)
 
     async def job(w: BusWorker) -> list[Reading]:
-        if meter.protocol == "modbus":
-            if profiles is None:
-                raise LookupError(f"meter {meter.meter_id}: no profile loader for modbus")
-            return await read_modbus_meter(w, meter, profiles(meter.profile), (q,),
-                                           retries=settings.retries)
-        wire = await read_meter(w, meter, (q,), retries=settings.retries)
-        return to_records(meter.meter_id, wire, now_utc)
+        got = await read_meter(w, meter, (q,), retries=settings.retries, profiles=profiles)
+        # The re-read is dated by the audit's clock, as the comparison is.
+        return [replace(r, ts=now_utc) for r in got]
 
     try:
         records = await worker.submit(Lane.ON_DEMAND, job)

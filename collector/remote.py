@@ -757,7 +757,9 @@ def read_executor(*, meters: Callable[[], Iterable[MeterSettings]],
     ``meters`` and ``workers`` are called per request, so a reload is seen.  ``sink``
     gets the readings too (the daemon stores them like polled ones).
     """
-    from .scheduler import Lane, read_meter, read_modbus_meter, to_records
+    from drivers.meters import kind_of
+
+    from .scheduler import Lane, read_meter
 
     where = f" on collector {collector_id}" if collector_id else ""
 
@@ -769,21 +771,14 @@ def read_executor(*, meters: Callable[[], Iterable[MeterSettings]],
         worker = workers().get(m.bus)
         if worker is None:
             raise CommandError(f"meter {meter_id}: its bus {m.bus} is not running")
-        prof: Profile | None = None
-        if m.protocol == "modbus":
-            if profile is None:
-                raise CommandError(f"meter {meter_id}: no Modbus profile loader")
-            prof = profile(m.profile)
-            names = expand_quantities(request["quantities"],
-                                      {r.name for r in prof.registers})
-        else:
-            names = expand_quantities(request["quantities"])
+        # A meter described by a profile has what the profile maps; the others are asked
+        # for any quantity and leave out what they refuse.
+        available = (worker.device(m, profile).capabilities.quantities
+                     if kind_of(m.protocol).needs_profile() else None)
+        names = expand_quantities(request["quantities"], available)
 
         async def job(w: BusWorker) -> list[Reading]:
-            if prof is not None:
-                return await read_modbus_meter(w, m, prof, names, retries=retries, td=td)
-            wire = await read_meter(w, m, names, retries=retries, td=td)
-            return to_records(m.meter_id, wire, utcnow())
+            return await read_meter(w, m, names, retries=retries, td=td, profiles=profile)
 
         records = await worker.submit(Lane.ON_DEMAND, job)
         if sink is not None:

@@ -18,31 +18,30 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any, TypeVar
 
 from drivers.bus import Bus
-from drivers.device import Line, Meter, MeterRef
-from drivers.dlt645 import DataValue as WireReading
-from drivers.dlt645 import Dlt645Session, resolve_quantity
+from drivers.device import Line, Meter, MeterRead, MeterRef
+from drivers.dlt645 import Dlt645Session
 from drivers.errors import (
     DriverError,
     IncompleteReply,
     LinkDown,
     MeterError,
     NoReply,
-    UnknownQuantity,
 )
 from drivers.meters import open_meter
 from drivers.modbus import ModbusSession
+from drivers.options import CallOptions
 from protocols.dlt645 import StatusWord, Version
 from protocols.modbus import Profile
 
 from .profiles import load_profile
-from .records import CycleRecord, Event, Quality, Reading, utcnow
+from .records import CycleRecord, Event, Reading, utcnow
 from .rules import SEVERITY
 from .settings import MeterSettings, ModbusFraming, ScheduleSettings
 
@@ -99,11 +98,13 @@ class BusWorker:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def device(self, meter: MeterSettings) -> Meter:
-        """``meter`` on this bus, in the device model (its profile loaded if it has one)."""
+    def device(self, meter: MeterSettings,
+               profiles: Callable[[str], Profile] | None = None) -> Meter:
+        """``meter`` on this bus, in the device model (its profile loaded if it has one,
+        by ``profiles``, else the worker's loader, else the shipped/configured ones)."""
         profile = None
         if meter.profile:
-            profile = (self.profiles or load_profile)(meter.profile)
+            profile = (profiles or self.profiles or load_profile)(meter.profile)
         return open_meter(self.line, MeterRef(meter.meter_id, meter.protocol, meter.address,
                                               profile))
 
@@ -229,69 +230,16 @@ def to_number(value: object) -> float | None:
     return None
 
 
-def to_records(meter_id: str, readings: Iterable[WireReading], ts: dt.datetime) -> list[Reading]:
-    out: list[Reading] = []
-    for r in readings:
-        for part in r.members():
-            number = to_number(part.value)
-            if number is None:
-                continue
-            meter_ts = part.timestamp.astimezone(dt.UTC) if part.timestamp else None
-            out.append(Reading(meter_id, part.name, number, part.unit, ts, meter_ts,
-                               Quality.GOOD))
-    return out
-
-
-@dataclass(slots=True)
-class MeterRead:
-    """One meter's read: what it gave, what failed after every retry, what it refuses."""
-
-    readings: list[WireReading] = field(default_factory=list)
-    failed: dict[str, DriverError] = field(default_factory=dict)  # quantity -> last error
-    refused: list[str] = field(default_factory=list)  # newly refused this time
-
-
 async def read_meter_each(worker: BusWorker, meter: MeterSettings,
                           quantities: tuple[str, ...], *, retries: int = 1,
-                          td: float | None = None) -> MeterRead:
-    """The ``quantities`` of one meter, keeping every value read.
-
-    A quantity that fails (no reply, garbled, wrong reply) does not lose the others, and
-    only what failed is asked again, once more after the first pass (each with
-    ``retries``), if the meter answered anything.  A quantity the meter refuses is left
-    out and not asked again.  Raises when nothing at all was read: the meter failed.
+                          td: float | None = None,
+                          profiles: Callable[[str], Profile] | None = None) -> MeterRead:
+    """The ``quantities`` of one meter, keeping every value read (see
+    :meth:`drivers.device.Meter.read`: what failed is asked once more, what the meter
+    refuses is not asked again).  Raises when nothing at all was read: the meter failed.
     """
-    version = VERSIONS[meter.protocol]
-    session = worker.session(version)
-    session.retries = retries
-    session.td = td
-    got = MeterRead()
-    wanted: list[str] = []
-    for q in quantities:
-        if (meter.address, q) in worker.refused:
-            continue  # what this meter refused before is not asked again every cycle
-        try:
-            resolve_quantity(q, version)
-        except UnknownQuantity:
-            got.refused.append(q)
-            continue
-        wanted.append(q)
-    for _ in range(2):  # the first pass, then once more for what failed
-        if not wanted:
-            break
-        result = await session.read_each(meter.address, wanted)
-        got.readings.extend(result.readings)
-        got.failed = {}
-        for asked, e in result.failed:
-            if isinstance(e, MeterError):
-                got.refused.append(str(asked))
-            else:
-                got.failed[str(asked)] = e
-        if not result.valid:
-            break  # silent, link down or nothing valid: asking again would only fail alike
-        wanted = list(got.failed)
-    for q in got.refused:
-        worker.refused.add((meter.address, q))
+    device = worker.device(meter, profiles)
+    got = await device.read(quantities, CallOptions(retries=retries, td=td))
     if got.refused:
         log.info("meter %s refuses %s; not asked again", meter.meter_id,
                  ", ".join(got.refused))
@@ -304,54 +252,17 @@ async def read_meter_each(worker: BusWorker, meter: MeterSettings,
 
 
 async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[str, ...],
-                     *, retries: int = 1, td: float | None = None) -> list[WireReading]:
-    """All ``quantities`` of one meter; a quantity the meter refuses is left out.
-
-    A communication failure (no reply, wrong reply, link down) raises: the meter failed.
+                     *, retries: int = 1, td: float | None = None,
+                     profiles: Callable[[str], Profile] | None = None) -> list[Reading]:
+    """All ``quantities`` of one meter as stored readings; a quantity the meter refuses is
+    left out.  A communication failure (no reply, wrong reply, link down) raises: the
+    meter failed.
     """
-    got = await read_meter_each(worker, meter, quantities, retries=retries, td=td)
+    got = await read_meter_each(worker, meter, quantities, retries=retries, td=td,
+                                profiles=profiles)
     if got.failed:
         raise next(iter(got.failed.values()))
     return got.readings
-
-
-async def read_modbus_meter_each(worker: BusWorker, meter: MeterSettings, profile: Profile,
-                                 quantities: tuple[str, ...], *, retries: int = 1,
-                                 td: float | None = None
-                                 ) -> tuple[list[Reading], dict[str, DriverError]]:
-    """The ``quantities`` of one Modbus meter as stored readings, keeping every value read,
-    and those that failed (asked once more, if the meter answered anything).  Raises
-    when nothing at all was read."""
-    session = worker.modbus()
-    session.retries = retries
-    session.td = td
-    values: dict[str, Decimal] = {}
-    failed: dict[str, DriverError] = {}
-    wanted = list(quantities)
-    for _ in range(2):  # the first pass, then once more for what failed
-        got = await session.read_profile_each(meter.unit, profile, wanted)
-        values.update(got.values)
-        failed = got.failed
-        if not failed or not got.answered:
-            break
-        wanted = list(failed)
-    if not values and failed:
-        raise next(iter(failed.values()))
-    ts = utcnow()
-    units = {r.name: r.unit for r in profile.registers}
-    return ([Reading(meter.meter_id, name, float(v), units[name], ts, None, Quality.GOOD)
-             for name, v in values.items()], failed)
-
-
-async def read_modbus_meter(worker: BusWorker, meter: MeterSettings, profile: Profile,
-                            quantities: tuple[str, ...], *, retries: int = 1,
-                            td: float | None = None) -> list[Reading]:
-    """The ``quantities`` of one Modbus meter, as stored readings (the first failure raises)."""
-    records, failed = await read_modbus_meter_each(worker, meter, profile, quantities,
-                                                   retries=retries, td=td)
-    if failed:
-        raise next(iter(failed.values()))
-    return records
 
 
 # ---- polling ---------------------------------------------------------------------------
@@ -389,7 +300,6 @@ class BusHealth:
 # this many meters in a row that stay silent (or all of a smaller bus's, from two up),
 # and then a meter of the bus that answered before does not answer either.
 BUS_DOWN_AFTER = 5
-PING_QUANTITY = "energy_active_forward_total"  # every DL/T645 edition has it
 PROBE_METERS = 3  # meters tried (no retries) once per cycle while a bus is down
 
 
@@ -521,18 +431,9 @@ class Poller:
              ) -> Callable[[BusWorker], Awaitable[list[str]]]:
         """The read of one meter; its result: the quantities that failed (none: all read)."""
         async def run(worker: BusWorker) -> list[str]:
-            errors: dict[str, DriverError]
-            if m.protocol == "modbus":
-                if self.profiles is None:
-                    raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
-                records, errors = await read_modbus_meter_each(
-                    worker, m, self.profiles(m.profile), schedule.quantities,
-                    retries=retries, td=schedule.td)
-            else:
-                got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
-                                            td=schedule.td)
-                records = to_records(m.meter_id, got.readings, utcnow())
-                errors = got.failed
+            got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
+                                        td=schedule.td, profiles=self.profiles)
+            records, errors = got.readings, got.failed
             failed = list(errors)
             if failed:
                 log.warning("meter %s on %s: %s not read (%s); the other values kept",
@@ -667,16 +568,8 @@ class Poller:
               ) -> Callable[[BusWorker], Awaitable[object]]:
         """One request to ``m``, no retries, nothing stored: does it answer at all?"""
         async def run(worker: BusWorker) -> object:
-            if m.protocol == "modbus":
-                if self.profiles is None:
-                    raise LookupError(f"meter {m.meter_id}: no profile loader for modbus")
-                profile = self.profiles(m.profile)
-                modbus = worker.modbus()
-                modbus.retries, modbus.td = 0, schedule.td
-                return await modbus.read_profile(m.unit, profile, (profile.registers[0].name,))
-            session = worker.session(VERSIONS[m.protocol])
-            session.retries, session.td = 0, schedule.td
-            return await session.read(m.address, PING_QUANTITY)
+            await worker.device(m, self.profiles).ping(CallOptions(retries=0, td=schedule.td))
+            return None
         return run
 
     def _bus_down(self, name: str, bus: BusHealth, reason: str) -> None:

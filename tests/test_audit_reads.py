@@ -23,7 +23,7 @@ from collector.audit_reads import (
 )
 from collector.profiles import load_profile
 from collector.records import UTC, Event, Quality, Reading
-from collector.scheduler import BusWorker, Lane, read_meter, to_records
+from collector.scheduler import BusWorker, Lane, read_meter
 from collector.settings import MeterSettings
 from collector.store import Store
 from drivers.tcp import TcpBus
@@ -66,8 +66,8 @@ async def line() -> AsyncIterator[tuple[BusServer, BusWorker]]:
 async def regular_read(worker: BusWorker, store: Store, meter: MeterSettings,
                        ts: dt.datetime = MORNING) -> Reading:
     """What the regular schedule stored: a real read of the frozen value."""
-    wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, meter, (Q,)))
-    records = to_records(meter.meter_id, wire, ts)
+    got = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, meter, (Q,)))
+    records = [dataclasses.replace(r, ts=ts) for r in got]
     store.write_readings(records)
     (r,) = [r for r in records if r.quantity == Q]
     return r

@@ -165,7 +165,7 @@ async def test_block_reads_save_transactions(line: tuple[BusServer, BusWorker]) 
     before = server.stats.requests
     wire = await worker.submit(Lane.SCHEDULED,
                                lambda w: read_meter(w, METERS[0], three))
-    assert [r.name for r in wire] == list(three)
+    assert [r.quantity for r in wire] == list(three)
     assert server.stats.requests - before == 1  # one 0201FF00 block read
 
 
@@ -175,11 +175,11 @@ async def test_meter_refusing_one_quantity_keeps_the_others(
     # A money-prepaid meter has no remaining-energy register (00900100).
     wanted = ("voltage_a", "balance_energy", "frequency")
     wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[0], wanted))
-    assert [r.name for r in wire] == ["voltage_a", "frequency"]
+    assert [r.quantity for r in wire] == ["voltage_a", "frequency"]
     # Next cycle the refused quantity is not asked again: two requests, not 2 + 1 + 3.
     before = server.stats.requests
     wire = await worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[0], wanted))
-    assert [r.name for r in wire] == ["voltage_a", "frequency"]
+    assert [r.quantity for r in wire] == ["voltage_a", "frequency"]
     assert server.stats.requests - before == 2
 
 
@@ -192,7 +192,7 @@ async def test_stop_refuses_queued_jobs_and_finishes_the_one_in_flight(
     queued = worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[1], ("voltage_a",)))
     await asyncio.sleep(0.005)
     await worker.stop()
-    assert (await first)[0].name == "voltage_a"
+    assert (await first)[0].quantity == "voltage_a"
     with pytest.raises(WorkerStopped):
         await queued
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import string
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -163,33 +164,8 @@ def describe(message: Message, raw_control: int) -> dict[str, Any]:
     return out
 
 
-@click.command()
-@click.option("--protocol", "-p", type=click.Choice(["dlt645", "modbus-rtu"]),
-              default="dlt645", show_default=True, help="What the frames are.")
-@click.option("--profile", "profile_name", default=None, metavar="NAME",
-              help="modbus-rtu: device profile (name or file) naming and scaling the "
-                   "registers.")
-@click.option("--start", type=click.IntRange(0, 0xFFFF), default=None, metavar="ADDR",
-              help="modbus-rtu: start address of a read reply given without its request.")
-@click.argument("hex_bytes", nargs=-1, metavar="HEX...")
-def decode(protocol: str, profile_name: str | None, start: int | None,
-           hex_bytes: tuple[str, ...]) -> None:
-    """Decode DL/T645 frames given as hex (arguments, or standard input if none).
-
-    Frames may be given one per argument or back to back; wake-up FE bytes are
-    skipped.  Prints one JSON object per frame.  Exit status 2 names the byte
-    offset of the first problem.
-
-    With --protocol modbus-rtu: Modbus RTU requests and replies (unit, function, kind,
-    address, count, registers, crc_ok); a read reply takes its start address from the
-    read request just before it, else from --start; --profile names and scales the
-    registers.  Frames before a problem are printed; a frame with a bad CRC is printed
-    with crc_ok false, then exit status 2.
-    """
-    args = hex_bytes or (sys.stdin.read(),)
-    if protocol == "modbus-rtu":
-        _decode_modbus(args, profile_name, start)
-        return
+def _decode_dlt645(args: tuple[str, ...], profile_name: str | None, start: int | None
+                   ) -> None:
     if profile_name is not None or start is not None:
         click.echo("amic decode: --profile and --start are for --protocol modbus-rtu",
                    err=True)
@@ -238,3 +214,35 @@ def _decode_modbus(args: tuple[str, ...], profile_name: str | None, start: int |
         sys.exit(2)
     for obj in objects:
         click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+# What each --protocol decodes with: (hex arguments, --profile, --start).
+Decoder = Callable[[tuple[str, ...], str | None, int | None], None]
+DECODERS: dict[str, Decoder] = {"dlt645": _decode_dlt645, "modbus-rtu": _decode_modbus}
+
+
+@click.command()
+@click.option("--protocol", "-p", type=click.Choice(list(DECODERS)),
+              default="dlt645", show_default=True, help="What the frames are.")
+@click.option("--profile", "profile_name", default=None, metavar="NAME",
+              help="modbus-rtu: device profile (name or file) naming and scaling the "
+                   "registers.")
+@click.option("--start", type=click.IntRange(0, 0xFFFF), default=None, metavar="ADDR",
+              help="modbus-rtu: start address of a read reply given without its request.")
+@click.argument("hex_bytes", nargs=-1, metavar="HEX...")
+def decode(protocol: str, profile_name: str | None, start: int | None,
+           hex_bytes: tuple[str, ...]) -> None:
+    """Decode DL/T645 frames given as hex (arguments, or standard input if none).
+
+    Frames may be given one per argument or back to back; wake-up FE bytes are
+    skipped.  Prints one JSON object per frame.  Exit status 2 names the byte
+    offset of the first problem.
+
+    With --protocol modbus-rtu: Modbus RTU requests and replies (unit, function, kind,
+    address, count, registers, crc_ok); a read reply takes its start address from the
+    read request just before it, else from --start; --profile names and scales the
+    registers.  Frames before a problem are printed; a frame with a bad CRC is printed
+    with crc_ok false, then exit status 2.
+    """
+    args = hex_bytes or (sys.stdin.read(),)
+    DECODERS[protocol](args, profile_name, start)

@@ -31,6 +31,7 @@ from collector.remote import (
 )
 from drivers.dlt645 import DataValue, Dlt645Session, Quantity, resolve_quantity
 from drivers.errors import DriverError
+from drivers.meters import kind_of
 from drivers.target import parse_target
 from protocols.dlt645 import DataItem, DLT645Error, StatusWord, Value, Version, parse_di
 from protocols.quantities import GROUPS, QUANTITIES, Kind, normalise_address
@@ -186,11 +187,13 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
     Exit status: 0 all read, 1 the meter, the link or the collector failed (or no reply),
     2 bad arguments.
     """
-    modbus_only = [name for name, value in (("--unit", modbus_unit),
-                                            ("--profile", profile_name),
-                                            ("--framing", framing)) if value is not None]
-    if modbus_only and protocol != "modbus":
-        _fail(f"{', '.join(modbus_only)}: only with --protocol modbus", EXIT_USAGE)
+    # A meter described by a device profile is named by unit, profile and framing.
+    profiled = kind_of(protocol).needs_profile()
+    profile_only = [name for name, value in (("--unit", modbus_unit),
+                                             ("--profile", profile_name),
+                                             ("--framing", framing)) if value is not None]
+    if profile_only and not profiled:
+        _fail(f"{', '.join(profile_only)}: only with --protocol modbus", EXIT_USAGE)
     if config_path is not None:
         if via is not None or target is not None or address is not None:
             _fail("--config reads a configured meter (--meter ID): not with --via, "
@@ -222,7 +225,7 @@ def read(ctx: click.Context, target: str | None, address: str | None, protocol: 
         extra.append("--retries")
     if extra:
         _fail(f"{', '.join(extra)}: only with --via mqtt://BROKER", EXIT_USAGE)
-    if protocol == "modbus":
+    if profiled:
         from .read_modbus import read_modbus
         read_modbus(target, address, modbus_unit, profile_name, framing, quantities, as_json,
                     timeout_ms)
