@@ -43,17 +43,16 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 from zoneinfo import ZoneInfo
 
+from drivers.device import MeterRef
 from drivers.meters import KINDS, kind_of
 from protocols.quantities import billing_energy
 
 from . import lineproto
 from .config import (
-    PROTOCOLS,
     REQUIRED_METER_KEYS,
     CsvRecordError,
     check_ledger_text,
     csv_records,
-    readable,
 )
 from .records import from_ms, to_ms
 from .settings import MeterSettings, defaults
@@ -228,8 +227,8 @@ def _meters_table(store: Store) -> list[dict[str, str]]:
 def meter_energies(meters: Iterable[MeterSettings],
                    search: Sequence[str | os.PathLike[str]] = ()) -> dict[str, str]:
     """Meter id -> ``forward`` or ``combined``: :func:`~protocols.quantities.billing_energy`
-    of what each meter offers (its device profile's registers, else the DL/T645 catalogue
-    of its edition).  ``search``: extra profile directories (the configuration's folder).
+    of what each meter offers (its kind's capabilities: a device profile's registers, a
+    catalogue).  ``search``: extra profile directories (the configuration's folder).
 
     Meters offering neither total, or whose profile does not load, are left out (the
     reports then look for forward energy and find it missing).
@@ -237,17 +236,12 @@ def meter_energies(meters: Iterable[MeterSettings],
     from .profiles import ProfileError, load_profile
 
     def choose(profile: str, protocol: str) -> str | None:
-        if profile:
-            try:
-                offered = {r.name for r in load_profile(profile, search=search).registers}
-            except ProfileError:
-                return None
-        else:
-            version = PROTOCOLS.get(protocol)
-            if version is None:
-                return None
-            offered = {q for q in ("energy_active_forward_total",
-                                   "energy_active_combined_total") if readable(q, version)}
+        try:
+            kind = kind_of(protocol)
+            loaded = load_profile(profile, search=search) if profile else None
+            offered = kind.capabilities(MeterRef("", protocol, "", loaded)).quantities
+        except (KeyError, ValueError, ProfileError):
+            return None
         return billing_energy(offered)
 
     out: dict[str, str] = {}

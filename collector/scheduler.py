@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from drivers.bus import Bus
 from drivers.device import Line, Meter, MeterRead, MeterRef
-from drivers.dlt645 import Dlt645Session
 from drivers.errors import (
     DriverError,
     IncompleteReply,
@@ -35,9 +34,8 @@ from drivers.errors import (
     NoReply,
 )
 from drivers.meters import open_meter
-from drivers.modbus import ModbusSession
 from drivers.options import CallOptions
-from protocols.dlt645 import StatusWord, Version
+from protocols.dlt645 import StatusWord
 from protocols.modbus import Profile
 
 from .profiles import load_profile
@@ -55,7 +53,6 @@ class Lane(IntEnum):
     SCHEDULED = 2
 
 
-VERSIONS = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
 
 
 @dataclass(slots=True)
@@ -80,7 +77,6 @@ class BusWorker:
         self.name = name
         self.bus = bus
         self.preamble = preamble
-        self.modbus_framing = modbus  # "rtu" or "tcp" (MBAP) for Modbus meters here
         # The line's sessions are shared by every meter of the bus (their counters and
         # what meters refused); the device model opens meters on it.
         self.line = Line(bus, preamble=preamble, modbus=modbus)
@@ -107,19 +103,6 @@ class BusWorker:
             profile = (profiles or self.profiles or load_profile)(meter.profile)
         return open_meter(self.line, MeterRef(meter.meter_id, meter.protocol, meter.address,
                                               profile))
-
-    def session(self, version: Version) -> Dlt645Session:
-        s: Dlt645Session = self.line.session(
-            ("dlt645", version),
-            lambda: Dlt645Session(self.bus, version=version, preamble=self.preamble))
-        return s
-
-    def modbus(self) -> ModbusSession:
-        """The Modbus session of this bus (one per bus, sharing its line)."""
-        s: ModbusSession = self.line.session(
-            ("modbus", self.modbus_framing),
-            lambda: ModbusSession(self.bus, framing=self.modbus_framing))
-        return s
 
     def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
