@@ -35,7 +35,7 @@ from .convert import (
 )
 from .schema import field_of_key, is_required, key_of, keys, marker
 
-__all__ = ["As", "conv_of", "default_of", "field_of_key", "is_required", "key_of", "keys",
+__all__ = ["As", "Table", "conv_of", "default_of", "field_of_key", "is_required", "key_of", "keys",
            "marker", "model_default"]
 
 
@@ -44,7 +44,7 @@ def default_of(model: type[Table], name: str) -> Any:
     return model_default(model, name)
 
 
-def _bounds(model: type[Table], name: str) -> tuple[Any, Any, bool]:
+def bounds(model: type[Table], name: str) -> tuple[Any, Any, bool]:
     """(lowest, highest, lowest excluded) of a field; None where unbounded."""
     lo: Any = None
     hi: Any = None
@@ -77,7 +77,7 @@ def conv_of(model: type[Table], name: str, csv: bool = False) -> Conv[Any]:
     (``csv``: a ledger cell, where booleans are words)."""
     info = model.model_fields[name]
     mark = marker(model, name)
-    lo, hi, above = _bounds(model, name)
+    lo, hi, above = bounds(model, name)
     if mark is None:
         if info.annotation is bool:
             return csv_bool_conv() if csv else toml_bool_conv()

@@ -1,0 +1,205 @@
+"""The configuration schema: the pydantic models of collector/settings.py are the one place
+the keys, bounds and defaults are stated; the loader, the settings and the example follow."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import ConfigError, load_settings
+from collector.config.fields import bounds, conv_of, key_of, marker
+from collector.config.schema import TABLE_MODELS, TOP_KEYS
+from collector.settings import (
+    AlarmConfig,
+    AlarmsTable,
+    BusMqttTable,
+    BusSerialTable,
+    BusSettings,
+    BusTable,
+    BusTcpTable,
+    CollectorSettings,
+    CollectorTable,
+    CommandSettings,
+    CommandsTable,
+    ConfigFile,
+    DailySettings,
+    DailyTable,
+    GatewaySettings,
+    GatewayTable,
+    MeterSettings,
+    MeterTable,
+    MqttSettings,
+    MqttTable,
+    PrepaidSettings,
+    PrepaidTable,
+    ScheduleSettings,
+    ScheduleTable,
+    Table,
+    TimeseriesSettings,
+    TimeseriesTable,
+    defaults,
+    model_default,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "amic.example.toml"
+
+BASE = """\
+[collector]
+id = "gw-1"
+data_dir = "data"
+
+[[bus]]
+name = "line-1"
+type = "serial"
+device = "/dev/ttyS1"
+
+[[meter]]
+meter_id = "M1"
+address = "1"
+bus = "line-1"
+
+[schedule.fast]
+interval = "1h"
+quantities = ["energy"]
+"""
+
+SETTINGS_OF: dict[type[Table], type[Any]] = {
+    CollectorTable: CollectorSettings, BusTcpTable: BusSettings, BusSerialTable: BusSettings,
+    BusTable: BusSettings, MeterTable: MeterSettings, ScheduleTable: ScheduleSettings,
+    MqttTable: MqttSettings, GatewayTable: GatewaySettings,
+    TimeseriesTable: TimeseriesSettings, CommandsTable: CommandSettings,
+    PrepaidTable: PrepaidSettings, AlarmsTable: AlarmConfig, DailyTable: DailySettings,
+}
+
+
+def _example_keys(text: str) -> dict[str, set[str]]:
+    """Table -> keys the example shows, written or commented out (``# key = ...``) under a
+    (possibly commented-out) header; ``[schedule.X]`` counts as ``schedule.NAME``."""
+    import re
+
+    header = re.compile(r"^(?:#\s?)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(?:#.*)?$")
+    key = re.compile(r"^(?:#\s?)?([A-Za-z0-9_]+)\s*=")
+    shown: dict[str, set[str]] = {}
+    table: str | None = None
+    for line in text.splitlines():
+        if m := header.match(line):
+            table = m.group(1)
+            table = "schedule.NAME" if table.startswith("schedule.") else table
+            shown.setdefault(table, set())
+        elif (m := key.match(line)) and table is not None:
+            shown[table].add(m.group(1))
+    return shown
+
+
+def _model_keys() -> dict[str, set[str]]:
+    """Table -> the TOML keys its model(s) declare (a field's alias, else its name)."""
+    return {t: {f.alias or n for m in models for n, f in m.model_fields.items()}
+            for t, models in TABLE_MODELS.items()}
+
+
+def test_the_comparison_fails_on_a_missing_or_a_stray_key() -> None:
+    # What tests/test_config.py's example check relies on: the example without [daily]
+    # backfill_days, and with a stray key, differs from the models both ways.
+    text = EXAMPLE.read_text()
+    shown = _example_keys(text.replace("backfill_days", "backfil_days"))
+    assert "backfill_days" in _model_keys()["daily"] - shown["daily"]
+    assert "backfil_days" in shown["daily"] - _model_keys()["daily"]
+
+
+def test_every_model_refuses_unknown_keys() -> None:
+    for models in TABLE_MODELS.values():
+        for m in models:
+            assert m.model_config.get("extra") == "forbid", m.__name__
+
+
+def test_the_settings_defaults_are_the_models_defaults() -> None:
+    # One place: each settings field with a default takes it from its model's field.
+    for model, cls in SETTINGS_OF.items():
+        have = defaults(cls)
+        for name, info in model.model_fields.items():
+            if info.is_required() or name not in {f.name for f in dataclasses.fields(cls)}:
+                continue
+            if model is BusMqttTable or (cls is BusSettings and name not in have):
+                continue
+            assert have[name] == model_default(model, name), f"{model.__name__}.{name}"
+
+
+def test_a_ms_key_default_is_converted_to_seconds() -> None:
+    assert BusTable.model_fields["td"].alias == "td_ms"
+    assert BusTable.model_fields["td"].default == 500
+    assert defaults(BusSettings)["td"] == 0.5
+    assert model_default(BusMqttTable, "td") == 5.0
+
+
+def _bounded() -> list[tuple[str, type[Table], str]]:
+    """(table, model, field) of every number key with an upper bound, in tables the base
+    file can take without other keys."""
+    tables = {"collector": CollectorTable, "schedule.fast": ScheduleTable,
+              "timeseries": TimeseriesTable, "commands": CommandsTable, "daily": DailyTable,
+              "alarms": AlarmsTable, "bus": BusSerialTable}
+    out = []
+    for t, model in tables.items():
+        for name in model.model_fields:
+            mark = marker(model, name)
+            if mark and mark.conv in ("int", "duration", "ms") and bounds(model, name)[1]:
+                out.append((t, model, name))
+    return out
+
+
+@pytest.mark.parametrize(("table", "model", "name"), _bounded(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_a_value_above_the_models_bound_is_refused_with_that_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, model: type[Table],
+        name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    key = key_of(model, name)
+    hi = bounds(model, name)[1]
+    line = f"{key} = {hi + 1}\n"
+    if table == "bus":
+        text = BASE.replace('device = "/dev/ttyS1"\n', f'device = "/dev/ttyS1"\n{line}')
+    elif table == "collector":
+        text = BASE.replace('data_dir = "data"\n', f'data_dir = "data"\n{line}')
+    elif table == "schedule.fast":
+        text = BASE + line
+    else:
+        text = BASE + (f"\n[{table}]\n" + ('url = "http://127.0.0.1:8428"\n'
+                                            if table == "timeseries" else "") + line)
+    Path("amic.toml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(Path("amic.toml"))
+    [p] = info.value.problems
+    assert (p.key, p.expected) == (key, conv_of(model, name).expected)
+    shown = str(hi) if marker(model, name).conv == "int" else f"{float(hi):g}"  # type: ignore[union-attr]
+    assert shown in p.expected  # the bound, as the model states it
+    assert str(p).startswith(f"amic.toml:{text.splitlines().index(line.strip()) + 1}: ")
+
+
+def test_the_bounded_keys_cover_each_kind() -> None:
+    kinds = {marker(m, n).conv for _, m, n in _bounded()}  # type: ignore[union-attr]
+    assert kinds == {"int", "duration", "ms"}
+    assert len(_bounded()) >= 15
+
+
+def test_the_models_export_a_json_schema_by_toml_key() -> None:
+    # For editors: the schema names the keys as written in the file, with their bounds.
+    schema = ConfigFile.model_json_schema(by_alias=True)
+    assert set(schema["properties"]) == set(TOP_KEYS)
+    defs = schema["$defs"]
+    assert defs["CollectorTable"]["properties"]["retention_days"]["maximum"] == 36500
+    assert "td_ms" in defs["BusSerialTable"]["properties"]
+    assert defs["CollectorTable"]["additionalProperties"] is False
+
+
+def test_the_example_loads_and_matches_the_models_types(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMIC_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("AMIC_TSDB_TOKEN", raising=False)
+    data = tomllib.loads(EXAMPLE.read_text())
+    s = load_settings(EXAMPLE)
+    assert s.collector.retention_days == data["collector"]["retention_days"]
+    assert len(s.buses) == len(data["bus"])
