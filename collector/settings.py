@@ -57,7 +57,9 @@ FILE = As("path", "a file path")
 class Table(BaseModel):
     """One TOML table: keys unknown to it are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # defer_build: the loader reads the field info only; validators are built on first use
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              defer_build=True)
 
 
 class CollectorTable(Table):
