@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
@@ -43,6 +43,13 @@ class As:
     choices: tuple[float, ...] = ()
 
 
+def _seconds(value: object) -> float:
+    """A duration as written ("15m", "1h30m", 90) in seconds, when a model validates."""
+    from .config.convert import parse_duration  # the loader's parser; it imports this module
+
+    return parse_duration(value)
+
+
 NAME = As("name")
 TEXT = As("text")
 DURATION = As("duration")
@@ -52,6 +59,7 @@ ZONE = As("zone")
 TIME = As("time")
 CUSTOM = As("custom")
 FILE = As("path", "a file path")
+Seconds = Annotated[float, DURATION, BeforeValidator(_seconds)]
 
 
 class Table(BaseModel):
@@ -72,7 +80,7 @@ class CollectorTable(Table):
         90, ge=1, le=36500, description="days of readings kept")
     metrics_listen: Annotated[str | None, As("listen")] = Field(
         None, description='"HOST:PORT" of the Prometheus endpoint; none: no endpoint')
-    commit_interval: Annotated[float, DURATION] = Field(
+    commit_interval: Seconds = Field(
         1.0, gt=0, le=3600, description="seconds between store commits")
     commit_rows: Annotated[int, As("int")] = Field(
         2000, ge=1, le=1_000_000, description="or as soon as this many rows wait")
@@ -100,6 +108,8 @@ class BusTable(Table):
 class BusTcpTable(BusTable):
     """``[[bus]]`` with ``type = "tcp"``: a serial server (or Modbus TCP gateway)."""
 
+    kind: Literal["tcp"] = Field(alias="type")
+
     host: Annotated[str, As("host")] = Field("", description="the server's host (required)")
     port: Annotated[int, As("int")] = Field(0, ge=1, le=65535,
                                             description="the server's port (required)")
@@ -108,6 +118,8 @@ class BusTcpTable(BusTable):
 
 class BusSerialTable(BusTable):
     """``[[bus]]`` with ``type = "serial"``: a local RS-485 port."""
+
+    kind: Literal["serial"] = Field(alias="type")
 
     modbus: Literal["rtu"] = Field("rtu", description="Modbus framing: RTU only")
     device: Annotated[str, As("path", "a serial device path")] = Field(
@@ -121,6 +133,8 @@ class BusSerialTable(BusTable):
 
 class BusMqttTable(BusTable):
     """``[[bus]]`` with ``type = "mqtt"``: the RS-485 line of an MQTT gateway."""
+
+    kind: Literal["mqtt"] = Field(alias="type")
 
     td: Annotated[float, MS] = Field(5000, alias="td_ms", ge=1, le=60000,
                                      description="reply timeout (a gateway round trip), ms")
@@ -160,18 +174,18 @@ class MetersTable(Table):
 class ScheduleTable(Table):
     """``[schedule.NAME]``."""
 
-    interval: Annotated[float, DURATION] = Field(ge=1, description="between cycle starts")
+    interval: Seconds = Field(ge=1, description="between cycle starts")
     quantities: Annotated[tuple[str, ...], CUSTOM] = Field(
         description="quantity names or groups")
     meters: Annotated[tuple[str, ...], CUSTOM] = Field(
         (), description='selectors: "*", "area:A1", "bus:b1", "role:area_master", ids')
-    jitter: Annotated[float, DURATION] = Field(
+    jitter: Seconds = Field(
         0.0, ge=0, description="random delay at each cycle start")
     retries: Annotated[int, As("int")] = Field(
         1, ge=0, le=10, description="per read, after a timeout or bad reply")
     td: Annotated[float | None, MS] = Field(None, alias="td_ms", ge=1, le=60000,
                                             description="overrides the bus's reply timeout")
-    backoff_max: Annotated[float, DURATION] = Field(
+    backoff_max: Seconds = Field(
         3600.0, ge=1, description="cap of the back-off for dead meters")
 
 
@@ -222,13 +236,13 @@ class CommandsTable(Table):
 
     secrets_file: Annotated[Path | None, FILE] = Field(
         None, description="passwords, operator codes, signing keys")
-    min_interval: Annotated[float, DURATION] = Field(
+    min_interval: Seconds = Field(
         2.0, ge=0, le=3600, description="between two relay commands on one bus")
-    expiry: Annotated[float, DURATION] = Field(
+    expiry: Seconds = Field(
         300.0, ge=1, le=86400, description="a command stays valid this long")
-    verify_timeout: Annotated[float, DURATION] = Field(
+    verify_timeout: Seconds = Field(
         15.0, ge=0, le=600, description="to see the relay reach the expected state")
-    poll_interval: Annotated[float, DURATION] = Field(
+    poll_interval: Seconds = Field(
         0.5, gt=0, le=60, description="between verification reads")
     direct_close: bool = Field(False, description="restore = 1C direct close")
     signed: bool = Field(True, description="commands through the broker signed (HMAC)")
@@ -240,11 +254,11 @@ class PrepaidTable(Table):
     warn1: Annotated[Decimal, MONEY] = Field(ge=0)
     warn2: Annotated[Decimal, MONEY] = Field(ge=0)
     overdraft_limit: Annotated[Decimal, MONEY] = Field(Decimal(0), ge=0)
-    grace: Annotated[float, DURATION] = Field(600.0, ge=0, le=86400)
+    grace: Seconds = Field(600.0, ge=0, le=86400)
     no_trip_windows: Annotated[tuple[str, ...], CUSTOM] = ()
     holidays: Annotated[tuple[dt.date, ...], CUSTOM] = ()
     tz: Annotated[str, ZONE] = "Asia/Shanghai"
-    retry_interval: Annotated[float, DURATION] = Field(300.0, ge=1, le=86400)
+    retry_interval: Seconds = Field(300.0, ge=1, le=86400)
     protected: Annotated[tuple[str, ...], CUSTOM] = Field(
         (), description="selectors: never tripped (hold-power list)")
     computed: Annotated[tuple[str, ...], CUSTOM] = Field(
@@ -299,7 +313,8 @@ class ConfigFile(Table):
     """The file's top-level tables."""
 
     collector: CollectorTable
-    bus: tuple[BusTcpTable | BusSerialTable | BusMqttTable, ...]
+    bus: tuple[Annotated[BusTcpTable | BusSerialTable | BusMqttTable,
+                         Field(discriminator="kind")], ...]
     meter: tuple[MeterTable, ...] = ()
     meters: MetersTable | None = None
     schedule: dict[str, ScheduleTable]

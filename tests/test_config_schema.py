@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from collector.config import ConfigError, load_settings
 from collector.config.fields import bounds, conv_of, key_of, marker
@@ -195,11 +196,45 @@ def test_the_models_export_a_json_schema_by_toml_key() -> None:
     assert defs["CollectorTable"]["additionalProperties"] is False
 
 
-def test_the_example_loads_and_matches_the_models_types(
+def test_the_example_validates_against_the_models_as_the_loader_reads_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The models describe the file itself: the example passes them, and the durations they
+    # read are the loader's (ms keys stay in ms in the model: its bounds are in ms).
     monkeypatch.delenv("AMIC_MQTT_PASSWORD", raising=False)
     monkeypatch.delenv("AMIC_TSDB_TOKEN", raising=False)
-    data = tomllib.loads(EXAMPLE.read_text())
+    model = ConfigFile.model_validate(tomllib.loads(EXAMPLE.read_text()))
     s = load_settings(EXAMPLE)
-    assert s.collector.retention_days == data["collector"]["retention_days"]
-    assert len(s.buses) == len(data["bus"])
+    assert {n: sch.interval for n, sch in model.schedule.items()} == {
+        sch.name: sch.interval for sch in s.schedules}
+    assert [(b.name, b.kind, b.td / 1000) for b in model.bus] == [
+        (b.name, b.kind, b.td) for b in s.buses]
+    assert s.collector.commit_interval == model.collector.commit_interval
+
+
+BAD = [  # (old text in BASE, new text, the key both must refuse)
+    ('data_dir = "data"\n', 'data_dir = "data"\nretention_days = 0\n', "retention_days"),
+    ('data_dir = "data"\n', 'data_dir = "data"\ncommit_interval = "0s"\n',
+     "commit_interval"),
+    ('data_dir = "data"\n', 'data_dir = "data"\nbogus = 1\n', "bogus"),
+    ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\nbaud = 2401\n', "baud"),
+    ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\ntd_ms = 0\n', "td_ms"),
+    ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\nmodbus = "tcp"\n', "modbus"),
+    ('quantities = ["energy"]\n', 'quantities = ["energy"]\nretries = 11\n', "retries"),
+    ('interval = "1h"\n', 'interval = "1 hour"\n', "interval"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "key"), BAD, ids=[k for _, _, k in BAD])
+def test_the_loader_and_the_models_refuse_the_same_values(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str, new: str,
+        key: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = BASE.replace(old, new)
+    Path("amic.toml").write_text(text)
+    ConfigFile.model_validate(tomllib.loads(BASE))  # the base itself passes both
+    with pytest.raises(ConfigError) as info:
+        load_settings(Path("amic.toml"))
+    assert [p.key for p in info.value.problems] == [key]
+    with pytest.raises(ValidationError) as bad:
+        ConfigFile.model_validate(tomllib.loads(text))
+    assert [e["loc"][-1] for e in bad.value.errors()] == [key]
