@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -48,6 +49,30 @@ def _seconds(value: object) -> float:
     from .config.convert import parse_duration  # the loader's parser; it imports this module
 
     return parse_duration(value)
+
+
+_HOURS = re.compile(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*")
+
+
+def local_hours(value: object) -> tuple[float, float] | None:
+    """``"09:00-17:00"`` as (9.0, 17.0); None if not written so (the order unchecked)."""
+    m = _HOURS.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    return int(m[1]) + int(m[2] or 0) / 60, int(m[3]) + int(m[4] or 0) / 60
+
+
+def hours_in_order(window: tuple[float, float]) -> bool:
+    return 0 <= window[0] < window[1] <= 24
+
+
+def _window(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    window = local_hours(value)
+    if window is None or not hours_in_order(window):
+        raise ValueError('local hours such as "09:00-17:00", start before end')
+    return window
 
 
 NAME = As("name")
@@ -265,8 +290,8 @@ class PrepaidTable(Table):
         (), description="selectors: meters that keep no money")
     price: Annotated[Decimal | None, MONEY] = Field(
         None, ge=0, description="yuan per kWh, flat (computed balance)")
-    prices: Annotated[tuple[tuple[str, Decimal], ...], CUSTOM] = Field(
-        (), description="per tariff t1..t4 (computed balance)")
+    prices: Annotated[dict[Literal["t1", "t2", "t3", "t4"], Decimal], CUSTOM] = Field(
+        {}, description="yuan per kWh per tariff (computed balance)")
     opening_balance: Annotated[Decimal, MONEY] = Field(
         Decimal(0), ge=-10**6, description="computed balance at start")
 
@@ -305,8 +330,8 @@ class DailyTable(Table):
     backfill_at: Annotated[dt.time, TIME] = dt.time(1, 30)
     audit_fraction: Annotated[float, As("fraction")] = Field(
         0.02, ge=0, le=1, description="of the meters re-read each day; 0: none")
-    audit_window: Annotated[tuple[float, float], CUSTOM] = Field(
-        (9.0, 17.0), description="local hours")
+    audit_window: Annotated[tuple[float, float], CUSTOM, BeforeValidator(_window)] = Field(
+        (9.0, 17.0), description='local hours, written "09:00-17:00"')
 
 
 class ConfigFile(Table):
@@ -473,7 +498,7 @@ class PrepaidSettings:
     protected: tuple[str, ...] = _d(PrepaidTable, "protected")
     computed: tuple[str, ...] = _d(PrepaidTable, "computed")
     price: Decimal | None = _d(PrepaidTable, "price")
-    prices: tuple[tuple[str, Decimal], ...] = _d(PrepaidTable, "prices")
+    prices: tuple[tuple[str, Decimal], ...] = tuple(_d(PrepaidTable, "prices").items())
     opening_balance: Decimal = _d(PrepaidTable, "opening_balance")
 
 

@@ -4,6 +4,7 @@ the keys, bounds and defaults are stated; the loader, the settings and the examp
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,6 @@ SETTINGS_OF: dict[type[Table], type[Any]] = {
 def _example_keys(text: str) -> dict[str, set[str]]:
     """Table -> keys the example shows, written or commented out (``# key = ...``) under a
     (possibly commented-out) header; ``[schedule.X]`` counts as ``schedule.NAME``."""
-    import re
-
     header = re.compile(r"^(?:#\s?)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(?:#.*)?$")
     key = re.compile(r"^(?:#\s?)?([A-Za-z0-9_]+)\s*=")
     shown: dict[str, set[str]] = {}
@@ -127,7 +126,10 @@ def test_the_settings_defaults_are_the_models_defaults() -> None:
                 continue
             if model is BusMqttTable or (cls is BusSettings and name not in have):
                 continue
-            assert have[name] == model_default(model, name), f"{model.__name__}.{name}"
+            want = model_default(model, name)
+            if isinstance(want, dict):  # a TOML table, kept as (key, value) pairs
+                want = tuple(want.items())
+            assert have[name] == want, f"{model.__name__}.{name}"
 
 
 def test_a_ms_key_default_is_converted_to_seconds() -> None:
@@ -209,6 +211,33 @@ def test_the_example_validates_against_the_models_as_the_loader_reads_it(
     assert [(b.name, b.kind, b.td / 1000) for b in model.bus] == [
         (b.name, b.kind, b.td) for b in s.buses]
     assert s.collector.commit_interval == model.collector.commit_interval
+
+
+def _uncommented(text: str) -> str:
+    """The example with its commented-out tables and keys (``# [mqtt]``, ``# url = ...``
+    and the lines of a list they open) written in; prose comments stay comments."""
+    out = []
+    depth = 0  # "[" a commented-out value opened and has not closed yet
+    for line in text.splitlines():
+        m = re.match(r"^# ?((?:\[\[?[A-Za-z0-9_.]+\]\]?|[A-Za-z0-9_]+ *=).*)$", line)
+        if depth and line.startswith("#"):
+            m = re.match(r"^#(.*)$", line)
+        if m:
+            line = m.group(1)
+            code = re.sub(r'"[^"]*"', '""', line).split("#")[0]
+            if "=" in code or depth:
+                depth += code.count("[") - code.count("]")
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_every_table_of_the_example_even_commented_out_passes_the_models() -> None:
+    data = tomllib.loads(_uncommented(EXAMPLE.read_text()))
+    assert set(data) == set(TOP_KEYS)  # every table is shown, so every one is checked
+    model = ConfigFile.model_validate(data)
+    assert model.daily is not None and model.daily.audit_window == (9.0, 17.0)
+    assert model.prepaid is not None and set(model.prepaid.prices) == {"t1", "t2", "t3"}
+    assert [b.kind for b in model.bus] == ["tcp", "serial", "mqtt"]
 
 
 BAD = [  # (old text in BASE, new text, the key both must refuse)

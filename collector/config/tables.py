@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import stat
 from collections.abc import Mapping
 from decimal import Decimal
@@ -45,6 +44,8 @@ from ..settings import (
     ScheduleTable,
     TimeseriesSettings,
     TimeseriesTable,
+    hours_in_order,
+    local_hours,
 )
 from .checks import ChecksMixin
 from .convert import path_conv, to_seconds
@@ -264,20 +265,17 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         window = default_of(D, "audit_window")
         if "audit_window" in data:
             raw = data["audit_window"]
-            m = re.fullmatch(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*",
-                             str(raw)) if isinstance(raw, str) else None
-            if m is None:
+            got = local_hours(raw)
+            if got is None:
                 self.add(t, "audit_window", "local hours such as \"09:00-17:00\"",
                          show_value(raw))
                 ok = False
             else:
-                start = int(m[1]) + int(m[2] or 0) / 60
-                end = int(m[3]) + int(m[4] or 0) / 60
-                if not 0 <= start < end <= 24:
+                if not hours_in_order(got):
                     self.add(t, "audit_window", "a window inside one day, start before end",
                              show_value(raw))
                     ok = False
-                window = (start, end)
+                window = got
         if not ok or tz is None or sync is None or days is None:
             return None
         return DailySettings(tz=tz, report_at=times["report_at"], timesync=sync,
