@@ -18,7 +18,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 
 BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
@@ -101,17 +109,17 @@ class CollectorTable(Table):
     id: Annotated[str, NAME] = Field(description="this collector's name (topics, metrics)")
     data_dir: Annotated[Path, As("path", "a folder path")] = Field(
         description="the store's folder, relative to the config file")
-    retention_days: Annotated[int, As("int", unit=" days")] = Field(
+    retention_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
         90, ge=1, le=36500, description="days of readings kept")
     metrics_listen: Annotated[str | None, As("listen")] = Field(
         None, description='"HOST:PORT" of the Prometheus endpoint; none: no endpoint')
     commit_interval: Seconds = Field(
         1.0, gt=0, le=3600, description="seconds between store commits")
-    commit_rows: Annotated[int, As("int")] = Field(
+    commit_rows: Annotated[StrictInt, As("int")] = Field(
         2000, ge=1, le=1_000_000, description="or as soon as this many rows wait")
-    max_store_mb: Annotated[int | None, As("int", unit=" MB")] = Field(
+    max_store_mb: Annotated[StrictInt | None, As("int", unit=" MB")] = Field(
         None, ge=16, le=16_777_216, description="size cap of the store; none: the disk's")
-    min_free_mb: Annotated[int, As("int", unit=" MB")] = Field(
+    min_free_mb: Annotated[StrictInt, As("int", unit=" MB")] = Field(
         100, ge=0, le=16_777_216, description="a disk_low event below this free space")
 
 
@@ -120,11 +128,11 @@ class BusTable(Table):
 
     name: Annotated[str, NAME] = Field(description="the bus's name, as meters name it")
     kind: BusKind = Field(alias="type", description="tcp, serial or mqtt")
-    td: Annotated[float, MS] = Field(500, alias="td_ms", ge=1, le=60000,
+    td: Annotated[StrictFloat, MS] = Field(500, alias="td_ms", ge=1, le=60000,
                                      description="reply timeout, milliseconds")
-    tb: Annotated[float, MS] = Field(500, alias="tb_ms", ge=1, le=10000,
+    tb: Annotated[StrictFloat, MS] = Field(500, alias="tb_ms", ge=1, le=10000,
                                      description="inter-byte timeout, milliseconds")
-    preamble: Annotated[int, As("int", unit=" FE bytes")] = Field(
+    preamble: Annotated[StrictInt, As("int", unit=" FE bytes")] = Field(
         4, ge=0, le=4, description="FE wake-up bytes before each request")
     modbus: ModbusFraming = Field(
         "rtu", description="framing of Modbus meters here: RTU, or Modbus TCP (MBAP)")
@@ -136,7 +144,7 @@ class BusTcpTable(BusTable):
     kind: Literal["tcp"] = Field(alias="type")
 
     host: Annotated[str, As("host")] = Field("", description="the server's host (required)")
-    port: Annotated[int, As("int")] = Field(0, ge=1, le=65535,
+    port: Annotated[StrictInt, As("int")] = Field(0, ge=1, le=65535,
                                             description="the server's port (required)")
     line_baud: Baud | None = Field(None, description="the RS-485 line behind the server")
 
@@ -152,7 +160,7 @@ class BusSerialTable(BusTable):
     baud: Baud = Field(2400, description="bits per second")
     parity: Annotated[str, As("parity")] = Field("E", description="N, E, O, M or S")
     bytesize: Literal[5, 6, 7, 8] = Field(8, description="data bits")
-    stopbits: Annotated[float, As("choice", choices=(1, 1.5, 2))] = Field(
+    stopbits: Annotated[StrictFloat, As("choice", choices=(1, 1.5, 2))] = Field(
         1, description="stop bits")
 
 
@@ -161,7 +169,7 @@ class BusMqttTable(BusTable):
 
     kind: Literal["mqtt"] = Field(alias="type")
 
-    td: Annotated[float, MS] = Field(5000, alias="td_ms", ge=1, le=60000,
+    td: Annotated[StrictFloat, MS] = Field(5000, alias="td_ms", ge=1, le=60000,
                                      description="reply timeout (a gateway round trip), ms")
     modbus: Literal["rtu"] = Field("rtu", description="Modbus framing: RTU only")
     gateway: Annotated[str, As("name", "the name of a [[gateway]]")] = Field(
@@ -183,7 +191,7 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
-    prepaid: bool = Field(False, description="kept by the prepaid engine")
+    prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
     profile: Annotated[str, TEXT] = Field(
         "", description="Modbus device profile (config/profiles/NAME.toml)")
@@ -206,9 +214,9 @@ class ScheduleTable(Table):
         (), description='selectors: "*", "area:A1", "bus:b1", "role:area_master", ids')
     jitter: Seconds = Field(
         0.0, ge=0, description="random delay at each cycle start")
-    retries: Annotated[int, As("int")] = Field(
+    retries: Annotated[StrictInt, As("int")] = Field(
         1, ge=0, le=10, description="per read, after a timeout or bad reply")
-    td: Annotated[float | None, MS] = Field(None, alias="td_ms", ge=1, le=60000,
+    td: Annotated[StrictFloat | None, MS] = Field(None, alias="td_ms", ge=1, le=60000,
                                             description="overrides the bus's reply timeout")
     backoff_max: Seconds = Field(
         3600.0, ge=1, description="cap of the back-off for dead meters")
@@ -225,7 +233,7 @@ class MqttTable(Table):
     ca_file: Annotated[Path | None, FILE] = None
     cert_file: Annotated[Path | None, FILE] = None
     key_file: Annotated[Path | None, FILE] = None
-    commands: bool = Field(True, description="serve amic/<collector id>/cmd/#")
+    commands: StrictBool = Field(True, description="serve amic/<collector id>/cmd/#")
     reply_prefixes: Annotated[tuple[str, ...], CUSTOM] = Field(
         (), description="reply_to allowed under these, besides our own")
 
@@ -235,7 +243,7 @@ class GatewayTable(Table):
 
     name: Annotated[str, NAME] = Field(description="its id in the topics")
     prefix: Annotated[str, As("topic")] = Field("amic-gw", description="topic prefix")
-    reports: bool = Field(True, description="ingest what it reports")
+    reports: StrictBool = Field(True, description="ingest what it reports")
 
 
 class TimeseriesTable(Table):
@@ -246,12 +254,12 @@ class TimeseriesTable(Table):
     bucket: Annotated[str, As("nonempty", "a bucket name")] = "amic"
     token: Annotated[str | None, CUSTOM] = Field(
         None, alias="token_file", description="a file holding the token")
-    batch: Annotated[int, As("int", unit=" points")] = Field(5000, ge=1, le=100_000)
+    batch: Annotated[StrictInt, As("int", unit=" points")] = Field(5000, ge=1, le=100_000)
     precision: Precision = "ms"
-    gzip: bool = True
-    gzip_level: Annotated[int, As("int")] = Field(6, ge=1, le=9,
+    gzip: StrictBool = True
+    gzip_level: Annotated[StrictInt, As("int")] = Field(6, ge=1, le=9,
                                                   description="1 fastest .. 9 smallest")
-    worker_backlog: Annotated[int, As("int", unit=" rows")] = Field(
+    worker_backlog: Annotated[StrictInt, As("int", unit=" rows")] = Field(
         50_000, ge=0, le=100_000_000,
         description="rows behind before a worker process converts; 0: never")
 
@@ -269,8 +277,8 @@ class CommandsTable(Table):
         15.0, ge=0, le=600, description="to see the relay reach the expected state")
     poll_interval: Seconds = Field(
         0.5, gt=0, le=60, description="between verification reads")
-    direct_close: bool = Field(False, description="restore = 1C direct close")
-    signed: bool = Field(True, description="commands through the broker signed (HMAC)")
+    direct_close: StrictBool = Field(False, description="restore = 1C direct close")
+    signed: StrictBool = Field(True, description="commands through the broker signed (HMAC)")
 
 
 class PrepaidTable(Table):
@@ -302,19 +310,19 @@ LIMIT = As("limit")  # an [alarms] limit: None keeps collector.rules' default
 class AlarmsTable(Table):
     """``[alarms]``: limits of the alarm rules."""
 
-    nominal_voltage: Annotated[float | None, LIMIT] = None
-    voltage_high_pct: Annotated[float | None, LIMIT] = None
-    voltage_low_pct: Annotated[float | None, LIMIT] = None
-    jump_kwh_per_hour: Annotated[float | None, LIMIT] = None
-    zero_use_days: Annotated[float | None, LIMIT] = None
-    imbalance_pct: Annotated[float | None, LIMIT] = None
-    imbalance_min_current: Annotated[float | None, LIMIT] = None
-    low_pf: Annotated[float | None, LIMIT] = None
+    nominal_voltage: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_high_pct: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_low_pct: Annotated[StrictFloat | None, LIMIT] = None
+    jump_kwh_per_hour: Annotated[StrictFloat | None, LIMIT] = None
+    zero_use_days: Annotated[StrictFloat | None, LIMIT] = None
+    imbalance_pct: Annotated[StrictFloat | None, LIMIT] = None
+    imbalance_min_current: Annotated[StrictFloat | None, LIMIT] = None
+    low_pf: Annotated[StrictFloat | None, LIMIT] = None
     rules: Annotated[tuple[str, ...] | None, LIMIT] = Field(
         None, description="the rules that run; none: all")
-    comm_loss_after: Annotated[int, As("int", unit=" cycles")] = Field(
+    comm_loss_after: Annotated[StrictInt, As("int", unit=" cycles")] = Field(
         2, ge=1, le=1000, description="failed cycles before comm_loss / meter_dead")
-    publish: bool = Field(True, description="events also published on MQTT")
+    publish: StrictBool = Field(True, description="events also published on MQTT")
 
 
 class DailyTable(Table):
@@ -323,12 +331,12 @@ class DailyTable(Table):
     tz: Annotated[str, ZONE] = "Asia/Shanghai"
     report_at: Annotated[dt.time, TIME] = Field(
         dt.time(6, 0), description="yesterday's line loss and read success")
-    timesync: bool = True
+    timesync: StrictBool = True
     timesync_at: Annotated[dt.time, TIME] = dt.time(2, 0)
-    backfill_days: Annotated[int, As("int", unit=" days")] = Field(
+    backfill_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
         7, ge=0, le=62, description="0: no backfill")
     backfill_at: Annotated[dt.time, TIME] = dt.time(1, 30)
-    audit_fraction: Annotated[float, As("fraction")] = Field(
+    audit_fraction: Annotated[StrictFloat, As("fraction")] = Field(
         0.02, ge=0, le=1, description="of the meters re-read each day; 0: none")
     audit_window: Annotated[tuple[float, float], CUSTOM, BeforeValidator(_window)] = Field(
         (9.0, 17.0), description='local hours, written "09:00-17:00"')

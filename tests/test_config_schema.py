@@ -250,6 +250,12 @@ BAD = [  # (old text in BASE, new text, the key both must refuse)
     ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\nmodbus = "tcp"\n', "modbus"),
     ('quantities = ["energy"]\n', 'quantities = ["energy"]\nretries = 11\n', "retries"),
     ('interval = "1h"\n', 'interval = "1 hour"\n', "interval"),
+    # TOML has types: no true for a number, no quoted number, no 1 for true
+    ('data_dir = "data"\n', 'data_dir = "data"\nretention_days = true\n', "retention_days"),
+    ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\nbaud = "2400"\n', "baud"),
+    ('device = "/dev/ttyS1"\n', 'device = "/dev/ttyS1"\ntb_ms = true\n', "tb_ms"),
+    ('quantities = ["energy"]\n', 'quantities = ["energy"]\nretries = "1"\n', "retries"),
+    ('bus = "line-1"\n', 'bus = "line-1"\nprepaid = 1\n', "prepaid"),
 ]
 
 
