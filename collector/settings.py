@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,6 +28,8 @@ from pydantic import (
     StrictFloat,
     StrictInt,
 )
+
+from .messages import quote
 
 BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
@@ -52,11 +55,31 @@ class As:
     choices: tuple[float, ...] = ()
 
 
-def _seconds(value: object) -> float:
-    """A duration as written ("15m", "1h30m", 90) in seconds, when a model validates."""
-    from .config.convert import parse_duration  # the loader's parser; it imports this module
+DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
 
-    return parse_duration(value)
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"15m"``, ``"1h30m"``, ``"30s"``, ``"500ms"``, ``"1d"`` or a number.
+
+    ValueError for anything else (negative, not finite, no unit on a string).
+    """
+    shown = quote(value) if isinstance(value, str) else (
+        str(value).lower() if isinstance(value, bool) else repr(value))
+    if isinstance(value, bool):
+        raise ValueError(f"{shown} is not a duration")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{shown} is not a duration")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{shown} is not a duration")
+    text = value.strip().replace(" ", "")
+    if not DURATION_RE.match(text):
+        raise ValueError(f"{shown} is not a duration: expected {DURATION_TEXT}")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(text))
 
 
 _HOURS = re.compile(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*")
@@ -92,7 +115,7 @@ ZONE = As("zone")
 TIME = As("time")
 CUSTOM = As("custom")
 FILE = As("path", "a file path")
-Seconds = Annotated[float, DURATION, BeforeValidator(_seconds)]
+Seconds = Annotated[float, DURATION, BeforeValidator(parse_duration)]
 
 
 class Table(BaseModel):

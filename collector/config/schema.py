@@ -129,10 +129,6 @@ FIELD_OF_KEY = field_of_key(*{m for ms in TABLE_MODELS.values() for m in ms})
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
-DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
 # Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LEDGER_BYTES = 16 << 20
