@@ -1,111 +1,487 @@
 """The validated configuration, as typed values (loading and checking: collector.config).
 
-The field defaults below are the configuration's defaults, stated once: the loader and the
-forwarder read them with :func:`default` / :func:`defaults`.
+The schema is stated once, here: one pydantic model a TOML table (``CollectorTable``,
+``BusTcpTable``, ... ``DailyTable``) declares each key (the field's alias where the key
+differs from the settings field), its type, bounds, default and meaning.  The loader
+(collector.config) reads its keys, bounds and defaults from these models, and the settings
+dataclasses below take their defaults from them (:func:`model_default`).
 """
 
+# ruff: noqa: RUF009 -- the dataclass defaults are read from the models (immutable values)
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
+
+from .messages import quote
 
 BusKind = Literal["tcp", "serial", "mqtt"]
 Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
 ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
+Baud = Literal[1200, 2400, 4800, 9600, 19200]
+Precision = Literal["s", "ms", "us", "ns"]
 
-MQTT_BUS_TD = 5.0  # reply timeout of a type = "mqtt" bus (a gateway round trip), seconds
+
+@dataclass(frozen=True, slots=True)
+class As:
+    """How the loader reads a key whose type alone does not say: the converter's name in
+    collector.config.convert, the text of what it expects, the unit of its bounds.
+
+    ``per``: the TOML value counts 1/per of the settings unit (``td_ms``: 1000 a second).
+    ``custom``: read by the table's own code (lists, selectors, secrets, times).
+    """
+
+    conv: str
+    what: str = ""
+    unit: str = ""
+    per: int = 1
+    choices: tuple[float, ...] = ()
+
+
+DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"15m"``, ``"1h30m"``, ``"30s"``, ``"500ms"``, ``"1d"`` or a number.
+
+    ValueError for anything else (negative, not finite, no unit on a string).
+    """
+    shown = quote(value) if isinstance(value, str) else (
+        str(value).lower() if isinstance(value, bool) else repr(value))
+    if isinstance(value, bool):
+        raise ValueError(f"{shown} is not a duration")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{shown} is not a duration")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{shown} is not a duration")
+    text = value.strip().replace(" ", "")
+    if not DURATION_RE.match(text):
+        raise ValueError(f"{shown} is not a duration: expected {DURATION_TEXT}")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(text))
+
+
+_HOURS = re.compile(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*")
+
+
+def local_hours(value: object) -> tuple[float, float] | None:
+    """``"09:00-17:00"`` as (9.0, 17.0); None if not written so (the order unchecked)."""
+    m = _HOURS.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    return int(m[1]) + int(m[2] or 0) / 60, int(m[3]) + int(m[4] or 0) / 60
+
+
+def hours_in_order(window: tuple[float, float]) -> bool:
+    return 0 <= window[0] < window[1] <= 24
+
+
+def _window(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    window = local_hours(value)
+    if window is None or not hours_in_order(window):
+        raise ValueError('local hours such as "09:00-17:00", start before end')
+    return window
+
+
+NAME = As("name")
+TEXT = As("text")
+DURATION = As("duration")
+MS = As("ms", per=1000)
+MONEY = As("money")
+ZONE = As("zone")
+TIME = As("time")
+CUSTOM = As("custom")
+FILE = As("path", "a file path")
+Seconds = Annotated[float, DURATION, BeforeValidator(parse_duration)]
+
+
+class Table(BaseModel):
+    """One TOML table: keys unknown to it are refused."""
+
+    # defer_build: the loader reads the field info only; validators are built on first use
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              defer_build=True)
+
+
+class CollectorTable(Table):
+    """``[collector]``."""
+
+    id: Annotated[str, NAME] = Field(description="this collector's name (topics, metrics)")
+    data_dir: Annotated[Path, As("path", "a folder path")] = Field(
+        description="the store's folder, relative to the config file")
+    retention_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
+        90, ge=1, le=36500, description="days of readings kept")
+    metrics_listen: Annotated[str | None, As("listen")] = Field(
+        None, description='"HOST:PORT" of the Prometheus endpoint; none: no endpoint')
+    commit_interval: Seconds = Field(
+        1.0, gt=0, le=3600, description="seconds between store commits")
+    commit_rows: Annotated[StrictInt, As("int")] = Field(
+        2000, ge=1, le=1_000_000, description="or as soon as this many rows wait")
+    max_store_mb: Annotated[StrictInt | None, As("int", unit=" MB")] = Field(
+        None, ge=16, le=16_777_216, description="size cap of the store; none: the disk's")
+    min_free_mb: Annotated[StrictInt, As("int", unit=" MB")] = Field(
+        100, ge=0, le=16_777_216, description="a disk_low event below this free space")
+
+
+class BusTable(Table):
+    """``[[bus]]``: the keys of every bus type."""
+
+    name: Annotated[str, NAME] = Field(description="the bus's name, as meters name it")
+    kind: BusKind = Field(alias="type", description="tcp, serial or mqtt")
+    td: Annotated[StrictFloat, MS] = Field(500, alias="td_ms", ge=1, le=60000,
+                                     description="reply timeout, milliseconds")
+    tb: Annotated[StrictFloat, MS] = Field(500, alias="tb_ms", ge=1, le=10000,
+                                     description="inter-byte timeout, milliseconds")
+    preamble: Annotated[StrictInt, As("int", unit=" FE bytes")] = Field(
+        4, ge=0, le=4, description="FE wake-up bytes before each request")
+    modbus: ModbusFraming = Field(
+        "rtu", description="framing of Modbus meters here: RTU, or Modbus TCP (MBAP)")
+
+
+class BusTcpTable(BusTable):
+    """``[[bus]]`` with ``type = "tcp"``: a serial server (or Modbus TCP gateway)."""
+
+    kind: Literal["tcp"] = Field(alias="type")
+
+    host: Annotated[str, As("host")] = Field("", description="the server's host (required)")
+    port: Annotated[StrictInt, As("int")] = Field(0, ge=1, le=65535,
+                                            description="the server's port (required)")
+    line_baud: Baud | None = Field(None, description="the RS-485 line behind the server")
+
+
+class BusSerialTable(BusTable):
+    """``[[bus]]`` with ``type = "serial"``: a local RS-485 port."""
+
+    kind: Literal["serial"] = Field(alias="type")
+
+    modbus: Literal["rtu"] = Field("rtu", description="Modbus framing: RTU only")
+    device: Annotated[str, As("path", "a serial device path")] = Field(
+        "", description="the serial device (required)")
+    baud: Baud = Field(2400, description="bits per second")
+    parity: Annotated[str, As("parity")] = Field("E", description="N, E, O, M or S")
+    bytesize: Literal[5, 6, 7, 8] = Field(8, description="data bits")
+    stopbits: Annotated[StrictFloat, As("choice", choices=(1, 1.5, 2))] = Field(
+        1, description="stop bits")
+
+
+class BusMqttTable(BusTable):
+    """``[[bus]]`` with ``type = "mqtt"``: the RS-485 line of an MQTT gateway."""
+
+    kind: Literal["mqtt"] = Field(alias="type")
+
+    td: Annotated[StrictFloat, MS] = Field(5000, alias="td_ms", ge=1, le=60000,
+                                     description="reply timeout (a gateway round trip), ms")
+    modbus: Literal["rtu"] = Field("rtu", description="Modbus framing: RTU only")
+    gateway: Annotated[str, As("name", "the name of a [[gateway]]")] = Field(
+        "", description="the [[gateway]] whose line this is (required)")
+
+
+class MeterTable(Table):
+    """``[[meter]]`` or a ledger row (the ledger's columns)."""
+
+    meter_id: Annotated[str, NAME] = Field(description="the meter's id")
+    address: Annotated[str, As("address")] = Field(
+        description="DL/T645: 12 digits; Modbus: the unit id (1-247)")
+    bus: Annotated[str, As("name", "the name of a [[bus]]")] = Field(
+        description="the [[bus]] it is on")
+    protocol: Protocol = Field("dlt645-2007", description="its protocol")
+    station: Annotated[str, TEXT] = Field("", description="substation")
+    feeder: Annotated[str, TEXT] = Field("", description="feeder")
+    area: Annotated[str, TEXT] = Field("", description="transformer area (台区)")
+    box: Annotated[str, TEXT] = Field("", description="meter box")
+    customer: Annotated[str, As("customer")] = Field(
+        "", description="customer number; never logged in full")
+    prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
+    role: Role = Field("customer", description="customer or area_master")
+    profile: Annotated[str, TEXT] = Field(
+        "", description="Modbus device profile (config/profiles/NAME.toml)")
+
+
+class MetersTable(Table):
+    """``[meters]``."""
+
+    ledger: Annotated[str | None, As("path", "the path of a CSV meter ledger")] = Field(
+        None, description="a CSV meter ledger, relative to the config file")
+
+
+class ScheduleTable(Table):
+    """``[schedule.NAME]``."""
+
+    interval: Seconds = Field(ge=1, description="between cycle starts")
+    quantities: Annotated[tuple[str, ...], CUSTOM] = Field(
+        description="quantity names or groups")
+    meters: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description='selectors: "*", "area:A1", "bus:b1", "role:area_master", ids')
+    jitter: Seconds = Field(
+        0.0, ge=0, description="random delay at each cycle start")
+    retries: Annotated[StrictInt, As("int")] = Field(
+        1, ge=0, le=10, description="per read, after a timeout or bad reply")
+    td: Annotated[StrictFloat | None, MS] = Field(None, alias="td_ms", ge=1, le=60000,
+                                            description="overrides the bus's reply timeout")
+    backoff_max: Seconds = Field(
+        3600.0, ge=1, description="cap of the back-off for dead meters")
+
+
+class MqttTable(Table):
+    """``[mqtt]``: the broker connection."""
+
+    url: Annotated[str, As("mqtt_url")] = Field(description="mqtt(s)://HOST:PORT")
+    client_id: Annotated[str, NAME] = Field("", description="MQTT client id")
+    username: Annotated[str | None, As("nonempty", "a user name")] = Field(None)
+    password: Annotated[str | None, CUSTOM] = Field(
+        None, alias="password_file", description="a file holding the password")
+    ca_file: Annotated[Path | None, FILE] = None
+    cert_file: Annotated[Path | None, FILE] = None
+    key_file: Annotated[Path | None, FILE] = None
+    commands: StrictBool = Field(True, description="serve amic/<collector id>/cmd/#")
+    reply_prefixes: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="reply_to allowed under these, besides our own")
+
+
+class GatewayTable(Table):
+    """``[[gateway]]``: an MQTT gateway with RS-485 meters behind it."""
+
+    name: Annotated[str, NAME] = Field(description="its id in the topics")
+    prefix: Annotated[str, As("topic")] = Field("amic-gw", description="topic prefix")
+    reports: StrictBool = Field(True, description="ingest what it reports")
+
+
+class TimeseriesTable(Table):
+    """``[timeseries]``: where the outbox is forwarded."""
+
+    url: Annotated[str, As("http_url")] = Field(description="http(s)://HOST:PORT")
+    org: Annotated[str, TEXT] = ""
+    bucket: Annotated[str, As("nonempty", "a bucket name")] = "amic"
+    token: Annotated[str | None, CUSTOM] = Field(
+        None, alias="token_file", description="a file holding the token")
+    batch: Annotated[StrictInt, As("int", unit=" points")] = Field(5000, ge=1, le=100_000)
+    precision: Precision = "ms"
+    gzip: StrictBool = True
+    gzip_level: Annotated[StrictInt, As("int")] = Field(6, ge=1, le=9,
+                                                  description="1 fastest .. 9 smallest")
+    worker_backlog: Annotated[StrictInt, As("int", unit=" rows")] = Field(
+        50_000, ge=0, le=100_000_000,
+        description="rows behind before a worker process converts; 0: never")
+
+
+class CommandsTable(Table):
+    """``[commands]``: relay commands."""
+
+    secrets_file: Annotated[Path | None, FILE] = Field(
+        None, description="passwords, operator codes, signing keys")
+    min_interval: Seconds = Field(
+        2.0, ge=0, le=3600, description="between two relay commands on one bus")
+    expiry: Seconds = Field(
+        300.0, ge=1, le=86400, description="a command stays valid this long")
+    verify_timeout: Seconds = Field(
+        15.0, ge=0, le=600, description="to see the relay reach the expected state")
+    poll_interval: Seconds = Field(
+        0.5, gt=0, le=60, description="between verification reads")
+    direct_close: StrictBool = Field(False, description="restore = 1C direct close")
+    signed: StrictBool = Field(True, description="commands through the broker signed (HMAC)")
+
+
+class PrepaidTable(Table):
+    """``[prepaid]``: the prepaid engine."""
+
+    warn1: Annotated[Decimal, MONEY] = Field(ge=0)
+    warn2: Annotated[Decimal, MONEY] = Field(ge=0)
+    overdraft_limit: Annotated[Decimal, MONEY] = Field(Decimal(0), ge=0)
+    grace: Seconds = Field(600.0, ge=0, le=86400)
+    no_trip_windows: Annotated[tuple[str, ...], CUSTOM] = ()
+    holidays: Annotated[tuple[dt.date, ...], CUSTOM] = ()
+    tz: Annotated[str, ZONE] = "Asia/Shanghai"
+    retry_interval: Seconds = Field(300.0, ge=1, le=86400)
+    protected: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="selectors: never tripped (hold-power list)")
+    computed: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="selectors: meters that keep no money")
+    price: Annotated[Decimal | None, MONEY] = Field(
+        None, ge=0, description="yuan per kWh, flat (computed balance)")
+    prices: Annotated[dict[Literal["t1", "t2", "t3", "t4"], Decimal], CUSTOM] = Field(
+        {}, description="yuan per kWh per tariff (computed balance)")
+    opening_balance: Annotated[Decimal, MONEY] = Field(
+        Decimal(0), ge=-10**6, description="computed balance at start")
+
+
+LIMIT = As("limit")  # an [alarms] limit: None keeps collector.rules' default
+
+
+class AlarmsTable(Table):
+    """``[alarms]``: limits of the alarm rules."""
+
+    nominal_voltage: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_high_pct: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_low_pct: Annotated[StrictFloat | None, LIMIT] = None
+    jump_kwh_per_hour: Annotated[StrictFloat | None, LIMIT] = None
+    zero_use_days: Annotated[StrictFloat | None, LIMIT] = None
+    imbalance_pct: Annotated[StrictFloat | None, LIMIT] = None
+    imbalance_min_current: Annotated[StrictFloat | None, LIMIT] = None
+    low_pf: Annotated[StrictFloat | None, LIMIT] = None
+    rules: Annotated[tuple[str, ...] | None, LIMIT] = Field(
+        None, description="the rules that run; none: all")
+    comm_loss_after: Annotated[StrictInt, As("int", unit=" cycles")] = Field(
+        2, ge=1, le=1000, description="failed cycles before comm_loss / meter_dead")
+    publish: StrictBool = Field(True, description="events also published on MQTT")
+
+
+class DailyTable(Table):
+    """``[daily]``: the once-a-day jobs; local times in ``tz``."""
+
+    tz: Annotated[str, ZONE] = "Asia/Shanghai"
+    report_at: Annotated[dt.time, TIME] = Field(
+        dt.time(6, 0), description="yesterday's line loss and read success")
+    timesync: StrictBool = True
+    timesync_at: Annotated[dt.time, TIME] = dt.time(2, 0)
+    backfill_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
+        7, ge=0, le=62, description="0: no backfill")
+    backfill_at: Annotated[dt.time, TIME] = dt.time(1, 30)
+    audit_fraction: Annotated[StrictFloat, As("fraction")] = Field(
+        0.02, ge=0, le=1, description="of the meters re-read each day; 0: none")
+    audit_window: Annotated[tuple[float, float], CUSTOM, BeforeValidator(_window)] = Field(
+        (9.0, 17.0), description='local hours, written "09:00-17:00"')
+
+
+class ConfigFile(Table):
+    """The file's top-level tables."""
+
+    collector: CollectorTable
+    bus: tuple[Annotated[BusTcpTable | BusSerialTable | BusMqttTable,
+                         Field(discriminator="kind")], ...]
+    meter: tuple[MeterTable, ...] = ()
+    meters: MetersTable | None = None
+    schedule: dict[str, ScheduleTable]
+    mqtt: MqttTable | None = None
+    gateway: tuple[GatewayTable, ...] = ()
+    timeseries: TimeseriesTable | None = None
+    commands: CommandsTable | None = None
+    prepaid: PrepaidTable | None = None
+    alarms: AlarmsTable | None = None
+    daily: DailyTable | None = None
+
+
+def model_default(model: type[Table], name: str) -> Any:
+    """The default of ``model.name`` in settings units (``td_ms`` 500 -> ``td`` 0.5)."""
+    info = model.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    per = next((m.per for m in info.metadata if isinstance(m, As)), 1)
+    return value / per if per != 1 and value is not None else value
+
+
+def _d(model: type[Table], name: str) -> Any:
+    return model_default(model, name)
+
+
+MQTT_BUS_TD: float = _d(BusMqttTable, "td")  # reply timeout of a type = "mqtt" bus, s
 
 
 @dataclass(frozen=True, slots=True)
 class CollectorSettings:
     id: str
     data_dir: Path
-    retention_days: int = 90
-    metrics_listen: str | None = None  # "127.0.0.1:9108"; None: no endpoint
-    commit_interval: float = 1.0  # seconds between store commits
-    commit_rows: int = 2000  # or as soon as this many rows wait
-    max_store_mb: int | None = None  # size cap of the SQLite file; None: the disk's size
-    min_free_mb: int = 100  # a disk_low event below this much free space
+    retention_days: int = _d(CollectorTable, "retention_days")
+    metrics_listen: str | None = _d(CollectorTable, "metrics_listen")
+    commit_interval: float = _d(CollectorTable, "commit_interval")
+    commit_rows: int = _d(CollectorTable, "commit_rows")
+    max_store_mb: int | None = _d(CollectorTable, "max_store_mb")
+    min_free_mb: int = _d(CollectorTable, "min_free_mb")
 
 
 @dataclass(frozen=True, slots=True)
 class BusSettings:
     name: str
     kind: BusKind
-    host: str = ""  # tcp
-    port: int = 0  # tcp
-    line_baud: int | None = None  # tcp: the RS-485 line behind the serial server
-    device: str = ""  # serial
-    baud: int = 2400  # serial
-    parity: str = "E"
-    bytesize: int = 8
-    stopbits: float = 1
-    td: float = 0.5  # reply timeout, seconds
-    tb: float = 0.5  # inter-byte timeout, seconds
-    preamble: int = 4  # FE wake-up bytes before each request
-    modbus: ModbusFraming = "rtu"  # framing of Modbus meters here: RTU (serial, serial
-    # server) or Modbus TCP (MBAP, a Modbus TCP gateway)
-    gateway: str = ""  # mqtt: the [[gateway]] whose RS-485 line this is
+    host: str = _d(BusTcpTable, "host")
+    port: int = _d(BusTcpTable, "port")
+    line_baud: int | None = _d(BusTcpTable, "line_baud")
+    device: str = _d(BusSerialTable, "device")
+    baud: int = _d(BusSerialTable, "baud")
+    parity: str = _d(BusSerialTable, "parity")
+    bytesize: int = _d(BusSerialTable, "bytesize")
+    stopbits: float = _d(BusSerialTable, "stopbits")
+    td: float = _d(BusTable, "td")  # seconds
+    tb: float = _d(BusTable, "tb")  # seconds
+    preamble: int = _d(BusTable, "preamble")
+    modbus: ModbusFraming = _d(BusTable, "modbus")
+    gateway: str = _d(BusMqttTable, "gateway")
 
 
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
     """The broker connection (gateway reports, transparent buses, the command channel)."""
 
-    url: str  # mqtt://HOST:PORT or mqtts://HOST:PORT
-    client_id: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # from a file or the environment
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    commands: bool = True  # serve amic/<collector id>/cmd/#
-    reply_prefixes: tuple[str, ...] = ()  # reply_to allowed under these, besides our own
+    url: str
+    client_id: str = _d(MqttTable, "client_id")
+    username: str | None = _d(MqttTable, "username")
+    password: str | None = field(default=_d(MqttTable, "password"), repr=False)
+    ca_file: Path | None = _d(MqttTable, "ca_file")
+    cert_file: Path | None = _d(MqttTable, "cert_file")
+    key_file: Path | None = _d(MqttTable, "key_file")
+    commands: bool = _d(MqttTable, "commands")
+    reply_prefixes: tuple[str, ...] = _d(MqttTable, "reply_prefixes")
 
 
 @dataclass(frozen=True, slots=True)
 class TimeseriesSettings:
     """Where the outbox is forwarded: an InfluxDB 2/3 (or line-protocol) server."""
 
-    url: str  # http(s)://HOST:PORT
-    org: str = ""
-    bucket: str = "amic"
-    token: str | None = field(default=None, repr=False)  # from a file or the environment
-    batch: int = 5000
-    precision: str = "ms"
-    gzip: bool = True
-    gzip_level: int = 6  # 1 fastest .. 9 smallest
-    worker_backlog: int = 50_000  # rows behind before a worker process converts; 0: never
+    url: str
+    org: str = _d(TimeseriesTable, "org")
+    bucket: str = _d(TimeseriesTable, "bucket")
+    token: str | None = field(default=_d(TimeseriesTable, "token"), repr=False)
+    batch: int = _d(TimeseriesTable, "batch")
+    precision: str = _d(TimeseriesTable, "precision")
+    gzip: bool = _d(TimeseriesTable, "gzip")
+    gzip_level: int = _d(TimeseriesTable, "gzip_level")
+    worker_backlog: int = _d(TimeseriesTable, "worker_backlog")
 
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """An MQTT gateway with RS-485 meters behind it."""
 
-    name: str  # its id in the topics: <prefix>/<name>/report, /raw, /down, /up
-    prefix: str = "amic-gw"
-    reports: bool = True  # ingest what it reports
+    name: str
+    prefix: str = _d(GatewayTable, "prefix")
+    reports: bool = _d(GatewayTable, "reports")
 
 
 @dataclass(frozen=True, slots=True)
 class MeterSettings:
     meter_id: str
-    address: str  # DL/T645: 12 digits; Modbus: the unit id (1-247)
+    address: str
     bus: str
-    protocol: Protocol = "dlt645-2007"
-    station: str = ""
-    feeder: str = ""
-    area: str = ""  # transformer area (台区)
-    box: str = ""
-    customer: str = ""  # customer number; never logged in full
-    prepaid: bool = False
-    role: Role = "customer"
-    profile: str = ""  # Modbus device profile (config/profiles/NAME.toml)
+    protocol: Protocol = _d(MeterTable, "protocol")
+    station: str = _d(MeterTable, "station")
+    feeder: str = _d(MeterTable, "feeder")
+    area: str = _d(MeterTable, "area")
+    box: str = _d(MeterTable, "box")
+    customer: str = _d(MeterTable, "customer")  # never logged in full
+    prepaid: bool = _d(MeterTable, "prepaid")
+    role: Role = _d(MeterTable, "role")
+    profile: str = _d(MeterTable, "profile")
 
     @property
     def unit(self) -> int:
@@ -116,26 +492,26 @@ class MeterSettings:
 @dataclass(frozen=True, slots=True)
 class ScheduleSettings:
     name: str
-    interval: float  # seconds between cycle starts
+    interval: float
     quantities: tuple[str, ...]  # quantity names (groups expanded)
-    jitter: float = 0.0  # seconds of random delay at each cycle start
-    retries: int = 1  # per read, after a timeout or bad reply
-    td: float | None = None  # overrides the bus's reply timeout
-    meters: tuple[str, ...] = ()  # selectors: "*", "area:A1", "bus:b1", "role:area_master", ids
-    backoff_max: float = 3600.0  # cap of the back-off for dead meters, seconds
+    jitter: float = _d(ScheduleTable, "jitter")
+    retries: int = _d(ScheduleTable, "retries")
+    td: float | None = _d(ScheduleTable, "td")
+    meters: tuple[str, ...] = _d(ScheduleTable, "meters")
+    backoff_max: float = _d(ScheduleTable, "backoff_max")
 
 
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
     """``[commands]``: relay commands (see collector/commands.py)."""
 
-    secrets_file: Path | None = None  # passwords, operator codes, signing keys
-    min_interval: float = 2.0  # seconds between two relay commands on one bus
-    expiry: float = 300.0  # seconds a command stays valid after it was issued
-    verify_timeout: float = 15.0  # seconds to see the relay reach the expected state
-    poll_interval: float = 0.5  # seconds between verification reads
-    direct_close: bool = False  # restore = 1C direct close instead of 1B close permitted
-    signed: bool = True  # relay commands through the broker must be signed (HMAC)
+    secrets_file: Path | None = _d(CommandsTable, "secrets_file")
+    min_interval: float = _d(CommandsTable, "min_interval")
+    expiry: float = _d(CommandsTable, "expiry")
+    verify_timeout: float = _d(CommandsTable, "verify_timeout")
+    poll_interval: float = _d(CommandsTable, "poll_interval")
+    direct_close: bool = _d(CommandsTable, "direct_close")
+    signed: bool = _d(CommandsTable, "signed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,31 +520,31 @@ class PrepaidSettings:
 
     warn1: Decimal
     warn2: Decimal
-    overdraft_limit: Decimal = Decimal(0)
-    grace: float = 600.0
-    no_trip_windows: tuple[str, ...] = ()
-    holidays: tuple[dt.date, ...] = ()
-    tz: str = "Asia/Shanghai"
-    retry_interval: float = 300.0
-    protected: tuple[str, ...] = ()  # selectors: never tripped (hold-power list)
-    computed: tuple[str, ...] = ()  # selectors: meters that keep no money
-    price: Decimal | None = None  # yuan per kWh, flat (computed balance)
-    prices: tuple[tuple[str, Decimal], ...] = ()  # per tariff t1..t4 (computed balance)
-    opening_balance: Decimal = Decimal(0)  # computed balance at start
+    overdraft_limit: Decimal = _d(PrepaidTable, "overdraft_limit")
+    grace: float = _d(PrepaidTable, "grace")
+    no_trip_windows: tuple[str, ...] = _d(PrepaidTable, "no_trip_windows")
+    holidays: tuple[dt.date, ...] = _d(PrepaidTable, "holidays")
+    tz: str = _d(PrepaidTable, "tz")
+    retry_interval: float = _d(PrepaidTable, "retry_interval")
+    protected: tuple[str, ...] = _d(PrepaidTable, "protected")
+    computed: tuple[str, ...] = _d(PrepaidTable, "computed")
+    price: Decimal | None = _d(PrepaidTable, "price")
+    prices: tuple[tuple[str, Decimal], ...] = tuple(_d(PrepaidTable, "prices").items())
+    opening_balance: Decimal = _d(PrepaidTable, "opening_balance")
 
 
 @dataclass(frozen=True, slots=True)
 class DailySettings:
     """``[daily]``: the once-a-day jobs (collector/daily.py); local times in ``tz``."""
 
-    tz: str = "Asia/Shanghai"
-    report_at: dt.time = dt.time(6, 0)  # yesterday's line loss and read success
-    timesync: bool = True
-    timesync_at: dt.time = dt.time(2, 0)
-    backfill_days: int = 7  # 0: no backfill
-    backfill_at: dt.time = dt.time(1, 30)
-    audit_fraction: float = 0.02  # of the meters re-read each day; 0: none
-    audit_window: tuple[float, float] = (9.0, 17.0)  # local hours
+    tz: str = _d(DailyTable, "tz")
+    report_at: dt.time = _d(DailyTable, "report_at")
+    timesync: bool = _d(DailyTable, "timesync")
+    timesync_at: dt.time = _d(DailyTable, "timesync_at")
+    backfill_days: int = _d(DailyTable, "backfill_days")
+    backfill_at: dt.time = _d(DailyTable, "backfill_at")
+    audit_fraction: float = _d(DailyTable, "audit_fraction")
+    audit_window: tuple[float, float] = _d(DailyTable, "audit_window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +552,8 @@ class AlarmConfig:
     """``[alarms]``: limits of the alarm rules (collector/rules.py); None keeps its default."""
 
     values: tuple[tuple[str, object], ...] = ()  # AlarmSettings field -> value, as given
-    comm_loss_after: int = 2  # consecutive failed cycles before comm_loss / meter_dead
-    publish: bool = True  # events also published on MQTT (amic/<collector id>/event)
+    comm_loss_after: int = _d(AlarmsTable, "comm_loss_after")
+    publish: bool = _d(AlarmsTable, "publish")
 
 
 @dataclass(frozen=True, slots=True)

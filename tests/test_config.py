@@ -31,6 +31,7 @@ from collector.config import (
     parse_selector,
     select_meters,
 )
+from collector.config.schema import TABLE_MODELS
 from collector.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
 from collector.rules import RULES
 from collector.settings import (
@@ -266,10 +267,15 @@ def _example_keys(text: str) -> dict[str, set[str]]:
 
 
 def test_example_config_shows_every_key_of_the_schema_and_no_other() -> None:
+    # The schema is the pydantic models (collector/settings.py): a field's alias, else its
+    # name, is its TOML key.
     shown = _example_keys(EXAMPLE.read_text())
-    assert set(TABLE_KEYS) == set(TOP_KEYS) - {"schedule"} | {"schedule.NAME"}
-    missing = {t: sorted(set(keys) - shown.get(t, set())) for t, keys in TABLE_KEYS.items()}
-    extra = {t: sorted(keys - set(TABLE_KEYS.get(t, ()))) for t, keys in shown.items()}
+    declared = {t: {f.alias or n for m in models for n, f in m.model_fields.items()}
+                for t, models in TABLE_MODELS.items()}
+    assert set(declared) == set(TOP_KEYS) - {"schedule"} | {"schedule.NAME"}
+    assert {t: set(k) for t, k in TABLE_KEYS.items()} == declared
+    missing = {t: sorted(keys - shown.get(t, set())) for t, keys in declared.items()}
+    extra = {t: sorted(keys - declared.get(t, set())) for t, keys in shown.items()}
     assert {t: k for t, k in missing.items() if k} == {}, "keys missing from the example"
     assert {t: k for t, k in extra.items() if k} == {}, "keys the schema lacks"
 

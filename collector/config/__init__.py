@@ -9,12 +9,15 @@ against what was found::
     amic.toml:14: [[bus]] #2 (name "rs485-a"): key "baud": expected one of 1200, 2400,
     4800, 9600, 19200, got 2401
 
-The package, by concern: ``schema`` (tables, keys, limits), ``problems`` (:class:`Problem`,
-:class:`ConfigError`, line numbers), ``convert`` (value converters), ``base`` (the loader's
-core), ``tables`` (one method a table), ``ledger`` ([[meter]] and the CSV ledger),
-``selectors`` and ``checks`` (across keys and meters).  The keys are declared once in
-``schema.TABLE_KEYS``, the defaults once as the fields of collector/settings.py's classes;
-``config/amic.example.toml`` documents every key (a test keeps the three in step).
+The schema is stated once, as pydantic models in collector/settings.py (one a table: each
+key's TOML name, type, bounds, default and meaning); the settings dataclasses take their
+defaults from them.  The package, by concern: ``schema`` (the key lists, read from the
+models; limits), ``fields`` (a key's converter, bounds and default from its model's field
+info), ``problems`` (:class:`Problem`, :class:`ConfigError`, line numbers), ``convert``
+(value converters and their messages), ``base`` (the loader's core), ``tables`` (one method
+a table), ``ledger`` ([[meter]] and the CSV ledger), ``selectors`` and ``checks`` (across
+keys and meters).  ``config/amic.example.toml`` documents every key (tests keep it and the
+models in step, both ways).
 
 Meter selectors (a schedule's ``meters``): ``"*"``, ``"area:ID"``, ``"bus:NAME"``,
 ``"feeder:ID"``, ``"station:ID"``, ``"box:ID"``, ``"role:customer|area_master"``,
@@ -63,6 +66,7 @@ from .schema import (
     SELECTOR_KINDS,
     STOPBITS,
     TABLE_KEYS,
+    TABLE_MODELS,
     TIMESERIES_KEYS,
     TOKEN_ENV,
     TOP_KEYS,
@@ -101,6 +105,7 @@ __all__ = [
     "SELECTOR_KINDS",
     "STOPBITS",
     "TABLE_KEYS",
+    "TABLE_MODELS",
     "TIMESERIES_KEYS",
     "TOKEN_ENV",
     "TOP_KEYS",

@@ -6,7 +6,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from ..messages import did_you_mean as _did_you_mean
 from ..safefile import FileRefused, read_regular
@@ -14,6 +14,7 @@ from .convert import (
     BadValue,
     Conv,
 )
+from .fields import Table, conv_of, default_of, key_of
 from .problems import Lines, Problem, show_value
 from .schema import (
     MAX_CONFIG_BYTES,
@@ -137,6 +138,18 @@ class LoaderBase:
         if key not in data:
             return default
         return self.convert(table, key, data[key], conv, name=name)
+
+    def req(self, table: str, data: Mapping[str, object], model: type[Table], field: str,
+            *, name: str | None = None, why: str = "") -> Any:
+        """The key of ``model.field``, read with the converter its field info gives."""
+        return self.required(table, data, key_of(model, field), conv_of(model, field),
+                             name=name, why=why)
+
+    def opt(self, table: str, data: Mapping[str, object], model: type[Table], field: str,
+            *, name: str | None = None) -> Any:
+        """The key of ``model.field`` if given, else the model's default."""
+        return self.optional(table, data, key_of(model, field), conv_of(model, field),
+                             default_of(model, field), name=name)
 
     def strings(self, t: str, data: Mapping[str, object], key: str,
                 what: str) -> list[str] | None:

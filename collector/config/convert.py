@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,17 +17,16 @@ from protocols.quantities import (
 from ..messages import did_you_mean as _did_you_mean
 from ..messages import quote as _q
 from ..safefile import path_problem
+from ..settings import DURATION_RE, DURATION_TEXT, parse_duration
 from .problems import one_of, show_value
 from .schema import (
-    DURATION_PART,
-    DURATION_RE,
-    DURATION_TEXT,
-    DURATION_UNITS,
     NAME_RE,
     NAME_TEXT,
     PARITIES,
     T,
 )
+
+__all__ = ["parse_duration"]  # kept here for collector.config's callers; stated in settings
 
 # ---- converters: a raw TOML value (or ledger cell) to a typed one -----------------------
 
@@ -136,25 +134,6 @@ def ms_conv(lo: float, hi: float) -> Conv[float]:
             raise BadValue()
         return float(v) / 1000.0
     return Conv(f"milliseconds from {lo:g} to {hi:g}", fn)
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``"15m"``, ``"1h30m"``, ``"30s"``, ``"500ms"``, ``"1d"`` or a number.
-
-    ValueError for anything else (negative, not finite, no unit on a string).
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"{show_value(value)} is not a duration")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{show_value(value)} is not a duration")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{show_value(value)} is not a duration")
-    text = value.strip().replace(" ", "")
-    if not DURATION_RE.match(text):
-        raise ValueError(f"{show_value(value)} is not a duration: expected {DURATION_TEXT}")
-    return sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(text))
 
 
 def to_seconds(s: float) -> str:

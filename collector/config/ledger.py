@@ -6,42 +6,33 @@ import csv
 import io
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from ..messages import did_you_mean as _did_you_mean
 from ..messages import quote as _q
 from ..safefile import FileRefused, read_regular
 from ..settings import (
     MeterSettings,
+    MetersTable,
+    MeterTable,
     Protocol,
     Role,
-    defaults,
 )
 from .base import LoaderBase
-from .convert import (
-    Conv,
-    address_conv,
-    choice_conv,
-    csv_bool_conv,
-    customer_conv,
-    name_conv,
-    path_conv,
-    text_conv,
-    toml_bool_conv,
-    unit_conv,
-)
+from .convert import Conv, unit_conv
+from .fields import conv_of, default_of, is_required, key_of
 from .schema import (
     LEDGER_COLUMNS,
     MAX_LEDGER_BYTES,
     METERS_KEYS,
-    PROTOCOLS,
     REQUIRED_METER_KEYS,
-    ROLES,
-    T,
 )
 from .selectors import Row
 
-_METER = defaults(MeterSettings)  # the defaults, stated once in collector/settings.py
+_METER = {key_of(MeterTable, n): default_of(MeterTable, n) for n in MeterTable.model_fields
+          if not is_required(MeterTable, n)}
+_UNIT = unit_conv()
+
 
 class CsvRecordError(ValueError):
     """A CSV syntax error; ``line`` is where the reader stopped."""
@@ -105,8 +96,7 @@ class LedgerMixin(LoaderBase):
         self.unknown_keys("meters", data, METERS_KEYS)
         if "ledger" not in data:
             return []
-        name = self.convert("meters", "ledger", data["ledger"],
-                            path_conv("the path of a CSV meter ledger"))
+        name = self.convert("meters", "ledger", data["ledger"], conv_of(MetersTable, "ledger"))
         if name is None:
             return []
         path = Path(name).expanduser()
@@ -183,22 +173,23 @@ class LedgerMixin(LoaderBase):
         raw_id = values.get("meter_id")
         mid = raw_id.strip() if isinstance(raw_id, str) and raw_id.strip() else None
 
-        def get(key: str, conv: Conv[T], default: T, *, required: bool = False) -> T | None:
+        def get(key: str, conv: Conv[Any] | None = None) -> Any:
+            conv = conv or conv_of(MeterTable, key, csv_cells)
             if key not in values:
-                if required:
+                if key in REQUIRED_METER_KEYS:
                     found = "an empty cell" if csv_cells else "nothing"
                     self.add(t, key, conv.expected, found, meter=mid, file=file, line=line)
                     return None
-                return default
+                return _METER[key]
             return self.convert(t, key, values[key], conv, meter=mid, file=file, line=line)
 
-        ok_id = get("meter_id", name_conv(), "", required=True)
-        protocol = get("protocol", choice_conv(tuple(PROTOCOLS)), _METER["protocol"])
+        ok_id = get("meter_id")
+        protocol = get("protocol")
         modbus = protocol == "modbus"
-        address = get("address", unit_conv() if modbus else address_conv(), "",
-                      required=True)
-        bus = get("bus", name_conv("the name of a [[bus]]"), "", required=True)
-        profile = get("profile", text_conv(), _METER["profile"])
+        # a modbus meter's address is its unit id
+        address = get("address", _UNIT if modbus else None)
+        bus = get("bus")
+        profile = get("profile")
         if modbus and profile == "":
             self.add(t, "profile", "a device profile for a modbus meter (e.g. "
                      '"acrel-dtsy1352"; see config/profiles)', "nothing", meter=mid, file=file,
@@ -214,11 +205,9 @@ class LedgerMixin(LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k, text_conv(), _METER[k]) for k in ("station", "feeder", "area", "box")}
-        texts["customer"] = get("customer", customer_conv(), _METER["customer"])
-        prepaid = get("prepaid", csv_bool_conv() if csv_cells else toml_bool_conv(),
-                      _METER["prepaid"])
-        role = get("role", choice_conv(ROLES), _METER["role"])
+        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer")}
+        prepaid = get("prepaid")
+        role = get("role")
         row.fields = {"id": mid or "", "bus": str(values.get("bus", "")).strip(),
                       "role": str(values.get("role", _METER["role"])).strip(),
                       "protocol": str(values.get("protocol", _METER["protocol"])).strip(),

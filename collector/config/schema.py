@@ -1,87 +1,134 @@
 """The configuration's tables and keys, and the limits of what the loader reads.
 
-The keys of each table are declared here once (:data:`TABLE_KEYS`); the defaults once, as
-the field defaults of the settings classes (collector/settings.py, read by ``default``).
-``config/amic.example.toml`` shows every key, written or commented out as ``# key = ...``
-under its (possibly commented-out) table header; tests/test_config.py checks both ways.
+The schema is declared once, as the pydantic models of collector/settings.py (one a table:
+keys, types, bounds, defaults); the key lists here (:data:`TABLE_KEYS`, ...) are read from
+them.  ``config/amic.example.toml`` shows every key, written or commented out as
+``# key = ...`` under its (possibly commented-out) table header; tests/test_config.py and
+tests/test_config_schema.py check both ways.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 from protocols.dlt645 import Version
 
-BAUDS = (1200, 2400, 4800, 9600, 19200)
+from ..settings import (
+    LIMIT,
+    AlarmsTable,
+    As,
+    Baud,
+    BusMqttTable,
+    BusSerialTable,
+    BusTable,
+    BusTcpTable,
+    CollectorTable,
+    CommandsTable,
+    ConfigFile,
+    DailyTable,
+    GatewayTable,
+    MetersTable,
+    MeterTable,
+    MqttTable,
+    PrepaidTable,
+    Role,
+    ScheduleTable,
+    Table,
+    TimeseriesTable,
+)
+
+
+def _marked(model: type[Table], name: str) -> As:
+    mark = next(m for m in model.model_fields[name].metadata if isinstance(m, As))
+    return mark
+
+
+def keys(*models: type[Table]) -> tuple[str, ...]:
+    """The TOML keys of the models, in declaration order, each once."""
+    return tuple(dict.fromkeys(key_of(m, n) for m in models for n in m.model_fields))
+
+
+def key_of(model: type[Table], name: str) -> str:
+    """The TOML key of the field ``name``."""
+    return model.model_fields[name].alias or name
+
+
+def field_of_key(*models: type[Table]) -> dict[str, str]:
+    """TOML key -> settings field, where the two differ."""
+    return {key_of(m, n): n for m in models for n in m.model_fields if key_of(m, n) != n}
+
+
+def is_required(model: type[Table], name: str) -> bool:
+    return model.model_fields[name].is_required()
+
+
+def marker(model: type[Table], name: str) -> As | None:
+    """The field's :class:`As` (how the loader reads it), if it has one."""
+    return next((m for m in model.model_fields[name].metadata if isinstance(m, As)), None)
+
+
+# The tables, their keys and the keys' values: from the models in collector/settings.py.
+BAUDS: tuple[int, ...] = get_args(Baud)
 PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S", "NONE": "N", "EVEN": "E",
             "ODD": "O", "MARK": "M", "SPACE": "S"}
-BYTESIZES = (5, 6, 7, 8)
-STOPBITS = (1, 1.5, 2)
+BYTESIZES: tuple[int, ...] = get_args(BusSerialTable.model_fields["bytesize"].annotation)
+STOPBITS: tuple[float, ...] = _marked(BusSerialTable, "stopbits").choices
 PROTOCOLS: dict[str, Version | None] = {"dlt645-2007": Version.V2007,
                                         "dlt645-1997": Version.V1997, "modbus": None}
-ROLES = ("customer", "area_master")
-LEDGER_COLUMNS = ("meter_id", "address", "bus", "protocol", "station", "feeder", "area", "box",
-                  "customer", "prepaid", "role", "profile")
-REQUIRED_METER_KEYS = ("meter_id", "address", "bus")
+ROLES: tuple[str, ...] = get_args(Role)
+LEDGER_COLUMNS = keys(MeterTable)
+REQUIRED_METER_KEYS = tuple(key_of(MeterTable, n) for n in MeterTable.model_fields
+                            if is_required(MeterTable, n))
 # selector kind -> the meter attribute it compares
 SELECTOR_KINDS = ("area", "bus", "feeder", "station", "box", "role", "protocol")
 
-TOP_KEYS = ("collector", "bus", "meter", "meters", "schedule", "mqtt", "gateway",
-            "timeseries", "commands", "prepaid", "alarms", "daily")
-DAILY_KEYS = ("tz", "report_at", "timesync", "timesync_at", "backfill_days", "backfill_at",
-              "audit_fraction", "audit_window")
-ALARM_KEYS = ("nominal_voltage", "voltage_high_pct", "voltage_low_pct", "jump_kwh_per_hour",
-              "zero_use_days", "imbalance_pct", "imbalance_min_current", "low_pf",
-              "rules", "comm_loss_after", "publish")
-COMMANDS_KEYS = ("secrets_file", "min_interval", "expiry", "verify_timeout", "poll_interval",
-                 "direct_close", "signed")
-PREPAID_KEYS = ("warn1", "warn2", "overdraft_limit", "grace", "no_trip_windows", "holidays",
-                "tz", "retry_interval", "protected", "computed", "price", "prices",
-                "opening_balance")
-TIMESERIES_KEYS = ("url", "org", "bucket", "token_file", "batch", "precision", "gzip",
-                   "gzip_level", "worker_backlog")
+TOP_KEYS = keys(ConfigFile)
+DAILY_KEYS = keys(DailyTable)
+ALARM_KEYS = keys(AlarmsTable)
+# the [alarms] keys kept in AlarmConfig.values (a rule's limit, or the rules that run)
+ALARM_LIMITS = tuple(key_of(AlarmsTable, n) for n in AlarmsTable.model_fields
+                     if marker(AlarmsTable, n) == LIMIT)
+COMMANDS_KEYS = keys(CommandsTable)
+PREPAID_KEYS = keys(PrepaidTable)
+TIMESERIES_KEYS = keys(TimeseriesTable)
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
-MQTT_KEYS = ("url", "client_id", "username", "password_file", "ca_file", "cert_file",
-             "key_file", "commands", "reply_prefixes")
-GATEWAY_KEYS = ("name", "prefix", "reports")
-BUS_MQTT_KEYS = ("gateway",)
+MQTT_KEYS = keys(MqttTable)
+GATEWAY_KEYS = keys(GatewayTable)
+BUS_COMMON_KEYS = keys(BusTable)
+BUS_TCP_KEYS = tuple(k for k in keys(BusTcpTable) if k not in BUS_COMMON_KEYS)
+BUS_SERIAL_KEYS = tuple(k for k in keys(BusSerialTable) if k not in BUS_COMMON_KEYS)
+BUS_MQTT_KEYS = tuple(k for k in keys(BusMqttTable) if k not in BUS_COMMON_KEYS)
 PASSWORD_ENV = "AMIC_MQTT_PASSWORD"
-COLLECTOR_KEYS = ("id", "data_dir", "retention_days", "metrics_listen", "commit_interval",
-                  "commit_rows", "max_store_mb", "min_free_mb")
-BUS_COMMON_KEYS = ("name", "type", "td_ms", "tb_ms", "preamble", "modbus")
-BUS_TCP_KEYS = ("host", "port", "line_baud")
-BUS_SERIAL_KEYS = ("device", "baud", "parity", "bytesize", "stopbits")
-METERS_KEYS = ("ledger",)
-SCHEDULE_KEYS = ("interval", "quantities", "meters", "jitter", "retries", "td_ms",
-                 "backoff_max")
+COLLECTOR_KEYS = keys(CollectorTable)
+METERS_KEYS = keys(MetersTable)
+SCHEDULE_KEYS = keys(ScheduleTable)
+# bus type -> the model of that [[bus]]
+BUS_MODELS: dict[str, type[BusTable]] = {"tcp": BusTcpTable, "serial": BusSerialTable,
+                                         "mqtt": BusMqttTable}
 
-# table as written ("schedule.NAME": any schedule) -> its keys; one entry per TOP_KEYS name
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "collector": COLLECTOR_KEYS,
-    "bus": BUS_COMMON_KEYS + BUS_TCP_KEYS + BUS_SERIAL_KEYS + BUS_MQTT_KEYS,
-    "meter": LEDGER_COLUMNS,
-    "meters": METERS_KEYS,
-    "schedule.NAME": SCHEDULE_KEYS,
-    "mqtt": MQTT_KEYS,
-    "gateway": GATEWAY_KEYS,
-    "timeseries": TIMESERIES_KEYS,
-    "commands": COMMANDS_KEYS,
-    "prepaid": PREPAID_KEYS,
-    "alarms": ALARM_KEYS,
-    "daily": DAILY_KEYS,
+# table as written ("schedule.NAME": any schedule) -> its model(s); one entry per TOP_KEYS name
+TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
+    "collector": (CollectorTable,),
+    "bus": (BusTcpTable, BusSerialTable, BusMqttTable),
+    "meter": (MeterTable,),
+    "meters": (MetersTable,),
+    "schedule.NAME": (ScheduleTable,),
+    "mqtt": (MqttTable,),
+    "gateway": (GatewayTable,),
+    "timeseries": (TimeseriesTable,),
+    "commands": (CommandsTable,),
+    "prepaid": (PrepaidTable,),
+    "alarms": (AlarmsTable,),
+    "daily": (DailyTable,),
 }
+TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;
 # the [alarms] limits and rules go to AlarmConfig.values)
-FIELD_OF_KEY = {"type": "kind", "td_ms": "td", "tb_ms": "tb", "password_file": "password",
-                "token_file": "token"}
+FIELD_OF_KEY = field_of_key(*{m for ms in TABLE_MODELS.values() for m in ms})
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 NAME_TEXT = 'a name of letters, digits, "_", "." and "-" (at most 64)'
-DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_TEXT = 'a duration like "15m", "1h", "30s" or a number of seconds'
 # Upper bounds on what the loader reads, so a wrong path cannot exhaust memory.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LEDGER_BYTES = 16 << 20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import stat
 from collections.abc import Mapping
 from decimal import Decimal
@@ -22,50 +21,44 @@ from ..rules import RULES, AlarmSettings
 from ..safefile import FileRefused, read_regular
 from ..secrets import SecretsError, load_secrets
 from ..settings import (
-    MQTT_BUS_TD,
+    TIME,
     AlarmConfig,
+    AlarmsTable,
+    BusSerialTable,
     BusSettings,
+    BusTable,
     CollectorSettings,
+    CollectorTable,
     CommandSettings,
+    CommandsTable,
     DailySettings,
+    DailyTable,
     GatewaySettings,
+    GatewayTable,
     ModbusFraming,
     MqttSettings,
+    MqttTable,
     PrepaidSettings,
+    PrepaidTable,
     ScheduleSettings,
+    ScheduleTable,
     TimeseriesSettings,
-    defaults,
+    TimeseriesTable,
+    hours_in_order,
+    local_hours,
 )
 from .checks import ChecksMixin
-from .convert import (
-    choice_conv,
-    duration_conv,
-    host_conv,
-    http_url_conv,
-    int_conv,
-    listen_conv,
-    money_conv,
-    mqtt_url_conv,
-    ms_conv,
-    name_conv,
-    nonempty_conv,
-    parity_conv,
-    path_conv,
-    text_conv,
-    to_seconds,
-    toml_bool_conv,
-    topic_conv,
-    zone_conv,
-)
+from .convert import path_conv, to_seconds
+from .fields import bounds, conv_of, default_of, key_of, marker
 from .problems import show_value
 from .schema import (
     ALARM_KEYS,
-    BAUDS,
+    ALARM_LIMITS,
     BUS_COMMON_KEYS,
+    BUS_MODELS,
     BUS_MQTT_KEYS,
     BUS_SERIAL_KEYS,
     BUS_TCP_KEYS,
-    BYTESIZES,
     COLLECTOR_KEYS,
     COMMANDS_KEYS,
     DAILY_KEYS,
@@ -77,23 +70,10 @@ from .schema import (
     PASSWORD_ENV,
     PREPAID_KEYS,
     SCHEDULE_KEYS,
-    STOPBITS,
     TIMESERIES_KEYS,
     TOKEN_ENV,
 )
 from .selectors import Row, SelectorsMixin
-
-# The defaults, from the settings classes' fields (the one place they are stated).
-_C = defaults(CollectorSettings)
-_M = defaults(MqttSettings)
-_TS = defaults(TimeseriesSettings)
-_D = defaults(DailySettings)
-_A = defaults(AlarmConfig)
-_K = defaults(CommandSettings)
-_P = defaults(PrepaidSettings)
-_G = defaults(GatewaySettings)
-_B = defaults(BusSettings)
-_S = defaults(ScheduleSettings)
 
 
 class TablesMixin(SelectorsMixin, ChecksMixin):
@@ -110,9 +90,10 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         if data is None:
             return None
         t = "collector"
+        C = CollectorTable
         self.unknown_keys(t, data, COLLECTOR_KEYS)
-        cid = self.required(t, data, "id", name_conv())
-        data_dir = self.required(t, data, "data_dir", path_conv("a folder path"))
+        cid = self.req(t, data, C, "id")
+        data_dir = self.req(t, data, C, "data_dir")
         if data_dir is not None:
             # amic run creates the folder: what is already there must be folders.
             folder = self.relative(data_dir)
@@ -121,17 +102,12 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 self.add(t, "data_dir", "a folder (amic keeps its store there)",
                          f"{folder} ({there} is not a folder)")
                 data_dir = None
-        retention = self.optional(t, data, "retention_days", int_conv(1, 36500, " days"),
-                                  _C["retention_days"])
-        listen = self.optional(t, data, "metrics_listen", listen_conv(), _C["metrics_listen"])
-        interval = self.optional(t, data, "commit_interval",
-                                 duration_conv(0.0, above=True, maximum=3600.0),
-                                 _C["commit_interval"])
-        rows = self.optional(t, data, "commit_rows", int_conv(1, 1_000_000), _C["commit_rows"])
-        max_mb = self.optional(t, data, "max_store_mb", int_conv(16, 16_777_216, " MB"),
-                               _C["max_store_mb"])
-        free_mb = self.optional(t, data, "min_free_mb", int_conv(0, 16_777_216, " MB"),
-                                _C["min_free_mb"])
+        retention = self.opt(t, data, C, "retention_days")
+        listen = self.opt(t, data, C, "metrics_listen")
+        interval = self.opt(t, data, C, "commit_interval")
+        rows = self.opt(t, data, C, "commit_rows")
+        max_mb = self.opt(t, data, C, "max_store_mb")
+        free_mb = self.opt(t, data, C, "min_free_mb")
         if cid is None or data_dir is None or retention is None or interval is None \
                 or rows is None or (max_mb is None and "max_store_mb" in data) \
                 or free_mb is None:
@@ -154,18 +130,18 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, MQTT_KEYS, elsewhere={
             "password": f"never in the file: use password_file or the {PASSWORD_ENV} "
                         "environment variable"})
-        url = self.required(t, data, "url", mqtt_url_conv())
-        client_id = self.optional(t, data, "client_id", name_conv(), None)
-        username = self.optional(t, data, "username", nonempty_conv("a user name"), None)
-        files = {k: self.optional(t, data, k, path_conv("a file path"), None)
-                 for k in ("ca_file", "cert_file", "key_file")}
-        commands = self.optional(t, data, "commands", toml_bool_conv(), _M["commands"])
+        M = MqttTable
+        url = self.req(t, data, M, "url")
+        client_id = self.opt(t, data, M, "client_id")
+        username = self.opt(t, data, M, "username")
+        files = {k: self.opt(t, data, M, k) for k in ("ca_file", "cert_file", "key_file")}
+        commands = self.opt(t, data, M, "commands")
         reply_prefixes = self.reply_prefixes(t, data)
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
             if path is not None and not path.is_file():
                 self.add(t, k, "a readable file", f"{path} (no such file)")
-        password = self.secret(t, data, "password_file", PASSWORD_ENV)
+        password = self.secret(t, data, key_of(M, "password"), PASSWORD_ENV)
         if password is not None and username is None and "username" not in data:
             # MQTT 3.1.1 sends no password without a user name; the client refuses it.
             self.add(t, "username", "a username with the password (MQTT sends no password "
@@ -175,7 +151,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             self.add(t, "key_file" if paths["key_file"] is None else "cert_file",
                      "cert_file and key_file together (a client certificate)", "only one")
         if url is not None and len(self.problems) == before:
-            self.connection_problem(t, url, client_id, username, password, paths)
+            self.connection_problem(t, url, client_id or None, username, password, paths)
         if url is None or commands is None:
             return None
         return MqttSettings(url=url, client_id=client_id or "", username=username,
@@ -236,17 +212,16 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, TIMESERIES_KEYS, elsewhere={
             "token": f"never in the file: use token_file or the {TOKEN_ENV} environment "
                      "variable"})
-        url = self.required(t, data, "url", http_url_conv())
-        org = self.optional(t, data, "org", text_conv(), _TS["org"])
-        bucket = self.optional(t, data, "bucket", nonempty_conv("a bucket name"), _TS["bucket"])
-        batch = self.optional(t, data, "batch", int_conv(1, 100_000, " points"), _TS["batch"])
-        precision = self.optional(t, data, "precision", choice_conv(("s", "ms", "us", "ns")),
-                                  _TS["precision"])
-        gzip = self.optional(t, data, "gzip", toml_bool_conv(), _TS["gzip"])
-        level = self.optional(t, data, "gzip_level", int_conv(1, 9), _TS["gzip_level"])
-        backlog = self.optional(t, data, "worker_backlog", int_conv(0, 100_000_000, " rows"),
-                                _TS["worker_backlog"])
-        token = self.secret(t, data, "token_file", TOKEN_ENV)
+        TS = TimeseriesTable
+        url = self.req(t, data, TS, "url")
+        org = self.opt(t, data, TS, "org")
+        bucket = self.opt(t, data, TS, "bucket")
+        batch = self.opt(t, data, TS, "batch")
+        precision = self.opt(t, data, TS, "precision")
+        gzip = self.opt(t, data, TS, "gzip")
+        level = self.opt(t, data, TS, "gzip_level")
+        backlog = self.opt(t, data, TS, "worker_backlog")
+        token = self.secret(t, data, key_of(TS, "token"), TOKEN_ENV)
         if url is None or org is None or bucket is None or batch is None \
                 or precision is None or gzip is None or level is None or backlog is None:
             return None
@@ -263,12 +238,13 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         t = "daily"
         self.unknown_keys(t, data, DAILY_KEYS)
         ok = True
-        tz = self.optional(t, data, "tz", zone_conv(), _D["tz"])
+        D = DailyTable
+        tz = self.opt(t, data, D, "tz")
         times: dict[str, dt.time] = {}
-        for key in ("report_at", "timesync_at", "backfill_at"):
+        for key in (n for n in D.model_fields if marker(D, n) == TIME):
             raw = data.get(key)
             if raw is None:
-                times[key] = _D[key]
+                times[key] = default_of(D, key)
             elif isinstance(raw, dt.time):
                 times[key] = raw
             else:
@@ -277,32 +253,29 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 except ValueError:
                     self.add(t, key, "a local time such as \"06:00\"", show_value(raw))
                     ok = False
-        sync = self.optional(t, data, "timesync", toml_bool_conv(), _D["timesync"])
-        days = self.optional(t, data, "backfill_days", int_conv(0, 62, " days"),
-                           _D["backfill_days"])
-        fraction = data.get("audit_fraction", _D["audit_fraction"])
+        sync = self.opt(t, data, D, "timesync")
+        days = self.opt(t, data, D, "backfill_days")
+        fraction = data.get("audit_fraction", default_of(D, "audit_fraction"))
+        lo, hi, _ = bounds(D, "audit_fraction")
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
-                or not 0 <= fraction <= 1:
+                or not lo <= fraction <= hi:
             self.add(t, "audit_fraction", "a fraction from 0 to 1", show_value(fraction))
             ok = False
             fraction = 0.0
-        window = _D["audit_window"]
+        window = default_of(D, "audit_window")
         if "audit_window" in data:
             raw = data["audit_window"]
-            m = re.fullmatch(r"\s*(\d{1,2})(?::(\d\d))?\s*-\s*(\d{1,2})(?::(\d\d))?\s*",
-                             str(raw)) if isinstance(raw, str) else None
-            if m is None:
+            got = local_hours(raw)
+            if got is None:
                 self.add(t, "audit_window", "local hours such as \"09:00-17:00\"",
                          show_value(raw))
                 ok = False
             else:
-                start = int(m[1]) + int(m[2] or 0) / 60
-                end = int(m[3]) + int(m[4] or 0) / 60
-                if not 0 <= start < end <= 24:
+                if not hours_in_order(got):
                     self.add(t, "audit_window", "a window inside one day, start before end",
                              show_value(raw))
                     ok = False
-                window = (start, end)
+                window = got
         if not ok or tz is None or sync is None or days is None:
             return None
         return DailySettings(tz=tz, report_at=times["report_at"], timesync=sync,
@@ -320,7 +293,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, ALARM_KEYS)
         values: list[tuple[str, object]] = []
         ok = True
-        for key in ALARM_KEYS[:8]:
+        for key in ALARM_LIMITS:
+            if key == "rules":
+                continue
             if key in data:
                 v = data[key]
                 if isinstance(v, bool) or not isinstance(v, int | float):
@@ -342,11 +317,12 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 AlarmSettings(**dict(values))  # type: ignore[arg-type]
             except ValueError as e:
                 self.add(t, None, "limits that make sense together", str(e))
-        after = self.optional(t, data, "comm_loss_after", int_conv(1, 1000, " cycles"),
-                              _A["comm_loss_after"])
-        publish = self.optional(t, data, "publish", toml_bool_conv(), _A["publish"])
-        return AlarmConfig(values=tuple(values), comm_loss_after=after or _A["comm_loss_after"],
-                           publish=_A["publish"] if publish is None else publish)
+        A = AlarmsTable
+        after = self.opt(t, data, A, "comm_loss_after")
+        publish = self.opt(t, data, A, "publish")
+        return AlarmConfig(values=tuple(values),
+                           comm_loss_after=after or default_of(A, "comm_loss_after"),
+                           publish=default_of(A, "publish") if publish is None else publish)
 
     def commands(self, value: object) -> CommandSettings | None:
         if value is None:
@@ -358,7 +334,8 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         self.unknown_keys(t, data, COMMANDS_KEYS, elsewhere={
             "password": "never in the configuration: meter passwords are in the secrets "
                         "file (secrets_file)"})
-        name = self.optional(t, data, "secrets_file", path_conv("a file path"), None)
+        K = CommandsTable
+        name = self.opt(t, data, K, "secrets_file")
         secrets_file = None
         if name is not None:
             secrets_file = self.relative(name)
@@ -367,17 +344,12 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             except SecretsError as e:
                 for text in e.problems:
                     self.add(t, "secrets_file", "a secrets file amic accepts", text)
-        interval = self.optional(t, data, "min_interval", duration_conv(maximum=3600.0),
-                                 _K["min_interval"])
-        expiry = self.optional(t, data, "expiry", duration_conv(1.0, maximum=86400.0),
-                               _K["expiry"])
-        verify = self.optional(t, data, "verify_timeout",
-                               duration_conv(0.0, maximum=600.0), _K["verify_timeout"])
-        poll = self.optional(t, data, "poll_interval",
-                             duration_conv(0.0, above=True, maximum=60.0),
-                             _K["poll_interval"])
-        direct = self.optional(t, data, "direct_close", toml_bool_conv(), _K["direct_close"])
-        signed = self.optional(t, data, "signed", toml_bool_conv(), _K["signed"])
+        interval = self.opt(t, data, K, "min_interval")
+        expiry = self.opt(t, data, K, "expiry")
+        verify = self.opt(t, data, K, "verify_timeout")
+        poll = self.opt(t, data, K, "poll_interval")
+        direct = self.opt(t, data, K, "direct_close")
+        signed = self.opt(t, data, K, "signed")
         if interval is None or expiry is None or verify is None or poll is None \
                 or direct is None or signed is None:
             return None
@@ -393,16 +365,15 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             return None
         t = "prepaid"
         self.unknown_keys(t, data, PREPAID_KEYS)
-        warn1 = self.required(t, data, "warn1", money_conv())
-        warn2 = self.required(t, data, "warn2", money_conv())
+        P = PrepaidTable
+        warn1 = self.req(t, data, P, "warn1")
+        warn2 = self.req(t, data, P, "warn2")
         if warn1 is not None and warn2 is not None and not warn1 > warn2:
             self.add(t, "warn2", f"an amount below warn1 ({warn1})", str(warn2))
-        overdraft = self.optional(t, data, "overdraft_limit", money_conv(),
-                                  _P["overdraft_limit"])
-        grace = self.optional(t, data, "grace", duration_conv(maximum=86400.0), _P["grace"])
-        retry = self.optional(t, data, "retry_interval",
-                              duration_conv(1.0, maximum=86400.0), _P["retry_interval"])
-        tz = self.optional(t, data, "tz", zone_conv(), _P["tz"])
+        overdraft = self.opt(t, data, P, "overdraft_limit")
+        grace = self.opt(t, data, P, "grace")
+        retry = self.opt(t, data, P, "retry_interval")
+        tz = self.opt(t, data, P, "tz")
         windows: list[str] = []
         if "no_trip_windows" in data:
             got = self.strings(t, data, "no_trip_windows",
@@ -427,7 +398,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             if "protected" in data else []
         computed = self.selectors(t, {"meters": data["computed"]}, rows)[0] \
             if "computed" in data else []
-        price = self.optional(t, data, "price", money_conv(), _P["price"])
+        price = self.opt(t, data, P, "price")
         prices: list[tuple[str, Decimal]] = []
         raw = data.get("prices")
         if raw is not None:
@@ -439,15 +410,14 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                     if k not in ("t1", "t2", "t3", "t4"):
                         self.add(t, "prices", "tariffs t1, t2, t3, t4", _q(k))
                         continue
-                    d = self.convert(t, "prices", v, money_conv())
+                    d = self.convert(t, "prices", v, conv_of(P, "price"))
                     if d is not None:
                         prices.append((k, d))
         if price is not None and prices:
             self.add(t, "prices", "either price (flat) or prices (per tariff)", "both")
         if computed and price is None and not prices:
             self.add(t, "price", "a price (or prices) for the computed meters", "nothing")
-        opening = self.optional(t, data, "opening_balance", money_conv(Decimal(-10**6)),
-                                _P["opening_balance"])
+        opening = self.opt(t, data, P, "opening_balance")
         if warn1 is None or warn2 is None or overdraft is None or grace is None \
                 or retry is None or tz is None or protected is None or computed is None \
                 or opening is None:
@@ -473,10 +443,10 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             raw_name = data.get("name")
             name = raw_name if isinstance(raw_name, str) else None
             self.unknown_keys(t, data, GATEWAY_KEYS, name=name)
-            ok_name = self.required(t, data, "name", name_conv(), name=name)
-            prefix = self.optional(t, data, "prefix", topic_conv(), _G["prefix"], name=name)
-            reports = self.optional(t, data, "reports", toml_bool_conv(), _G["reports"],
-                                    name=name)
+            G = GatewayTable
+            ok_name = self.req(t, data, G, "name", name=name)
+            prefix = self.opt(t, data, G, "prefix", name=name)
+            reports = self.opt(t, data, G, "reports", name=name)
             if ok_name in seen:
                 self.add(t, "name", "a gateway name used once", _q(ok_name or ""), name=name)
                 continue
@@ -513,27 +483,25 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         return out, set(declared)
 
     def bus(self, t: str, data: dict[str, object], name: str | None) -> BusSettings | None:
-        ok_name = self.required(t, data, "name", name_conv(), name=name)
-        kind = self.required(t, data, "type", choice_conv(("tcp", "serial", "mqtt")),
-                             name=name)
-        td = self.optional(t, data, "td_ms", ms_conv(1, 60000), _B["td"], name=name)
-        tb = self.optional(t, data, "tb_ms", ms_conv(1, 10000), _B["tb"], name=name)
-        preamble = self.optional(t, data, "preamble", int_conv(0, 4, " FE bytes"), _B["preamble"],
-                                 name=name)
-        framings = ("rtu", "tcp") if kind == "tcp" else ("rtu",)
-        modbus = self.optional(t, data, "modbus", choice_conv(framings), _B["modbus"],
-                                name=name)
+        ok_name = self.req(t, data, BusTable, "name", name=name)
+        kind = self.req(t, data, BusTable, "kind", name=name)
+        # the model of this type of bus (the serial one's keys when the type is wrong)
+        B = BUS_MODELS.get(kind, BusSerialTable) if isinstance(kind, str) else BusSerialTable
+        td = self.opt(t, data, B, "td", name=name)
+        tb = self.opt(t, data, B, "tb", name=name)
+        preamble = self.opt(t, data, B, "preamble", name=name)
+        modbus = self.opt(t, data, B, "modbus", name=name)
         own: tuple[str, ...]
         other: tuple[str, ...]
         if kind == "mqtt":
             self.unknown_keys(t, data, BUS_COMMON_KEYS + BUS_MQTT_KEYS, name=name)
-            gateway = self.required(t, data, "gateway", name_conv("the name of a [[gateway]]"),
-                                    name=name, why=' (required for type = "mqtt")')
+            gateway = self.req(t, data, B, "gateway", name=name,
+                               why=' (required for type = "mqtt")')
             if ok_name is None or td is None or tb is None or preamble is None \
                     or modbus is None or gateway is None:
                 return None
-            return BusSettings(kind="mqtt", name=ok_name, gateway=gateway,
-                               td=td if "td_ms" in data else MQTT_BUS_TD, tb=tb, preamble=preamble)
+            return BusSettings(kind="mqtt", name=ok_name, gateway=gateway, td=td, tb=tb,
+                               preamble=preamble)
         if kind == "tcp":
             own, other, other_kind = BUS_TCP_KEYS, BUS_SERIAL_KEYS, "serial"
         elif kind == "serial":
@@ -551,10 +519,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         common_ok = ok_name is not None and td is not None and tb is not None \
             and preamble is not None and modbus is not None
         if kind == "tcp":
-            host = self.required(t, data, "host", host_conv(), name=name, why=why)
-            port = self.required(t, data, "port", int_conv(1, 65535), name=name, why=why)
-            line_baud = self.optional(t, data, "line_baud", choice_conv(BAUDS), _B["line_baud"],
-                                      name=name)
+            host = self.req(t, data, B, "host", name=name, why=why)
+            port = self.req(t, data, B, "port", name=name, why=why)
+            line_baud = self.opt(t, data, B, "line_baud", name=name)
             if not common_ok or host is None or port is None or (
                     line_baud is None and "line_baud" in data):
                 return None
@@ -563,14 +530,11 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             return BusSettings(kind="tcp", host=host, port=port, line_baud=line_baud,
                                name=ok_name, td=td, tb=tb, preamble=preamble,
                                modbus=cast(ModbusFraming, modbus))
-        device = self.required(t, data, "device", path_conv("a serial device path"),
-                               name=name, why=why)
-        baud = self.optional(t, data, "baud", choice_conv(BAUDS), _B["baud"], name=name)
-        parity = self.optional(t, data, "parity", parity_conv(), _B["parity"], name=name)
-        bytesize = self.optional(t, data, "bytesize", choice_conv(BYTESIZES), _B["bytesize"],
-                                 name=name)
-        stopbits = self.optional(t, data, "stopbits", choice_conv(STOPBITS), _B["stopbits"],
-                                 name=name)
+        device = self.req(t, data, B, "device", name=name, why=why)
+        baud = self.opt(t, data, B, "baud", name=name)
+        parity = self.opt(t, data, B, "parity", name=name)
+        bytesize = self.opt(t, data, B, "bytesize", name=name)
+        stopbits = self.opt(t, data, B, "stopbits", name=name)
         if not common_ok or device is None or baud is None or parity is None \
                 or bytesize is None or stopbits is None:
             return None
@@ -613,11 +577,12 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
     def schedule(self, t: str, name: str, data: dict[str, object],
                  rows: list[Row]) -> ScheduleSettings | None:
         self.unknown_keys(t, data, SCHEDULE_KEYS)
-        interval = self.required(t, data, "interval", duration_conv(1.0))
-        jitter = self.optional(t, data, "jitter", duration_conv(0.0), _S["jitter"])
-        retries = self.optional(t, data, "retries", int_conv(0, 10), _S["retries"])
-        td = self.optional(t, data, "td_ms", ms_conv(1, 60000), _S["td"])
-        backoff = self.optional(t, data, "backoff_max", duration_conv(1.0), _S["backoff_max"])
+        S = ScheduleTable
+        interval = self.req(t, data, S, "interval")
+        jitter = self.opt(t, data, S, "jitter")
+        retries = self.opt(t, data, S, "retries")
+        td = self.opt(t, data, S, "td")
+        backoff = self.opt(t, data, S, "backoff_max")
         if interval is not None and jitter is not None and jitter >= interval:
             self.add(t, "jitter", f"less than the interval ({to_seconds(interval)})",
                      f"{show_value(data['jitter'])} ({to_seconds(jitter)})")
