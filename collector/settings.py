@@ -29,10 +29,19 @@ from pydantic import (
     StrictInt,
 )
 
+from drivers.meters import KINDS
+
 from .messages import quote
 
 BusKind = Literal["tcp", "serial", "mqtt"]
-Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
+
+
+def _known_kind(value: object) -> object:
+    if value not in KINDS:
+        raise ValueError(f"one of {', '.join(sorted(KINDS))}")
+    return value
+
+
 ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
 Baud = Literal[1200, 2400, 4800, 9600, 19200]
@@ -52,8 +61,12 @@ class As:
     what: str = ""
     unit: str = ""
     per: int = 1
-    choices: tuple[float, ...] = ()
+    choices: tuple[Any, ...] = ()
 
+
+# A meter protocol: the name of a kind of the device model (drivers.meters.KINDS), so a
+# new protocol is accepted here without touching the configuration.
+Protocol = Annotated[str, BeforeValidator(_known_kind), As("choice", choices=tuple(KINDS))]
 
 DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

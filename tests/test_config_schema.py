@@ -273,3 +273,25 @@ def test_the_loader_and_the_models_refuse_the_same_values(
     with pytest.raises(ValidationError) as bad:
         ConfigFile.model_validate(tomllib.loads(text))
     assert [e["loc"][-1] for e in bad.value.errors()] == [key]
+
+
+def test_the_meter_protocols_are_the_device_models_kinds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A protocol added to drivers.meters.KINDS is a ledger protocol: the configuration
+    keeps no list of its own."""
+    from collector.config.schema import PROTOCOLS
+    from drivers.meters import KINDS
+
+    assert list(PROTOCOLS) == list(KINDS)
+    assert MeterTable.model_validate(
+        {"meter_id": "M1", "address": "1", "bus": "b", "protocol": "modbus"}).protocol == "modbus"
+    with pytest.raises(ValidationError, match="one of dlt645-1997, dlt645-2007, modbus"):
+        MeterTable.model_validate({"meter_id": "M1", "address": "1", "bus": "b",
+                                   "protocol": "dlt698"})
+    monkeypatch.chdir(tmp_path)
+    Path("amic.toml").write_text(BASE.replace('bus = "line-1"\n\n[schedule',
+                                              'bus = "line-1"\nprotocol = "dlt698"\n\n[schedule'))
+    with pytest.raises(ConfigError) as e:
+        load_settings(Path("amic.toml"))
+    assert ('key "protocol": expected one of ' + ", ".join(f'"{k}"' for k in KINDS)
+            ) in str(e.value), str(e.value)

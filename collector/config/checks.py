@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+from drivers.device import MeterRef
 from drivers.dlt645 import resolve_quantity
 from drivers.errors import UnknownQuantity
+from drivers.meters import kind_of
 from protocols.dlt645 import Version
 
 from ..messages import quote as _q
@@ -84,15 +86,20 @@ class ChecksMixin(LoaderBase):
                     meters: list[MeterSettings]) -> None:
         for m in meters:
             version = PROTOCOLS[m.protocol]
-            if version is None:
+            if version is None:  # a kind the DL/T645 catalogue does not describe
                 from ..profiles import load_profile
 
-                names = {r.name for r in load_profile(m.profile,
-                                                      search=[self.base]).registers}
-                missing = [q for q in quantities if q not in names]
+                kind = kind_of(m.protocol)
+                profile = (load_profile(m.profile, search=[self.base])
+                           if kind.needs_profile() else None)
+                offered = kind.capabilities(
+                    MeterRef(m.meter_id, m.protocol, m.address, profile)).quantities
+                missing = [q for q in quantities if q not in offered]
                 if missing:
-                    self.add(t, "quantities", f"quantities in profile {m.profile} (meter "
-                             "protocol modbus)", ", ".join(missing), meter=m.meter_id,
+                    what = (f"in profile {m.profile}" if profile is not None
+                            else "its kind offers")
+                    self.add(t, "quantities", f"quantities {what} (meter "
+                             f"protocol {m.protocol})", ", ".join(missing), meter=m.meter_id,
                              hint="leave the meter out of this schedule (e.g. meters = "
                                   '["protocol:dlt645-2007"]) or those quantities out')
                 continue

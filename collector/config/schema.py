@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import TypeVar, get_args
 
+from drivers.meters import KINDS
 from protocols.dlt645 import Version
 
 from ..settings import (
@@ -68,14 +69,17 @@ def marker(model: type[Table], name: str) -> As | None:
     return next((m for m in model.model_fields[name].metadata if isinstance(m, As)), None)
 
 
+DLT645_EDITIONS = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
+
 # The tables, their keys and the keys' values: from the models in collector/settings.py.
 BAUDS: tuple[int, ...] = get_args(Baud)
 PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S", "NONE": "N", "EVEN": "E",
             "ODD": "O", "MARK": "M", "SPACE": "S"}
 BYTESIZES: tuple[int, ...] = get_args(BusSerialTable.model_fields["bytesize"].annotation)
 STOPBITS: tuple[float, ...] = _marked(BusSerialTable, "stopbits").choices
-PROTOCOLS: dict[str, Version | None] = {"dlt645-2007": Version.V2007,
-                                        "dlt645-1997": Version.V1997, "modbus": None}
+# every kind of the device model; the DL/T645 editions also by their catalogue's Version
+# (the configuration's own messages name them)
+PROTOCOLS: dict[str, Version | None] = {name: DLT645_EDITIONS.get(name) for name in KINDS}
 ROLES: tuple[str, ...] = get_args(Role)
 LEDGER_COLUMNS = keys(MeterTable)
 REQUIRED_METER_KEYS = tuple(key_of(MeterTable, n) for n in MeterTable.model_fields
