@@ -114,7 +114,7 @@ QUANTITIES: dict[str, Quantity] = _build()
 # Plausible values per unit: what a metering point can physically show, generous enough
 # for primary-side values behind CT/PT ratios (a 35 kV feeder, a 4000 A busbar).  A value
 # outside is a decoding fault or a gateway bug (1e308 V), not a reading; these are not
-# alarm limits (collector/rules.py has those).
+# alarm limits (collector/polling/rules.py has those).
 _UNIT_RANGES: dict[str, tuple[float, float]] = {
     VOLT: (0.0, 1e6),
     AMP: (-1e6, 1e6),

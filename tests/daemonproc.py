@@ -73,7 +73,7 @@ class Daemon:
 
 
 def worker_processes(parent: int) -> list[int]:
-    """Pids of the forwarder worker processes (collector/linework.py) of ``parent``."""
+    """Pids of the forwarder worker processes (collector/forward/linework.py) of ``parent``."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.profiles import load_profile
+from collector.config.profiles import load_profile
 from protocols.modbus import relay_readback_block
 from simulators.modbus import ModbusSimulator
 

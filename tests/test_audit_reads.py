@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.audit_reads import (
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings
+from collector.daily.audit_reads import (
     DEFAULT_QUANTITY,
     AuditPlanner,
     AuditSettings,
@@ -21,11 +23,9 @@ from collector.audit_reads import (
     profile_has_quantity,
     sample_size,
 )
-from collector.profiles import load_profile
-from collector.records import UTC, Event, Quality, Reading
-from collector.scheduler import BusWorker, Lane, read_meter
-from collector.settings import MeterSettings
+from collector.polling.scheduler import BusWorker, Lane, read_meter
 from collector.store import Store
+from collector.store.records import UTC, Event, Quality, Reading
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer, parse_faults
 from simulators.dlt645 import make_meters

@@ -1,5 +1,5 @@
 """Daily-freeze history: catalogue DIs 0506xxNN, the simulated meter's 62 freezes, and
-collector.backfill against the simulator over TCP."""
+collector.daily.backfill against the simulator over TCP."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.backfill import BackfillResult, backfill_meter, missing_days, wanted_days
-from collector.records import UTC, Quality, Reading
-from collector.scheduler import BusWorker
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.daily.backfill import BackfillResult, backfill_meter, missing_days, wanted_days
+from collector.polling.scheduler import BusWorker
 from collector.store import Store
+from collector.store.records import UTC, Quality, Reading
 from drivers.tcp import TcpBus
 from protocols.dlt645 import (
     DAILY_FREEZES,

@@ -13,8 +13,8 @@ from conftest import until
 
 from collector.cli import main
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.notify import Notifier
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 

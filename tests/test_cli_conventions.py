@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.cli.query import query
-from collector.records import CommandRecord, Event, Reading
 from collector.store import Store, StoreWriter
+from collector.store.records import CommandRecord, Event, Reading
 
 CONFIG = """
 [collector]

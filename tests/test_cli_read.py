@@ -213,7 +213,7 @@ def test_one_quantity_expansion() -> None:
     """``amic read`` and the collector's read command share the expansion of groups."""
     import importlib
 
-    from collector import remote
+    from collector.commands import remote
 
     read = importlib.import_module("collector.cli.read")
     assert read.expand_quantities is remote.expand_quantities

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from collector.cli import main
-from collector.profiles import load_profile
+from collector.config.profiles import load_profile
 from simulators.meter import ManualClock
 from simulators.modbus import ModbusSimulator
 

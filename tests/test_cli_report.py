@@ -15,10 +15,10 @@ from click.testing import CliRunner, Result
 
 from collector.cli import main
 from collector.cli.report import missing_text, parse_day
-from collector.records import CycleRecord, Quality, Reading
-from collector.reports import BILLING_HEADER
-from collector.settings import MeterSettings, Role
+from collector.config.settings import MeterSettings, Role
+from collector.daily.reports import BILLING_HEADER
 from collector.store import DB_NAME, INSERT_CYCLE, Store, cycle_row
+from collector.store.records import CycleRecord, Quality, Reading
 
 SH = ZoneInfo("Asia/Shanghai")
 DAY = dt.date(2026, 3, 1)

@@ -1,4 +1,4 @@
-"""collector.control.check_request: what the daemon refuses on its command channel,
+"""collector.service.control.check_request: what the daemon refuses on its command channel,
 signing on and off."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.control import check_request
-from collector.signing import SignatureError, Verifier, sign
+from collector.commands.signing import SignatureError, Verifier, sign
+from collector.service.control import check_request
 
 KEY = bytes(range(32))
 BODY = {"request_id": "r-1", "command": "relay", "action": "trip", "meters": ["M1"],

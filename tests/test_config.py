@@ -32,9 +32,7 @@ from collector.config import (
     select_meters,
 )
 from collector.config.schema import TABLE_MODELS
-from collector.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
-from collector.rules import RULES
-from collector.settings import (
+from collector.config.settings import (
     MQTT_BUS_TD,
     AlarmConfig,
     BusSettings,
@@ -51,6 +49,8 @@ from collector.settings import (
     default,
     defaults,
 )
+from collector.forward.forwarder import DEFAULT_GZIP_LEVEL, DEFAULT_PROCESS_BACKLOG
+from collector.polling.rules import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "amic.example.toml"
@@ -267,7 +267,7 @@ def _example_keys(text: str) -> dict[str, set[str]]:
 
 
 def test_example_config_shows_every_key_of_the_schema_and_no_other() -> None:
-    # The schema is the pydantic models (collector/settings.py): a field's alias, else its
+    # The schema is the pydantic models (collector/config/settings.py): a field's alias, else its
     # name, is its TOML key.
     shown = _example_keys(EXAMPLE.read_text())
     declared = {t: {f.alias or n for m in models for n, f in m.model_fields.items()}

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from collector import config as cfg
 from collector.config import ConfigError, load_settings
-from collector.settings import Settings
+from collector.config.settings import Settings
 
 # Values a hostile (or careless) file may hold for any key.
 HOSTILE_TEXT = ["", " ", "x\x00y", "\x00", "a" * 300, "d/" + "b" * 256, "/" + "c/" * 2100,

@@ -1,4 +1,4 @@
-"""The configuration schema: the pydantic models of collector/settings.py are the one place
+"""The configuration schema: the pydantic models of collector/config/settings.py are the one place
 the keys, bounds and defaults are stated; the loader, the settings and the example follow."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from collector.config import ConfigError, load_settings
 from collector.config.fields import bounds, conv_of, key_of, marker
 from collector.config.schema import TABLE_MODELS, TOP_KEYS
-from collector.settings import (
+from collector.config.settings import (
     AlarmConfig,
     AlarmsTable,
     BusMqttTable,

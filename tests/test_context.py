@@ -6,13 +6,13 @@ from pathlib import Path
 from unittest.mock import Mock
 
 from collector.config import load_settings
-from collector.context import DaemonContext
-from collector.control import Control
-from collector.ctlsocket import CtlServer
-from collector.daemon import Daemon
-from collector.daily import DailyJobs
-from collector.records import Event, Reading, utcnow
-from collector.settings import DailySettings
+from collector.config.settings import DailySettings
+from collector.daily.jobs import DailyJobs
+from collector.polling.context import DaemonContext
+from collector.service.control import Control
+from collector.service.ctlsocket import CtlServer
+from collector.service.daemon import Daemon
+from collector.store.records import Event, Reading, utcnow
 
 CONFIG = """
 [collector]

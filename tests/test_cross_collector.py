@@ -20,7 +20,7 @@ from daemonproc import Daemon
 from mosquitto import Broker
 
 from collector.cli import main
-from collector.signing import sign
+from collector.commands.signing import sign
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 

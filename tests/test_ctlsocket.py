@@ -173,7 +173,7 @@ async def test_a_stale_socket_neither_blocks_the_daemon_nor_the_cli(tmp_path: Pa
 
 
 async def test_socket_requests_are_checked(tmp_path: Path) -> None:
-    from collector.ctlsocket import CtlServer
+    from collector.service.ctlsocket import CtlServer
 
     class Stub:
         settings: Any = None
@@ -253,8 +253,8 @@ async def test_a_socket_of_another_configuration_is_passed_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """/run/amic may hold the socket of the daemon of another data directory: the CLI
     then opens the buses of its own configuration (no daemon of its own runs)."""
-    from collector.ctlsocket import CtlServer, connect
-    from collector.settings import CollectorSettings
+    from collector.config.settings import CollectorSettings
+    from collector.service.ctlsocket import CtlServer, connect
 
     class Settings:
         def __init__(self, data_dir: Path) -> None:

@@ -16,8 +16,8 @@ from mosquitto import Broker
 
 from collector.cli import main
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.notify import Notifier
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from simulators.gateway import GatewaySimulator
 
 CONFIG = """

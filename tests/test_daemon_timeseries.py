@@ -16,8 +16,8 @@ from daemonproc import gone, worker_processes
 from victoria import VictoriaMetrics
 
 from collector.config import ConfigError, load_settings
-from collector.daemon import FORWARDER, Daemon
-from collector.notify import Notifier
+from collector.service.daemon import FORWARDER, Daemon
+from collector.service.notify import Notifier
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 

@@ -17,9 +17,9 @@ from conftest import until
 
 from collector.cli import main
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.notify import Notifier
-from collector.records import utcnow
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
+from collector.store.records import utcnow
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 from simulators.meter import MeterConfig

@@ -15,15 +15,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.backfill import backfill_meter, daily_freezes
-from collector.context import DaemonContext
-from collector.daily import DailyJobs
-from collector.profiles import load_profile
-from collector.records import Event, Quality, Reading, utcnow
-from collector.scheduler import BusWorker, Lane
-from collector.settings import CollectorSettings, DailySettings, MeterSettings, Settings
+from collector.config.profiles import load_profile
+from collector.config.settings import (
+    CollectorSettings,
+    DailySettings,
+    MeterSettings,
+    Settings,
+)
+from collector.daily.backfill import backfill_meter, daily_freezes
+from collector.daily.jobs import DailyJobs
+from collector.daily.timesync import TimeSync, TimeSyncSettings, clock_settable
+from collector.polling.context import DaemonContext
+from collector.polling.scheduler import BusWorker, Lane
 from collector.store import Store
-from collector.timesync import TimeSync, TimeSyncSettings, clock_settable
+from collector.store.records import Event, Quality, Reading, utcnow
 from drivers.device import MeterRef, Unsupported
 from drivers.meters import KINDS, kind_of, open_meter
 from drivers.tcp import TcpBus

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mosquitto import Broker
 
-from collector.profiles import load_profile
+from collector.config.profiles import load_profile
 from drivers.device import (
     Credentials,
     Line,

@@ -14,8 +14,8 @@ from conftest import free_port
 from mosquitto import MOSQUITTO, _wait_port
 
 from collector.config import load_settings
-from collector.forwarder import Forwarder
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.forward.forwarder import Forwarder
 from collector.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import ConfigError, load_settings
-from collector.daemon import Daemon
-from collector.notify import Notifier
-from collector.profiles import load_profile
+from collector.config.profiles import load_profile
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 from simulators.modbus import ModbusSimulator, make_modbus_meters

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.config import load_settings
-from collector.profiles import load_profile
-from collector.records import Quality, Reading
-from collector.reports import BILLING_HEADER, TARIFFS, meter_energies
+from collector.config.profiles import load_profile
+from collector.daily.reports import BILLING_HEADER, TARIFFS, meter_energies
 from collector.store import DB_NAME, Store
+from collector.store.records import Quality, Reading
 from protocols.quantities import billing_energy
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -183,7 +183,7 @@ def test_computed_prepaid_balance_of_an_acrel_meter_charges_combined_energy(
         cfg: Path) -> None:
     from decimal import Decimal
 
-    from collector.control import build_engine
+    from collector.service.control import build_engine
 
     text = cfg.read_text(encoding="utf-8").replace(
         'profile = "acrel-ddsy1352"\n', 'profile = "acrel-ddsy1352"\nprepaid = true\n')
@@ -201,7 +201,7 @@ def test_computed_prepaid_balance_of_an_acrel_meter_charges_combined_energy(
 
 
 def test_prepaid_account_energy_is_checked() -> None:
-    from collector.prepaid import PrepaidAccount
+    from collector.commands.prepaid import PrepaidAccount
 
     with pytest.raises(ValueError, match="energy must be one of forward, combined"):
         PrepaidAccount("m1", energy="reverse")
@@ -211,9 +211,9 @@ def test_the_daemons_daily_line_loss_counts_the_acrel_meter(cfg: Path) -> None:
     """The daily job (stored ``lineloss`` rows) picks the energy as ``amic report`` does."""
     from types import SimpleNamespace
 
-    from collector.daily import DailyJobs
-    from collector.records import DailyRecord, Event
-    from collector.settings import DailySettings
+    from collector.config.settings import DailySettings
+    from collector.daily.jobs import DailyJobs
+    from collector.store.records import DailyRecord, Event
 
     settings = load_settings(cfg)
     stored: list[DailyRecord] = []

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from collector.rules import RULES, SEVERITY, severity
+from collector.polling.rules import RULES, SEVERITY, severity
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,10 +20,10 @@ from conftest import until
 from daemonproc import gone, worker_processes
 from victoria import VM_BIN, VictoriaMetrics
 
-from collector.forwarder import Forwarder, escape_tag, read_token
-from collector.records import CommandRecord, CycleRecord, Event, Reading, to_ms
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.forward.forwarder import Forwarder, escape_tag, read_token
 from collector.store import Store, StoreWriter
+from collector.store.records import CommandRecord, CycleRecord, Event, Reading, to_ms
 
 pytestmark = pytest.mark.skipif(not os.path.exists(VM_BIN), reason="victoria-metrics missing")
 
@@ -162,7 +162,7 @@ async def test_each_status_of_a_remote_command_arrives(store: Store,
                                                       vm: VictoriaMetrics) -> None:
     """A remote request journaled ``received`` then ``done`` (here in one commit, as a
     quick read is): both statuses reach the server as their own points."""
-    from collector.remote import StoreJournal
+    from collector.commands.remote import StoreJournal
 
     async with StoreWriter(store, commit_interval=0.05) as w:
         journal = StoreJournal(store, w)
@@ -285,7 +285,7 @@ async def test_worker_process_killed_forwarding_goes_on(store: Store, vm: Victor
 
 SCRIPT = textwrap.dedent("""
     import asyncio, sys
-    from collector.forwarder import Forwarder
+    from collector.forward.forwarder import Forwarder
     from collector.store import Store
 
     store = Store(sys.argv[1])

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.forwarder import Forwarder
-from collector.records import Reading
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.forward.forwarder import Forwarder
 from collector.store import Store, StoreWriter
+from collector.store.records import Reading
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
 METERS = [MeterSettings("M 1,x=y", "000000000001", "bus 1", area="TQ,01", feeder="F=1",
@@ -108,7 +108,7 @@ def test_worker_process_builds_the_same_body(tmp_path: Path) -> None:
 
 def test_a_denied_remote_request_has_its_own_status_code(tmp_path: Path) -> None:
     """A request refused for security is not shipped like an answered one (done, 14)."""
-    from collector.records import CommandRecord
+    from collector.store.records import CommandRecord
 
     with Store(tmp_path / "amic.db") as store:
         async def put() -> None:
@@ -128,7 +128,7 @@ def test_relay_command_audit_becomes_numeric_fields(tmp_path: Path) -> None:
     """A relay command's facts reach stores that keep numeric fields only."""
     import json
 
-    from collector.records import CommandRecord
+    from collector.store.records import CommandRecord
 
     detail = {"reason": "arrears", "latency_ms": 412.5, "energy_at_switch": 1234.56,
               "before": {"relay_open": False}, "after": {"relay_open": True}}
@@ -151,7 +151,7 @@ def test_skipped_protected_trip_has_its_own_status_code(tmp_path: Path) -> None:
     """A trip not sent to a protected meter is not "unknown" (9) in the time series."""
     import json
 
-    from collector.records import CommandRecord
+    from collector.store.records import CommandRecord
 
     detail = {"reason": "arrears", "protected": "area master meter of area TQ-1"}
     with Store(tmp_path / "amic.db") as store:
@@ -171,7 +171,7 @@ def test_skipped_protected_trip_has_its_own_status_code(tmp_path: Path) -> None:
 
 def test_every_measurement_carries_the_collector_tag(tmp_path: Path) -> None:
     """Events, commands, cycles and daily figures too: gateways can share one TSDB."""
-    from collector.records import CommandRecord, CycleRecord, DailyRecord, Event
+    from collector.store.records import CommandRecord, CycleRecord, DailyRecord, Event
 
     with Store(tmp_path / "amic.db") as store:
         async def put() -> None:

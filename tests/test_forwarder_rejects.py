@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.forwarder import Forwarder
-from collector.records import Event, Reading
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.forward.forwarder import Forwarder
 from collector.store import Store, StoreWriter
+from collector.store.records import Event, Reading
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 METERS = [MeterSettings("M1", "000000000001", "bus-1"),

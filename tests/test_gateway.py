@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 from mosquitto import Broker
 from pymodbus.framer import FramerRTU
 
-from collector.gateway import (
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings
+from collector.polling.gateway import (
     MAX_REJECTS_PER_MESSAGE,
     Reject,
     RejectReason,
@@ -34,9 +36,7 @@ from collector.gateway import (
     modbus_crc,
     split_topic,
 )
-from collector.profiles import load_profile
-from collector.records import Quality, Reading
-from collector.settings import MeterSettings
+from collector.store.records import Quality, Reading
 from protocols.dlt645 import (
     AbnormalReply,
     Frame,

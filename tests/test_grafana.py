@@ -1,6 +1,6 @@
 """The Grafana dashboard (config/grafana/amic-dashboard.json): well formed, and every
 query uses series the forwarder writes (docs/schema.md) or the ``lineloss`` measurement
-(collector.reports); and the queries run on a real VictoriaMetrics."""
+(collector.daily.reports); and the queries run on a real VictoriaMetrics."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector import reports
-from collector.reports import AreaLineLoss, lineloss_line
+from collector.daily import reports
+from collector.daily.reports import AreaLineLoss, lineloss_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "config" / "grafana" / "amic-dashboard.json"
@@ -77,7 +77,7 @@ def labels_used(expr: str) -> set[str]:
 
 def schema_series() -> dict[str, set[str]]:
     """``measurement_field`` -> the measurement's tags, from the table in docs/schema.md;
-    plus the ``lineloss`` series of collector.reports."""
+    plus the ``lineloss`` series of collector.daily.reports."""
     series: dict[str, set[str]] = {}
     for line in SCHEMA.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -183,3 +183,49 @@ def test_the_checker_finds_a_cycle_behind_type_checking() -> None:
                                                              "pkg.a"]
     assert _all_imports("protocols")  # the real tree is scanned
     assert any(_imports_of("collector").values())
+
+
+def package_graph(graph: dict[str, set[str]], top: str) -> dict[str, set[str]]:
+    """The sub-packages of ``top`` (``collector.store``, ...) and which import which."""
+    def pkg(m: str) -> str | None:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if parts[0] == top and len(parts) > 1 else None
+    out: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        p = pkg(m)
+        if p is None:
+            continue
+        out.setdefault(p, set())
+        for t in targets:
+            q = pkg(t)
+            if q is not None and q != p:
+                out[p].add(q)
+    return out
+
+
+def test_the_collector_is_sub_packages_that_import_each_other_without_cycles() -> None:
+    """collector/ holds sub-packages only (README "Layout"), and they form layers: no
+    package imports one that imports it back."""
+    flat = sorted(p.name for p in (ROOT / "collector").glob("*.py") if p.name != "__init__.py")
+    assert flat == [], f"modules outside a sub-package: {flat}"
+    graph = package_graph(_graph(), "collector")
+    assert {"collector.config", "collector.store", "collector.polling", "collector.commands",
+            "collector.daily", "collector.forward", "collector.service",
+            "collector.cli"} <= set(graph)
+    found = cycles(graph)
+    assert found == [], "package cycles:\n" + "\n".join(
+        " -> ".join(a_cycle(graph, c)) for c in found)
+    # the layers README "Layout" names, bottom first: each imports only layers below it
+    layers = [{"config"}, {"store"}, {"polling", "forward"}, {"commands", "daily"},
+              {"service"}, {"cli"}]
+    rank = {f"collector.{p}": i for i, layer in enumerate(layers) for p in layer}
+    upward = sorted(f"{p} imports {q}" for p, qs in graph.items() for q in qs
+                    if rank[q] >= rank[p])
+    assert upward == []
+
+
+def test_the_package_check_sees_a_cycle() -> None:
+    graph = package_graph({"c.a.x": {"c.b.y"}, "c.b.y": {"c.a.z"}, "c.a.z": set(),
+                           "c.d.w": {"c.a.x"}}, "c")
+    assert graph == {"c.a": {"c.b"}, "c.b": {"c.a"}, "c.d": {"c.a"}}
+    assert cycles(graph) == [("c.a", "c.b")]

@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 
 from collector.cli import main
 from collector.config import ConfigError, load_settings
-from collector.profiles import available_profiles, load_profile
-from collector.safefile import FileRefused, read_regular
+from collector.config.profiles import available_profiles, load_profile
+from collector.config.safefile import FileRefused, read_regular
 from protocols.modbus import ProfileError
 
 EX_CONFIG = 78

@@ -1,4 +1,4 @@
-"""Line protocol is escaped and formatted in collector/lineproto.py, for every writer."""
+"""Line protocol is escaped and formatted in collector/forward/lineproto.py, for every writer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector import forwarder, lineproto, linework, reports
-from collector.reports import AreaLineLoss
+from collector.daily import reports
+from collector.daily.reports import AreaLineLoss
+from collector.forward import forwarder, lineproto, linework
 
 
 def test_escapes() -> None:

@@ -21,9 +21,9 @@ from daemonproc import Daemon as DaemonProcess
 from collector.cli import main
 from collector.cli.run import JournalFormatter
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.records import Event, utcnow
+from collector.service.daemon import Daemon
 from collector.store import SCHEMA_VERSION, Store
+from collector.store.records import Event, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "config" / "systemd" / "amic.service"

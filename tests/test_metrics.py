@@ -1,4 +1,4 @@
-"""collector.metrics: values set through the API, scraped over real HTTP on loopback."""
+"""collector.service.metrics: values set through the API, scraped over real HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.metrics import (
+from collector.service.metrics import (
     LATENCY_BUCKETS,
     Metrics,
     MetricsServer,

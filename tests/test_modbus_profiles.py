@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.profiles import (
+from collector.config.profiles import (
     SHIPPED_DIR,
     available_profiles,
     clear_cache,

@@ -19,10 +19,10 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from collector import gateway
-from collector.gateway import RejectReason, ReportIngestor
-from collector.profiles import load_profile
-from collector.settings import MeterSettings
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings
+from collector.polling import gateway
+from collector.polling.gateway import RejectReason, ReportIngestor
 from protocols.modbus import (
     CrcError,
     FrameHunter,
@@ -233,7 +233,7 @@ def test_driver_and_gateway_use_this_codec() -> None:
     from drivers import modbus as driver
     assert issubclass(driver._RtuReply, ReplyHunter)
     assert gateway.modbus_crc is crc16
-    code = "import sys, drivers.modbus, collector.gateway; print('pymodbus' in sys.modules)"
+    code = "import sys, drivers.modbus, collector.polling.gateway; print('pymodbus' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"

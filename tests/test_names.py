@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.records import assume_utc, require_aware
+from collector.store.records import assume_utc, require_aware
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("collector", "drivers", "protocols", "simulators")

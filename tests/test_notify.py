@@ -1,4 +1,4 @@
-"""collector.notify against real AF_UNIX datagram sockets, as systemd provides them."""
+"""collector.service.notify against real AF_UNIX datagram sockets, as systemd provides them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.notify import Notifier, watchdog_loop
+from collector.service.notify import Notifier, watchdog_loop
 
 
 class Manager:

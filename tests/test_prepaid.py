@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.prepaid import (
+from collector.commands.prepaid import (
     Action,
     PrepaidAccount,
     PrepaidEngine,
@@ -17,7 +17,7 @@ from collector.prepaid import (
     TariffPlan,
     parse_window,
 )
-from collector.records import UTC, Quality, Reading
+from collector.store.records import UTC, Quality, Reading
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 METER = "m1"

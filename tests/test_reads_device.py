@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from collector.audit_reads import dlt645_has_quantity, profile_has_quantity
-from collector.profiles import load_profile
-from collector.records import CycleRecord, Event, Reading
-from collector.remote import CommandError, read_executor
-from collector.scheduler import BusWorker, Poller, Sinks
-from collector.settings import MeterSettings, ScheduleSettings
+from collector.commands.remote import CommandError, read_executor
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings, ScheduleSettings
+from collector.daily.audit_reads import dlt645_has_quantity, profile_has_quantity
+from collector.polling.scheduler import BusWorker, Poller, Sinks
+from collector.store.records import CycleRecord, Event, Reading
 from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 from simulators.bus import BusServer

@@ -1,4 +1,4 @@
-"""collector.relay against the real simulators over TCP: DL/T645 BusServer, Modbus TCP;
+"""collector.commands.relay against the real simulators over TCP: DL/T645 BusServer, Modbus TCP;
 one ``execute`` for every meter of the device model."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from collector.profiles import load_profile
-from collector.relay import (
+from collector.commands.relay import (
     ACTIONS,
     CHINA_TZ,
     EXIT_CODES,
@@ -23,6 +22,7 @@ from collector.relay import (
     execute,
     exit_code,
 )
+from collector.config.profiles import load_profile
 from drivers.device import Credentials, Line, Meter, MeterRef
 from drivers.meters import open_meter
 from drivers.tcp import TcpBus

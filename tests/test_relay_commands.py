@@ -24,10 +24,10 @@ from conftest import until
 from mosquitto import Broker
 
 from collector.cli import main
+from collector.commands.signing import sign
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.notify import Notifier
-from collector.signing import sign
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 

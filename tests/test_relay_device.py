@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from test_relay import RELAY_PROFILE, write_profile
 
-import collector.commands
-from collector.commands import RelayService
-from collector.records import CommandRecord
-from collector.relay import RelayOutcome, execute, read_relay_state
-from collector.scheduler import BusWorker
-from collector.secrets import parse_secrets
-from collector.settings import CommandSettings, MeterSettings
+import collector.commands.relay_service
+from collector.commands.relay import RelayOutcome, execute, read_relay_state
+from collector.commands.relay_service import RelayService
+from collector.config.secrets import parse_secrets
+from collector.config.settings import CommandSettings, MeterSettings
+from collector.polling.scheduler import BusWorker
+from collector.store.records import CommandRecord
 from drivers.device import Credentials, Line, Meter, MeterRef, Unsupported
 from drivers.meters import open_meter
 from drivers.tcp import TcpBus
@@ -148,14 +148,14 @@ async def test_relay_service_runs_one_execute_for_both_protocols(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = write_profile(tmp_path, "relay-test", RELAY_PROFILE)
     calls: list[tuple[str, Meter, Credentials | None]] = []
-    real = execute  # what collector.commands calls
+    real = execute  # what collector.commands.relay_service calls
 
     async def spy(action: str, meter: Meter, credentials: Credentials | None = None,
                   **kwargs: Any) -> RelayOutcome:
         calls.append((action, meter, credentials))
         return await real(action, meter, credentials, **kwargs)
 
-    monkeypatch.setattr(collector.commands, "execute", spy)
+    monkeypatch.setattr(collector.commands.relay_service, "execute", spy)
     meters = [MeterSettings("M1", ADDR, "d"),
               MeterSettings("P1", "1", "m", protocol="modbus", profile="relay-test")]
     records: list[CommandRecord] = []

@@ -25,11 +25,10 @@ import pytest
 from conftest import free_port, until
 
 from collector.config import load_settings
-from collector.daemon import Daemon
-from collector.forwarder import Forwarder
-from collector.notify import Notifier
-from collector.records import CycleRecord
-from collector.reports import success_report
+from collector.daily.reports import success_report
+from collector.forward.forwarder import Forwarder
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from collector.store import (
     DB_NAME,
     INSERT_CYCLE,
@@ -39,6 +38,7 @@ from collector.store import (
     cycle_row,
     split_sql,
 )
+from collector.store.records import CycleRecord
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters
 
@@ -354,8 +354,8 @@ def test_store_upgrade_from_version_4_adds_the_cut_flag(tmp_path: Path) -> None:
 def test_success_report_leaves_out_the_meters_a_cut_cycle_never_tried(
         tmp_path: Path) -> None:
     """Guard: a cut cycle's untried meters are not read failures in the daily report."""
-    from collector.records import Reading
-    from collector.settings import MeterSettings
+    from collector.config.settings import MeterSettings
+    from collector.store.records import Reading
     day = dt.date(2026, 1, 2)
     t0 = dt.datetime(2026, 1, 2, 3, 0, tzinfo=dt.UTC)
     meters = [MeterSettings(f"M{i}", f"{i:012d}", "b1", area="A") for i in range(1, 5)]
@@ -395,8 +395,8 @@ def test_restart_needed_names_each_section_a_reload_cannot_apply(tmp_path: Path)
     from dataclasses import replace
     from decimal import Decimal
 
-    from collector.daemon import restart_needed
-    from collector.settings import CommandSettings, MqttSettings, PrepaidSettings
+    from collector.config.settings import CommandSettings, MqttSettings, PrepaidSettings
+    from collector.service.daemon import restart_needed
 
     old = load_settings(config(tmp_path / "amic.toml", {"b1": 1}, meters=2))
     assert restart_needed(old, old) == []

@@ -1,4 +1,5 @@
-"""The MQTT command channel (collector.remote) and ``amic read --via``, on a real mosquitto."""
+"""The MQTT command channel (collector.commands.remote) and ``amic read --via``, on a real
+mosquitto."""
 
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ from conftest import amic_command
 from mosquitto import MOSQUITTO, PASSWORD, USER, Broker
 
 from collector.cli import main
-from collector.records import CommandRecord, Reading, utcnow
-from collector.remote import (
+from collector.commands.remote import (
     DENIED,
     DOCUMENT,
     DONE,
@@ -36,9 +36,10 @@ from collector.remote import (
     reply_topic,
     request_topic,
 )
-from collector.scheduler import BusWorker
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.polling.scheduler import BusWorker
 from collector.store import Store, StoreWriter
+from collector.store.records import CommandRecord, Reading, utcnow
 from drivers.mqtt import MqttConnection
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer

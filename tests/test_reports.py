@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector import reports
-from collector.records import CycleRecord, Quality, Reading
-from collector.reports import (
+from collector.config.settings import MeterSettings, Role
+from collector.daily import reports
+from collector.daily.reports import (
     BILLING_HEADER,
     billing_export,
     day_bounds,
@@ -25,8 +25,8 @@ from collector.reports import (
     validate_ledger_file,
     write_csv,
 )
-from collector.settings import MeterSettings, Role
 from collector.store import DB_NAME, INSERT_CYCLE, Store, cycle_row
+from collector.store.records import CycleRecord, Quality, Reading
 
 ROOT = Path(__file__).resolve().parents[1]
 SH = ZoneInfo("Asia/Shanghai")

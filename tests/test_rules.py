@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from collector.records import Event, Quality, Reading
-from collector.rules import (
+from collector.polling.rules import (
     RULES,
     AlarmEngine,
     AlarmSettings,
@@ -17,6 +16,7 @@ from collector.rules import (
     relay_bits,
     schedule_overdue,
 )
+from collector.store.records import Event, Quality, Reading
 
 T0 = dt.datetime(2024, 3, 1, 0, 0, tzinfo=dt.UTC)
 M = "000000000001"

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from collector.profiles import load_profile
-from collector.records import CycleRecord, Event, Reading
-from collector.scheduler import BusWorker, Lane, Poller, Sinks, read_meter
-from collector.settings import MeterSettings, ScheduleSettings
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings, ScheduleSettings
+from collector.polling.scheduler import BusWorker, Lane, Poller, Sinks, read_meter
+from collector.store.records import CycleRecord, Event, Reading
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer, parse_faults
 from simulators.dlt645 import make_meters
@@ -186,7 +186,7 @@ async def test_meter_refusing_one_quantity_keeps_the_others(
 async def test_stop_refuses_queued_jobs_and_finishes_the_one_in_flight(
         line: tuple[BusServer, BusWorker]) -> None:
     _, worker = line
-    from collector.scheduler import WorkerStopped
+    from collector.polling.scheduler import WorkerStopped
 
     first = worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[0], ("voltage_a",)))
     queued = worker.submit(Lane.SCHEDULED, lambda w: read_meter(w, METERS[1], ("voltage_a",)))

@@ -1,4 +1,5 @@
-"""collector.secrets: the file checks, every refusal a user can see, secrets never shown."""
+"""collector.config.secrets: the file checks, every refusal a user can see, secrets never
+shown."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.secrets import (
+from collector.config.secrets import (
     Secret,
     SecretsError,
     UnknownOperator,

@@ -21,7 +21,7 @@ from construct import Bytes, Int8ub, Struct, this
 from influxdb_client import InfluxDBClient  # type: ignore[attr-defined]
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from collector._shim_influxdb import pass_gzipped_bodies
+from collector.forward._shim_influxdb import pass_gzipped_bodies
 from drivers._shim_aiomqtt import (
     connect_future,
     fail_fast_before_connack,
@@ -93,7 +93,7 @@ async def test_aiomqtt_connack_session_present_is_seen() -> None:
         assert flags == [True], upstream("aiomqtt")
 
 
-# ---- influxdb-client: collector/_shim_influxdb.py ----------------------------------------
+# ---- influxdb-client: collector/forward/_shim_influxdb.py ----------------------------------------
 
 class _Capture(BaseHTTPRequestHandler):
     got: ClassVar[list[tuple[str, bytes]]] = []

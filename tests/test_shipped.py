@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.profiles import SHIPPED_DIR
-from collector.shipped import EXAMPLES, shipped_dir
+from collector.config.profiles import SHIPPED_DIR
+from collector.config.shipped import EXAMPLES, shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""collector.signing: signing, every refusal with its reason, the replay cache."""
+"""collector.commands.signing: signing, every refusal with its reason, the replay cache."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from collector.secrets import parse_secrets
-from collector.signing import (
+from collector.commands.signing import (
     REASONS,
     ReplayCache,
     SignatureError,
@@ -19,6 +18,7 @@ from collector.signing import (
     canonical,
     sign,
 )
+from collector.config.secrets import parse_secrets
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

@@ -426,7 +426,7 @@ def test_cli_serves_tcp_and_pty_until_sigterm(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--faults", "melt:1"], "unknown kind"),
     (["--listen", "localhost"], "HOST:PORT"),
-    # the one listen parser (collector.metrics.parse_listen): an IPv6 host in brackets
+    # the one listen parser (collector.service.metrics.parse_listen): an IPv6 host in brackets
     (["--listen", "::1:8899"], "an IPv6 address needs brackets: [::1]:8899"),
     (["--listen", "[::1:8899"], "an IPv6 address needs brackets"),
     (["--password", "12"], "8 hex digits"),

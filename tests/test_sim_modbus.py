@@ -400,7 +400,7 @@ def test_cli_serves_a_shipped_profile_until_sigterm() -> None:
         assert port > 0 and os.path.exists(pty[1])
 
         async def talk() -> tuple[dict[str, Decimal], bool]:
-            from collector.profiles import load_profile
+            from collector.config.profiles import load_profile
             profile = load_profile("acrel-dtsy1352")
             client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
             assert await client.connect()

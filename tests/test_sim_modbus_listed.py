@@ -10,7 +10,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from collector.profiles import SHIPPED_DIR, load_profile
+from collector.config.profiles import SHIPPED_DIR, load_profile
 from protocols.modbus import Profile, ProfileError, Unmapped, parse_profile
 from simulators.modbus import ModbusSimulator, make_modbus_meters, rtu_reply
 

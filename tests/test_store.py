@@ -23,8 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli.query import parse_since, query
-from collector.records import CommandRecord, CycleRecord, Event, Quality, Reading, to_ms
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
 from collector.store import (
     DB_NAME,
     SCHEMA_VERSION,
@@ -33,6 +32,7 @@ from collector.store import (
     StoreError,
     StoreWriter,
 )
+from collector.store.records import CommandRecord, CycleRecord, Event, Quality, Reading, to_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC)
@@ -264,7 +264,7 @@ async def test_failed_commit_is_retried_not_lost(tmp_path: Path) -> None:
 CHILD = textwrap.dedent("""
     import asyncio, datetime as dt, sys
     from pathlib import Path
-    from collector.records import Reading
+    from collector.store.records import Reading
     from collector.store import Store, StoreWriter
 
     BATCH = 100

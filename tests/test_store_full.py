@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from conftest import until
 
-from collector.records import Event, Reading
 from collector.store import DB_NAME, Store, StoreWriter
+from collector.store.records import Event, Reading
 
 T0 = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC)
 SIZE_MB = 0.25  # a 256 KiB cap: the store fills after a few thousand readings

@@ -1,4 +1,4 @@
-"""collector.timesync against the simulated DL/T645 bus over TCP: drift, broadcast sync."""
+"""collector.daily.timesync against the simulated DL/T645 bus over TCP: drift, broadcast sync."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.records import Event
-from collector.scheduler import BusWorker
-from collector.settings import MeterSettings
-from collector.timesync import (
+from collector.config.settings import MeterSettings
+from collector.daily.timesync import (
     DRIFT_QUANTITY,
     TimeSync,
     TimeSyncSettings,
     read_clock,
     read_drift,
 )
+from collector.polling.scheduler import BusWorker
+from collector.store.records import Event
 from drivers.tcp import TcpBus
 from protocols.dlt645 import Frame, ReadRequest, Version
 from protocols.quantities import QUANTITIES, Kind, Quantity

@@ -154,8 +154,8 @@ def test_systemd_analyze(tmp_path: Path) -> None:
 
 def test_the_control_socket_lives_in_the_runtime_directory(
         unit: Unit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from collector.ctlsocket import SYSTEM_RUNTIME_DIR, candidate_paths, socket_path
-    from collector.settings import CollectorSettings
+    from collector.config.settings import CollectorSettings
+    from collector.service.ctlsocket import SYSTEM_RUNTIME_DIR, candidate_paths, socket_path
 
     name = one(unit, "Service", "RuntimeDirectory")
     assert Path("/run") / name == SYSTEM_RUNTIME_DIR

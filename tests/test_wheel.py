@@ -93,7 +93,7 @@ def test_wheel_holds_every_module_and_every_shipped_file(installed: Installed) -
 
 def test_installed_profiles_come_from_site_packages(installed: Installed) -> None:
     r = _run([str(installed.bin / "python"), "-c",
-              "from collector.profiles import SHIPPED_DIR, available_profiles as a; "
+              "from collector.config.profiles import SHIPPED_DIR, available_profiles as a; "
               "print(SHIPPED_DIR); print(sorted(a()))"],
              cwd=installed.work, env=installed.env)
     assert r.returncode == 0, r.stderr

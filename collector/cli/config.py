@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..config import ConfigError, load_settings, select_meters
-from ..settings import Settings
+from collector.config import ConfigError, load_settings, select_meters
+from collector.config.settings import Settings
 
 EXIT_OK = 0
 # The configuration has problems (each printed on its own line): EX_CONFIG, the status
@@ -102,7 +102,7 @@ def example(directory: Path, force: bool) -> None:
     Then `amic config check DIRECTORY/amic.example.toml`.  Refuses (exit 1, writing
     nothing) when one of the files exists, unless --force.
     """
-    from ..shipped import ExampleExists, copy_examples
+    from collector.config.shipped import ExampleExists, copy_examples
 
     try:
         written = copy_examples(directory, force=force)

@@ -190,9 +190,9 @@ def _decode_dlt645(args: tuple[str, ...], profile_name: str | None, start: int |
 
 def _decode_modbus(args: tuple[str, ...], profile_name: str | None, start: int | None
                    ) -> None:
+    from collector.config.profiles import load_profile
     from protocols.modbus import ProfileError
 
-    from ..profiles import load_profile
     from .decode_modbus import ModbusInputError, decode_modbus
 
     profile = None

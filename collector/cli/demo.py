@@ -10,15 +10,15 @@ from pathlib import Path
 
 import click
 
-from collector.daemon import Daemon
-from collector.notify import Notifier
-from collector.settings import (
+from collector.config.settings import (
     BusSettings,
     CollectorSettings,
     MeterSettings,
     ScheduleSettings,
     Settings,
 )
+from collector.service.daemon import Daemon
+from collector.service.notify import Notifier
 from collector.store import Store
 from simulators.bus import BusServer
 from simulators.dlt645 import make_meters

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 import click
 
-from collector.records import Quality
 from collector.store import DB_NAME, Store, StoredReading, StoreError
+from collector.store.records import Quality
 from protocols.quantities import QUANTITIES, Kind
 
 from .times import json_time, show_time

@@ -2,7 +2,7 @@
 
 Directly on its line (``--target``), or through a running collector's MQTT command
 channel (``--via mqtt://BROKER --collector ID --meter METER_ID``; see
-:mod:`collector.remote`).
+:mod:`collector.commands.remote`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
-from collector.remote import (
+from collector.commands.remote import (
     COLLECTOR_ID_RE,
     BrokerError,
     CommandError,
@@ -54,7 +54,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def wanted_quantities(args: tuple[str, ...], version: Version) -> list[Quantity]:
     """``amic read``'s QUANTITY arguments: groups and quantity names as the collector's
-    read command takes them (:func:`collector.remote.expand_quantities`), or DL/T645 DIs
+    read command takes them (:func:`collector.commands.remote.expand_quantities`), or DL/T645 DIs
     in hex; in order, without repeats.  ValueError names the bad one."""
     out: dict[Quantity, None] = {}
     for arg in args:

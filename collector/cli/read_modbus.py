@@ -10,14 +10,13 @@ from typing import Any, NoReturn
 
 import click
 
+from collector.config.profiles import load_profile
 from drivers.errors import DriverError
 from drivers.modbus import Framing, ModbusSession
 from drivers.target import parse_target
 from protocols.dlt645 import value_to_json
 from protocols.modbus import Profile, ProfileError
 from protocols.quantities import GROUPS, QUANTITIES
-
-from ..profiles import load_profile
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -13,9 +13,9 @@ from typing import Any, NoReturn
 
 import click
 
+from collector.commands.remote import CommandError
 from collector.config import ConfigError, load_settings
-from collector.remote import CommandError
-from collector.settings import Settings
+from collector.config.settings import Settings
 from drivers.errors import DriverError
 
 from .viadaemon import ask, daemon_of
@@ -32,10 +32,10 @@ def _fail(message: str, code: int) -> NoReturn:
 
 async def _read_directly(settings: Settings, meter_id: str,
                          quantities: list[str]) -> list[dict[str, Any]]:
-    from collector.daemon import make_bus
-    from collector.profiles import load_profile
-    from collector.remote import read_executor
-    from collector.scheduler import BusWorker
+    from collector.commands.remote import read_executor
+    from collector.config.profiles import load_profile
+    from collector.polling.scheduler import BusWorker
+    from collector.service.daemon import make_bus
 
     m = next((x for x in settings.meters if x.meter_id == meter_id), None)
     if m is None:

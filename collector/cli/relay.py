@@ -6,7 +6,7 @@ Two ways to reach a meter:
   on the meter's bus (command lane, ahead of polling) and records it.  The request is
   signed with the operator's key (``--secrets FILE``, ``[operators.NAME] key``).
 - ``--config FILE``: when a daemon runs for that configuration, the command goes through
-  it (its local control socket, collector/ctlsocket.py: the daemon owns the buses);
+  it (its local control socket, collector/service/ctlsocket.py: the daemon owns the buses);
   otherwise this process opens the meters' buses itself (commissioning, or a gateway
   whose daemon is stopped), with the passwords of the configuration's secrets file, and
   records the commands in the configuration's store.
@@ -38,13 +38,13 @@ from typing import Any, NoReturn
 
 import click
 
-from collector.commands import CommandRejected, RelayService, exit_status
+from collector.commands.relay_service import CommandRejected, RelayService, exit_status
+from collector.commands.remote import BrokerError, RemoteError, new_request_id
+from collector.commands.signing import sign
 from collector.config import ConfigError, load_settings
-from collector.records import from_ms
-from collector.remote import BrokerError, RemoteError, new_request_id
-from collector.secrets import Secrets, SecretsError, load_secrets
-from collector.settings import CommandSettings, Settings
-from collector.signing import sign
+from collector.config.secrets import Secrets, SecretsError, load_secrets
+from collector.config.settings import CommandSettings, Settings
+from collector.store.records import from_ms
 from protocols.modbus import Profile
 
 from .query import parse_since
@@ -168,10 +168,10 @@ def _settings(path: Path) -> Settings:
 async def _local(settings: Settings, secrets: Secrets | None, action: str, meters: list[str],
                  *, operator: str, reason: str, dry_run: bool,
                  force: bool = False) -> list[dict[str, Any]]:
-    from collector.commands import protected_meters
-    from collector.daemon import make_bus
-    from collector.profiles import load_profile
-    from collector.scheduler import BusWorker
+    from collector.commands.relay_service import protected_meters
+    from collector.config.profiles import load_profile
+    from collector.polling.scheduler import BusWorker
+    from collector.service.daemon import make_bus
     from collector.store import Store, StoreWriter
 
     c = settings.collector

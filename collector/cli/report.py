@@ -1,7 +1,7 @@
 """``amic report lineloss|success``, ``amic export``, ``amic ledger check``: daily reports.
 
 The reports read the store of a configuration (``--config FILE``: its ``data_dir``),
-opened read-only; they are computed by :mod:`collector.reports`.  Days are local days in
+opened read-only; they are computed by :mod:`collector.daily.reports`.  Days are local days in
 ``--tz`` (default Asia/Shanghai); ``--day`` defaults to yesterday there.
 
 Exit status: 0 done; ``report lineloss``: 3 when any area is incomplete (a meter without
@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 
 from collector.config import ConfigError, load_settings
-from collector.reports import (
+from collector.config.settings import Settings
+from collector.daily.reports import (
     DEFAULT_TZ,
     AreaLineLoss,
     LedgerIssue,
@@ -37,7 +38,6 @@ from collector.reports import (
     validate_ledger,
     write_csv,
 )
-from collector.settings import Settings
 from collector.store import DB_NAME, Store, StoreError
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_PROBLEMS", "EXIT_USAGE", "export", "ledger", "report"]

@@ -72,8 +72,8 @@ def setup_logging(verbose: int) -> None:
 def run(config_path: Path, no_align: bool, verbose: int, quiet: bool) -> None:
     """Poll the configured meters forever (systemd Type=notify service)."""
     from collector.config import ConfigError
-    from collector.daemon import run_daemon
-    from collector.metrics import ListenError
+    from collector.service.daemon import run_daemon
+    from collector.service.metrics import ListenError
     from collector.store import StoreError
 
     setup_logging(-1 if quiet else verbose)

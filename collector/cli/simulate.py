@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from collector.metrics import parse_listen
+from collector.service.metrics import parse_listen
 from protocols.quantities import BROADCAST_ADDRESS, normalise_address
 from simulators.bus import BusServer, BusStats, parse_faults, serve
 from simulators.dlt645 import DEFAULT_PASSWORDS, make_meters, parse_password
@@ -164,7 +164,7 @@ def modbus(listen: str, meters: int, profile_name: str, framing: str, use_pty: b
     relay control trip and close the relay.  Prints ``listening on tcp://HOST:PORT`` (and
     ``listening on serial://PATH``) and serves until SIGINT or SIGTERM.
     """
-    from collector.profiles import load_profile
+    from collector.config.profiles import load_profile
     from simulators.modbus import ModbusSimulator, ModbusStats
     from simulators.modbus import serve as serve_modbus
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from collector.records import assume_utc
+from collector.store.records import assume_utc
 
 
 def show_time(t: dt.datetime) -> str:

@@ -1,4 +1,4 @@
-"""The CLI's way to a running daemon of its configuration (collector/ctlsocket.py).
+"""The CLI's way to a running daemon of its configuration (collector/service/ctlsocket.py).
 
 A command that touches buses asks the daemon first: it owns them, and a second master
 on a line garbles both.  Only when no daemon answers does the command open the buses
@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from collector.ctlsocket import CtlClient, CtlError, connect
-from collector.settings import Settings
+from collector.config.settings import Settings
+from collector.service.ctlsocket import CtlClient, CtlError, connect
 
 EXIT_FAILED = 1
 

@@ -9,7 +9,7 @@ against what was found::
     amic.toml:14: [[bus]] #2 (name "rs485-a"): key "baud": expected one of 1200, 2400,
     4800, 9600, 19200, got 2401
 
-The schema is stated once, as pydantic models in collector/settings.py (one a table: each
+The schema is stated once, as pydantic models in collector/config/settings.py (one a table: each
 key's TOML name, type, bounds, default and meaning); the settings dataclasses take their
 defaults from them.  The package, by concern: ``schema`` (the key lists, read from the
 models; limits), ``fields`` (a key's converter, bounds and default from its model's field
@@ -31,11 +31,10 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..messages import quote as _q
-from ..settings import Settings
 from .checks import readable
 from .convert import parse_duration
 from .ledger import CsvRecordError, LedgerMixin, csv_records
+from .messages import quote as _q
 from .problems import ConfigError, Problem
 from .schema import (
     ALARM_KEYS,
@@ -72,6 +71,7 @@ from .schema import (
     TOP_KEYS,
 )
 from .selectors import meters_matching, parse_selector, select_meters
+from .settings import Settings
 from .tables import TablesMixin
 
 log = logging.getLogger("amic.config")

@@ -8,18 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ..messages import did_you_mean as _did_you_mean
-from ..safefile import FileRefused, read_regular
-from .convert import (
-    BadValue,
-    Conv,
-)
+from .convert import BadValue, Conv
 from .fields import Table, conv_of, default_of, key_of
+from .messages import did_you_mean as _did_you_mean
 from .problems import Lines, Problem, show_value
-from .schema import (
-    MAX_CONFIG_BYTES,
-    T,
-)
+from .safefile import FileRefused, read_regular
+from .schema import MAX_CONFIG_BYTES, T
 
 
 class LoaderBase:

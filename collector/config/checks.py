@@ -12,15 +12,11 @@ from drivers.errors import UnknownQuantity
 from drivers.meters import kind_of
 from protocols.dlt645 import Version
 
-from ..messages import quote as _q
-from ..settings import (
-    MeterSettings,
-)
 from .base import LoaderBase
-from .schema import (
-    PROTOCOLS,
-)
+from .messages import quote as _q
+from .schema import PROTOCOLS
 from .selectors import Row
+from .settings import MeterSettings
 
 
 def _other(protocol: str) -> str:
@@ -87,7 +83,7 @@ class ChecksMixin(LoaderBase):
         for m in meters:
             version = PROTOCOLS[m.protocol]
             if version is None:  # a kind the DL/T645 catalogue does not describe
-                from ..profiles import load_profile
+                from .profiles import load_profile
 
                 kind = kind_of(m.protocol)
                 profile = (load_profile(m.profile, search=[self.base])

@@ -14,17 +14,12 @@ from protocols.quantities import (
     normalise_address,
 )
 
-from ..messages import did_you_mean as _did_you_mean
-from ..messages import quote as _q
-from ..safefile import path_problem
-from ..settings import DURATION_RE, DURATION_TEXT, parse_duration
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
 from .problems import one_of, show_value
-from .schema import (
-    NAME_RE,
-    NAME_TEXT,
-    PARITIES,
-    T,
-)
+from .safefile import path_problem
+from .schema import NAME_RE, NAME_TEXT, PARITIES, T
+from .settings import DURATION_RE, DURATION_TEXT, parse_duration
 
 __all__ = ["parse_duration"]  # kept here for collector.config's callers; stated in settings
 

@@ -1,4 +1,4 @@
-"""The loader's view of the schema models (collector/settings.py): each key's TOML name,
+"""The loader's view of the schema models (collector/config/settings.py): each key's TOML name,
 converter, bounds and default, read from the pydantic field info once and cached."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import types
 from decimal import Decimal
 from typing import Any, Literal, Union, get_args, get_origin
 
-from ..settings import As, Table, model_default
 from .convert import (
     Conv,
     address_conv,
@@ -34,6 +33,7 @@ from .convert import (
     zone_conv,
 )
 from .schema import field_of_key, is_required, key_of, keys, marker
+from .settings import As, Table, model_default
 
 __all__ = ["As", "Table", "conv_of", "default_of", "field_of_key", "is_required", "key_of", "keys",
            "marker", "model_default"]

@@ -8,26 +8,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from ..messages import did_you_mean as _did_you_mean
-from ..messages import quote as _q
-from ..safefile import FileRefused, read_regular
-from ..settings import (
-    MeterSettings,
-    MetersTable,
-    MeterTable,
-    Protocol,
-    Role,
-)
 from .base import LoaderBase
 from .convert import Conv, unit_conv
 from .fields import conv_of, default_of, is_required, key_of
-from .schema import (
-    LEDGER_COLUMNS,
-    MAX_LEDGER_BYTES,
-    METERS_KEYS,
-    REQUIRED_METER_KEYS,
-)
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
+from .safefile import FileRefused, read_regular
+from .schema import LEDGER_COLUMNS, MAX_LEDGER_BYTES, METERS_KEYS, REQUIRED_METER_KEYS
 from .selectors import Row
+from .settings import MeterSettings, MetersTable, MeterTable, Protocol, Role
 
 _METER = {key_of(MeterTable, n): default_of(MeterTable, n) for n in MeterTable.model_fields
           if not is_required(MeterTable, n)}
@@ -241,7 +230,7 @@ class LedgerMixin(LoaderBase):
 
     def profile_problem(self, name: str) -> str:
         """Why the profile ``name`` cannot be used ('' when it loads)."""
-        from ..profiles import ProfileError, load_profile
+        from .profiles import ProfileError, load_profile
 
         try:
             load_profile(name, search=[self.base])

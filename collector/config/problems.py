@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..messages import quote as _q
+from .messages import quote as _q
 
 # ---- problems ---------------------------------------------------------------------------
 

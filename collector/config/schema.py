@@ -1,6 +1,6 @@
 """The configuration's tables and keys, and the limits of what the loader reads.
 
-The schema is declared once, as the pydantic models of collector/settings.py (one a table:
+The schema is declared once, as the pydantic models of collector/config/settings.py (one a table:
 keys, types, bounds, defaults); the key lists here (:data:`TABLE_KEYS`, ...) are read from
 them.  ``config/amic.example.toml`` shows every key, written or commented out as
 ``# key = ...`` under its (possibly commented-out) table header; tests/test_config.py and
@@ -15,7 +15,7 @@ from typing import TypeVar, get_args
 from drivers.meters import KINDS
 from protocols.dlt645 import Version
 
-from ..settings import (
+from .settings import (
     LIMIT,
     AlarmsTable,
     As,
@@ -71,7 +71,7 @@ def marker(model: type[Table], name: str) -> As | None:
 
 DLT645_EDITIONS = {"dlt645-2007": Version.V2007, "dlt645-1997": Version.V1997}
 
-# The tables, their keys and the keys' values: from the models in collector/settings.py.
+# The tables, their keys and the keys' values: from the models in collector/config/settings.py.
 BAUDS: tuple[int, ...] = get_args(Baud)
 PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S", "NONE": "N", "EVEN": "E",
             "ODD": "O", "MARK": "M", "SPACE": "S"}

@@ -6,19 +6,11 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..messages import did_you_mean as _did_you_mean
-from ..messages import quote as _q
-from ..settings import (
-    MeterSettings,
-    ScheduleSettings,
-    Settings,
-)
 from .base import LoaderBase
-from .schema import (
-    PROTOCOLS,
-    ROLES,
-    SELECTOR_KINDS,
-)
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
+from .schema import PROTOCOLS, ROLES, SELECTOR_KINDS
+from .settings import MeterSettings, ScheduleSettings, Settings
 
 # ---- meters as read, before they are known to be valid ----------------------------------
 

@@ -9,18 +9,44 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import cast
 
+from collector.config.secrets import SecretsError, load_secrets
 from protocols.quantities import (
     GROUPS,
     QUANTITIES,
 )
 
-from ..messages import did_you_mean as _did_you_mean
-from ..messages import quote as _q
-from ..prepaid import parse_window
-from ..rules import RULES, AlarmSettings
-from ..safefile import FileRefused, read_regular
-from ..secrets import SecretsError, load_secrets
-from ..settings import (
+from .alarms import RULES, AlarmSettings
+from .checks import ChecksMixin
+from .convert import path_conv, to_seconds
+from .fields import bounds, conv_of, default_of, key_of, marker
+from .messages import did_you_mean as _did_you_mean
+from .messages import quote as _q
+from .problems import show_value
+from .safefile import FileRefused, read_regular
+from .schema import (
+    ALARM_KEYS,
+    ALARM_LIMITS,
+    BUS_COMMON_KEYS,
+    BUS_MODELS,
+    BUS_MQTT_KEYS,
+    BUS_SERIAL_KEYS,
+    BUS_TCP_KEYS,
+    COLLECTOR_KEYS,
+    COMMANDS_KEYS,
+    DAILY_KEYS,
+    GATEWAY_KEYS,
+    MAX_SECRET_BYTES,
+    MQTT_KEYS,
+    NAME_RE,
+    NAME_TEXT,
+    PASSWORD_ENV,
+    PREPAID_KEYS,
+    SCHEDULE_KEYS,
+    TIMESERIES_KEYS,
+    TOKEN_ENV,
+)
+from .selectors import Row, SelectorsMixin
+from .settings import (
     TIME,
     AlarmConfig,
     AlarmsTable,
@@ -47,33 +73,7 @@ from ..settings import (
     hours_in_order,
     local_hours,
 )
-from .checks import ChecksMixin
-from .convert import path_conv, to_seconds
-from .fields import bounds, conv_of, default_of, key_of, marker
-from .problems import show_value
-from .schema import (
-    ALARM_KEYS,
-    ALARM_LIMITS,
-    BUS_COMMON_KEYS,
-    BUS_MODELS,
-    BUS_MQTT_KEYS,
-    BUS_SERIAL_KEYS,
-    BUS_TCP_KEYS,
-    COLLECTOR_KEYS,
-    COMMANDS_KEYS,
-    DAILY_KEYS,
-    GATEWAY_KEYS,
-    MAX_SECRET_BYTES,
-    MQTT_KEYS,
-    NAME_RE,
-    NAME_TEXT,
-    PASSWORD_ENV,
-    PREPAID_KEYS,
-    SCHEDULE_KEYS,
-    TIMESERIES_KEYS,
-    TOKEN_ENV,
-)
-from .selectors import Row, SelectorsMixin
+from .windows import parse_window
 
 
 class TablesMixin(SelectorsMixin, ChecksMixin):

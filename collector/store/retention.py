@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Final
 
-from ..records import to_ms
+from .records import to_ms
 from .schema import PURGED
 
 DAY_MS: Final = 86_400_000

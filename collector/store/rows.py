@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import (
+from .records import (
     CommandRecord,
     CycleRecord,
     DailyRecord,

@@ -12,15 +12,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ..records import (
-    CommandRecord,
-    CycleRecord,
-    Event,
-    Reading,
-    from_ms,
-    to_ms,
-)
-from ..settings import MeterSettings
+from collector.config.settings import MeterSettings
+
+from .records import CommandRecord, CycleRecord, Event, Reading, from_ms, to_ms
 from .retention import purge_steps
 from .rows import Cursor, StoredReading, reading_rows
 from .schema import (

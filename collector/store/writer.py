@@ -17,14 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..records import (
-    CommandRecord,
-    CycleRecord,
-    DailyRecord,
-    Event,
-    Reading,
-    to_ms,
-)
+from .records import CommandRecord, CycleRecord, DailyRecord, Event, Reading, to_ms
 from .retention import has_shipped, purge_shipped, purge_steps
 from .rows import command_row, cycle_row, daily_row, event_row, reading_rows
 from .schema import (

@@ -1,6 +1,6 @@
 """Parse and validate a Modbus device profile from TOML text or an already parsed dict.
 
-Sans-I/O: this module never opens files; ``collector.profiles`` reads them and hands the
+Sans-I/O: this module never opens files; ``collector.config.profiles`` reads them and hands the
 text over.  Every problem found is collected, so one :class:`ProfileError` lists them all,
 each naming the profile, the register (numbered from 1 in file order) and its quantity,
 the key, and what was expected against what the file holds.

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from collector.records import CycleRecord, Event, Reading  # noqa: E402
-from collector.scheduler import BusWorker, Poller, Sinks  # noqa: E402
-from collector.settings import MeterSettings, ScheduleSettings  # noqa: E402
+from collector.config.settings import MeterSettings, ScheduleSettings  # noqa: E402
+from collector.polling.scheduler import BusWorker, Poller, Sinks  # noqa: E402
+from collector.store.records import CycleRecord, Event, Reading  # noqa: E402
 from drivers.tcp import TcpBus  # noqa: E402
 from simulators.bus import BusServer  # noqa: E402
 from simulators.dlt645 import make_meters  # noqa: E402

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from collector.commands import RelayService
-from collector.scheduler import BusWorker
-from collector.secrets import parse_secrets
-from collector.settings import CommandSettings, MeterSettings
+from collector.commands.relay_service import RelayService
+from collector.config.secrets import parse_secrets
+from collector.config.settings import CommandSettings, MeterSettings
+from collector.polling.scheduler import BusWorker
 from collector.store import Store, StoreWriter
 from drivers.tcp import TcpBus
 from simulators.bus import BusServer

@@ -25,15 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from collector.daemon import make_bus  # noqa: E402
-from collector.records import CycleRecord, Event, Reading  # noqa: E402
-from collector.scheduler import BusWorker, Poller, Sinks  # noqa: E402
-from collector.settings import (  # noqa: E402
+from collector.config.settings import (  # noqa: E402
     AlarmConfig,
     BusSettings,
     MeterSettings,
     ScheduleSettings,
 )
+from collector.polling.scheduler import BusWorker, Poller, Sinks  # noqa: E402
+from collector.service.daemon import make_bus  # noqa: E402
+from collector.store.records import CycleRecord, Event, Reading  # noqa: E402
 from simulators.bus import BusServer  # noqa: E402
 from simulators.dlt645 import make_meters  # noqa: E402
 

@@ -43,11 +43,11 @@ from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-
 from influxdb_client.client.write_api import SYNCHRONOUS
 from victoria import VictoriaMetrics
 
-from collector._shim_influxdb import set_body_hook
-from collector.forwarder import DEFAULT_GZIP_LEVEL, Forwarder
-from collector.records import Reading
-from collector.settings import MeterSettings
+from collector.config.settings import MeterSettings
+from collector.forward._shim_influxdb import set_body_hook
+from collector.forward.forwarder import DEFAULT_GZIP_LEVEL, Forwarder
 from collector.store import Store, StoreWriter
+from collector.store.records import Reading
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 QUANTITIES = ("voltage_a", "voltage_b", "voltage_c", "current_a", "current_b", "current_c",

@@ -28,15 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from collector.daemon import Daemon  # noqa: E402
-from collector.notify import Notifier  # noqa: E402
-from collector.settings import (  # noqa: E402
+from collector.config.settings import (  # noqa: E402
     BusSettings,
     CollectorSettings,
     MeterSettings,
     ScheduleSettings,
     Settings,
 )
+from collector.service.daemon import Daemon  # noqa: E402
+from collector.service.notify import Notifier  # noqa: E402
 
 QUANTITIES = ("energy_active_forward_total", "voltage_a", "current_a", "power_active_total")
 

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from collector.records import Reading  # noqa: E402
 from collector.store import DB_NAME, CommitInfo, Store, StoreWriter  # noqa: E402
+from collector.store.records import Reading  # noqa: E402
 from protocols.quantities import QUANTITIES  # noqa: E402
 
 PER_METER = 20

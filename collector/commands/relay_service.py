@@ -41,17 +41,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+from collector.config import meters_matching
+from collector.config.secrets import Secrets, SecretsError
+from collector.config.settings import CommandSettings, MeterSettings, Settings
+from collector.polling.scheduler import BusWorker, Lane, WorkerStopped
+from collector.store.records import CommandRecord, utcnow
 from drivers.device import Capabilities, Credentials, MeterRef, Unsupported
 from drivers.errors import DriverError
 from drivers.meters import capabilities
 from protocols.modbus import Profile
 
-from .config import meters_matching
-from .records import CommandRecord, utcnow
 from .relay import ACTIONS, EXIT_CODES, RelayState, execute, read_relay_state
-from .scheduler import BusWorker, Lane, WorkerStopped
-from .secrets import Secrets, SecretsError
-from .settings import CommandSettings, MeterSettings, Settings
 
 log = logging.getLogger("amic.commands")
 

@@ -28,15 +28,14 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from collector.config.settings import MeterSettings
+from collector.polling.scheduler import BusWorker, Lane, read_meter
+from collector.store import Store, StoredReading
+from collector.store.records import UTC, Event, Quality, Reading
 from drivers.device import MeterRef
 from drivers.errors import DriverError
 from drivers.meters import kind_of
 from protocols.modbus import Profile
-
-from .records import UTC, Event, Quality, Reading
-from .scheduler import BusWorker, Lane, read_meter
-from .settings import MeterSettings
-from .store import Store, StoredReading
 
 log = logging.getLogger("amic.audit")
 
@@ -96,7 +95,7 @@ def dlt645_has_quantity(meter: MeterSettings, quantity: str) -> bool:
 def profile_has_quantity(profiles: Callable[[str], Profile]) -> HasQuantity:
     """As :func:`dlt645_has_quantity`, and meters whose device profile has the quantity.
 
-    ``profiles`` loads a profile by name (e.g. :func:`collector.profiles.load_profile`);
+    ``profiles`` loads a profile by name (e.g. :func:`collector.config.profiles.load_profile`);
     a profile that cannot be loaded leaves its meters out.
     """
     def has(meter: MeterSettings, quantity: str) -> bool:

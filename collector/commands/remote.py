@@ -83,18 +83,16 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from collector.store.records import CommandRecord, Reading, utcnow
 from drivers.errors import BusClosed, DriverError
 from protocols.quantities import GROUPS, QUANTITIES
 
-from .records import CommandRecord, Reading, utcnow
-
 if TYPE_CHECKING:
+    from collector.config.settings import MeterSettings
+    from collector.polling.context import DaemonContext
+    from collector.polling.scheduler import BusWorker
+    from collector.store import Store, StoreWriter
     from protocols.modbus import Profile
-
-    from .context import DaemonContext
-    from .scheduler import BusWorker
-    from .settings import MeterSettings
-    from .store import Store, StoreWriter
 
 log = logging.getLogger("amic.remote")
 
@@ -164,7 +162,7 @@ class CommandDenied(CommandError):
     """A request refused for security (bad or missing signature, replay, another
     collector's or command's document): journaled ``denied``, not ``done``.
 
-    ``reason``: the refusal code (collector.signing.REASONS); ``operator``, ``meter``
+    ``reason``: the refusal code (collector.commands.signing.REASONS); ``operator``, ``meter``
     and ``kind``: what the request claims, for the audit trail.
     """
 
@@ -757,9 +755,8 @@ def read_executor(*, meters: Callable[[], Iterable[MeterSettings]],
     ``meters`` and ``workers`` are called per request, so a reload is seen.  ``sink``
     gets the readings too (the daemon stores them like polled ones).
     """
+    from collector.polling.scheduler import Lane, read_meter
     from drivers.meters import kind_of
-
-    from .scheduler import Lane, read_meter
 
     where = f" on collector {collector_id}" if collector_id else ""
 

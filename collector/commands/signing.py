@@ -67,7 +67,7 @@ REASONS = ("unsigned", "unknown_operator", "bad_signature", "expired", "not_yet_
 MIN_KEY_BYTES = 16
 
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
-# Same limit as collector.remote puts on the operator field.
+# Same limit as collector.commands.remote puts on the operator field.
 _MAX_OPERATOR = 64
 # Bounds the memory one remembered nonce can take.
 _MAX_NONCE = 128
@@ -230,7 +230,7 @@ class Verifier:
     """Checks signed documents against the operators' keys.
 
     ``keys``: a mapping or a lookup ``operator -> key or None`` (e.g.
-    :meth:`collector.secrets.Secrets.find_key`).  ``max_skew``: seconds of clock
+    :meth:`collector.config.secrets.Secrets.find_key`).  ``max_skew``: seconds of clock
     difference tolerated at both ends of the validity window.  ``max_ttl``: the longest
     validity accepted.  ``seen``: the replay cache (a new one if None).
     """

@@ -6,12 +6,12 @@
   collection is incomplete gets a ``lineloss_incomplete`` event listing the missing meters;
 - ``timesync_at`` (02:00): clock drift read on every meter whose clock amic sets by
   broadcast (DL/T645), one broadcast time sync per bus when some meter is off by more
-  than ``min_drift`` and at most 10 min (collector/timesync.py);
+  than ``min_drift`` and at most 10 min (collector/daily/timesync.py);
 - ``backfill_at`` (01:30): missed days of daily frozen energy read back from the meters
-  that keep daily freezes (collector/backfill.py), with the meters' own timestamps,
+  that keep daily freezes (collector/daily/backfill.py), with the meters' own timestamps,
   idempotently;
 - audit re-reads (监察性抄表) once a day at a random time in ``audit_window``: a sample
-  of meters read again and compared (collector/audit_reads.py).
+  of meters read again and compared (collector/daily/audit_reads.py).
 
 Which day each job last ran is kept in ``<data_dir>/daily-state.json``, so a restart
 neither repeats a time sync nor skips a day.
@@ -28,21 +28,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
-from .audit_reads import (
-    AuditPlanner,
-    AuditResult,
-    AuditSettings,
-    audit_sample,
-    choose_sample,
-)
+from collector.config.settings import DailySettings, MeterSettings
+from collector.store.records import DailyRecord, Event, utcnow
+
+from .audit_reads import AuditPlanner, AuditResult, AuditSettings, audit_sample, choose_sample
 from .backfill import backfill_meter, daily_freezes
-from .records import DailyRecord, Event, utcnow
 from .reports import line_loss, meter_energies, midnight_ms, success_report
-from .settings import DailySettings, MeterSettings
 from .timesync import TimeSync, TimeSyncSettings, clock_settable
 
 if TYPE_CHECKING:
-    from .context import DaemonContext
+    from collector.polling.context import DaemonContext
 
 log = logging.getLogger("amic.daily")
 

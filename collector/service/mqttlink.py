@@ -8,15 +8,15 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from collector.commands.remote import CommandServer, StoreJournal, daemon_executor
+from collector.config.settings import MeterSettings, Settings
+from collector.polling.gateway import Reject, ReportIngestor
+from collector.store.records import Event, utcnow
 from drivers.mqtt import MqttConnection
 
-from .gateway import Reject, ReportIngestor
-from .records import Event, utcnow
-from .remote import CommandServer, StoreJournal, daemon_executor
-from .settings import MeterSettings, Settings
-
 if TYPE_CHECKING:
-    from .context import DaemonContext
+    from collector.polling.context import DaemonContext
+
     from .control import Control
 
 log = logging.getLogger("amic.mqtt")

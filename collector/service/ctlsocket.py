@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .commands import RelayService
-    from .context import DaemonContext
-    from .settings import Settings
+    from collector.commands.relay_service import RelayService
+    from collector.config.settings import Settings
+    from collector.polling.context import DaemonContext
 
 log = logging.getLogger("amic.ctlsocket")
 
@@ -231,7 +231,7 @@ class CtlServer:
         return {"status": "error", "error": f"op: expected hello, relay or read, got {op!r}"}
 
     async def _relay(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
-        from .commands import CommandRejected, exit_status
+        from collector.commands.relay_service import CommandRejected, exit_status
 
         relay = self.relay()
         if relay is None:
@@ -266,7 +266,7 @@ class CtlServer:
         return {"results": results, "exit": exit_status(results)}
 
     async def _read(self, request: dict[str, Any]) -> dict[str, Any]:
-        from .remote import CommandError, daemon_executor
+        from collector.commands.remote import CommandError, daemon_executor
 
         meter = request.get("meter")
         quantities = request.get("quantities")

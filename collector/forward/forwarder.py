@@ -39,13 +39,14 @@ from influxdb_client import InfluxDBClient, WritePrecision  # type: ignore[attr-
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.rest import ApiException
 
+from collector.config.settings import MeterSettings, TimeseriesSettings, defaults
+from collector.store import OUTBOX_TABLES, Store
+from collector.store.records import Event, utcnow
+
 from . import lineproto, linework
 from ._shim_influxdb import pass_gzipped_bodies
 from .lineproto import escape_tag, number, value_line
 from .lineproto import tags as _tags
-from .records import Event, utcnow
-from .settings import MeterSettings, TimeseriesSettings, defaults
-from .store import OUTBOX_TABLES, Store
 
 log = logging.getLogger("amic.forwarder")
 

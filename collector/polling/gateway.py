@@ -5,7 +5,7 @@ publishes the results; docs/mqtt.md specifies the topics and payloads.  The daem
 subscribes ``<prefix>/+/report`` and ``<prefix>/+/raw`` and hands every message to
 :meth:`ReportIngestor.handle`, which
 
-* turns valid values into :class:`~collector.records.Reading` rows (the same quantity
+* turns valid values into :class:`~collector.store.records.Reading` rows (the same quantity
   names, units and numeric values as polled meters) and gives them to ``readings``;
 * never raises on what a gateway sends: every problem becomes a :class:`Reject` (stored
   by the daemon), is counted by reason in :attr:`ReportIngestor.counts` and logged in one
@@ -33,6 +33,8 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+from collector.config.settings import MeterSettings
+from collector.store.records import Quality, Reading, utcnow
 from drivers.device import MeterKind, Unsupported
 from drivers.dlt645_meter import FRAMES as DLT645_FRAMES
 from drivers.meters import kind_of
@@ -58,9 +60,7 @@ from protocols.modbus import (
 from protocols.modbus import crc16 as modbus_crc
 from protocols.quantities import QUANTITIES, Kind, implausible
 
-from .records import Quality, Reading, utcnow
 from .scheduler import to_number
-from .settings import MeterSettings
 
 __all__ = [
     "DEFAULT_MAX_FUTURE",
@@ -300,7 +300,7 @@ class ReportIngestor:
     ``meters``: the configured meters; a gateway's meters are those whose
     ``gateway_of(meter)`` (default: the meter's ``bus``) is the gateway named in the topic.
     ``profiles(name)``: the Modbus device profile of a meter's ``profile`` setting
-    (collector.profiles.load_profile fits).  ``readings(rows)`` gets the accepted
+    (collector.config.profiles.load_profile fits).  ``readings(rows)`` gets the accepted
     readings of one message (never an empty list); ``reject(record)`` each rejection.
     """
 

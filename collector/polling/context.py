@@ -1,9 +1,9 @@
 """What the daemon's collaborators may use of it (issue 14 §2).
 
-:class:`~collector.control.Control`, :class:`~collector.mqttlink.MqttLink`,
-:class:`~collector.daily.DailyJobs`, :class:`~collector.ctlsocket.CtlServer` and
-:func:`~collector.remote.daemon_executor` get a :class:`DaemonContext`, never the
-``Daemon``: so none of them imports ``collector.daemon`` and the daemon's internals stay
+:class:`~collector.service.control.Control`, :class:`~collector.service.mqttlink.MqttLink`,
+:class:`~collector.daily.jobs.DailyJobs`, :class:`~collector.service.ctlsocket.CtlServer` and
+:func:`~collector.commands.remote.daemon_executor` get a :class:`DaemonContext`, never the
+``Daemon``: so none of them imports ``collector.service.daemon`` and the daemon's internals stay
 its own.  Everything that a reload or the start-up replaces is a callable, read at use.
 """
 
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collector.config.settings import Settings
+    from collector.store import Store, StoreWriter
+    from collector.store.records import Event, Reading
     from protocols.modbus import Profile
 
-    from .records import Event, Reading
     from .scheduler import BusWorker
-    from .settings import Settings
-    from .store import Store, StoreWriter
 
 
 @dataclass(frozen=True)

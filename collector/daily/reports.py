@@ -43,20 +43,19 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 from zoneinfo import ZoneInfo
 
-from drivers.device import MeterRef
-from drivers.meters import KINDS, kind_of
-from protocols.quantities import billing_energy
-
-from . import lineproto
-from .config import (
+from collector.config import (
     REQUIRED_METER_KEYS,
     CsvRecordError,
     check_ledger_text,
     csv_records,
 )
-from .records import from_ms, to_ms
-from .settings import MeterSettings, defaults
-from .store import Store
+from collector.config.settings import MeterSettings, defaults
+from collector.forward import lineproto
+from collector.store import Store
+from collector.store.records import from_ms, to_ms
+from drivers.device import MeterRef
+from drivers.meters import KINDS, kind_of
+from protocols.quantities import billing_energy
 
 __all__ = [
     "BILLING_HEADER",
@@ -233,7 +232,7 @@ def meter_energies(meters: Iterable[MeterSettings],
     Meters offering neither total, or whose profile does not load, are left out (the
     reports then look for forward energy and find it missing).
     """
-    from .profiles import ProfileError, load_profile
+    from collector.config.profiles import ProfileError, load_profile
 
     def choose(profile: str, protocol: str) -> str | None:
         try:

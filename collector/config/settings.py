@@ -340,7 +340,7 @@ class PrepaidTable(Table):
         Decimal(0), ge=-10**6, description="computed balance at start")
 
 
-LIMIT = As("limit")  # an [alarms] limit: None keeps collector.rules' default
+LIMIT = As("limit")  # an [alarms] limit: None keeps collector.polling.rules' default
 
 
 class AlarmsTable(Table):
@@ -516,7 +516,7 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
-    """``[commands]``: relay commands (see collector/commands.py)."""
+    """``[commands]``: relay commands (see collector/commands/relay_service.py)."""
 
     secrets_file: Path | None = _d(CommandsTable, "secrets_file")
     min_interval: float = _d(CommandsTable, "min_interval")
@@ -548,7 +548,7 @@ class PrepaidSettings:
 
 @dataclass(frozen=True, slots=True)
 class DailySettings:
-    """``[daily]``: the once-a-day jobs (collector/daily.py); local times in ``tz``."""
+    """``[daily]``: the once-a-day jobs (collector/daily/jobs.py); local times in ``tz``."""
 
     tz: str = _d(DailyTable, "tz")
     report_at: dt.time = _d(DailyTable, "report_at")
@@ -562,7 +562,8 @@ class DailySettings:
 
 @dataclass(frozen=True, slots=True)
 class AlarmConfig:
-    """``[alarms]``: limits of the alarm rules (collector/rules.py); None keeps its default."""
+    """``[alarms]``: limits of the alarm rules (collector/polling/rules.py); None keeps its
+    default."""
 
     values: tuple[tuple[str, object], ...] = ()  # AlarmSettings field -> value, as given
     comm_loss_after: int = _d(AlarmsTable, "comm_loss_after")

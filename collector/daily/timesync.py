@@ -21,7 +21,7 @@ one about once a day and only within some minutes of their own clock, so a meter
 off than ``max_sync_drift`` is not a reason to broadcast: it raises ``clock_drift_large``
 and must be set on site or by an authorised write.
 
-Events (:class:`~collector.records.Event`), in :attr:`TimeSyncResult.events`:
+Events (:class:`~collector.store.records.Event`), in :attr:`TimeSyncResult.events`:
 
 ``clock_drift_large``  severity 2, per meter, ``value`` = drift in seconds
 ``clock_synced``       severity 0, per bus after a broadcast, ``value`` = meters corrected,
@@ -45,16 +45,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from collector.config.settings import MeterSettings
+from collector.polling.scheduler import BusWorker, Lane
+from collector.store.records import Event, Quality, Reading, assume_utc
 from drivers.bus import Bus
 from drivers.device import Meter
 from drivers.errors import DriverError
 from drivers.meters import kind_of
 from drivers.options import CallOptions
 from protocols.quantities import QUANTITIES
-
-from .records import Event, Quality, Reading, assume_utc
-from .scheduler import BusWorker, Lane
-from .settings import MeterSettings
 
 log = logging.getLogger("amic.timesync")
 

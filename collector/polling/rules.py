@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.records import Event, Quality, Reading, from_ms, to_ms
+from collector.config.alarms import RULES, AlarmSettings
+from collector.store.records import Event, Quality, Reading, from_ms, to_ms
 
 __all__ = [
     "RULES",
@@ -71,20 +72,6 @@ COUNTERS = {"power_down_count": "power_down_counter", "cover_open_count": "cover
 RELAY_OPEN_BIT = 1 << 4  # relay state: 1 = open (tripped)
 RELAY_TRIP_CMD_BIT = 1 << 6  # relay command: 1 = trip in force
 HOLD_POWER_BIT = 1 << 12  # hold power (保电) in force
-
-# Rule names, as listed in AlarmSettings.rules (and in a TOML [alarms] rules = [...]).
-RULES: tuple[str, ...] = (
-    "energy_backwards",
-    "energy_jump",
-    "zero_use",
-    "voltage_high",
-    "voltage_low",
-    "current_imbalance",
-    "low_power_factor",
-    "power_down_counter",
-    "cover_open_counter",
-    "relay_unexpected",
-)
 
 # The one table of event kinds and their severity (0 info, 1 warning, 2 alarm: what
 # ``amic events --alarms`` shows), for every event the collector raises; docs/schema.md
@@ -153,76 +140,6 @@ def severity(kind: str) -> int:
 _EPS = 1e-6  # energy "moved" when it grew by more than this (kWh)
 _SKIP = Quality.ESTIMATED | Quality.BACKFILLED
 _STATE_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmSettings:
-    """Alarm limits; defaults follow GB/T 12325 for a 220 V supply (+7 % / -10 %)."""
-
-    nominal_voltage: float = 220.0  # V
-    voltage_high_pct: float = 7.0  # % of nominal above it
-    voltage_low_pct: float = -10.0  # % of nominal (negative: below it)
-    voltage_hysteresis_pct: float = 1.0  # % of nominal back inside the limit to clear
-    voltage_absent_v: float = 5.0  # below this a phase is taken as not wired; not judged
-    jump_kwh_per_hour: float = 50.0
-    zero_use_days: float = 3.0
-    imbalance_pct: float = 30.0  # (max-min)/max of |phase currents|, in %
-    imbalance_min_current: float = 1.0  # A; judged only when the largest reaches this
-    imbalance_hysteresis_pct: float = 5.0  # points below the limit to clear
-    low_pf: float = 0.5
-    pf_min_kw: float = 0.1  # |power_active_total| needed to judge pf (if read)
-    pf_hysteresis: float = 0.05
-    backwards_tolerance_kwh: float = 0.01
-    rules: frozenset[str] = frozenset(RULES)  # enabled rules
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ValueError(f"alarms.{name} = {getattr(self, name)!r}: {what}")
-
-        for name in (
-            "nominal_voltage", "voltage_high_pct", "voltage_low_pct", "voltage_hysteresis_pct",
-            "voltage_absent_v", "jump_kwh_per_hour", "zero_use_days", "imbalance_pct",
-            "imbalance_min_current", "imbalance_hysteresis_pct", "low_pf", "pf_min_kw",
-            "pf_hysteresis", "backwards_tolerance_kwh",
-        ):
-            v = getattr(self, name)
-            need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-                 name, "expected a number")
-        need(self.nominal_voltage > 0, "nominal_voltage", "must be > 0")
-        need(self.voltage_high_pct > 0, "voltage_high_pct", "must be > 0")
-        need(-100 < self.voltage_low_pct < 0, "voltage_low_pct", "must be between -100 and 0")
-        need(self.voltage_hysteresis_pct >= 0, "voltage_hysteresis_pct", "must be >= 0")
-        need(self.voltage_absent_v >= 0, "voltage_absent_v", "must be >= 0")
-        need(self.jump_kwh_per_hour > 0, "jump_kwh_per_hour", "must be > 0")
-        need(self.zero_use_days > 0, "zero_use_days", "must be > 0")
-        need(0 < self.imbalance_pct < 100, "imbalance_pct", "must be between 0 and 100")
-        need(self.imbalance_min_current >= 0, "imbalance_min_current", "must be >= 0")
-        need(self.imbalance_hysteresis_pct >= 0, "imbalance_hysteresis_pct", "must be >= 0")
-        need(0 <= self.low_pf <= 1, "low_pf", "must be between 0 and 1")
-        need(self.pf_min_kw >= 0, "pf_min_kw", "must be >= 0")
-        need(self.pf_hysteresis >= 0, "pf_hysteresis", "must be >= 0")
-        need(self.backwards_tolerance_kwh >= 0, "backwards_tolerance_kwh", "must be >= 0")
-        if isinstance(self.rules, str) or not isinstance(self.rules, Iterable):
-            raise ValueError(f"alarms.rules = {self.rules!r}: expected a list of rule names")
-        if not isinstance(self.rules, frozenset):
-            object.__setattr__(self, "rules", frozenset(self.rules))
-        unknown = sorted(str(r) for r in self.rules if r not in RULES)
-        if unknown:
-            raise ValueError(f"alarms.rules: unknown rule(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(RULES)}")
-
-    @property
-    def voltage_high_limit(self) -> float:
-        return self.nominal_voltage * (1 + self.voltage_high_pct / 100)
-
-    @property
-    def voltage_low_limit(self) -> float:
-        return self.nominal_voltage * (1 + self.voltage_low_pct / 100)
-
-    @property
-    def voltage_hysteresis(self) -> float:
-        return self.nominal_voltage * self.voltage_hysteresis_pct / 100
 
 
 def relay_bits(status_word_3: float) -> tuple[bool, bool, bool]:

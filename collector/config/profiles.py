@@ -1,7 +1,7 @@
 """Find and load Modbus device profiles (TOML files) by name or path.
 
 Profiles ship in ``config/profiles/`` (installed as ``amic_config/profiles``, found with
-importlib.resources: :mod:`collector.shipped`); a site adds its own in extra
+importlib.resources: :mod:`collector.config.shipped`); a site adds its own in extra
 directories (``search=[...]``), which are looked at first so a local file can replace a
 shipped one of the same name.  ``protocols.modbus`` parses and validates the text; this
 module only reads files.  Every failure - not found, unreadable, invalid - raises

@@ -22,28 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.config import ConfigError, load_settings, select_meters
+from collector.config.profiles import load_profile
+from collector.config.secrets import load_secrets
+from collector.config.settings import BusSettings, MeterSettings, ScheduleSettings, Settings
+from collector.daily.jobs import DailyJobs
+from collector.forward.forwarder import Forwarder
+from collector.polling.context import DaemonContext
+from collector.polling.rules import AlarmEngine, AlarmSettings
+from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
+from collector.store import CommitInfo, Store, StoreWriter
+from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
 from drivers.mqtt import MqttBus
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
 from protocols.modbus import Profile
 
-from .config import ConfigError, load_settings, select_meters
-from .context import DaemonContext
 from .control import Control
 from .ctlsocket import CtlServer
-from .daily import DailyJobs
-from .forwarder import Forwarder
 from .metrics import Metrics, MetricsServer
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
-from .profiles import load_profile
-from .records import CycleRecord, Event, Reading, utcnow
-from .rules import AlarmEngine, AlarmSettings
-from .scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
-from .secrets import load_secrets
-from .settings import BusSettings, MeterSettings, ScheduleSettings, Settings
-from .store import CommitInfo, Store, StoreWriter
 
 log = logging.getLogger("amic.daemon")
 

@@ -39,7 +39,7 @@ def shipped_dir() -> Path:
     try:
         root = importlib.resources.files(PACKAGE)
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "config"
+        return Path(__file__).resolve().parents[2] / "config"
     if isinstance(root, Path):  # installed from a wheel or editable: a real folder
         return root
     raise RuntimeError(f"{PACKAGE} is not a folder on disk ({root!r}): install amic from "

@@ -6,10 +6,10 @@ NN-th last freeze, ``0506 01 NN`` / ``0506 02 NN`` the forward / reverse active 
 stopped), :func:`backfill_meter` reads the freezes of the days the store lacks (through
 :meth:`drivers.device.Meter.read_freeze`, for meters whose kind keeps freezes) and
 returns them as readings with the freeze time as ``meter_ts`` and quality
-``BACKFILLED``; :mod:`collector.reports` then places them on their day.
+``BACKFILLED``; :mod:`collector.daily.reports` then places them on their day.
 
 Days are local days in ``tz`` (default ``Asia/Shanghai``), and the freeze *of* day D is
-the one taken at local midnight starting D (as in :mod:`collector.reports`: during day D
+the one taken at local midnight starting D (as in :mod:`collector.daily.reports`: during day D
 "the last freeze" is D's).  Which freeze holds day D follows from the meter's last
 freeze time; every freeze read is checked against its expected day before its energies
 are read, so a meter whose clock is wrong, or whose history has a gap, never files a
@@ -25,6 +25,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
 
+from collector.config.settings import MeterSettings
+from collector.polling.scheduler import BusWorker, Lane
+from collector.store import Store
+from collector.store.records import UTC, Quality, Reading, assume_utc, to_ms, utcnow
 from drivers.device import Freeze, Meter
 from drivers.dlt645_meter import FREEZE_ENERGIES
 from drivers.errors import DriverError, MeterError
@@ -32,11 +36,7 @@ from drivers.meters import kind_of
 from drivers.options import CallOptions
 from protocols.dlt645 import DAILY_FREEZES
 
-from .records import UTC, Quality, Reading, assume_utc, to_ms, utcnow
 from .reports import DEFAULT_TZ, FROZEN_PREFIX, TzLike, as_zone, local_date, midnight_ms
-from .scheduler import BusWorker, Lane
-from .settings import MeterSettings
-from .store import Store
 
 __all__ = [
     "ENERGY_RECORDS",
@@ -103,7 +103,7 @@ def missing_days(store: Store, meter_id: str, days: int, tz: TzLike = DEFAULT_TZ
 
     A reading counts for the local date of its ``meter_ts`` (the freeze time, as
     backfilled values carry it), else for the local date of ``ts`` when it was read at
-    least :data:`SETTLE` after that day's midnight, as :mod:`collector.reports` places
+    least :data:`SETTLE` after that day's midnight, as :mod:`collector.daily.reports` places
     them.
     """
     wanted = wanted_days(days, tz, now)

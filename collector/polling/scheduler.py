@@ -24,6 +24,9 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Any, TypeVar
 
+from collector.config.profiles import load_profile
+from collector.config.settings import MeterSettings, ModbusFraming, ScheduleSettings
+from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
 from drivers.device import Line, Meter, MeterRead, MeterRef
 from drivers.errors import (
@@ -38,10 +41,7 @@ from drivers.options import CallOptions
 from protocols.dlt645 import StatusWord
 from protocols.modbus import Profile
 
-from .profiles import load_profile
-from .records import CycleRecord, Event, Reading, utcnow
 from .rules import SEVERITY
-from .settings import MeterSettings, ModbusFraming, ScheduleSettings
 
 log = logging.getLogger("amic.scheduler")
 T = TypeVar("T")

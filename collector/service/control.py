@@ -1,7 +1,7 @@
 """The daemon's control side: relay commands and top-ups through the broker, and the
 prepaid engine acting on what the meters report.
 
-Remote requests (see collector/remote.py for the channel) on ``amic/<cid>/cmd/relay``::
+Remote requests (see collector/commands/remote.py for the channel) on ``amic/<cid>/cmd/relay``::
 
     {"request_id": "...", "command": "relay", "collector": "<cid>", "action": "trip",
      "meters": ["M0001"], "reason": "arrears, ticket 4711", "dry_run": false,
@@ -16,7 +16,7 @@ expired, replayed or badly signed requests, and documents signed for another col
 (``collector``) or another command (``command``, the topic's last level), are refused,
 never executed.  A refusal is journaled ``denied`` (kind: the action claimed, operator:
 the operator claimed; ``amic audit`` shows it), raises a ``command_refused`` alarm and is
-answered with ``refusal``: the reason code (collector.signing.REASONS).  The
+answered with ``refusal``: the reason code (collector.commands.signing.REASONS).  The
 reply carries one result per meter (``status``: confirmed, refused, unconfirmed,
 address_mismatch, failed, unsupported, expired, dry_run) and ``exit``, the CLI's exit
 status.
@@ -37,24 +37,37 @@ from collections.abc import Coroutine, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final
 
-from .commands import (
+from collector.commands.prepaid import (
+    Action,
+    PrepaidAccount,
+    PrepaidEngine,
+    PrepaidPolicy,
+    TariffPlan,
+)
+from collector.commands.relay_service import (
     SWITCH_ACTIONS,
     CommandRejected,
     RelayService,
     exit_status,
     protected_meters,
 )
-from .config import meters_matching
-from .prepaid import Action, PrepaidAccount, PrepaidEngine, PrepaidPolicy, TariffPlan
-from .records import CommandRecord, Event, Reading, utcnow
-from .remote import DOCUMENT, CommandDenied, CommandError, Execute, JsonDict, parse_ts
-from .reports import meter_energies
-from .secrets import Secrets
-from .settings import Settings
-from .signing import ReplayCache, SignatureError, Verifier
+from collector.commands.remote import (
+    DOCUMENT,
+    CommandDenied,
+    CommandError,
+    Execute,
+    JsonDict,
+    parse_ts,
+)
+from collector.commands.signing import ReplayCache, SignatureError, Verifier
+from collector.config import meters_matching
+from collector.config.secrets import Secrets
+from collector.config.settings import Settings
+from collector.daily.reports import meter_energies
+from collector.store.records import CommandRecord, Event, Reading, utcnow
 
 if TYPE_CHECKING:
-    from .context import DaemonContext
+    from collector.polling.context import DaemonContext
 
 log = logging.getLogger("amic.control")
 

@@ -65,7 +65,7 @@ OPERATOR_KEYS = ("operator_code", "key")
 MIN_KEY_BYTES = 16
 
 _HEX8 = re.compile(r"[0-9A-Fa-f]{8}")
-# Operator names travel in signed commands and the audit trail (collector.remote allows
+# Operator names travel in signed commands and the audit trail (collector.commands.remote allows
 # up to 64 characters there), so the same limit applies here.
 _OPERATOR_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
@@ -187,7 +187,7 @@ class Secrets:
 
     def find_key(self, operator: str) -> bytes | None:
         """The operator's HMAC key, or None (unknown operator or no key): the lookup a
-        :class:`collector.signing.Verifier` takes."""
+        :class:`collector.commands.signing.Verifier` takes."""
         op = self._operators.get(operator)
         return None if op is None else op.key
 
