@@ -1,0 +1,251 @@
+"""Appendix A data formats (little-endian packed BCD) used by the Fn layouts.
+
+Every decoder returns None for an absent value: all bytes ``EE`` (the standard's
+"missing") and any non-BCD nibble (the ``EF`` fill some terminals send) alike.
+Encoders write None as ``EE`` bytes, so an absent value round-trips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import NamedTuple
+
+ABSENT = 0xEE
+
+
+def _digits(raw: bytes | bytearray, top_mask: int = 0xFF) -> int | None:
+    """The BCD integer of ``raw`` (low byte first), None if any nibble is not 0-9."""
+    n = 0
+    last = len(raw) - 1
+    for i in range(last, -1, -1):
+        b = raw[i] & top_mask if i == last else raw[i]
+        hi, lo = b >> 4, b & 0x0F
+        if hi > 9 or lo > 9:
+            return None
+        n = n * 100 + hi * 10 + lo
+    return n
+
+
+def _to_bcd(n: int, size: int) -> bytearray:
+    out = bytearray(size)
+    for i in range(size):
+        n, r = divmod(n, 100)
+        out[i] = (r // 10) << 4 | r % 10
+    return out
+
+
+def is_absent(raw: bytes | bytearray) -> bool:
+    return all(b == ABSENT for b in raw)
+
+
+def decode_number(raw: bytes | bytearray, decimals: int, *, signed: bool = False
+                  ) -> Decimal | None:
+    """A fixed-point BCD number; ``signed`` formats keep the sign in bit 7 of the last byte."""
+    if is_absent(raw):
+        return None
+    n = _digits(raw, 0x7F if signed else 0xFF)
+    if n is None:
+        return None
+    value = Decimal(n).scaleb(-decimals)
+    if signed and raw[-1] & 0x80:
+        return -value
+    return value
+
+
+def encode_number(value: Decimal | None, size: int, decimals: int, *, signed: bool = False,
+                  top_digit_max: int = 9) -> bytes:
+    """Wire bytes of ``value``; ValueError if it has too many digits or decimals."""
+    if value is None:
+        return bytes((ABSENT,)) * size
+    scaled = value.scaleb(decimals)
+    n = int(scaled)
+    if scaled != n:
+        raise ValueError(f"{value} has more than {decimals} decimals")
+    negative = value.is_signed()
+    if negative and not signed:
+        raise ValueError(f"{value} is negative in an unsigned format")
+    n = abs(n)
+    limit = (top_digit_max + 1) * 10 ** (2 * size - 1)
+    if n >= limit:
+        raise ValueError(f"{value} does not fit {size} BCD bytes with {decimals} decimals")
+    out = _to_bcd(n, size)
+    if negative:
+        out[-1] |= 0x80
+    return bytes(out)
+
+
+# ---- the numeric formats: (size, decimals, signed, top digit limit) --------------------
+
+class NumberFormat(NamedTuple):
+    name: str
+    size: int
+    decimals: int
+    signed: bool = False
+    top_digit_max: int = 9
+
+    def decode(self, raw: bytes | bytearray) -> Decimal | None:
+        return decode_number(raw, self.decimals, signed=self.signed)
+
+    def encode(self, value: Decimal | None) -> bytes:
+        return encode_number(value, self.size, self.decimals, signed=self.signed,
+                             top_digit_max=self.top_digit_max)
+
+
+A5 = NumberFormat("A.5", 2, 1, True, 7)  # ±XXX.X (%)
+A7 = NumberFormat("A.7", 2, 1)  # XXX.X V
+A9 = NumberFormat("A.9", 3, 4, True, 7)  # ±XX.XXXX kW, kvar, kVA
+A11 = NumberFormat("A.11", 4, 2)  # XXXXXX.XX kWh, kvarh
+A13 = NumberFormat("A.13", 4, 4)  # XXXX.XXXX kWh, kvarh
+A14 = NumberFormat("A.14", 5, 4)  # XXXXXX.XXXX kWh
+A25 = NumberFormat("A.25", 3, 3, True, 7)  # ±XXX.XXX A
+
+
+# ---- dates and times ------------------------------------------------------------------
+
+def decode_a1(raw: bytes | bytearray) -> dt.datetime | None:
+    """A.1, 6 bytes ``ss mm hh DD (wk<<5 | MM) YY``; the weekday is not kept."""
+    if is_absent(raw):
+        return None
+    fields = [_digits(raw[i : i + 1]) for i in (0, 1, 2, 3, 5)]
+    month = _digits(bytes((raw[4] & 0x1F,)))
+    ss, mi, hh, dd, yy = fields
+    if None in fields or month is None:
+        return None
+    try:
+        return dt.datetime(2000 + yy, month, dd, hh, mi, ss)  # type: ignore[operator, arg-type]
+    except ValueError:
+        return None
+
+
+def encode_a1(when: dt.datetime | None) -> bytes:
+    """A.1 bytes of ``when``; the weekday is computed (1 = Monday)."""
+    if when is None:
+        return bytes((ABSENT,)) * 6
+    _check_year(when.year)
+    out = _to_bcd_each((when.second, when.minute, when.hour, when.day, when.month,
+                        when.year - 2000))
+    out[4] |= when.isoweekday() << 5
+    return bytes(out)
+
+
+def decode_a15(raw: bytes | bytearray) -> dt.datetime | None:
+    """A.15, 5 bytes ``mm hh DD MM YY``."""
+    parts = _each(raw)
+    if parts is None:
+        return None
+    mi, hh, dd, mo, yy = parts
+    try:
+        return dt.datetime(2000 + yy, mo, dd, hh, mi)
+    except ValueError:
+        return None
+
+
+def encode_a15(when: dt.datetime | None) -> bytes:
+    if when is None:
+        return bytes((ABSENT,)) * 5
+    _check_year(when.year)
+    if when.second or when.microsecond:
+        raise ValueError(f"{when} has seconds; A.15 holds minutes")
+    return bytes(_to_bcd_each((when.minute, when.hour, when.day, when.month,
+                               when.year - 2000)))
+
+
+def decode_a20(raw: bytes | bytearray) -> dt.date | None:
+    """A.20, 3 bytes ``DD MM YY``."""
+    parts = _each(raw)
+    if parts is None:
+        return None
+    dd, mo, yy = parts
+    try:
+        return dt.date(2000 + yy, mo, dd)
+    except ValueError:
+        return None
+
+
+def encode_a20(day: dt.date | None) -> bytes:
+    if day is None:
+        return bytes((ABSENT,)) * 3
+    _check_year(day.year)
+    return bytes(_to_bcd_each((day.day, day.month, day.year - 2000)))
+
+
+def decode_a21(raw: bytes | bytearray) -> dt.date | None:
+    """A.21, 2 bytes ``MM YY``, as the first day of that month."""
+    parts = _each(raw)
+    if parts is None:
+        return None
+    mo, yy = parts
+    try:
+        return dt.date(2000 + yy, mo, 1)
+    except ValueError:
+        return None
+
+
+def encode_a21(month: dt.date | None) -> bytes:
+    if month is None:
+        return bytes((ABSENT,)) * 2
+    _check_year(month.year)
+    if month.day != 1:
+        raise ValueError(f"{month}: a month (A.21) is given as its first day")
+    return bytes(_to_bcd_each((month.month, month.year - 2000)))
+
+
+def decode_a12(raw: bytes | bytearray) -> str | None:
+    """A.12, a 12-digit address (like DL/T645's), as text."""
+    if is_absent(raw):
+        return None
+    return bytes(raw[::-1]).hex().upper()
+
+
+def encode_a12(address: str | None) -> bytes:
+    if address is None:
+        return bytes((ABSENT,)) * 6
+    if len(address) != 12:
+        raise ValueError(f"address {address!r}: expected 12 digits")
+    return bytes.fromhex(address)[::-1]
+
+
+def decode_bin(raw: bytes | bytearray) -> int | None:
+    """Little-endian binary; all ``EE`` is absent."""
+    if is_absent(raw):
+        return None
+    return int.from_bytes(raw, "little")
+
+
+def encode_bin(value: int | None, size: int) -> bytes:
+    if value is None:
+        return bytes((ABSENT,)) * size
+    return value.to_bytes(size, "little")
+
+
+def decode_ascii(raw: bytes | bytearray) -> str:
+    return bytes(raw).decode("latin-1")
+
+
+def encode_ascii(text: str, size: int) -> bytes:
+    raw = text.encode("latin-1")
+    if len(raw) != size:
+        raise ValueError(f"{text!r}: expected {size} characters")
+    return raw
+
+
+def _each(raw: bytes | bytearray) -> list[int] | None:
+    if is_absent(raw):
+        return None
+    out = []
+    for b in raw:
+        hi, lo = b >> 4, b & 0x0F
+        if hi > 9 or lo > 9:
+            return None
+        out.append(hi * 10 + lo)
+    return out
+
+
+def _to_bcd_each(values: tuple[int, ...]) -> bytearray:
+    return bytearray((v // 10) << 4 | v % 10 for v in values)
+
+
+def _check_year(year: int) -> None:
+    if not 2000 <= year <= 2099:
+        raise ValueError(f"year {year}: the formats hold 2000-2099")
