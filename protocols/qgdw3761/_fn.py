@@ -41,8 +41,8 @@ from ._values import (
     MeterArchive,
     MeterEntry,
     PresentValues,
-    TerminalVersion,
     Tariffs,
+    TerminalVersion,
 )
 
 UNITS_OFFSET = HEADER_SIZE + FIXED_SIZE  # where DA of the first unit sits in a frame

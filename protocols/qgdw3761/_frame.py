@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from construct import Bytes, Const, ConstructError, Int8ub, Int16ul, Struct, this
+from construct import Bytes, Const, Int8ub, Int16ul, Struct, this
 
 from .._shim_construct import fast_parser
 from ._errors import FrameError
@@ -287,11 +287,7 @@ def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
     try:
         c = _PARSE_COMPILED(body) if compiled else FRAME_FORMAT.parse(body)
     except Exception:
-        # Compiled parsers name neither field nor offset; only the end byte can be left.
-        try:
-            FRAME_FORMAT.parse(body)
-        except ConstructError:
-            pass
+        # The header and the length are checked above: only the end byte can be left.
         raise FrameError(base + total - 1,
                          f"expected end byte 16, got {body[total - 1]:02X}") from None
     if len(body) > total:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum
 
-
 from ..quantities import QUANTITIES
 
 Number = Decimal | None
