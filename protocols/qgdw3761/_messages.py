@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._fn import DataUnit, encode_units, idents
+from ._errors import PayloadError
+from ._fn import DataUnit, RawUnit, decode_units, encode_units
 from ._frame import (
     FN_CONFIRM,
     FN_LINK_STATUS,
@@ -18,6 +19,7 @@ from ._frame import (
     control_byte,
     seq_byte,
 )
+from ._units import decode_id
 from ._values import ConfirmStyle, ItemResult, ItemResults
 
 # Link function of a master request by AFN: reset, "class 1" for set/control (they
@@ -54,7 +56,7 @@ def confirm(incoming: Frame, *, style: ConfirmStyle = ConfirmStyle.F1, msa: int 
     AFN02 (link status), 00 otherwise; RSEQ copies the terminal's PSEQ; Tp is echoed.
     """
     if style is ConfirmStyle.F3:
-        items = tuple(ItemResult(tuple(p), tuple(f), error) for p, f in idents(incoming))
+        items = tuple(ItemResult(p, f, error) for p, f in _answered(incoming))
         unit = DataUnit(0, 3, ItemResults(incoming.afn, items))
     else:
         unit = DataUnit(0, 1)
@@ -65,3 +67,13 @@ def confirm(incoming: Frame, *, style: ConfirmStyle = ConfirmStyle.F1, msa: int 
         seq=seq_byte(incoming.pseq, tpv=incoming.tp is not None),
         units=encode_units(0x00, Direction.DOWN, (unit,)), tp=incoming.tp,
     )
+
+
+def _answered(frame: Frame) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(points, Fn) of every unit of ``frame``; its first DA/DT if the units do not parse."""
+    try:
+        units = decode_units(frame, strict=False)
+    except PayloadError:
+        pns, fns = decode_id(frame.units)
+        return [(tuple(pns), tuple(fns))]
+    return [(u.pns, u.fns) if isinstance(u, RawUnit) else ((u.pn,), (u.fn,)) for u in units]
