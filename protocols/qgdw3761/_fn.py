@@ -81,7 +81,10 @@ Build = Callable[[Any], bytes]
 
 @dataclass(frozen=True, slots=True)
 class FnSpec:
-    """The layout of one (AFN, Fn, direction); ``parse``/``build`` are None-safe for no data."""
+    """The layout of one (AFN, Fn, direction).
+
+    A ``greedy`` layout's length depends on the bytes left in the frame: its unit is last.
+    """
 
     afn: int
     fn: int
@@ -89,15 +92,16 @@ class FnSpec:
     name: str
     parse: Parse
     build: Build
+    greedy: bool = False
 
 
 REGISTRY: dict[tuple[int, int, Direction], FnSpec] = {}
 
 
 def _register(afn: int, fn: int, direction: Direction | None, name: str, parse: Parse,
-              build: Build) -> None:
+              build: Build, *, greedy: bool = False) -> None:
     for d in (Direction.DOWN, Direction.UP) if direction is None else (direction,):
-        REGISTRY[(afn, fn, d)] = FnSpec(afn, fn, d, name, parse, build)
+        REGISTRY[(afn, fn, d)] = FnSpec(afn, fn, d, name, parse, build, greedy)
 
 
 def fn_spec(afn: int, fn: int, direction: Direction) -> FnSpec | None:
@@ -190,7 +194,7 @@ def _build_items(v: ItemResults) -> bytes:
 
 _register(0x00, 1, None, "confirm_all", _none, _build_none)
 _register(0x00, 2, None, "deny_all", _none, _build_none)
-_register(0x00, 3, None, "confirm_per_item", _parse_items, _build_items)
+_register(0x00, 3, None, "confirm_per_item", _parse_items, _build_items, greedy=True)
 
 
 # ---- AFN01 reset, AFN02 link check ------------------------------------------------------
@@ -219,9 +223,9 @@ def _build_heartbeat(v: Heartbeat | None) -> bytes:
     return b"" if v is None else f.encode_a1(v.clock)
 
 
-_register(0x02, 1, None, "login", _parse_rest, _build_rest)
-_register(0x02, 2, None, "logout", _parse_rest, _build_rest)
-_register(0x02, 3, None, "heartbeat", _parse_heartbeat, _build_heartbeat)
+_register(0x02, 1, None, "login", _parse_rest, _build_rest, greedy=True)
+_register(0x02, 2, None, "logout", _parse_rest, _build_rest, greedy=True)
+_register(0x02, 3, None, "heartbeat", _parse_heartbeat, _build_heartbeat, greedy=True)
 
 
 # ---- AFN04 / AFN0A parameters ----------------------------------------------------------
@@ -334,7 +338,9 @@ def _build_version(v: TerminalVersion) -> bytes:
 
 
 _register(0x09, 1, Direction.DOWN, "terminal_version", _none, _build_none)
-_register(0x09, 1, Direction.UP, "terminal_version", _parse_version, _build_version)
+# Its length (37 or 41) is told by what is left in the frame: it must be the last unit.
+_register(0x09, 1, Direction.UP, "terminal_version", _parse_version, _build_version,
+          greedy=True)
 
 
 # ---- AFN0C class 1 ---------------------------------------------------------------------
@@ -640,12 +646,20 @@ def _short(pos: int, end: int, base: int) -> tuple[list[int], list[int]]:
 
 
 def encode_units(afn: int, direction: Direction, units: Iterable[DataUnit]) -> bytes:
-    """The data-unit area for ``units``: one DA/DT per unit, in the order given."""
+    """The data-unit area for ``units``: one DA/DT per unit, in the order given.
+
+    ValueError for an Fn without a layout, or a greedy one (FnSpec) that is not last.
+    """
     out = bytearray()
+    greedy: FnSpec | None = None
     for u in units:
         spec = REGISTRY.get((afn, u.fn, direction))
         if spec is None:
             raise ValueError(f"no layout for AFN {afn:02X} F{u.fn} {direction.name.lower()}")
+        if greedy is not None:
+            raise ValueError(f"{greedy.name} takes the rest of the frame: it must be last")
+        if spec.greedy:
+            greedy = spec
         out += encode_id(u.pn, u.fn) + spec.build(u.value)
     return bytes(out)
 
