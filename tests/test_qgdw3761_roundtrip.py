@@ -94,6 +94,7 @@ entry = st.builds(
     password=st.binary(min_size=6, max_size=6), tariffs=st.integers(0, 63),
     integer_digits=st.integers(4, 7), decimal_digits=st.integers(1, 4), collector=address,
     major_class=st.integers(0, 15), minor_class=st.integers(0, 15))
+item = st.builds(ItemResult, points.map(lambda p: (p,)), fns.map(lambda f: (f,)), byte)
 ident = st.tuples(points.map(lambda p: (p,)), fns.map(lambda f: (f,)))
 curve_tag = st.builds(CurveTag, minutes, st.sampled_from((1, 2, 3, 254, 255)),
                       st.integers(0, 96))
@@ -117,8 +118,8 @@ NONE: st.SearchStrategy[Any] = st.none()
 D, U = Direction.DOWN, Direction.UP
 STRATEGIES: dict[tuple[int, int, Direction], st.SearchStrategy[Any]] = {
     **{(0x00, fn, d): NONE for fn in (1, 2) for d in (D, U)},
-    **{(0x00, 3, d): st.builds(ItemResults, byte, st.lists(st.builds(
-        ItemResult, points.map(lambda p: (p,)), fns.map(lambda f: (f,)), byte), max_size=6).map(tuple)) for d in (D, U)},
+    **{(0x00, 3, d): st.builds(ItemResults, byte, st.lists(item, max_size=6).map(tuple))
+       for d in (D, U)},
     **{(0x01, fn, D): NONE for fn in (1, 2, 3, 4)},
     **{(0x02, fn, d): st.none() | st.binary(min_size=1, max_size=8) for fn in (1, 2)
        for d in (D, U)},
