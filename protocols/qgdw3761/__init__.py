@@ -48,7 +48,7 @@ from ._json import unit_to_json, value_to_json
 from ._messages import confirm, request
 from ._reassembly import Reassembler
 from ._receivebuffer import ExtractorStats, FrameExtractor, Reject
-from ._units import decode_da, decode_dt, encode_da, encode_dt
+from ._units import ALL_POINTS, decode_da, decode_dt, encode_da, encode_dt
 from ._values import (
     CURVE_DENSITIES,
     ActiveEnergy,
@@ -80,7 +80,8 @@ from ._values import (
 )
 
 __all__ = [
-    "AFN", "CURVE_DENSITIES", "FN_CONFIRM", "FN_DENY", "FN_LINK_STATUS", "FN_RESPONSE",
+    "AFN", "ALL_POINTS", "CURVE_DENSITIES", "FN_CONFIRM", "FN_DENY", "FN_LINK_STATUS",
+    "FN_RESPONSE",
     "HEADER_SIZE", "REGISTRY", "START", "UNITS_OFFSET", "ActiveEnergy", "ArchiveQuery",
     "CommParams", "ConfirmStyle", "Curve", "CurveTag", "DailySupply", "DataUnit",
     "Direction", "EnergyReadings", "Erc1", "Erc3", "Erc14", "EventQuery", "EventRecord",

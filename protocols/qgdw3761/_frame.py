@@ -299,9 +299,10 @@ def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
     control, afn, seq, data = c["control"], c["afn"], c["seq"], c["data"]
     pw, ec, tp = aux_layout(control, afn, seq)
     n = len(data) - pw - ec - tp
-    if n < 0:
+    if n < 4:
         raise FrameError(base + HEADER_SIZE + FIXED_SIZE,
-                         f"{len(data)} bytes after SEQ cannot hold AUX of {pw + ec + tp} bytes")
+                         f"{len(data)} bytes after SEQ cannot hold a DA/DT (4) and AUX of "
+                         f"{pw + ec + tp} bytes")
     return Frame(
         control=control,
         a1=bytes(c["a1"][::-1]).hex().upper(),
@@ -338,6 +339,8 @@ def build_frame(frame: Frame, *, compiled: bool = True) -> bytes:
         aux += frame.tp.to_bytes()
     elif frame.tp is not None:
         raise ValueError("Tp given but SEQ has no TpV")
+    if len(frame.units) < 4:
+        raise ValueError("a frame carries at least one DA/DT (4 bytes)")
     data = frame.units + bytes(aux)
     l1 = FIXED_SIZE + len(data)
     if l1 > MAX_L1:

@@ -8,7 +8,8 @@ from ._errors import PayloadError
 
 MAX_PN = 2040
 MAX_FN = 248
-ALL_POINTS = (0xFF, 0x00)  # "every valid measuring point" (p0 excluded)
+ALL_POINTS = -1
+"""The pn of DA ``FF 00``: every valid measuring point (p0 excluded), in requests."""
 
 
 def encode_da(pns: Iterable[int]) -> bytes:
@@ -16,6 +17,8 @@ def encode_da(pns: Iterable[int]) -> bytes:
     points = sorted(set(pns))
     if points == [0]:
         return b"\x00\x00"
+    if points == [ALL_POINTS]:
+        return b"\xff\x00"
     if not points or points[0] < 1 or points[-1] > MAX_PN:
         raise ValueError(f"points {points}: p0 alone, or pn 1..{MAX_PN}")
     group = (points[0] - 1) // 8
@@ -28,9 +31,11 @@ def encode_da(pns: Iterable[int]) -> bytes:
 
 
 def decode_da(da1: int, da2: int) -> list[int]:
-    """The points a DA names, ascending; ``[0]`` for p0."""
+    """The points a DA names, ascending; ``[0]`` for p0, ``[ALL_POINTS]`` for ``FF 00``."""
     if da1 == 0 and da2 == 0:
         return [0]
+    if da1 == 0xFF and da2 == 0:
+        return [ALL_POINTS]
     if da2 == 0 or da1 == 0:
         raise ValueError(f"DA {da1:02X} {da2:02X} names no point")
     base = (da2 - 1) * 8
