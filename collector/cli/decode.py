@@ -216,9 +216,27 @@ def _decode_modbus(args: tuple[str, ...], profile_name: str | None, start: int |
         click.echo(json.dumps(obj, ensure_ascii=False))
 
 
+def _decode_3761(args: tuple[str, ...], profile_name: str | None, start: int | None
+                 ) -> None:
+    from .decode_3761 import Decode3761Error, decode_3761
+
+    if profile_name is not None or start is not None:
+        click.echo("amic decode: --profile and --start are for --protocol modbus-rtu",
+                   err=True)
+        sys.exit(2)
+    try:
+        objects = decode_3761(hex_input(args))
+    except (InputError, Decode3761Error) as e:
+        click.echo(f"amic decode: {e}", err=True)
+        sys.exit(2)
+    for obj in objects:
+        click.echo(json.dumps(obj, ensure_ascii=False))
+
+
 # What each --protocol decodes with: (hex arguments, --profile, --start).
 Decoder = Callable[[tuple[str, ...], str | None, int | None], None]
-DECODERS: dict[str, Decoder] = {"dlt645": _decode_dlt645, "modbus-rtu": _decode_modbus}
+DECODERS: dict[str, Decoder] = {"dlt645": _decode_dlt645, "modbus-rtu": _decode_modbus,
+                                "3761": _decode_3761}
 
 
 @click.command()
@@ -243,6 +261,9 @@ def decode(protocol: str, profile_name: str | None, start: int | None,
     read request just before it, else from --start; --profile names and scales the
     registers.  Frames before a problem are printed; a frame with a bad CRC is printed
     with crc_ok false, then exit status 2.
+
+    With --protocol 3761: Q/GDW 1376.1 frames (dir, prm, afn, seq, a1, a2, and units as
+    pn, fn, name, values and the meter readings with their units).
     """
     args = hex_bytes or (sys.stdin.read(),)
     DECODERS[protocol](args, profile_name, start)
