@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -24,7 +25,7 @@ K3 = "684A004A0068C949244558000270000004001741170367193B16"
 K5 = "68 32 00 32 00 68 7B 01 58 11 28 02 0C 60 02 01 01 10 8F 16"
 
 
-def _run(*args: str) -> tuple[int, list[dict[str, object]], str]:
+def _run(*args: str) -> tuple[int, list[dict[str, Any]], str]:
     result = CliRunner().invoke(main, ["decode", "--protocol", "3761", *args])
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.strip()]
     return result.exit_code, lines, result.stderr
@@ -51,7 +52,7 @@ def test_f25_values_with_units() -> None:
                             encode_units(0x0C, Direction.UP, [DataUnit(3, 25, value)])))
     code, out, _ = _run(raw.hex())
     assert code == 0
-    [unit] = out[0]["units"]  # type: ignore[misc]
+    [unit] = out[0]["units"]
     assert unit["pn"] == 3 and unit["fn"] == 25 and unit["name"] == "present_values"
     assert unit["values"]["read_time"] == "2024-05-06T10:15:00"
     assert unit["readings"]["voltage_a"] == {"value": 230.5, "unit": "V"}
@@ -62,7 +63,7 @@ def test_f25_values_with_units() -> None:
 
 def test_frames_back_to_back_with_preamble() -> None:
     code, out, _ = _run("fefe" + K1.replace(" ", "") + K3)
-    assert code == 0 and [o["units"][0]["fn"] for o in out] == [1, 3]  # type: ignore[index]
+    assert code == 0 and [o["units"][0]["fn"] for o in out] == [1, 3]
 
 
 def test_unknown_fn_is_shown_raw() -> None:
