@@ -107,13 +107,12 @@ def decode_a1(raw: bytes | bytearray) -> dt.datetime | None:
     """A.1, 6 bytes ``ss mm hh DD (wk<<5 | MM) YY``; the weekday is not kept."""
     if is_absent(raw):
         return None
-    fields = [_digits(raw[i : i + 1]) for i in (0, 1, 2, 3, 5)]
-    month = _digits(bytes((raw[4] & 0x1F,)))
-    ss, mi, hh, dd, yy = fields
-    if None in fields or month is None:
+    parts = _each(bytes((raw[0], raw[1], raw[2], raw[3], raw[4] & 0x1F, raw[5])))
+    if parts is None:
         return None
+    ss, mi, hh, dd, mo, yy = parts
     try:
-        return dt.datetime(2000 + yy, month, dd, hh, mi, ss)  # type: ignore[operator, arg-type]
+        return dt.datetime(2000 + yy, mo, dd, hh, mi, ss)
     except ValueError:
         return None
 
