@@ -12,8 +12,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from . import _formats as f
 from ._errors import PayloadError, UnknownFn
+from ._formats import (
+    A5,
+    A7,
+    A9,
+    A11,
+    A13,
+    A14,
+    A25,
+    NumberFormat,
+    decode_a1,
+    decode_a15,
+    decode_a20,
+    decode_a21,
+    decode_ascii,
+    decode_bin,
+    encode_a1,
+    encode_a12,
+    encode_a15,
+    encode_a20,
+    encode_a21,
+    encode_ascii,
+    encode_bin,
+)
 from ._frame import FIXED_SIZE, HEADER_SIZE, Direction, Frame
 from ._units import decode_dt, decode_id, encode_da, encode_dt, encode_id
 from ._values import (
@@ -121,17 +143,17 @@ def _build_none(value: Any) -> bytes:
     return b""
 
 
-def _num(r: Reader, fmt: f.NumberFormat) -> Decimal | None:
+def _num(r: Reader, fmt: NumberFormat) -> Decimal | None:
     return fmt.decode(r.take(fmt.size, fmt.name))
 
 
-def _tariffs(r: Reader, fmt: f.NumberFormat, m: int) -> Tariffs:
+def _tariffs(r: Reader, fmt: NumberFormat, m: int) -> Tariffs:
     raw = r.take(fmt.size * (m + 1), f"{m + 1} x {fmt.name}")
     s = fmt.size
     return tuple(fmt.decode(raw[i : i + s]) for i in range(0, len(raw), s))
 
 
-def _build_tariffs(fmt: f.NumberFormat, values: Tariffs, m: int) -> bytes:
+def _build_tariffs(fmt: NumberFormat, values: Tariffs, m: int) -> bytes:
     if len(values) != m + 1:
         raise ValueError(f"{len(values)} values where M={m} needs {m + 1}")
     return b"".join(fmt.encode(v) for v in values)
@@ -152,19 +174,19 @@ def _check_m(values: Tariffs) -> int:
 
 
 def _a1(r: Reader) -> dt.datetime | None:
-    return f.decode_a1(r.take(6, "clock (A.1)"))
+    return decode_a1(r.take(6, "clock (A.1)"))
 
 
 def _a15(r: Reader) -> dt.datetime | None:
-    return f.decode_a15(r.take(5, "time (A.15)"))
+    return decode_a15(r.take(5, "time (A.15)"))
 
 
 def _a20(r: Reader) -> dt.date | None:
-    return f.decode_a20(r.take(3, "day (A.20)"))
+    return decode_a20(r.take(3, "day (A.20)"))
 
 
 def _a21(r: Reader) -> dt.date | None:
-    return f.decode_a21(r.take(2, "month (A.21)"))
+    return decode_a21(r.take(2, "month (A.21)"))
 
 
 def _u16(r: Reader, what: str) -> int:
@@ -220,7 +242,7 @@ def _parse_heartbeat(r: Reader) -> Heartbeat | None:
 
 
 def _build_heartbeat(v: Heartbeat | None) -> bytes:
-    return b"" if v is None else f.encode_a1(v.clock)
+    return b"" if v is None else encode_a1(v.clock)
 
 
 _register(0x02, 1, None, "login", _parse_rest, _build_rest, greedy=True)
@@ -272,9 +294,9 @@ def _build_entry(e: MeterEntry) -> bytes:
         raise ValueError(f"entry {e.serial}: a field is outside its range")
     return (_p16(e.serial) + _p16(e.pn)
             + bytes((BAUD_CODES.index(e.baud) << 5 | e.port, e.protocol))
-            + f.encode_a12(e.address) + e.password
+            + encode_a12(e.address) + e.password
             + bytes((e.tariffs, (e.integer_digits - 4) << 2 | (e.decimal_digits - 1)))
-            + f.encode_a12(e.collector) + bytes((e.major_class << 4 | e.minor_class,)))
+            + encode_a12(e.collector) + bytes((e.major_class << 4 | e.minor_class,)))
 
 
 def _parse_archive(r: Reader) -> MeterArchive:
@@ -310,14 +332,14 @@ _register(0x0A, 10, Direction.UP, "meter_archive", _parse_archive, _build_archiv
 # ---- AFN05 F31 time set, AFN09 F1 version ----------------------------------------------
 
 def _build_clock(v: dt.datetime | None) -> bytes:
-    return f.encode_a1(v)
+    return encode_a1(v)
 
 
 _register(0x05, 31, Direction.DOWN, "time_set", _a1, _build_clock)
 
 
 def _parse_version(r: Reader) -> TerminalVersion:
-    asc = f.decode_ascii
+    asc = decode_ascii
     with_protocol = r.left != 37  # 2009 layout: no protocol version
     vendor = asc(r.take(4, "vendor code"))
     device = asc(r.take(8, "device number"))
@@ -330,11 +352,11 @@ def _parse_version(r: Reader) -> TerminalVersion:
 
 
 def _build_version(v: TerminalVersion) -> bytes:
-    a = f.encode_ascii
+    a = encode_ascii
     return (a(v.vendor, 4) + a(v.device_number, 8) + a(v.software_version, 4)
-            + f.encode_a20(v.software_date) + a(v.capacity_code, 11)
+            + encode_a20(v.software_date) + a(v.capacity_code, 11)
             + (b"" if v.protocol_version is None else a(v.protocol_version, 4))
-            + a(v.hardware_version, 4) + f.encode_a20(v.hardware_date))
+            + a(v.hardware_version, 4) + encode_a20(v.hardware_date))
 
 
 _register(0x09, 1, Direction.DOWN, "terminal_version", _none, _build_none)
@@ -345,7 +367,7 @@ _register(0x09, 1, Direction.UP, "terminal_version", _parse_version, _build_vers
 
 # ---- AFN0C class 1 ---------------------------------------------------------------------
 
-_F25 = ((f.A9, 4), (f.A9, 4), (f.A5, 4), (f.A7, 3), (f.A25, 4), (f.A9, 4))
+_F25 = ((A9, 4), (A9, 4), (A5, 4), (A7, 3), (A25, 4), (A9, 4))
 _HUNDRED = Decimal(100)
 
 
@@ -356,17 +378,17 @@ def _parse_f25(r: Reader) -> PresentValues:
         for _ in range(n):
             v = _num(r, fmt)
             # A.5 carries %; the quantity power_factor_* is a fraction
-            vals.append(v / _HUNDRED if v is not None and fmt is f.A5 else v)
+            vals.append(v / _HUNDRED if v is not None and fmt is A5 else v)
     return PresentValues(t, *vals)
 
 
 def _build_f25(v: PresentValues) -> bytes:
-    out = bytearray(f.encode_a15(v.read_time))
+    out = bytearray(encode_a15(v.read_time))
     names = iter(list(v.readings()))
     for fmt, n in _F25:
         for _ in range(n):
             x = getattr(v, next(names))
-            out += fmt.encode(x * _HUNDRED if x is not None and fmt is f.A5 else x)
+            out += fmt.encode(x * _HUNDRED if x is not None and fmt is A5 else x)
     return bytes(out)
 
 
@@ -374,26 +396,26 @@ def _energy_parser(reverse: bool) -> Parse:
     def parse(r: Reader) -> EnergyReadings:
         t = _a15(r)
         m = _m(r)
-        return EnergyReadings(t, _tariffs(r, f.A14, m), _tariffs(r, f.A11, m),
-                              _tariffs(r, f.A11, m), _tariffs(r, f.A11, m), reverse)
+        return EnergyReadings(t, _tariffs(r, A14, m), _tariffs(r, A11, m),
+                              _tariffs(r, A11, m), _tariffs(r, A11, m), reverse)
     return parse
 
 
 def _build_energy(v: EnergyReadings) -> bytes:
     m = _check_m(v.active)
-    return (f.encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(f.A14, v.active, m)
-            + b"".join(_build_tariffs(f.A11, x, m)
+    return (encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(A14, v.active, m)
+            + b"".join(_build_tariffs(A11, x, m)
                        for x in (v.reactive, v.quadrant_1st, v.quadrant_2nd)))
 
 
 def _parse_f129(r: Reader) -> ActiveEnergy:
     t = _a15(r)
-    return ActiveEnergy(t, _tariffs(r, f.A14, _m(r)))
+    return ActiveEnergy(t, _tariffs(r, A14, _m(r)))
 
 
 def _build_f129(v: ActiveEnergy) -> bytes:
     m = _check_m(v.values)
-    return f.encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(f.A14, v.values, m)
+    return encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(A14, v.values, m)
 
 
 for _fn, _name in ((2, "terminal_clock"), (25, "present_values"),
@@ -410,11 +432,11 @@ _register(0x0C, 129, Direction.UP, "forward_active_energy", _parse_f129, _build_
 # ---- AFN0D class 2 ---------------------------------------------------------------------
 
 def _build_day(v: dt.date | None) -> bytes:
-    return f.encode_a20(v)
+    return encode_a20(v)
 
 
 def _build_month(v: dt.date | None) -> bytes:
-    return f.encode_a21(v)
+    return encode_a21(v)
 
 
 def _parse_curve_tag(r: Reader) -> CurveTag:
@@ -423,7 +445,7 @@ def _parse_curve_tag(r: Reader) -> CurveTag:
 
 
 def _build_curve_tag(v: CurveTag) -> bytes:
-    return f.encode_a15(v.start) + bytes((v.density, v.points))
+    return encode_a15(v.start) + bytes((v.density, v.points))
 
 
 def _frozen_parser(monthly: bool) -> Parse:
@@ -431,51 +453,51 @@ def _frozen_parser(monthly: bool) -> Parse:
         tag = _a21(r) if monthly else _a20(r)
         t = _a15(r)
         m = _m(r)
-        return FrozenEnergy(tag, t, _tariffs(r, f.A14, m), _tariffs(r, f.A11, m),
-                            _tariffs(r, f.A11, m), _tariffs(r, f.A11, m), monthly)
+        return FrozenEnergy(tag, t, _tariffs(r, A14, m), _tariffs(r, A11, m),
+                            _tariffs(r, A11, m), _tariffs(r, A11, m), monthly)
     return parse
 
 
 def _build_frozen(v: FrozenEnergy) -> bytes:
     m = _check_m(v.active)
-    tag = f.encode_a21(v.tag) if v.monthly else f.encode_a20(v.tag)
-    return (tag + f.encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(f.A14, v.active, m)
-            + b"".join(_build_tariffs(f.A11, x, m)
+    tag = encode_a21(v.tag) if v.monthly else encode_a20(v.tag)
+    return (tag + encode_a15(v.read_time) + bytes((m,)) + _build_tariffs(A14, v.active, m)
+            + b"".join(_build_tariffs(A11, x, m)
                        for x in (v.reactive, v.quadrant_1, v.quadrant_4)))
 
 
 def _parse_f161(r: Reader) -> FrozenActiveEnergy:
     tag = _a20(r)
     t = _a15(r)
-    return FrozenActiveEnergy(tag, t, _tariffs(r, f.A14, _m(r)))
+    return FrozenActiveEnergy(tag, t, _tariffs(r, A14, _m(r)))
 
 
 def _build_f161(v: FrozenActiveEnergy) -> bytes:
     m = _check_m(v.values)
-    return (f.encode_a20(v.tag) + f.encode_a15(v.read_time) + bytes((m,))
-            + _build_tariffs(f.A14, v.values, m))
+    return (encode_a20(v.tag) + encode_a15(v.read_time) + bytes((m,))
+            + _build_tariffs(A14, v.values, m))
 
 
 def _parse_f49(r: Reader) -> DailySupply:
     tag = _a20(r)
-    return DailySupply(tag, f.decode_bin(r.take(2, "supply minutes")),
-                       f.decode_bin(r.take(2, "reset count")))
+    return DailySupply(tag, decode_bin(r.take(2, "supply minutes")),
+                       decode_bin(r.take(2, "reset count")))
 
 
 def _build_f49(v: DailySupply) -> bytes:
-    return f.encode_a20(v.tag) + f.encode_bin(v.supply_minutes, 2) + f.encode_bin(v.resets, 2)
+    return encode_a20(v.tag) + encode_bin(v.supply_minutes, 2) + encode_bin(v.resets, 2)
 
 
 def _parse_curve(r: Reader) -> Curve:
     tag = _parse_curve_tag(r)
     raw = r.take(4 * tag.points, f"{tag.points} curve points (A.13)")
-    return Curve(tag, tuple(f.A13.decode(raw[i : i + 4]) for i in range(0, len(raw), 4)))
+    return Curve(tag, tuple(A13.decode(raw[i : i + 4]) for i in range(0, len(raw), 4)))
 
 
 def _build_curve(v: Curve) -> bytes:
     if len(v.values) != v.tag.points:
         raise ValueError(f"{len(v.values)} values for a tag of {v.tag.points} points")
-    return _build_curve_tag(v.tag) + b"".join(f.A13.encode(x) for x in v.values)
+    return _build_curve_tag(v.tag) + b"".join(A13.encode(x) for x in v.values)
 
 
 _register(0x0D, 1, Direction.DOWN, "daily_forward_energy", _a20, _build_day)
@@ -505,30 +527,30 @@ def _build_event_query(v: EventQuery) -> bytes:
 
 def _parse_erc(erc: int, raw: bytes) -> Erc1 | Erc3 | Erc14 | bytes:
     if erc == 1 and len(raw) == 14:
-        return Erc1(f.decode_a15(raw[:5]), raw[5], f.decode_ascii(raw[6:10]),
-                    f.decode_ascii(raw[10:14]))
+        return Erc1(decode_a15(raw[:5]), raw[5], decode_ascii(raw[6:10]),
+                    decode_ascii(raw[10:14]))
     if erc == 3 and len(raw) >= 6 and (len(raw) - 6) % 4 == 0:
         try:
             idents = tuple((tuple(p), tuple(q))
                            for p, q in (decode_id(raw, i) for i in range(6, len(raw), 4)))
         except PayloadError:
             return bytes(raw)
-        return Erc3(f.decode_a15(raw[:5]), raw[5], idents)
+        return Erc3(decode_a15(raw[:5]), raw[5], idents)
     if erc == 14 and len(raw) >= 10:
-        return Erc14(f.decode_a15(raw[:5]), f.decode_a15(raw[5:10]), bytes(raw[10:]))
+        return Erc14(decode_a15(raw[:5]), decode_a15(raw[5:10]), bytes(raw[10:]))
     return bytes(raw)
 
 
 def _build_erc(rec: EventRecord) -> bytes:
     c = rec.content
     if isinstance(c, Erc1):
-        body = (f.encode_a15(c.time) + bytes((c.flags,)) + f.encode_ascii(c.old_version, 4)
-                + f.encode_ascii(c.new_version, 4))
+        body = (encode_a15(c.time) + bytes((c.flags,)) + encode_ascii(c.old_version, 4)
+                + encode_ascii(c.new_version, 4))
     elif isinstance(c, Erc3):
-        body = f.encode_a15(c.time) + bytes((c.master,)) + b"".join(
+        body = encode_a15(c.time) + bytes((c.master,)) + b"".join(
             encode_da(p) + encode_dt(q) for p, q in c.idents)
     elif isinstance(c, Erc14):
-        body = f.encode_a15(c.off) + f.encode_a15(c.on) + c.extra
+        body = encode_a15(c.off) + encode_a15(c.on) + c.extra
     else:
         body = c
     if len(body) > 255:
