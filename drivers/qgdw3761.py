@@ -367,6 +367,8 @@ class MasterStation:
         self._sessions: dict[TerminalId, TerminalSession] = {}
         self._waiters: dict[TerminalId, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = False
         self._counters: dict[str, int] = dict.fromkeys((
             "connections", "logins", "logouts", "heartbeats", "reports", "refused_unknown",
             "refused_no_login", "bad_frames", "garbage_bytes", "replaced", "timeouts",
@@ -383,18 +385,24 @@ class MasterStation:
         return self._port
 
     async def start(self) -> None:
+        self._closing = False
         self._server = await asyncio.start_server(self._accept, self.host, self._port,
                                                   ssl=self.ssl)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        self._closing = True
         for s in list(self._sessions.values()):
             s._close("master station closed")
-        for t in list(self._tasks):
-            t.cancel()
+        for w in list(self._writers):
+            w.close()  # the connection loops see EOF and end by themselves
         if self._tasks:
-            await asyncio.wait(list(self._tasks))
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=1.0)
+            for t in stuck:
+                t.cancel()
+            if stuck:
+                await asyncio.wait(stuck)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -453,11 +461,17 @@ class MasterStation:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # asyncio.start_server logs a cancelled handler as an error; closing is normal
+            if not self._closing:
+                raise
         finally:
             if task is not None:
                 self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
