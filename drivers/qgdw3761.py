@@ -39,6 +39,8 @@ from protocols.qgdw3761 import (
     ForwardRequest,
     Frame,
     FrameExtractor,
+    ItemResult,
+    ItemResults,
     MeterArchive,
     MeterEntry,
     PayloadError,
@@ -102,12 +104,15 @@ class TerminalEvent:
 
 
 class Denied(DriverError):
-    """The terminal answered AFN00 F2 (deny all) to a request of ``afn``."""
+    """The terminal answered AFN00 F2 (deny all) to a request of ``afn``, or F3 with an
+    error on some item; ``items`` are then the (pns, fns, error) it refused."""
 
-    def __init__(self, message: str, *, terminal: TerminalId, afn: int) -> None:
+    def __init__(self, message: str, *, terminal: TerminalId, afn: int,
+                 items: tuple[ItemResult, ...] = ()) -> None:
         super().__init__(message)
         self.terminal = terminal
         self.afn = afn
+        self.items = items
 
 
 class _Pending:
@@ -212,11 +217,16 @@ class TerminalSession:
                 m._count("wrong_seq")
                 return
             units = self._decode(frame)
-            if any(isinstance(u, DataUnit) and u.fn == 2 for u in units):
+            refused = tuple(i for u in units if isinstance(u, DataUnit)
+                            and isinstance(u.value, ItemResults) for i in u.value.items
+                            if i.error)
+            if refused or any(isinstance(u, DataUnit) and u.fn == 2 for u in units):
                 m._count("denied")
+                listed = ", ".join(f"p{i.pns} F{i.fns} ERR {i.error}" for i in refused)
+                why = f"items refused: {listed}" if refused else "AFN00 F2"
                 p.future.set_exception(Denied(
-                    f"{self.terminal}: AFN {p.afn:02X} denied (AFN00 F2)",
-                    terminal=self.terminal, afn=p.afn))
+                    f"{self.terminal}: AFN {p.afn:02X} denied ({why})",
+                    terminal=self.terminal, afn=p.afn, items=refused))
             else:
                 p.future.set_result(units)
             return

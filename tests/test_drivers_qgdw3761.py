@@ -38,6 +38,7 @@ from protocols.qgdw3761 import (
     ForwardRequest,
     Frame,
     FrameExtractor,
+    ItemResult,
     ItemResults,
     build_frame,
     control_byte,
@@ -349,6 +350,22 @@ async def test_deny_raises_denied() -> None:
         with pytest.raises(Denied) as e:
             await session_of(master).set_time(CLOCK)
         assert e.value.afn == 0x05 and master.counters()["denied"] == 1
+
+
+async def test_per_item_error_in_f3_raises_denied_and_f3_without_errors_confirms() -> None:
+    errors = [0, 2]
+
+    def handler(t: Terminal, f: Frame) -> list[bytes]:
+        items = tuple(ItemResult((pns[0],), (fns[0],), errors.pop(0))
+                      for pns, fns in idents(f)[:1])
+        return [up(0x00, [DataUnit(0, 3, ItemResults(f.afn, items))], pseq=f.pseq)]
+
+    async with online(handler) as (master, _, _e):
+        s = session_of(master)
+        await s.set_time(CLOCK)  # ERR 0: confirmed
+        with pytest.raises(Denied) as e:
+            await s.set_time(CLOCK)
+        assert [(i.fns, i.error) for i in e.value.items] == [((31,), 2)]
 
 
 async def test_heartbeat_and_event_report_while_a_request_is_outstanding() -> None:
