@@ -28,18 +28,24 @@ from drivers.qgdw3761 import (
 )
 from protocols.qgdw3761 import (
     ActiveEnergy,
+    ArchiveQuery,
     ConfirmStyle,
     DataUnit,
     Direction,
     Erc14,
+    EventQuery,
     EventRecord,
     EventRecords,
     ForwardReply,
     ForwardRequest,
     Frame,
     FrameExtractor,
+    FrozenActiveEnergy,
     ItemResult,
     ItemResults,
+    MeterArchive,
+    MeterEntry,
+    TerminalVersion,
     build_frame,
     control_byte,
     decode_units,
@@ -403,6 +409,44 @@ async def test_request_on_a_replaced_connection_fails_with_link_down() -> None:
         with pytest.raises(LinkDown):
             await task
         t2.close()
+
+
+async def test_helpers_send_the_right_units_and_return_typed_values() -> None:
+    version = TerminalVersion("ABCD", "12345678", "V1.0", dt.date(2023, 1, 2), "CAP00000001",
+                              "1376", "H1.0", dt.date(2022, 3, 4))
+    entry = MeterEntry(serial=1, pn=1, port=2, address="000000000001")
+    archive: list[MeterEntry] = []
+    frozen = FrozenActiveEnergy(dt.date(2024, 5, 5), MINUTE,
+                                tuple(Decimal(v) for v in ("10.5", "1", "2", "3", "4.5")))
+    records = EventRecords(0, 0, 0, 1, (EventRecord(14, Erc14(MINUTE, MINUTE)),))
+    requests: list[tuple[int, object]] = []
+
+    def handler(t: Terminal, f: Frame) -> list[bytes]:
+        (unit,) = decode_units(f)
+        assert isinstance(unit, DataUnit)
+        requests.append((f.afn, unit.value))
+        answers = {
+            0x09: lambda: DataUnit(0, 1, version),
+            0x0A: lambda: DataUnit(0, 10, MeterArchive(tuple(archive))),
+            0x0D: lambda: DataUnit(unit.pn, unit.fn, frozen),
+            0x0E: lambda: DataUnit(0, 1, records),
+        }
+        if f.afn == 0x04:
+            archive.extend(unit.value.entries)
+            return [up(0x00, [DataUnit(0, 1)], pseq=f.pseq)]
+        return [up(f.afn, [answers[f.afn]()], pseq=f.pseq)]
+
+    async with online(handler) as (master, _, _e):
+        s = session_of(master)
+        assert await s.version() == version
+        await s.download_archive([entry])
+        assert await s.query_archive([1]) == [entry]
+        got = units_by_fn(await s.read_class2(1, 161, dt.date(2024, 5, 5)))
+        assert got == {(1, 161): frozen}
+        assert units_by_fn(await s.read_events(0, 1)) == {(0, 1): records}
+    assert requests[2] == (0x0A, ArchiveQuery((1,)))
+    assert requests[3] == (0x0D, dt.date(2024, 5, 5))
+    assert requests[4] == (0x0E, EventQuery(0, 1))
 
 
 # ---- TLS --------------------------------------------------------------------------------
