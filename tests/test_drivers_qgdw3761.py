@@ -15,6 +15,7 @@ import pytest
 
 import protocols.dlt645 as d645
 from drivers.device import Credentials, Line, MeterRef
+from drivers.dlt645 import Dlt645Session
 from drivers.errors import LinkDown, NoReply
 from drivers.meters import open_meter
 from drivers.qgdw3761 import (
@@ -502,3 +503,20 @@ async def test_forward_bus_reads_and_trips_a_dlt645_meter() -> None:
         assert state.relay_open is True and state.status_word_3 is not None
         assert meter.model.relay_open
         assert {(r.port, r.baud) for r in forwarded} == {(2, 2400)}
+
+
+async def test_forward_bus_silent_meter_is_no_reply_and_offline_terminal_link_down() -> None:
+    def handler(t: Terminal, f: Frame) -> list[bytes]:
+        return [up(0x10, [DataUnit(0, 1, ForwardReply(1, b""))], pseq=f.pseq)]
+
+    async with online(handler) as (master, _, _e):
+        async with ForwardBus(master, TID, 1, td=0.3, tb=0.1) as bus:
+            with pytest.raises(NoReply):
+                await d645_session(bus).read("000000000001", "voltage_a")
+        assert await session_of(master).forward(1, 2400, b"\x68") == b""
+        with pytest.raises(LinkDown):
+            await ForwardBus(master, TerminalId("4403", 9), 1, connect_timeout=0.2).open()
+
+
+def d645_session(bus: ForwardBus) -> Dlt645Session:
+    return Dlt645Session(bus, retries=0)
