@@ -141,6 +141,9 @@ class ConcentratorStats:
     drops: int = 0  # links closed by a drop fault or drop()
 
 
+_Handler = Callable[["ConcentratorSimulator", list[DataUnit], Frame], Any]
+
+
 class _Deny(Exception):
     """The request cannot be answered: AFN00 F2."""
 
@@ -675,7 +678,7 @@ class ConcentratorSimulator:
         reply = meter.handle(request)
         return b"" if reply is None else dlt645.build_frame(reply)
 
-    _handlers: ClassVar[dict[int, Callable[[ConcentratorSimulator, list[DataUnit], Frame], Any]]] = {
+    _handlers: ClassVar[dict[int, _Handler]] = {
         AFN.CLASS1: _class1, AFN.CLASS2: _class2, AFN.CLASS3: _class3,
         AFN.SET_PARAMETERS: _set, AFN.QUERY_PARAMETERS: _query, AFN.CONTROL: _control_cmd,
         AFN.CONFIGURATION: _version, AFN.FORWARD: _forward,
