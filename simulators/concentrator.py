@@ -370,8 +370,11 @@ class ConcentratorSimulator:
             writer.write(self._link_frame(1))
             self.stats.logins += 1
             await writer.drain()
+            # asyncio.timeout, not wait_for: wait_for of 3.11 can swallow a cancel that
+            # comes with the confirm, and the link would outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.logged_in.wait(), self.login_timeout)
+                async with asyncio.timeout(self.login_timeout):
+                    await self.logged_in.wait()
         start = loop.time()
         f = self.faults
         next_beat = start + self.heartbeat
