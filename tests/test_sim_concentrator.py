@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -98,7 +99,7 @@ class Session:
         assert len(frames) == 1
         f = frames[0]
         assert f.afn == afn and f.pseq == pseq and f.direction is Direction.UP
-        return [u.value for u in decode_units(f)]
+        return [u.value for u in units_of(f)]
 
     async def link_frames(self, n: int, timeout: float = 3.0) -> list[tuple[float, Frame]]:
         async def wait() -> None:
@@ -146,6 +147,12 @@ async def running(faults: Faults | None = None, *, style: ConfirmStyle = Confirm
         server.close()
 
 
+def units_of(frame: Frame) -> list[DataUnit]:
+    out = decode_units(frame)
+    assert all(isinstance(u, DataUnit) for u in out)
+    return [u for u in out if isinstance(u, DataUnit)]
+
+
 def energy(sim: ConcentratorSimulator, pn: int, name: str, **kw: int) -> Decimal:
     meter = sim.meter(pn)
     assert meter is not None
@@ -168,7 +175,7 @@ async def test_login_is_confirmed_by_f1_or_f3(style: ConfirmStyle) -> None:
         login = s.link[0][1]
         assert (login.control, login.afn, login.a1, login.a2) == (0xC9, 0x02, A1, 7)
         assert login.con and login.fir and login.fin
-        assert [(u.pn, u.fn) for u in decode_units(login)] == [(0, 1)]
+        assert [(u.pn, u.fn) for u in units_of(login)] == [(0, 1)]
         assert sim.stats.login_confirms == {style.name: 1}
         assert sim.stats.logins == 1
 
@@ -177,7 +184,7 @@ async def test_login_is_repeated_until_confirmed() -> None:
     async with running(answer_link=False, login_timeout=0.2) as (master, sim):
         s = await master.session()
         frames = await s.link_frames(3)
-        assert [decode_units(f)[0].fn for _, f in frames] == [1, 1, 1]
+        assert [units_of(f)[0].fn for _, f in frames] == [1, 1, 1]
         assert [f.pseq for _, f in frames] == [0, 1, 2]
         assert not sim.logged_in.is_set()
 
@@ -188,10 +195,10 @@ async def test_heartbeats_come_every_period(style: str) -> None:
         s = await master.session()
         frames = await s.link_frames(4)
         beats = frames[1:]
-        assert all(decode_units(f)[0].fn == 3 and f.control == 0xC9 for _, f in beats)
-        gaps = [b[0] - a[0] for a, b in zip(beats, beats[1:], strict=False)]
+        assert all(units_of(f)[0].fn == 3 and f.control == 0xC9 for _, f in beats)
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(beats)]
         assert all(0.15 < g < 0.35 for g in gaps), gaps
-        value = decode_units(beats[0][1])[0].value
+        value = units_of(beats[0][1])[0].value
         if style == "2013":
             assert value.clock == START
         else:
@@ -209,7 +216,7 @@ async def test_class1_values_are_the_meters() -> None:
                                           DataUnit(2, 34), DataUnit(2, 129)], pseq=5)
         f = frames[0]
         assert (f.control, f.pseq, f.a1, f.a2) == (0x88, 5, A1, 7)
-        clock, f25, f33, f34, f129 = (u.value for u in decode_units(f))
+        clock, f25, f33, f34, f129 = (u.value for u in units_of(f))
         assert clock == START
         assert isinstance(f25, PresentValues)
         assert f25.read_time == START.replace(second=0)
@@ -233,12 +240,12 @@ async def test_a_point_without_meter_is_absent_and_an_unknown_fn_denied() -> Non
         (f129,) = await s.values(AFN.CLASS1, [DataUnit(9, 129)])
         assert f129.values == (None,) * 5
         (deny,) = await s.ask(AFN.CLASS1, [DataUnit(1, 2)], pseq=2)
-        assert deny.afn == AFN.CONFIRM and decode_units(deny)[0].fn == 2 and deny.pseq == 2
+        assert deny.afn == AFN.CONFIRM and units_of(deny)[0].fn == 2 and deny.pseq == 2
         # AFN 0B F1 (task data), which the terminal does not implement
         s.writer.write(build_frame(Frame(0x4B, A1, 7, 2, AFN.TASK_DATA, 0x63,
                                          bytes.fromhex("00000100"))))
         deny = await asyncio.wait_for(s.replies.get(), 3)
-        assert deny.afn == AFN.CONFIRM and decode_units(deny)[0].fn == 2 and deny.pseq == 3
+        assert deny.afn == AFN.CONFIRM and units_of(deny)[0].fn == 2 and deny.pseq == 3
         assert sim.stats.denies == 2
 
 
@@ -278,7 +285,7 @@ async def test_events_set_acd_until_read() -> None:
         (f,) = await s.ask(AFN.CLASS1, [DataUnit(0, 2)], pseq=2)
         assert f.control == 0xA8 and f.ec == (1, 0)
         (f,) = await s.ask(AFN.CLASS3, [DataUnit(0, 1, EventQuery(0, 1))], pseq=3)
-        records = decode_units(f)[0].value
+        records = units_of(f)[0].value
         assert isinstance(records, EventRecords)
         assert (records.ec1, records.start, records.end) == (1, 0, 1)
         assert records.records[0].erc == 14
@@ -296,7 +303,7 @@ async def test_archive_download_is_stored_and_read_back() -> None:
         entries = (MeterEntry(1, 1, 2, meter_address(7, 3), baud=2400),
                    MeterEntry(5, 5, 2, "000000001234", baud=9600))
         (ok,) = await s.ask(AFN.SET_PARAMETERS, [DataUnit(0, 10, MeterArchive(entries))], pseq=2)
-        assert ok.afn == AFN.CONFIRM and decode_units(ok)[0].fn == 1 and ok.pseq == 2
+        assert ok.afn == AFN.CONFIRM and units_of(ok)[0].fn == 1 and ok.pseq == 2
         (back,) = await s.values(AFN.QUERY_PARAMETERS,
                                  [DataUnit(0, 10, ArchiveQuery((1, 5, 9)))], pseq=3)
         assert back.entries == entries
@@ -307,11 +314,11 @@ async def test_archive_download_is_stored_and_read_back() -> None:
 
 
 async def test_time_set_moves_the_terminal_clock_and_version_answers() -> None:
-    async with running() as (master, sim):
+    async with running() as (master, _sim):
         s = await master.session()
         new = dt.datetime(2024, 5, 6, 11, 0, 0)
         (ok,) = await s.ask(AFN.CONTROL, [DataUnit(0, 31, new)], pseq=1)
-        assert decode_units(ok)[0].fn == 1
+        assert units_of(ok)[0].fn == 1
         (clock,) = await s.values(AFN.CLASS1, [DataUnit(0, 2)], pseq=2)
         assert clock == new
         (version,) = await s.values(AFN.CONFIGURATION, [DataUnit(0, 1)], pseq=3)
@@ -385,7 +392,7 @@ async def test_drop_after_requests_reconnects_and_pseq_keeps_counting() -> None:
         await asyncio.wait_for(first.closed.wait(), 2)
         second = await master.session()
         login = second.link[0][1]
-        assert decode_units(login)[0].fn == 1
+        assert units_of(login)[0].fn == 1
         assert login.pseq == first.link[-1][1].pseq + 1
         assert sim.stats.reconnects == 1 and sim.stats.drops == 1
         assert sim.stats.login_confirms["F1"] == 2
@@ -419,7 +426,7 @@ async def test_deny_slow_and_wrong_seq_faults() -> None:
     async with running(parse_faults("deny")) as (master, _):
         s = await master.session()
         (f,) = await s.ask(AFN.CLASS1, [DataUnit(1, 129)], pseq=3)
-        assert f.afn == AFN.CONFIRM and decode_units(f)[0].fn == 2 and f.pseq == 3
+        assert f.afn == AFN.CONFIRM and units_of(f)[0].fn == 2 and f.pseq == 3
     async with running(parse_faults("slow:0.3")) as (master, _):
         s = await master.session()
         loop = asyncio.get_running_loop()
@@ -438,7 +445,7 @@ async def test_multi_frame_reply_counts_rseq() -> None:
         frames = await s.ask(AFN.CLASS1, [DataUnit(pn, 129) for pn in (1, 2, 3)], pseq=14)
         assert [(f.fir, f.fin, f.pseq) for f in frames] == [
             (True, False, 14), (False, False, 15), (False, True, 0)]
-        values = [decode_units(f)[0] for f in frames]
+        values = [units_of(f)[0] for f in frames]
         assert [u.pn for u in values] == [1, 2, 3]
         assert values[2].value.values == tariffs(sim, 3, "energy_active_forward")
 
