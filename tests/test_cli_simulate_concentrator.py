@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import simulator_cli
 
 from collector.cli import main as cli
-from protocols.qgdw3761 import FrameExtractor, decode_units
+from protocols.qgdw3761 import DataUnit, Frame, FrameExtractor, decode_units
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -56,12 +56,13 @@ def test_count_three_dials_in_with_consecutive_a2() -> None:
             conn, _ = server.accept()
             conn.settimeout(15)
             ex = FrameExtractor()
-            frames: list = []
+            frames: list[Frame] = []
             while not frames:
                 ex.feed(conn.recv(256))
                 frames = list(ex)
             conn.close()
-            assert frames[0].afn == 2 and decode_units(frames[0])[0].fn == 1
+            unit = decode_units(frames[0])[0]
+            assert frames[0].afn == 2 and isinstance(unit, DataUnit) and unit.fn == 1
             logins.append((frames[0].a1, frames[0].a2))
     server.close()
     assert sorted(logins) == [("4401", 20), ("4401", 21), ("4401", 22)]
