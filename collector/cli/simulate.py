@@ -330,12 +330,16 @@ def concentrator(master: str, a1: str, a2: int, meters: int, count: int, heartbe
     click.echo(f"stopped: {logins} logins, {requests} requests", err=True)
 
 
+# Which DTU line protocols take their meters from a device profile.
+_NEEDS_PROFILE = {"dlt645": False, "modbus": True}
+
+
 @simulate.command("dtu")
 @click.option("--master", "master", required=True, metavar="HOST:PORT",
               help="The master station to dial in to.")
 @click.option("--id", "dtu_id", required=True, metavar="ID|hex:BYTES",
               help="Registration packet: ASCII text, or hex:... for raw bytes.")
-@click.option("--protocol", type=click.Choice(["dlt645", "modbus"]), required=True,
+@click.option("--protocol", type=click.Choice(list(_NEEDS_PROFILE)), required=True,
               help="What the meters behind the DTU speak.")
 @click.option("--meters", type=click.IntRange(1, 247), default=1, show_default=True,
               help="Meters: addresses 000000000001..N (DL/T645) or unit ids 1..N (Modbus).")
@@ -358,10 +362,9 @@ def dtu(master: str, dtu_id: str, protocol: str, meters: int, profile_name: str 
         host, port = _master(master)
         registration = parse_packet(dtu_id)
         beat = parse_packet(heartbeat_packet) if heartbeat_packet is not None else None
-        if protocol == "modbus" and profile_name is None:
-            raise ValueError("--protocol modbus needs --profile")
-        if protocol == "dlt645" and profile_name is not None:
-            raise ValueError("--profile is for --protocol modbus")
+        if _NEEDS_PROFILE[protocol] != (profile_name is not None):
+            raise ValueError(f"--protocol {protocol}: --profile is for (and needed by) "
+                             "--protocol modbus")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     sims: Any
