@@ -48,7 +48,7 @@ from .device import (
 from .dlt645_meter import PING_QUANTITY, Dlt645Kind, Dlt645Meter
 from .errors import DriverError, LinkDown, ReplyError
 from .options import DEFAULT, CallOptions
-from .qgdw3761 import ForwardBus, MasterStation, TerminalId, TerminalSession, units_by_fn
+from .qgdw3761 import Denied, ForwardBus, MasterStation, TerminalId, TerminalSession, units_by_fn
 
 DAILY_FREEZES: Final = 31  # days of AFN0D F161 a concentrator keeps (typical: 31)
 CLASS1_FNS: Final[tuple[int, ...]] = (129, 25, 33, 34)
@@ -310,8 +310,12 @@ class ConcentratorMeter(Meter):
         notes: list[str] = []
         for fn in (161, 1):
             self._requests += 1
-            units: list[DataUnit | RawUnit] = await session.read_class2(pn, fn, day,
-                                                                        opts=opts)
+            try:
+                units: list[DataUnit | RawUnit] = await session.read_class2(pn, fn, day,
+                                                                            opts=opts)
+            except Denied as e:  # a single unit denied: the terminal lacks that day
+                notes.append(f"concentrator has no F{fn} for {day}: {e}")
+                continue
             value = units_by_fn(units).get((pn, fn))
             if not isinstance(value, (FrozenActiveEnergy, FrozenEnergy)):
                 notes.append(f"concentrator has no F{fn} for {day}")
