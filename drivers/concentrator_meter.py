@@ -123,9 +123,19 @@ class _ForwardPort:
         return out
 
 
+_BEHIND: dict[Capabilities, Capabilities] = {}
+
+
 def capabilities_behind(kind: Dlt645Kind, ref: MeterRef) -> Capabilities:
     """What a meter of ``kind`` behind a concentrator offers (no I/O)."""
     inner = kind.capabilities(ref)
+    known = _BEHIND.get(inner)
+    if known is None:  # one shared value: a fleet has tens of thousands of meters
+        known = _BEHIND[inner] = _behind(inner)
+    return known
+
+
+def _behind(inner: Capabilities) -> Capabilities:
     return Capabilities(
         quantities=inner.quantities | frozenset(CLASS1),
         relay=inner.relay,
@@ -229,13 +239,18 @@ class ConcentratorMeter(Meter):
                 got.failed[q] = e
             return
         values = units_by_fn(units)
+        by_fn: dict[int, dict[str, Decimal | None] | None] = {}
+        for fn in fns:
+            value = values.get((pn, fn))
+            by_fn[fn] = (value.readings() if isinstance(
+                value, (ActiveEnergy, PresentValues, EnergyReadings)) else None)
         now = dt.datetime.now(dt.UTC)
         for q in wanted:
             fn = CLASS1[q]
-            value = values.get((pn, fn))
-            number = _number(value.readings().get(q)) if value is not None else None
+            named = by_fn[fn]
+            number = _number(named.get(q)) if named is not None else None
             if number is None:
-                why = "EE (no value)" if value is not None else f"no F{fn} in its reply"
+                why = "EE (no value)" if named is not None else f"no F{fn} in its reply"
                 got.failed[q] = Absent(f"{self.link.terminal} p{pn}: {q}: {why}",
                                        address=self.address)
                 continue
