@@ -111,8 +111,15 @@ class _ForwardPort:
         self.bus = ForwardBus(link.master, link.terminal, port, baud=baud,
                               connect_timeout=2.0, reconnect_min=0.0)
         self.line = Line(self.bus, preamble=preamble)
+        self._session: TerminalSession | None = None
 
-    async def ready(self) -> None:
+    async def ready(self, session: TerminalSession) -> None:
+        """Open the bus on ``session``; after a new login, drop the link of the old one
+        so the first forwarded request does not fail on it."""
+        if self._session is not session:
+            if self.bus.is_open:
+                await self.bus.close()
+            self._session = session
         if not self.bus.is_open:
             await self.bus.open(lazy=True)
 
@@ -206,8 +213,7 @@ class ConcentratorMeter(Meter):
             await self._read_class1(class1, opts, got, readings)
         if forwarded:
             try:
-                self.link.session()
-                await self._port.ready()
+                await self._port.ready(self.link.session())
             except DriverError as e:
                 for q in forwarded:
                     got.failed[q] = e
@@ -262,8 +268,7 @@ class ConcentratorMeter(Meter):
     # ---- relay and clock: the meter's own, through forwarding
 
     async def _forwarding(self) -> Dlt645Meter:
-        self.link.session()
-        await self._port.ready()
+        await self._port.ready(self.link.session())
         return self.inner
 
     def relay_plan(self, action: str, *, direct_close: bool = False) -> RelayPlan:

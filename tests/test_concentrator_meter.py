@@ -383,3 +383,18 @@ async def test_open_meter_without_a_terminal_or_route_is_a_direct_meter() -> Non
             capabilities(MeterRef("m1", "modbus", "1", route=Route(1)))
     with pytest.raises(ValueError, match="measuring point 0"):
         Route(0)
+
+
+async def test_after_the_terminal_logs_in_again_the_first_forwarded_read_works() -> None:
+    async with concentrator() as (master, conc):
+        meter = opened(master)
+        first = await meter.read(["status_word_3"], CallOptions(retries=0))
+        assert not first.failed
+        old = master.terminal(TID)
+        ready = asyncio.Event()
+        again = asyncio.create_task(run_terminal(master.port, conc, ready))
+        await asyncio.wait_for(ready.wait(), 2)
+        assert master.terminal(TID) is not old
+        got = await meter.read(["status_word_3", "balance_amount"], CallOptions(retries=0))
+        assert not got.failed and len(got.readings) == 2
+    await again
