@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .concentrator_meter import ConcentratorMeter, TerminalLink, capabilities_behind
 from .device import Capabilities, Line, Meter, MeterKind, MeterRef
 from .dlt645_meter import DLT645_1997, DLT645_2007, Dlt645Kind
 from .modbus_meter import MODBUS
@@ -30,8 +29,11 @@ def open_meter(line: Line, ref: MeterRef) -> Meter:
     """The meter ``ref`` on ``line``: behind the line's concentrator when ``ref`` has a
     route and the line reaches one."""
     kind = kind_of(ref.kind)
-    if ref.route is not None and isinstance(line.terminal, TerminalLink):
-        return ConcentratorMeter(line, ref, _behind(kind, ref))
+    if ref.route is not None and line.terminal is not None:
+        # imported here: a collector without concentrators never loads the 376.1 stack
+        from .concentrator_meter import ConcentratorMeter, TerminalLink
+        if isinstance(line.terminal, TerminalLink):
+            return ConcentratorMeter(line, ref, _behind(kind, ref))
     return kind.open(line, ref)
 
 
@@ -39,6 +41,7 @@ def capabilities(ref: MeterRef) -> Capabilities:
     """What the meter ``ref`` offers (no I/O); with a route, behind a concentrator."""
     kind = kind_of(ref.kind)
     if ref.route is not None:
+        from .concentrator_meter import capabilities_behind
         return capabilities_behind(_behind(kind, ref), ref)
     return kind.capabilities(ref)
 
