@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -250,3 +254,134 @@ def gateway(broker: str, meters: int, prefix: str, gateway_name: str, interval: 
     stats: GatewayStats = serve_gateway(sim, ready=ready)
     click.echo(f"stopped: {stats.reports} reports, {stats.requests} requests, "
                f"{stats.replies} replies, {stats.disconnects} disconnects", err=True)
+
+
+def _master(text: str) -> tuple[str, int]:
+    host, port = parse_listen(text)
+    if port == 0:
+        raise ValueError(f"--master {text}: the master's port cannot be 0")
+    return host, port
+
+
+def _run_until_signal(tasks: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run the coroutines until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        running = [asyncio.create_task(t()) for t in tasks]
+        await stop.wait()
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+@simulate.command("concentrator")
+@click.option("--master", "master", required=True, metavar="HOST:PORT",
+              help="The master station to dial in to.")
+@click.option("--a1", default="1234", show_default=True, metavar="XXXX",
+              help="Area code A1 (4 hex digits).")
+@click.option("--a2", type=click.IntRange(0, 65535), default=1, show_default=True,
+              help="Terminal address A2 (the first one with --count).")
+@click.option("--meters", type=click.IntRange(1, 2040), default=8, show_default=True,
+              help="Measuring points 1..N, each a DL/T645 meter behind port 2.")
+@click.option("--count", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="Concentrators in this process, A2 = a2, a2+1, ...")
+@click.option("--heartbeat", type=click.FloatRange(0.01, 86400), default=60.0,
+              show_default=True, help="Seconds between heartbeats.")
+@click.option("--heartbeat-style", type=click.Choice(["2013", "2009"]), default="2013",
+              show_default=True, help="2013: heartbeat with the clock; 2009: without data.")
+@click.option("--faults", default="", metavar="KIND[:N],...",
+              help="Faults: drop-after:S, drop-requests:N, silent[:S], deny, slow:S, "
+                   "multi-frame, wrong-seq, unknown-address.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the meters.")
+@click.option("-v", "--verbose", count=True, help="Log lines (-v, -vv).")
+def concentrator(master: str, a1: str, a2: int, meters: int, count: int, heartbeat: float,
+                 heartbeat_style: str, faults: str, seed: int, verbose: int) -> None:
+    """Q/GDW 1376.1 concentrators that dial in to a master, log in and answer it.
+
+    Prints ``dialling tcp://HOST:PORT as A1/A2 (N meters)`` and runs until SIGINT or
+    SIGTERM, dialling in again whenever the link drops.
+    """
+    from simulators.concentrator import make_concentrators
+    from simulators.concentrator import parse_faults as parse_concentrator_faults
+
+    try:
+        host, port = _master(master)
+        sims = make_concentrators(host, port, count=count, a1=a1, a2=a2, meters=meters,
+                                  seed=seed, heartbeat=heartbeat,
+                                  heartbeat_style=heartbeat_style,
+                                  faults=parse_concentrator_faults(faults))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    last = f"-{a2 + count - 1}" if count > 1 else ""
+    click.echo(f"dialling tcp://{_url_host(host)}:{port} as {sims[0].a1}/{a2}{last} "
+               f"({meters} meters each)")
+    sys.stdout.flush()
+    _run_until_signal([s.run for s in sims])
+    logins = sum(s.stats.logins for s in sims)
+    requests = sum(sum(s.stats.requests.values()) for s in sims)
+    click.echo(f"stopped: {logins} logins, {requests} requests", err=True)
+
+
+# Which DTU line protocols take their meters from a device profile.
+_NEEDS_PROFILE = {"dlt645": False, "modbus": True}
+
+
+@simulate.command("dtu")
+@click.option("--master", "master", required=True, metavar="HOST:PORT",
+              help="The master station to dial in to.")
+@click.option("--id", "dtu_id", required=True, metavar="ID|hex:BYTES",
+              help="Registration packet: ASCII text, or hex:... for raw bytes.")
+@click.option("--protocol", type=click.Choice(list(_NEEDS_PROFILE)), required=True,
+              help="What the meters behind the DTU speak.")
+@click.option("--meters", type=click.IntRange(1, 247), default=1, show_default=True,
+              help="Meters: addresses 000000000001..N (DL/T645) or unit ids 1..N (Modbus).")
+@click.option("--profile", "profile_name", metavar="NAME|FILE",
+              help="Modbus device profile (e.g. acrel-ddsy1352); required with modbus.")
+@click.option("--heartbeat", type=click.FloatRange(0.01, 86400), default=60.0,
+              show_default=True, help="Seconds between heartbeat packets.")
+@click.option("--heartbeat-packet", metavar="TEXT|hex:BYTES",
+              help="Heartbeat packet [default: the registration packet].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the meters.")
+def dtu(master: str, dtu_id: str, protocol: str, meters: int, profile_name: str | None,
+        heartbeat: float, heartbeat_packet: str | None, seed: int) -> None:
+    """A 4G DTU that dials in, registers, and passes meter frames through.
+
+    Prints ``dialling tcp://HOST:PORT as DTU ID`` and runs until SIGINT or SIGTERM.
+    """
+    from simulators.dtu import DtuSimulator, parse_packet
+
+    try:
+        host, port = _master(master)
+        registration = parse_packet(dtu_id)
+        beat = parse_packet(heartbeat_packet) if heartbeat_packet is not None else None
+        if _NEEDS_PROFILE[protocol] != (profile_name is not None):
+            raise ValueError(f"--protocol {protocol}: --profile is for (and needed by) "
+                             "--protocol modbus")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    sims: Any
+    if profile_name is not None:
+        from collector.config.profiles import load_profile
+        from simulators.modbus import make_modbus_meters
+        try:
+            profile = load_profile(profile_name)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--profile'") from None
+        sims = make_modbus_meters(profile, range(1, meters + 1), seed=seed)
+    else:
+        sims = make_meters([f"{i:012d}" for i in range(1, meters + 1)], seed=seed)
+    sim = DtuSimulator(host, port, registration=registration, meters=sims,
+                       heartbeat=heartbeat, heartbeat_packet=beat)
+    click.echo(f"dialling tcp://{_url_host(host)}:{port} as DTU {dtu_id}")
+    sys.stdout.flush()
+    _run_until_signal([sim.run])
+    click.echo(f"stopped: {sim.stats.registrations} registrations, "
+               f"{sim.stats.requests} requests", err=True)
