@@ -42,15 +42,35 @@ RELAY_ACTIONS: tuple[RelayAction, ...] = ("trip", "restore", "hold", "release", 
 # ---- what a meter is and what it can do ------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """How a concentrator reaches a meter: its measuring point number ``pn`` there, the
+    concentrator's ``port`` it hangs on and the meter's ``baud``."""
+
+    pn: int
+    port: int = 2
+    baud: int = 2400
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.pn <= 2040:
+            raise ValueError(f"measuring point {self.pn}: expected 1-2040")
+        if not 1 <= self.port <= 31:
+            raise ValueError(f"concentrator port {self.port}: expected 1-31")
+        if self.baud <= 0:
+            raise ValueError(f"baud {self.baud} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class MeterRef:
     """What the drivers need to reach one meter: the collector's ``meter_id`` (it names
     the readings), the ledger's protocol name (``kind``), its ``address`` on the bus
-    (a DL/T645 address, a Modbus unit id, as text) and its Modbus ``profile`` if any."""
+    (a DL/T645 address, a Modbus unit id, as text), its Modbus ``profile`` if any, and
+    its ``route`` when it sits behind a concentrator."""
 
     meter_id: str
     kind: str
     address: str
     profile: Profile | None = None
+    route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,14 +220,19 @@ class Line:
     """One bus as its meters share it: the bus and the protocol sessions on it.
 
     ``preamble``: FE bytes before DL/T645 requests; ``modbus``: the Modbus framing of
-    the bus (``"rtu"``, or ``"tcp"`` for MBAP).  Sessions are made on first use, one
-    per protocol (and edition), and keep their counters and what meters refused.
+    the bus (``"rtu"``, or ``"tcp"`` for MBAP); ``terminal``: the concentrator this line
+    reaches, for meters with a :class:`Route` (its kind's business, e.g.
+    :class:`drivers.concentrator_meter.TerminalLink`; None: a plain bus).  Sessions are
+    made on first use, one per protocol (and edition), and keep their counters and what
+    meters refused.
     """
 
-    def __init__(self, bus: Bus, *, preamble: int = 4, modbus: str = "rtu") -> None:
+    def __init__(self, bus: Bus, *, preamble: int = 4, modbus: str = "rtu",
+                 terminal: object | None = None) -> None:
         self.bus = bus
         self.preamble = preamble
         self.modbus = modbus
+        self.terminal = terminal
         self._sessions: dict[object, Any] = {}
         # (address, quantity) a meter refused: not asked again every cycle
         self.refused: set[tuple[str, str]] = set()
@@ -421,5 +446,6 @@ __all__ = [
     "RelayAction",
     "RelayPlan",
     "RelayState",
+    "Route",
     "Unsupported",
 ]

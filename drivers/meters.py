@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .device import Capabilities, Line, Meter, MeterKind, MeterRef
-from .dlt645_meter import DLT645_1997, DLT645_2007
+from .dlt645_meter import DLT645_1997, DLT645_2007, Dlt645Kind
 from .modbus_meter import MODBUS
 
 KINDS: dict[str, MeterKind] = {k.name: k for k in (DLT645_2007, DLT645_1997, MODBUS)}
@@ -26,13 +26,31 @@ def kind_of(name: str) -> MeterKind:
 
 
 def open_meter(line: Line, ref: MeterRef) -> Meter:
-    """The meter ``ref`` on ``line``."""
-    return kind_of(ref.kind).open(line, ref)
+    """The meter ``ref`` on ``line``: behind the line's concentrator when ``ref`` has a
+    route and the line reaches one."""
+    kind = kind_of(ref.kind)
+    if ref.route is not None and line.terminal is not None:
+        # imported here: a collector without concentrators never loads the 376.1 stack
+        from .concentrator_meter import ConcentratorMeter, TerminalLink
+        if isinstance(line.terminal, TerminalLink):
+            return ConcentratorMeter(line, ref, _behind(kind, ref))
+    return kind.open(line, ref)
 
 
 def capabilities(ref: MeterRef) -> Capabilities:
-    """What the meter ``ref`` offers (no I/O)."""
-    return kind_of(ref.kind).capabilities(ref)
+    """What the meter ``ref`` offers (no I/O); with a route, behind a concentrator."""
+    kind = kind_of(ref.kind)
+    if ref.route is not None:
+        from .concentrator_meter import capabilities_behind
+        return capabilities_behind(_behind(kind, ref), ref)
+    return kind.capabilities(ref)
+
+
+def _behind(kind: MeterKind, ref: MeterRef) -> Dlt645Kind:
+    if not isinstance(kind, Dlt645Kind):
+        raise ValueError(f"meter {ref.meter_id}: only DL/T645 meters can sit behind a "
+                         f"concentrator, not {kind.name}")
+    return kind
 
 
 def check_kinds(names: Iterable[str]) -> None:

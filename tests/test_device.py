@@ -214,3 +214,25 @@ async def test_a_dlt645_meter_behind_an_mqtt_gateway_is_the_same_device(
                                                           "energy_active_forward_total"]
             assert not got.failed and got.readings[0].meter == "m1"
             assert (await meter.relay_state()).relay_open is False
+
+
+# ---- behind a 376.1 concentrator ---------------------------------------------------------
+
+async def test_a_dlt645_meter_behind_a_concentrator_is_the_same_device() -> None:
+    from test_concentrator_meter import concentrator, opened
+
+    asked = ["voltage_a", "energy_active_forward_total", "status_word_3", "current_a"]
+    async with concentrator() as (master, conc):
+        behind = opened(master)
+        model_meter = conc.meters[1]
+        async with BusServer([model_meter], baud=9600, td=0.02) as srv, \
+                TcpBus("127.0.0.1", srv.port, td=0.3, tb=0.2) as bus:
+            direct = open_meter(Line(bus), MeterRef("m1", "dlt645-2007",
+                                                    model_meter.model.address))
+            a = await direct.read(asked)
+            b = await behind.read(asked)
+            assert (await behind.relay_state()) == (await direct.relay_state())
+        assert not a.failed and not b.failed
+        assert [(r.meter, r.quantity, r.value, r.unit, r.quality) for r in a.readings] == \
+            [(r.meter, r.quantity, r.value, r.unit, r.quality) for r in b.readings]
+        assert behind.billing_energy() == direct.billing_energy()
