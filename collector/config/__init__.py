@@ -137,7 +137,11 @@ class _Loader(TablesMixin, LedgerMixin):
         mqtt = self.mqtt(data.get("mqtt"))
         timeseries = self.timeseries(data.get("timeseries"))
         gateways = self.gateways(data.get("gateway"), mqtt is not None)
-        buses, bus_names = self.buses(data.get("bus"))
+        listeners = self.listeners(data.get("listener"))
+        buses, declared = self.buses(data.get("bus"),
+                                     required=not data.get("concentrator"))
+        concentrators = self.concentrators(data.get("concentrator"), listeners, declared)
+        bus_names = set(declared)
         for i, b in enumerate(buses):
             if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:
                 self.add(f"bus[{i}]", "gateway", "the name of a [[gateway]]", _q(b.gateway),
@@ -156,7 +160,8 @@ class _Loader(TablesMixin, LedgerMixin):
         return Settings(source=self.path.absolute(), collector=collector, buses=tuple(buses),
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
                         gateways=tuple(gateways), timeseries=timeseries,
-                        commands=commands, prepaid=prepaid, alarms=alarms, daily=daily)
+                        commands=commands, prepaid=prepaid, alarms=alarms, daily=daily,
+                        listeners=tuple(listeners), concentrators=tuple(concentrators))
 
 
 def check_ledger_text(file: str, text: str, bus_names: Iterable[str]

@@ -26,6 +26,7 @@ class LoaderBase:
         self.problems: list[Problem] = []
         self.lines = Lines("")
         self.ledger_failed = False  # no meters from it: its problems say why
+        self.concentrator_names: set[str] = set()  # buses whose meters need a pn
 
     # -- recording problems
 

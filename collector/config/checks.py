@@ -43,7 +43,20 @@ class ChecksMixin(LoaderBase):
         ids: dict[str, Row] = {}
         addresses: dict[tuple[str, str], Row] = {}
         masters: dict[str, Row] = {}
+        points: dict[tuple[str, int], Row] = {}
         for row in rows:
+            m = row.meter
+            if m is not None and m.pn is not None:
+                first = points.get((m.bus, m.pn))
+                if first is not None:
+                    self.add(row.table, "pn", f"a pn used once on concentrator {_q(m.bus)}",
+                             f"{m.pn} again (meter {_q(first.fields['id'])} at "
+                             f"{first.where})", meter=row.id,
+                             file=None if row.file == self.file else row.file,
+                             line=row.line if row.file != self.file else None)
+                    row.meter = None
+                else:
+                    points[(m.bus, m.pn)] = row
             file = None if row.file == self.file else row.file
             line = row.line if file is not None else None
             first = ids.get(row.id) if row.id else None

@@ -13,13 +13,22 @@ from .convert import Conv, unit_conv
 from .fields import conv_of, default_of, is_required, key_of
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
+from .problems import show_value
 from .safefile import FileRefused, read_regular
-from .schema import LEDGER_COLUMNS, MAX_LEDGER_BYTES, METERS_KEYS, REQUIRED_METER_KEYS
+from .schema import (
+    LEDGER_COLUMNS,
+    MAX_LEDGER_BYTES,
+    METERS_KEYS,
+    REQUIRED_METER_KEYS,
+    ROUTE_COLUMNS,
+)
 from .selectors import Row
-from .settings import MeterSettings, MetersTable, MeterTable, Protocol, Role
+from .settings import MeterRouteTable, MeterSettings, MetersTable, MeterTable, Protocol, Role
 
 _METER = {key_of(MeterTable, n): default_of(MeterTable, n) for n in MeterTable.model_fields
           if not is_required(MeterTable, n)}
+_METER.update({key_of(MeterRouteTable, n): default_of(MeterRouteTable, n)
+               for n in MeterRouteTable.model_fields})
 _UNIT = unit_conv()
 
 
@@ -62,7 +71,7 @@ class LedgerMixin(LoaderBase):
                 continue
             raw_id = data.get("meter_id")
             mid = raw_id.strip() if isinstance(raw_id, str) else None
-            self.unknown_keys(t, data, LEDGER_COLUMNS, meter=mid)
+            self.unknown_keys(t, data, LEDGER_COLUMNS + ROUTE_COLUMNS, meter=mid)
             row = Row(t, self.file, self.lines.of(t))
             values: dict[str, object] = dict(data)
             row.meter = self.meter(row, values, bus_names, csv_cells=False)
@@ -124,7 +133,7 @@ class LedgerMixin(LoaderBase):
                     continue
                 values: dict[str, object] = {
                     k: c.strip() for k, c in zip(header, cells, strict=True)
-                    if k in LEDGER_COLUMNS and c.strip()}
+                    if k in LEDGER_COLUMNS + ROUTE_COLUMNS and c.strip()}
                 row.meter = self.meter(row, values, bus_names, csv_cells=True)
         except CsvRecordError as e:
             self.add("ledger", None, "valid CSV", f"a CSV error: {e}", file=file,
@@ -141,10 +150,10 @@ class LedgerMixin(LoaderBase):
             if col in seen:
                 self.add("ledger", col, "each column once", f"{_q(col)} twice", file=file,
                          line=line)
-            elif col not in LEDGER_COLUMNS:
-                self.add("ledger", col, "one of the columns " + ", ".join(LEDGER_COLUMNS),
-                         "an unknown column", file=file, line=line,
-                         hint=_did_you_mean(col, LEDGER_COLUMNS))
+            elif col not in LEDGER_COLUMNS + ROUTE_COLUMNS:
+                self.add("ledger", col, "one of the columns " + ", ".join(
+                    LEDGER_COLUMNS + ROUTE_COLUMNS), "an unknown column", file=file, line=line,
+                    hint=_did_you_mean(col, LEDGER_COLUMNS + ROUTE_COLUMNS))
             seen.add(col)
         for col in REQUIRED_METER_KEYS:
             if col not in seen:
@@ -163,7 +172,8 @@ class LedgerMixin(LoaderBase):
         mid = raw_id.strip() if isinstance(raw_id, str) and raw_id.strip() else None
 
         def get(key: str, conv: Conv[Any] | None = None) -> Any:
-            conv = conv or conv_of(MeterTable, key, csv_cells)
+            model = MeterRouteTable if key in ROUTE_COLUMNS else MeterTable
+            conv = conv or conv_of(model, key, csv_cells)
             if key not in values:
                 if key in REQUIRED_METER_KEYS:
                     found = "an empty cell" if csv_cells else "nothing"
@@ -197,6 +207,26 @@ class LedgerMixin(LoaderBase):
         texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer")}
         prepaid = get("prepaid")
         role = get("role")
+        route_ok = True
+        pn: int | None = None
+        port, baud = _METER["port"], _METER["baud"]
+        if bus and bus in self.concentrator_names:
+            raw_baud = values.get("baud")
+            if csv_cells and isinstance(raw_baud, str) and raw_baud.isdigit():
+                values = {**values, "baud": int(raw_baud)}  # a cell is text; bauds are ints
+            pn = get("pn")
+            port, baud = get("port"), get("baud")
+            if "pn" not in values:
+                self.add(t, "pn", "a measuring point number 1-2040 (required for a meter "
+                         f"on concentrator {_q(bus)})", "an empty cell" if csv_cells
+                         else "nothing", meter=mid, file=file, line=line)
+            route_ok = pn is not None and port is not None and baud is not None
+        elif bus and bus in bus_names:
+            for key in ROUTE_COLUMNS:
+                if key in values:
+                    self.add(t, key, f"no {key}: {key} is for meters on a [[concentrator]]",
+                             show_value(values[key]), meter=mid, file=file, line=line)
+                    route_ok = False
         row.fields = {"id": mid or "", "bus": str(values.get("bus", "")).strip(),
                       "role": str(values.get("role", _METER["role"])).strip(),
                       "protocol": str(values.get("protocol", _METER["protocol"])).strip(),
@@ -219,14 +249,15 @@ class LedgerMixin(LoaderBase):
                      line=line if file is not None else self.lines.of(t, "role"))
             return None
         if ok_id is None or not address or not bus or protocol is None or prepaid is None \
-                or role is None or profile is None or any(v is None for v in texts.values()):
+                or role is None or profile is None or any(v is None for v in texts.values()) \
+                or not route_ok:
             return None
         return MeterSettings(meter_id=ok_id, address=address, bus=bus, profile=profile,
                              protocol=cast(Protocol, protocol),
                              station=texts["station"] or "", feeder=texts["feeder"] or "",
                              area=texts["area"] or "", box=texts["box"] or "",
                              customer=texts["customer"] or "", prepaid=prepaid,
-                             role=cast(Role, role))
+                             role=cast(Role, role), pn=pn, port=port, baud=baud)
 
     def profile_problem(self, name: str) -> str:
         """Why the profile ``name`` cannot be used ('' when it loads)."""

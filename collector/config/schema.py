@@ -26,9 +26,12 @@ from .settings import (
     BusTcpTable,
     CollectorTable,
     CommandsTable,
+    ConcentratorTable,
     ConfigFile,
     DailyTable,
     GatewayTable,
+    ListenerTable,
+    MeterRouteTable,
     MetersTable,
     MeterTable,
     MqttTable,
@@ -99,6 +102,10 @@ TIMESERIES_KEYS = keys(TimeseriesTable)
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
 MQTT_KEYS = keys(MqttTable)
 GATEWAY_KEYS = keys(GatewayTable)
+LISTENER_KEYS = keys(ListenerTable)
+CONCENTRATOR_KEYS = keys(ConcentratorTable)
+# ledger columns only a meter behind a concentrator has
+ROUTE_COLUMNS = keys(MeterRouteTable)
 BUS_COMMON_KEYS = keys(BusTable)
 BUS_TCP_KEYS = tuple(k for k in keys(BusTcpTable) if k not in BUS_COMMON_KEYS)
 BUS_SERIAL_KEYS = tuple(k for k in keys(BusSerialTable) if k not in BUS_COMMON_KEYS)
@@ -115,7 +122,7 @@ BUS_MODELS: dict[str, type[BusTable]] = {"tcp": BusTcpTable, "serial": BusSerial
 TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "collector": (CollectorTable,),
     "bus": (BusTcpTable, BusSerialTable, BusMqttTable),
-    "meter": (MeterTable,),
+    "meter": (MeterTable, MeterRouteTable),
     "meters": (MetersTable,),
     "schedule.NAME": (ScheduleTable,),
     "mqtt": (MqttTable,),
@@ -125,6 +132,8 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "prepaid": (PrepaidTable,),
     "alarms": (AlarmsTable,),
     "daily": (DailyTable,),
+    "listener": (ListenerTable,),
+    "concentrator": (ConcentratorTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

@@ -233,6 +233,22 @@ class MeterTable(Table):
         "", description="Modbus device profile (config/profiles/NAME.toml)")
 
 
+class MeterRouteTable(Table):
+    """``[[meter]]`` or ledger columns of a meter behind a ``[[concentrator]]`` only
+    (refused for a meter on a bus)."""
+
+    pn: Annotated[StrictInt | None, As("int")] = Field(
+        None, ge=1, le=2040,
+        description="measuring point number in its concentrator (required there)")
+    port: Annotated[StrictInt, As("int")] = Field(
+        2, ge=1, le=31, description="the concentrator's port the meter is on")
+    baud: Baud = Field(2400, description="the meter's baud rate on that port")
+
+
+class InlineMeterTable(MeterTable, MeterRouteTable):
+    """``[[meter]]``: a meter's keys, including those of a concentrator's meter."""
+
+
 class MetersTable(Table):
     """``[meters]``."""
 
@@ -378,13 +394,41 @@ class DailyTable(Table):
         (9.0, 17.0), description='local hours, written "09:00-17:00"')
 
 
+class ListenerTable(Table):
+    """``[[listener]]``: a TCP (or TLS) port that concentrators dial in to."""
+
+    name: Annotated[str, NAME] = Field(description="the listener's name, as concentrators name it")
+    listen: Annotated[str, As("listen")] = Field(description='"HOST:PORT" to listen on')
+    protocol: Literal["3761"] = Field(description="what terminals speak: 3761 (Q/GDW 1376.1)")
+    login_reply: Literal["F1", "F3"] = Field(
+        "F1", description="confirm login/heartbeat with AFN00 F1 or F3")
+    idle_timeout: Seconds = Field(
+        1200.0, gt=0, le=86400, description="a silent terminal is offline after this")
+    request_timeout: Seconds = Field(
+        10.0, gt=0, le=600, description="reply timeout of a request to a terminal")
+    tls_cert_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS certificate (with tls_key_file); none: plain TCP")
+    tls_key_file: Annotated[Path | None, FILE] = Field(None, description="its private key")
+
+
+class ConcentratorTable(Table):
+    """``[[concentrator]]``: a dial-in terminal; meters name it in their ``bus``."""
+
+    name: Annotated[str, NAME] = Field(description="its name, used like a bus name")
+    a1: Annotated[str, As("custom")] = Field(description="area code A1, 4 BCD digits")
+    a2: Annotated[StrictInt, As("int")] = Field(ge=1, le=65535,
+                                                description="terminal address A2")
+    listener: Annotated[str, As("name", "the name of a [[listener]]")] = Field(
+        description="the [[listener]] it dials in to")
+
+
 class ConfigFile(Table):
     """The file's top-level tables."""
 
     collector: CollectorTable
     bus: tuple[Annotated[BusTcpTable | BusSerialTable | BusMqttTable,
                          Field(discriminator="kind")], ...]
-    meter: tuple[MeterTable, ...] = ()
+    meter: tuple[InlineMeterTable, ...] = ()
     meters: MetersTable | None = None
     schedule: dict[str, ScheduleTable]
     mqtt: MqttTable | None = None
@@ -394,6 +438,8 @@ class ConfigFile(Table):
     prepaid: PrepaidTable | None = None
     alarms: AlarmsTable | None = None
     daily: DailyTable | None = None
+    listener: tuple[ListenerTable, ...] = ()
+    concentrator: tuple[ConcentratorTable, ...] = ()
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -421,6 +467,31 @@ class CollectorSettings:
     commit_rows: int = _d(CollectorTable, "commit_rows")
     max_store_mb: int | None = _d(CollectorTable, "max_store_mb")
     min_free_mb: int = _d(CollectorTable, "min_free_mb")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """A port concentrators dial in to."""
+
+    name: str
+    listen: str
+    protocol: str = "3761"
+    login_reply: str = _d(ListenerTable, "login_reply")
+    idle_timeout: float = _d(ListenerTable, "idle_timeout")
+    request_timeout: float = _d(ListenerTable, "request_timeout")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConcentratorSettings:
+    """A concentrator: its address and the listener it dials in to; meters name it in
+    ``bus`` like a bus."""
+
+    name: str
+    a1: str
+    a2: int
+    listener: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +566,9 @@ class MeterSettings:
     prepaid: bool = _d(MeterTable, "prepaid")
     role: Role = _d(MeterTable, "role")
     profile: str = _d(MeterTable, "profile")
+    pn: int | None = _d(MeterRouteTable, "pn")  # behind a concentrator: its measuring point
+    port: int = _d(MeterRouteTable, "port")
+    baud: int = _d(MeterRouteTable, "baud")
 
     @property
     def unit(self) -> int:
@@ -584,6 +658,8 @@ class Settings:
     prepaid: PrepaidSettings | None = None
     alarms: AlarmConfig = AlarmConfig()
     daily: DailySettings | None = None
+    listeners: tuple[ListenerSettings, ...] = ()
+    concentrators: tuple[ConcentratorSettings, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -33,8 +33,10 @@ from .schema import (
     BUS_TCP_KEYS,
     COLLECTOR_KEYS,
     COMMANDS_KEYS,
+    CONCENTRATOR_KEYS,
     DAILY_KEYS,
     GATEWAY_KEYS,
+    LISTENER_KEYS,
     MAX_SECRET_BYTES,
     MQTT_KEYS,
     NAME_RE,
@@ -57,10 +59,14 @@ from .settings import (
     CollectorTable,
     CommandSettings,
     CommandsTable,
+    ConcentratorSettings,
+    ConcentratorTable,
     DailySettings,
     DailyTable,
     GatewaySettings,
     GatewayTable,
+    ListenerSettings,
+    ListenerTable,
     ModbusFraming,
     MqttSettings,
     MqttTable,
@@ -456,13 +462,108 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             out.append(GatewaySettings(name=ok_name, prefix=prefix, reports=reports))
         return out
 
+    # -- [[listener]] and [[concentrator]]
+
+    def listeners(self, value: object) -> list[ListenerSettings]:
+        out: list[ListenerSettings] = []
+        seen: set[str] = set()
+        for i, item in enumerate(self.array_of_tables("listener", value,
+                                                      "[[listener]] tables")):
+            t = f"listener[{i}]"
+            data = self.table(t, None, item, "a [[listener]] table")
+            if data is None:
+                continue
+            raw_name = data.get("name")
+            name = raw_name if isinstance(raw_name, str) else None
+            self.unknown_keys(t, data, LISTENER_KEYS, name=name)
+            L = ListenerTable
+            got = {f: (self.req if f in ("name", "listen", "protocol") else self.opt)(
+                t, data, L, f, name=name) for f in L.model_fields}
+            paths = {k: self.relative(got[k]) if got[k] else None
+                     for k in ("tls_cert_file", "tls_key_file")}
+            for k, path in paths.items():
+                if path is not None and not path.is_file():
+                    self.add(t, k, "a readable file", f"{path} (no such file)", name=name)
+            if (paths["tls_cert_file"] is None) != (paths["tls_key_file"] is None):
+                self.add(t, "tls_key_file" if paths["tls_key_file"] is None
+                         else "tls_cert_file",
+                         "tls_cert_file and tls_key_file together (TLS)", "only one",
+                         name=name)
+                continue
+            if got["name"] in seen:
+                self.add(t, "name", "a listener name used once", _q(got["name"]), name=name)
+                continue
+            if any(v is None for k, v in got.items() if k not in paths):
+                continue
+            seen.add(got["name"])
+            out.append(ListenerSettings(
+                name=got["name"], listen=got["listen"], protocol=got["protocol"],
+                login_reply=got["login_reply"], idle_timeout=got["idle_timeout"],
+                request_timeout=got["request_timeout"], tls_cert_file=paths["tls_cert_file"],
+                tls_key_file=paths["tls_key_file"]))
+        return out
+
+    def concentrators(self, value: object, listeners: list[ListenerSettings],
+                      declared: dict[str, str]) -> list[ConcentratorSettings]:
+        """Each concentrator (its meters name it in ``bus``); ``declared``: the names
+        taken so far (buses), where, to which these are added."""
+        out: list[ConcentratorSettings] = []
+        addresses: dict[tuple[str, int], str] = {}
+        names = {li.name for li in listeners}
+        for i, item in enumerate(self.array_of_tables("concentrator", value,
+                                                      "[[concentrator]] tables")):
+            t = f"concentrator[{i}]"
+            data = self.table(t, None, item, "a [[concentrator]] table")
+            if data is None:
+                continue
+            raw_name = data.get("name")
+            name = raw_name.strip() if isinstance(raw_name, str) else None
+            self.unknown_keys(t, data, CONCENTRATOR_KEYS, name=name)
+            C = ConcentratorTable
+            ok_name = self.req(t, data, C, "name", name=name)
+            a2 = self.req(t, data, C, "a2", name=name)
+            listener = self.req(t, data, C, "listener", name=name)
+            a1 = data.get("a1")
+            if "a1" not in data:
+                self.add(t, "a1", "4 BCD digits such as \"4403\"", "nothing", name=name)
+                a1 = None
+            elif not isinstance(a1, str) or len(a1) != 4 or not a1.isdigit() \
+                    or not a1.isascii():
+                self.add(t, "a1", "4 BCD digits such as \"4403\"", show_value(a1), name=name)
+                a1 = None
+            if listener is not None and listener not in names:
+                self.add(t, "listener", "the name of a [[listener]] (" + ", ".join(
+                    _q(n) for n in sorted(names)) + ")" if names
+                    else "the name of a [[listener]] (none is configured)", _q(listener),
+                    name=name, hint=_did_you_mean(listener, names))
+                listener = None
+            if ok_name is not None:
+                if ok_name in declared:
+                    self.add(t, "name", "a bus or concentrator name used once",
+                             f"{_q(ok_name)} again (first at {declared[ok_name]})", name=name)
+                    continue
+                declared[ok_name] = f"{self.file}:{self.lines.of(t)}"
+                self.concentrator_names.add(ok_name)
+            if a1 is not None and a2 is not None:
+                first = addresses.get((a1, a2))
+                if first is not None:
+                    self.add(t, "a2", f"an address A1 {a1}, A2 {a2} used once",
+                             f"again (first at {first})", name=name)
+                    continue
+                addresses[(a1, a2)] = f"{self.file}:{self.lines.of(t)}"
+            if ok_name is None or a1 is None or a2 is None or listener is None:
+                continue
+            out.append(ConcentratorSettings(ok_name, a1, a2, listener))
+        return out
+
     # -- [[bus]]
 
-    def buses(self, value: object) -> tuple[list[BusSettings], set[str]]:
+    def buses(self, value: object, *, required: bool = True
+              ) -> tuple[list[BusSettings], dict[str, str]]:
         out: list[BusSettings] = []
         declared: dict[str, str] = {}
         items = self.array_of_tables("bus", value, "[[bus]] tables")
-        if value is None or (isinstance(value, list) and not value):
+        if required and (value is None or (isinstance(value, list) and not value)):
             self.add("", "bus", "at least one [[bus]] table", "none")
         for i, item in enumerate(items):
             t = f"bus[{i}]"
@@ -480,7 +581,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 declared[name] = f"{self.file}:{self.lines.of(t)}"
             if bus is not None:
                 out.append(bus)
-        return out, set(declared)
+        return out, declared
 
     def bus(self, t: str, data: dict[str, object], name: str | None) -> BusSettings | None:
         ok_name = self.req(t, data, BusTable, "name", name=name)
