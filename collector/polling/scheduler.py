@@ -28,7 +28,7 @@ from collector.config.profiles import load_profile
 from collector.config.settings import MeterSettings, ModbusFraming, ScheduleSettings
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
-from drivers.device import Line, Meter, MeterRead, MeterRef
+from drivers.device import Line, Meter, MeterRead, MeterRef, Route
 from drivers.errors import (
     DriverError,
     IncompleteReply,
@@ -101,8 +101,9 @@ class BusWorker:
         profile = None
         if meter.profile:
             profile = (profiles or self.profiles or load_profile)(meter.profile)
+        route = None if meter.pn is None else Route(meter.pn, meter.port, meter.baud)
         return open_meter(self.line, MeterRef(meter.meter_id, meter.protocol, meter.address,
-                                              profile))
+                                              profile, route=route))
 
     def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()

@@ -16,8 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,23 +26,33 @@ from typing import Any
 from collector.config import ConfigError, load_settings, select_meters
 from collector.config.profiles import load_profile
 from collector.config.secrets import load_secrets
-from collector.config.settings import BusSettings, MeterSettings, ScheduleSettings, Settings
+from collector.config.settings import (
+    BusSettings,
+    ConcentratorSettings,
+    ListenerSettings,
+    MeterSettings,
+    ScheduleSettings,
+    Settings,
+)
 from collector.daily.jobs import DailyJobs
 from collector.forward.forwarder import Forwarder
 from collector.polling.context import DaemonContext
-from collector.polling.rules import AlarmEngine, AlarmSettings
+from collector.polling.rules import AlarmEngine, AlarmSettings, severity
 from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
 from collector.store import CommitInfo, Store, StoreWriter
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
+from drivers.concentrator_meter import concentrator_line
 from drivers.mqtt import MqttBus
+from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
 from protocols.modbus import Profile
+from protocols.qgdw3761 import ConfirmStyle
 
 from .control import Control
 from .ctlsocket import CtlServer
-from .metrics import Metrics, MetricsServer
+from .metrics import Metrics, MetricsServer, parse_listen
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 
@@ -63,9 +74,22 @@ def make_bus(b: BusSettings, mqtt: MqttLink | None = None) -> Bus:
                      stopbits=b.stopbits, td=b.td, tb=b.tb)
 
 
+def make_station(li: ListenerSettings, known: Callable[[TerminalId], bool],
+                 on_event: Callable[[TerminalEvent], None]) -> MasterStation:
+    """The master station a ``[[listener]]`` describes (not started)."""
+    host, port = parse_listen(li.listen)
+    context = None
+    if li.tls_cert_file is not None and li.tls_key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(li.tls_cert_file, li.tls_key_file)
+    return MasterStation(host, port, terminals=known, login_reply=ConfirmStyle[li.login_reply],
+                         idle_timeout=li.idle_timeout, request_timeout=li.request_timeout,
+                         ssl=context, on_event=on_event)
+
+
 @dataclass
 class _BusEntry:
-    settings: BusSettings
+    settings: BusSettings | ConcentratorSettings
     worker: BusWorker
 
 
@@ -102,6 +126,12 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
             continue
         keys = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
         out.append(f"[{section}] {', '.join(keys)}")
+    changed = {li.name for li in old.listeners} & {li.name for li in new.listeners}
+    for name in sorted(changed):  # a listener's port stays bound: new ones start
+        a = next(li for li in old.listeners if li.name == name)
+        b = next(li for li in new.listeners if li.name == name)
+        if a != b:
+            out.append(f"[[listener]] {name}")
     if new.prepaid is not None and old.prepaid == new.prepaid and (
             {m for m in old.meters if m.prepaid} != {m for m in new.meters if m.prepaid}):
         out.append("[[meter]] prepaid meters (the prepaid engine's accounts)")
@@ -118,6 +148,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.align = align
         self.buses: dict[str, _BusEntry] = {}
+        self.stations: dict[str, MasterStation] = {}  # by [[listener]] name
         self.health: dict[str, MeterHealth] = {}
         self.bus_health: dict[str, BusHealth] = {}  # kept across reloads, like health
         self.poller: Poller | None = None
@@ -269,12 +300,58 @@ class Daemon:
 
     # ---- applying a configuration ------------------------------------------------------
 
-    async def _start_bus(self, b: BusSettings) -> _BusEntry:
+    async def _start_bus(self, b: BusSettings | ConcentratorSettings) -> _BusEntry:
+        if isinstance(b, ConcentratorSettings):
+            return await self._start_concentrator(b)
         worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
                            modbus=b.modbus, observe=self._observe, profiles=self._profile)
         if not await worker.start():
             log.warning("bus %s: %s not reachable yet; will retry", b.name, worker.bus.name)
         return _BusEntry(b, worker)
+
+    async def _start_concentrator(self, c: ConcentratorSettings) -> _BusEntry:
+        """A worker whose line reaches the meters behind ``c`` through its listener's
+        master station (schedules, lanes, health and events apply as to a bus)."""
+        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2))
+        worker = BusWorker(c.name, line.bus, observe=self._observe, profiles=self._profile)
+        worker.line = line
+        worker.refused = line.refused
+        await worker.start()
+        return _BusEntry(c, worker)
+
+    async def _station(self, name: str) -> MasterStation:
+        """The started master station of the ``[[listener]]`` ``name`` (started on first
+        use; a changed listener needs a restart)."""
+        station = self.stations.get(name)
+        if station is None:
+            li = next(x for x in self.settings.listeners if x.name == name)
+            station = make_station(li, lambda tid: self._concentrator_of(name, tid) is not None,
+                                   lambda ev: self._on_terminal(name, ev))
+            await station.start()
+            self.stations[name] = station
+            log.info("listener %s: waiting for concentrators on port %d", name, station.port)
+        return station
+
+    def _concentrator_of(self, listener: str, tid: TerminalId) -> str | None:
+        for c in self.settings.concentrators:
+            if c.listener == listener and (c.a1, c.a2) == (tid.a1, tid.a2):
+                return c.name
+        return None
+
+    def _on_terminal(self, listener: str, ev: TerminalEvent) -> None:
+        name = self._concentrator_of(listener, ev.terminal) or str(ev.terminal)
+        if ev.kind in ("online", "offline"):
+            kind = f"concentrator_{ev.kind}"
+            log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
+                    "concentrator %s (%s) %s%s", name, ev.terminal, ev.kind,
+                    f": {ev.reason}" if ev.reason else "")
+            self._on_event(Event(kind, utcnow(), bus=name, severity=severity(kind),
+                                 detail=f"{ev.terminal} {ev.reason}".strip()))
+        elif ev.kind == "replaced":
+            log.warning("concentrator %s (%s): a new connection replaced the old one%s", name,
+                        ev.terminal, f" ({ev.reason})" if ev.reason else "")
+        else:
+            log.debug("concentrator %s (%s): %s", name, ev.terminal, ev.kind)
 
     def _start_run(self, s: ScheduleSettings, meters: list[MeterSettings], *,
                    immediate: bool) -> None:
@@ -310,8 +387,12 @@ class Daemon:
         old = self.buses
         self.settings = settings  # before any bus starts: mqtt buses find their gateway
         keep: dict[str, _BusEntry] = {}
-        replaced: list[BusSettings] = []
-        for b in settings.buses:
+        replaced: list[BusSettings | ConcentratorSettings] = []
+        lines: list[BusSettings | ConcentratorSettings] = [*settings.buses,
+                                                            *settings.concentrators]
+        for li in settings.listeners:  # before the buses: concentrators dial in to them
+            await self._station(li.name)
+        for b in lines:
             entry = old.get(b.name)
             if entry is not None and entry.settings == b:
                 entry.worker.refused.clear()  # a reload asks refused quantities again
@@ -320,7 +401,7 @@ class Daemon:
                 replaced.append(b)
             else:
                 keep[b.name] = await self._start_bus(b)
-        removed = [n for n in old if n not in {b.name for b in settings.buses}]
+        removed = [n for n in old if n not in {b.name for b in lines}]
         changed = {b.name for b in replaced} | set(removed)
         # Old workers stay reachable (commands, daily jobs) until they are replaced.
         self.buses = {**{n: old[n] for n in changed}, **keep}
@@ -648,6 +729,9 @@ class Daemon:
         if self.control is not None:
             await self.control.stop()
         await asyncio.gather(*(e.worker.stop(DRAIN_SECONDS) for e in self.buses.values()))
+        for station in self.stations.values():
+            with contextlib.suppress(Exception):
+                await station.close()
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.mqtt.stop(), 2.0)
