@@ -340,6 +340,8 @@ class Daemon:
 
     def _on_terminal(self, listener: str, ev: TerminalEvent) -> None:
         name = self._concentrator_of(listener, ev.terminal) or str(ev.terminal)
+        if self.stop_requested.is_set():
+            return  # the stop closes every link: no event for each concentrator
         if ev.kind in ("online", "offline"):
             kind = f"concentrator_{ev.kind}"
             log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
