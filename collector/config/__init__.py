@@ -140,7 +140,12 @@ class _Loader(TablesMixin, LedgerMixin):
         listeners = self.listeners(data.get("listener"))
         buses, declared = self.buses(data.get("bus"),
                                      required=not data.get("concentrator"))
-        concentrators = self.concentrators(data.get("concentrator"), listeners, declared)
+        listener_names = {li.get("name") for li in data.get("listener") or ()
+                          if isinstance(li, dict)} if isinstance(data.get("listener"), list) \
+            else set()
+        concentrators = self.concentrators(
+            data.get("concentrator"), {n for n in listener_names if isinstance(n, str)},
+            declared)
         bus_names = set(declared)
         for i, b in enumerate(buses):
             if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:

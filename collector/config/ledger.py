@@ -211,9 +211,9 @@ class LedgerMixin(LoaderBase):
         pn: int | None = None
         port, baud = _METER["port"], _METER["baud"]
         if bus and bus in self.concentrator_names:
-            raw_baud = values.get("baud")
-            if csv_cells and isinstance(raw_baud, str) and raw_baud.isdigit():
-                values = {**values, "baud": int(raw_baud)}  # a cell is text; bauds are ints
+            if csv_cells:  # a cell is text; these are integers
+                values = {k: int(v) if k in ROUTE_COLUMNS and isinstance(v, str)
+                          and v.isascii() and v.isdigit() else v for k, v in values.items()}
             pn = get("pn")
             port, baud = get("port"), get("baud")
             if "pn" not in values:

@@ -503,13 +503,14 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                 tls_key_file=paths["tls_key_file"]))
         return out
 
-    def concentrators(self, value: object, listeners: list[ListenerSettings],
+    def concentrators(self, value: object, listeners: set[str],
                       declared: dict[str, str]) -> list[ConcentratorSettings]:
-        """Each concentrator (its meters name it in ``bus``); ``declared``: the names
-        taken so far (buses), where, to which these are added."""
+        """Each concentrator (its meters name it in ``bus``); ``listeners``: the names of
+        the [[listener]] tables (valid or not); ``declared``: the names taken so far
+        (buses), where, to which these are added."""
         out: list[ConcentratorSettings] = []
         addresses: dict[tuple[str, int], str] = {}
-        names = {li.name for li in listeners}
+        names = listeners
         for i, item in enumerate(self.array_of_tables("concentrator", value,
                                                       "[[concentrator]] tables")):
             t = f"concentrator[{i}]"
