@@ -140,9 +140,10 @@ class _Loader(TablesMixin, LedgerMixin):
         listeners = self.listeners(data.get("listener"))
         buses, declared = self.buses(data.get("bus"),
                                      required=not data.get("concentrator"))
-        listener_names = {li.get("name") for li in data.get("listener") or ()
-                          if isinstance(li, dict)} if isinstance(data.get("listener"), list) \
-            else set()
+        raw_listeners = data.get("listener")
+        # every [[listener]] named, valid or not: its own problems are enough
+        listener_names = {li.get("name") for li in raw_listeners if isinstance(li, dict)} \
+            if isinstance(raw_listeners, list) else set()
         concentrators = self.concentrators(
             data.get("concentrator"), {n for n in listener_names if isinstance(n, str)},
             declared)
