@@ -201,3 +201,19 @@ def test_the_example_with_its_concentrator_tables_uncommented_loads(tmp_path: Pa
     assert [(li.name, li.listen, li.tls_key_file) for li in s.listeners] == [
         ("dialin", "0.0.0.0:9001", tmp_path / "dialin.key")]
     assert s.concentrators == (ConcentratorSettings("tq0103", "4403", 1, "dialin"),)
+
+
+def test_amic_read_of_a_concentrator_meter_without_the_daemon_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the daemon holds a concentrator's connection: reading one of its meters from
+    the configuration while no daemon runs is a clear refusal, not a traceback."""
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("amic.toml").write_text(BASE)
+    got = CliRunner().invoke(main, ["read", "-c", "amic.toml", "--meter", "C1", "energy"])
+    assert got.exit_code == 2, got.output  # as for a meter on an MQTT gateway's bus
+    assert "meter C1 is behind concentrator tq-1, which dials in to the daemon" in got.output
+    assert "Traceback" not in got.output

@@ -40,7 +40,10 @@ async def _read_directly(settings: Settings, meter_id: str,
     m = next((x for x in settings.meters if x.meter_id == meter_id), None)
     if m is None:
         raise CommandError(f"meter {meter_id} is not configured in {settings.source}")
-    b = next(x for x in settings.buses if x.name == m.bus)
+    b = next((x for x in settings.buses if x.name == m.bus), None)
+    if b is None:  # a [[concentrator]]: its terminal dials in to the daemon's listener
+        raise CommandError(f"meter {meter_id} is behind concentrator {m.bus}, which dials "
+                           "in to the daemon: read it while the daemon runs")
     try:
         bus = make_bus(b)
     except ValueError as e:  # an MQTT gateway's bus: only the daemon has the connection
