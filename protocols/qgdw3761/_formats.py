@@ -66,7 +66,19 @@ def decode_numbers(raw: bytes | bytearray, size: int, decimals: int, *,
     # values last to first: one hex() for all of them.
     s = raw[::-1].hex()
     w = 2 * size
-    out = [_hex_number(s[i - w : i], decimals, signed) for i in range(len(s), 0, -w)]
+    if not 0 < decimals < w <= 28:
+        return tuple(_hex_number(s[i - w : i], decimals, signed)
+                     for i in range(len(s), 0, -w))
+    # Inline for the common case (a digit string, no sign bit): one Decimal per value
+    # and no call; anything else (absent, fill, negative) goes the general way.
+    cut = w - decimals
+    out: list[Decimal | None] = []
+    for i in range(len(s), 0, -w):
+        v = s[i - w : i]
+        if v.isdigit() and (not signed or v[0] < "8"):
+            out.append(Decimal(v[:cut] + "." + v[cut:]))
+        else:
+            out.append(_hex_number(v, decimals, signed))
     return tuple(out)
 
 
