@@ -18,6 +18,7 @@ from protocols.qgdw3761 import (
     DataUnit,
     Direction,
     Frame,
+    FrameError,
     PayloadError,
     PresentValues,
     build_frame,
@@ -201,3 +202,35 @@ def test_a_cut_f25_names_the_offset_of_the_value_cut_short(cut: int) -> None:
             break
         start += size
     assert e.value.offset == 100 + start
+
+
+K1 = bytes.fromhex("683A003A0068E94924455800027000000100090170 16".replace(" ", ""))
+F25 = build_frame(Frame(0x88, "4403", 7, 0, 0x0C, 0x60,
+                        _f25_units(dt.datetime(2024, 5, 6, 10, 15))))
+
+
+def _outcome(raw: bytes | bytearray, compiled: bool) -> object:
+    try:
+        f = parse_frame(raw, compiled=compiled)  # type: ignore[arg-type]
+    except FrameError as e:
+        return ("error", e.offset, e.problem)
+    return (f, type(f.units), type(f.pw))
+
+
+@settings(max_examples=400)
+@given(base=st.sampled_from([K1, F25]), data=st.data(), as_array=st.booleans())
+def test_the_struct_frame_path_equals_the_construct_one(base: bytes, data: st.DataObject,
+                                                        as_array: bool) -> None:
+    """Any byte changed, cut or appended: the same Frame or the same FrameError."""
+    raw = bytearray(base)
+    for _ in range(data.draw(st.integers(0, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(wire_byte)
+    raw = raw[: data.draw(st.integers(1, len(raw) + 2))] + data.draw(st.binary(max_size=2))
+    wire = raw if as_array else bytes(raw)
+    assert _outcome(wire, True) == _outcome(wire, False)
+
+
+def test_the_struct_frame_path_reads_every_field() -> None:
+    f = parse_frame(K1)
+    assert (f.control, f.a1, f.a2, f.a3, f.afn, f.seq) == (0xE9, "2449", 0x5845, 0, 2, 0x70)
+    assert (f.units, f.pw, f.ec, f.tp) == (b"\x00\x00\x01\x00", None, (9, 1), None)
