@@ -163,7 +163,17 @@ def encode_a1(when: dt.datetime | None) -> bytes:
 
 def decode_a15(raw: bytes | bytearray) -> dt.datetime | None:
     """A.15, 5 bytes ``mm hh DD MM YY``."""
-    parts = _each(raw)
+    s = raw.hex()  # EE (absent) and EF fill show as a-f: not digits
+    if len(s) != 10 or not s.isdigit():
+        return _datetime5(_each(raw))
+    try:
+        return dt.datetime(2000 + int(s[8:]), int(s[6:8]), int(s[4:6]), int(s[2:4]),
+                           int(s[:2]))
+    except ValueError:
+        return None
+
+
+def _datetime5(parts: list[int] | None) -> dt.datetime | None:
     if parts is None:
         return None
     mi, hh, dd, mo, yy = parts
