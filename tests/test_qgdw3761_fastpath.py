@@ -234,3 +234,16 @@ def test_the_struct_frame_path_reads_every_field() -> None:
     f = parse_frame(K1)
     assert (f.control, f.a1, f.a2, f.a3, f.afn, f.seq) == (0xE9, "2449", 0x5845, 0, 2, 0x70)
     assert (f.units, f.pw, f.ec, f.tp) == (b"\x00\x00\x01\x00", None, (9, 1), None)
+
+
+def test_a_repeated_identifier_decodes_alike_and_a_bad_one_always_raises() -> None:
+    """DA/DT are remembered between frames: later frames get the same points, and a DA
+    naming no point still raises each time (it is never remembered)."""
+    frame = parse_frame(F25)
+    first, again = decode_units(frame), decode_units(frame)
+    assert first == again and [u.pn for u in first if isinstance(u, DataUnit)] == [3, 3]
+    bad = Frame(0x88, "4403", 7, 0, 0x0C, 0x60, b"\x00\x01\x01\x03")  # DA1 0: no point
+    for _ in range(2):
+        with pytest.raises(PayloadError) as e:
+            decode_units(bad)
+        assert "names no point" in e.value.problem

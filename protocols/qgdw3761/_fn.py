@@ -648,7 +648,7 @@ def decode_units(frame: Frame, *, strict: bool = True, base: int = UNITS_OFFSET
     pos, end = 0, len(units)
     r = Reader(units, 0, end, base)
     while pos < end:
-        pns, fns = decode_id(units[:end], pos) if end - pos >= 4 else _short(pos, end, base)
+        pns, fns = _ident(units, pos) if end - pos >= 4 else _short(pos, end, base)
         ident_at = pos
         r.pos = pos + 4
         for pn in pns:
@@ -663,6 +663,22 @@ def decode_units(frame: Frame, *, strict: bool = True, base: int = UNITS_OFFSET
                 out.append(DataUnit(pn, fn, spec.parse(r)))
         pos = r.pos
     return out
+
+
+_IDENTS: dict[bytes, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+_IDENTS_MAX = 4096  # a master sees few distinct DA/DT: bounded in case of garbage
+
+
+def _ident(units: bytes, pos: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """decode_id of the DA DT at ``pos``, remembered (the same few recur in every frame)."""
+    key = bytes(units[pos : pos + 4])
+    got = _IDENTS.get(key)
+    if got is None:
+        pns, fns = decode_id(units, pos)  # raises for a DA/DT naming nothing: not kept
+        if len(_IDENTS) >= _IDENTS_MAX:
+            _IDENTS.clear()
+        got = _IDENTS[key] = (tuple(pns), tuple(fns))
+    return got
 
 
 def _short(pos: int, end: int, base: int) -> tuple[list[int], list[int]]:
