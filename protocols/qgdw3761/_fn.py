@@ -148,9 +148,7 @@ def _num(r: Reader, fmt: NumberFormat) -> Decimal | None:
 
 
 def _tariffs(r: Reader, fmt: NumberFormat, m: int) -> Tariffs:
-    raw = r.take(fmt.size * (m + 1), f"{m + 1} x {fmt.name}")
-    s = fmt.size
-    return tuple(fmt.decode(raw[i : i + s]) for i in range(0, len(raw), s))
+    return fmt.decode_many(r.take(fmt.size * (m + 1), f"{m + 1} x {fmt.name}"))
 
 
 def _build_tariffs(fmt: NumberFormat, values: Tariffs, m: int) -> bytes:
@@ -375,10 +373,14 @@ def _parse_f25(r: Reader) -> PresentValues:
     t = _a15(r)
     vals: list[Decimal | None] = []
     for fmt, n in _F25:
-        for _ in range(n):
-            v = _num(r, fmt)
+        if r.left < fmt.size * n:
+            for _ in range(n):  # truncated: raise at the value cut short, as before
+                _num(r, fmt)
+        group = fmt.decode_many(r.take(fmt.size * n, fmt.name))
+        if fmt is A5:
             # A.5 carries %; the quantity power_factor_* is a fraction
-            vals.append(v / _HUNDRED if v is not None and fmt is A5 else v)
+            group = tuple(v / _HUNDRED if v is not None else v for v in group)
+        vals += group
     return PresentValues(t, *vals)
 
 
@@ -491,7 +493,7 @@ def _build_f49(v: DailySupply) -> bytes:
 def _parse_curve(r: Reader) -> Curve:
     tag = _parse_curve_tag(r)
     raw = r.take(4 * tag.points, f"{tag.points} curve points (A.13)")
-    return Curve(tag, tuple(A13.decode(raw[i : i + 4]) for i in range(0, len(raw), 4)))
+    return Curve(tag, A13.decode_many(raw))
 
 
 def _build_curve(v: Curve) -> bytes:
@@ -646,7 +648,7 @@ def decode_units(frame: Frame, *, strict: bool = True, base: int = UNITS_OFFSET
     pos, end = 0, len(units)
     r = Reader(units, 0, end, base)
     while pos < end:
-        pns, fns = decode_id(units[:end], pos) if end - pos >= 4 else _short(pos, end, base)
+        pns, fns = _ident(units, pos) if end - pos >= 4 else _short(pos, end, base)
         ident_at = pos
         r.pos = pos + 4
         for pn in pns:
@@ -661,6 +663,22 @@ def decode_units(frame: Frame, *, strict: bool = True, base: int = UNITS_OFFSET
                 out.append(DataUnit(pn, fn, spec.parse(r)))
         pos = r.pos
     return out
+
+
+_IDENTS: dict[bytes, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+_IDENTS_MAX = 4096  # a master sees few distinct DA/DT: bounded in case of garbage
+
+
+def _ident(units: bytes, pos: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """decode_id of the DA DT at ``pos``, remembered (the same few recur in every frame)."""
+    key = bytes(units[pos : pos + 4])
+    got = _IDENTS.get(key)
+    if got is None:
+        pns, fns = decode_id(units, pos)  # raises for a DA/DT naming nothing: not kept
+        if len(_IDENTS) >= _IDENTS_MAX:
+            _IDENTS.clear()
+        got = _IDENTS[key] = (tuple(pns), tuple(fns))
+    return got
 
 
 def _short(pos: int, end: int, base: int) -> tuple[list[int], list[int]]:

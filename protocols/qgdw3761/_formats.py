@@ -14,19 +14,6 @@ from typing import NamedTuple
 ABSENT = 0xEE
 
 
-def _digits(raw: bytes | bytearray, top_mask: int = 0xFF) -> int | None:
-    """The BCD integer of ``raw`` (low byte first), None if any nibble is not 0-9."""
-    n = 0
-    last = len(raw) - 1
-    for i in range(last, -1, -1):
-        b = raw[i] & top_mask if i == last else raw[i]
-        hi, lo = b >> 4, b & 0x0F
-        if hi > 9 or lo > 9:
-            return None
-        n = n * 100 + hi * 10 + lo
-    return n
-
-
 def _to_bcd(n: int, size: int) -> bytearray:
     out = bytearray(size)
     for i in range(size):
@@ -36,21 +23,63 @@ def _to_bcd(n: int, size: int) -> bytearray:
 
 
 def is_absent(raw: bytes | bytearray) -> bool:
-    return all(b == ABSENT for b in raw)
+    return raw == b"\xee" * len(raw)
+
+
+# The first hex digit of a signed value (bit 7 of its last byte is the sign):
+# (negative, the digit with the sign masked off).
+_SIGNED_TOP = {c: (int(c, 16) >= 8, str(int(c, 16) & 7)) for c in "0123456789abcdef"}
+
+
+def _hex_number(s: str, decimals: int, signed: bool) -> Decimal | None:
+    """The number of ``s``, the hex of its bytes most significant first.
+
+    A hex digit a-f is a non-BCD nibble, so ``EE`` (absent) and ``EF`` fill both give
+    None without a separate check.  Decimal of the digit string is exact, as is
+    ``Decimal(n).scaleb(-decimals)`` for the at most 28 digits the fast path takes.
+    """
+    negative = False
+    if signed:
+        negative, top = _SIGNED_TOP[s[0]]
+        s = top + s[1:]
+    if not s.isdigit():
+        return None
+    if 0 < decimals < len(s) <= 28:
+        value = Decimal(s[:-decimals] + "." + s[-decimals:])
+    else:
+        value = Decimal(int(s)).scaleb(-decimals)
+    return -value if negative else value
 
 
 def decode_number(raw: bytes | bytearray, decimals: int, *, signed: bool = False
                   ) -> Decimal | None:
     """A fixed-point BCD number; ``signed`` formats keep the sign in bit 7 of the last byte."""
-    if is_absent(raw):
-        return None
-    n = _digits(raw, 0x7F if signed else 0xFF)
-    if n is None:
-        return None
-    value = Decimal(n).scaleb(-decimals)
-    if signed and raw[-1] & 0x80:
-        return -value
-    return value
+    if not raw:
+        return None  # no digits: as absent (all of nothing is EE)
+    return _hex_number(raw[::-1].hex(), decimals, signed)
+
+
+def decode_numbers(raw: bytes | bytearray, size: int, decimals: int, *,
+                   signed: bool = False) -> tuple[Decimal | None, ...]:
+    """``len(raw) // size`` numbers of ``size`` bytes each, in wire order."""
+    # Reversing the whole block puts each value's bytes most significant first and the
+    # values last to first: one hex() for all of them.
+    s = raw[::-1].hex()
+    w = 2 * size
+    if not 0 < decimals < w <= 28:
+        return tuple(_hex_number(s[i - w : i], decimals, signed)
+                     for i in range(len(s), 0, -w))
+    # Inline for the common case (a digit string, no sign bit): one Decimal per value
+    # and no call; anything else (absent, fill, negative) goes the general way.
+    cut = w - decimals
+    out: list[Decimal | None] = []
+    for i in range(len(s), 0, -w):
+        v = s[i - w : i]
+        if v.isdigit() and (not signed or v[0] < "8"):
+            out.append(Decimal(v[:cut] + "." + v[cut:]))
+        else:
+            out.append(_hex_number(v, decimals, signed))
+    return tuple(out)
 
 
 def encode_number(value: Decimal | None, size: int, decimals: int, *, signed: bool = False,
@@ -86,6 +115,10 @@ class NumberFormat(NamedTuple):
 
     def decode(self, raw: bytes | bytearray) -> Decimal | None:
         return decode_number(raw, self.decimals, signed=self.signed)
+
+    def decode_many(self, raw: bytes | bytearray) -> tuple[Decimal | None, ...]:
+        """Consecutive values; ``len(raw)`` is a multiple of the size."""
+        return decode_numbers(raw, self.size, self.decimals, signed=self.signed)
 
     def encode(self, value: Decimal | None) -> bytes:
         return encode_number(value, self.size, self.decimals, signed=self.signed,
@@ -130,7 +163,17 @@ def encode_a1(when: dt.datetime | None) -> bytes:
 
 def decode_a15(raw: bytes | bytearray) -> dt.datetime | None:
     """A.15, 5 bytes ``mm hh DD MM YY``."""
-    parts = _each(raw)
+    s = raw.hex()  # EE (absent) and EF fill show as a-f: not digits
+    if len(s) != 10 or not s.isdigit():
+        return _datetime5(_each(raw))
+    try:
+        return dt.datetime(2000 + int(s[8:]), int(s[6:8]), int(s[4:6]), int(s[2:4]),
+                           int(s[:2]))
+    except ValueError:
+        return None
+
+
+def _datetime5(parts: list[int] | None) -> dt.datetime | None:
     if parts is None:
         return None
     mi, hh, dd, mo, yy = parts
@@ -230,15 +273,11 @@ def encode_ascii(text: str, size: int) -> bytes:
 
 
 def _each(raw: bytes | bytearray) -> list[int] | None:
-    if is_absent(raw):
+    """The two-digit BCD value of each byte; None if absent or a nibble is not 0-9."""
+    s = raw.hex()  # EE (absent) and EF fill show as a-f: not digits
+    if not s or not s.isdigit():
         return None
-    out = []
-    for b in raw:
-        hi, lo = b >> 4, b & 0x0F
-        if hi > 9 or lo > 9:
-            return None
-        out.append(hi * 10 + lo)
-    return out
+    return [int(s[i : i + 2]) for i in range(0, len(s), 2)]
 
 
 def _to_bcd_each(values: tuple[int, ...]) -> bytearray:

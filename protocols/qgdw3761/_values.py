@@ -7,6 +7,7 @@ Fields that are meter quantities carry the :mod:`protocols.quantities` names, an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum
@@ -20,13 +21,15 @@ BAUD_CODES = (0, 600, 1200, 2400, 4800, 7200, 9600, 19200)  # AFN04 F10 rate cod
 FORWARD_BAUDS = (300, 600, 1200, 2400, 4800, 7200, 9600, 19200)  # AFN10 F1 control
 
 
+@functools.cache
+def _known_names(prefix: str, count: int) -> tuple[tuple[int, str], ...]:
+    """(index, quantity) of the first ``count`` tariff values that name a quantity."""
+    names = (f"{prefix}_{'total' if i == 0 else f't{i}'}" for i in range(count))
+    return tuple((i, name) for i, name in enumerate(names) if name in QUANTITIES)
+
+
 def _tariff_names(prefix: str, values: Tariffs) -> dict[str, Number]:
-    out: dict[str, Number] = {}
-    for i, v in enumerate(values):
-        name = f"{prefix}_{'total' if i == 0 else f't{i}'}"
-        if name in QUANTITIES:
-            out[name] = v
-    return out
+    return {name: values[i] for i, name in _known_names(prefix, len(values))}
 
 
 class ConfirmStyle(IntEnum):
