@@ -6,7 +6,9 @@ loss of an area read only through its concentrator is computed from them."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import io
 import json
 import sqlite3
 from decimal import Decimal
@@ -162,3 +164,13 @@ async def test_backfill_and_line_loss_from_concentrator_freezes(tmp_path: Path) 
     doc = json.loads(r.stdout)
     assert doc["area"] == "TQ-C" and doc["complete"] is True, doc
     assert abs(doc["loss_kwh"] - (usage(1) - usage(2) - usage(3))) < 0.02, doc
+    r = CliRunner().invoke(main, ["export", "-c", str(cfg), "--tz", ZONE,
+                                  "--day", yesterday.isoformat()])
+    assert r.exit_code == 0, r.output
+    billed = {row["meter_id"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+    assert set(billed) == {f"C1-M{pn}" for pn in ROLES}
+    for meter, row in billed.items():
+        assert (row["status"], row["source"]) == ("complete", "frozen"), row
+        pn = int(meter.rsplit("M", 1)[1])
+        assert abs(float(row["usage_total_kwh"]) - usage(pn)) < 0.02, row
+    assert "3 complete, 0 partial, 0 missing" in r.stderr
