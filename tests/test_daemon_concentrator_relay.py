@@ -83,6 +83,12 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def offline(tmp: Path, bus: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp / "data" / "amic.db") as c:
+        return c.execute("SELECT ts FROM events WHERE kind = 'concentrator_offline' "
+                         "AND bus = ?", (bus,)).fetchall()
+
+
 def commands(tmp: Path) -> list[tuple[str, str, str, str, dict[str, Any]]]:
     with sqlite3.connect(tmp / "data" / "amic.db") as c:
         rows = c.execute("SELECT meter, kind, status, operator, detail FROM commands "
@@ -126,6 +132,13 @@ async def test_trip_and_restore_behind_a_concentrator_through_the_daemon(
         assert r.exit_code == 0, r.output
         assert not target.model.relay_open
 
+        # tq-1 hangs up: a trip of its other meter fails and sends nothing
+        await sim.stop()
+        await until(lambda: bool(offline(tmp_path, "tq-1")), 10, "tq-1 offline")
+        r = await amic("trip", "C1-M2", *base, "--reason", "arrears")
+        assert r.exit_code != 0, r.output
+        assert not other.model.relay_open
+
         # tq-2 never dialled in: a failed command, not a crash or a hang
         t0 = time.monotonic()
         r = await amic("trip", "C2-M1", *base, "--reason", "arrears", "--json")
@@ -143,9 +156,18 @@ async def test_trip_and_restore_behind_a_concentrator_through_the_daemon(
     assert [g[:4] for g in got] == [
         ("C1-M1", "trip", "confirmed", "alice"),
         ("C1-M1", "restore", "confirmed", "alice"),
+        ("C1-M2", "trip", "failed", "alice"),
         ("C2-M1", "trip", "failed", "alice")]
-    assert got[0][4]["reason"] == "arrears 4711"
-    assert "tq-2" in json.dumps(got[2][4]) and "offline" in json.dumps(got[2][4]).lower(), got[2]
+    trip, restore = got[0][4], got[1][4]
+    assert trip["reason"] == "arrears 4711" and trip["bus"] == "tq-1"
+    # verified by status word 3 read back through forwarding: bit 4 (relay open) set
+    assert trip["before"]["relay_open"] is False and trip["after"]["relay_open"] is True
+    assert trip["after"]["status_word_3"] & 0x10
+    assert restore["after"]["relay_open"] is False
+    assert not restore["after"]["status_word_3"] & 0x10
+    for (_, _, _, _, detail), a2 in zip(got[2:], (1, 2), strict=True):
+        assert detail["command_sent"] is False, detail
+        assert f"{A1}:{a2:05d}: concentrator offline" in detail["detail"], detail
     r = await amic("audit", "--config", str(cfg))
     assert r.exit_code == 0, r.output
     assert "C1-M1" in r.output and "confirmed" in r.output and "C2-M1" in r.output
