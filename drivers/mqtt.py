@@ -234,6 +234,7 @@ class MqttConnection:
         reconnect_max: float = 5.0,
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        will: tuple[str, bytes] | None = None,
     ) -> None:
         self.scheme, self.host, self.port, _, _ = parse_broker_url(url)
         self.tls = self.scheme == "mqtts"
@@ -272,6 +273,7 @@ class MqttConnection:
         self.cert_file = os.fspath(cert_file) if cert_file is not None else None
         self.key_file = os.fspath(key_file) if key_file is not None else None
         self.clean_session = clean_session
+        self.will = will  # (topic, payload): published retained, QoS 1, if we vanish
         self.keepalive = keepalive
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
@@ -579,6 +581,8 @@ class MqttConnection:
             keepalive=self.keepalive, timeout=self.connect_timeout,
             tls_context=self._tls_context() if self.tls else None,
             logger=logging.getLogger("amic.mqtt.paho"),
+            will=aiomqtt.Will(self.will[0], self.will[1], qos=1, retain=True)
+            if self.will is not None else None,
         )
         client.pending_calls_threshold = 1000  # many concurrent publishes are normal here
         fail_fast_before_connack(client)

@@ -433,6 +433,16 @@ class MasterStation:
     def online(self) -> list[TerminalId]:
         return sorted(self._sessions)
 
+    def drop(self, tid: TerminalId, reason: str) -> bool:
+        """Close the terminal's connection (it went offline: ``offline`` follows);
+        False if it has none."""
+        s = self._sessions.get(tid)
+        if s is None:
+            return False
+        log.warning("%s: dropping the connection from %s: %s", tid, s.peer, reason)
+        s._close(reason)
+        return True
+
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 

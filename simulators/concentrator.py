@@ -300,6 +300,12 @@ class ConcentratorSimulator:
                 await self._task
             self._task = None
 
+    def move(self, host: str, port: int) -> None:
+        """Dial in to another master station from now on (a load balancer sending the
+        next connection elsewhere); the current link drops."""
+        self.host, self.port = host, port
+        self.drop()
+
     def drop(self) -> None:
         """Close the link now, as a lost 4G connection does; the terminal dials in again."""
         if self._writer is not None:

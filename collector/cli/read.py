@@ -133,8 +133,10 @@ async def _read(url: str, address: str, version: Version, quantities: list[Quant
 @click.option("--via", default=None, metavar="BROKER",
               help="Read through a collector's command channel: mqtt://HOST:PORT or "
                    "mqtts://HOST:PORT (with --collector and --meter instead of --target).")
-@click.option("--collector", "collector_id", default=None, metavar="ID",
-              help="With --via: the collector's id ([collector] id of its configuration).")
+@click.option("--collector", "--fleet", "collector_id", default=None, metavar="ID",
+              help="With --via: the collector's id ([collector] id of its configuration), "
+                   "or the name of a fleet of collectors ([mqtt] fleet): the one holding "
+                   "the session of the meter's concentrator answers.")
 @click.option("--meter", "meter_id", default=None, metavar="METER_ID",
               help="With --via or --config: the meter id in the collector's configuration.")
 @click.option("--config", "-c", "config_path", default=None, metavar="FILE",

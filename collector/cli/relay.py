@@ -66,8 +66,10 @@ def _via_options(f: Any) -> Any:
     opts = [
         click.option("--via", default=None, metavar="BROKER",
                      help="Through a running collector: mqtt://HOST:PORT or mqtts://..."),
-        click.option("--collector", "collector_id", default=None, metavar="ID",
-                     help="With --via: the collector's id."),
+        click.option("--collector", "--fleet", "collector_id", default=None, metavar="ID",
+                     help="With --via: the collector's id, or the name of a fleet of "
+                          "collectors ([mqtt] fleet): the one holding the session of the "
+                          "meter's concentrator answers."),
         click.option("--username", default=None, metavar="USER",
                      help="With --via: broker user."),
         click.option("--password-file", default=None, metavar="FILE",
@@ -109,7 +111,7 @@ def _remote_opts(via: str, collector_id: str | None, username: str | None,
                  password_file: str | None, ca_file: str | None, cert_file: str | None,
                  key_file: str | None, timeout_s: float) -> RemoteOptions:
     if not collector_id:
-        _fail("--via needs --collector ID", EXIT_USAGE)
+        _fail("--via needs --collector ID (or --fleet NAME)", EXIT_USAGE)
     return RemoteOptions(via, collector_id, None, username, password_file, ca_file,
                          cert_file, key_file, 0, int(timeout_s * 1000))
 

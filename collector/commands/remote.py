@@ -101,6 +101,9 @@ RECEIVED: Final = "received"
 DONE: Final = "done"
 DENIED: Final = "denied"  # refused for security (signature, binding): final, like done
 DOCUMENT: Final = "document"  # key of the request as published, for signed commands
+# Key of the id a request was addressed to (the collector's, or its fleet's): signed
+# documents must name it.  Set by the server, never taken from the request.
+SERVED_AS: Final = "served_as"
 COMMANDS: Final[frozenset[str]] = frozenset({"read"})
 REPEATABLE: Final[frozenset[str]] = frozenset({"read"})  # harmless to run again
 
@@ -433,6 +436,10 @@ class CommandServer:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def known(self, request_id: str) -> bool:
+        """Is ``request_id`` running or in the journal (a repeat is answered here)?"""
+        return request_id in self._inflight or self.journal.get(request_id) is not None
+
     # ---- receiving -----------------------------------------------------------------------
 
     def on_message(self, message: Any) -> None:
@@ -522,7 +529,8 @@ class CommandServer:
         if topic_command not in self.commands:
             raise _Invalid(f"unknown command {_short(topic_command)} (known: "
                            f"{', '.join(sorted(self.commands))})", rid, target)
-        body: JsonDict = {"request_id": rid, "command": topic_command}
+        body: JsonDict = {"request_id": rid, "command": topic_command,
+                          SERVED_AS: self.collector_id}
         if topic_command == "read":
             body.update(self._read_fields(doc, rid, target))
         else:
@@ -863,7 +871,8 @@ def parse_ts(text: object) -> dt.datetime | None:
 
 
 __all__ = [
-    "COMMANDS", "DENIED", "DOCUMENT", "DONE", "RECEIVED", "REPEATABLE", "BrokerError",
+    "COMMANDS", "DENIED", "DOCUMENT", "DONE", "RECEIVED", "REPEATABLE", "SERVED_AS",
+    "BrokerError",
     "CommandDenied", "CommandError", "CommandServer",
     "Connection", "Execute", "Journal", "MemoryJournal", "RemoteError", "Request",
     "ServerStats", "StoreJournal", "call", "command_filter", "daemon_executor",

@@ -135,6 +135,10 @@ class _Loader(TablesMixin, LedgerMixin):
         self.unknown_keys("", data, TOP_KEYS)
         collector = self.collector(data.get("collector"))
         mqtt = self.mqtt(data.get("mqtt"))
+        if mqtt is not None and collector is not None and mqtt.fleet == collector.id:
+            # amic/<fleet>/cmd/ and amic/<collector id>/cmd/ would be one topic
+            self.add("mqtt", "fleet", "a fleet name other than [collector] id",
+                     _q(mqtt.fleet))
         timeseries = self.timeseries(data.get("timeseries"))
         gateways = self.gateways(data.get("gateway"), mqtt is not None)
         listeners = self.listeners(data.get("listener"))

@@ -288,6 +288,10 @@ class MqttTable(Table):
     commands: StrictBool = Field(True, description="serve amic/<collector id>/cmd/#")
     reply_prefixes: Annotated[tuple[str, ...], CUSTOM] = Field(
         (), description="reply_to allowed under these, besides our own")
+    fleet: Annotated[str | None, NAME] = Field(
+        None, description="the fleet this collector serves with others (amic/<fleet>/cmd/#)")
+    fleet_hold: Seconds = Field(
+        60.0, gt=0, le=3600, description="seconds a fleet request waits for its terminal")
 
 
 class GatewayTable(Table):
@@ -526,6 +530,8 @@ class MqttSettings:
     key_file: Path | None = _d(MqttTable, "key_file")
     commands: bool = _d(MqttTable, "commands")
     reply_prefixes: tuple[str, ...] = _d(MqttTable, "reply_prefixes")
+    fleet: str | None = _d(MqttTable, "fleet")
+    fleet_hold: float = _d(MqttTable, "fleet_hold")
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,11 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         files = {k: self.opt(t, data, M, k) for k in ("ca_file", "cert_file", "key_file")}
         commands = self.opt(t, data, M, "commands")
         reply_prefixes = self.reply_prefixes(t, data)
+        fleet = self.opt(t, data, M, "fleet")
+        fleet_hold = self.opt(t, data, M, "fleet_hold")
+        if fleet is not None and commands is False:
+            self.add(t, "fleet", "no fleet with commands = false (a fleet shares the "
+                     "command channel)", show_value(fleet))
         paths = {k: self.relative(v) if v else None for k, v in files.items()}
         for k, path in paths.items():
             if path is not None and not path.is_file():
@@ -163,7 +168,8 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         return MqttSettings(url=url, client_id=client_id or "", username=username,
                             password=password, ca_file=paths["ca_file"],
                             cert_file=paths["cert_file"], key_file=paths["key_file"],
-                            commands=commands, reply_prefixes=reply_prefixes)
+                            commands=commands, reply_prefixes=reply_prefixes,
+                            fleet=fleet, fleet_hold=fleet_hold)
 
     def reply_prefixes(self, t: str, data: Mapping[str, object]) -> tuple[str, ...]:
         """``reply_prefixes``: topics a request's ``reply_to`` may name (besides

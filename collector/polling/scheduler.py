@@ -306,8 +306,11 @@ class Poller:
     def __init__(self, workers: dict[str, BusWorker], sinks: Sinks, *,
                  dead_after: int = 2, health: dict[str, MeterHealth] | None = None,
                  profiles: Callable[[str], Profile] | None = None,
-                 bus_health: dict[str, BusHealth] | None = None) -> None:
+                 bus_health: dict[str, BusHealth] | None = None,
+                 elsewhere: Callable[[str], bool] | None = None) -> None:
         self.workers = workers
+        # Buses another collector of the fleet serves: their meters are not ours to poll.
+        self.elsewhere = elsewhere
         self.profiles = profiles  # Modbus profile by name (from the configuration)
         self.sinks = sinks
         self.dead_after = dead_after
@@ -328,6 +331,10 @@ class Poller:
     async def run_cycle(self, schedule: ScheduleSettings,
                         meters: list[MeterSettings]) -> CycleRecord:
         now = time.monotonic()
+        if self.elsewhere is not None:
+            away = {b for b in {m.bus for m in meters} if self.elsewhere(b)}
+            if away:
+                meters = [m for m in meters if m.bus not in away]
         cycle = CycleRecord(uuid.uuid4().hex, schedule.name, utcnow())
         self.current[schedule.name] = cycle
         due: dict[str, list[tuple[MeterSettings, int]]] = {}

@@ -53,6 +53,7 @@ from collector.commands.relay_service import (
 )
 from collector.commands.remote import (
     DOCUMENT,
+    SERVED_AS,
     CommandDenied,
     CommandError,
     Execute,
@@ -186,7 +187,8 @@ class Control:
         doc = request.get(DOCUMENT, request)  # as published: what was signed
         try:
             return check_request(doc, self.verifier if self.signed else None,
-                                 collector=self.ctx.settings().collector.id,
+                                 collector=str(request.get(SERVED_AS)
+                                               or self.ctx.settings().collector.id),
                                  command=str(request.get("command") or ""))
         except SignatureError as e:
             raise self._denied(request, doc, e, meter=meter, kind=kind) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import signal
 import ssl
@@ -44,7 +45,7 @@ from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
 from drivers.concentrator_meter import concentrator_line
 from drivers.mqtt import MqttBus
-from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId
+from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId, TerminalSession
 from drivers.serial import SerialBus
 from drivers.tcp import TcpBus
 from protocols.modbus import Profile
@@ -52,6 +53,7 @@ from protocols.qgdw3761 import ConfirmStyle
 
 from .control import Control
 from .ctlsocket import CtlServer
+from .fleet import FleetHooks, Terminal, terminal_key
 from .metrics import Metrics, MetricsServer, parse_listen
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
@@ -338,10 +340,71 @@ class Daemon:
                 return c.name
         return None
 
+    # ---- the fleet: several collectors, one set of concentrators (see fleet.py) ---------
+
+    def _fleet_hooks(self) -> FleetHooks:
+        def concentrator(key: str) -> ConcentratorSettings | None:
+            return next((c for c in self.settings.concentrators
+                         if terminal_key(c.a1, c.a2) == key), None)
+
+        def terminal_of(meter_id: str) -> Terminal | None:
+            c = self._concentrators().get(self._meter_bus.get(meter_id) or "")
+            return Terminal(terminal_key(c.a1, c.a2), c.name) if c is not None else None
+
+        def session(key: str) -> TerminalSession | None:
+            c = concentrator(key)
+            station = self.stations.get(c.listener) if c is not None else None
+            if c is None or station is None:
+                return None
+            s = station.terminal(TerminalId(c.a1, c.a2))
+            return s if s is not None and not s.closed else None
+
+        def session_since(key: str) -> dt.datetime | None:
+            s = session(key)
+            return s.logged_in if s is not None else None
+
+        def drop(key: str, reason: str) -> None:
+            c = concentrator(key)
+            station = self.stations.get(c.listener) if c is not None else None
+            if c is not None and station is not None:
+                station.drop(TerminalId(c.a1, c.a2), reason)
+
+        def runs_bus(meter_id: str) -> bool:
+            bus = self._meter_bus.get(meter_id)
+            return bus is not None and bus in self.buses
+
+        return FleetHooks(terminal_of=terminal_of, session_since=session_since, drop=drop,
+                          runs_bus=runs_bus, known_meter=lambda m: m in self._meter_bus)
+
+    def _elsewhere(self, bus: str) -> bool:
+        """A concentrator whose session another collector of the fleet holds: its meters
+        are polled there."""
+        fleet = self.mqtt.fleet if self.mqtt is not None else None
+        if fleet is None:
+            return False
+        c = self._concentrators().get(bus)
+        return c is not None and fleet.elsewhere(terminal_key(c.a1, c.a2))
+
+    def _concentrators(self) -> dict[str, ConcentratorSettings]:
+        """The configured concentrators by name (cached per configuration)."""
+        cached = getattr(self, "_by_name", None)
+        if cached is None or cached[0] is not self.settings:
+            cached = (self.settings, {c.name: c for c in self.settings.concentrators})
+            self._by_name = cached
+        return cached[1]
+
     def _on_terminal(self, listener: str, ev: TerminalEvent) -> None:
         name = self._concentrator_of(listener, ev.terminal) or str(ev.terminal)
         if self.stop_requested.is_set():
             return  # the stop closes every link: no event for each concentrator
+        fleet = self.mqtt.fleet if self.mqtt is not None else None
+        if fleet is not None and ev.kind in ("online", "replaced", "offline"):
+            key = terminal_key(ev.terminal.a1, ev.terminal.a2)
+            session = self.stations[listener].terminal(ev.terminal)
+            if ev.kind == "offline":
+                fleet.offline(key)
+            elif session is not None:
+                fleet.online(key, name, session.logged_in)
         if ev.kind in ("online", "offline"):
             kind = f"concentrator_{ev.kind}"
             log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
@@ -414,7 +477,7 @@ class Daemon:
             self.poller = Poller({}, Sinks(self._on_readings, self._on_event, self._on_cycle,
                                            self._on_progress, room=self._room),
                                  health=self.health, profiles=self._profile,
-                                 bus_health=self.bus_health)
+                                 bus_health=self.bus_health, elsewhere=self._elsewhere)
         poller = self.poller
         # No new cycle reaches a bus that is being replaced (running ones keep theirs).
         poller.workers = {n: e.worker for n, e in keep.items()}
@@ -689,7 +752,7 @@ class Daemon:
         self.control = Control(self.context, secrets)
         if self.settings.mqtt is not None:
             # Before the buses: mqtt buses talk through this connection.
-            self.mqtt = MqttLink(self.context, self.control)
+            self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
         self.control.start()

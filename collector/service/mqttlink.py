@@ -8,11 +8,13 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from collector.commands.remote import CommandServer, StoreJournal, daemon_executor
+from collector.commands.remote import CommandServer, Execute, StoreJournal, daemon_executor
 from collector.config.settings import MeterSettings, Settings
 from collector.polling.gateway import Reject, ReportIngestor
 from collector.store.records import Event, utcnow
 from drivers.mqtt import MqttConnection
+
+from .fleet import Fleet, FleetHooks
 
 if TYPE_CHECKING:
     from collector.polling.context import DaemonContext
@@ -24,22 +26,33 @@ log = logging.getLogger("amic.mqtt")
 SESSION_FILE = "mqtt-session.json"  # in data_dir: the broker and client id of our session
 
 
-def connection_for(settings: Settings) -> MqttConnection:
+def connection_for(settings: Settings,
+                   will: tuple[str, bytes] | None = None) -> MqttConnection:
     m = settings.mqtt
     assert m is not None
     return MqttConnection(m.url, client_id=m.client_id or f"amic-{settings.collector.id}",
                           username=m.username, password=m.password,
                           ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
-                          clean_session=False)
+                          clean_session=False, will=will)
 
 
 class MqttLink:
     """One persistent-session connection shared by reports, mqtt buses and commands."""
 
-    def __init__(self, ctx: DaemonContext, control: Control | None = None) -> None:
+    def __init__(self, ctx: DaemonContext, control: Control | None = None,
+                 fleet: FleetHooks | None = None) -> None:
         self.ctx = ctx
         self.control = control  # answers relay and top-up requests when there is one
-        self.conn = connection_for(ctx.settings())
+        settings = ctx.settings()
+        m = settings.mqtt
+        self.fleet: Fleet | None = None
+        self.fleet_commands: CommandServer | None = None
+        self._fleet_hooks = fleet if m is not None and m.fleet and m.commands else None
+        will = None
+        if self._fleet_hooks is not None:
+            assert m is not None and m.fleet is not None
+            will = (f"amic/{m.fleet}/instances/{settings.collector.id}", b"")
+        self.conn = connection_for(settings, will)
         self.conn.on_session_lost = self._on_session_lost
         self.conn.on_connected = self._on_connected
         # A session an earlier run had at this broker: the first connection is checked too.
@@ -72,9 +85,27 @@ class MqttLink:
                                           repeatable=("read",), signed=("relay", "topup"),
                                           reply_prefixes=m.reply_prefixes)
             self.commands.start()
+            if self._fleet_hooks is not None:
+                await self._start_fleet(execute)
         log.info("mqtt: %s as %s; %d gateways, command channel %s", m.url if m else "-",
                  self.conn.client_id if hasattr(self.conn, "client_id") else "-",
                  len(settings.gateways), "on" if self.commands else "off")
+
+    async def _start_fleet(self, execute: Execute) -> None:
+        """Serve amic/<fleet>/cmd/# too: the requests for terminals we hold."""
+        settings = self.ctx.settings()
+        m = settings.mqtt
+        store, writer = self.ctx.store(), self.ctx.writer()
+        assert m is not None and m.fleet is not None and self._fleet_hooks is not None
+        assert store is not None and writer is not None
+        fleet = Fleet(self.conn, self._fleet_hooks, instance=settings.collector.id,
+                      fleet=m.fleet, hold=m.fleet_hold)
+        self.fleet_commands = CommandServer(
+            self.conn, m.fleet, fleet.executor(execute), StoreJournal(store, writer),
+            commands=("read", "relay", "topup"), repeatable=("read",),
+            signed=("relay", "topup"), reply_prefixes=m.reply_prefixes)
+        self.fleet = fleet
+        await fleet.start(self.fleet_commands)
 
     def _gateway_of(self, meter: MeterSettings) -> str:
         for b in self.ctx.settings().buses:
@@ -159,6 +190,10 @@ class MqttLink:
             log.debug("event not published: %s", task.exception())
 
     async def stop(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
+        if self.fleet_commands is not None:
+            await self.fleet_commands.close()
         if self.commands is not None:
             await self.commands.close()
         await self.conn.__aexit__(None, None, None)
