@@ -1217,3 +1217,22 @@ def test_daily_and_prepaid_time_zone_checked() -> None:
         'amic.toml:21: [prepaid]: key "warn2": expected an amount below warn1 (5), got 10',
         'amic.toml:22: [prepaid]: key "tz": expected a time zone name such as '
         '"Asia/Shanghai", got "Asia/Shanghia"']
+
+
+def test_mqtt_fleet() -> None:
+    """``[mqtt] fleet``: the name several collectors serve requests under; never the
+    collector's own id, never without the command channel."""
+    plain = '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+    s = load(BASE + plain + 'fleet = "north"\nfleet_hold = "30s"\n')
+    assert s.mqtt is not None and (s.mqtt.fleet, s.mqtt.fleet_hold) == ("north", 30.0)
+    s = load(BASE + plain)
+    assert s.mqtt is not None and (s.mqtt.fleet, s.mqtt.fleet_hold) == (None, 60.0)
+    found = problem(BASE + plain + 'fleet = "gw-1"\n')
+    assert "amic.toml:" in found and 'key "fleet"' in found
+    assert "other than [collector] id" in found and '"gw-1"' in found
+    found = problem(BASE + plain + 'fleet = "north"\ncommands = false\n')
+    assert 'key "fleet"' in found and "commands = false" in found
+    found = problem(BASE + plain + 'fleet = "a/b"\n')
+    assert 'key "fleet"' in found and '"a/b"' in found
+    found = problem(BASE + plain + 'fleet = "north"\nfleet_hold = "0s"\n')
+    assert 'key "fleet_hold"' in found

@@ -99,7 +99,7 @@ class Owners:
         async with aiomqtt.Client("127.0.0.1", port) as c:
             await c.subscribe("amic/terminals/+", qos=1)
             async for m in c.messages:
-                payload = bytes(m.payload)  # type: ignore[arg-type]
+                payload = bytes(m.payload)
                 self.seen[str(m.topic).rsplit("/", 1)[-1]] = \
                     json.loads(payload) if payload else None
 
@@ -118,7 +118,7 @@ async def ask(port: int, command: str, doc: dict[str, Any], *, publish: bool = T
             await c.publish(f"amic/{FLEET}/cmd/{command}", json.dumps(doc), qos=1)
         async with asyncio.timeout(timeout):
             async for m in c.messages:
-                return json.loads(bytes(m.payload))  # type: ignore[arg-type,no-any-return]
+                return json.loads(bytes(m.payload))  # type: ignore[no-any-return]
     raise AssertionError("no reply")
 
 
@@ -151,8 +151,8 @@ async def test_a_fleet_follows_its_concentrator_from_one_daemon_to_the_other(
             # 1. It logs in to A: A announces it, and a fleet read is answered by A.
             sim.start()
             await until(lambda: owners.owner() == "gw-A", 15, what=lambda: owners.seen)
-            assert owners.seen[KEY] is not None
-            assert owners.seen[KEY]["concentrator"] == "tq-1"
+            announced = owners.seen[KEY]
+            assert announced is not None and announced["concentrator"] == "tq-1"
             doc = read_doc()
             reply = await ask(broker.port, "read", doc)
             assert reply["status"] == "ok", reply
