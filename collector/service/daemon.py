@@ -168,6 +168,7 @@ class Daemon:
         self.alarms: AlarmEngine | None = AlarmEngine(
             AlarmSettings(**dict(settings.alarms.values)))  # type: ignore[arg-type]
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
+        self._by_name: tuple[Settings, dict[str, ConcentratorSettings]] | None = None
         self.control: Control | None = None
         self.ctl: CtlServer | None = None
         self.daily: DailyJobs | None = None
@@ -387,7 +388,7 @@ class Daemon:
 
     def _concentrators(self) -> dict[str, ConcentratorSettings]:
         """The configured concentrators by name (cached per configuration)."""
-        cached = getattr(self, "_by_name", None)
+        cached = self._by_name
         if cached is None or cached[0] is not self.settings:
             cached = (self.settings, {c.name: c for c in self.settings.concentrators})
             self._by_name = cached
