@@ -44,6 +44,7 @@ KVAR = "kvar"
 KVA = "kVA"
 HZ = "Hz"
 YUAN = "yuan"
+MINUTE = "min"
 NONE = ""
 
 _TARIFFS = ("total", "t1", "t2", "t3", "t4")
@@ -106,7 +107,49 @@ def _build() -> dict[str, Quantity]:
             )
     q.append(Quantity("power_down_count", NONE, Kind.COUNT, "total power-down count"))
     q.append(Quantity("cover_open_count", NONE, Kind.COUNT, "meter cover opened count"))
+    q.extend(_event_and_demand())
     return {x.name: x for x in q}
+
+
+# Event counters (a meter's own count of each kind of event record it keeps) and maximum
+# demand.  EVENT_COUNTERS maps an event kind to the quantity that counts it.
+_PHASE_EVENTS = (("voltage_loss", "voltage loss (失压)"), ("current_loss", "current loss (失流)"),
+                 ("power_reverse", "reverse power flow (潮流反向)"))
+EVENT_COUNTERS: dict[str, str] = {
+    **{f"{e}_{p}": f"{e}_count_{p}" for e, _ in _PHASE_EVENTS for p in _PHASES},
+    "power_down": "power_down_count",
+    "cover_open": "cover_open_count",
+    "programming": "programming_count",
+    "meter_clear": "meter_clear_count",
+    "relay_trip": "relay_trip_count",
+    "relay_close": "relay_close_count",
+}
+"""Event kind -> the counter quantity read with the regular poll."""
+EVENT_KINDS: tuple[str, ...] = tuple(EVENT_COUNTERS)
+DEMAND_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+
+
+def _event_and_demand() -> list[Quantity]:
+    q: list[Quantity] = []
+    for event, text in _PHASE_EVENTS:
+        for p in _PHASES:
+            q.append(Quantity(f"{event}_count_{p}", NONE, Kind.COUNT,
+                              f"phase {p.upper()} {text} count"))
+            q.append(Quantity(f"{event}_minutes_{p}", MINUTE, Kind.COUNT,
+                              f"phase {p.upper()} {text} total minutes"))
+    for name, text in (("programming_count", "programming (编程) count"),
+                       ("meter_clear_count", "meter clear (电表清零) count"),
+                       ("relay_trip_count", "relay trip (跳闸) record count"),
+                       ("relay_close_count", "relay close (合闸) record count")):
+        q.append(Quantity(name, NONE, Kind.COUNT, text))
+    for direction in DEMAND_DIRECTIONS:
+        for t in _TARIFFS:
+            q.append(Quantity(f"demand_active_{direction}_{t}", KW, Kind.NUMBER,
+                              f"{direction} active maximum demand, {t}"))
+            q.append(Quantity(f"demand_active_{direction}_{t}_time", NONE, Kind.DATETIME,
+                              f"when the {direction} active maximum demand ({t}) occurred "
+                              "(meter local time)"))
+    return q
 
 
 QUANTITIES: dict[str, Quantity] = _build()
@@ -133,6 +176,7 @@ _NAME_RANGES: dict[str, tuple[float, float]] = {
     "purchase_count": (0.0, 1e9),
     "power_down_count": (0.0, 1e9),
     "cover_open_count": (0.0, 1e9),
+    **{c: (0.0, 1e9) for c in EVENT_COUNTERS.values()},
 }
 
 
@@ -184,6 +228,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "status": ("status_word_1", "status_word_3"),
     "datetime": ("meter_date", "meter_time"),
     "address": ("meter_address",),
+    "events": tuple(EVENT_COUNTERS.values()),
+    "demand": ("demand_active_forward_total", "demand_active_reverse_total"),
 }
 
 

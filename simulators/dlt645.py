@@ -47,8 +47,10 @@ from protocols.dlt645 import (
     address_matches,
     decode_message,
     decode_value,
+    encode_record,
     encode_value,
     lookup,
+    record_of,
 )
 from protocols.quantities import BROADCAST_ADDRESS
 
@@ -272,7 +274,7 @@ class SimulatedMeter:
         self._follow = None
         item = lookup(msg.di, self.version)
         if item is None:
-            return self._abnormal(msg.function, ERR_NO_DATA)
+            return self._read_record(msg)
         try:
             body = self._value_bytes(item)
         except Unavailable:
@@ -291,6 +293,16 @@ class SimulatedMeter:
         self.counters["follow_up_started"] += 1
         return ReadReply(address=self.address, version=self.version, di=msg.di,
                          body=body[:room], follow_up=True).to_frame()
+
+    def _read_record(self, msg: ReadRequest) -> Frame:
+        """An event record (an empty slot reads as zeros, as meters send it)."""
+        found = record_of(msg.di) if self.version is Version.V2007 else None
+        if found is None:
+            return self._abnormal(msg.function, ERR_NO_DATA)
+        layout, n = found
+        body = encode_record(self.model.event_record(layout.kind, n), layout.kind)
+        return ReadReply(address=self.address, version=self.version, di=msg.di,
+                         body=body).to_frame()
 
     def _read_follow_up(self, msg: ReadFollowUpRequest) -> Frame:
         pending = self._follow

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Protocol
 
-from protocols.dlt645 import DAILY_FREEZES, Format, Version, items
-from protocols.quantities import QUANTITIES
+from protocols.dlt645 import DAILY_FREEZES, RECORDS_KEPT, EventRecord, Format, Version, items
+from protocols.quantities import EVENT_COUNTERS, QUANTITIES
 
 Reading = Decimal | int | str | dt.date | dt.time | dt.datetime
 
@@ -266,6 +266,7 @@ class MeterModel:
 
         self._sample_second = -1
         self._sample: Sample | None = None
+        self._init_events()
 
     # ---- time -------------------------------------------------------------------------
 
@@ -312,6 +313,7 @@ class MeterModel:
         kw = self._hour_kw[hour]
         if kw <= 0:
             return
+        self._note_demand(kw)
         kwh = kw * us / _KWH_PER_KW_US
         if cfg.prepaid and not self.hold_power:
             headroom = self._remaining + cfg.overdraft_limit  # yuan until the trip
@@ -386,7 +388,7 @@ class MeterModel:
         if self._sample is None or second != self._sample_second:
             self._sample = self._make_sample(second)
             self._sample_second = second
-        return self._sample
+        return self._with_events(self._sample)
 
     def _make_sample(self, second: int) -> Sample:
         cfg = self.config
@@ -517,6 +519,9 @@ class MeterModel:
             return self.power_down_count
         if name == "cover_open_count":
             return self.cover_open_count
+        event_value = self._event_value(name)
+        if event_value is not None:
+            return event_value
         if cfg.prepaid:  # a money-prepaid meter: no energy balance registers
             if name == "balance_amount":
                 return _q(max(self._remaining, Decimal(0)), 2)
@@ -539,7 +544,9 @@ class MeterModel:
                 | ((2 if self.config.prepaid else 0) << 8)
                 | (self.hold_power << 12)
             )
-        return 0  # no battery, reverse-power or fault condition is simulated
+        if 4 <= n <= 7:
+            return self._fault_word(n)
+        return 0  # no battery or reverse-power condition is simulated
 
     # ---- relay, payment, clearing -------------------------------------------------------
 
@@ -560,6 +567,8 @@ class MeterModel:
         if self.hold_power:
             return False
         self.relay_command_open = True
+        if not self._relay_open:
+            self._relay_record("relay_trip")
         self._relay_open = True
         return True
 
@@ -583,6 +592,8 @@ class MeterModel:
         self._close()
 
     def _close(self) -> None:
+        if self._relay_open:
+            self._relay_record("relay_close")
         self._relay_open = False
         self._tripped_by_balance = False
         # Without credit a prepaid meter trips again straight away.
@@ -618,6 +629,7 @@ class MeterModel:
                               maxlen=DAILY_FREEZES)
         self._settlements = deque([_Registers() for _ in self._settlements], maxlen=12)
         self.clear_events()
+        self.record_event("meter_clear", self.now())
 
     def clear_events(self, which: str = "all") -> None:
         """Event clear: ``all``, ``power_down`` or ``cover_open``."""
@@ -625,6 +637,11 @@ class MeterModel:
             self.power_down_count = 0
         if which in ("all", "cover_open"):
             self.cover_open_count = 0
+        for kind in EVENT_COUNTERS:
+            if which in ("all", kind):
+                self._records[kind].clear()
+                self._counts[kind] = 0
+                self._minutes[kind] = 0
 
     def snapshot(self) -> Mapping[str, Reading]:
         """Every quantity this meter holds, by name (for logs and other protocols)."""
@@ -633,6 +650,155 @@ class MeterModel:
             with contextlib.suppress(Unavailable):
                 out[name] = self.read(name)
         return out
+
+
+    # ---- event records and maximum demand ----------------------------------------------
+    # A meter keeps the last RECORDS_KEPT records of each event kind (newest first) and
+    # its count; phase events also their total minutes.  power_down and cover_open keep
+    # their counts in the attributes above (tests set them directly).
+
+    def _init_events(self) -> None:
+        self._records: dict[str, deque[EventRecord]] = {
+            k: deque(maxlen=RECORDS_KEPT) for k in EVENT_COUNTERS}
+        self._counts: dict[str, int] = dict.fromkeys(EVENT_COUNTERS, 0)
+        self._minutes: dict[str, int] = dict.fromkeys(EVENT_COUNTERS, 0)
+        month = self._local.replace(day=1, hour=0, minute=0, second=0)
+        self._demand: dict[str, tuple[Decimal, dt.datetime]] = {
+            f"{d}_{t}": (Decimal(0), month) for d in ("forward", "reverse")
+            for t in ("total", "t1", "t2", "t3", "t4")}
+
+    def event_count(self, kind: str) -> int:
+        if kind == "power_down":
+            return self.power_down_count
+        if kind == "cover_open":
+            return self.cover_open_count
+        return self._counts[kind]
+
+    def record_event(self, kind: str, start: dt.datetime, end: dt.datetime | None = None,
+                     **fields: object) -> EventRecord:
+        """The meter notes an event of ``kind`` from ``start`` (meter local time) to ``end``
+        (None: still going on): its count goes up and it becomes record 1."""
+        self.update()
+        if kind not in EVENT_COUNTERS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        if kind == "power_down":
+            self.power_down_count += 1
+        elif kind == "cover_open":
+            self.cover_open_count += 1
+        else:
+            self._counts[kind] += 1
+        if end is not None and kind.rsplit("_", 1)[-1] in _PHASE_INDEX:
+            self._minutes[kind] += int((end - start).total_seconds() // 60)
+        record = EventRecord(kind, 1, start.replace(microsecond=0),
+                             None if end is None else end.replace(microsecond=0),
+                             {k: v for k, v in fields.items()})  # type: ignore[misc]
+        self._records[kind].appendleft(record)
+        return record
+
+    def event_record(self, kind: str, n: int) -> EventRecord | None:
+        """Record ``n`` (1 the latest) of ``kind`` as the meter shows it now: an end still
+        in the future is not shown yet; None for a slot it does not hold."""
+        self.update()
+        records = self._records[kind]
+        if not 1 <= n <= len(records):
+            return None
+        r = records[n - 1]
+        end = r.end if r.end is not None and r.end <= self._local else None
+        return EventRecord(kind, n, r.start, end, r.fields)
+
+    def _active(self, kind: str) -> bool:
+        now = self._local
+        return any(r.start <= now and (r.end is None or now < r.end)
+                   for r in self._records[kind])
+
+    def lose_voltage(self, phase: str, start: dt.datetime,
+                     end: dt.datetime | None = None) -> EventRecord:
+        """Phase ``phase`` loses its voltage (失压) from ``start`` to ``end``: the phase
+        reads 0 V and status word 4/5/6 bit 0 is set meanwhile."""
+        return self.record_event(f"voltage_loss_{phase}", start, end)
+
+    def lose_current(self, phase: str, start: dt.datetime,
+                     end: dt.datetime | None = None) -> EventRecord:
+        return self.record_event(f"current_loss_{phase}", start, end)
+
+    def open_cover(self, at: dt.datetime, until: dt.datetime | None = None) -> EventRecord:
+        """The meter cover is opened at ``at`` (and closed at ``until``)."""
+        before = self._quadrant_energies("before")
+        return self.record_event("cover_open", at, until, **before)
+
+    def power_down_event(self, start: dt.datetime, end: dt.datetime) -> EventRecord:
+        """The meter was without supply from ``start`` to ``end``."""
+        return self.record_event("power_down", start, end)
+
+    def program(self, at: dt.datetime, operator: str = "00000000",
+                dis: tuple[str, ...] = ()) -> EventRecord:
+        """A programming (编程) record: up to ten DIs written, unused ones FFFFFFFF."""
+        written = {f"di_{i + 1}": (dis[i] if i < len(dis) else "FFFFFFFF") for i in range(10)}
+        return self.record_event("programming", at, None, operator=operator, **written)
+
+    def _relay_record(self, kind: str) -> None:
+        self.record_event(kind, self._local, None, operator="00000000",
+                          **self._quadrant_energies("at"))
+
+    def _quadrant_energies(self, prefix: str) -> dict[str, Decimal]:
+        regs = self._regs
+        out = {f"{prefix}_forward_kwh": _energy(sum(regs.forward, Decimal(0))),
+               f"{prefix}_reverse_kwh": _energy(sum(regs.reverse, Decimal(0)))}
+        for q in range(4):
+            out[f"{prefix}_q{q + 1}_kvarh"] = _energy(sum(regs.reactive[q], Decimal(0)))
+        return out
+
+    def _with_events(self, sample: Sample) -> Sample:
+        lost = [p for p in _PHASE_INDEX if self._active(f"voltage_loss_{p}")]
+        if not lost:
+            return sample
+        volts = list(sample.voltage)
+        for p in lost:
+            if _PHASE_INDEX[p] < len(volts):
+                volts[_PHASE_INDEX[p]] = Decimal("0.0")
+        return Sample(tuple(volts), sample.current, sample.current_n, sample.power_active,
+                      sample.power_reactive, sample.power_apparent, sample.power_factor,
+                      sample.frequency)
+
+    def _fault_word(self, n: int) -> int:
+        """Status words 4-6 (phase A-C faults: bit 0 loss of voltage, 3 loss of current,
+        6 reverse power); 7 (bit 0 voltage phase sequence reversed) is never set here."""
+        if n == 7:
+            return 0
+        p = "abc"[n - 4]
+        return (self._active(f"voltage_loss_{p}") | self._active(f"current_loss_{p}") << 3
+                | self._active(f"power_reverse_{p}") << 6)
+
+    def _event_value(self, name: str) -> Reading | None:
+        for kind, counter in EVENT_COUNTERS.items():
+            if name == counter:
+                return self.event_count(kind)
+            if name == counter.replace("_count_", "_minutes_") and "_count_" in counter:
+                return self._minutes[kind]
+        if name.startswith("demand_active_"):
+            key = name.removeprefix("demand_active_").removesuffix("_time")
+            if key in self._demand:
+                value, when = self._demand[key]
+                return when if name.endswith("_time") else _q(value, 4)
+        return None
+
+    def _note_demand(self, kw: Decimal) -> None:
+        # The load is constant within an hour: the 15-min demand equals its kW, first
+        # reached at the end of the quarter under way.
+        tariff = self.config.tariff_by_hour[self._local.hour]
+        end = self._local.replace(minute=self._local.minute // 15 * 15, second=0,
+                                  microsecond=0) + dt.timedelta(minutes=15)
+        for key in ("forward_total", f"forward_t{tariff}"):
+            if kw > self._demand[key][0]:
+                self._demand[key] = (kw, end)
+
+    def demand_peak(self, kw: Decimal, at: dt.datetime, direction: str = "forward") -> None:
+        """A demand of ``kw`` (15-min average) ending at ``at`` (meter local time)."""
+        self.update()
+        tariff = self.config.tariff_by_hour[at.hour]
+        for key in (f"{direction}_total", f"{direction}_t{tariff}"):
+            if kw > self._demand[key][0]:
+                self._demand[key] = (Decimal(kw), at.replace(second=0, microsecond=0))
 
 
 def _previous_month(when: dt.datetime) -> dt.datetime:

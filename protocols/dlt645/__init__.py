@@ -67,6 +67,16 @@ from ._frame import (
     version_of,
 )
 from ._receivebuffer import ExtractorStats, FrameExtractor, address_matches
+from ._records import (
+    LAYOUTS,
+    RECORDS_KEPT,
+    EventRecord,
+    RecordLayout,
+    decode_record,
+    encode_record,
+    record_di,
+    record_of,
+)
 
 __all__ = [
     "CATALOGUE", "ERROR_BITS", "STATUS_BITS", "AbnormalReply", "Ack", "Bit", "ChangeBaudReply",
@@ -84,3 +94,6 @@ __all__ = [
 ]
 # for the collector, the simulators and `amic decode`, instead of the private modules
 __all__ += ["DAILY_FREEZES", "HEADER_SIZE", "START", "freeze_di", "skip_preamble"]
+# event records (_records.py)
+__all__ += ["LAYOUTS", "RECORDS_KEPT", "EventRecord", "RecordLayout", "decode_record",
+            "encode_record", "record_di", "record_of"]

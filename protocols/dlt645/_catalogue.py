@@ -26,6 +26,7 @@ class Format(StrEnum):
     TIME = "time"  # hhmmss
     DATETIME5 = "datetime5"  # YYMMDDhhmm
     DATETIME7 = "datetime7"  # YYMMDDWWhhmmss
+    DATETIME6 = "datetime6"  # YYMMDDhhmmss (event records)
     ADDRESS = "address"  # 12 BCD digits
     STATUS = "status"  # little-endian bit field
     BLOCK = "block"  # members back to back
@@ -240,7 +241,44 @@ def _catalogue_2007() -> list[DataItem]:
             items.append(replace(_block(freeze_di(name, nn), name, members), freeze=nn))
     items.append(_item(0x03110000, "power_down_count", Format.COUNT, 3, note="(check)"))
     items.append(_item(0x03300D00, "cover_open_count", Format.COUNT, 3, note="(check)"))
+    items += _event_counters() + _demand()
     return items
+
+
+# Event counters: 03 xx 00 00 per kind (phase events: count and total minutes of A, B, C,
+# 18 bytes), 0330 xx 00 (programming, meter clear, cover open: one count), 1D000001 /
+# 1E000001 relay trip / close records (2013 amendment).  The records themselves are in
+# _records.py.
+_PHASE_EVENT_DI2 = {"voltage_loss": 0x01, "current_loss": 0x0B, "power_reverse": 0x0E}
+
+
+def _event_counters() -> list[DataItem]:
+    out: list[DataItem] = []
+    for event, di2 in _PHASE_EVENT_DI2.items():
+        members = [
+            _item(0, f"{event}_{what}_{p}", Format.COUNT, 3)
+            for p in _PHASES for what in ("count", "minutes")
+        ]
+        out.append(_block(0x03000000 | (di2 << 16), f"{event}_counts", members,
+                          note="per phase: count, total minutes"))
+    out.append(_item(0x03300000, "programming_count", Format.COUNT, 3))
+    out.append(_item(0x03300100, "meter_clear_count", Format.COUNT, 3))
+    out.append(_item(0x1D000001, "relay_trip_count", Format.COUNT, 3, note="(check)"))
+    out.append(_item(0x1E000001, "relay_close_count", Format.COUNT, 3, note="(check)"))
+    return out
+
+
+def _demand() -> list[DataItem]:
+    """Maximum demand 01 DI2 DI1 00 (DI2 01 forward, 02 reverse active; DI1 the tariff):
+    XX.XXXX kW then YYMMDDhhmm, 8 bytes.  The block carries the demand's own name (reading
+    ``demand_active_forward_total`` brings its time along)."""
+    out: list[DataItem] = []
+    for di2, direction in ((0x01, "forward"), (0x02, "reverse")):
+        for t, tn in enumerate(_TARIFF_NAMES):
+            name = f"demand_active_{direction}_{tn}"
+            members = (_item(0, name, N, 3, 4), _item(0, f"{name}_time", Format.DATETIME5, 5))
+            out.append(_block(0x01000000 | (di2 << 16) | (t << 8), name, members))
+    return out
 
 
 def freeze_di(name: str, n: int = 1) -> int:
@@ -395,6 +433,9 @@ def decode_value(item: DataItem, data: bytes) -> Value:
         if fmt is Format.DATETIME7:
             return dt.datetime(2000 + _two(s, 0), _two(s, 2), _two(s, 4), _two(s, 8),
                                _two(s, 10), _two(s, 12))
+        if fmt is Format.DATETIME6:
+            return dt.datetime(2000 + _two(s, 0), _two(s, 2), _two(s, 4), _two(s, 6),
+                               _two(s, 8), _two(s, 10))
     except ValueError as e:
         raise PayloadError(f"{item.name} ({item.di_hex}): {s} is not a valid date/time ({e})") \
             from None
@@ -435,6 +476,8 @@ def encode_value(item: DataItem, value: Any) -> bytes:
         return digits_to_bcd(f"{value:%y%m%d%H%M}", 5)
     if fmt is Format.DATETIME7:
         return digits_to_bcd(f"{value:%y%m%d}{_week(value):02d}{value:%H%M%S}", 7)
+    if fmt is Format.DATETIME6:
+        return digits_to_bcd(f"{value:%y%m%d%H%M%S}", 6)
     raise PayloadError(f"{item.name}: unsupported format {fmt}")  # pragma: no cover
 
 
