@@ -15,7 +15,7 @@ forwarding line kept per (port, baud).  Daily freezes come from AFN0D F161 by da
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -36,6 +36,7 @@ from .device import (
     Capabilities,
     ClockRead,
     Credentials,
+    EventsRead,
     Freeze,
     Line,
     Meter,
@@ -303,6 +304,14 @@ class ConcentratorMeter(Meter):
 
     def clock_group(self) -> object | None:
         return None  # the concentrator sets its meters' clocks
+
+    def event_kinds(self) -> frozenset[str]:
+        return self.inner.event_kinds()
+
+    async def read_events(self, wanted: Mapping[str, int], opts: CallOptions = DEFAULT,
+                          *, tz: dt.tzinfo | None = None) -> EventsRead:
+        """The meter's own records, forwarded (AFN10 F1)."""
+        return await (await self._forwarding()).read_events(wanted, opts, tz=tz)
 
     # ---- daily freezes (AFN0D by date)
 

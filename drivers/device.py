@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -206,6 +206,30 @@ class ClockRead:
     t1: float
 
 
+@dataclass(frozen=True, slots=True)
+class MeterEvent:
+    """One of the meter's own event records: ``kind`` (``cover_open``,
+    ``voltage_loss_a`` ..., see :data:`protocols.quantities.EVENT_KINDS`), ``n`` its place
+    (1 the latest), ``start`` and ``end`` in UTC (``end`` None while it goes on or for
+    events without an end), ``detail`` the record's other fields (JSON-friendly)."""
+
+    kind: str
+    n: int
+    start: dt.datetime
+    end: dt.datetime | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EventsRead:
+    """What :meth:`Meter.read_events` got: ``events`` newest first per kind, ``failed``
+    the kinds whose read failed, ``refused`` those the meter does not keep."""
+
+    events: list[MeterEvent] = field(default_factory=list)
+    failed: dict[str, DriverError] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+
 class Unsupported(DriverError):
     """The meter's kind (or profile) cannot do this; nothing was sent."""
 
@@ -370,6 +394,19 @@ class Meter(ABC):
         raise Unsupported(f"meter {self.meter_id}: keeps no daily freezes",
                           address=self.address)
 
+    # ---- event records
+
+    def event_kinds(self) -> frozenset[str]:
+        """The event kinds whose records this meter keeps (empty: none)."""
+        return frozenset()
+
+    async def read_events(self, wanted: Mapping[str, int], opts: CallOptions = DEFAULT,
+                          *, tz: dt.tzinfo | None = None) -> EventsRead:
+        """The latest ``wanted[kind]`` records of each kind (one request each; fewer when
+        the meter holds fewer).  ``tz``: the meter's zone (None: the collector's)."""
+        raise Unsupported(f"meter {self.meter_id}: keeps no event records",
+                          address=self.address)
+
     # ---- the clock
 
     async def read_clock(self, clock: Callable[[], float],
@@ -437,9 +474,11 @@ __all__ = [
     "Capabilities",
     "ClockRead",
     "Credentials",
+    "EventsRead",
     "Freeze",
     "Line",
     "Meter",
+    "MeterEvent",
     "MeterKind",
     "MeterRead",
     "MeterRef",

@@ -11,7 +11,8 @@ and not asked again.  Relay commands are 1C with the meter password and operator
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Final
 
@@ -27,20 +28,25 @@ from protocols.dlt645 import (
     Value,
     Version,
     decode_message,
+    decode_record,
     freeze_di,
     items,
+    record_di,
+    value_to_json,
 )
 from protocols.dlt645 import DLT645Error as _CodecError
-from protocols.quantities import BROADCAST_ADDRESS, normalise_address
+from protocols.quantities import BROADCAST_ADDRESS, EVENT_KINDS, normalise_address
 from protocols.readings import Quality, Reading
 
 from .device import (
     Capabilities,
     ClockRead,
     Credentials,
+    EventsRead,
     Freeze,
     Line,
     Meter,
+    MeterEvent,
     MeterKind,
     MeterRead,
     MeterRef,
@@ -49,7 +55,7 @@ from .device import (
     Unsupported,
 )
 from .dlt645 import DataValue, Dlt645Session, resolve_quantity
-from .errors import BadReply, MeterError, UnknownQuantity
+from .errors import BadReply, DriverError, MeterError, UnknownQuantity
 from .options import DEFAULT, CallOptions
 
 PING_QUANTITY: Final = "energy_active_forward_total"  # every edition has it
@@ -185,7 +191,8 @@ class Dlt645Meter(Meter):
             wanted = list(got.failed)
         for q in got.refused:
             line.refused.add((address, q))
-        got.readings = to_readings(self.meter_id, values, dt.datetime.now(dt.UTC))
+        got.readings = to_readings(self.meter_id, [_demand_at(v) for v in values],
+                                   dt.datetime.now(dt.UTC))
         return got
 
     # ---- relay
@@ -286,6 +293,48 @@ class Dlt645Meter(Meter):
         return Freeze(taken, to_readings(self.meter_id, blocks, now, Quality.BACKFILLED,
                                          meter_ts), notes)
 
+    # ---- event records (2007: 03xx / 1D / 1E records, protocols/dlt645/_records.py)
+
+    def event_kinds(self) -> frozenset[str]:
+        return frozenset(EVENT_KINDS) if self.version is Version.V2007 else frozenset()
+
+    async def read_events(self, wanted: Mapping[str, int], opts: CallOptions = DEFAULT,
+                          *, tz: dt.tzinfo | None = None) -> EventsRead:
+        """Record 1, 2 ... of each kind until ``wanted[kind]`` or an empty slot; a kind the
+        meter refuses is remembered on the line and not asked again."""
+        if self.version is not Version.V2007:
+            return await super().read_events(wanted, opts, tz=tz)
+        got = EventsRead()
+        address, line = self._address, self.line
+        for kind, count in wanted.items():
+            key = (address, f"event:{kind}")
+            if kind not in EVENT_KINDS or key in line.refused:
+                got.refused.append(kind)
+                continue
+            for n in range(1, min(count, 10) + 1):
+                try:
+                    value = await self.session.read(address, record_di(kind, n), opts=opts)
+                    record = decode_record(kind, n, value.raw)
+                except MeterError:
+                    if n == 1:
+                        line.refused.add(key)
+                        got.refused.append(kind)
+                    break
+                except _CodecError as e:
+                    got.failed[kind] = BadReply(f"event record {kind} {n}: {e}",
+                                                address=address)
+                    break
+                except DriverError as e:
+                    got.failed[kind] = e
+                    break
+                if record is None:
+                    break  # the meter holds fewer records
+                got.events.append(MeterEvent(
+                    kind, n, _utc(record.start, tz),
+                    None if record.end is None else _utc(record.end, tz),
+                    {k: value_to_json(v) for k, v in record.fields.items()}))
+        return got
+
     # ---- the clock
 
     async def read_clock(self, clock: Callable[[], float],
@@ -325,6 +374,24 @@ class Dlt645Meter(Meter):
 
     def broadcast_bytes(self) -> int:
         return BROADCAST_BYTES + self.line.preamble
+
+
+def _utc(local: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    return (local.replace(tzinfo=tz) if tz is not None else local.astimezone()).astimezone(
+        dt.UTC)
+
+
+def _demand_at(value: DataValue) -> DataValue:
+    """A maximum demand block as its value, timestamped with when the peak occurred (the
+    readings' ``meter_ts``); any other value as it is."""
+    item = value.item
+    if item is None or not item.is_block or not item.name.startswith("demand_active_") \
+            or not isinstance(value.value, dict):
+        return value
+    parts = value.members()
+    if len(parts) != 2 or not isinstance(parts[1].value, dt.datetime):
+        return value
+    return replace(parts[0], timestamp=parts[1].value)
 
 
 class Dlt645Kind(MeterKind):
