@@ -19,6 +19,15 @@ RULES: tuple[str, ...] = (
     "power_down_counter",
     "cover_open_counter",
     "relay_unexpected",
+    # event records, status words 4-7 and power quality (issue 16)
+    "meter_cover_open",
+    "voltage_loss",
+    "current_loss",
+    "overload",
+    "phase_sequence",
+    "frequency_deviation",
+    "voltage_unbalance",
+    "voltage_sag",
 )
 
 
@@ -40,6 +49,11 @@ class AlarmSettings:
     pf_min_kw: float = 0.1  # |power_active_total| needed to judge pf (if read)
     pf_hysteresis: float = 0.05
     backwards_tolerance_kwh: float = 0.01
+    frequency_nominal: float = 50.0  # Hz
+    frequency_band_hz: float = 0.2  # GB/T 15945: +-0.2 Hz
+    voltage_unbalance_pct: float = 2.0  # GB/T 15543: 2 % normally allowed
+    voltage_sag_pct: float = -10.0  # a reading below nominal + this (90 %) is a sag
+    bus_up_window_s: float = 3600.0  # another meter of the bus answered this recently
     rules: frozenset[str] = frozenset(RULES)  # enabled rules
 
     def __post_init__(self) -> None:
@@ -51,7 +65,8 @@ class AlarmSettings:
             "nominal_voltage", "voltage_high_pct", "voltage_low_pct", "voltage_hysteresis_pct",
             "voltage_absent_v", "jump_kwh_per_hour", "zero_use_days", "imbalance_pct",
             "imbalance_min_current", "imbalance_hysteresis_pct", "low_pf", "pf_min_kw",
-            "pf_hysteresis", "backwards_tolerance_kwh",
+            "pf_hysteresis", "backwards_tolerance_kwh", "frequency_nominal",
+            "frequency_band_hz", "voltage_unbalance_pct", "voltage_sag_pct", "bus_up_window_s",
         ):
             v = getattr(self, name)
             need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
@@ -70,6 +85,11 @@ class AlarmSettings:
         need(self.pf_min_kw >= 0, "pf_min_kw", "must be >= 0")
         need(self.pf_hysteresis >= 0, "pf_hysteresis", "must be >= 0")
         need(self.backwards_tolerance_kwh >= 0, "backwards_tolerance_kwh", "must be >= 0")
+        need(self.frequency_nominal > 0, "frequency_nominal", "must be > 0")
+        need(self.frequency_band_hz > 0, "frequency_band_hz", "must be > 0")
+        need(self.voltage_unbalance_pct > 0, "voltage_unbalance_pct", "must be > 0")
+        need(-100 < self.voltage_sag_pct < 0, "voltage_sag_pct", "must be between -100 and 0")
+        need(self.bus_up_window_s > 0, "bus_up_window_s", "must be > 0")
         if isinstance(self.rules, str) or not isinstance(self.rules, Iterable):
             raise ValueError(f"alarms.rules = {self.rules!r}: expected a list of rule names")
         if not isinstance(self.rules, frozenset):

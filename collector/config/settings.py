@@ -374,6 +374,11 @@ class AlarmsTable(Table):
     imbalance_pct: Annotated[StrictFloat | None, LIMIT] = None
     imbalance_min_current: Annotated[StrictFloat | None, LIMIT] = None
     low_pf: Annotated[StrictFloat | None, LIMIT] = None
+    frequency_nominal: Annotated[StrictFloat | None, LIMIT] = None
+    frequency_band_hz: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_unbalance_pct: Annotated[StrictFloat | None, LIMIT] = None
+    voltage_sag_pct: Annotated[StrictFloat | None, LIMIT] = None
+    bus_up_window_s: Annotated[StrictFloat | None, LIMIT] = None
     rules: Annotated[tuple[str, ...] | None, LIMIT] = Field(
         None, description="the rules that run; none: all")
     comm_loss_after: Annotated[StrictInt, As("int", unit=" cycles")] = Field(

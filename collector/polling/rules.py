@@ -27,10 +27,27 @@ power_down_counter     1 warn    the power-down count grew (no cleared event)
 cover_open_counter     2 alarm   the cover-open count grew (no cleared event)
 relay_unexpected       2 alarm   status word 3 relay bit disagrees with the
                                  expected state (it agrees again)
+voltage_loss           2 alarm   a phase lost its voltage (status word 4-6 bit 0,
+                                 or 0 V while another phase has voltage) while
+                                 the meter and another meter of its bus answer
+current_loss           1 warn    status word 4-6 bit 3 (失流) (bit clear)
+overload               1 warn    status word 4-6 bit 5 (过载) (bit clear)
+phase_sequence         1 warn    status word 7 bit 0 or 1 (逆相序) (bits clear)
+frequency_deviation    1 warn    frequency off nominal by more than the band
+voltage_unbalance      1 warn    max deviation from the mean / mean of phase
+                                 voltages above the limit (1 point below)
+voltage_sag            1 warn    a phase below nominal + ``voltage_sag_pct``
+meter_<kind>           see table a new event record of the meter (``records``):
+                                 ``ts`` is the meter's start time
 comm_loss              1 warn    N consecutive failed reads (:class:`CommLossTracker`)
 comm_restored          0 info    first good read after a ``comm_loss``
 schedule_overdue       1 warn    a schedule not done by the end of its window
 =====================  ========  ==============================================
+
+Unbalance: the phase magnitudes are all a poll gives (no angles), so the negative-
+sequence definition of GB/T 15543 cannot be computed; voltage unbalance is the
+largest deviation from the mean over the mean (NEMA MG-1, close to the negative-
+sequence figure for small unbalance).  current_imbalance keeps (max - min) / max.
 
 Readings flagged ESTIMATED or BACKFILLED are ignored (not live from the meter), as
 are non-finite values.  A meter's clock (``meter_ts``) times the energy rate when
@@ -48,6 +65,8 @@ from typing import Any
 
 from collector.config.alarms import RULES, AlarmSettings
 from collector.store.records import Event, Quality, Reading, from_ms, to_ms
+from drivers.device import MeterEvent
+from protocols.quantities import EVENT_KINDS
 
 __all__ = [
     "RULES",
@@ -67,11 +86,23 @@ PF = "power_factor_total"
 STATUS3 = "status_word_3"
 PHASES = ("a", "b", "c")
 COUNTERS = {"power_down_count": "power_down_counter", "cover_open_count": "cover_open_counter"}
+FREQUENCY = "frequency"
+FAULT_WORDS = {"a": "status_word_4", "b": "status_word_5", "c": "status_word_6"}
+STATUS7 = "status_word_7"
+# status words 4-6 (phase A-C faults) and 7 (DL/T645-2007 catalogue STATUS_BITS)
+LOSS_OF_VOLTAGE_BIT = 1 << 0
+LOSS_OF_CURRENT_BIT = 1 << 3
+OVERLOAD_BIT = 1 << 5
+REVERSE_SEQUENCE_BITS = (1 << 0) | (1 << 1)  # voltage, current phase sequence reversed
 
 # status word 3 (DL/T645-2007 run status word 3)
 RELAY_OPEN_BIT = 1 << 4  # relay state: 1 = open (tripped)
 RELAY_TRIP_CMD_BIT = 1 << 6  # relay command: 1 = trip in force
 HOLD_POWER_BIT = 1 << 12  # hold power (保电) in force
+
+# Severity of a new event record by kind: a cover opened is an alarm with the meter's
+# time; relay records follow commands amic usually sent itself.
+RECORD_SEVERITY: dict[str, int] = {"cover_open": 2, "relay_trip": 0, "relay_close": 0}
 
 # The one table of event kinds and their severity (0 info, 1 warning, 2 alarm: what
 # ``amic events --alarms`` shows), for every event the collector raises; docs/schema.md
@@ -79,6 +110,15 @@ HOLD_POWER_BIT = 1 << 12  # hold power (保电) in force
 # collector/).  The ``<rule>_cleared`` events of the alarm rules are all 0.
 SEVERITY: dict[str, int] = {
     # alarm rules (this module)
+    "voltage_loss": 2,
+    "current_loss": 1,
+    "overload": 1,
+    "phase_sequence": 1,
+    "frequency_deviation": 1,
+    "voltage_unbalance": 1,
+    "voltage_sag": 1,
+    # the meters' own event records (collector/daily/events.py), kind meter_<record kind>
+    **{f"meter_{k}": RECORD_SEVERITY.get(k, 1) for k in EVENT_KINDS},
     "energy_backwards": 2,
     "energy_jump": 1,
     "zero_use": 1,
@@ -165,6 +205,7 @@ class _MeterState:
     counters: dict[str, float] = field(default_factory=dict)
     relay_open: bool | None = None  # last known relay state
     active: set[str] = field(default_factory=set)  # "voltage_high:a", "zero_use", ...
+    seen: dt.datetime | None = None  # collector time of its last readings
 
 
 def _fmt(x: float) -> str:
@@ -177,6 +218,7 @@ class AlarmEngine:
     def __init__(self, settings: AlarmSettings | None = None) -> None:
         self.settings = settings or AlarmSettings()
         self._meters: dict[str, _MeterState] = {}
+        self._bus_of: dict[str, str] = {}  # meter -> the bus it was last seen on
 
     # -- public -----------------------------------------------------------------
 
@@ -197,7 +239,12 @@ class AlarmEngine:
             if old is None or r.ts >= old.ts:
                 latest[r.quantity] = r
         out: list[Event] = []
+        if latest:
+            st.seen = max(r.ts for r in latest.values())
+            if bus is not None:
+                self._bus_of[meter] = bus
         ctx = _Ctx(self.settings, meter, bus, st, out)
+        ctx.bus_up = self.bus_up(meter, bus, st.seen)
         ctx.relay(latest.get(STATUS3), expected_relay_open)
         if ENERGY in latest:
             ctx.energy(latest[ENERGY])
@@ -207,6 +254,42 @@ class AlarmEngine:
         for quantity, rule in COUNTERS.items():
             if quantity in latest:
                 ctx.counter(rule, latest[quantity])
+        ctx.power_quality(latest)
+        return out
+
+    def bus_up(self, meter: str, bus: str | None, at: dt.datetime | None) -> bool:
+        """Whether another meter of ``bus`` answered within ``bus_up_window_s`` of ``at``:
+        a phase lost on one meter is then its own, not the supply's or the line's."""
+        if bus is None or at is None:
+            return False
+        window = dt.timedelta(seconds=self.settings.bus_up_window_s)
+        for other, on in self._bus_of.items():
+            seen = self._meters[other].seen if other in self._meters else None
+            if other != meter and on == bus and seen is not None and abs(at - seen) <= window:
+                return True
+        return False
+
+    def records(self, meter: str, events: Sequence[MeterEvent], *, bus: str | None = None,
+                now: dt.datetime | None = None) -> list[Event]:
+        """Events for a meter's *new* event records (the caller keeps those already
+        stored out): ``meter_<kind>`` at the record's start (meter time), and a
+        ``voltage_loss`` alarm at that time for a voltage loss while its bus is up."""
+        st = self._meters.setdefault(meter, _MeterState())
+        out: list[Event] = []
+        for e in events:
+            kind = f"meter_{e.kind}"
+            end = "going on" if e.end is None else f"until {e.end.isoformat()}"
+            detail = f"{e.kind} from {e.start.isoformat()} {end} (record {e.n})"
+            if e.kind == "cover_open" and "meter_cover_open" not in self.settings.rules:
+                continue
+            out.append(Event(kind, e.start, meter, bus, SEVERITY[kind], float(e.n), detail))
+            phase = e.kind.removeprefix("voltage_loss_")
+            if e.kind.startswith("voltage_loss_") and "voltage_loss" in self.settings.rules \
+                    and self.bus_up(meter, bus, now or st.seen):
+                out.append(Event("voltage_loss", e.start, meter, bus, SEVERITY["voltage_loss"],
+                                 None, f"phase {phase.upper()} lost its voltage at "
+                                       f"{e.start.isoformat()} ({end}) while the bus is up "
+                                       "(meter record)"))
         return out
 
     def active(self, meter: str) -> frozenset[str]:
@@ -278,6 +361,8 @@ class _Ctx:
         self.bus = bus
         self.st = st
         self.out = out
+
+    bus_up = False
 
     def on(self, rule: str) -> bool:
         return rule in self.s.rules
@@ -457,6 +542,80 @@ class _Ctx:
                         f"power factor {v:.3f} < {_fmt(limit)}")
         elif abs(v) >= limit + self.s.pf_hysteresis:
             self.clear("low_power_factor", pf.ts, v, f"power factor {v:.3f}")
+
+    def power_quality(self, latest: Mapping[str, Reading]) -> None:
+        """Status words 4-7, phase voltage loss, frequency, voltage unbalance and sags."""
+        s = self.s
+        volts = {p: latest[f"voltage_{p}"] for p in PHASES if f"voltage_{p}" in latest}
+        powered = any(r.value >= s.voltage_absent_v for r in volts.values())
+        for p, word in FAULT_WORDS.items():
+            w = latest.get(word)
+            v = volts.get(p)
+            bit = w is not None and int(w.value) & LOSS_OF_VOLTAGE_BIT
+            dead = v is not None and v.value < s.voltage_absent_v and powered
+            seen = w or v
+            if seen is None:
+                continue
+            if self.on("voltage_loss"):
+                if (bit or dead) and self.bus_up:
+                    why = "status word bit" if bit else f"{v.value:g} V" if v else ""
+                    self.raise_(f"voltage_loss:{p}", seen.ts, v.value if v else None,
+                                f"phase {p.upper()} lost its voltage ({why}) while the meter "
+                                "and its bus answer")
+                elif not bit and not dead:
+                    self.clear(f"voltage_loss:{p}", seen.ts, v.value if v else None,
+                               f"phase {p.upper()} voltage back")
+            if w is None:
+                continue
+            for rule, mask, text in (("current_loss", LOSS_OF_CURRENT_BIT, "current loss"),
+                                     ("overload", OVERLOAD_BIT, "overload")):
+                if not self.on(rule):
+                    continue
+                if int(w.value) & mask:
+                    self.raise_(f"{rule}:{p}", w.ts, w.value,
+                                f"phase {p.upper()} {text} ({word} = {int(w.value):#06x})")
+                else:
+                    self.clear(f"{rule}:{p}", w.ts, w.value, f"phase {p.upper()} no {text}")
+        w7 = latest.get(STATUS7)
+        if w7 is not None and self.on("phase_sequence"):
+            if int(w7.value) & REVERSE_SEQUENCE_BITS:
+                self.raise_("phase_sequence", w7.ts, w7.value,
+                            f"phase sequence reversed (status_word_7 = {int(w7.value):#06x})")
+            else:
+                self.clear("phase_sequence", w7.ts, w7.value, "phase sequence normal")
+        f = latest.get(FREQUENCY)
+        if f is not None and f.value > 0 and self.on("frequency_deviation"):
+            off = f.value - s.frequency_nominal
+            if abs(off) > s.frequency_band_hz:
+                self.raise_("frequency_deviation", f.ts, f.value,
+                            f"frequency {f.value:.2f} Hz, {off:+.2f} Hz off "
+                            f"{_fmt(s.frequency_nominal)} Hz (band +-{_fmt(s.frequency_band_hz)})")
+            else:
+                self.clear("frequency_deviation", f.ts, f.value, f"frequency {f.value:.2f} Hz")
+        live = [r for r in volts.values() if r.value >= s.voltage_absent_v]
+        if len(live) == 3 and self.on("voltage_unbalance"):
+            values = [r.value for r in live]
+            mean = sum(values) / 3
+            pct = max(abs(v - mean) for v in values) / mean * 100
+            ts = max(r.ts for r in live)
+            shown = "/".join(f"{v:.1f}" for v in values)
+            if pct > s.voltage_unbalance_pct:
+                self.raise_("voltage_unbalance", ts, pct,
+                            f"voltage unbalance {pct:.1f}% > {_fmt(s.voltage_unbalance_pct)}% "
+                            f"(A/B/C {shown} V)")
+            elif pct <= s.voltage_unbalance_pct - 1:
+                self.clear("voltage_unbalance", ts, pct, f"voltage unbalance {pct:.1f}%")
+        if self.on("voltage_sag"):
+            sag = s.nominal_voltage * (1 + s.voltage_sag_pct / 100)
+            for p, r in volts.items():
+                if r.value < s.voltage_absent_v:
+                    continue  # not wired or lost: voltage_loss, not a sag
+                if r.value < sag:
+                    self.raise_(f"voltage_sag:{p}", r.ts, r.value,
+                                f"voltage_{p} {r.value:.1f} V < {sag:.1f} V (sag)")
+                elif r.value >= sag + s.voltage_hysteresis:
+                    self.clear(f"voltage_sag:{p}", r.ts, r.value,
+                               f"voltage_{p} {r.value:.1f} V")
 
     def counter(self, rule: str, r: Reading) -> None:
         last = self.st.counters.get(r.quantity)
