@@ -401,6 +401,20 @@ class DailyTable(Table):
         0.02, ge=0, le=1, description="of the meters re-read each day; 0: none")
     audit_window: Annotated[tuple[float, float], CUSTOM, BeforeValidator(_window)] = Field(
         (9.0, 17.0), description='local hours, written "09:00-17:00"')
+    events: StrictBool = Field(
+        True, description="meters' event records: daily and when a counter moves")
+    events_at: Annotated[dt.time, TIME] = Field(
+        dt.time(3, 0), description="every meter's event counters and new records")
+    events_records: Annotated[StrictInt, As("int")] = Field(
+        2, ge=1, le=10, description="records of a kind read when its counter is new")
+    voltage_nominal: Annotated[StrictFloat, CUSTOM] = Field(
+        220.0, gt=0, description="V: the voltage report's nominal (电压合格率)")
+    voltage_band_high_pct: Annotated[StrictFloat, CUSTOM] = Field(
+        7.0, gt=0, description="% above nominal still in band")
+    voltage_band_low_pct: Annotated[StrictFloat, CUSTOM] = Field(
+        -10.0, lt=0, gt=-100, description="% below nominal still in band")
+    voltage_areas: Annotated[dict[str, float], CUSTOM] = Field(
+        {}, description="nominal V per area where it is not voltage_nominal")
 
 
 class ListenerTable(Table):
@@ -643,6 +657,17 @@ class DailySettings:
     backfill_at: dt.time = _d(DailyTable, "backfill_at")
     audit_fraction: float = _d(DailyTable, "audit_fraction")
     audit_window: tuple[float, float] = _d(DailyTable, "audit_window")
+    events: bool = _d(DailyTable, "events")
+    events_at: dt.time = _d(DailyTable, "events_at")
+    events_records: int = _d(DailyTable, "events_records")
+    voltage_nominal: float = _d(DailyTable, "voltage_nominal")
+    voltage_band_high_pct: float = _d(DailyTable, "voltage_band_high_pct")
+    voltage_band_low_pct: float = _d(DailyTable, "voltage_band_low_pct")
+    voltage_areas: tuple[tuple[str, float], ...] = ()  # area -> nominal V
+
+    def nominal(self, area: str | None) -> float:
+        """The nominal voltage of ``area`` for the voltage report."""
+        return dict(self.voltage_areas).get(area or "", self.voltage_nominal)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import stat
 from collections.abc import Mapping
@@ -288,12 +289,43 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                              show_value(raw))
                     ok = False
                 window = got
-        if not ok or tz is None or sync is None or days is None:
+        events = self.opt(t, data, D, "events")
+        records = self.opt(t, data, D, "events_records")
+        volts: dict[str, float] = {}
+        ranges: tuple[tuple[str, float, float, str], ...] = (
+            ("voltage_nominal", 0.0, math.inf, "a voltage above 0"),
+            ("voltage_band_high_pct", 0.0, math.inf, "a percentage above 0"),
+            ("voltage_band_low_pct", -100.0, 0.0, "a percentage from -100 to 0"))
+        for key, low, high, what in ranges:
+            v = data.get(key, default_of(D, key))
+            if isinstance(v, bool) or not isinstance(v, int | float) \
+                    or not low < float(v) < high:
+                self.add(t, key, what, show_value(v))
+                ok = False
+                v = default_of(D, key)
+            volts[key] = float(v)
+        areas: list[tuple[str, float]] = []
+        raw_areas = data.get("voltage_areas", {})
+        if not isinstance(raw_areas, dict):
+            self.add(t, "voltage_areas", "a table of area = nominal volts", show_value(raw_areas))
+            ok = False
+        else:
+            for area, v in raw_areas.items():
+                if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                    self.add(t, "voltage_areas", f"a voltage above 0 for area {area}",
+                             show_value(v))
+                    ok = False
+                else:
+                    areas.append((str(area), float(v)))
+        if not ok or tz is None or sync is None or days is None or events is None \
+                or records is None:
             return None
         return DailySettings(tz=tz, report_at=times["report_at"], timesync=sync,
                              timesync_at=times["timesync_at"], backfill_days=days,
                              backfill_at=times["backfill_at"],
-                             audit_fraction=float(fraction), audit_window=window)
+                             audit_fraction=float(fraction), audit_window=window,
+                             events=events, events_at=times["events_at"],
+                             events_records=records, voltage_areas=tuple(areas), **volts)
 
     def alarms(self, value: object) -> AlarmConfig:
         if value is None:

@@ -10,6 +10,10 @@
 - ``backfill_at`` (01:30): missed days of daily frozen energy read back from the meters
   that keep daily freezes (collector/daily/backfill.py), with the meters' own timestamps,
   idempotently;
+- ``events_at`` (03:00) and every minute: the meters' own event records
+  (collector/daily/events.py): every meter's event counters and the records of the
+  kinds that moved, daily; the records of a counter the schedules saw grow, within a
+  minute; stored as ``meter_<kind>`` events at the meter's times, once each;
 - audit re-reads (监察性抄表) once a day at a random time in ``audit_window``: a sample
   of meters read again and compared (collector/daily/audit_reads.py).
 
@@ -33,6 +37,7 @@ from collector.store.records import DailyRecord, Event, utcnow
 
 from .audit_reads import AuditPlanner, AuditResult, AuditSettings, audit_sample, choose_sample
 from .backfill import backfill_meter, daily_freezes
+from .events import EventRecords
 from .reports import line_loss, meter_energies, midnight_ms, success_report
 from .timesync import TimeSync, TimeSyncSettings, clock_settable
 
@@ -55,6 +60,7 @@ class DailyJobs:
         self.planner = AuditPlanner(settings.audit_window[0], settings.audit_window[1],
                                     tz=self.zone)
         self.audit = AuditSettings(sample_fraction=settings.audit_fraction)
+        self.events = EventRecords(ctx, self.zone, records=settings.events_records)
         # Held while a tick runs: a reload takes it before replacing a bus or these jobs,
         # so a backfill or time sync in progress is never cut.
         self.lock = asyncio.Lock()
@@ -117,6 +123,12 @@ class DailyJobs:
         if today is not None:
             self.report(today - dt.timedelta(days=1))
             self._mark("report", today)
+        if s.events:
+            today = self._due("events", s.events_at, now)
+            if today is not None:
+                await self.events.daily(now)
+                self._mark("events", today)
+            await self.events.on_change(now)
         if s.audit_fraction and self.planner.due(now):
             await self.audit_reads(now)
             self.planner.mark_done(now.astimezone(self.zone).date())

@@ -270,11 +270,13 @@ class AlarmEngine:
         return False
 
     def records(self, meter: str, events: Sequence[MeterEvent], *, bus: str | None = None,
-                now: dt.datetime | None = None) -> list[Event]:
+                bus_up: bool | None = None) -> list[Event]:
         """Events for a meter's *new* event records (the caller keeps those already
         stored out): ``meter_<kind>`` at the record's start (meter time), and a
-        ``voltage_loss`` alarm at that time for a voltage loss while its bus is up."""
+        ``voltage_loss`` alarm at that time for a voltage loss while its bus is up
+        (``bus_up``; None: judged from the meters this engine saw, as :meth:`bus_up`)."""
         st = self._meters.setdefault(meter, _MeterState())
+        up = self.bus_up(meter, bus, st.seen) if bus_up is None else bus_up
         out: list[Event] = []
         for e in events:
             kind = f"meter_{e.kind}"
@@ -285,7 +287,7 @@ class AlarmEngine:
             out.append(Event(kind, e.start, meter, bus, SEVERITY[kind], float(e.n), detail))
             phase = e.kind.removeprefix("voltage_loss_")
             if e.kind.startswith("voltage_loss_") and "voltage_loss" in self.settings.rules \
-                    and self.bus_up(meter, bus, now or st.seen):
+                    and up:
                 out.append(Event("voltage_loss", e.start, meter, bus, SEVERITY["voltage_loss"],
                                  None, f"phase {phase.upper()} lost its voltage at "
                                        f"{e.start.isoformat()} ({end}) while the bus is up "
