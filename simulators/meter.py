@@ -662,6 +662,7 @@ class MeterModel:
             k: deque(maxlen=RECORDS_KEPT) for k in EVENT_COUNTERS}
         self._counts: dict[str, int] = dict.fromkeys(EVENT_COUNTERS, 0)
         self._minutes: dict[str, int] = dict.fromkeys(EVENT_COUNTERS, 0)
+        self._deviations: list[tuple[dt.datetime, dt.datetime, Decimal, str]] = []
         month = self._local.replace(day=1, hour=0, minute=0, second=0)
         self._demand: dict[str, tuple[Decimal, dt.datetime]] = {
             f"{d}_{t}": (Decimal(0), month) for d in ("forward", "reverse")
@@ -748,11 +749,23 @@ class MeterModel:
             out[f"{prefix}_q{q + 1}_kvarh"] = _energy(sum(regs.reactive[q], Decimal(0)))
         return out
 
+    def deviate_voltage(self, start: dt.datetime, end: dt.datetime, factor: float,
+                        phases: str = "abc") -> None:
+        """The supply of ``phases`` runs at ``factor`` x its voltage from ``start`` to
+        ``end`` (meter local time): a sag, a swell or a day out of band."""
+        self._deviations.append((start, end, Decimal(str(factor)), phases))
+
     def _with_events(self, sample: Sample) -> Sample:
         lost = [p for p in _PHASE_INDEX if self._active(f"voltage_loss_{p}")]
-        if not lost:
+        now = self._local
+        scaled = [(f, ph) for a, b, f, ph in self._deviations if a <= now < b]
+        if not lost and not scaled:
             return sample
         volts = list(sample.voltage)
+        for factor, phases in scaled:
+            for p in phases:
+                if _PHASE_INDEX[p] < len(volts):
+                    volts[_PHASE_INDEX[p]] = _q(volts[_PHASE_INDEX[p]] * factor, 1)
         for p in lost:
             if _PHASE_INDEX[p] < len(volts):
                 volts[_PHASE_INDEX[p]] = Decimal("0.0")

@@ -1,4 +1,4 @@
-"""``amic report lineloss|success``, ``amic export``, ``amic ledger check``: daily reports.
+"""``amic report lineloss|success|voltage``, ``amic export``, ``amic ledger check``: daily reports.
 
 The reports read the store of a configuration (``--config FILE``: its ``data_dir``),
 opened read-only; they are computed by :mod:`collector.daily.reports`.  Days are local days in
@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 
 from collector.config import ConfigError, load_settings
-from collector.config.settings import Settings
+from collector.config.settings import DailySettings, Settings
 from collector.daily.reports import (
     DEFAULT_TZ,
     AreaLineLoss,
@@ -38,6 +38,7 @@ from collector.daily.reports import (
     validate_ledger,
     write_csv,
 )
+from collector.daily.voltage import VoltageRow, voltage_report
 from collector.store import DB_NAME, Store, StoreError
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_PROBLEMS", "EXIT_USAGE", "export", "ledger", "report"]
@@ -154,7 +155,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]
 
 @click.group("report")
 def report() -> None:
-    """Daily reports from the store: line loss, read success."""
+    """Daily reports from the store: line loss, read success, voltage qualification."""
 
 
 def missing_text(missing: Sequence[str], shown: int = MISSING_SHOWN) -> str:
@@ -269,6 +270,68 @@ def success(config_path: Path, day_text: str | None, tz_name: str, by: str,
         click.echo(f"no collection cycles started on {day.isoformat()} ({tz_name})", err=True)
     click.echo(f"read success {day.isoformat()} ({tz_name}) by {key}")
     click.echo(success_table(rows))
+
+
+# ---- amic report voltage ---------------------------------------------------------------
+
+def voltage_table(rows: Sequence[VoltageRow]) -> str:
+    by = rows[0].by if rows else "meter"
+    cells = [(r.key, *((r.area,) if by == "meter" else ()), _num(r.nominal, 1),
+              _num(None if r.rate is None else r.rate * 100, 3), _num(r.monitored_min, 1),
+              _num(r.out_min, 1), _num(r.high_min, 1), _num(r.low_min, 1), _num(r.v_max, 1),
+              _num(r.v_min, 1)) for r in rows]
+    head = (by.upper(), *(("AREA",) if by == "meter" else ()), "NOMINAL_V", "RATE_%",
+            "MONITORED_MIN", "OUT_MIN", "HIGH_MIN", "LOW_MIN", "V_MAX", "V_MIN")
+    first = 2 if by == "meter" else 1
+    return _table(head, cells, right=set(range(first, len(head))))
+
+
+def voltage_json(r: VoltageRow) -> dict[str, Any]:
+    return {r.by: r.key, "area": r.area, "nominal": r.nominal,
+            "rate": None if r.rate is None else round(r.rate, 6),
+            "monitored_min": round(r.monitored_min, 3), "out_min": round(r.out_min, 3),
+            "high_min": round(r.high_min, 3), "low_min": round(r.low_min, 3),
+            "v_max": r.v_max, "v_min": r.v_min}
+
+
+@report.command("voltage")
+@_config_option
+@_day_options
+@click.option("--by", type=click.Choice(["meter", "area"]), default="meter",
+              show_default=True, help="One row per meter or per transformer area.")
+@_json_option
+def voltage(config_path: Path, day_text: str | None, tz_name: str, by: str,
+            as_json: bool) -> None:
+    """Voltage qualification (电压合格率) per meter or area for one local day.
+
+    RATE = 1 - minutes out of band / minutes monitored, from the stored phase voltages;
+    the band is ``[daily] voltage_nominal`` (per area ``voltage_areas``) +
+    ``voltage_band_high_pct`` / ``voltage_band_low_pct`` (220 V, +7 % / -10 %).
+
+    Exit status: 0 shown, 2 bad arguments.
+    """
+    command = "report voltage"
+    zone = _zone(command, tz_name)
+    try:
+        day = parse_day(day_text, zone)
+    except ValueError as e:
+        _fail(command, f"--day: {e}")
+    settings = _settings(command, config_path)
+    daily = settings.daily or DailySettings()
+    key: Literal["meter", "area"] = "area" if by == "area" else "meter"
+    with _open_store(command, settings) as store:
+        rows = voltage_report(store, day, zone, nominal=daily.nominal,
+                              high_pct=daily.voltage_band_high_pct,
+                              low_pct=daily.voltage_band_low_pct, by=key)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps({"day": day.isoformat(), "tz": tz_name, "by": key,
+                                   **voltage_json(r)}, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(f"no voltages stored on {day.isoformat()} ({tz_name})", err=True)
+    click.echo(f"voltage qualification {day.isoformat()} ({tz_name}) by {key}")
+    click.echo(voltage_table(rows))
 
 
 # ---- amic export -----------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """What the daemon does once a day (times in ``[daily] tz``, default Asia/Shanghai):
 
-- ``report_at`` (06:00): yesterday's line loss per transformer area (线损) and read-success
-  rate per area and bus (采集成功率) are computed from the store and stored as ``daily``
-  rows (forwarded: measurements ``lineloss`` and ``success_daily``); an area whose
+- ``report_at`` (06:00): yesterday's line loss per transformer area (线损), read-success
+  rate per area and bus (采集成功率) and voltage qualification per meter and area
+  (电压合格率, collector/daily/voltage.py) are computed from the store and stored as
+  ``daily`` rows (forwarded: measurements ``lineloss``, ``success_daily``,
+  ``voltage_meter`` and ``voltage_area``); an area whose
   collection is incomplete gets a ``lineloss_incomplete`` event listing the missing meters;
 - ``timesync_at`` (02:00): clock drift read on every meter whose clock amic sets by
   broadcast (DL/T645), one broadcast time sync per bus when some meter is off by more
@@ -40,6 +42,7 @@ from .backfill import backfill_meter, daily_freezes
 from .events import EventRecords
 from .reports import line_loss, meter_energies, midnight_ms, success_report
 from .timesync import TimeSync, TimeSyncSettings, clock_settable
+from .voltage import voltage_records
 
 if TYPE_CHECKING:
     from collector.polling.context import DaemonContext
@@ -171,6 +174,7 @@ class DailyJobs:
                 fields = (("ratio", float(r.ratio)), ("planned", float(r.planned)),
                           ("succeeded", float(r.succeeded)), ("failed", float(r.failed)))
                 out.append(DailyRecord(day, f"success_{by}", str(r.key), ts, True, fields))
+        out += voltage_records(store, day, self.zone, self.settings)
         for rec in out:
             writer.put_daily(rec)
         log.info("daily report %s: %d area(s) of line loss, %d success rows", day,
