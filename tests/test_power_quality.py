@@ -180,3 +180,17 @@ def test_a_cover_open_counter_still_raises_its_counter_event() -> None:
     engine.observe("m1", [r("m1", "cover_open_count", 1)])
     assert kinds(engine.observe("m1", [r("m1", "cover_open_count", 2)])) == [
         "cover_open_counter"]
+
+
+def test_a_phase_never_wired_is_no_voltage_loss_but_one_that_drops_is() -> None:
+    engine = AlarmEngine()
+    engine.observe("m2", [r("m2", "voltage_a", 221.0)], bus="b1")
+    three_wire = [r("m1", "voltage_a", 220.0), r("m1", "voltage_b", 0.0),
+                  r("m1", "voltage_c", 221.0)]
+    assert "voltage_loss" not in kinds(engine.observe("m1", three_wire, bus="b1"))
+    later = T + dt.timedelta(minutes=15)
+    dropped = [r("m1", "voltage_a", 0.0, later), r("m1", "voltage_b", 0.0, later),
+               r("m1", "voltage_c", 221.0, later)]
+    engine.observe("m2", [r("m2", "voltage_a", 221.0, later)], bus="b1")
+    loss = [e for e in engine.observe("m1", dropped, bus="b1") if e.kind == "voltage_loss"]
+    assert [e.detail.split(" lost")[0] for e in loss] == ["phase A"]

@@ -28,7 +28,8 @@ cover_open_counter     2 alarm   the cover-open count grew (no cleared event)
 relay_unexpected       2 alarm   status word 3 relay bit disagrees with the
                                  expected state (it agrees again)
 voltage_loss           2 alarm   a phase lost its voltage (status word 4-6 bit 0,
-                                 or 0 V while another phase has voltage) while
+                                 or 0 V on a phase seen with voltage before, while
+                                 another phase has voltage) while
                                  the meter and another meter of its bus answer
 current_loss           1 warn    status word 4-6 bit 3 (失流) (bit clear)
 overload               1 warn    status word 4-6 bit 5 (过载) (bit clear)
@@ -206,6 +207,7 @@ class _MeterState:
     relay_open: bool | None = None  # last known relay state
     active: set[str] = field(default_factory=set)  # "voltage_high:a", "zero_use", ...
     seen: dt.datetime | None = None  # collector time of its last readings
+    wired: set[str] = field(default_factory=set)  # phases seen with voltage
 
 
 def _fmt(x: float) -> str:
@@ -554,7 +556,11 @@ class _Ctx:
             w = latest.get(word)
             v = volts.get(p)
             bit = w is not None and int(w.value) & LOSS_OF_VOLTAGE_BIT
-            dead = v is not None and v.value < s.voltage_absent_v and powered
+            if v is not None and v.value >= s.voltage_absent_v:
+                self.st.wired.add(p)
+            # 0 V on a phase never seen with voltage is one that is not wired
+            dead = v is not None and v.value < s.voltage_absent_v and powered \
+                and p in self.st.wired
             seen = w or v
             if seen is None:
                 continue
