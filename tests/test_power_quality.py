@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from click.testing import CliRunner
 
 from collector.cli import main
+from collector.config.alarms import KNOWN_RULES
 from collector.config.settings import DailySettings, MeterSettings
 from collector.daily.voltage import voltage_records, voltage_report
 from collector.polling.rules import AlarmEngine, AlarmSettings
@@ -159,7 +160,8 @@ def test_status_word_bits_current_loss_overload_and_phase_sequence() -> None:
 
 
 def test_frequency_unbalance_and_sag() -> None:
-    engine = AlarmEngine()
+    assert kinds(AlarmEngine().observe("m1", [r("m1", "frequency", 50.25)])) == []  # opt-in
+    engine = AlarmEngine(AlarmSettings(rules=frozenset(KNOWN_RULES)))
     events = engine.observe("m1", [r("m1", "frequency", 50.25), r("m1", "voltage_a", 230.0),
                                    r("m1", "voltage_b", 220.0), r("m1", "voltage_c", 205.0)])
     # mean 218.33: max deviation 13.33 V = 6.1 % > 2 %
@@ -170,7 +172,7 @@ def test_frequency_unbalance_and_sag() -> None:
     sag = engine.observe("m1", [r("m1", "voltage_a", 190.0), r("m1", "voltage_b", 220.0),
                                 r("m1", "voltage_c", 220.0)])
     assert "voltage_sag" in kinds(sag)
-    strict = AlarmEngine(AlarmSettings(frequency_band_hz=0.1))
+    strict = AlarmEngine(AlarmSettings(frequency_band_hz=0.1, rules=frozenset(KNOWN_RULES)))
     assert kinds(strict.observe("m1", [r("m1", "frequency", 50.15)])) == [
         "frequency_deviation"]
 

@@ -25,10 +25,13 @@ RULES: tuple[str, ...] = (
     "current_loss",
     "overload",
     "phase_sequence",
-    "frequency_deviation",
-    "voltage_unbalance",
-    "voltage_sag",
 )
+
+
+# Power-quality rules judge every poll's voltages and frequency: on only when named in
+# ``rules`` (they would otherwise add events beside voltage_high / voltage_low).
+OPT_IN: tuple[str, ...] = ("frequency_deviation", "voltage_unbalance", "voltage_sag")
+KNOWN_RULES: tuple[str, ...] = RULES + OPT_IN
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +97,10 @@ class AlarmSettings:
             raise ValueError(f"alarms.rules = {self.rules!r}: expected a list of rule names")
         if not isinstance(self.rules, frozenset):
             object.__setattr__(self, "rules", frozenset(self.rules))
-        unknown = sorted(str(r) for r in self.rules if r not in RULES)
+        unknown = sorted(str(r) for r in self.rules if r not in KNOWN_RULES)
         if unknown:
             raise ValueError(f"alarms.rules: unknown rule(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(RULES)}")
+                             f"known: {', '.join(KNOWN_RULES)}")
 
     @property
     def voltage_high_limit(self) -> float:
@@ -112,4 +115,4 @@ class AlarmSettings:
         return self.nominal_voltage * self.voltage_hysteresis_pct / 100
 
 
-__all__ = ["RULES", "AlarmSettings"]
+__all__ = ["KNOWN_RULES", "OPT_IN", "RULES", "AlarmSettings"]

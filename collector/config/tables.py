@@ -16,7 +16,7 @@ from protocols.quantities import (
     QUANTITIES,
 )
 
-from .alarms import RULES, AlarmSettings
+from .alarms import KNOWN_RULES, RULES, AlarmSettings
 from .checks import ChecksMixin
 from .convert import path_conv, to_seconds
 from .fields import bounds, conv_of, default_of, key_of, marker
@@ -348,12 +348,13 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                     continue
                 values.append((key, float(v)))
         if "rules" in data:
+            # the message names the default rules; the opt-in ones are in the example
             names = self.strings(t, data, "rules", "a list of rule names: " + ", ".join(RULES))
             for rule in names or []:
-                if rule not in RULES:
+                if rule not in KNOWN_RULES:
                     ok = False
                     self.add(t, "rules", "rule names: " + ", ".join(RULES), _q(rule),
-                             hint=_did_you_mean(rule, list(RULES)))
+                             hint=_did_you_mean(rule, list(KNOWN_RULES)))
             if names is not None:
                 values.append(("rules", frozenset(names)))
         if ok:
