@@ -108,3 +108,15 @@ async def test_a_meter_behind_a_concentrator_reads_its_records_through_forwardin
         assert [(e.kind, e.start, e.end) for e in got.events] == [
             ("cover_open", utc(at), utc(at + dt.timedelta(minutes=2)))]
         assert conc.forwarded  # AFN10 forwarding, not class-1 data
+
+
+async def test_a_modbus_meter_keeps_no_event_records_and_nothing_is_sent() -> None:
+    from collector.config.profiles import load_profile
+
+    bus = TcpBus("127.0.0.1", 9)  # never opened: the refusal comes before any I/O
+    meter = open_meter(Line(bus), MeterRef("mb", "modbus", "5",
+                                           load_profile("acrel-ddsy1352")))
+    assert meter.event_kinds() == frozenset()
+    with pytest.raises(Unsupported):
+        await meter.read_events({"cover_open": 1})
+    assert meter.requests == 0
