@@ -28,7 +28,7 @@ from collector.config.settings import DailySettings
 from collector.store import Store
 from collector.store.records import DailyRecord, Quality, from_ms
 
-from .reports import NO_AREA, TzLike, _reading, day_bounds
+from .reports import NO_AREA, TzLike, day_bounds
 
 PHASES = ("voltage_a", "voltage_b", "voltage_c")
 MAX_GAP = dt.timedelta(hours=1)
@@ -76,7 +76,8 @@ class VoltageRow:
 def _polls(store: Store, start: int, end: int) -> dict[str, list[tuple[int, list[float]]]]:
     """Meter -> [(ts ms, phase voltages)] of the day, in time order."""
     out: dict[str, dict[int, list[float]]] = {}
-    with _reading(store) as conn:
+    conn = store.connect()  # a connection of its own, released afterwards
+    try:
         for meter, value, ts, quality in conn.execute(
                 "SELECT meter, value, ts, quality FROM indexed_readings WHERE ts >= ? AND "
                 f"ts < ? AND quantity IN ({', '.join('?' * len(PHASES))}) ORDER BY ts",
@@ -85,6 +86,8 @@ def _polls(store: Store, start: int, end: int) -> dict[str, list[tuple[int, list
                 continue
             out.setdefault(meter, {}).setdefault(int(ts) // 1000 * 1000, []).append(
                 float(value))
+    finally:
+        store.release(conn)
     return {m: sorted(p.items()) for m, p in out.items()}
 
 
