@@ -228,8 +228,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "status": ("status_word_1", "status_word_3"),
     "datetime": ("meter_date", "meter_time"),
     "address": ("meter_address",),
-    "events": tuple(EVENT_COUNTERS.values()),
-    "demand": ("demand_active_forward_total", "demand_active_reverse_total"),
 }
 
 
