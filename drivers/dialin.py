@@ -386,9 +386,20 @@ class DialInBus(Bus):
         super().__init__(name=f"dtu://{dtu}", **options)
         self.listener = listener
         self.dtu = dtu
+        self._lazy_open = False
+
+    async def open(self, *, lazy: bool = False) -> bool:
+        """As :meth:`Bus.open`; ``lazy`` does not wait for a DTU that is not registered
+        (a daemon starting with many DTUs offline would wait for each in turn)."""
+        self._lazy_open = lazy
+        try:
+            return await super().open(lazy=lazy)
+        finally:
+            self._lazy_open = False
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await self.listener.wait_connected(self.dtu, self.connect_timeout * 0.9)
+        wait = 0.0 if self._lazy_open else self.connect_timeout * 0.9
+        return await self.listener.wait_connected(self.dtu, wait)
 
 
 __all__ = ["DialInBus", "DialInListener", "DtuEvent", "RegistrationFormat"]
