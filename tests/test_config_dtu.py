@@ -277,3 +277,17 @@ def test_the_examples_regex_is_one_the_loader_takes(tmp_path: Path) -> None:
         .replace("registration_length = 11", ""))
     (li,) = load_settings(path).listeners
     assert li.registration == "regex" and li.registration_regex == r"^REG(?P<id>\d{15})"
+
+
+def test_the_readme_dtu_example_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    (example,) = [b for b in blocks if "[[dtu]]" in b]
+    s = load('[collector]\nid = "gw-1"\ndata_dir = "data"\n' + example +
+             '\n[schedule.fast]\ninterval = "15m"\nquantities = ["voltage_a"]\n')
+    (li,) = s.listeners
+    assert (li.protocol, li.registration_length, li.heartbeat, li.request_timeout) == (
+        "dtu-modbus", 11, b"\xfe", 3.0)
+    assert s.dtus == (DtuSettings("dtu-0301", "DTU00000301", "dtu-in"),)
+    (m,) = s.meters
+    assert (m.bus, m.protocol, m.unit, m.profile) == ("dtu-0301", "modbus", 1, "acrel-ddsy1352")
