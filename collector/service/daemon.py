@@ -382,59 +382,6 @@ class Daemon:
         else:
             log.debug("concentrator %s (%s): %s", name, ev.terminal, ev.kind)
 
-    # ---- dial-in DTUs ----------------------------------------------------------------------
-
-    async def _start_dtu(self, d: DtuSettings) -> _BusEntry:
-        """A worker on the line behind DTU ``d``: its registered connection to the DTU
-        listener (schedules, lanes, health and events apply as to a bus)."""
-        listener = await self._dialin(d.listener)
-        li = next(x for x in self.settings.listeners if x.name == d.listener)
-        # connecting waits briefly for the DTU: a read fails fast while it is offline
-        bus = DialInBus(listener, d.id, td=li.request_timeout, connect_timeout=2.0,
-                        reconnect_min=0.0)
-        worker = BusWorker(d.name, bus, observe=self._observe, profiles=self._profile)
-        await worker.start()
-        return _BusEntry(d, worker)
-
-    async def _dialin(self, name: str) -> DialInListener:
-        """The started DTU listener of the ``[[listener]]`` ``name`` (started on first use;
-        a changed listener needs a restart, a DTU added by a reload is known at once)."""
-        listener = self.dialins.get(name)
-        if listener is None:
-            li = next(x for x in self.settings.listeners if x.name == name)
-            listener = make_dialin(li, lambda dtu: self._dtu_of(name, dtu) is not None,
-                                   lambda ev: self._on_dtu(name, ev))
-            await listener.start()
-            self.dialins[name] = listener
-            log.info("listener %s: waiting for DTUs (%s) on port %d", name, li.protocol,
-                     listener.port)
-        return listener
-
-    def _dtu_of(self, listener: str, dtu_id: str) -> str | None:
-        for d in self.settings.dtus:
-            if d.listener == listener and d.id == dtu_id:
-                return d.name
-        return None
-
-    def _on_dtu(self, listener: str, ev: DtuEvent) -> None:
-        if self.stop_requested.is_set():
-            return  # the stop closes every link: no event for each DTU
-        name = self._dtu_of(listener, ev.dtu) or ev.dtu
-        if ev.kind in ("online", "offline"):
-            kind = f"dtu_{ev.kind}"
-            log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
-                    "DTU %s (%s) %s%s", name, ev.dtu, ev.kind,
-                    f": {ev.reason}" if ev.reason else "")
-            self._on_event(Event(kind, utcnow(), bus=name, severity=severity(kind),
-                                 detail=f"{ev.dtu}: {ev.reason}" if ev.reason else ev.dtu))
-        else:  # replaced: the DTU stays online on its new connection
-            log.warning("DTU %s (%s): %s", name, ev.dtu, ev.reason)
-
-    async def _close_dialins(self) -> None:
-        for listener in self.dialins.values():
-            with contextlib.suppress(Exception):
-                await listener.close()
-
     def _start_run(self, s: ScheduleSettings, meters: list[MeterSettings], *,
                    immediate: bool) -> None:
         assert self.poller is not None
@@ -705,6 +652,59 @@ class Daemon:
                 log.warning("forwarder ended with %r", t.exception())
         self.forwarder = None
         return True
+
+    # ---- dial-in DTUs ------------------------------------------------------------------
+
+    async def _start_dtu(self, d: DtuSettings) -> _BusEntry:
+        """A worker on the line behind DTU ``d``: its registered connection to the DTU
+        listener (schedules, lanes, health and events apply as to a bus)."""
+        listener = await self._dialin(d.listener)
+        li = next(x for x in self.settings.listeners if x.name == d.listener)
+        # connecting waits briefly for the DTU: a read fails fast while it is offline
+        bus = DialInBus(listener, d.id, td=li.request_timeout, connect_timeout=2.0,
+                        reconnect_min=0.0)
+        worker = BusWorker(d.name, bus, observe=self._observe, profiles=self._profile)
+        await worker.start()
+        return _BusEntry(d, worker)
+
+    async def _dialin(self, name: str) -> DialInListener:
+        """The started DTU listener of the ``[[listener]]`` ``name`` (started on first use;
+        a changed listener needs a restart, a DTU added by a reload is known at once)."""
+        listener = self.dialins.get(name)
+        if listener is None:
+            li = next(x for x in self.settings.listeners if x.name == name)
+            listener = make_dialin(li, lambda dtu: self._dtu_of(name, dtu) is not None,
+                                   lambda ev: self._on_dtu(name, ev))
+            await listener.start()
+            self.dialins[name] = listener
+            log.info("listener %s: waiting for DTUs (%s) on port %d", name, li.protocol,
+                     listener.port)
+        return listener
+
+    def _dtu_of(self, listener: str, dtu_id: str) -> str | None:
+        for d in self.settings.dtus:
+            if d.listener == listener and d.id == dtu_id:
+                return d.name
+        return None
+
+    def _on_dtu(self, listener: str, ev: DtuEvent) -> None:
+        if self.stop_requested.is_set():
+            return  # the stop closes every link: no event for each DTU
+        name = self._dtu_of(listener, ev.dtu) or ev.dtu
+        if ev.kind in ("online", "offline"):
+            kind = f"dtu_{ev.kind}"
+            log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
+                    "DTU %s (%s) %s%s", name, ev.dtu, ev.kind,
+                    f": {ev.reason}" if ev.reason else "")
+            self._on_event(Event(kind, utcnow(), bus=name, severity=severity(kind),
+                                 detail=f"{ev.dtu}: {ev.reason}" if ev.reason else ev.dtu))
+        else:  # replaced: the DTU stays online on its new connection
+            log.warning("DTU %s (%s): %s", name, ev.dtu, ev.reason)
+
+    async def _close_dialins(self) -> None:
+        for listener in self.dialins.values():
+            with contextlib.suppress(Exception):
+                await listener.close()
 
     # ---- running -----------------------------------------------------------------------
 
