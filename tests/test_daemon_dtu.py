@@ -1,13 +1,14 @@
 """``amic run`` with two DTU [[listener]]s: a simulated DTU with DL/T645 meters and one with
 Modbus meters (an Acrel profile) dial in over real TCP and register; their meters are read
 by schedules into the store with the names and units of meters read directly.  An unknown
-DTU is refused and none of its meters read; a DTU that drops gives one ``dtu_offline``
-and is read again after it dials in again."""
+DTU is refused and none of its meters read (until a reload configures it); a DTU that
+drops gives one ``dtu_offline`` and is read again after it dials in again."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -169,6 +170,16 @@ async def test_dtus_dial_in_and_their_dlt645_and_modbus_meters_are_read(
         assert [r[0] for r in offline] == [1]
         assert "DTU00000001" in str(offline[0][1])
         assert events(tmp_path, "dtu_offline", "d2") == []
+
+        # configured by a reload, the refused DTU is taken at its next dial and read
+        cfg.write_text(config(port_645, port_mb).replace('meters = ["bus:d1"]', (
+            'meters = ["bus:d1", "bus:d3"]')) + '\n[[dtu]]\nname = "d3"\nid = "DTU00000009"\n'
+            'listener = "dtu-645"\n\n[[meter]]\nmeter_id = "D3-M9"\n'
+            'address = "000000000009"\nbus = "d3"\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        await until(lambda: {r[0] for r in readings_of(tmp_path, "D3-M9")}
+                    >= set(DLT645_READ), 10, "the new DTU's meter read")
+        assert len(events(tmp_path, "dtu_online", "d3")) == 1
     finally:
         for s in sims:
             await s.__aexit__(None, None, None)
