@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypedDict
 
 from drivers.meters import KINDS
 
 from .base import LoaderBase
+from .fields import default_of
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
 from .problems import show_value
@@ -39,6 +41,15 @@ def packet(text: str) -> bytes:
     return raw
 
 
+class DtuListenerKeys(TypedDict):
+    """The DTU keys of a [[listener]], as :class:`ListenerSettings` takes them."""
+
+    registration: str
+    registration_length: int | None
+    registration_regex: str | None
+    heartbeat: bytes | None
+
+
 def _family_protocols(family: str) -> str:
     return " or ".join(_q(k) for k, v in KINDS.items() if v.frame_family() == family)
 
@@ -47,7 +58,7 @@ class DtuMixin(LoaderBase):
     """DTU listeners, ``[[dtu]]`` tables and the meters behind a DTU."""
 
     def dtu_listener(self, t: str, data: Mapping[str, object], protocol: object,
-                     name: str | None) -> dict[str, object] | None:
+                     name: str | None) -> DtuListenerKeys | None:
         """The DTU keys of the listener ``data`` (their defaults for a 3761 one, where
         they are refused); None after a problem."""
         L = ListenerTable
@@ -56,7 +67,11 @@ class DtuMixin(LoaderBase):
             for key in given if protocol is not None else ():
                 self.add(t, key, f"no {key}: {key} is for DTU listeners "
                          f"({_DTU_PROTOCOLS_TEXT})", show_value(data[key]), name=name)
-            return {} if protocol is None or not given else None
+            if protocol is not None and given:
+                return None
+            return DtuListenerKeys(registration=default_of(L, "registration"),
+                                   registration_length=None, registration_regex=None,
+                                   heartbeat=None)
         ok = True
         if "login_reply" in data:
             self.add(t, "login_reply", 'no login_reply: it is for protocol = "3761" '
@@ -93,8 +108,8 @@ class DtuMixin(LoaderBase):
                 ok = False
         if not ok:
             return None
-        return {"registration": registration, "registration_length": length,
-                "registration_regex": regex, "heartbeat": beat}
+        return DtuListenerKeys(registration=registration, registration_length=length,
+                               registration_regex=regex, heartbeat=beat)
 
     def _regex(self, t: str, data: Mapping[str, object], name: str | None) -> str | None:
         if "registration_regex" not in data:

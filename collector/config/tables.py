@@ -503,7 +503,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
                 name=got["name"], listen=got["listen"], protocol=got["protocol"],
                 login_reply=got["login_reply"], idle_timeout=got["idle_timeout"],
                 request_timeout=got["request_timeout"], tls_cert_file=paths["tls_cert_file"],
-                tls_key_file=paths["tls_key_file"], **dtu))  # type: ignore[arg-type]
+                tls_key_file=paths["tls_key_file"], **dtu))
         return out
 
     def concentrators(self, value: object, listeners: set[str],
