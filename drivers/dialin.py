@@ -151,6 +151,7 @@ class _Connection:
         self.view: _View | None = None
         self.ended = False
         self.replaced = False
+        self.hung_up = ""  # why we closed it, if we did
 
     @property
     def usable(self) -> bool:
@@ -222,6 +223,16 @@ class DialInListener:
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
+
+    def hang_up(self, dtu: str, reason: str) -> bool:
+        """Close the connection of ``dtu`` (e.g. no longer configured: it is refused when
+        it dials in again); False if it is not connected."""
+        conn = self._connections.get(dtu)
+        if conn is None:
+            return False
+        conn.hung_up = reason
+        conn.writer.close()
+        return True
 
     def bus(self, dtu: str, **options: Unpack[BusOptions]) -> DialInBus:
         return DialInBus(self, dtu, **options)
@@ -356,6 +367,8 @@ class DialInListener:
                 if not rest:
                     if conn.replaced:
                         reason = "replaced"
+                    elif conn.hung_up:
+                        reason = conn.hung_up
                     elif monotonic() - last >= self.idle_timeout:
                         reason = f"nothing received for {self.idle_timeout:g} s"
                     return

@@ -184,3 +184,16 @@ async def test_a_lazy_open_does_not_wait_for_an_offline_dtu_and_a_read_then_find
         assert dtu.requests == 1 and bus.connects == 1
         await bus.close()
         await dtu.close()
+
+
+async def test_hang_up_closes_a_dtu_and_says_why() -> None:
+    async with listening() as (listener, events):
+        dtu = Dtu(dlt645_answer())
+        await dtu.dial(listener.port, b"DTU0004")
+        await asyncio.sleep(0.05)
+        assert listener.hang_up("DTU0004", "no longer configured") is True
+        await asyncio.wait_for(dtu.task, 2)  # type: ignore[arg-type]  # the DTU sees EOF
+        await asyncio.sleep(0.05)
+        assert [e.kind for e in events] == ["online", "offline"]
+        assert events[1].reason == "no longer configured"
+        assert listener.online() == [] and listener.hang_up("DTU0004", "again") is False
