@@ -30,11 +30,34 @@ PROFILE = "acrel-ddsy1352"
 ADDRESSES = [f"0000000000{n:02d}" for n in (1, 2, 3)]
 
 
-def config(port_645: int, port_mb: int) -> str:
+def config(port_645: int, port_mb: int, *, reloaded: bool = False) -> str:
+    """``reloaded``: DTU DTU00000009 (d3) and its meter in, d2 and its meters out."""
     meters = "".join(f'\n[[meter]]\nmeter_id = "D1-M{i}"\naddress = "{a}"\nbus = "d1"\n'
                      for i, a in enumerate(ADDRESSES, 1))
-    meters += "".join(f'\n[[meter]]\nmeter_id = "D2-U{u}"\naddress = "{u}"\nbus = "d2"\n'
-                      f'protocol = "modbus"\nprofile = "{PROFILE}"\n' for u in (1, 2))
+    d2 = "".join(f'\n[[meter]]\nmeter_id = "D2-U{u}"\naddress = "{u}"\nbus = "d2"\n'
+                 f'protocol = "modbus"\nprofile = "{PROFILE}"\n' for u in (1, 2))
+    d2 = f"""
+[[dtu]]
+name = "d2"
+id = "0002"
+listener = "dtu-mb"
+{d2}
+[schedule.modbus]
+interval = "2s"
+quantities = {json.dumps(MODBUS_READ)}
+meters = ["bus:d2"]
+"""
+    d3 = """
+[[dtu]]
+name = "d3"
+id = "DTU00000009"
+listener = "dtu-645"
+
+[[meter]]
+meter_id = "D3-M9"
+address = "000000000009"
+bus = "d3"
+"""
     return f"""
 [collector]
 id = "dtu-gw"
@@ -62,22 +85,12 @@ request_timeout = "2s"
 name = "d1"
 id = "DTU00000001"
 listener = "dtu-645"
-
-[[dtu]]
-name = "d2"
-id = "0002"
-listener = "dtu-mb"
 {meters}
 [schedule.dlt645]
 interval = "2s"
 quantities = {json.dumps(DLT645_READ)}
-meters = ["bus:d1"]
-
-[schedule.modbus]
-interval = "2s"
-quantities = {json.dumps(MODBUS_READ)}
-meters = ["bus:d2"]
-"""
+meters = {'["bus:d1", "bus:d3"]' if reloaded else '["bus:d1"]'}
+{d3 if reloaded else d2}"""
 
 
 def query(tmp: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
@@ -171,15 +184,19 @@ async def test_dtus_dial_in_and_their_dlt645_and_modbus_meters_are_read(
         assert "DTU00000001" in str(offline[0][1])
         assert events(tmp_path, "dtu_offline", "d2") == []
 
-        # configured by a reload, the refused DTU is taken at its next dial and read
-        cfg.write_text(config(port_645, port_mb).replace('meters = ["bus:d1"]', (
-            'meters = ["bus:d1", "bus:d3"]')) + '\n[[dtu]]\nname = "d3"\nid = "DTU00000009"\n'
-            'listener = "dtu-645"\n\n[[meter]]\nmeter_id = "D3-M9"\n'
-            'address = "000000000009"\nbus = "d3"\n')
+        # a reload: the refused DTU, now configured, is taken at its next dial and read;
+        # d2, taken out, is hung up and refused when it dials again
+        dials = d2.stats.connections
+        cfg.write_text(config(port_645, port_mb, reloaded=True))
         daemon.proc.send_signal(signal.SIGHUP)
         await until(lambda: {r[0] for r in readings_of(tmp_path, "D3-M9")}
                     >= set(DLT645_READ), 10, "the new DTU's meter read")
         assert len(events(tmp_path, "dtu_online", "d3")) == 1
+        await until(lambda: d2.stats.connections >= dials + 2, 5, "d2 hung up and refused")
+        asked = d2.stats.requests
+        await asyncio.sleep(2.5)  # a cycle of the old modbus schedule would be due
+        assert d2.stats.requests == asked
+        assert events(tmp_path, "dtu_offline", "d2") == []  # its events went with it
     finally:
         for s in sims:
             await s.__aexit__(None, None, None)
@@ -188,3 +205,5 @@ async def test_dtus_dial_in_and_their_dlt645_and_modbus_meters_are_read(
     log = daemon.log.read_text()
     assert "Traceback" not in log, log
     assert "unknown DTU 'DTU00000009': refused" in log
+    assert "unknown DTU '0002': refused" in log
+    assert "DTU 0002 (no longer configured): offline no longer configured" in log

@@ -496,6 +496,7 @@ class Daemon:
             poller.workers = {n: e.worker for n, e in self.buses.items()}
         for s, meters in later:
             self._start_run(s, meters, immediate=first)
+        self._hang_up_dtus()  # after their workers stopped: no job of theirs is cut
         return True
 
     @property
@@ -687,11 +688,20 @@ class Daemon:
                 return d.name
         return None
 
+    def _hang_up_dtus(self) -> None:
+        """Close the connections of DTUs a reload took out of the configuration."""
+        for name, listener in self.dialins.items():
+            for dtu in listener.online():
+                if self._dtu_of(name, dtu) is None:
+                    listener.hang_up(dtu, "no longer configured")
+
     def _on_dtu(self, listener: str, ev: DtuEvent) -> None:
         if self.stop_requested.is_set():
             return  # the stop closes every link: no event for each DTU
-        name = self._dtu_of(listener, ev.dtu) or ev.dtu
-        if ev.kind in ("online", "offline"):
+        name = self._dtu_of(listener, ev.dtu)
+        if name is None:  # taken out by a reload: its events went with it
+            log.info("DTU %s (no longer configured): %s %s", ev.dtu, ev.kind, ev.reason)
+        elif ev.kind in ("online", "offline"):
             kind = f"dtu_{ev.kind}"
             log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
                     "DTU %s (%s) %s%s", name, ev.dtu, ev.kind,
