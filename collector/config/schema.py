@@ -29,6 +29,7 @@ from .settings import (
     ConcentratorTable,
     ConfigFile,
     DailyTable,
+    DtuTable,
     GatewayTable,
     ListenerTable,
     MeterRouteTable,
@@ -104,6 +105,7 @@ MQTT_KEYS = keys(MqttTable)
 GATEWAY_KEYS = keys(GatewayTable)
 LISTENER_KEYS = keys(ListenerTable)
 CONCENTRATOR_KEYS = keys(ConcentratorTable)
+DTU_KEYS = keys(DtuTable)
 # ledger columns only a meter behind a concentrator has
 ROUTE_COLUMNS = keys(MeterRouteTable)
 BUS_COMMON_KEYS = keys(BusTable)
@@ -134,6 +136,7 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "daily": (DailyTable,),
     "listener": (ListenerTable,),
     "concentrator": (ConcentratorTable,),
+    "dtu": (DtuTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

@@ -46,6 +46,9 @@ ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
 Baud = Literal[1200, 2400, 4800, 9600, 19200]
 Precision = Literal["s", "ms", "us", "ns"]
+ListenerProtocol = Literal["3761", "dtu-dlt645", "dtu-modbus"]
+# a DTU listener's protocol -> the frame family (MeterKind.frame_family) its meters speak
+DTU_PROTOCOLS = {"dtu-dlt645": "dlt645", "dtu-modbus": "modbus"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,11 +402,14 @@ class DailyTable(Table):
 
 
 class ListenerTable(Table):
-    """``[[listener]]``: a TCP (or TLS) port that concentrators dial in to."""
+    """``[[listener]]``: a TCP (or TLS) port that concentrators or DTUs dial in to."""
 
-    name: Annotated[str, NAME] = Field(description="the listener's name, as concentrators name it")
+    name: Annotated[str, NAME] = Field(
+        description="the listener's name, as concentrators and DTUs name it")
     listen: Annotated[str, As("listen")] = Field(description='"HOST:PORT" to listen on')
-    protocol: Literal["3761"] = Field(description="what terminals speak: 3761 (Q/GDW 1376.1)")
+    protocol: ListenerProtocol = Field(
+        description="3761 (Q/GDW 1376.1 concentrators), or dtu-dlt645 / dtu-modbus "
+                    "(DTUs passing DL/T645 or Modbus RTU frames through)")
     login_reply: Literal["F1", "F3"] = Field(
         "F1", description="confirm login/heartbeat with AFN00 F1 or F3")
     idle_timeout: Seconds = Field(
@@ -413,6 +419,26 @@ class ListenerTable(Table):
     tls_cert_file: Annotated[Path | None, FILE] = Field(
         None, description="TLS certificate (with tls_key_file); none: plain TCP")
     tls_key_file: Annotated[Path | None, FILE] = Field(None, description="its private key")
+    # DTU listeners only: how a DTU's first packet gives its id, and its heartbeat packet
+    registration: Literal["ascii", "regex"] = Field(
+        "ascii", description="dtu-*: the id is the registration packet as printable ASCII, "
+                             "or what registration_regex finds in it")
+    registration_length: Annotated[StrictInt | None, As("int", unit=" characters")] = Field(
+        None, ge=1, le=128, description="ascii: the id's exact length; none: the packet")
+    registration_regex: Annotated[str | None, CUSTOM] = Field(
+        None, description='regex: a regular expression over the bytes; group "id" is the id')
+    heartbeat: Annotated[str | None, CUSTOM] = Field(
+        None, description='the heartbeat packet, text or "hex:..."; taken out of the line')
+
+
+class DtuTable(Table):
+    """``[[dtu]]``: a DTU that dials in to a DTU listener; meters name it in their ``bus``."""
+
+    name: Annotated[str, NAME] = Field(description="its name, used like a bus name")
+    id: Annotated[str, As("nonempty", "the DTU's registration id")] = Field(
+        description="the id its registration packet carries")
+    listener: Annotated[str, As("name", "the name of a [[listener]]")] = Field(
+        description="the DTU [[listener]] it dials in to")
 
 
 class ConcentratorTable(Table):
@@ -444,6 +470,7 @@ class ConfigFile(Table):
     daily: DailyTable | None = None
     listener: tuple[ListenerTable, ...] = ()
     concentrator: tuple[ConcentratorTable, ...] = ()
+    dtu: tuple[DtuTable, ...] = ()
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -485,6 +512,25 @@ class ListenerSettings:
     request_timeout: float = _d(ListenerTable, "request_timeout")
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    registration: str = _d(ListenerTable, "registration")
+    registration_length: int | None = _d(ListenerTable, "registration_length")
+    registration_regex: str | None = _d(ListenerTable, "registration_regex")
+    heartbeat: bytes | None = None  # the packet, parsed from the key's text
+
+    @property
+    def dtu(self) -> bool:
+        """DTUs dial in here (else 376.1 concentrators)."""
+        return self.protocol in DTU_PROTOCOLS
+
+
+@dataclass(frozen=True, slots=True)
+class DtuSettings:
+    """A DTU: its registration id and the listener it dials in to; meters name it in
+    ``bus`` like a bus."""
+
+    name: str
+    id: str
+    listener: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,6 +712,7 @@ class Settings:
     daily: DailySettings | None = None
     listeners: tuple[ListenerSettings, ...] = ()
     concentrators: tuple[ConcentratorSettings, ...] = ()
+    dtus: tuple[DtuSettings, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

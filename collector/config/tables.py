@@ -18,6 +18,7 @@ from protocols.quantities import (
 from .alarms import RULES, AlarmSettings
 from .checks import ChecksMixin
 from .convert import path_conv, to_seconds
+from .dtus import DTU_LISTENER_KEYS, DtuMixin
 from .fields import bounds, conv_of, default_of, key_of, marker
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
@@ -82,7 +83,7 @@ from .settings import (
 from .windows import parse_window
 
 
-class TablesMixin(SelectorsMixin, ChecksMixin):
+class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
     """Each table's keys, converted and checked."""
 
     # -- [collector]
@@ -484,7 +485,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             self.unknown_keys(t, data, LISTENER_KEYS, name=name)
             L = ListenerTable
             got = {f: (self.req if f in ("name", "listen", "protocol") else self.opt)(
-                t, data, L, f, name=name) for f in L.model_fields}
+                t, data, L, f, name=name) for f in L.model_fields
+                if f not in DTU_LISTENER_KEYS}
+            dtu = self.dtu_listener(t, data, got["protocol"], name)
             paths = {k: self.relative(got[k]) if got[k] else None
                      for k in ("tls_cert_file", "tls_key_file")}
             for k, path in paths.items():
@@ -499,14 +502,14 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             if got["name"] in seen:
                 self.add(t, "name", "a listener name used once", _q(got["name"]), name=name)
                 continue
-            if any(v is None for k, v in got.items() if k not in paths):
+            if any(v is None for k, v in got.items() if k not in paths) or dtu is None:
                 continue
             seen.add(got["name"])
             out.append(ListenerSettings(
                 name=got["name"], listen=got["listen"], protocol=got["protocol"],
                 login_reply=got["login_reply"], idle_timeout=got["idle_timeout"],
                 request_timeout=got["request_timeout"], tls_cert_file=paths["tls_cert_file"],
-                tls_key_file=paths["tls_key_file"]))
+                tls_key_file=paths["tls_key_file"], **dtu))
         return out
 
     def concentrators(self, value: object, listeners: set[str],

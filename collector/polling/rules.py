@@ -124,6 +124,8 @@ SEVERITY: dict[str, int] = {
     "report_rejected": 1,
     "collector_started": 0,
     "collector_stopped": 0,
+    "dtu_offline": 1,
+    "dtu_online": 0,
     "concentrator_offline": 1,
     "concentrator_online": 0,
     # the command channel and the broker (control.py, mqttlink.py)

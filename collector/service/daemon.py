@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import signal
 import ssl
 import time
@@ -30,6 +31,7 @@ from collector.config.secrets import load_secrets
 from collector.config.settings import (
     BusSettings,
     ConcentratorSettings,
+    DtuSettings,
     ListenerSettings,
     MeterSettings,
     ScheduleSettings,
@@ -44,6 +46,7 @@ from collector.store import CommitInfo, Store, StoreWriter
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
 from drivers.concentrator_meter import concentrator_line
+from drivers.dialin import DialInBus, DialInListener, DtuEvent, RegistrationFormat
 from drivers.mqtt import MqttBus
 from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId, TerminalSession
 from drivers.serial import SerialBus
@@ -89,9 +92,30 @@ def make_station(li: ListenerSettings, known: Callable[[TerminalId], bool],
                          ssl=context, on_event=on_event)
 
 
+def make_dialin(li: ListenerSettings, known: Callable[[str], bool],
+                on_event: Callable[[DtuEvent], None]) -> DialInListener:
+    """The DTU listener a ``[[listener]]`` with a dtu-* protocol describes (not started)."""
+    host, port = parse_listen(li.listen)
+    beat = li.heartbeat
+    if li.registration == "regex" and li.registration_regex is not None:
+        fmt = RegistrationFormat.regex(li.registration_regex.encode(),
+                                       re.escape(beat) if beat else None)
+    else:
+        fmt = RegistrationFormat.ascii(li.registration_length, heartbeat=beat)
+    context = None
+    if li.tls_cert_file is not None and li.tls_key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(li.tls_cert_file, li.tls_key_file)
+    return DialInListener(host, port, registration=fmt, known=known,
+                          idle_timeout=li.idle_timeout, ssl=context, on_event=on_event)
+
+
+LineSettings = BusSettings | ConcentratorSettings | DtuSettings  # what a bus worker serves
+
+
 @dataclass
 class _BusEntry:
-    settings: BusSettings | ConcentratorSettings
+    settings: LineSettings
     worker: BusWorker
 
 
@@ -151,6 +175,7 @@ class Daemon:
         self.align = align
         self.buses: dict[str, _BusEntry] = {}
         self.stations: dict[str, MasterStation] = {}  # by [[listener]] name
+        self.dialins: dict[str, DialInListener] = {}  # DTU listeners, by name
         self.health: dict[str, MeterHealth] = {}
         self.bus_health: dict[str, BusHealth] = {}  # kept across reloads, like health
         self.poller: Poller | None = None
@@ -303,9 +328,11 @@ class Daemon:
 
     # ---- applying a configuration ------------------------------------------------------
 
-    async def _start_bus(self, b: BusSettings | ConcentratorSettings) -> _BusEntry:
+    async def _start_bus(self, b: LineSettings) -> _BusEntry:
         if isinstance(b, ConcentratorSettings):
             return await self._start_concentrator(b)
+        if isinstance(b, DtuSettings):
+            return await self._start_dtu(b)
         worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
                            modbus=b.modbus, observe=self._observe, profiles=self._profile)
         if not await worker.start():
@@ -453,11 +480,10 @@ class Daemon:
         old = self.buses
         self.settings = settings  # before any bus starts: mqtt buses find their gateway
         keep: dict[str, _BusEntry] = {}
-        replaced: list[BusSettings | ConcentratorSettings] = []
-        lines: list[BusSettings | ConcentratorSettings] = [*settings.buses,
-                                                            *settings.concentrators]
+        replaced: list[LineSettings] = []
+        lines: list[LineSettings] = [*settings.buses, *settings.concentrators, *settings.dtus]
         for li in settings.listeners:  # before the buses: concentrators dial in to them
-            await self._station(li.name)
+            await (self._dialin(li.name) if li.dtu else self._station(li.name))
         for b in lines:
             entry = old.get(b.name)
             if entry is not None and entry.settings == b:
@@ -534,6 +560,7 @@ class Daemon:
             poller.workers = {n: e.worker for n, e in self.buses.items()}
         for s, meters in later:
             self._start_run(s, meters, immediate=first)
+        self._hang_up_dtus()  # after their workers stopped: no job of theirs is cut
         return True
 
     @property
@@ -691,6 +718,68 @@ class Daemon:
         self.forwarder = None
         return True
 
+    # ---- dial-in DTUs ------------------------------------------------------------------
+
+    async def _start_dtu(self, d: DtuSettings) -> _BusEntry:
+        """A worker on the line behind DTU ``d``: its registered connection to the DTU
+        listener (schedules, lanes, health and events apply as to a bus)."""
+        listener = await self._dialin(d.listener)
+        li = next(x for x in self.settings.listeners if x.name == d.listener)
+        # connecting waits briefly for the DTU: a read fails fast while it is offline
+        bus = DialInBus(listener, d.id, td=li.request_timeout, connect_timeout=2.0,
+                        reconnect_min=0.0)
+        worker = BusWorker(d.name, bus, observe=self._observe, profiles=self._profile)
+        await worker.start()
+        return _BusEntry(d, worker)
+
+    async def _dialin(self, name: str) -> DialInListener:
+        """The started DTU listener of the ``[[listener]]`` ``name`` (started on first use;
+        a changed listener needs a restart, a DTU added by a reload is known at once)."""
+        listener = self.dialins.get(name)
+        if listener is None:
+            li = next(x for x in self.settings.listeners if x.name == name)
+            listener = make_dialin(li, lambda dtu: self._dtu_of(name, dtu) is not None,
+                                   lambda ev: self._on_dtu(name, ev))
+            await listener.start()
+            self.dialins[name] = listener
+            log.info("listener %s: waiting for DTUs (%s) on port %d", name, li.protocol,
+                     listener.port)
+        return listener
+
+    def _dtu_of(self, listener: str, dtu_id: str) -> str | None:
+        for d in self.settings.dtus:
+            if d.listener == listener and d.id == dtu_id:
+                return d.name
+        return None
+
+    def _hang_up_dtus(self) -> None:
+        """Close the connections of DTUs a reload took out of the configuration."""
+        for name, listener in self.dialins.items():
+            for dtu in listener.online():
+                if self._dtu_of(name, dtu) is None:
+                    listener.hang_up(dtu, "no longer configured")
+
+    def _on_dtu(self, listener: str, ev: DtuEvent) -> None:
+        if self.stop_requested.is_set():
+            return  # the stop closes every link: no event for each DTU
+        name = self._dtu_of(listener, ev.dtu)
+        if name is None:  # taken out by a reload: its events went with it
+            log.info("DTU %s (no longer configured): %s %s", ev.dtu, ev.kind, ev.reason)
+        elif ev.kind in ("online", "offline"):
+            kind = f"dtu_{ev.kind}"
+            log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
+                    "DTU %s (%s) %s%s", name, ev.dtu, ev.kind,
+                    f": {ev.reason}" if ev.reason else "")
+            self._on_event(Event(kind, utcnow(), bus=name, severity=severity(kind),
+                                 detail=f"{ev.dtu}: {ev.reason}" if ev.reason else ev.dtu))
+        else:  # replaced: the DTU stays online on its new connection
+            log.warning("DTU %s (%s): %s", name, ev.dtu, ev.reason)
+
+    async def _close_dialins(self) -> None:
+        for listener in self.dialins.values():
+            with contextlib.suppress(Exception):
+                await listener.close()
+
     # ---- running -----------------------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -798,6 +887,7 @@ class Daemon:
         for station in self.stations.values():
             with contextlib.suppress(Exception):
                 await station.close()
+        await self._close_dialins()
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.mqtt.stop(), 2.0)
