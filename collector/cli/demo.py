@@ -293,15 +293,11 @@ def _summary(daemon: Daemon, elapsed: float, after_id: int = 0,
             click.echo(f"  {note}")
     click.echo("")
     if cycle is not None:
-        succeeded, planned = cycle.succeeded, cycle.planned
-        rate = cycle.success_rate
-        if area_cycle is not None:
-            succeeded += area_cycle.succeeded
-            planned += area_cycle.planned
-            done = succeeded + cycle.failed + area_cycle.failed
-            rate = succeeded / done if done else 0.0
-        click.echo(f"cycle: {succeeded}/{planned} meters read "
-                   f"({100 * rate:.1f}%), {sum(stored.values())} readings stored "
+        behind = (f", {area_cycle.succeeded}/{area_cycle.planned} behind concentrator "
+                  f"{CONCENTRATOR}" if area_cycle is not None else "")
+        click.echo(f"cycle: {cycle.succeeded}/{cycle.planned} meters read "
+                   f"({100 * cycle.success_rate:.1f}%){behind}, "
+                   f"{sum(stored.values())} readings stored "
                    f"and committed, in {elapsed:.1f} s; slowest bus {slowest[0]} "
                    f"({slowest[1]:.0f} ms per request); store integrity: {integrity}")
     else:
