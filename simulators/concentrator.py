@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -575,9 +576,7 @@ class ConcentratorSimulator:
             elif u.fn == 17:
                 out.append(DataUnit(u.pn, 17, _monthly(meter, u.value)))
             else:
-                tag: CurveTag = u.value
-                # The meters keep no load profile here: every point is absent (EE).
-                out.append(DataUnit(u.pn, u.fn, Curve(tag, (None,) * tag.points)))
+                out.append(DataUnit(u.pn, u.fn, _curve(meter, u.fn, u.value)))
         return out
 
     def _supply(self, day: dt.date | None) -> DailySupply:
@@ -733,6 +732,28 @@ def _daily(meter: SimulatedMeter | None, day: dt.date | None, fn: int) -> Any:
     if fn == 161:
         return FrozenActiveEnergy(day, read_time, active)
     return FrozenEnergy(day, read_time, active, none, none, none)
+
+
+_KWH = Decimal("0.0001")  # A.13
+
+
+def _curve(meter: SimulatedMeter | None, fn: int, tag: CurveTag) -> Curve:
+    """F97-F100: energy per interval from the meter's load curve; F98 (reverse active) and
+    F100 (reverse reactive) are 0, as the model's meters never export; EE for points not
+    over yet, or without a meter."""
+    minutes = tag.minutes
+    if meter is None or tag.start is None or minutes is None:
+        return Curve(tag, (None,) * tag.points)
+    step = dt.timedelta(minutes=minutes)
+    tan_phi = Decimal(math.tan(math.acos(meter.model.config.power_factor)))
+    values: list[Decimal | None] = []
+    for i in range(tag.points):
+        start = tag.start + i * step
+        kwh = meter.model.curve_energy(start, start + step)
+        if kwh is not None:
+            kwh = {97: kwh, 99: kwh * tan_phi}.get(fn, Decimal(0)).quantize(_KWH)
+        values.append(kwh)
+    return Curve(tag, tuple(values))
 
 
 def _monthly(meter: SimulatedMeter | None, month: dt.date | None) -> FrozenEnergy:

@@ -442,6 +442,13 @@ class MeterModel:
         self.update()
         return len(self._freezes)
 
+    def curve_energy(self, start: dt.datetime, end: dt.datetime) -> Decimal | None:
+        """Forward active kWh the load curve adds from ``start`` to ``end`` (meter clock),
+        as the meter's history assumes (relay closed); None while ``end`` is to come."""
+        if end > self.now():
+            return None
+        return sum(self._curve_energy(start, end), Decimal(0))
+
     def read(self, name: str, settlement: int = 0, *, freeze: int = 0) -> Reading:
         """A quantity's present value (``settlement`` N: as of the Nth last settlement day).
 

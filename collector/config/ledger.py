@@ -14,6 +14,7 @@ from .fields import conv_of, default_of, is_required, key_of
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
 from .problems import show_value
+from .routes import behind_concentrator
 from .safefile import FileRefused, read_regular
 from .schema import (
     LEDGER_COLUMNS,
@@ -221,6 +222,11 @@ class LedgerMixin(LoaderBase):
                          f"on concentrator {_q(bus)})", "an empty cell" if csv_cells
                          else "nothing", meter=mid, file=file, line=line)
             route_ok = pn is not None and port is not None and baud is not None
+            refused = behind_concentrator(protocol, bus) if protocol is not None else None
+            if refused is not None:
+                self.add(t, "protocol", refused, _q(protocol), meter=mid, file=file,
+                         line=line)
+                route_ok = False
         elif bus and bus in bus_names:
             for key in ROUTE_COLUMNS:
                 if key in values:

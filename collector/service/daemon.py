@@ -782,6 +782,17 @@ class Daemon:
 
     # ---- running -----------------------------------------------------------------------
 
+    def listener_status(self) -> dict[str, tuple[MasterStation, dict[str, bool]]]:
+        """Per ``[[listener]]`` started: its master station and, for each of its
+        concentrators (by name), whether it is logged in now (for /metrics)."""
+        out: dict[str, tuple[MasterStation, dict[str, bool]]] = {}
+        for name, station in self.stations.items():
+            online = set(station.online())
+            out[name] = (station, {c.name: TerminalId(c.a1, c.a2) in online
+                                   for c in self.settings.concentrators
+                                   if c.listener == name})
+        return out
+
     def healthy(self) -> bool:
         """For the watchdog: the event loop runs and every bus worker is alive."""
         return all(e.worker.alive for e in self.buses.values())
@@ -794,6 +805,9 @@ class Daemon:
                 self.metrics.set_bus_counters(name, w.bus)
                 for lane in Lane:
                     self.metrics.set_queue_depth(name, lane.name.lower(), w.queue_depth(lane))
+            for name, (station, concentrators) in self.listener_status().items():
+                self.metrics.set_listener(name, station, online=len(station.online()),
+                                          concentrators=concentrators)
             if self.store is not None and self.writer is not None:
                 self.metrics.set_store_size(self.store.store_size_bytes())
                 # Rows the time-series forwarder has not shipped, plus those not yet
