@@ -733,9 +733,20 @@ class ForwardBus(Bus):
         self.baud = baud
         self.frame_timeout = frame_timeout
         self.byte_timeout = byte_timeout
+        self._lazy_open = False
+
+    async def open(self, *, lazy: bool = False) -> bool:
+        """As :meth:`Bus.open`; ``lazy`` does not wait for a terminal that is offline (a
+        daemon starting with many concentrators offline would wait for each in turn)."""
+        self._lazy_open = lazy
+        try:
+            return await super().open(lazy=lazy)
+        finally:
+            self._lazy_open = False
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        session = await self.master.wait_online(self.terminal, self.connect_timeout * 0.9)
+        wait = 0.0 if self._lazy_open else self.connect_timeout * 0.9
+        session = await self.master.wait_online(self.terminal, wait)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)
