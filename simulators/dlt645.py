@@ -471,6 +471,9 @@ class SimulatedMeter:
             try:
                 order = TopupPayload.parse(msg.payload)
                 self.esam.check_topup(order, self.model.purchase_count)
+                if self.esam.lose_topups > 0:
+                    self.esam.lose_topups -= 1
+                    return SecurityReply(address=self.address, di=msg.di).to_frame()
                 self.model.purchase(Decimal(order.amount_fen) / 100)
             except (EsamRefused, _CodecError, Unavailable) as e:
                 self.counters["topups_refused"] += 1

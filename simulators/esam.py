@@ -38,14 +38,15 @@ class EsamRefused(Exception):
 @dataclass(slots=True)
 class Esam:
     """One meter's ESAM: ``master_key`` (the simulator's test key unless given), the
-    ``customer`` number it was opened with, its ``serial``; ``hoarding_limit``: the most
-    a top-up may bring the balance to (yuan, None: no limit); ``relay_needs_esam``:
-    plain 1C relay commands are refused."""
+    ``customer`` number it was opened with, its ``serial``; ``relay_needs_esam``:
+    plain 1C relay commands are refused; ``lose_topups``: a fault, acknowledged top-ups
+    that the meter does not apply (its count stays)."""
 
     master_key: bytes = TEST_MASTER_KEY
     customer: str = "000000000000"
     serial: bytes = field(default_factory=lambda: secrets.token_bytes(8))
     relay_needs_esam: bool = False
+    lose_topups: int = 0  # fault: this many top-ups acknowledged but not applied
     _session: bytes | None = field(default=None, repr=False)
     authentications: int = 0
 

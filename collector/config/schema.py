@@ -38,6 +38,7 @@ from .settings import (
     PrepaidTable,
     Role,
     ScheduleTable,
+    SecurityTable,
     Table,
     TimeseriesTable,
 )
@@ -97,6 +98,7 @@ ALARM_KEYS = keys(AlarmsTable)
 ALARM_LIMITS = tuple(key_of(AlarmsTable, n) for n in AlarmsTable.model_fields
                      if marker(AlarmsTable, n) == LIMIT)
 COMMANDS_KEYS = keys(CommandsTable)
+SECURITY_KEYS = keys(SecurityTable)
 PREPAID_KEYS = keys(PrepaidTable)
 TIMESERIES_KEYS = keys(TimeseriesTable)
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
@@ -134,6 +136,7 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "daily": (DailyTable,),
     "listener": (ListenerTable,),
     "concentrator": (ConcentratorTable,),
+    "security": (SecurityTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;
