@@ -142,9 +142,11 @@ async def test_a_wrong_mac_is_refused(line: tuple[SimulatedMeter, Dlt645Meter]) 
 async def test_another_customer_number_is_refused(
         line: tuple[SimulatedMeter, Dlt645Meter]) -> None:
     sim, meter = line
+    count0 = sim.model.purchase_count
     result = await meter.write_topup(order("50", customer="000099999999"),
                                      SoftModule(TEST_MASTER_KEY))
     assert result.status == "refused" and "customer_mismatch" in result.detail
+    assert sim.model.purchase_count == count0
 
 
 async def test_a_lost_purchase_is_unconfirmed_then_sent_again_with_the_same_count(
