@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from collector.polling.rules import SEVERITY
 from collector.store.records import CommandRecord, Event, Reading, utcnow
 from drivers.device import TopupOrder, TopupResult
 from drivers.errors import DriverError
@@ -175,12 +176,14 @@ class TopupWriter:
                                   "topup_write", now, operator=w.operator or "prepaid",
                                   status=status, detail=json.dumps(shown)))
         if w.status == "confirmed":
-            self.event(Event("topup_written", now, meter=w.meter, severity=0,
+            self.event(Event("topup_written", now, meter=w.meter,
+                             severity=SEVERITY["topup_written"],
                              value=result.balance_after if result is not None else None,
                              detail=f"purchase {w.count} ({w.amount_fen / 100:.2f} yuan, "
                                     f"{w.receipt}) written and confirmed"))
         elif w.status in ("refused", "failed"):
-            self.event(Event("topup_not_written", now, meter=w.meter, severity=2,
+            self.event(Event("topup_not_written", now, meter=w.meter,
+                             severity=SEVERITY["topup_not_written"],
                              detail=f"{w.receipt}: {w.status} after {w.attempts} "
                                     f"attempt(s): {detail}"[:500]))
         self.save()
@@ -225,7 +228,8 @@ class TopupWriter:
         used = min(unexplained, expected)
         unexplained -= used
         if unexplained > 0:
-            self.event(Event("purchase_unknown", utcnow(), meter=meter, severity=1,
+            self.event(Event("purchase_unknown", utcnow(), meter=meter,
+                             severity=SEVERITY["purchase_unknown"],
                              value=float(count),
                              detail=f"purchase count {before} -> {count}: {unexplained} "
                                     "purchase(s) not written nor recorded by this "
