@@ -44,6 +44,8 @@ from .device import (
     RelayPlan,
     RelayState,
     Route,
+    TopupOrder,
+    TopupResult,
 )
 from .dlt645_meter import PING_QUANTITY, Dlt645Kind, Dlt645Meter
 from .errors import DriverError, LinkDown, ReplyError
@@ -152,6 +154,7 @@ def _behind(inner: Capabilities) -> Capabilities:
         clock=inner.clock,
         clock_set=None,
         block_reads=True,
+        topup=inner.topup,
     )
 
 
@@ -284,6 +287,11 @@ class ConcentratorMeter(Meter):
 
     def check_credentials(self, plan: RelayPlan, credentials: Credentials | None) -> None:
         self.inner.check_credentials(plan, credentials)
+
+    async def write_topup(self, order: TopupOrder, security: Any,
+                          opts: CallOptions = DEFAULT) -> TopupResult:
+        """The inner meter's top-up, its frames forwarded (AFN10)."""
+        return await (await self._forwarding()).write_topup(order, security, opts)
 
     def secret_of(self, credentials: Credentials | None) -> str:
         return self.inner.secret_of(credentials)

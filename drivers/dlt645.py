@@ -44,6 +44,8 @@ from protocols.dlt645 import (
     RelayCommand,
     RemoteControlRequest,
     ReplyMismatch,
+    SecurityReply,
+    SecurityRequest,
     TimeSyncRequest,
     UnknownDataItem,
     Value,
@@ -54,6 +56,7 @@ from protocols.dlt645 import (
     encode_value,
     items,
     lookup,
+    security_error_names,
     value_to_json,
 )
 from protocols.quantities import QUANTITIES, WILDCARD_ADDRESS, normalise_address
@@ -558,6 +561,28 @@ class Dlt645Session:
         reply = await self._exchange(request, what, opts, retries=0)
         if not isinstance(reply, Ack):
             raise self._unexpected(addr, what, reply)
+
+    async def security(self, address: str, di: int, payload: bytes, *,
+                       operator: str = "00000000", opts: CallOptions = DEFAULT) -> bytes:
+        """03: one security operation (identity authentication, remote top-up ...) with
+        the payload a security module made; the reply's payload.  Not retried.  A refusal
+        is a :class:`MeterError` whose ``errors`` are the SERR bits
+        (:data:`protocols.dlt645.SECURITY_ERROR_BITS`)."""
+        addr = normalise_address(address)
+        request = SecurityRequest(address=addr, version=self.version, di=di,
+                                  operator=operator, payload=payload)
+        _check_request(request)
+        what = f"security {di:08X}"
+        try:
+            reply = await self._exchange(request, what, opts, retries=0)
+        except MeterError as e:
+            names = security_error_names(e.code) or ("no_error_bits",)
+            raise MeterError(f"meter {e.address} refused {what}: {', '.join(names)}",
+                             address=e.address, function=e.function, code=e.code,
+                             errors=names) from None
+        if not isinstance(reply, SecurityReply) or reply.di != di:
+            raise self._unexpected(addr, what, reply)
+        return reply.payload
 
     # ---- one exchange --------------------------------------------------------------------
 

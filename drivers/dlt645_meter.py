@@ -17,7 +17,11 @@ from typing import Final
 
 from protocols.dlt645 import (
     DAILY_FREEZES,
+    DI_AUTHENTICATE,
+    DI_TOPUP,
     AbnormalReply,
+    AuthAnswer,
+    AuthChallenge,
     Frame,
     Message,
     ReadReply,
@@ -46,11 +50,14 @@ from .device import (
     MeterRef,
     RelayPlan,
     RelayState,
+    TopupOrder,
+    TopupResult,
     Unsupported,
 )
 from .dlt645 import DataValue, Dlt645Session, resolve_quantity
-from .errors import BadReply, MeterError, UnknownQuantity
+from .errors import BadReply, MeterError, NoReply, UnknownQuantity
 from .options import DEFAULT, CallOptions
+from .security import MeterIdentity, SecurityError, SecurityModule
 
 PING_QUANTITY: Final = "energy_active_forward_total"  # every edition has it
 FREEZE_ENERGIES: Final[tuple[str, ...]] = (
@@ -238,10 +245,85 @@ class Dlt645Meter(Meter):
                     opts: CallOptions = DEFAULT) -> None:
         self.check_credentials(plan, credentials)
         assert credentials is not None and credentials.expires is not None
+        encrypt = credentials.encrypt
+        module = credentials.security
+        if isinstance(module, SecurityModule):
+            # ESAM meters: authenticate, then N1..N8 as the module's ciphertext
+            ident = MeterIdentity(self.meter_id, self._address)
+            challenge, answer = await self._authenticate(module, ident, opts)
+
+            async def sealed(address: str, plain: bytes) -> bytes:
+                return await module.protect_relay(ident, challenge, answer, plain)
+            encrypt = sealed
         await self.session.remote_control(
             self._address, self._command(plan), password=credentials.password,
             operator=credentials.operator, expiry=credentials.expires,
-            encrypt=credentials.encrypt, opts=opts)
+            encrypt=encrypt, opts=opts)
+
+    # ---- purchases written into the meter (cost-control meters with an ESAM)
+
+    async def _authenticate(self, module: SecurityModule, ident: MeterIdentity,
+                            opts: CallOptions) -> tuple[AuthChallenge, AuthAnswer]:
+        """Identity authentication (03, 070000FF) with the module's challenge."""
+        challenge = await module.authenticate(ident)
+        raw = await self.session.security(self._address, DI_AUTHENTICATE,
+                                          challenge.payload(), opts=opts)
+        try:
+            return challenge, AuthAnswer.parse(raw)
+        except _CodecError as e:
+            raise BadReply(f"meter {self._address}: identity authentication reply: {e}",
+                           address=self._address) from None
+
+    async def _count_and_balance(self, opts: CallOptions) -> tuple[int, float | None]:
+        count = await self.read_number("purchase_count", opts)
+        if count is None:
+            raise BadReply(f"meter {self._address}: purchase count did not decode",
+                           address=self._address)
+        return int(count), await self.read_number("balance_amount", opts)
+
+    async def write_topup(self, order: TopupOrder, security: SecurityModule,
+                          opts: CallOptions = DEFAULT) -> TopupResult:
+        """Read the purchase count and balance, authenticate, send the module's remote
+        top-up (03, 070102FF), read both back.  The count the purchase makes is fixed by
+        the first attempt (``order.count``): a meter accepts only its count + 1, so a
+        repeat can never credit twice."""
+        if not self.capabilities.topup:
+            return await super().write_topup(order, security, opts)
+        n0, b0 = await self._count_and_balance(opts)
+        count = order.count if order.count is not None else n0 + 1
+        if n0 >= count:  # an earlier attempt took; its answer was lost
+            return TopupResult("confirmed", count, n0, n0, b0, b0,
+                               detail=f"already written: the meter's purchase count is {n0}")
+        if n0 != count - 1:
+            return TopupResult("refused", count, n0, n0, b0, b0,
+                               detail=f"the meter's purchase count is {n0}, not {count - 1}: "
+                                      "a purchase unknown here was written meanwhile")
+        ident = MeterIdentity(self.meter_id, self._address, order.customer)
+        sent_error = ""
+        try:
+            challenge, answer = await self._authenticate(security, ident, opts)
+            payload = await security.protect_topup(ident, challenge, answer, order.amount_fen,
+                                                   count)
+            await self.session.security(self._address, DI_TOPUP, payload, opts=opts)
+        except (MeterError, SecurityError) as e:
+            return TopupResult("refused", count, n0, n0, b0, b0, detail=str(e))
+        except BadReply as e:  # it may have taken: the count tells
+            sent_error = str(e)
+        except NoReply as e:
+            sent_error = str(e)
+        n1, b1 = await self._count_and_balance(opts)
+        if n1 == count:
+            detail = ""
+            if b0 is not None and b1 is not None and b1 + 0.005 < b0 + order.amount_fen / 100 \
+                    - _CONSUMPTION_SLACK:
+                detail = (f"balance {b0:.2f} -> {b1:.2f} yuan: less than the "
+                          f"{order.amount_fen / 100:.2f} bought")
+            return TopupResult("confirmed", count, n0, n1, b0, b1, detail=detail)
+        if n1 == n0:
+            return TopupResult("unconfirmed", count, n0, n1, b0, b1,
+                               detail=sent_error or "the purchase count did not move")
+        return TopupResult("refused", count, n0, n1, b0, b1,
+                           detail=f"the purchase count went from {n0} to {n1}, not {count}")
 
     @property
     def protocol(self) -> str:
@@ -327,6 +409,10 @@ class Dlt645Meter(Meter):
         return BROADCAST_BYTES + self.line.preamble
 
 
+# Energy used between the reads around a top-up (yuan): a live meter keeps consuming.
+_CONSUMPTION_SLACK: Final = 1.0
+
+
 class Dlt645Kind(MeterKind):
     """The ledger protocol ``dlt645-2007`` or ``dlt645-1997``."""
 
@@ -344,6 +430,7 @@ class Dlt645Kind(MeterKind):
             clock=True,
             clock_set="broadcast",
             block_reads=True,
+            topup=v2007 and {"purchase_count", "balance_amount"} <= quantities,
         )
 
     def capabilities(self, ref: MeterRef) -> Capabilities:

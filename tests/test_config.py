@@ -371,7 +371,7 @@ def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
         'schedule, mqtt, gateway, timeseries, commands, prepaid, alarms, daily, listener, '
-        'concentrator, dtu, got an unknown key; did you mean "bus"?')
+        'concentrator, dtu, security, got an unknown key; did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:
@@ -1236,3 +1236,33 @@ def test_mqtt_fleet() -> None:
     assert 'key "fleet"' in found and '"a/b"' in found
     found = problem(BASE + plain + 'fleet = "north"\nfleet_hold = "0s"\n')
     assert 'key "fleet_hold"' in found
+
+
+def test_security_module_table() -> None:
+    """``[security]``: the module that protects top-ups; its key never in the file."""
+    s = load(BASE + '[security]\nmodule = "soft"\ntest_keys = true\n')
+    assert s.security is not None and s.security.module == "soft" and s.security.test_keys
+    assert not s.security.relay and s.security.timeout == 5.0
+    Path("esam.key").write_text("00112233445566778899aabbccddeeff\n")
+    Path("esam.key").chmod(0o600)
+    s = load(BASE + '[security]\nmodule = "soft"\nkey_file = "esam.key"\nrelay = true\n')
+    assert s.security is not None and s.security.key_file == Path("esam.key").absolute()
+    assert s.security.relay
+    s = load(BASE + '[security]\nmodule = "command"\ncommand = ["/usr/lib/esam-bridge", "-v"]\n'
+             'timeout = "10s"\n')
+    assert s.security is not None and s.security.command == ("/usr/lib/esam-bridge", "-v")
+    found = problem(BASE + '[security]\nmodule = "soft"\n')
+    assert 'key "key_file"' in found and "test_keys" in found
+    Path("esam.key").chmod(0o644)
+    found = problem(BASE + '[security]\nmodule = "soft"\nkey_file = "esam.key"\n')
+    assert 'key "key_file"' in found and "chmod 600" in found
+    Path("short.key").write_text("0011")
+    Path("short.key").chmod(0o600)
+    found = problem(BASE + '[security]\nmodule = "soft"\nkey_file = "short.key"\n')
+    assert "16 bytes or more" in found
+    found = problem(BASE + '[security]\nmodule = "command"\n')
+    assert 'key "command"' in found
+    found = problem(BASE + '[security]\nmodule = "hsm-9000"\n')
+    assert "amic.toml:" in found and 'key "module"' in found and '"hsm-9000"' in found
+    found = problem(BASE + '[security]\nmodule = "soft"\ntest_keys = true\nkey = "00"\n')
+    assert 'key "key"' in found and "key_file" in found

@@ -174,6 +174,7 @@ class _Loader(TablesMixin, LedgerMixin):
         prepaid = self.prepaid(data.get("prepaid"), rows)
         alarms = self.alarms(data.get("alarms"))
         daily = self.daily(data.get("daily"))
+        security = self.security(data.get("security"))
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
@@ -182,7 +183,7 @@ class _Loader(TablesMixin, LedgerMixin):
                         gateways=tuple(gateways), timeseries=timeseries,
                         commands=commands, prepaid=prepaid, alarms=alarms, daily=daily,
                         listeners=tuple(listeners), concentrators=tuple(concentrators),
-                        dtus=tuple(dtus))
+                        dtus=tuple(dtus), security=security)
 
 
 def check_ledger_text(file: str, text: str, bus_names: Iterable[str]

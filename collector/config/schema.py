@@ -39,6 +39,7 @@ from .settings import (
     PrepaidTable,
     Role,
     ScheduleTable,
+    SecurityTable,
     Table,
     TimeseriesTable,
 )
@@ -98,6 +99,7 @@ ALARM_KEYS = keys(AlarmsTable)
 ALARM_LIMITS = tuple(key_of(AlarmsTable, n) for n in AlarmsTable.model_fields
                      if marker(AlarmsTable, n) == LIMIT)
 COMMANDS_KEYS = keys(CommandsTable)
+SECURITY_KEYS = keys(SecurityTable)
 PREPAID_KEYS = keys(PrepaidTable)
 TIMESERIES_KEYS = keys(TimeseriesTable)
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
@@ -137,6 +139,7 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "listener": (ListenerTable,),
     "concentrator": (ConcentratorTable,),
     "dtu": (DtuTable,),
+    "security": (SecurityTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

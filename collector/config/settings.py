@@ -340,6 +340,22 @@ class CommandsTable(Table):
     signed: StrictBool = Field(True, description="commands through the broker signed (HMAC)")
 
 
+class SecurityTable(Table):
+    """``[security]``: the security module that protects top-ups (and relay commands)."""
+
+    module: Annotated[str, NAME] = Field(
+        description='"soft", "command", or an entry point of the group amic.security')
+    key_file: Annotated[Path | None, FILE] = Field(
+        None, description="soft: the master key (hex), mode 0600")
+    test_keys: StrictBool = Field(
+        False, description="soft: the simulator's test keys (never for real meters)")
+    command: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="command: the program and its arguments (JSON lines)")
+    timeout: Seconds = Field(5.0, gt=0, le=120, description="per request to the module")
+    relay: StrictBool = Field(
+        False, description="relay commands too: authenticated, N1..N8 as ciphertext")
+
+
 class PrepaidTable(Table):
     """``[prepaid]``: the prepaid engine."""
 
@@ -471,6 +487,7 @@ class ConfigFile(Table):
     listener: tuple[ListenerTable, ...] = ()
     concentrator: tuple[ConcentratorTable, ...] = ()
     dtu: tuple[DtuTable, ...] = ()
+    security: SecurityTable | None = None
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -654,6 +671,24 @@ class CommandSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """``[security]``: see drivers/security.py."""
+
+    module: str
+    key_file: Path | None = _d(SecurityTable, "key_file")
+    test_keys: bool = _d(SecurityTable, "test_keys")
+    command: tuple[str, ...] = _d(SecurityTable, "command")
+    timeout: float = _d(SecurityTable, "timeout")
+    relay: bool = _d(SecurityTable, "relay")
+
+    def table(self) -> dict[str, object]:
+        """As drivers.security.load_module takes it."""
+        return {"module": self.module, "key_file": str(self.key_file or ""),
+                "test_keys": self.test_keys, "command": list(self.command),
+                "timeout": self.timeout, "relay": self.relay}
+
+
+@dataclass(frozen=True, slots=True)
 class PrepaidSettings:
     """``[prepaid]``: the prepaid engine for meters with ``prepaid = true``."""
 
@@ -713,6 +748,7 @@ class Settings:
     listeners: tuple[ListenerSettings, ...] = ()
     concentrators: tuple[ConcentratorSettings, ...] = ()
     dtus: tuple[DtuSettings, ...] = ()
+    security: SecuritySettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -45,6 +45,7 @@ from .schema import (
     PASSWORD_ENV,
     PREPAID_KEYS,
     SCHEDULE_KEYS,
+    SECURITY_KEYS,
     TIMESERIES_KEYS,
     TOKEN_ENV,
 )
@@ -75,6 +76,8 @@ from .settings import (
     PrepaidTable,
     ScheduleSettings,
     ScheduleTable,
+    SecuritySettings,
+    SecurityTable,
     TimeseriesSettings,
     TimeseriesTable,
     hours_in_order,
@@ -369,6 +372,56 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
         return CommandSettings(secrets_file=secrets_file, min_interval=interval,
                                expiry=expiry, verify_timeout=verify, poll_interval=poll,
                                direct_close=direct, signed=signed)
+
+    def security(self, value: object) -> SecuritySettings | None:
+        """``[security]``: the module and what it needs (checked, not started)."""
+        if value is None:
+            return None
+        data = self.table("", "security", value, "a [security] table")
+        if data is None:
+            return None
+        t = "security"
+        before = len(self.problems)
+        self.unknown_keys(t, data, SECURITY_KEYS, elsewhere={
+            "key": "never in the configuration: the key is in key_file"})
+        S = SecurityTable
+        module = self.req(t, data, S, "module")
+        key_file = self.opt(t, data, S, "key_file")
+        test_keys = self.opt(t, data, S, "test_keys")
+        timeout = self.opt(t, data, S, "timeout")
+        relay = self.opt(t, data, S, "relay")
+        command: tuple[str, ...] = ()
+        if "command" in data:
+            argv = self.strings(t, data, "command", 'the program and its arguments, e.g. '
+                                '["/usr/lib/esam-bridge", "--port", "/dev/ttyUSB0"]')
+            command = tuple(argv or ())
+        path = self.relative(key_file) if key_file else None
+        if module == "soft":
+            if path is None and not test_keys:
+                self.add(t, "key_file", 'a key file (or test_keys = true for the simulator)',
+                         "nothing")
+            elif path is not None and test_keys:
+                self.add(t, "test_keys", "key_file or test_keys, not both", "both")
+            elif path is not None:
+                from drivers.security import read_key_file
+                try:
+                    if len(read_key_file(path)) < 16:
+                        self.add(t, "key_file", "a key of 16 bytes or more (32 hex digits)",
+                                 f"{path}: shorter")
+                except (OSError, ValueError) as e:
+                    self.add(t, "key_file", "a readable key file (hex, mode 0600)", str(e))
+        elif module == "command" and not command:
+            self.add(t, "command", 'the program to run, e.g. ["/usr/lib/esam-bridge"]',
+                     "nothing")
+        elif module is not None and module not in ("soft", "command"):
+            from importlib.metadata import entry_points
+            if not [ep for ep in entry_points(group="amic.security") if ep.name == module]:
+                self.add(t, "module", '"soft", "command" or an installed entry point of the '
+                         "group amic.security", _q(module))
+        if module is None or len(self.problems) > before:
+            return None
+        return SecuritySettings(module=module, key_file=path, test_keys=bool(test_keys),
+                                command=command, timeout=timeout, relay=bool(relay))
 
     def prepaid(self, value: object, rows: list[Row]) -> PrepaidSettings | None:
         if value is None:

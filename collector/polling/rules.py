@@ -111,6 +111,9 @@ SEVERITY: dict[str, int] = {
     "restore_requested": 0,
     "topup": 0,
     "topup_duplicate": 1,
+    "topup_written": 0,
+    "topup_not_written": 2,
+    "purchase_unknown": 1,
     # read audits (audit_reads.py)
     "audit_failed": 1,
     "audit_mismatch": 2,

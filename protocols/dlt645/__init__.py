@@ -26,9 +26,14 @@ from ._catalogue import (
 from ._connection import Master, ReplyMismatch, check_reply
 from ._errors import DLT645Error, FrameError, PayloadError, UnknownDataItem
 from ._events import (
+    DI_AUTHENTICATE,
+    DI_TOPUP,
     ERROR_BITS,
+    SECURITY_ERROR_BITS,
     AbnormalReply,
     Ack,
+    AuthAnswer,
+    AuthChallenge,
     ChangeBaudReply,
     ChangeBaudRequest,
     ChangePasswordReply,
@@ -46,12 +51,16 @@ from ._events import (
     ReadRequest,
     RelayCommand,
     RemoteControlRequest,
+    SecurityReply,
+    SecurityRequest,
     TimeSyncRequest,
+    TopupPayload,
     Unknown,
     WriteAddressRequest,
     WriteRequest,
     decode_message,
     error_names,
+    security_error_names,
 )
 from ._frame import (
     HEADER_SIZE,
@@ -83,4 +92,7 @@ __all__ = [
     "version_of",
 ]
 # for the collector, the simulators and `amic decode`, instead of the private modules
+__all__ += ["DI_AUTHENTICATE", "DI_TOPUP", "SECURITY_ERROR_BITS", "AuthAnswer",
+            "AuthChallenge", "SecurityReply", "SecurityRequest", "TopupPayload",
+            "security_error_names"]
 __all__ += ["DAILY_FREEZES", "HEADER_SIZE", "START", "freeze_di", "skip_preamble"]
