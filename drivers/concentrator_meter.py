@@ -10,22 +10,35 @@ What class-1 data carries (AFN0C F129, F25, F33, F34) is read from the concentra
 one request per meter; everything else, relay commands and the meter clock go to the
 meter itself through AFN10 F1 forwarding, by the meter's own kind (DL/T645) on a
 forwarding line kept per (port, baud).  Daily freezes come from AFN0D F161 by date.
+
+The concentrator itself (:class:`TerminalLink`): its clock (AFN0C F2 / AFN05 F31), its
+meter archive (AFN04 F10 written from the ledger and read back with AFN0A F10:
+:func:`sync_archive`) and its event records (AFN0E, :func:`terminal_records`), in plain
+values so the collector needs no 376.1 types.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
+from protocols.dlt645 import Version
 from protocols.qgdw3761 import (
     ActiveEnergy,
     DataUnit,
     EnergyReadings,
+    Erc1,
+    Erc3,
+    Erc14,
+    EventRecords,
     FrozenActiveEnergy,
     FrozenEnergy,
+    MeterEntry,
+    MeterProtocol,
     PresentValues,
     RawUnit,
 )
@@ -93,6 +106,42 @@ class TerminalLink:
         if s is None or s.closed:
             raise LinkDown(f"{self.terminal}: concentrator offline", bus=str(self.terminal))
         return s
+
+    @property
+    def online(self) -> bool:
+        s = self.master.terminal(self.terminal)
+        return s is not None and not s.closed
+
+    @property
+    def since(self) -> dt.datetime | None:
+        """When the current session logged in (aware UTC); None while offline."""
+        s = self.master.terminal(self.terminal)
+        return s.logged_in if s is not None and not s.closed else None
+
+    async def read_clock(self, clock: Callable[[], float] = time.time,
+                         opts: CallOptions = DEFAULT) -> ClockRead:
+        """The concentrator's clock (AFN0C F2) and ``clock`` around the request;
+        :class:`Absent` if it sent EE."""
+        session = self.session()
+        t0 = clock()
+        shown = await session.clock(opts=opts)
+        t1 = clock()
+        if shown is None:
+            raise Absent(f"{self.terminal}: clock: EE (no value)", address=str(self.terminal))
+        return ClockRead(shown, t0, t1)
+
+    async def set_clock(self, when: dt.datetime, opts: CallOptions = DEFAULT) -> None:
+        """AFN05 F31: set the concentrator's clock to ``when`` (naive, its local time)."""
+        await self.session().set_time(when.replace(microsecond=0), opts=opts)
+
+    async def read_records(self, start: int, end: int,
+                           opts: CallOptions = DEFAULT) -> RecordBatch:
+        """Important event records with pointers ``start`` to ``end`` - 1 (AFN0E F1)."""
+        units = await self.session().read_events(start, end, opts=opts)
+        batches = terminal_records(units)
+        if not batches:
+            return RecordBatch(end, end, ())
+        return batches[0]
 
 
 def concentrator_line(master: MasterStation, terminal: TerminalId, *,
@@ -354,5 +403,148 @@ class ConcentratorMeter(Meter):
         return Freeze(taken, [], notes)
 
 
-__all__ = ["CLASS1", "DAILY_FREEZES", "Absent", "ConcentratorMeter", "TerminalLink",
-           "capabilities_behind", "concentrator_line"]
+# ---- the terminal's own records ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRecord:
+    """One event record of a concentrator: its ``pointer`` in the terminal's ring (the
+    EC count at which it was recorded, 0-255), the ERC ``code``, the terminal's own time
+    of it (naive, its local time; None if absent) and a readable ``detail``."""
+
+    pointer: int
+    code: int
+    time: dt.datetime | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Records read or reported at once; ``ec`` is the terminal's important-event count
+    (EC1) and ``end`` the pointer after the last record given."""
+
+    ec: int
+    end: int
+    records: tuple[TerminalRecord, ...] = field(default=())
+
+
+def _when(t: dt.datetime | None) -> str:
+    return t.isoformat(" ", "minutes") if t is not None else "unknown"
+
+
+def _describe(content: object) -> tuple[dt.datetime | None, str]:
+    if isinstance(content, Erc14):
+        return content.off, f"power off at {_when(content.off)}, on at {_when(content.on)}"
+    if isinstance(content, Erc1):
+        return content.time, (f"initialised; version {content.old_version.strip()} -> "
+                              f"{content.new_version.strip()} (flags {content.flags:02X})")
+    if isinstance(content, Erc3):
+        items = ", ".join(f"p{','.join(map(str, pns))} F{','.join(map(str, fns))}"
+                          for pns, fns in content.idents)
+        return content.time, f"parameters changed by master {content.master}: {items}"
+    raw = content.hex().upper() if isinstance(content, bytes) else ""
+    return None, f"record {raw}".strip()
+
+
+def terminal_records(units: Sequence[DataUnit | RawUnit]) -> list[RecordBatch]:
+    """The event records in AFN0E F1/F2 units (a reply or a report the terminal sent)."""
+    out: list[RecordBatch] = []
+    for u in units:
+        if not isinstance(u, DataUnit) or not isinstance(u.value, EventRecords):
+            continue
+        v = u.value
+        records = []
+        for i, rec in enumerate(v.records):
+            when, detail = _describe(rec.content)
+            records.append(TerminalRecord((v.start + i) % 256, rec.erc, when, detail))
+        out.append(RecordBatch(v.ec1, (v.start + len(records)) % 256, tuple(records)))
+    return out
+
+
+# ---- the archive (AFN04 F10) -----------------------------------------------------------
+
+ARCHIVE_FIELDS: Final = ("pn", "port", "baud", "protocol", "address", "tariffs")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveDifference:
+    """One field of one archive item that differs: the ledger's and the concentrator's
+    values as text (``"-"``: the item is missing there)."""
+
+    serial: int
+    pn: int
+    field: str
+    ledger: str
+    concentrator: str
+
+
+def _protocol_code(meter: ConcentratorMeter) -> int:
+    return (MeterProtocol.DLT645_2007 if meter.inner.version is Version.V2007
+            else MeterProtocol.DLT645_1997)
+
+
+def archive_entry(meter: ConcentratorMeter) -> MeterEntry:
+    """The AFN04 F10 item of ``meter``: serial number = its measuring point."""
+    r = meter.route
+    return MeterEntry(r.pn, r.pn, r.port, meter.address, protocol=_protocol_code(meter),
+                      baud=r.baud)
+
+
+def _field(entry: MeterEntry | None, name: str) -> str:
+    if entry is None:
+        return "-"
+    value = getattr(entry, name)
+    if name == "protocol":
+        try:
+            return MeterProtocol(value).name.lower().replace("_", "-")
+        except ValueError:
+            return str(value)
+    if name == "baud" and value == 0:
+        return "default"
+    return str(value)
+
+
+def archive_differences(ledger: Sequence[MeterEntry], found: Sequence[MeterEntry]
+                        ) -> list[ArchiveDifference]:
+    """Field by field, the ledger's items against those read back (by serial number)."""
+    got = {e.serial: e for e in found}
+    out: list[ArchiveDifference] = []
+    for want in ledger:
+        have = got.get(want.serial)
+        for name in ARCHIVE_FIELDS:
+            a, b = _field(want, name), _field(have, name)
+            if have is None and name != "pn":
+                continue  # a missing item is one difference, not six
+            if a != b:
+                out.append(ArchiveDifference(want.serial, want.pn, name, a, b))
+    return out
+
+
+async def sync_archive(link: TerminalLink, meters: Sequence[Meter], *,
+                       opts: CallOptions = DEFAULT) -> list[ArchiveDifference]:
+    """Write the archive of ``meters`` (those behind ``link``'s concentrator) with AFN04
+    F10, read it back with AFN0A F10 and return what still differs (empty: in sync).
+
+    :class:`~drivers.errors.LinkDown` when the concentrator is offline, ``Denied`` when
+    it refuses the download; ValueError for a meter that is not behind it.
+    """
+    entries = []
+    for m in meters:
+        if not isinstance(m, ConcentratorMeter) or m.link != link:
+            raise ValueError(f"meter {m.meter_id} is not behind {link.terminal}")
+        entries.append(archive_entry(m))
+    entries.sort(key=lambda e: e.serial)
+    session = link.session()
+    # 27 bytes an item: 32 items keep a frame well under 1 kB
+    for i in range(0, len(entries), 32):
+        await session.download_archive(entries[i:i + 32], opts=opts)
+    found: list[MeterEntry] = []
+    for i in range(0, len(entries), 32):
+        found += await session.query_archive([e.serial for e in entries[i:i + 32]], opts=opts)
+    return archive_differences(entries, found)
+
+
+__all__ = ["ARCHIVE_FIELDS", "CLASS1", "DAILY_FREEZES", "Absent", "ArchiveDifference",
+           "ConcentratorMeter", "RecordBatch", "TerminalLink", "TerminalRecord",
+           "archive_differences", "archive_entry", "capabilities_behind", "concentrator_line",
+           "sync_archive", "terminal_records"]
