@@ -408,12 +408,16 @@ class Daemon:
                 r.code, 1), value=float(r.code), detail=f"{tag}: {name}: {r.detail}"))
         self._terminal_records[name] = (batch.end, seen)
 
-    def _read_records(self, name: str, ec: int) -> None:
+    def _read_records(self, name: str, ec: int, tries: int = 30) -> None:
         """The terminal says it holds records up to ``ec``: read those not yet read
         (all it keeps, the first time) on its worker, behind commands."""
         entry = self.buses.get(name)
         link = entry.worker.line.terminal if entry is not None else None
         if entry is None or not isinstance(link, TerminalLink):
+            if tries and not self.stop_requested.is_set():
+                # a login while the daemon starts comes before the concentrator's worker
+                asyncio.get_running_loop().call_later(1.0, self._read_records, name, ec,
+                                                      tries - 1)
             return
         start = self._records_state(name)[0]
         if start is None:
