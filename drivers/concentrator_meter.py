@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from time import monotonic
 from typing import Any, Final
 
 from protocols.dlt645 import Version
@@ -61,7 +62,14 @@ from .device import (
 from .dlt645_meter import PING_QUANTITY, Dlt645Kind, Dlt645Meter
 from .errors import DriverError, LinkDown, ReplyError
 from .options import DEFAULT, CallOptions
-from .qgdw3761 import Denied, ForwardBus, MasterStation, TerminalId, TerminalSession, units_by_fn
+from .qgdw3761 import (
+    Denied,
+    ForwardBus,
+    MasterStation,
+    TerminalId,
+    TerminalSession,
+    units_by_fn,
+)
 
 DAILY_FREEZES: Final = 31  # days of AFN0D F161 a concentrator keeps (typical: 31)
 CLASS1_FNS: Final[tuple[int, ...]] = (129, 25, 33, 34)
@@ -95,10 +103,12 @@ class Absent(ReplyError):
 @dataclass(frozen=True, slots=True)
 class TerminalLink:
     """The concentrator a :class:`~drivers.device.Line` reaches: the master station that
-    holds its session and its address."""
+    holds its session and its address; ``group``: measuring points per class-1 request
+    (see :class:`_Class1Batch`)."""
 
     master: MasterStation
     terminal: TerminalId
+    group: int = 1
 
     def session(self) -> TerminalSession:
         """The terminal's session now; :class:`~drivers.errors.LinkDown` if offline."""
@@ -145,11 +155,93 @@ class TerminalLink:
 
 
 def concentrator_line(master: MasterStation, terminal: TerminalId, *,
-                      preamble: int = 4) -> Line:
+                      preamble: int = 4, group: int = 1) -> Line:
     """A line for the meters behind ``terminal`` (its bus forwards to port 2 at 2400 bd;
-    each meter's :class:`~drivers.device.Route` chooses its own forwarding line)."""
+    each meter's :class:`~drivers.device.Route` chooses its own forwarding line).
+
+    ``group`` > 1: a class-1 read of one meter also fetches the same Fn of up to
+    ``group`` - 1 other meters of the line, in the same frame, for their reads that
+    follow.  1 (the default) asks for one meter per frame: some terminals refuse or cut
+    short requests for several points, and a meter's values are then never older than
+    its own read."""
+    if group < 1:
+        raise ValueError(f"group {group}: expected at least 1 measuring point per request")
     return Line(ForwardBus(master, terminal, 2, connect_timeout=2.0, reconnect_min=0.0),
-                preamble=preamble, terminal=TerminalLink(master, terminal))
+                preamble=preamble, terminal=TerminalLink(master, terminal, group))
+
+
+class _Class1Batch:
+    """Class-1 values fetched for several measuring points of one concentrator at once,
+    kept until each meter's own read takes them (at most ``max_age`` s).
+
+    The points are those of the meters opened on the line so far (each read opens its
+    meter), so a schedule's first cycle asks one by one and the next ones by groups: the
+    meter being read and the next points after it, in measuring-point order.
+    """
+
+    max_age: Final = 30.0
+
+    def __init__(self, link: TerminalLink) -> None:
+        self.link = link
+        self.points: set[int] = set()
+        self._kept: dict[tuple[int, int], tuple[Any, float, dt.datetime, object]] = {}
+        self.requests = 0
+        self.prefetched = 0  # (pn, Fn) values taken from an earlier group request
+        self._single: object = None  # the session whose terminal denied a group request
+
+    def counters(self) -> dict[str, int]:
+        return {"class1_requests": self.requests, "class1_prefetched": self.prefetched}
+
+    def _others(self, pn: int, fns: list[int], now: float, session: object) -> list[int]:
+        if self.link.group <= 1 or self._single is session:
+            return []
+        out: list[int] = []
+        for p in sorted(p for p in self.points if p > pn):
+            if len(out) >= self.link.group - 1:
+                break
+            if not all(self._fresh((p, fn), now, session) for fn in fns):
+                out.append(p)
+        return out
+
+    def _fresh(self, key: tuple[int, int], now: float, session: object) -> bool:
+        kept = self._kept.get(key)
+        return kept is not None and kept[3] is session and now - kept[1] <= self.max_age
+
+    async def read(self, session: TerminalSession, pn: int, fns: list[int],
+                   opts: CallOptions) -> tuple[dict[int, Any], dt.datetime, int]:
+        """``{Fn: value}`` of point ``pn``, the time they were fetched, and how many
+        requests it took (0: all kept from a group request)."""
+        now = monotonic()
+        if all(self._fresh((pn, fn), now, session) for fn in fns):
+            got = {fn: self._kept.pop((pn, fn)) for fn in fns}
+            self.prefetched += len(fns)
+            return {fn: v[0] for fn, v in got.items()}, min(v[2] for v in got.values()), 0
+        others = self._others(pn, fns, now, session)
+        self.requests += 1
+        sent = 1
+        try:
+            units = await session.read_class1(
+                [(p, fn) for p in (pn, *others) for fn in fns], opts=opts)
+        except Denied:
+            if not others:
+                raise
+            # the terminal refuses several points in one frame: this meter alone, and
+            # no more groups on this session
+            self._single = session
+            self.requests += 1
+            sent += 1
+            units = await session.read_class1([(pn, fn) for fn in fns], opts=opts)
+            others = []
+        stamp = dt.datetime.now(dt.UTC)
+        values = units_by_fn(units)
+        now = monotonic()
+        for p in others:
+            for fn in fns:
+                if (p, fn) in values:
+                    self._kept[(p, fn)] = (values[(p, fn)], now, stamp, session)
+        for key in [k for k, v in self._kept.items() if now - v[1] > self.max_age]:
+            del self._kept[key]
+        return {fn: values.get((pn, fn)) for fn in fns}, stamp, sent
 
 
 class _ForwardPort:
@@ -224,6 +316,9 @@ class ConcentratorMeter(Meter):
             lambda: _ForwardPort(link, route.port, route.baud, line.preamble))
         self.inner: Dlt645Meter = kind.open(
             self._port.line, MeterRef(ref.meter_id, ref.kind, ref.address))
+        self._batch: _Class1Batch = line.session(("3761-class1",),
+                                                 lambda: _Class1Batch(link))
+        self._batch.points.add(route.pn)
         self._requests = 0
 
     @property
@@ -287,19 +382,23 @@ class ConcentratorMeter(Meter):
         fns = sorted({CLASS1[q] for q in wanted}, key=CLASS1_FNS.index)
         try:
             session = self.link.session()
-            self._requests += 1
-            units = await session.read_class1([(pn, fn) for fn in fns], opts=opts)
         except DriverError as e:
             for q in wanted:
                 got.failed[q] = e
             return
-        values = units_by_fn(units)
+        try:
+            values, now, sent = await self._batch.read(session, pn, fns, opts)
+            self._requests += sent
+        except DriverError as e:
+            self._requests += 1
+            for q in wanted:
+                got.failed[q] = e
+            return
         by_fn: dict[int, dict[str, Decimal | None] | None] = {}
         for fn in fns:
-            value = values.get((pn, fn))
+            value = values.get(fn)
             by_fn[fn] = (value.readings() if isinstance(
                 value, (ActiveEnergy, PresentValues, EnergyReadings)) else None)
-        now = dt.datetime.now(dt.UTC)
         for q in wanted:
             fn = CLASS1[q]
             named = by_fn[fn]
