@@ -158,9 +158,11 @@ async def test_sync_archive_in_sync_with_differences_offline_unknown(tmp_path: P
                               "WHERE kind = 'sync_archive' ORDER BY id")
     assert [r[0] for r in journal] == ["tq-1", "tq-2", "tq-1", "tq-1"]
     assert journal[0][2:] == ("alice", "verified") and journal[2][3] == "failed"
-    events = query(tmp_path, "SELECT bus, severity, value FROM events "
-                             "WHERE kind = 'concentrator_archive_sync' ORDER BY id")
-    assert events[0] == ("tq-1", 0, 0.0) and events[-1] == ("tq-1", 1, 4.0)
+    detail = json.loads(str(query(tmp_path, "SELECT detail FROM commands WHERE kind = "
+                                             "'sync_archive' ORDER BY id DESC LIMIT 1")[0][0]))
+    assert detail["exit"] == 1 and len(detail["differences"]) == 4
+    assert "archive sync of concentrator tq-1: 4 difference(s) remain" in \
+        daemon.log.read_text()
 
 
 async def test_without_a_daemon_it_says_so_and_exits_2(tmp_path: Path) -> None:

@@ -313,7 +313,7 @@ class CtlServer:
     async def _sync_archive(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         """AFN04 F10 from the ledger, read back; ``exit`` 0 in sync, 1 differences
         remain (or refused), 2 offline or unknown.  Journaled as a ``sync_archive``
-        command and a ``concentrator_archive_sync`` event (``amic events``)."""
+        command (who, the outcome, the differences) and logged."""
         from collector.polling.scheduler import Lane
         from drivers.concentrator_meter import TerminalLink, sync_archive
         from drivers.errors import DriverError, LinkDown, NoReply
@@ -354,17 +354,13 @@ class CtlServer:
     def _audit(self, name: str, operator: str, out: dict[str, Any]) -> None:
         import uuid
 
-        from collector.store.records import CommandRecord, Event, utcnow
+        from collector.store.records import CommandRecord, utcnow
 
         status = {0: "verified", 1: "failed", 2: "failed"}[out["exit"]]
         outcome = out.get("error") or (f"{len(out['differences'])} difference(s) remain"
                                        if out["differences"] else "in sync")
         log.log(logging.INFO if out["exit"] == 0 else logging.WARNING,
                 "archive sync of concentrator %s: %s", name, outcome)
-        self.ctx.on_event(Event("concentrator_archive_sync", utcnow(), bus=name,
-                                severity=0 if out["exit"] == 0 else 1,
-                                value=float(len(out["differences"])),
-                                detail=f"by {operator}: {outcome}"))
         writer = self.ctx.writer()
         if writer is not None:
             writer.put_command(CommandRecord(
