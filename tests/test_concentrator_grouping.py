@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 from collector.config.settings import MeterSettings, ScheduleSettings
@@ -96,3 +97,48 @@ async def test_a_terminal_refusing_several_points_is_read_one_by_one() -> None:
     assert readings == expected
     # one group frame refused, then one frame per meter for the rest of the session
     assert frames == METERS + 1
+
+
+def test_group_is_a_concentrator_key(tmp_path: Path) -> None:
+    """``group`` in [[concentrator]]: 1 by default, 1-64, refused otherwise with its line."""
+    from collector.config import ConfigError, load_settings
+
+    base = """
+[collector]
+id = "g"
+data_dir = "data"
+
+[[listener]]
+name = "dialin"
+listen = "127.0.0.1:9001"
+protocol = "3761"
+
+[[concentrator]]
+name = "tq-1"
+a1 = "4403"
+a2 = 1
+listener = "dialin"
+{group}
+[[meter]]
+meter_id = "M1"
+address = "000001000001"
+bus = "tq-1"
+pn = 1
+
+[schedule.s]
+interval = "15m"
+quantities = ["energy"]
+"""
+    cfg = tmp_path / "amic.toml"
+    cfg.write_text(base.format(group=""))
+    assert load_settings(cfg).concentrators[0].group == 1
+    cfg.write_text(base.format(group="group = 8"))
+    assert load_settings(cfg).concentrators[0].group == 8
+    cfg.write_text(base.format(group="group = 0"))
+    try:
+        load_settings(cfg)
+    except ConfigError as e:
+        (text,) = [str(p) for p in e.problems]
+        assert "amic.toml:16" in text and 'key "group"' in text and "got 0" in text
+    else:
+        raise AssertionError("group = 0 accepted")

@@ -327,7 +327,8 @@ class Daemon:
     async def _start_concentrator(self, c: ConcentratorSettings) -> _BusEntry:
         """A worker whose line reaches the meters behind ``c`` through its listener's
         master station (schedules, lanes, health and events apply as to a bus)."""
-        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2))
+        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2),
+                                 group=c.group)
         worker = BusWorker(c.name, line.bus, observe=self._observe, profiles=self._profile)
         worker.line = line
         worker.refused = line.refused
