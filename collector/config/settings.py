@@ -466,6 +466,8 @@ class ConcentratorTable(Table):
                                                 description="terminal address A2")
     listener: Annotated[str, As("name", "the name of a [[listener]]")] = Field(
         description="the [[listener]] it dials in to")
+    group: Annotated[StrictInt, As("int", unit=" points")] = Field(
+        1, ge=1, le=64, description="measuring points per class-1 request (1: one each)")
 
 
 class ConfigFile(Table):
@@ -559,6 +561,7 @@ class ConcentratorSettings:
     a1: str
     a2: int
     listener: str
+    group: int = _d(ConcentratorTable, "group")
 
 
 @dataclass(frozen=True, slots=True)

@@ -586,6 +586,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
             ok_name = self.req(t, data, C, "name", name=name)
             a2 = self.req(t, data, C, "a2", name=name)
             listener = self.req(t, data, C, "listener", name=name)
+            group = self.opt(t, data, C, "group", name=name)
             a1 = data.get("a1")
             if "a1" not in data:
                 self.add(t, "a1", "4 BCD digits such as \"4403\"", "nothing", name=name)
@@ -614,9 +615,10 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
                              f"again (first at {first})", name=name)
                     continue
                 addresses[(a1, a2)] = f"{self.file}:{self.lines.of(t)}"
-            if ok_name is None or a1 is None or a2 is None or listener is None:
+            if ok_name is None or a1 is None or a2 is None or listener is None \
+                    or group is None:
                 continue
-            out.append(ConcentratorSettings(ok_name, a1, a2, listener))
+            out.append(ConcentratorSettings(ok_name, a1, a2, listener, group))
         return out
 
     # -- [[bus]]

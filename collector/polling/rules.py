@@ -129,6 +129,9 @@ SEVERITY: dict[str, int] = {
     "collector_stopped": 0,
     "dtu_offline": 1,
     "dtu_online": 0,
+    "concentrator_erc1": 1,
+    "concentrator_erc3": 0,
+    "concentrator_erc14": 1,
     "concentrator_offline": 1,
     "concentrator_online": 0,
     # the command channel and the broker (control.py, mqttlink.py)

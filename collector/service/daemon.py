@@ -38,6 +38,7 @@ from collector.config.settings import (
     Settings,
 )
 from collector.daily.jobs import DailyJobs
+from collector.daily.timesync import DEFAULT_TZ, zone
 from collector.forward.forwarder import Forwarder
 from collector.polling.context import DaemonContext
 from collector.polling.rules import AlarmEngine, AlarmSettings, severity
@@ -45,7 +46,12 @@ from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth,
 from collector.store import CommitInfo, Store, StoreWriter
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
-from drivers.concentrator_meter import concentrator_line
+from drivers.concentrator_meter import (
+    RecordBatch,
+    TerminalLink,
+    concentrator_line,
+    terminal_records,
+)
 from drivers.dialin import DialInBus, DialInListener, DtuEvent, RegistrationFormat
 from drivers.mqtt import MqttBus
 from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId, TerminalSession
@@ -62,6 +68,12 @@ from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 
 log = logging.getLogger("amic.daemon")
+
+# ERC code -> event kind and severity of a concentrator's own records (others:
+# concentrator_ercN, severity 1)
+TERMINAL_EVENT_KINDS = {1: "concentrator_erc1", 3: "concentrator_erc3",
+                        14: "concentrator_erc14"}
+TERMINAL_EVENT_SEVERITY = {1: 1, 3: 0, 14: 1}
 
 FORWARDER = "timeseries"  # outbox cursor name of the time-series forwarder
 DRAIN_SECONDS = 6.0  # buses finish their job in flight; the store commits in what is left
@@ -201,6 +213,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics_server: MetricsServer | None = None
         self._reloading = asyncio.Lock()  # one reload at a time, in signal order
+        # concentrator name -> (next event pointer to read, keys of the records stored)
+        self._terminal_records: dict[str, tuple[int | None, set[tuple[object, ...]]]] = {}
         # What Control, MqttLink, DailyJobs and the control socket see of the daemon.
         self.context = DaemonContext(
             settings=lambda: self.settings,
@@ -342,7 +356,8 @@ class Daemon:
     async def _start_concentrator(self, c: ConcentratorSettings) -> _BusEntry:
         """A worker whose line reaches the meters behind ``c`` through its listener's
         master station (schedules, lanes, health and events apply as to a bus)."""
-        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2))
+        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2),
+                                 group=c.group)
         worker = BusWorker(c.name, line.bus, observe=self._observe, profiles=self._profile)
         worker.line = line
         worker.refused = line.refused
@@ -443,8 +458,82 @@ class Daemon:
         elif ev.kind == "replaced":
             log.warning("concentrator %s (%s): a new connection replaced the old one%s", name,
                         ev.terminal, f" ({ev.reason})" if ev.reason else "")
+        elif ev.kind == "report":
+            for batch in terminal_records(ev.units):
+                self._store_records(name, batch)
+        elif ev.kind == "events" and ev.ec is not None:
+            self._read_records(name, ev.ec)
         else:
             log.debug("concentrator %s (%s): %s", name, ev.terminal, ev.kind)
+
+    # ---- a concentrator's own event records (AFN0E): reported or read ------------------
+
+    def _records_state(self, name: str) -> tuple[int | None, set[tuple[object, ...]]]:
+        """The next pointer to read and the records already stored (first: from the
+        store, so a restart does not store them again)."""
+        state = self._terminal_records.get(name)
+        if state is None:
+            seen: set[tuple[object, ...]] = set()
+            if self.store is not None:
+                for kind in TERMINAL_EVENT_KINDS.values():
+                    for e in self.store.events(kind=kind, limit=512):
+                        if e.bus == name and e.detail.startswith("EC "):
+                            seen.add((e.kind, e.detail.split(":", 1)[0], e.ts))
+            state = self._terminal_records[name] = (None, seen)
+        return state
+
+    def _store_records(self, name: str, batch: RecordBatch) -> None:
+        """Each record as an event (kind ``concentrator_ercN``, the terminal's own time),
+        once: keyed by its EC pointer and time."""
+        _, seen = self._records_state(name)
+        tz = zone(self.settings.daily.tz if self.settings.daily is not None else DEFAULT_TZ)
+        for r in batch.records:
+            kind = TERMINAL_EVENT_KINDS.get(r.code, f"concentrator_erc{r.code}")
+            ts = (r.time.replace(tzinfo=tz).astimezone(dt.UTC) if r.time is not None
+                  else utcnow()).replace(microsecond=0)
+            tag = f"EC {r.pointer}"
+            if (kind, tag, ts) in seen:
+                continue
+            seen.add((kind, tag, ts))
+            self._on_event(Event(kind, ts, bus=name, severity=TERMINAL_EVENT_SEVERITY.get(
+                r.code, 1), value=float(r.code), detail=f"{tag}: {name}: {r.detail}"))
+        self._terminal_records[name] = (batch.end, seen)
+
+    def _read_records(self, name: str, ec: int, tries: int = 30) -> None:
+        """The terminal says it holds records up to ``ec``: read those not yet read
+        (all it keeps, the first time) on its worker, behind commands."""
+        entry = self.buses.get(name)
+        link = entry.worker.line.terminal if entry is not None else None
+        if entry is None or not isinstance(link, TerminalLink):
+            if tries and not self.stop_requested.is_set():
+                # a login while the daemon starts comes before the concentrator's worker
+                asyncio.get_running_loop().call_later(1.0, self._read_records, name, ec,
+                                                      tries - 1)
+            return
+        start = self._records_state(name)[0]
+        if start is None:
+            start = (ec + 1) % 256  # the ring's oldest possible record
+        if start == ec:
+            return
+        worker = entry.worker
+
+        async def read(_: BusWorker) -> RecordBatch:
+            begin = self._records_state(name)[0]  # a report may have come meanwhile
+            first = begin if begin is not None else start
+            if first == ec:
+                return RecordBatch(ec, ec)
+            return await link.read_records(first, ec)
+
+        def done(fut: asyncio.Future[RecordBatch]) -> None:
+            if fut.cancelled():
+                return
+            if fut.exception() is not None:
+                log.info("concentrator %s: event records not read: %s", name,
+                         fut.exception())
+                return
+            self._store_records(name, fut.result())
+
+        worker.submit(Lane.ON_DEMAND, read).add_done_callback(done)
 
     def _start_run(self, s: ScheduleSettings, meters: list[MeterSettings], *,
                    immediate: bool) -> None:
