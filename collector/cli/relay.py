@@ -456,7 +456,7 @@ def _kwh(v: object) -> str:
 
 def why(detail: Mapping[str, Any]) -> str:
     # A denied request's detail is its reply: the refusal is its "error".
-    return str(detail.get("reason") or detail.get("error", ""))
+    return str(detail.get("reason") or detail.get("error") or detail.get("detail") or "")
 
 
 def _forced(detail: Mapping[str, Any]) -> str:

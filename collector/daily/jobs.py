@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("amic.daily")
 
 
+# How long the daily time sync waits for a concentrator that is not logged in (s).
+CONCENTRATOR_WAIT = 60.0
+
+
 class DailyJobs:
     """The daemon's daily jobs (see the module doc)."""
 
@@ -185,6 +189,11 @@ class DailyJobs:
             worker = ctx.workers()[bus]
             link = worker.line.terminal
             if isinstance(link, TerminalLink):
+                if not link.online:
+                    # Just started, or a 4G link being re-dialled: the concentrators dial
+                    # in within moments (all waited for at once, not one after another).
+                    with contextlib.suppress(TimeoutError):
+                        await link.master.wait_online(link.terminal, CONCENTRATOR_WAIT)
                 # the concentrator first: it keeps its meters' time too
                 done = await self.timesync.run_concentrator(worker, link, now)
                 for e in done.events:
