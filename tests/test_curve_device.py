@@ -61,9 +61,9 @@ async def line() -> AsyncIterator[tuple[BusServer, Line]]:
     sims = make_meters([ADDR], seed=3)
     yesterday = dt.datetime.combine(dt.date.today() - dt.timedelta(days=1), dt.time())
     sims[0].model.power_down(yesterday.replace(hour=3), yesterday.replace(hour=4, minute=30))
-    async with BusServer(sims, baud=19200, td=0.002) as server:
-        async with TcpBus("127.0.0.1", server.port, td=0.5, tb=0.3) as bus:
-            yield server, Line(bus)
+    async with BusServer(sims, baud=19200, td=0.002) as server, \
+            TcpBus("127.0.0.1", server.port, td=0.5, tb=0.3) as bus:
+        yield server, Line(bus)
 
 
 async def test_read_a_day_through_the_device_model(line: tuple[BusServer, Line]) -> None:
