@@ -41,6 +41,7 @@ def test_model_records_new_points_and_a_future_power_down() -> None:
     model = MeterModel(ADDR, seed=1, clock=clock)
     model.power_down(dt.datetime(2024, 3, 5, 10, 30), dt.datetime(2024, 3, 5, 11, 0))
     before = model.read("energy_active_forward_total")
+    assert isinstance(before, Decimal)
     clock.advance(3600)
     points = dict(model.curve(dt.datetime(2024, 3, 5, 10, 15), 10))
     assert list(points) == [dt.datetime(2024, 3, 5, 10, m) for m in (15, 30, 45)] + \
