@@ -474,7 +474,8 @@ class Poller:
                          m: MeterSettings, retries: int) -> int:
         """The load curve of ``m`` since its last point read (or stored; the first time
         ``schedule.curve_days`` back from local midnight), handed to the sinks: points at
-        the meter's time, BACKFILLED when read later than one curve interval after it.
+        the meter's time, all BACKFILLED (read after the fact from the meter's records;
+        the alarm rules, which take live values by collection time, must not see them).
         A point the meter never recorded stays missing and is not asked again.  Returns
         the readings handed over."""
         tz = self.curve_tz
@@ -497,9 +498,9 @@ class Poller:
                                       CallOptions(retries=retries, td=schedule.td), tz=tz)
         if got.refused:
             log.info("meter %s keeps no curve of %s", m.meter_id, ", ".join(got.refused))
-        rows = [r if r.meter_ts is None or r.ts - r.meter_ts <= CURVE_STEP
-                else replace(r, quality=r.quality | Quality.BACKFILLED)
-                for r in got.readings]
+        # Even the newest point is older than its ts: as a live value it would look like
+        # a quarter hour's energy in the second between it and the poll (energy_jump).
+        rows = [replace(r, quality=r.quality | Quality.BACKFILLED) for r in got.readings]
         if rows:
             self.sinks.readings(rows)
             self.curve_points += len(rows)
