@@ -12,9 +12,20 @@ import pytest
 from drivers.device import Line, MeterRef, Unsupported
 from drivers.meters import open_meter
 from drivers.tcp import TcpBus
+from protocols.dlt645 import (
+    AbnormalReply,
+    ReadFollowUpReply,
+    ReadFollowUpRequest,
+    ReadReply,
+    ReadRequest,
+    curve_item,
+    curve_request_extra,
+    decode_curve,
+    decode_message,
+)
 from protocols.readings import Quality
 from simulators.bus import BusServer
-from simulators.dlt645 import make_meters
+from simulators.dlt645 import SimulatedMeter, make_meters
 from simulators.meter import ManualClock, MeterModel
 
 ADDR = "000000000001"
@@ -113,3 +124,29 @@ async def test_a_1997_meter_keeps_no_curve(line: tuple[BusServer, Line]) -> None
     meter = open_meter(ln, MeterRef("m97", "dlt645-1997", "000000000097"))
     with pytest.raises(Unsupported, match="no load curve"):
         await meter.read_curve(["voltage_a"], dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2))
+
+
+def test_simulated_meter_answers_frames_with_follow_ups_and_no_data() -> None:
+    clock = ManualClock(dt.datetime(2024, 3, 5, 10, 7, 30))
+    meter = SimulatedMeter(MeterModel(ADDR, seed=1, clock=clock))
+    ask = ReadRequest(address=ADDR, di=0x06100601,
+                      extra=curve_request_extra(dt.datetime(2024, 3, 4), 96))
+    first = meter.handle(ask.to_frame())
+    assert first is not None and first.control == 0xB1 and len(first.data) == 200
+    reply = decode_message(first)
+    assert isinstance(reply, ReadReply)
+    follow = meter.handle(ReadFollowUpRequest(address=ADDR, di=0x06100601, seq=1).to_frame())
+    assert follow is not None and follow.control == 0x92
+    part = decode_message(follow)
+    assert isinstance(part, ReadFollowUpReply) and part.seq == 1
+    item = curve_item(0x06100601)
+    assert item is not None
+    points = decode_curve(item, reply.body + part.body)
+    assert len(points) == 96 and points[0].at == dt.datetime(2024, 3, 4)
+    # Nothing recorded from two hours ahead of the meter's clock: "no requested data".
+    late = ReadRequest(address=ADDR, di=0x06100101,
+                       extra=curve_request_extra(dt.datetime(2024, 3, 5, 12, 0), 4))
+    refused = meter.handle(late.to_frame())
+    assert refused is not None
+    no_data = decode_message(refused)
+    assert isinstance(no_data, AbnormalReply) and no_data.errors == ("no_requested_data",)
