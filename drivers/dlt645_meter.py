@@ -25,10 +25,7 @@ from protocols.dlt645 import (
     Format,
     Frame,
     Message,
-    ReadFollowUpReply,
-    ReadFollowUpRequest,
     ReadReply,
-    ReadRequest,
     RelayCommand,
     RemoteControlRequest,
     StatusWord,
@@ -350,27 +347,9 @@ class Dlt645Meter(Meter):
     async def _load_records(self, di: int, start: dt.datetime, count: int,
                             opts: CallOptions) -> bytes:
         """The reply body of one given-time load-record read, follow-up frames joined."""
-        session, address = self.session, self._address
-        what = f"read load record {di:08X} from {start:%Y-%m-%d %H:%M} ({count} points)"
-        async with session.bus.exclusive():
-            reply = await session._exchange(
-                ReadRequest(address=address, di=di, extra=curve_request_extra(start, count)),
-                what, opts)
-            if not isinstance(reply, ReadReply) or reply.di != di:
-                raise session._unexpected(address, what, reply)
-            body, more, seq = reply.body, reply.follow_up, 1
-            while more:
-                if seq > session.max_follow_ups:
-                    raise BadReply(f"meter {address}: {what}: more than "
-                                   f"{session.max_follow_ups} follow-up frames", address=address)
-                part = await session._exchange(
-                    ReadFollowUpRequest(address=address, di=di, seq=seq),
-                    f"{what} follow-up {seq}", opts)
-                if not isinstance(part, ReadFollowUpReply) or part.seq != seq & 0xFF:
-                    raise session._unexpected(address, f"{what} follow-up {seq}", part)
-                body += part.body
-                more, seq = part.follow_up, seq + 1
-        return body
+        label = f"load record {di:08X} from {start:%Y-%m-%d %H:%M} ({count} points)"
+        return await self.session.read_records(
+            self._address, di, curve_request_extra(start, count), opts=opts, label=label)
 
     # ---- the clock
 

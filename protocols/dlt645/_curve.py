@@ -23,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from ..quantities import QUANTITIES
 from ._bcd import bcd_to_int, digits_to_bcd, int_to_bcd
-from ._catalogue import DataItem, Format, _block, _item, decode_value, encode_value
+from ._catalogue import DataItem, Format, decode_value, encode_value
 from ._errors import PayloadError, UnknownDataItem
+from ._frame import Version
 
 CURVE_INTERVAL = dt.timedelta(minutes=15)
 MAX_POINTS = 99  # NN is one BCD byte
@@ -61,16 +63,26 @@ class CurvePoint:
     values: Mapping[str, Decimal] | None
 
 
+def _number(name: str, size: int, decimals: int, signed: bool) -> DataItem:
+    # DI 0: a point has no DI of its own; the CurveItem carries the load-record DI.
+    return DataItem(0, Version.V2007, name, Format.NUMBER, size, decimals, signed,
+                    unit=QUANTITIES[name].unit)
+
+
+def _block(name: str, members: list[DataItem]) -> DataItem:
+    return DataItem(0, Version.V2007, name, Format.BLOCK, sum(m.size for m in members),
+                    members=tuple(members), unit=members[0].unit)
+
+
 def _curve_items() -> tuple[CurveItem, ...]:
-    N = Format.NUMBER
     out: list[CurveItem] = []
 
     def group(di1: int, prefix: str, size: int, decimals: int, signed: bool,
               phases: tuple[tuple[str, int], ...]) -> None:
-        members = [_item(0, f"{prefix}_{p}", N, size, decimals, signed) for p, _ in phases]
+        members = [_number(f"{prefix}_{p}", size, decimals, signed) for p, _ in phases]
         for m, (_, di0) in zip(members, phases, strict=True):
             out.append(CurveItem(0x06100000 | (di1 << 8) | di0, m))
-        out.append(CurveItem(0x061000FF | (di1 << 8), _block(0, f"{prefix}_block", members)))
+        out.append(CurveItem(0x061000FF | (di1 << 8), _block(f"{prefix}_block", members)))
 
     abc = (("a", 1), ("b", 2), ("c", 3))
     group(0x01, "voltage", 2, 1, False, abc)
@@ -79,13 +91,13 @@ def _curve_items() -> tuple[CurveItem, ...]:
     group(0x04, "power_reactive", 3, 4, True, (("total", 0), *abc))
     group(0x05, "power_factor", 2, 3, True, (("total", 0), *abc))
     energies = [
-        _item(0, name, N, 4, 2, name.startswith("energy_reactive"))
+        _number(name, 4, 2, name.startswith("energy_reactive"))
         for name in ("energy_active_forward_total", "energy_active_reverse_total",
                      "energy_reactive_combined1_total", "energy_reactive_combined2_total")
     ]
     for di0, m in enumerate(energies, start=1):
         out.append(CurveItem(0x06100600 | di0, m))
-    out.append(CurveItem(0x061006FF, _block(0, "energy_block", energies)))
+    out.append(CurveItem(0x061006FF, _block("energy_block", energies)))
     return tuple(out)
 
 
