@@ -50,6 +50,7 @@ from .device import (
     Capabilities,
     ClockRead,
     Credentials,
+    CurveRead,
     Freeze,
     Line,
     Meter,
@@ -296,6 +297,7 @@ def _behind(inner: Capabilities) -> Capabilities:
         clock_set=None,
         block_reads=True,
         topup=inner.topup,
+        curve=inner.curve,  # the meter's own load records, forwarded
     )
 
 
@@ -459,6 +461,12 @@ class ConcentratorMeter(Meter):
 
     def clock_group(self) -> object | None:
         return None  # the concentrator sets its meters' clocks
+
+    async def read_curve(self, quantities: Sequence[str], start: dt.datetime,
+                         end: dt.datetime, opts: CallOptions = DEFAULT,
+                         *, tz: dt.tzinfo | None = None) -> CurveRead:
+        """The meter's own load records, every frame forwarded (AFN10 F1)."""
+        return await (await self._forwarding()).read_curve(quantities, start, end, opts, tz=tz)
 
     # ---- daily freezes (AFN0D by date)
 

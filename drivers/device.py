@@ -95,6 +95,7 @@ class Capabilities:
     clock_set: str | None = None
     block_reads: bool = False
     topup: bool = False  # a purchase can be written into it (a security module needed)
+    curve: frozenset[str] = frozenset()  # quantities it keeps a load curve of
 
     def offers(self, quantity: str) -> bool:
         return quantity in self.quantities
@@ -104,7 +105,7 @@ class Capabilities:
                 "relay_state": self.relay_state, "credentials": self.credentials,
                 "daily_freezes": self.daily_freezes, "clock": self.clock,
                 "clock_set": self.clock_set, "block_reads": self.block_reads,
-                "topup": self.topup}
+                "topup": self.topup, "curve": sorted(self.curve)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,19 @@ class Freeze:
     taken: dt.datetime
     readings: list[Reading]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveRead:
+    """A load curve read: ``readings`` one per quantity and point the meter recorded
+    (``meter_ts`` = the point's time in UTC, quality BACKFILLED), ``points`` the point
+    times it answered for (meter local time, naive), ``gaps`` those it has no record
+    of (powered down), ``refused`` quantities whose curve it does not keep."""
+
+    readings: list[Reading]
+    points: list[dt.datetime] = field(default_factory=list)
+    gaps: list[dt.datetime] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +430,17 @@ class Meter(ABC):
         raise Unsupported(f"meter {self.meter_id}: keeps no daily freezes",
                           address=self.address)
 
+    # ---- load curves
+
+    async def read_curve(self, quantities: Sequence[str], start: dt.datetime,
+                         end: dt.datetime, opts: CallOptions = DEFAULT,
+                         *, tz: dt.tzinfo | None = None) -> CurveRead:
+        """The load-curve points of ``quantities`` from ``start`` up to ``end`` (meter
+        local time, naive; ``end`` excluded) that the meter holds; ``tz``: the meter's
+        zone (None: the collector's).  Quantities outside ``capabilities.curve`` are
+        refused without I/O."""
+        raise Unsupported(f"meter {self.meter_id}: keeps no load curve", address=self.address)
+
     # ---- the clock
 
     async def read_clock(self, clock: Callable[[], float],
@@ -483,6 +508,7 @@ __all__ = [
     "Capabilities",
     "ClockRead",
     "Credentials",
+    "CurveRead",
     "Freeze",
     "Line",
     "Meter",

@@ -426,14 +426,25 @@ class Dlt645Session:
         out.valid = valid
         return out
 
+    async def read_records(self, address: str, di: int, extra: bytes, *,
+                           opts: CallOptions = DEFAULT, label: str | None = None) -> bytes:
+        """One read whose request carries data after the DI (load records 0610xxxx: NN
+        and a start time): the reply's data after the DI, follow-up frames joined,
+        undecoded."""
+        target = _Target(di, None, None)
+        value = await self._read_one(normalise_address(address), target, opts, label,
+                                     extra=extra)
+        return value.raw
+
     async def _read_one(self, address: str, target: _Target, opts: CallOptions,
-                        label: str | None = None) -> DataValue:
+                        label: str | None = None, *, extra: bytes = b"") -> DataValue:
         assert target.di is not None
         di = target.di
         what = f"read {label or _what(target, self.version)}"
         async with self.bus.exclusive():
             reply = await self._exchange(
-                ReadRequest(address=address, version=self.version, di=di), what, opts)
+                ReadRequest(address=address, version=self.version, di=di, extra=extra), what,
+                opts)
             if not isinstance(reply, ReadReply):
                 raise self._unexpected(address, what, reply)
             body = reply.body

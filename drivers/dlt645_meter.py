@@ -16,12 +16,17 @@ from decimal import Decimal
 from typing import Final
 
 from protocols.dlt645 import (
+    CURVE_INTERVAL,
+    CURVE_ITEMS,
+    CURVE_QUANTITIES,
     DAILY_FREEZES,
     DI_AUTHENTICATE,
     DI_TOPUP,
     AbnormalReply,
     AuthAnswer,
     AuthChallenge,
+    CurveItem,
+    Format,
     Frame,
     Message,
     ReadReply,
@@ -30,6 +35,8 @@ from protocols.dlt645 import (
     StatusWord,
     Value,
     Version,
+    curve_request_extra,
+    decode_curve,
     decode_message,
     freeze_di,
     items,
@@ -42,6 +49,7 @@ from .device import (
     Capabilities,
     ClockRead,
     Credentials,
+    CurveRead,
     Freeze,
     Line,
     Meter,
@@ -368,6 +376,63 @@ class Dlt645Meter(Meter):
         return Freeze(taken, to_readings(self.meter_id, blocks, now, Quality.BACKFILLED,
                                          meter_ts), notes)
 
+    # ---- load curves
+
+    async def read_curve(self, quantities: Sequence[str], start: dt.datetime,
+                         end: dt.datetime, opts: CallOptions = DEFAULT,
+                         *, tz: dt.tzinfo | None = None) -> CurveRead:
+        """0610xxxx by given time and count, a day (96 points) a request, follow-up
+        frames joined; a block DI where two or more of its quantities are wanted.  A
+        range the meter answers with "no data" has no points."""
+        caps = self.capabilities
+        refused = [q for q in quantities if q not in caps.curve]
+        wanted = [q for q in dict.fromkeys(quantities) if q in caps.curve]
+        if not caps.curve:
+            return await super().read_curve(quantities, start, end, opts, tz=tz)
+        first = _quarter_at_or_after(start)
+        readings: list[Reading] = []
+        seen: set[dt.datetime] = set()
+        gaps: set[dt.datetime] = set()
+        now = dt.datetime.now(dt.UTC)
+        for item in _curve_requests(wanted):
+            keep = [q for q in item.quantities if q in wanted]
+            at = first
+            while at < end:
+                count = min(CURVE_DAY, -(-(end - at) // CURVE_INTERVAL))
+                try:
+                    body = await self._load_records(item.di, at, count, opts)
+                except MeterError:
+                    body = None  # nothing recorded from there (or not kept): no points
+                at += count * CURVE_INTERVAL
+                if body is None:
+                    continue
+                try:
+                    points = decode_curve(item, body)
+                except _CodecError as e:
+                    raise BadReply(f"meter {self._address}: load record {item.di:08X}: {e}",
+                                   address=self._address) from e
+                for p in points:
+                    if not start <= p.at < end:
+                        continue
+                    seen.add(p.at)
+                    if p.values is None:
+                        gaps.add(p.at)
+                        continue
+                    meter_ts = (p.at.replace(tzinfo=tz) if tz is not None
+                                else p.at.astimezone()).astimezone(dt.UTC)
+                    readings.extend(
+                        Reading(self.meter_id, q, float(p.values[q]), _unit_of(item, q), now,
+                                meter_ts)
+                        for q in keep if q in p.values)
+        return CurveRead(readings, sorted(seen), sorted(gaps), refused)
+
+    async def _load_records(self, di: int, start: dt.datetime, count: int,
+                            opts: CallOptions) -> bytes:
+        """The reply body of one given-time load-record read, follow-up frames joined."""
+        label = f"load record {di:08X} from {start:%Y-%m-%d %H:%M} ({count} points)"
+        return await self.session.read_records(
+            self._address, di, curve_request_extra(start, count), opts=opts, label=label)
+
     # ---- the clock
 
     async def read_clock(self, clock: Callable[[], float],
@@ -431,6 +496,7 @@ class Dlt645Kind(MeterKind):
             clock_set="broadcast",
             block_reads=True,
             topup=v2007 and {"purchase_count", "balance_amount"} <= quantities,
+            curve=CURVE_QUANTITIES if v2007 else frozenset(),
         )
 
     def capabilities(self, ref: MeterRef) -> Capabilities:
@@ -457,6 +523,37 @@ class Dlt645Kind(MeterKind):
             raise Unsupported(f"control {frame.control:02X} is not a DL/T645-{self.version} "
                               "read reply", address=frame.address)
         return message
+
+
+CURVE_DAY: Final = 96  # points a load-record request asks for (one day; NN <= 99)
+
+
+def _quarter_at_or_after(when: dt.datetime) -> dt.datetime:
+    step = int(CURVE_INTERVAL.total_seconds())
+    base = when.replace(second=0, microsecond=0, minute=0)
+    seconds = (when - base).total_seconds()
+    return base + dt.timedelta(seconds=-(-seconds // step) * step)
+
+
+def _unit_of(item: CurveItem, quantity: str) -> str:
+    if item.point.format is not Format.BLOCK:
+        return item.point.unit
+    return next(m.unit for m in item.point.members if m.name == quantity)
+
+
+def _curve_requests(wanted: Sequence[str]) -> list[CurveItem]:
+    """The load-record DIs that bring ``wanted``: a block for two or more members."""
+    out: list[CurveItem] = []
+    done: set[str] = set()
+    for block in CURVE_ITEMS:
+        if block.point.format is Format.BLOCK:
+            members = [q for q in block.quantities if q in wanted]
+            if len(members) >= 2:
+                out.append(block)
+                done.update(members)
+    out += [c for c in CURVE_ITEMS if c.point.format is not Format.BLOCK
+            and c.name in wanted and c.name not in done]
+    return out
 
 
 DLT645_2007 = Dlt645Kind(Version.V2007)

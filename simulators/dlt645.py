@@ -28,6 +28,7 @@ from protocols.dlt645 import (
     ClearDemandRequest,
     ClearEventsRequest,
     ClearMeterRequest,
+    CurveItem,
     DataItem,
     Format,
     Frame,
@@ -52,10 +53,13 @@ from protocols.dlt645 import (
     WriteAddressRequest,
     WriteRequest,
     address_matches,
+    curve_item,
     decode_message,
     decode_value,
+    encode_curve,
     encode_value,
     lookup,
+    parse_curve_request,
 )
 from protocols.dlt645 import DLT645Error as _CodecError
 from protocols.quantities import BROADCAST_ADDRESS
@@ -279,21 +283,40 @@ class SimulatedMeter:
         return encode_value(item, self.model.read(item.name, item.settlement,
                                                   freeze=item.freeze))
 
+    def _curve_bytes(self, curve: CurveItem, extra: bytes) -> bytes:
+        """A load-record reply body (0610xxxx by given time and count); Unavailable when
+        the meter has no point there or does not measure the DI's quantities."""
+        start, count = parse_curve_request(extra)
+        points = self.model.curve(start, count)
+        if not points:
+            raise Unavailable(f"load record {curve.di:08X} from {start}")
+        wanted = curve.quantities
+        values = [v for _, v in points]
+        if any(v is not None and any(q not in v for q in wanted) for v in values):
+            raise Unavailable(f"load record {curve.di:08X}: {', '.join(wanted)}")
+        self.counters["curve_reads"] += 1
+        return encode_curve(curve, points[0][0], values)
+
     # ---- reads ---------------------------------------------------------------------------
 
     def _read(self, msg: ReadRequest) -> Frame:
         self._follow = None
         item = lookup(msg.di, self.version)
-        if item is None:
+        curve = curve_item(msg.di) if self.version is Version.V2007 else None
+        if item is None and curve is None:
             return self._abnormal(msg.function, ERR_NO_DATA)
         try:
-            body = self._value_bytes(item)
+            if curve is not None:
+                body = self._curve_bytes(curve, msg.extra)
+            else:
+                assert item is not None
+                body = self._value_bytes(item)
         except Unavailable:
             return self._abnormal(msg.function, ERR_NO_DATA)
         except (PayloadError, ValueError):
             # The value does not fit the item's format (e.g. a register overflow).
             return self._abnormal(msg.function, ERR_OTHER)
-        room = self.max_frame_data - item.di_size
+        room = self.max_frame_data - (4 if self.version is Version.V2007 else 2)
         if len(body) <= room:
             return ReadReply(address=self.address, version=self.version, di=msg.di,
                              body=body).to_frame()

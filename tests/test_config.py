@@ -802,8 +802,8 @@ def _schedule(lines: str) -> str:
      '"voltage"?'),
     ('interval = "1m"\nquantities = ["energy"]\nretry = 2\n',
      'amic.toml:18: [schedule.fast]: key "retry": expected one of the keys interval, '
-     'quantities, meters, jitter, retries, td_ms, backoff_max, got an unknown key; did you '
-     'mean "retries"?'),
+     'quantities, meters, jitter, retries, td_ms, backoff_max, curve, curve_days, got an '
+     'unknown key; did you mean "retries"?'),
     ('interval = "1m"\nquantities = ["energy"]\nmeters = []\n',
      'amic.toml:18: [schedule.fast]: key "meters": expected a non-empty list of meter '
      'selectors: "*", "area:ID", "bus:NAME", "feeder:ID", "station:ID", "box:ID", '

@@ -11,6 +11,7 @@ problems; 2 bad arguments, an unusable configuration or no store.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import json
@@ -39,6 +40,9 @@ from collector.daily.reports import (
     write_csv,
 )
 from collector.store import DB_NAME, Store, StoreError
+from protocols.quantities import QUANTITIES
+
+from .query import curve_day
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_PROBLEMS", "EXIT_USAGE", "export", "ledger", "report"]
 
@@ -280,8 +284,13 @@ def success(config_path: Path, day_text: str | None, tz_name: str, by: str,
               help="Output format.")
 @click.option("--output", "-o", default="-", show_default=True, metavar="FILE",
               help="Write here (UTF-8 with a BOM, for Excel); - for standard output.")
+@click.option("--curve", is_flag=True,
+              help="The load curves of the day instead: one row per meter and 15-minute "
+                   "point.")
+@click.option("--area", default=None, metavar="ID",
+              help="With --curve: the meters of this transformer area only.")
 def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
-           output: str) -> None:
+           output: str, curve: bool, area: str | None) -> None:
     """Billing export of one local day: each meter's daily frozen energy by tariff.
 
     One row per meter: opening and closing values (kWh) and usage, total and t1..t4, the
@@ -289,10 +298,19 @@ def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
     meter whose profile has no forward energy total is billed on combined energy, and
     its status says so: "complete (combined)".
 
+    With --curve: the stored load curves of the day (of --area's meters): meter, local
+    and UTC time of each point, one column a quantity, empty cells where a point is
+    missing.
+
     Exit status: 0 written, 2 bad arguments or the output cannot be written.
     """
     command = "export"
     assert fmt == "csv"
+    if area is not None and not curve:
+        _fail(command, "--area goes with --curve")
+    if curve:
+        _export_curves(config_path, day_text, tz_name, output, area)
+        return
     store, day, zone, energy = _prepare_energy(command, config_path, day_text, tz_name)
     with store:
         rows = billing_export(store, day, zone, energy=energy)
@@ -311,6 +329,52 @@ def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
     status = {s: sum(r.status == s for r in rows) for s in ("complete", "partial", "missing")}
     click.echo(f"{n} meter(s) for {day.isoformat()} ({tz_name}): "
                + ", ".join(f"{v} {k}" for k, v in status.items())
+               + ("" if output == "-" else f"; written to {output}"), err=True)
+
+
+def _export_curves(config_path: Path, day_text: str | None, tz_name: str, output: str,
+                   area: str | None) -> None:
+    command = "export"
+    zone = _zone(command, tz_name)
+    try:
+        day = parse_day(day_text, zone)
+    except ValueError as e:
+        _fail(command, f"--day: {e}")
+    settings = _settings(command, config_path)
+    meters = [m.meter_id for m in settings.meters if area is None or m.area == area]
+    if not meters:
+        _fail(command, f"--area: no meter of the configuration is in area {area!r}")
+    store = _open_store(command, settings)
+    with store:
+        curves = [curve_day(store, m, day, zone) for m in meters]
+    quantities = sorted({q for c in curves for q in c.values})
+    header = ["meter", "time", "utc", *(
+        f"{q} ({QUANTITIES[q].unit})" if q in QUANTITIES and QUANTITIES[q].unit else q
+        for q in quantities)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(header)
+    rows = 0
+    for c in curves:
+        for i, t in enumerate(c.times):
+            writer.writerow([c.meter, t.isoformat(timespec="minutes"),
+                             t.astimezone(dt.UTC).isoformat(timespec="minutes"),
+                             *("" if c.values.get(q) is None or c.values[q][i] is None
+                               else format(c.values[q][i], ".15g") for q in quantities)])
+            rows += 1
+    if output == "-":
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        target = Path(output)
+        if target.is_dir():
+            _fail(command, f"--output: {target} is a directory")
+        try:
+            target.write_text(buf.getvalue(), encoding="utf-8-sig", newline="")
+        except OSError as e:
+            _fail(command, f"--output: cannot write {target}: {e.strerror or e}")
+    points = sum(c.present() for c in curves)
+    click.echo(f"{len(curves)} meter(s), {rows} row(s) for {day.isoformat()} ({tz_name}): "
+               f"{points} point(s) stored, {rows - points} missing"
                + ("" if output == "-" else f"; written to {output}"), err=True)
 
 

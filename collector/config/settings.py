@@ -275,6 +275,10 @@ class ScheduleTable(Table):
                                             description="overrides the bus's reply timeout")
     backoff_max: Seconds = Field(
         3600.0, ge=1, description="cap of the back-off for dead meters")
+    curve: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="quantities (or groups) whose load curve each meter is read for")
+    curve_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
+        1, ge=1, le=10, description="how far back a meter's first curve read goes")
 
 
 class MqttTable(Table):
@@ -658,6 +662,8 @@ class ScheduleSettings:
     td: float | None = _d(ScheduleTable, "td")
     meters: tuple[str, ...] = _d(ScheduleTable, "meters")
     backoff_max: float = _d(ScheduleTable, "backoff_max")
+    curve: tuple[str, ...] = _d(ScheduleTable, "curve")  # quantity names (groups expanded)
+    curve_days: int = _d(ScheduleTable, "curve_days")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from decimal import Decimal
 from typing import cast
 
 from collector.config.secrets import SecretsError, load_secrets
+from drivers.device import MeterRef
+from drivers.meters import kind_of
 from protocols.quantities import (
     GROUPS,
     QUANTITIES,
@@ -69,6 +71,7 @@ from .settings import (
     GatewayTable,
     ListenerSettings,
     ListenerTable,
+    MeterSettings,
     ModbusFraming,
     MqttSettings,
     MqttTable,
@@ -757,12 +760,56 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
         selectors, selected = self.selectors(t, data, rows)
         if quantities and selected:
             self.readability(t, quantities, selected)
+        curve, curve_days = self.curve(t, data, selected)
         if interval is None or jitter is None or retries is None or backoff is None \
-                or quantities is None or selectors is None or ("td_ms" in data and td is None):
+                or quantities is None or selectors is None or ("td_ms" in data and td is None) \
+                or curve is None or curve_days is None:
             return None
         return ScheduleSettings(name=name, interval=interval, quantities=tuple(quantities),
                                 jitter=jitter, retries=retries, td=td,
-                                meters=tuple(selectors), backoff_max=backoff)
+                                meters=tuple(selectors), backoff_max=backoff,
+                                curve=tuple(curve), curve_days=curve_days)
+
+    def curve(self, t: str, data: Mapping[str, object], selected: list[MeterSettings] | None
+              ) -> tuple[list[str] | None, int | None]:
+        """``curve`` (load-curve quantities, groups expanded; every selected meter must
+        keep a curve of each) and ``curve_days``."""
+        days = self.opt(t, data, ScheduleTable, "curve_days")
+        if "curve" not in data or data["curve"] == []:
+            return [], days
+        what = "a list of quantity names or groups (" + ", ".join(GROUPS) + ")"
+        names = self.strings(t, data, "curve", what)
+        if names is None:
+            return None, days
+        out: list[str] = []
+        for n in names:
+            key = n.lower()
+            found = GROUPS.get(key) or ((key,) if key in QUANTITIES else None)
+            if found is None:
+                self.add(t, "curve", what, f"{_q(n)}, which is neither",
+                         hint=_did_you_mean(key, [*GROUPS, *QUANTITIES]))
+                return None, days
+            out += [q for q in found if q not in out]
+        for m in selected or ():
+            kind = kind_of(m.protocol)
+            profile = None
+            if kind.needs_profile():
+                from .profiles import load_profile
+
+                try:
+                    profile = load_profile(m.profile or "", search=[self.base])
+                except Exception:
+                    continue  # the meter's own row says what is wrong with its profile
+            kept = kind.capabilities(MeterRef(m.meter_id, m.protocol, m.address,
+                                              profile)).curve
+            missing = [q for q in out if q not in kept]
+            if missing:
+                self.add(t, "curve", f"load-curve quantities the meter keeps (protocol "
+                         f"{m.protocol}: {', '.join(sorted(kept)) or 'none'})",
+                         ", ".join(missing), meter=m.meter_id,
+                         hint="leave the meter out of this schedule or those quantities out")
+                return None, days
+        return out, days
 
     def quantities(self, t: str, data: Mapping[str, object]) -> list[str] | None:
         what = "a non-empty list of quantity names or groups (" + ", ".join(GROUPS) + ")"

@@ -96,3 +96,22 @@ __all__ += ["DI_AUTHENTICATE", "DI_TOPUP", "SECURITY_ERROR_BITS", "AuthAnswer",
             "AuthChallenge", "SecurityReply", "SecurityRequest", "TopupPayload",
             "security_error_names"]
 __all__ += ["DAILY_FREEZES", "HEADER_SIZE", "START", "freeze_di", "skip_preamble"]
+
+# load records (负荷记录, 0610xxxx): curves by given time and count
+from ._curve import (  # noqa: E402
+    CURVE_INTERVAL,
+    CURVE_ITEMS,
+    CURVE_QUANTITIES,
+    CurveItem,
+    CurvePoint,
+    curve_di,
+    curve_item,
+    curve_request_extra,
+    decode_curve,
+    encode_curve,
+    parse_curve_request,
+)
+
+__all__ += ["CURVE_INTERVAL", "CURVE_ITEMS", "CURVE_QUANTITIES", "CurveItem", "CurvePoint",
+            "curve_di", "curve_item", "curve_request_extra", "decode_curve", "encode_curve",
+            "parse_curve_request"]
