@@ -320,6 +320,9 @@ class Sinks:
     # The newest stored load-curve point of a meter (UTC; None: none), so a restarted
     # collector reads a curve on from there (see last_curve_point).
     curve_last: Callable[[str, tuple[str, ...]], dt.datetime | None] | None = None
+    # Load-curve points go here instead of ``readings`` when given: stored and forwarded,
+    # never fed to the live alarm rules or the prepaid engine (they are past values).
+    curve: Callable[[list[Reading]], None] | None = None
 
 
 class Poller:
@@ -474,8 +477,8 @@ class Poller:
                          m: MeterSettings, retries: int) -> int:
         """The load curve of ``m`` since its last point read (or stored; the first time
         ``schedule.curve_days`` back from local midnight), handed to the sinks: points at
-        the meter's time, all BACKFILLED (read after the fact from the meter's records;
-        the alarm rules, which take live values by collection time, must not see them).
+        the meter's time, BACKFILLED when late (older than two intervals when read); they
+        go to the ``curve`` sink, which the live alarm rules never see.
         A point the meter never recorded stays missing and is not asked again.  Returns
         the readings handed over."""
         tz = self.curve_tz
@@ -498,11 +501,11 @@ class Poller:
                                       CallOptions(retries=retries, td=schedule.td), tz=tz)
         if got.refused:
             log.info("meter %s keeps no curve of %s", m.meter_id, ", ".join(got.refused))
-        # Even the newest point is older than its ts: as a live value it would look like
-        # a quarter hour's energy in the second between it and the poll (energy_jump).
-        rows = [replace(r, quality=r.quality | Quality.BACKFILLED) for r in got.readings]
+        late = utcnow() - 2 * CURVE_STEP
+        rows = [replace(r, quality=r.quality | Quality.BACKFILLED)
+                if r.meter_ts is None or r.meter_ts < late else r for r in got.readings]
         if rows:
-            self.sinks.readings(rows)
+            (self.sinks.curve or self.sinks.readings)(rows)
             self.curve_points += len(rows)
         if got.points:
             self.curve_read[key] = max(got.points)

@@ -42,7 +42,15 @@ from collector.daily.timesync import DEFAULT_TZ, zone
 from collector.forward.forwarder import Forwarder
 from collector.polling.context import DaemonContext
 from collector.polling.rules import AlarmEngine, AlarmSettings, severity
-from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
+from collector.polling.scheduler import (
+    BusHealth,
+    BusWorker,
+    Lane,
+    MeterHealth,
+    Poller,
+    Sinks,
+    last_curve_point,
+)
 from collector.store import CommitInfo, Store, StoreWriter
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
@@ -419,6 +427,10 @@ class Daemon:
         return FleetHooks(terminal_of=terminal_of, session_since=session_since, drop=drop,
                           runs_bus=runs_bus, known_meter=lambda m: m in self._meter_bus)
 
+    def _curve_last(self, meter: str, quantities: tuple[str, ...]) -> dt.datetime | None:
+        """The newest curve point stored for ``meter``: a restart resumes after it."""
+        return last_curve_point(self.store, meter, quantities) if self.store else None
+
     def _elsewhere(self, bus: str) -> bool:
         """A concentrator whose session another collector of the fleet holds: its meters
         are polled there."""
@@ -591,7 +603,9 @@ class Daemon:
             await self.mqtt.apply(settings)
         if self.poller is None:
             self.poller = Poller({}, Sinks(self._on_readings, self._on_event, self._on_cycle,
-                                           self._on_progress, room=self._room),
+                                           self._on_progress, room=self._room,
+                                           curve_last=self._curve_last,
+                                           curve=self._store_readings),
                                  health=self.health, profiles=self._profile,
                                  bus_health=self.bus_health, elsewhere=self._elsewhere)
         poller = self.poller
