@@ -348,6 +348,11 @@ def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
         raw = file.read_bytes()
     except OSError as e:
         _fail("ledger check", f"{file}: {e.strerror or e}")
+    return decode_ledger(raw)
+
+
+def decode_ledger(raw: bytes) -> tuple[str | None, LedgerIssue | None]:
+    """A ledger's text, or the issue that it is not UTF-8 (also for the API's import)."""
     try:
         return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError as e:
@@ -355,6 +360,15 @@ def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
         line = raw[:start].count(b"\n") + 1
         return None, LedgerIssue("invalid", line, f"not UTF-8 text (the byte 0x{raw[start]:02x}); "
                                  f'save the ledger as "CSV UTF-8"')
+
+
+def issue_lines(r: LedgerReport) -> list[str]:
+    """``FILE:LINE: kind: message`` for each issue, as ``amic ledger check`` prints them."""
+    out = []
+    for i in r.issues:
+        where = f"{r.file}:{i.line}" if i.line is not None else r.file
+        out.append(f"{where}: {i.kind.replace('_', ' ')}: {i.message}")
+    return out
 
 
 def issue_json(i: LedgerIssue) -> dict[str, Any]:
@@ -404,9 +418,8 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
             click.echo(json.dumps({"file": result.file, **issue_json(i)}, ensure_ascii=False))
         click.echo(ledger_summary(result), err=True)
     else:
-        for i in result.issues:
-            where = f"{result.file}:{i.line}" if i.line is not None else result.file
-            click.echo(f"{where}: {i.kind.replace('_', ' ')}: {i.message}")
+        for line in issue_lines(result):
+            click.echo(line)
         click.echo(ledger_summary(result))
     if not result.ok:
         sys.exit(EXIT_PROBLEMS)

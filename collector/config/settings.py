@@ -468,6 +468,23 @@ class ConcentratorTable(Table):
         description="the [[listener]] it dials in to")
 
 
+class ApiTable(Table):
+    """``[api]``: the HTTP API (collector/api); its bearer tokens are in the secrets file."""
+
+    listen: Annotated[str, As("listen")] = Field(
+        description='"HOST:PORT" the API listens on')
+    cert_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the server certificate (PEM); none: plain HTTP")
+    key_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the certificate's private key (PEM)")
+    client_ca_file: Annotated[Path | None, FILE] = Field(
+        None, description="mTLS: clients must show a certificate from this CA (PEM)")
+    secrets_file: Annotated[Path | None, FILE] = Field(
+        None, description="the [api_tokens.NAME] tables; none: [commands] secrets_file")
+    max_rows: Annotated[StrictInt, As("int")] = Field(
+        10_000, ge=1, le=1_000_000, description="the most rows one readings page holds")
+
+
 class ConfigFile(Table):
     """The file's top-level tables."""
 
@@ -488,6 +505,7 @@ class ConfigFile(Table):
     concentrator: tuple[ConcentratorTable, ...] = ()
     dtu: tuple[DtuTable, ...] = ()
     security: SecurityTable | None = None
+    api: ApiTable | None = None
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -708,6 +726,18 @@ class PrepaidSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """``[api]``: the HTTP API (see collector/api)."""
+
+    listen: str
+    cert_file: Path | None = _d(ApiTable, "cert_file")
+    key_file: Path | None = _d(ApiTable, "key_file")
+    client_ca_file: Path | None = _d(ApiTable, "client_ca_file")
+    secrets_file: Path | None = _d(ApiTable, "secrets_file")
+    max_rows: int = _d(ApiTable, "max_rows")
+
+
+@dataclass(frozen=True, slots=True)
 class DailySettings:
     """``[daily]``: the once-a-day jobs (collector/daily/jobs.py); local times in ``tz``."""
 
@@ -749,6 +779,7 @@ class Settings:
     concentrators: tuple[ConcentratorSettings, ...] = ()
     dtus: tuple[DtuSettings, ...] = ()
     security: SecuritySettings | None = None
+    api: ApiSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:
