@@ -230,6 +230,8 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
+    phone: Annotated[str, As("customer")] = Field(
+        "", description="customer's phone (personal data: masked by the API but for admins)")
     prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
     profile: Annotated[str, TEXT] = Field(
@@ -650,6 +652,7 @@ class MeterSettings:
     area: str = _d(MeterTable, "area")
     box: str = _d(MeterTable, "box")
     customer: str = _d(MeterTable, "customer")  # never logged in full
+    phone: str = _d(MeterTable, "phone")  # personal data, like customer
     prepaid: bool = _d(MeterTable, "prepaid")
     role: Role = _d(MeterTable, "role")
     profile: str = _d(MeterTable, "profile")
