@@ -3,6 +3,7 @@ applied as a reload applies it (SIGHUP's path), or refused with the same message
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -83,7 +84,13 @@ async def import_ledger(api: ApiDep, who: Admin, request: Request) -> JSONRespon
         raise HTTPException(409, f"{settings.source}: cannot read it: {e}") from None
     if path is None:
         raise HTTPException(409, f"{settings.source}: no [meters] ledger to import into")
-    raw = await request.body()
+    lock = api.state.setdefault("ledger.lock", asyncio.Lock())
+    async with lock:  # one import at a time: each checks, writes and reloads in turn
+        return await _import(api, who, path, await request.body())
+
+
+async def _import(api: Api, who: Principal, path: Path, raw: bytes) -> JSONResponse:
+    settings = api.ctx.settings()
     if len(raw) > MAX_LEDGER_BYTES:
         raise HTTPException(413, f"a ledger of at most {MAX_LEDGER_BYTES} bytes")
     text, unreadable = decode_ledger(raw)
