@@ -40,9 +40,9 @@ from collector.commands.remote import (
     StoreJournal,
     valid_request_id,
 )
-from collector.service.control import MAX_METERS, MAX_REASON, Control
 
 from .auth import Principal, audit_denial
+from .context import Commands
 from .deps import Api, api_of, operator
 
 log = logging.getLogger("amic.api")
@@ -53,6 +53,8 @@ ApiDep = Annotated[Api, Depends(api_of)]
 JsonDict = dict[str, Any]
 INFLIGHT: Final = "commands.inflight"
 JOURNAL: Final = "commands.journal"
+MAX_METERS: Final = 10_000  # as a request through the broker (collector.service.control)
+MAX_REASON: Final = 200
 
 
 class RelayRequest(BaseModel):
@@ -83,7 +85,7 @@ class CommandReply(BaseModel):
     error: str | None = None
 
 
-def _control(api: Api) -> Control:
+def _control(api: Api) -> Commands:
     control = api.ctx.control()
     if control is None:
         raise HTTPException(503, "the collector is starting: no commands yet")

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collector.commands.prepaid import PrepaidEngine
+    from collector.commands.relay_service import RelayService
     from collector.config.settings import Settings
-    from collector.service.control import Control
     from collector.store import Store, StoreWriter
     from collector.store.records import CycleRecord, Event
+
+
+class Commands(Protocol):
+    """What the API uses of the daemon's control side (collector.service.control.Control):
+    the one relay service and top-up path every channel goes through."""
+
+    @property
+    def relay(self) -> RelayService: ...
+
+    @property
+    def engine(self) -> PrepaidEngine | None: ...
+
+    async def topup(self, meter: str, amount: Decimal, ref: str, operator: str,
+                    request_id: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -20,7 +36,7 @@ class ApiContext:
     settings: Callable[[], Settings]
     store: Callable[[], Store | None]
     writer: Callable[[], StoreWriter | None]
-    control: Callable[[], Control | None]
+    control: Callable[[], Commands | None]
     """Relay service, top-ups and the prepaid engine (None before the start)."""
     reload: Callable[[], Awaitable[bool]]
     """Re-read and apply the configuration, as SIGHUP does; False: refused."""

@@ -15,13 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from collector.cli.report import decode_ledger, issue_json, issue_lines, ledger_summary
 from collector.config.schema import MAX_LEDGER_BYTES
 from collector.daily.reports import LedgerReport, validate_ledger
 from collector.store.records import CommandRecord, utcnow
 
 from .auth import Principal
 from .deps import Api, admin, api_of
+from .formats import decode_ledger, issue_json, issue_lines, ledger_summary
 
 log = logging.getLogger("amic.api")
 

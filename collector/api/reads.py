@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from collector.cli.report import lineloss_json, success_json
 from collector.config.settings import MeterSettings
 from collector.daily.reports import (
     BALANCE,
@@ -36,6 +35,7 @@ from collector.store.records import from_ms, to_ms
 
 from .auth import Principal
 from .deps import Api, api_of, viewer
+from .formats import lineloss_json, success_json
 from .masking import mask_name, mask_phone
 
 router = APIRouter(prefix="/api/v1", tags=["reads"])

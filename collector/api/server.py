@@ -17,14 +17,18 @@ from collections.abc import Generator
 
 import uvicorn
 
-from collector.service.metrics import parse_listen
-
 from .app import build_app
 from .context import ApiContext
 
 log = logging.getLogger("amic.api")
 
 STOP_SECONDS = 3.0  # requests in flight get this long at a stop
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` (checked by the configuration already)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class _Server(uvicorn.Server):
