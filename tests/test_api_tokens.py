@@ -114,3 +114,19 @@ def test_mask_name(name: str, shown: str) -> None:
                                               ("1234", "****"), ("", "")])
 def test_mask_phone(phone: str, shown: str) -> None:
     assert mask_phone(phone) == shown
+
+
+def test_a_changed_api_table_needs_a_restart(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.service.daemon import restart_needed
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.toml").write_text("")
+    Path("s.toml").chmod(0o600)
+    cfg = Path("amic.toml")
+    cfg.write_text(BASE + '[api]\nlisten = "127.0.0.1:8443"\nsecrets_file = "s.toml"\n')
+    old = load_settings(cfg)
+    cfg.write_text(BASE + '[api]\nlisten = "127.0.0.1:8444"\nsecrets_file = "s.toml"\n')
+    assert restart_needed(old, load_settings(cfg)) == ["[api] listen"]
+    cfg.write_text(BASE)
+    assert restart_needed(old, load_settings(cfg)) == ["[api]"]
