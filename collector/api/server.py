@@ -25,12 +25,6 @@ log = logging.getLogger("amic.api")
 STOP_SECONDS = 3.0  # requests in flight get this long at a stop
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` (checked by the configuration already)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -38,9 +32,10 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    """Serves the API of the daemon behind ``ctx``; :meth:`start`, then :meth:`close`."""
+    """Serves the API of the daemon behind ``ctx`` on ``host``:``port`` (``[api] listen``);
+    :meth:`start`, then :meth:`close`."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, host: str, port: int) -> None:
         settings = ctx.settings().api
         assert settings is not None
         self.settings = settings
@@ -52,7 +47,7 @@ class ApiServer:
             if settings.client_ca_file is not None:
                 kwargs.update(ssl_ca_certs=str(settings.client_ca_file),
                               ssl_cert_reqs=ssl.CERT_REQUIRED)
-        self.host, port = parse_listen(settings.listen)
+        self.host = host
         self.config = uvicorn.Config(self.app, lifespan="off", log_config=None,
                                      server_header=False, access_log=True,
                                      timeout_graceful_shutdown=int(STOP_SECONDS),

@@ -809,7 +809,8 @@ class Daemon:
         if self.settings.api is None:
             return
         from collector.api.server import ApiServer
-        self.api = ApiServer(self._api_context())
+        host, port = parse_listen(self.settings.api.listen)
+        self.api = ApiServer(self._api_context(), host, port)
         await self.api.start()
 
     async def _stop_api(self) -> None:
