@@ -65,6 +65,7 @@ ledger = "ledger.csv"
 [schedule.poll]
 interval = "1h"
 quantities = ["voltage_a"]
+{extra}
 """
 LEDGER = """meter_id,address,bus,area,customer,phone,role
 M1,000000000001,conc-1,TQ-1,张三,13812345678,customer
@@ -127,14 +128,16 @@ def audit_rows(run: Running) -> list[dict[str, Any]]:
     return [dict(r) for r in store.audit()]
 
 
-async def start(tmp: Path, tls: str = "") -> AsyncIterator[Running]:
+async def start(tmp: Path, tls: str = "", extra: str = "",
+                ledger: str = LEDGER) -> AsyncIterator[Running]:
     meters = make_meters([f"{i:012d}" for i in range(1, 4)])
     (tmp / "secrets.toml").write_text(SECRETS)
     (tmp / "secrets.toml").chmod(0o600)
-    (tmp / "ledger.csv").write_text(LEDGER, encoding="utf-8")
+    (tmp / "ledger.csv").write_text(ledger, encoding="utf-8")
     async with BusServer(meters, baud=19200, td=0.005) as server:
         cfg = tmp / "amic.toml"
-        cfg.write_text(CONFIG.format(port=server.port, tls=tls, api_port=free_port()))
+        cfg.write_text(CONFIG.format(port=server.port, tls=tls, api_port=free_port(),
+                                     extra=extra))
         daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
         task = asyncio.create_task(daemon.run())
         try:
@@ -363,3 +366,42 @@ async def test_tls_and_client_certificates(tmp_path: Path) -> None:
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
             await asyncio.to_thread(http, "GET", run.url.replace("https", "http")
                                     + "/api/v1/meters", token=TOKENS["viewer"])
+
+
+PREPAID = """
+[prepaid]
+warn1 = 20
+warn2 = 5
+computed = ["M2"]
+price = 0.5
+opening_balance = 10
+"""
+
+
+async def test_topup_credited_once_per_request_id(tmp_path: Path) -> None:
+    ledger = LEDGER.replace("role\n", "role,prepaid\n").replace(
+        "customer\nM2", "customer,no\nM2").replace(
+        "13987654321,customer\n", "13987654321,customer,yes\n").replace(
+        "area_master\n", "area_master,no\n")
+    async for run in start(tmp_path, extra=PREPAID, ledger=ledger):
+        body = {"meter": "M2", "amount": "50.00", "ref": "receipt 88"}
+        key = {"Idempotency-Key": "pay-88"}
+        status, _, doc = await call(run, "POST", "/api/v1/commands/topup", "viewer",
+                                    body=body, headers=key)
+        assert status == 403
+        status, headers, first = await call(run, "POST", "/api/v1/commands/topup",
+                                            "operator", body=body, headers=key)
+        assert status == 200, first
+        assert first["results"][0]["balance"] == pytest.approx(60.0, abs=0.5)
+        status, headers, again = await call(run, "POST", "/api/v1/commands/topup",
+                                            "operator", body=body, headers=key)
+        assert status == 200 and again == first and headers["idempotent-replay"] == "true"
+        status, _, meter = await call(run, "GET", "/api/v1/meters/M2", "viewer")
+        assert meter["balance"] == pytest.approx(60.0, abs=0.5)  # credited once
+        status, _, doc = await call(run, "POST", "/api/v1/commands/topup", "operator",
+                                    body={**body, "amount": "-5"})
+        assert status == 422 and "positive amount" in doc["detail"]
+        await run.daemon.writer.flush()  # type: ignore[union-attr]
+        topups = [r for r in audit_rows(run) if r["kind"] == "topup"]
+        assert [(r["meter"], r["status"], r["operator"]) for r in topups] == [
+            ("M2", "recorded", "alice")]
