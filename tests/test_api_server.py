@@ -210,10 +210,13 @@ async def test_roles_masking_reads_and_openapi(api: Running,
     assert [(r["kind"], r["operator"], json.loads(r["detail"])["http"]) for r in denied] == [
         ("trip", "", 401), ("trip", "viewer-1", 403),
         ("api POST /api/v1/ledger", "operator-1", 403)]
-    assert "role viewer may not" in json.loads(denied[1]["detail"])["refusal"]
+    assert [json.loads(r["detail"])["refusal"] for r in denied] == [
+        "bad_token", "role", "role"]
     r = await asyncio.to_thread(CliRunner().invoke, main,
                                 ["audit", "--config", str(api.tmp / "amic.toml")])
     assert r.exit_code == 0 and r.output.count("denied") == 3
+    assert "unknown token" in r.output
+    assert "role viewer may not do this (needs operator)" in r.output
 
     # readings: pages by cursor, newest first, and CSV
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -80,14 +80,16 @@ class Tokens:
 
 
 def audit_denial(ctx: ApiContext, request: Request, *, status: int, reason: str,
-                 who: str = "", meter: str = "", kind: str = "") -> None:
-    """A refused request in the audit trail (commands table, status ``denied``)."""
+                 refusal: str, who: str = "", meter: str = "", kind: str = "") -> None:
+    """A refused request in the audit trail (commands table, status ``denied``): ``reason``
+    in words (``amic audit`` shows it), ``refusal`` its code."""
     log.warning("api: %s %s refused (%d): %s; token %s", request.method, request.url.path,
                 status, reason, who or "-")
     writer = ctx.writer()
     if writer is None:
         return
-    detail = {"via": "api", "http": status, "refusal": reason, "method": request.method,
+    detail = {"via": "api", "http": status, "error": reason, "refusal": refusal,
+              "method": request.method,
               "path": request.url.path, "token": who,
               "client": request.client.host if request.client else ""}
     writer.put_command(CommandRecord(f"api-{uuid.uuid4().hex}", meter,
@@ -104,19 +106,19 @@ def authenticate(ctx: ApiContext, tokens: Tokens, request: Request) -> Principal
     """The principal of ``request``; 401 (audited for anything but a read) otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    reason = ""
+    reason = refusal = ""
     found: ApiToken | None = None
     if not header:
-        reason = "no bearer token"
+        reason, refusal = "no bearer token", "no_token"
     elif scheme.lower() != "bearer" or not token.strip():
-        reason = "not a bearer token"
+        reason, refusal = "not a bearer token", "no_token"
     else:
         found = tokens.find(token.strip())
         if found is None:
-            reason = "unknown token"
+            reason, refusal = "unknown token", "bad_token"
     if found is None:
         if request.method not in ("GET", "HEAD"):
-            audit_denial(ctx, request, status=401, reason=reason)
+            audit_denial(ctx, request, status=401, reason=reason, refusal=refusal)
         else:
             log.info("api: %s %s: 401, %s", request.method, request.url.path, reason)
         raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
@@ -128,6 +130,6 @@ def require(ctx: ApiContext, request: Request, who: Principal, role: str, *,
     """403 (audited) unless ``who`` has ``role``."""
     if not who.can(role):
         reason = f"role {who.role} may not do this (needs {role})"
-        audit_denial(ctx, request, status=403, reason=reason, who=who.name, meter=meter,
-                     kind=kind)
+        audit_denial(ctx, request, status=403, reason=reason, refusal="role", who=who.name,
+                     meter=meter, kind=kind)
         raise HTTPException(403, reason)

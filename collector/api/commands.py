@@ -225,8 +225,8 @@ async def relay(api: ApiDep, who: Operator, request: Request,
                        "admin role (with force and a reason)")
         if why:
             for m in found if len(found) <= 100 else found[:1]:
-                audit_denial(api.ctx, request, status=403, reason=why, who=who.name,
-                             meter=m.meter_id, kind=action)
+                audit_denial(api.ctx, request, status=403, reason=why, refusal="protected",
+                             who=who.name, meter=m.meter_id, kind=action)
             raise HTTPException(403, why)
 
     async def run() -> JsonDict:
