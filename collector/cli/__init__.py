@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .apitoken import api_token
 from .concentrator import concentrator
 from .config import config
 from .decode import decode
@@ -23,6 +24,7 @@ def main() -> None:
     """amic: head-end meter data acquisition (DL/T645 / Modbus / MQTT)."""
 
 
+main.add_command(api_token)
 main.add_command(concentrator)
 main.add_command(config)
 main.add_command(decode)

@@ -24,6 +24,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from collector.api.formats import (
+    decode_ledger,
+    issue_json,
+    issue_lines,
+    ledger_summary,
+    lineloss_json,
+    success_json,
+)
 from collector.config import ConfigError, load_settings
 from collector.config.settings import Settings
 from collector.daily.reports import (
@@ -179,20 +187,6 @@ def lineloss_table(areas: Sequence[AreaLineLoss]) -> str:
                    "STATUS", "MISSING", "SOURCE"), rows, right={2, 3, 4, 5})
 
 
-def lineloss_json(a: AreaLineLoss) -> dict[str, Any]:
-    return {"area": a.area, "master": a.master, "customers": a.customers,
-            "supplied_kwh": a.supplied_kwh, "sold_kwh": a.sold_kwh, "loss_kwh": a.loss_kwh,
-            "loss_pct": a.loss_pct, "complete": a.complete, "missing": list(a.missing),
-            "reason": a.reason, "source": a.source,
-            "meters": [{"meter": u.meter, "role": u.role, "opening_kwh": u.opening,
-                        "closing_kwh": u.closing, "usage_kwh": _round(u.usage),
-                        "source": u.source, "energy": u.energy} for u in a.meters]}
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 4)
-
-
 @report.command("lineloss")
 @_config_option
 @_day_options
@@ -236,12 +230,6 @@ def success_table(rows: Sequence[SuccessRow]) -> str:
              for r in rows]
     return _table((by.upper(), "PLANNED", "SUCCEEDED", "FAILED", "SUCCESS_%", "CYCLES",
                    "READS_OK/TOTAL"), cells, right={1, 2, 3, 4, 5, 6})
-
-
-def success_json(r: SuccessRow) -> dict[str, Any]:
-    return {r.by: r.key, "total": r.is_total, "planned": r.planned,
-            "succeeded": r.succeeded, "failed": r.failed, "pct": r.pct, "cycles": r.cycles,
-            "reads_ok": r.reads_ok, "reads_total": r.reads_total}
 
 
 @report.command("success")
@@ -412,35 +400,7 @@ def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
         raw = file.read_bytes()
     except OSError as e:
         _fail("ledger check", f"{file}: {e.strerror or e}")
-    try:
-        return raw.decode("utf-8-sig"), None
-    except UnicodeDecodeError as e:
-        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw[:start].count(b"\n") + 1
-        return None, LedgerIssue("invalid", line, f"not UTF-8 text (the byte 0x{raw[start]:02x}); "
-                                 f'save the ledger as "CSV UTF-8"')
-
-
-def issue_json(i: LedgerIssue) -> dict[str, Any]:
-    return {"kind": i.kind, "line": i.line, "lines": list(i.lines), "meter": i.meter,
-            "column": i.column, "message": i.message}
-
-
-def _plural(n: int, word: str, plural: str) -> str:
-    return f"{n} {word if n == 1 else plural}"
-
-
-def ledger_summary(r: LedgerReport) -> str:
-    if r.ok:
-        return f"{r.file}: OK: {_plural(r.rows, 'meter', 'meters')}"
-    counts = [(len(r.duplicate_addresses), "duplicate address", "duplicate addresses"),
-              (len(r.duplicate_meter_ids), "duplicate meter id", "duplicate meter ids"),
-              (len(r.missing_fields), "missing field", "missing fields"),
-              (len(r.unknown_buses), "unknown bus", "unknown buses"),
-              (len(r.invalid), "other problem", "other problems")]
-    return (f"{r.file}: {_plural(len(r.issues), 'problem', 'problems')} "
-            f"({', '.join(_plural(n, a, b) for n, a, b in counts if n)}); "
-            f"{r.valid} of {r.rows} row(s) valid")
+    return decode_ledger(raw)
 
 
 @ledger.command("check")
@@ -468,9 +428,8 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
             click.echo(json.dumps({"file": result.file, **issue_json(i)}, ensure_ascii=False))
         click.echo(ledger_summary(result), err=True)
     else:
-        for i in result.issues:
-            where = f"{result.file}:{i.line}" if i.line is not None else result.file
-            click.echo(f"{where}: {i.kind.replace('_', ' ')}: {i.message}")
+        for line in issue_lines(result):
+            click.echo(line)
         click.echo(ledger_summary(result))
     if not result.ok:
         sys.exit(EXIT_PROBLEMS)

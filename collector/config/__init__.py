@@ -175,6 +175,7 @@ class _Loader(TablesMixin, LedgerMixin):
         alarms = self.alarms(data.get("alarms"))
         daily = self.daily(data.get("daily"))
         security = self.security(data.get("security"))
+        api = self.api(data.get("api"), commands)
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
@@ -183,7 +184,7 @@ class _Loader(TablesMixin, LedgerMixin):
                         gateways=tuple(gateways), timeseries=timeseries,
                         commands=commands, prepaid=prepaid, alarms=alarms, daily=daily,
                         listeners=tuple(listeners), concentrators=tuple(concentrators),
-                        dtus=tuple(dtus), security=security)
+                        dtus=tuple(dtus), security=security, api=api)
 
 
 def check_ledger_text(file: str, text: str, bus_names: Iterable[str]

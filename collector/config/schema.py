@@ -18,6 +18,7 @@ from protocols.dlt645 import Version
 from .settings import (
     LIMIT,
     AlarmsTable,
+    ApiTable,
     As,
     Baud,
     BusMqttTable,
@@ -99,6 +100,7 @@ ALARM_KEYS = keys(AlarmsTable)
 ALARM_LIMITS = tuple(key_of(AlarmsTable, n) for n in AlarmsTable.model_fields
                      if marker(AlarmsTable, n) == LIMIT)
 COMMANDS_KEYS = keys(CommandsTable)
+API_KEYS = keys(ApiTable)
 SECURITY_KEYS = keys(SecurityTable)
 PREPAID_KEYS = keys(PrepaidTable)
 TIMESERIES_KEYS = keys(TimeseriesTable)
@@ -140,6 +142,7 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "concentrator": (ConcentratorTable,),
     "dtu": (DtuTable,),
     "security": (SecurityTable,),
+    "api": (ApiTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

@@ -230,6 +230,8 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
+    phone: Annotated[str, As("customer")] = Field(
+        "", description="customer's phone (personal data: masked by the API but for admins)")
     prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
     profile: Annotated[str, TEXT] = Field(
@@ -474,6 +476,23 @@ class ConcentratorTable(Table):
         1, ge=1, le=64, description="measuring points per class-1 request (1: one each)")
 
 
+class ApiTable(Table):
+    """``[api]``: the HTTP API (collector/api); its bearer tokens are in the secrets file."""
+
+    listen: Annotated[str, As("listen")] = Field(
+        description='"HOST:PORT" the API listens on')
+    cert_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the server certificate (PEM); none: plain HTTP")
+    key_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the certificate's private key (PEM)")
+    client_ca_file: Annotated[Path | None, FILE] = Field(
+        None, description="mTLS: clients must show a certificate from this CA (PEM)")
+    secrets_file: Annotated[Path | None, FILE] = Field(
+        None, description="the [api_tokens.NAME] tables; none: [commands] secrets_file")
+    max_rows: Annotated[StrictInt, As("int")] = Field(
+        10_000, ge=1, le=1_000_000, description="the most rows one readings page holds")
+
+
 class ConfigFile(Table):
     """The file's top-level tables."""
 
@@ -494,6 +513,7 @@ class ConfigFile(Table):
     concentrator: tuple[ConcentratorTable, ...] = ()
     dtu: tuple[DtuTable, ...] = ()
     security: SecurityTable | None = None
+    api: ApiTable | None = None
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -639,6 +659,7 @@ class MeterSettings:
     area: str = _d(MeterTable, "area")
     box: str = _d(MeterTable, "box")
     customer: str = _d(MeterTable, "customer")  # never logged in full
+    phone: str = _d(MeterTable, "phone")  # personal data, like customer
     prepaid: bool = _d(MeterTable, "prepaid")
     role: Role = _d(MeterTable, "role")
     profile: str = _d(MeterTable, "profile")
@@ -717,6 +738,18 @@ class PrepaidSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """``[api]``: the HTTP API (see collector/api)."""
+
+    listen: str
+    cert_file: Path | None = _d(ApiTable, "cert_file")
+    key_file: Path | None = _d(ApiTable, "key_file")
+    client_ca_file: Path | None = _d(ApiTable, "client_ca_file")
+    secrets_file: Path | None = _d(ApiTable, "secrets_file")
+    max_rows: int = _d(ApiTable, "max_rows")
+
+
+@dataclass(frozen=True, slots=True)
 class DailySettings:
     """``[daily]``: the once-a-day jobs (collector/daily/jobs.py); local times in ``tz``."""
 
@@ -758,6 +791,7 @@ class Settings:
     concentrators: tuple[ConcentratorSettings, ...] = ()
     dtus: tuple[DtuSettings, ...] = ()
     security: SecuritySettings | None = None
+    api: ApiSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

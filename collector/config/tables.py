@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import cast
 
 from collector.config.secrets import SecretsError, load_secrets
@@ -29,6 +30,7 @@ from .safefile import FileRefused, read_regular
 from .schema import (
     ALARM_KEYS,
     ALARM_LIMITS,
+    API_KEYS,
     BUS_COMMON_KEYS,
     BUS_MODELS,
     BUS_MQTT_KEYS,
@@ -56,6 +58,8 @@ from .settings import (
     TIME,
     AlarmConfig,
     AlarmsTable,
+    ApiSettings,
+    ApiTable,
     BusSerialTable,
     BusSettings,
     BusTable,
@@ -425,6 +429,51 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
             return None
         return SecuritySettings(module=module, key_file=path, test_keys=bool(test_keys),
                                 command=command, timeout=timeout, relay=bool(relay))
+
+    def api(self, value: object, commands: CommandSettings | None) -> ApiSettings | None:
+        """``[api]``: where the HTTP API listens, its TLS files and its tokens' file."""
+        if value is None:
+            return None
+        data = self.table("", "api", value, "an [api] table")
+        if data is None:
+            return None
+        t = "api"
+        before = len(self.problems)
+        self.unknown_keys(t, data, API_KEYS, elsewhere={
+            "token": "never in the configuration: tokens are hashed in the secrets file "
+                     "([api_tokens.NAME]; make one with amic api-token)"})
+        A = ApiTable
+        listen = self.req(t, data, A, "listen")
+        files: dict[str, Path | None] = {}
+        for key in ("cert_file", "key_file", "client_ca_file", "secrets_file"):
+            name = self.opt(t, data, A, key)
+            files[key] = self.relative(name) if name is not None else None
+            path = files[key]
+            if path is not None and key != "secrets_file" and not path.is_file():
+                self.add(t, key, "a readable PEM file", f"{path}: no such file")
+        if (files["cert_file"] is None) != (files["key_file"] is None):
+            missing = "key_file" if files["key_file"] is None else "cert_file"
+            self.add(t, missing, "cert_file and key_file together (TLS), or neither",
+                     "only one of them")
+        if files["client_ca_file"] is not None and files["cert_file"] is None:
+            self.add(t, "client_ca_file", "cert_file and key_file too (mTLS is TLS)",
+                     "no cert_file")
+        secrets_file = files["secrets_file"] or (commands.secrets_file if commands else None)
+        if secrets_file is None:
+            self.add(t, "secrets_file", "the secrets file holding [api_tokens.NAME] (or "
+                     "[commands] secrets_file)", "nothing")
+        elif files["secrets_file"] is not None:
+            try:
+                load_secrets(secrets_file)
+            except SecretsError as e:
+                for text in e.problems:
+                    self.add(t, "secrets_file", "a secrets file amic accepts", text)
+        max_rows = self.opt(t, data, A, "max_rows")
+        if listen is None or max_rows is None or len(self.problems) > before:
+            return None
+        return ApiSettings(listen=listen, cert_file=files["cert_file"],
+                           key_file=files["key_file"], client_ca_file=files["client_ca_file"],
+                           secrets_file=secrets_file, max_rows=max_rows)
 
     def prepaid(self, value: object, rows: list[Row]) -> PrepaidSettings | None:
         if value is None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import ConfigError, load_settings, select_meters
 from collector.config.profiles import load_profile
@@ -74,6 +74,10 @@ from .fleet import FleetHooks, Terminal, terminal_key
 from .metrics import Metrics, MetricsServer, parse_listen
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
+
+if TYPE_CHECKING:
+    from collector.api.context import ApiContext
+    from collector.api.server import ApiServer
 
 log = logging.getLogger("amic.daemon")
 
@@ -154,7 +158,7 @@ class _ScheduleRun:
 
 
 # Applied by a reload only after a restart: section -> the fields that matter.
-RESTART_SECTIONS = ("collector", "mqtt", "commands", "prepaid")
+RESTART_SECTIONS = ("collector", "mqtt", "commands", "prepaid", "api")
 
 
 def restart_needed(old: Settings, new: Settings) -> list[str]:
@@ -220,6 +224,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics_server: MetricsServer | None = None
+        self.api: ApiServer | None = None  # [api]: the HTTP API
         self._reloading = asyncio.Lock()  # one reload at a time, in signal order
         # concentrator name -> (next event pointer to read, keys of the records stored)
         self._terminal_records: dict[str, tuple[int | None, set[tuple[object, ...]]]] = {}
@@ -883,6 +888,39 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await listener.close()
 
+    # ---- the HTTP API ([api], collector/api) --------------------------------------------
+
+    def _api_context(self) -> ApiContext:
+        from collector.api.context import ApiContext
+
+        def buses() -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for name, e in self.buses.items():
+                h = self.bus_health.get(name)
+                out[name] = {"kind": type(e.settings).__name__.removesuffix("Settings")
+                             .lower(), "alive": e.worker.alive,
+                             "down": bool(h and h.down), "reason": h.reason if h else ""}
+            return out
+
+        return ApiContext(
+            settings=lambda: self.settings, store=lambda: self.store,
+            writer=lambda: self.writer, control=lambda: self.control, reload=self.reload,
+            buses=buses, on_event=self._on_event,
+            cycles=lambda: list(self.poller.current.values()) if self.poller else [])
+
+    async def _start_api(self) -> None:
+        if self.settings.api is None:
+            return
+        from collector.api.server import ApiServer
+        host, port = parse_listen(self.settings.api.listen)
+        self.api = ApiServer(self._api_context(), host, port)
+        await self.api.start()
+
+    async def _stop_api(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+
     # ---- running -----------------------------------------------------------------------
 
     def listener_status(self) -> dict[str, tuple[MasterStation, dict[str, bool]]]:
@@ -962,6 +1000,7 @@ class Daemon:
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
+        await self._start_api()
         self.control.start()
         self._start_daily()
         self._start_forwarder()
@@ -996,6 +1035,7 @@ class Daemon:
             if t.get_name() != "forwarder":
                 t.cancel()
         await self._stop_schedules()
+        await self._stop_api()
         if self.ctl is not None:
             await self.ctl.close()
         if self.control is not None:
