@@ -94,6 +94,8 @@ class Capabilities:
     clock: bool = False
     clock_set: str | None = None
     block_reads: bool = False
+    topup: bool = False  # a purchase can be written into it (a security module needed)
+    curve: frozenset[str] = frozenset()  # quantities it keeps a load curve of
 
     def offers(self, quantity: str) -> bool:
         return quantity in self.quantities
@@ -102,7 +104,8 @@ class Capabilities:
         return {"quantities": sorted(self.quantities), "relay": sorted(self.relay),
                 "relay_state": self.relay_state, "credentials": self.credentials,
                 "daily_freezes": self.daily_freezes, "clock": self.clock,
-                "clock_set": self.clock_set, "block_reads": self.block_reads}
+                "clock_set": self.clock_set, "block_reads": self.block_reads,
+                "topup": self.topup, "curve": sorted(self.curve)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +169,46 @@ class Credentials:
     # ESAM meters: (address, N1..N8) -> ciphertext, see Dlt645Session.remote_control
     encrypt: Callable[[str, bytes], bytes | Awaitable[bytes]] | None = field(
         default=None, compare=False)
+    # A security module (drivers.security.SecurityModule): identity authentication, then
+    # the command as its ciphertext.  Takes the place of ``encrypt``.
+    security: Any = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return "Credentials(********)"
+
+
+@dataclass(frozen=True, slots=True)
+class TopupOrder:
+    """A purchase to write into a meter that keeps its own balance: ``amount_fen``
+    (分), the purchase ``count`` it makes (the meter's count + 1 when first sent; kept
+    for every retry, so the meter can never credit it twice), the ``customer`` number
+    (户号, 12 digits) and the payment ``receipt``."""
+
+    amount_fen: int
+    count: int | None
+    customer: str
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopupResult:
+    """What a top-up did, read back: ``status`` confirmed (the count went up by one and
+    the balance by the amount), unconfirmed (the count did not move: send again with the
+    same count), refused (the meter said no: ``detail`` why); the counts and balances
+    before and after (None where not read)."""
+
+    status: Literal["confirmed", "unconfirmed", "refused"]
+    count: int
+    count_before: int | None = None
+    count_after: int | None = None
+    balance_before: float | None = None
+    balance_after: float | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "count": self.count, "count_before": self.count_before,
+                "count_after": self.count_after, "balance_before": self.balance_before,
+                "balance_after": self.balance_after, "detail": self.detail}
 
 
 @dataclass(slots=True)
@@ -194,6 +234,19 @@ class Freeze:
     taken: dt.datetime
     readings: list[Reading]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveRead:
+    """A load curve read: ``readings`` one per quantity and point the meter recorded
+    (``meter_ts`` = the point's time in UTC, quality BACKFILLED), ``points`` the point
+    times it answered for (meter local time, naive), ``gaps`` those it has no record
+    of (powered down), ``refused`` quantities whose curve it does not keep."""
+
+    readings: list[Reading]
+    points: list[dt.datetime] = field(default_factory=list)
+    gaps: list[dt.datetime] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +409,13 @@ class Meter(ABC):
         """The text a detail must never show (the password), if any."""
         return ""
 
+    async def write_topup(self, order: TopupOrder, security: Any,
+                          opts: CallOptions = DEFAULT) -> TopupResult:
+        """Write a purchase into the meter through ``security`` (a
+        :class:`drivers.security.SecurityModule`) and read back whether it took."""
+        raise Unsupported(f"meter {self.meter_id}: keeps no balance a top-up can be "
+                          "written into", address=self.address)
+
     def billing_energy(self) -> str | None:
         """The energy quantity read around a switching (None: none)."""
         direction = billing_energy(self.capabilities.quantities)
@@ -406,6 +466,16 @@ class Meter(ABC):
         the meter holds fewer).  ``tz``: the meter's zone (None: the collector's)."""
         raise Unsupported(f"meter {self.meter_id}: keeps no event records",
                           address=self.address)
+    # ---- load curves
+
+    async def read_curve(self, quantities: Sequence[str], start: dt.datetime,
+                         end: dt.datetime, opts: CallOptions = DEFAULT,
+                         *, tz: dt.tzinfo | None = None) -> CurveRead:
+        """The load-curve points of ``quantities`` from ``start`` up to ``end`` (meter
+        local time, naive; ``end`` excluded) that the meter holds; ``tz``: the meter's
+        zone (None: the collector's).  Quantities outside ``capabilities.curve`` are
+        refused without I/O."""
+        raise Unsupported(f"meter {self.meter_id}: keeps no load curve", address=self.address)
 
     # ---- the clock
 
@@ -474,6 +544,7 @@ __all__ = [
     "Capabilities",
     "ClockRead",
     "Credentials",
+    "CurveRead",
     "EventsRead",
     "Freeze",
     "Line",

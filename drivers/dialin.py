@@ -151,6 +151,7 @@ class _Connection:
         self.view: _View | None = None
         self.ended = False
         self.replaced = False
+        self.hung_up = ""  # why we closed it, if we did
 
     @property
     def usable(self) -> bool:
@@ -222,6 +223,16 @@ class DialInListener:
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
+
+    def hang_up(self, dtu: str, reason: str) -> bool:
+        """Close the connection of ``dtu`` (e.g. no longer configured: it is refused when
+        it dials in again); False if it is not connected."""
+        conn = self._connections.get(dtu)
+        if conn is None:
+            return False
+        conn.hung_up = reason
+        conn.writer.close()
+        return True
 
     def bus(self, dtu: str, **options: Unpack[BusOptions]) -> DialInBus:
         return DialInBus(self, dtu, **options)
@@ -356,6 +367,8 @@ class DialInListener:
                 if not rest:
                     if conn.replaced:
                         reason = "replaced"
+                    elif conn.hung_up:
+                        reason = conn.hung_up
                     elif monotonic() - last >= self.idle_timeout:
                         reason = f"nothing received for {self.idle_timeout:g} s"
                     return
@@ -386,9 +399,20 @@ class DialInBus(Bus):
         super().__init__(name=f"dtu://{dtu}", **options)
         self.listener = listener
         self.dtu = dtu
+        self._lazy_open = False
+
+    async def open(self, *, lazy: bool = False) -> bool:
+        """As :meth:`Bus.open`; ``lazy`` does not wait for a DTU that is not registered
+        (a daemon starting with many DTUs offline would wait for each in turn)."""
+        self._lazy_open = lazy
+        try:
+            return await super().open(lazy=lazy)
+        finally:
+            self._lazy_open = False
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await self.listener.wait_connected(self.dtu, self.connect_timeout * 0.9)
+        wait = 0.0 if self._lazy_open else self.connect_timeout * 0.9
+        return await self.listener.wait_connected(self.dtu, wait)
 
 
 __all__ = ["DialInBus", "DialInListener", "DtuEvent", "RegistrationFormat"]

@@ -44,6 +44,8 @@ from protocols.dlt645 import (
     RelayCommand,
     RemoteControlRequest,
     ReplyMismatch,
+    SecurityReply,
+    SecurityRequest,
     TimeSyncRequest,
     UnknownDataItem,
     Value,
@@ -54,6 +56,7 @@ from protocols.dlt645 import (
     encode_value,
     items,
     lookup,
+    security_error_names,
     value_to_json,
 )
 from protocols.quantities import QUANTITIES, WILDCARD_ADDRESS, normalise_address
@@ -423,14 +426,25 @@ class Dlt645Session:
         out.valid = valid
         return out
 
+    async def read_records(self, address: str, di: int, extra: bytes, *,
+                           opts: CallOptions = DEFAULT, label: str | None = None) -> bytes:
+        """One read whose request carries data after the DI (load records 0610xxxx: NN
+        and a start time): the reply's data after the DI, follow-up frames joined,
+        undecoded."""
+        target = _Target(di, None, None)
+        value = await self._read_one(normalise_address(address), target, opts, label,
+                                     extra=extra)
+        return value.raw
+
     async def _read_one(self, address: str, target: _Target, opts: CallOptions,
-                        label: str | None = None) -> DataValue:
+                        label: str | None = None, *, extra: bytes = b"") -> DataValue:
         assert target.di is not None
         di = target.di
         what = f"read {label or _what(target, self.version)}"
         async with self.bus.exclusive():
             reply = await self._exchange(
-                ReadRequest(address=address, version=self.version, di=di), what, opts)
+                ReadRequest(address=address, version=self.version, di=di, extra=extra), what,
+                opts)
             if not isinstance(reply, ReadReply):
                 raise self._unexpected(address, what, reply)
             body = reply.body
@@ -558,6 +572,28 @@ class Dlt645Session:
         reply = await self._exchange(request, what, opts, retries=0)
         if not isinstance(reply, Ack):
             raise self._unexpected(addr, what, reply)
+
+    async def security(self, address: str, di: int, payload: bytes, *,
+                       operator: str = "00000000", opts: CallOptions = DEFAULT) -> bytes:
+        """03: one security operation (identity authentication, remote top-up ...) with
+        the payload a security module made; the reply's payload.  Not retried.  A refusal
+        is a :class:`MeterError` whose ``errors`` are the SERR bits
+        (:data:`protocols.dlt645.SECURITY_ERROR_BITS`)."""
+        addr = normalise_address(address)
+        request = SecurityRequest(address=addr, version=self.version, di=di,
+                                  operator=operator, payload=payload)
+        _check_request(request)
+        what = f"security {di:08X}"
+        try:
+            reply = await self._exchange(request, what, opts, retries=0)
+        except MeterError as e:
+            names = security_error_names(e.code) or ("no_error_bits",)
+            raise MeterError(f"meter {e.address} refused {what}: {', '.join(names)}",
+                             address=e.address, function=e.function, code=e.code,
+                             errors=names) from None
+        if not isinstance(reply, SecurityReply) or reply.di != di:
+            raise self._unexpected(addr, what, reply)
+        return reply.payload
 
     # ---- one exchange --------------------------------------------------------------------
 

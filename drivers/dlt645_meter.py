@@ -17,8 +17,17 @@ from decimal import Decimal
 from typing import Final
 
 from protocols.dlt645 import (
+    CURVE_INTERVAL,
+    CURVE_ITEMS,
+    CURVE_QUANTITIES,
     DAILY_FREEZES,
+    DI_AUTHENTICATE,
+    DI_TOPUP,
     AbnormalReply,
+    AuthAnswer,
+    AuthChallenge,
+    CurveItem,
+    Format,
     Frame,
     Message,
     ReadReply,
@@ -27,6 +36,8 @@ from protocols.dlt645 import (
     StatusWord,
     Value,
     Version,
+    curve_request_extra,
+    decode_curve,
     decode_message,
     decode_record,
     freeze_di,
@@ -42,6 +53,7 @@ from .device import (
     Capabilities,
     ClockRead,
     Credentials,
+    CurveRead,
     EventsRead,
     Freeze,
     Line,
@@ -52,11 +64,14 @@ from .device import (
     MeterRef,
     RelayPlan,
     RelayState,
+    TopupOrder,
+    TopupResult,
     Unsupported,
 )
 from .dlt645 import DataValue, Dlt645Session, resolve_quantity
-from .errors import BadReply, DriverError, MeterError, UnknownQuantity
+from .errors import BadReply, DriverError, MeterError, NoReply, UnknownQuantity
 from .options import DEFAULT, CallOptions
+from .security import MeterIdentity, SecurityError, SecurityModule
 
 PING_QUANTITY: Final = "energy_active_forward_total"  # every edition has it
 FREEZE_ENERGIES: Final[tuple[str, ...]] = (
@@ -245,10 +260,85 @@ class Dlt645Meter(Meter):
                     opts: CallOptions = DEFAULT) -> None:
         self.check_credentials(plan, credentials)
         assert credentials is not None and credentials.expires is not None
+        encrypt = credentials.encrypt
+        module = credentials.security
+        if isinstance(module, SecurityModule):
+            # ESAM meters: authenticate, then N1..N8 as the module's ciphertext
+            ident = MeterIdentity(self.meter_id, self._address)
+            challenge, answer = await self._authenticate(module, ident, opts)
+
+            async def sealed(address: str, plain: bytes) -> bytes:
+                return await module.protect_relay(ident, challenge, answer, plain)
+            encrypt = sealed
         await self.session.remote_control(
             self._address, self._command(plan), password=credentials.password,
             operator=credentials.operator, expiry=credentials.expires,
-            encrypt=credentials.encrypt, opts=opts)
+            encrypt=encrypt, opts=opts)
+
+    # ---- purchases written into the meter (cost-control meters with an ESAM)
+
+    async def _authenticate(self, module: SecurityModule, ident: MeterIdentity,
+                            opts: CallOptions) -> tuple[AuthChallenge, AuthAnswer]:
+        """Identity authentication (03, 070000FF) with the module's challenge."""
+        challenge = await module.authenticate(ident)
+        raw = await self.session.security(self._address, DI_AUTHENTICATE,
+                                          challenge.payload(), opts=opts)
+        try:
+            return challenge, AuthAnswer.parse(raw)
+        except _CodecError as e:
+            raise BadReply(f"meter {self._address}: identity authentication reply: {e}",
+                           address=self._address) from None
+
+    async def _count_and_balance(self, opts: CallOptions) -> tuple[int, float | None]:
+        count = await self.read_number("purchase_count", opts)
+        if count is None:
+            raise BadReply(f"meter {self._address}: purchase count did not decode",
+                           address=self._address)
+        return int(count), await self.read_number("balance_amount", opts)
+
+    async def write_topup(self, order: TopupOrder, security: SecurityModule,
+                          opts: CallOptions = DEFAULT) -> TopupResult:
+        """Read the purchase count and balance, authenticate, send the module's remote
+        top-up (03, 070102FF), read both back.  The count the purchase makes is fixed by
+        the first attempt (``order.count``): a meter accepts only its count + 1, so a
+        repeat can never credit twice."""
+        if not self.capabilities.topup:
+            return await super().write_topup(order, security, opts)
+        n0, b0 = await self._count_and_balance(opts)
+        count = order.count if order.count is not None else n0 + 1
+        if n0 >= count:  # an earlier attempt took; its answer was lost
+            return TopupResult("confirmed", count, n0, n0, b0, b0,
+                               detail=f"already written: the meter's purchase count is {n0}")
+        if n0 != count - 1:
+            return TopupResult("refused", count, n0, n0, b0, b0,
+                               detail=f"the meter's purchase count is {n0}, not {count - 1}: "
+                                      "a purchase unknown here was written meanwhile")
+        ident = MeterIdentity(self.meter_id, self._address, order.customer)
+        sent_error = ""
+        try:
+            challenge, answer = await self._authenticate(security, ident, opts)
+            payload = await security.protect_topup(ident, challenge, answer, order.amount_fen,
+                                                   count)
+            await self.session.security(self._address, DI_TOPUP, payload, opts=opts)
+        except (MeterError, SecurityError) as e:
+            return TopupResult("refused", count, n0, n0, b0, b0, detail=str(e))
+        except BadReply as e:  # it may have taken: the count tells
+            sent_error = str(e)
+        except NoReply as e:
+            sent_error = str(e)
+        n1, b1 = await self._count_and_balance(opts)
+        if n1 == count:
+            detail = ""
+            if b0 is not None and b1 is not None and b1 + 0.005 < b0 + order.amount_fen / 100 \
+                    - _CONSUMPTION_SLACK:
+                detail = (f"balance {b0:.2f} -> {b1:.2f} yuan: less than the "
+                          f"{order.amount_fen / 100:.2f} bought")
+            return TopupResult("confirmed", count, n0, n1, b0, b1, detail=detail)
+        if n1 == n0:
+            return TopupResult("unconfirmed", count, n0, n1, b0, b1,
+                               detail=sent_error or "the purchase count did not move")
+        return TopupResult("refused", count, n0, n1, b0, b1,
+                           detail=f"the purchase count went from {n0} to {n1}, not {count}")
 
     @property
     def protocol(self) -> str:
@@ -334,6 +424,62 @@ class Dlt645Meter(Meter):
                     None if record.end is None else _utc(record.end, tz),
                     {k: value_to_json(v) for k, v in record.fields.items()}))
         return got
+    # ---- load curves
+
+    async def read_curve(self, quantities: Sequence[str], start: dt.datetime,
+                         end: dt.datetime, opts: CallOptions = DEFAULT,
+                         *, tz: dt.tzinfo | None = None) -> CurveRead:
+        """0610xxxx by given time and count, a day (96 points) a request, follow-up
+        frames joined; a block DI where two or more of its quantities are wanted.  A
+        range the meter answers with "no data" has no points."""
+        caps = self.capabilities
+        refused = [q for q in quantities if q not in caps.curve]
+        wanted = [q for q in dict.fromkeys(quantities) if q in caps.curve]
+        if not caps.curve:
+            return await super().read_curve(quantities, start, end, opts, tz=tz)
+        first = _quarter_at_or_after(start)
+        readings: list[Reading] = []
+        seen: set[dt.datetime] = set()
+        gaps: set[dt.datetime] = set()
+        now = dt.datetime.now(dt.UTC)
+        for item in _curve_requests(wanted):
+            keep = [q for q in item.quantities if q in wanted]
+            at = first
+            while at < end:
+                count = min(CURVE_DAY, -(-(end - at) // CURVE_INTERVAL))
+                try:
+                    body = await self._load_records(item.di, at, count, opts)
+                except MeterError:
+                    body = None  # nothing recorded from there (or not kept): no points
+                at += count * CURVE_INTERVAL
+                if body is None:
+                    continue
+                try:
+                    points = decode_curve(item, body)
+                except _CodecError as e:
+                    raise BadReply(f"meter {self._address}: load record {item.di:08X}: {e}",
+                                   address=self._address) from e
+                for p in points:
+                    if not start <= p.at < end:
+                        continue
+                    seen.add(p.at)
+                    if p.values is None:
+                        gaps.add(p.at)
+                        continue
+                    meter_ts = (p.at.replace(tzinfo=tz) if tz is not None
+                                else p.at.astimezone()).astimezone(dt.UTC)
+                    readings.extend(
+                        Reading(self.meter_id, q, float(p.values[q]), _unit_of(item, q), now,
+                                meter_ts)
+                        for q in keep if q in p.values)
+        return CurveRead(readings, sorted(seen), sorted(gaps), refused)
+
+    async def _load_records(self, di: int, start: dt.datetime, count: int,
+                            opts: CallOptions) -> bytes:
+        """The reply body of one given-time load-record read, follow-up frames joined."""
+        label = f"load record {di:08X} from {start:%Y-%m-%d %H:%M} ({count} points)"
+        return await self.session.read_records(
+            self._address, di, curve_request_extra(start, count), opts=opts, label=label)
 
     # ---- the clock
 
@@ -392,6 +538,8 @@ def _demand_at(value: DataValue) -> DataValue:
     if len(parts) != 2 or not isinstance(parts[1].value, dt.datetime):
         return value
     return replace(parts[0], timestamp=parts[1].value)
+# Energy used between the reads around a top-up (yuan): a live meter keeps consuming.
+_CONSUMPTION_SLACK: Final = 1.0
 
 
 class Dlt645Kind(MeterKind):
@@ -411,6 +559,8 @@ class Dlt645Kind(MeterKind):
             clock=True,
             clock_set="broadcast",
             block_reads=True,
+            topup=v2007 and {"purchase_count", "balance_amount"} <= quantities,
+            curve=CURVE_QUANTITIES if v2007 else frozenset(),
         )
 
     def capabilities(self, ref: MeterRef) -> Capabilities:
@@ -437,6 +587,37 @@ class Dlt645Kind(MeterKind):
             raise Unsupported(f"control {frame.control:02X} is not a DL/T645-{self.version} "
                               "read reply", address=frame.address)
         return message
+
+
+CURVE_DAY: Final = 96  # points a load-record request asks for (one day; NN <= 99)
+
+
+def _quarter_at_or_after(when: dt.datetime) -> dt.datetime:
+    step = int(CURVE_INTERVAL.total_seconds())
+    base = when.replace(second=0, microsecond=0, minute=0)
+    seconds = (when - base).total_seconds()
+    return base + dt.timedelta(seconds=-(-seconds // step) * step)
+
+
+def _unit_of(item: CurveItem, quantity: str) -> str:
+    if item.point.format is not Format.BLOCK:
+        return item.point.unit
+    return next(m.unit for m in item.point.members if m.name == quantity)
+
+
+def _curve_requests(wanted: Sequence[str]) -> list[CurveItem]:
+    """The load-record DIs that bring ``wanted``: a block for two or more members."""
+    out: list[CurveItem] = []
+    done: set[str] = set()
+    for block in CURVE_ITEMS:
+        if block.point.format is Format.BLOCK:
+            members = [q for q in block.quantities if q in wanted]
+            if len(members) >= 2:
+                out.append(block)
+                done.update(members)
+    out += [c for c in CURVE_ITEMS if c.point.format is not Format.BLOCK
+            and c.name in wanted and c.name not in done]
+    return out
 
 
 DLT645_2007 = Dlt645Kind(Version.V2007)

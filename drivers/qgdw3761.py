@@ -93,14 +93,17 @@ class TerminalId:
 
 @dataclass(frozen=True, slots=True)
 class TerminalEvent:
-    """``kind``: ``online``, ``offline``, ``replaced`` (a new connection took over) or
-    ``report`` (units the terminal sent on its own, e.g. AFN0E events)."""
+    """``kind``: ``online``, ``offline``, ``replaced`` (a new connection took over),
+    ``report`` (units the terminal sent on its own, e.g. AFN0E events) or ``events``
+    (a frame with ACD set carried a new important-event count ``ec``, EC1: records to
+    read with AFN0E F1)."""
 
     kind: str
     terminal: TerminalId
     reason: str = ""
     afn: int | None = None
     units: tuple[DataUnit | RawUnit, ...] = field(default=())
+    ec: int | None = None
 
 
 class Denied(DriverError):
@@ -141,6 +144,7 @@ class TerminalSession:
         self._pfc = 0
         self._pending: _Pending | None = None
         self._closed: str | None = None
+        self.ec1: int | None = None  # the last EC1 the terminal sent with ACD set
 
     def __repr__(self) -> str:
         return f"<TerminalSession {self.terminal} from {self.peer}>"
@@ -468,11 +472,11 @@ class MasterStation:
         self._counters[name] = self._counters.get(name, 0) + n
 
     def _event(self, kind: str, tid: TerminalId, reason: str = "", afn: int | None = None,
-               units: tuple[DataUnit | RawUnit, ...] = ()) -> None:
+               units: tuple[DataUnit | RawUnit, ...] = (), ec: int | None = None) -> None:
         if self.on_event is None:
             return
         try:
-            self.on_event(TerminalEvent(kind, tid, reason, afn, units))
+            self.on_event(TerminalEvent(kind, tid, reason, afn, units, ec))
         except Exception:  # a broken consumer must not take the terminal down
             log.exception("on_event failed for %s %s", kind, tid)
 
@@ -585,11 +589,22 @@ class MasterStation:
         for fut in self._waiters.pop(tid, []):
             if not fut.done():
                 fut.set_result(None)
+        self._note_ec(session, frame)
         return session
+
+    def _note_ec(self, session: TerminalSession, frame: Frame) -> None:
+        """ACD with a new EC1: the terminal holds important events not yet read."""
+        if not frame.acd or frame.ec is None or frame.ec[0] == session.ec1:
+            return
+        session.ec1 = frame.ec[0]
+        self._count("event_signals")
+        self._event("events", session.terminal, f"EC1 {frame.ec[0]}", afn=frame.afn,
+                    ec=frame.ec[0])
 
     def _handle(self, session: TerminalSession, frame: Frame,
                 writer: asyncio.StreamWriter) -> bool:
         """Process one frame of a bound connection; False ends it (logout)."""
+        self._note_ec(session, frame)
         if not frame.prm:
             session._response(frame)
             return True
@@ -733,9 +748,20 @@ class ForwardBus(Bus):
         self.baud = baud
         self.frame_timeout = frame_timeout
         self.byte_timeout = byte_timeout
+        self._lazy_open = False
+
+    async def open(self, *, lazy: bool = False) -> bool:
+        """As :meth:`Bus.open`; ``lazy`` does not wait for a terminal that is offline (a
+        daemon starting with many concentrators offline would wait for each in turn)."""
+        self._lazy_open = lazy
+        try:
+            return await super().open(lazy=lazy)
+        finally:
+            self._lazy_open = False
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        session = await self.master.wait_online(self.terminal, self.connect_timeout * 0.9)
+        wait = 0.0 if self._lazy_open else self.connect_timeout * 0.9
+        session = await self.master.wait_online(self.terminal, wait)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from protocols.qgdw3761 import (
     DataUnit,
     Direction,
     EnergyReadings,
+    Erc1,
     Erc3,
     Erc14,
     EventQuery,
@@ -139,6 +141,7 @@ class ConcentratorStats:
     repeats: int = 0  # requests answered again from the stored reply
     ignored: int = 0  # requests left unanswered (silent)
     drops: int = 0  # links closed by a drop fault or drop()
+    reports: int = 0  # events uploaded on the terminal's own initiative
 
 
 _Handler = Callable[["ConcentratorSimulator", list[DataUnit], Frame], Any]
@@ -261,10 +264,42 @@ class ConcentratorSimulator:
         """The terminal clock (whole seconds)."""
         return (self.clock.now() + self.clock_offset).replace(microsecond=0)
 
-    def power_cycle(self, off: dt.datetime, on: dt.datetime) -> None:
-        """Record a power-down (ERC14): the next replies carry ACD=1 until it is read."""
+    def power_cycle(self, off: dt.datetime, on: dt.datetime, *, report: bool = False) -> None:
+        """Record a power-down (ERC14): the next frames carry ACD=1 and EC until it is
+        read; ``report``: also upload it at once (AFN0E F1, as terminals do on power-up)."""
         self._add_event(EventRecord(14, Erc14(off.replace(second=0, microsecond=0),
                                               on.replace(second=0, microsecond=0))))
+        if report:
+            self.report_events()
+
+    def initialise(self, old_version: str, new_version: str, *, report: bool = False) -> None:
+        """Record an initialisation / version change (ERC1), reported like power_cycle."""
+        self._add_event(EventRecord(1, Erc1(self.now().replace(second=0), 0,
+                                            old_version, new_version)))
+        if report:
+            self.report_events()
+
+    def report_events(self) -> bool:
+        """Upload the important events the master has not read (an active AFN0E F1,
+        CON=1); they then count as read.  False when offline or nothing is pending."""
+        writer = self._writer
+        if writer is None or not self.logged_in.is_set() or not self.events_pending:
+            return False
+        held = len(self.events)
+        ec1, ec2 = self._ec()
+        first = (ec1 - held) % 256
+        records = tuple(self.events[self._events_read:])
+        start = (first + self._events_read) % 256
+        self._events_read = held
+        pseq = self._pseq
+        self._pseq = (self._pseq + 1) % 16
+        writer.write(build_frame(Frame(
+            control=control_byte(Direction.UP, prm=True, function=Function.USER_DATA),
+            a1=self.a1, a2=self.a2, a3=0, afn=AFN.CLASS3, seq=seq_byte(pseq, con=True),
+            units=encode_units(AFN.CLASS3, Direction.UP, (DataUnit(0, 1, EventRecords(
+                ec1, ec2, start, (start + len(records)) % 256, records)),)))))
+        self.stats.reports += 1
+        return True
 
     def _add_event(self, record: EventRecord) -> None:
         self.events.append(record)
@@ -575,9 +610,7 @@ class ConcentratorSimulator:
             elif u.fn == 17:
                 out.append(DataUnit(u.pn, 17, _monthly(meter, u.value)))
             else:
-                tag: CurveTag = u.value
-                # The meters keep no load profile here: every point is absent (EE).
-                out.append(DataUnit(u.pn, u.fn, Curve(tag, (None,) * tag.points)))
+                out.append(DataUnit(u.pn, u.fn, _curve(meter, u.fn, u.value)))
         return out
 
     def _supply(self, day: dt.date | None) -> DailySupply:
@@ -597,14 +630,13 @@ class ConcentratorSimulator:
             held = self.events if u.fn == 1 else []
             ec = len(held) % 256
             first = (ec - len(held)) % 256  # pointer of the oldest record held
-            start, end = u.value.start, u.value.end
-            count = (end - start) % 256
-            records = []
-            for i in range(count):
-                index = ((start + i) % 256 - first) % 256
-                if index >= len(held):
-                    break
-                records.append(held[index])
+            count = (u.value.end - u.value.start) % 256
+            # pointers the ring no longer (or not yet) holds are left out: the reply
+            # starts at the first one it holds
+            held_at = [p for p in ((u.value.start + i) % 256 for i in range(count))
+                       if (p - first) % 256 < len(held)]
+            start = held_at[0] if held_at else u.value.start
+            records = [held[(p - first) % 256] for p in held_at]
             if u.fn == 1 and records:
                 self._events_read = max(self._events_read, (start - first) % 256 + len(records))
             ec1, ec2 = self._ec()
@@ -733,6 +765,28 @@ def _daily(meter: SimulatedMeter | None, day: dt.date | None, fn: int) -> Any:
     if fn == 161:
         return FrozenActiveEnergy(day, read_time, active)
     return FrozenEnergy(day, read_time, active, none, none, none)
+
+
+_KWH = Decimal("0.0001")  # A.13
+
+
+def _curve(meter: SimulatedMeter | None, fn: int, tag: CurveTag) -> Curve:
+    """F97-F100: energy per interval from the meter's load curve; F98 (reverse active) and
+    F100 (reverse reactive) are 0, as the model's meters never export; EE for points not
+    over yet, or without a meter."""
+    minutes = tag.minutes
+    if meter is None or tag.start is None or minutes is None:
+        return Curve(tag, (None,) * tag.points)
+    step = dt.timedelta(minutes=minutes)
+    tan_phi = Decimal(math.tan(math.acos(meter.model.config.power_factor)))
+    values: list[Decimal | None] = []
+    for i in range(tag.points):
+        start = tag.start + i * step
+        kwh = meter.model.curve_energy(start, start + step)
+        if kwh is not None:
+            kwh = {97: kwh, 99: kwh * tan_phi}.get(fn, Decimal(0)).quantize(_KWH)
+        values.append(kwh)
+    return Curve(tag, tuple(values))
 
 
 def _monthly(meter: SimulatedMeter | None, month: dt.date | None) -> FrozenEnergy:

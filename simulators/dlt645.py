@@ -12,11 +12,15 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from protocols.dlt645 import (
+    DI_AUTHENTICATE,
+    DI_TOPUP,
     AbnormalReply,
     Ack,
+    AuthChallenge,
     ChangeBaudReply,
     ChangeBaudRequest,
     ChangePasswordReply,
@@ -24,6 +28,7 @@ from protocols.dlt645 import (
     ClearDemandRequest,
     ClearEventsRequest,
     ClearMeterRequest,
+    CurveItem,
     DataItem,
     Format,
     Frame,
@@ -40,20 +45,29 @@ from protocols.dlt645 import (
     ReadRequest,
     RelayCommand,
     RemoteControlRequest,
+    SecurityReply,
+    SecurityRequest,
     TimeSyncRequest,
+    TopupPayload,
     Version,
     WriteAddressRequest,
     WriteRequest,
     address_matches,
+    curve_item,
     decode_message,
     decode_value,
+    encode_curve,
     encode_record,
     encode_value,
     lookup,
+    parse_curve_request,
     record_of,
 )
+from protocols.dlt645 import DLT645Error as _CodecError
 from protocols.quantities import BROADCAST_ADDRESS
 
+from .esam import SERR_AUTH, SERR_OTHER, Esam, EsamRefused
+from .esam import expiry_of as _expiry_of
 from .meter import Clock, MeterConfig, MeterModel, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -142,8 +156,10 @@ class SimulatedMeter:
         baud: int = 2400,
         time_sync_window: dt.timedelta = dt.timedelta(minutes=10),
         time_sync_once_a_day: bool = True,
+        esam: Esam | None = None,
     ) -> None:
         self.model = model
+        self.esam = esam  # cost-control ESAM: top-ups (and encrypted relay) after auth
         self.version = Version(version)
         self.passwords: dict[int, str] = dict(parse_password(p) for p in passwords)
         # 2007 follow-ups need room for the DI, one value byte and the sequence byte.
@@ -174,6 +190,7 @@ class SimulatedMeter:
             ClearMeterRequest: self._clear_meter,
             ClearEventsRequest: self._clear_events,
             RemoteControlRequest: self._remote_control,
+            SecurityRequest: self._security,
         }
 
     @property
@@ -268,21 +285,40 @@ class SimulatedMeter:
         return encode_value(item, self.model.read(item.name, item.settlement,
                                                   freeze=item.freeze))
 
+    def _curve_bytes(self, curve: CurveItem, extra: bytes) -> bytes:
+        """A load-record reply body (0610xxxx by given time and count); Unavailable when
+        the meter has no point there or does not measure the DI's quantities."""
+        start, count = parse_curve_request(extra)
+        points = self.model.curve(start, count)
+        if not points:
+            raise Unavailable(f"load record {curve.di:08X} from {start}")
+        wanted = curve.quantities
+        values = [v for _, v in points]
+        if any(v is not None and any(q not in v for q in wanted) for v in values):
+            raise Unavailable(f"load record {curve.di:08X}: {', '.join(wanted)}")
+        self.counters["curve_reads"] += 1
+        return encode_curve(curve, points[0][0], values)
+
     # ---- reads ---------------------------------------------------------------------------
 
     def _read(self, msg: ReadRequest) -> Frame:
         self._follow = None
         item = lookup(msg.di, self.version)
-        if item is None:
+        curve = curve_item(msg.di) if self.version is Version.V2007 else None
+        if item is None and curve is None:
             return self._read_record(msg)
         try:
-            body = self._value_bytes(item)
+            if curve is not None:
+                body = self._curve_bytes(curve, msg.extra)
+            else:
+                assert item is not None
+                body = self._value_bytes(item)
         except Unavailable:
             return self._abnormal(msg.function, ERR_NO_DATA)
         except (PayloadError, ValueError):
             # The value does not fit the item's format (e.g. a register overflow).
             return self._abnormal(msg.function, ERR_OTHER)
-        room = self.max_frame_data - item.di_size
+        room = self.max_frame_data - (4 if self.version is Version.V2007 else 2)
         if len(body) <= room:
             return ReadReply(address=self.address, version=self.version, di=msg.di,
                              body=body).to_frame()
@@ -451,6 +487,44 @@ class SimulatedMeter:
         self._record(msg.function, msg.operator, f"clear events {msg.di:08X}", True)
         return self._ack(msg.function)
 
+    # ---- security (03): identity authentication and remote top-up (ESAM) ----------------
+
+    def _security(self, msg: SecurityRequest) -> Frame:
+        fn = msg.function
+        if self.esam is None:
+            self.counters["security_refused"] += 1
+            return self._security_error(fn, SERR_OTHER)
+        if msg.di == DI_AUTHENTICATE:
+            try:
+                answer = self.esam.authenticate(self.address, AuthChallenge.parse(msg.payload))
+            except (EsamRefused, _CodecError) as e:
+                self._record(fn, msg.operator, "authenticate", False, str(e))
+                return self._security_error(fn, getattr(e, "serr", SERR_AUTH))
+            return SecurityReply(address=self.address, di=msg.di,
+                                 payload=answer.payload()).to_frame()
+        if msg.di == DI_TOPUP:
+            try:
+                order = TopupPayload.parse(msg.payload)
+                self.esam.check_topup(order, self.model.purchase_count)
+                if self.esam.lose_topups > 0:
+                    self.esam.lose_topups -= 1
+                    return SecurityReply(address=self.address, di=msg.di).to_frame()
+                self.model.purchase(Decimal(order.amount_fen) / 100)
+            except (EsamRefused, _CodecError, Unavailable) as e:
+                self.counters["topups_refused"] += 1
+                self._record(fn, msg.operator, "topup", False, str(e))
+                return self._security_error(fn, getattr(e, "serr", SERR_OTHER))
+            self.counters["topups"] += 1
+            self._record(fn, msg.operator, "topup", True,
+                         f"{order.amount_fen / 100:.2f} yuan, purchase {order.count}")
+            return SecurityReply(address=self.address, di=msg.di).to_frame()
+        return self._security_error(fn, SERR_OTHER)
+
+    def _security_error(self, function: int, serr: int) -> Frame:
+        return AbnormalReply(address=self.address, version=self.version,
+                             request_function=function, error=serr & 0xFF,
+                             extra=bytes((serr >> 8 & 0xFF,))).to_frame()
+
     # ---- remote control -------------------------------------------------------------------
 
     def _remote_control(self, msg: RemoteControlRequest) -> Frame:
@@ -467,7 +541,22 @@ class SimulatedMeter:
             return self._abnormal(fn, error)
 
         if msg.ciphertext is not None:
-            return refuse(ERR_PASSWORD, "encrypted control needs an ESAM")
+            plain = self.esam.open(msg.ciphertext) if self.esam is not None else None
+            if plain is None:
+                return refuse(ERR_PASSWORD, "encrypted control needs an ESAM session"
+                              if self.esam is not None else "encrypted control needs an ESAM")
+            try:
+                msg = RemoteControlRequest(
+                    address=msg.address, password=msg.password, operator=msg.operator,
+                    command=RelayCommand(plain[0]), n2=plain[1],
+                    expiry=_expiry_of(plain[2:8]))
+            except ValueError:
+                return refuse(ERR_OTHER, "ciphertext is not a relay command")
+            command = msg.command
+            name = command.name if isinstance(command, RelayCommand) else name
+        elif self.esam is not None and self.esam.relay_needs_esam:
+            return refuse(ERR_PASSWORD, "plain control refused: this meter's ESAM wants "
+                                        "ciphertext")
         if not self._authorised(msg.password, CONTROL_MAX_LEVEL):
             return refuse(ERR_PASSWORD, "password")
         if msg.expiry is None or msg.expiry <= self.model.now():

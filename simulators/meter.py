@@ -267,6 +267,7 @@ class MeterModel:
         self._sample_second = -1
         self._sample: Sample | None = None
         self._init_events()
+        self._init_curve(midnight)
 
     # ---- time -------------------------------------------------------------------------
 
@@ -297,11 +298,16 @@ class MeterModel:
         while us > 0:
             hour_start = self._local.replace(minute=0, second=0, microsecond=0)
             boundary = hour_start + dt.timedelta(hours=1)
-            gap = (boundary - self._local) // dt.timedelta(microseconds=1)
+            # Load-curve points fall on quarter hours: steps end there too.
+            quarter = _next_quarter(self._local)
+            gap = (quarter - self._local) // dt.timedelta(microseconds=1)
             step = min(us, gap)
-            self._accrue(self._local.hour, step)
+            if not self._powered_down(self._local):
+                self._accrue(self._local.hour, step)
             self._local += dt.timedelta(microseconds=step)
             us -= step
+            if self._local == quarter:
+                self._record_point(quarter)
             if self._local == boundary and boundary.hour == 0:
                 self._midnight(boundary)
 
@@ -443,6 +449,13 @@ class MeterModel:
         """How many daily freezes the meter holds (at most 62)."""
         self.update()
         return len(self._freezes)
+
+    def curve_energy(self, start: dt.datetime, end: dt.datetime) -> Decimal | None:
+        """Forward active kWh the load curve adds from ``start`` to ``end`` (meter clock),
+        as the meter's history assumes (relay closed); None while ``end`` is to come."""
+        if end > self.now():
+            return None
+        return sum(self._curve_energy(start, end), Decimal(0))
 
     def read(self, name: str, settlement: int = 0, *, freeze: int = 0) -> Reading:
         """A quantity's present value (``settlement`` N: as of the Nth last settlement day).
@@ -643,6 +656,91 @@ class MeterModel:
                 self._counts[kind] = 0
                 self._minutes[kind] = 0
 
+    # ---- load curve (负荷记录) -----------------------------------------------------------
+
+    def _init_curve(self, midnight: dt.datetime) -> None:
+        """The points of the day before start and of today so far are made when asked,
+        as if the meter had run on its curve (energy walked back from the registers)."""
+        self._curve: dict[dt.datetime, dict[str, Decimal]] = {}
+        self._down: list[tuple[dt.datetime, dt.datetime]] = []
+        self._history = (midnight - dt.timedelta(days=CURVE_HISTORY_DAYS),
+                         _next_quarter(self._local) - CURVE_STEP, self._local,
+                         self._regs.copy())
+
+    def _curve_point(self, at: dt.datetime) -> dict[str, Decimal] | None:
+        if self._powered_down(at):
+            return None
+        point = self._curve.get(at)
+        first, last, origin, regs = self._history
+        if point is None and first <= at <= last:
+            point = self._point_values(at, self._minus(regs, self._curve_energy(at, origin)))
+        return point
+
+    def _record_point(self, at: dt.datetime) -> None:
+        if self._powered_down(at):
+            return
+        self._curve[at] = self._point_values(at, self._regs)
+        oldest = at - dt.timedelta(days=CURVE_KEEP_DAYS)
+        while self._curve:
+            first = next(iter(self._curve))
+            if first >= oldest:
+                break
+            del self._curve[first]
+
+    def _point_values(self, at: dt.datetime, regs: _Registers) -> dict[str, Decimal]:
+        """What the meter records at point ``at``: energies from ``regs``, the rest a
+        seeded draw around the load of that hour."""
+        cfg = self.config
+        rng = random.Random(f"{self._seed}/curve/{at.isoformat()}")
+        energies = regs.values()
+        out = {name: _energy(energies[name]) for name in _CURVE_ENERGIES}
+        kw = 0.0 if self._relay_open else float(self._hour_kw[at.hour])
+        kw = max(0.0, kw * (1 + rng.gauss(0, cfg.load_noise)))
+        pf = cfg.power_factor
+        p_total = Decimal(0)
+        q_total = Decimal(0)
+        for ph in "abc"[:cfg.phases]:
+            volts = _q(cfg.nominal_voltage * (1 + rng.gauss(0, cfg.voltage_noise)), 1)
+            watts = kw / cfg.phases
+            out[f"voltage_{ph}"] = volts
+            out[f"current_{ph}"] = _q(watts * 1000 / (float(volts) * pf), 3)
+            out[f"power_active_{ph}"] = _q(watts, 4)
+            out[f"power_reactive_{ph}"] = _q(watts * float(self._tan_phi), 4)
+            out[f"power_factor_{ph}"] = _q(pf, 3)
+            p_total += out[f"power_active_{ph}"]
+            q_total += out[f"power_reactive_{ph}"]
+        out["power_active_total"] = p_total
+        out["power_reactive_total"] = q_total
+        out["power_factor_total"] = _q(pf, 3)
+        return out
+
+    def _powered_down(self, at: dt.datetime) -> bool:
+        return any(a <= at < b for a, b in self._down)
+
+    def power_down(self, start: dt.datetime, end: dt.datetime) -> None:
+        """The meter is without supply from ``start`` to ``end`` (meter clock): it keeps no
+        curve point and adds no energy then (at quarter-hour granularity).  A period in
+        the past removes the points it covers."""
+        if end <= start:
+            raise ValueError("power_down: end must be after start")
+        self.update()
+        self._down.append((start, end))
+        self.power_down_count += 1
+
+    def curve(self, start: dt.datetime, count: int) -> list[tuple[dt.datetime,
+                                                                  dict[str, Decimal] | None]]:
+        """Up to ``count`` load-curve points from ``start`` (rounded up to a quarter
+        hour), none after the meter's present; None where nothing was recorded."""
+        now = self.now()
+        at = start.replace(second=0, microsecond=0)
+        if at != start or at.minute % 15:
+            at = _next_quarter(at - dt.timedelta(microseconds=1))
+        out: list[tuple[dt.datetime, dict[str, Decimal] | None]] = []
+        while len(out) < count and at <= now:
+            out.append((at, self._curve_point(at)))
+            at += CURVE_STEP
+        return out
+
     def snapshot(self) -> Mapping[str, Reading]:
         """Every quantity this meter holds, by name (for logs and other protocols)."""
         out: dict[str, Reading] = {}
@@ -812,6 +910,17 @@ class MeterModel:
         for key in (f"{direction}_total", f"{direction}_t{tariff}"):
             if kw > self._demand[key][0]:
                 self._demand[key] = (Decimal(kw), at.replace(second=0, microsecond=0))
+CURVE_STEP = dt.timedelta(minutes=15)
+CURVE_HISTORY_DAYS = 1  # whole days of curve before the day the model starts
+CURVE_KEEP_DAYS = 10
+_CURVE_ENERGIES = ("energy_active_forward_total", "energy_active_reverse_total",
+                   "energy_reactive_combined1_total", "energy_reactive_combined2_total")
+
+
+def _next_quarter(when: dt.datetime) -> dt.datetime:
+    """The first quarter hour strictly after ``when``."""
+    base = when.replace(minute=when.minute - when.minute % 15, second=0, microsecond=0)
+    return base + CURVE_STEP
 
 
 def _previous_month(when: dt.datetime) -> dt.datetime:

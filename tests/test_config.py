@@ -371,7 +371,7 @@ def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
         'schedule, mqtt, gateway, timeseries, commands, prepaid, alarms, daily, listener, '
-        'concentrator, got an unknown key; did you mean "bus"?')
+        'concentrator, dtu, security, api, got an unknown key; did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:
@@ -584,8 +584,8 @@ def test_no_bus() -> None:
      'with role "area_master", got nothing'),
     ('bus = "line-1"', 'bus = "line-1"\ncustomr = "1"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "customr": expected one of the keys '
-     'meter_id, address, bus, protocol, station, feeder, area, box, customer, prepaid, role, '
-     'profile, pn, port, baud, got an unknown key; did you mean "customer"?'),
+     'meter_id, address, bus, protocol, station, feeder, area, box, customer, phone, prepaid, '
+     'role, profile, pn, port, baud, got an unknown key; did you mean "customer"?'),
     ('meter_id = "M1"', 'meter_id = "M 1"',
      'amic.toml:11: [[meter]] #1 (meter_id "M 1"): key "meter_id": expected a name of '
      'letters, digits, "_", "." and "-" (at most 64), got "M 1"'),
@@ -705,8 +705,8 @@ def test_ledger_columns_in_any_order_and_optional_ones_left_out() -> None:
 def test_ledger_unknown_and_missing_columns() -> None:
     assert problems(WITH_LEDGER, "meter_id,adress,bus\nM1,1,line-1\n") == [
         'meters.csv:1: header: column "adress": expected one of the columns meter_id, address, '
-        'bus, protocol, station, feeder, area, box, customer, prepaid, role, profile, pn, port, '
-        'baud, got an '
+        'bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, profile, pn, '
+        'port, baud, got an '
         'unknown column; did you mean "address"?',
         'meters.csv:1: header: column "address": expected a header naming the columns '
         'meter_id, address, bus at least, got no address column']
@@ -740,7 +740,7 @@ def test_ledger_excel_scientific_address() -> None:
 def test_ledger_empty_and_not_utf8() -> None:
     assert problems(WITH_LEDGER, "# nothing yet\n")[0] == (
         "meters.csv: header: expected a header line: meter_id, address, bus, protocol, "
-        "station, feeder, area, box, customer, prepaid, role, profile, got an empty file")
+        "station, feeder, area, box, customer, phone, prepaid, role, profile, got an empty file")
     Path("meters.csv").write_bytes((HEADER + "M1,1,line-1,,,,台区,,,,\n").encode("gbk"))
     Path("amic.toml").write_text(WITH_LEDGER)
     with pytest.raises(ConfigError) as info:
@@ -802,8 +802,8 @@ def _schedule(lines: str) -> str:
      '"voltage"?'),
     ('interval = "1m"\nquantities = ["energy"]\nretry = 2\n',
      'amic.toml:18: [schedule.fast]: key "retry": expected one of the keys interval, '
-     'quantities, meters, jitter, retries, td_ms, backoff_max, got an unknown key; did you '
-     'mean "retries"?'),
+     'quantities, meters, jitter, retries, td_ms, backoff_max, curve, curve_days, got an '
+     'unknown key; did you mean "retries"?'),
     ('interval = "1m"\nquantities = ["energy"]\nmeters = []\n',
      'amic.toml:18: [schedule.fast]: key "meters": expected a non-empty list of meter '
      'selectors: "*", "area:ID", "bus:NAME", "feeder:ID", "station:ID", "box:ID", '
@@ -1236,3 +1236,33 @@ def test_mqtt_fleet() -> None:
     assert 'key "fleet"' in found and '"a/b"' in found
     found = problem(BASE + plain + 'fleet = "north"\nfleet_hold = "0s"\n')
     assert 'key "fleet_hold"' in found
+
+
+def test_security_module_table() -> None:
+    """``[security]``: the module that protects top-ups; its key never in the file."""
+    s = load(BASE + '[security]\nmodule = "soft"\ntest_keys = true\n')
+    assert s.security is not None and s.security.module == "soft" and s.security.test_keys
+    assert not s.security.relay and s.security.timeout == 5.0
+    Path("esam.key").write_text("00112233445566778899aabbccddeeff\n")
+    Path("esam.key").chmod(0o600)
+    s = load(BASE + '[security]\nmodule = "soft"\nkey_file = "esam.key"\nrelay = true\n')
+    assert s.security is not None and s.security.key_file == Path("esam.key").absolute()
+    assert s.security.relay
+    s = load(BASE + '[security]\nmodule = "command"\ncommand = ["/usr/lib/esam-bridge", "-v"]\n'
+             'timeout = "10s"\n')
+    assert s.security is not None and s.security.command == ("/usr/lib/esam-bridge", "-v")
+    found = problem(BASE + '[security]\nmodule = "soft"\n')
+    assert 'key "key_file"' in found and "test_keys" in found
+    Path("esam.key").chmod(0o644)
+    found = problem(BASE + '[security]\nmodule = "soft"\nkey_file = "esam.key"\n')
+    assert 'key "key_file"' in found and "chmod 600" in found
+    Path("short.key").write_text("0011")
+    Path("short.key").chmod(0o600)
+    found = problem(BASE + '[security]\nmodule = "soft"\nkey_file = "short.key"\n')
+    assert "16 bytes or more" in found
+    found = problem(BASE + '[security]\nmodule = "command"\n')
+    assert 'key "command"' in found
+    found = problem(BASE + '[security]\nmodule = "hsm-9000"\n')
+    assert "amic.toml:" in found and 'key "module"' in found and '"hsm-9000"' in found
+    found = problem(BASE + '[security]\nmodule = "soft"\ntest_keys = true\nkey = "00"\n')
+    assert 'key "key"' in found and "key_file" in found

@@ -157,7 +157,7 @@ def test_a_concentrator_alone_needs_no_bus() -> None:
      "on a [[concentrator]], got 3"),
     ('protocol = "3761"', 'protocol = "698"',
      'amic.toml:13: [[listener]] #1 (name "dialin"): key "protocol": expected one of "3761", '
-     'got "698"'),
+     '"dtu-dlt645", "dtu-modbus", got "698"'),
     ('name = "tq-2"', 'name = "line-1"',
      'amic.toml:22: [[concentrator]] #2 (name "line-1"): key "name": expected a bus or '
      'concentrator name used once, got "line-1" again (first at amic.toml:5)'),

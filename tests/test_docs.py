@@ -58,7 +58,7 @@ def test_readme_completion_lines_produce_scripts() -> None:
 def test_bash_completion_completes_commands_and_options() -> None:
     """The README's bash line, sourced in a real bash, completes subcommands and options."""
     script = ('eval "$(_AMIC_COMPLETE=bash_source amic)"\n'
-              "COMP_WORDS=(amic con); COMP_CWORD=1; _amic_completion amic\n"
+              "COMP_WORDS=(amic conf); COMP_CWORD=1; _amic_completion amic\n"
               'echo "${COMPREPLY[*]}"\n'
               "COMP_WORDS=(amic read --tar); COMP_CWORD=2; COMPREPLY=(); _amic_completion amic\n"
               'echo "${COMPREPLY[*]}"\n')

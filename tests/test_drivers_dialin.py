@@ -166,3 +166,34 @@ def test_registration_formats() -> None:
     assert rx.match(b"\xaa123456\x55") == ("123456", 8)
     assert rx.match(b"garbage") is None
     assert rx.strip(b"\xaa\x00\x55\xaa\x00\x55\x68\x01") == (b"\x68\x01", 2)
+
+
+async def test_a_lazy_open_does_not_wait_for_an_offline_dtu_and_a_read_then_finds_it() -> None:
+    async with listening() as (listener, _):
+        bus = DialInBus(listener, "DTU0003", td=1.0, tb=0.3, connect_timeout=2.0,
+                        reconnect_min=0.0)
+        t0 = asyncio.get_running_loop().time()
+        assert await bus.open(lazy=True) is False
+        assert asyncio.get_running_loop().time() - t0 < 0.5  # not the 1.8 s a read waits
+        dtu = Dtu(dlt645_answer())
+        # a read waits (up to connect_timeout) for the DTU to register
+        read = asyncio.create_task(Dlt645Session(bus, retries=0).read(ADDR, "voltage_a"))
+        await asyncio.sleep(0.2)
+        await dtu.dial(listener.port, b"DTU0003")
+        await asyncio.wait_for(read, 3)
+        assert dtu.requests == 1 and bus.connects == 1
+        await bus.close()
+        await dtu.close()
+
+
+async def test_hang_up_closes_a_dtu_and_says_why() -> None:
+    async with listening() as (listener, events):
+        dtu = Dtu(dlt645_answer())
+        await dtu.dial(listener.port, b"DTU0004")
+        await asyncio.sleep(0.05)
+        assert listener.hang_up("DTU0004", "no longer configured") is True
+        await asyncio.wait_for(dtu.task, 2)  # type: ignore[arg-type]  # the DTU sees EOF
+        await asyncio.sleep(0.05)
+        assert [e.kind for e in events] == ["online", "offline"]
+        assert events[1].reason == "no longer configured"
+        assert listener.online() == [] and listener.hang_up("DTU0004", "again") is False

@@ -520,3 +520,24 @@ async def test_forward_bus_silent_meter_is_no_reply_and_offline_terminal_link_do
 
 def d645_session(bus: ForwardBus) -> Dlt645Session:
     return Dlt645Session(bus, retries=0)
+
+
+async def test_a_lazy_open_does_not_wait_for_an_offline_terminal_and_a_read_then_finds_it(
+        ) -> None:
+    """A daemon starting with concentrators offline opens their buses at once (it used
+    to wait ~1.8 s for each in turn); a read then waits for the login."""
+    from simulators.concentrator import ConcentratorSimulator, meter_address
+
+    async with station(terminals=lambda tid: tid == TerminalId("4403", 1)) as (master, _):
+        bus = ForwardBus(master, TerminalId("4403", 1), 2, connect_timeout=3.0,
+                         reconnect_min=0.0, tb=0.2)
+        t0 = asyncio.get_running_loop().time()
+        assert await bus.open(lazy=True) is False
+        assert asyncio.get_running_loop().time() - t0 < 0.5
+        read = asyncio.create_task(d645_session(bus).read(meter_address(1, 1), "voltage_a"))
+        await asyncio.sleep(0.2)
+        async with ConcentratorSimulator("127.0.0.1", master.port, a1="4403", a2=1,
+                                         meters=1):
+            value = await asyncio.wait_for(read, 5)
+            assert 150 < float(str(value.value)) < 300
+        await bus.close()

@@ -210,14 +210,14 @@ def test_the_collector_is_sub_packages_that_import_each_other_without_cycles() -
     assert flat == [], f"modules outside a sub-package: {flat}"
     graph = package_graph(_graph(), "collector")
     assert {"collector.config", "collector.store", "collector.polling", "collector.commands",
-            "collector.daily", "collector.forward", "collector.service",
+            "collector.daily", "collector.forward", "collector.api", "collector.service",
             "collector.cli"} <= set(graph)
     found = cycles(graph)
     assert found == [], "package cycles:\n" + "\n".join(
         " -> ".join(a_cycle(graph, c)) for c in found)
     # the layers README "Layout" names, bottom first: each imports only layers below it
     layers = [{"config"}, {"store"}, {"polling", "forward"}, {"commands", "daily"},
-              {"service"}, {"cli"}]
+              {"api"}, {"service"}, {"cli"}]
     rank = {f"collector.{p}": i for i, layer in enumerate(layers) for p in layer}
     upward = sorted(f"{p} imports {q}" for p, qs in graph.items() for q in qs
                     if rank[q] >= rank[p])

@@ -299,7 +299,7 @@ def test_unknown_keys_everywhere() -> None:
     assert problems(text) == [
         "t.toml: unknown key 'extra'; expected one of profile, register, unmapped, relay",
         "t.toml: [profile]: unknown key 'max_regs' (did you mean 'max_registers'?); expected "
-        "one of manufacturer, model, manual, max_registers, max_gap",
+        "one of manufacturer, model, manual, max_registers, max_gap, curve",
         "t.toml: register 1 (voltage_a): unknown key 'wordorder' (did you mean "
         "'word_order'?); expected one of name, function, address, type, word_order, scale, "
         "unit, public, note",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .apitoken import api_token
+from .concentrator import concentrator
 from .config import config
 from .decode import decode
 from .demo import demo
@@ -22,6 +24,8 @@ def main() -> None:
     """amic: head-end meter data acquisition (DL/T645 / Modbus / MQTT)."""
 
 
+main.add_command(api_token)
+main.add_command(concentrator)
 main.add_command(config)
 main.add_command(decode)
 main.add_command(demo)

@@ -24,12 +24,17 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def summary(settings: Settings) -> str:
-    """One line: buses, meters per protocol, schedules, areas."""
+    """One line: buses, listeners and concentrators (if any), meters per protocol,
+    schedules, areas."""
     protocols = Counter(m.protocol for m in settings.meters)
     per_protocol = ", ".join(f"{n} {p}" for p, n in sorted(protocols.items(), key=lambda x: -x[1]))
     areas = {m.area for m in settings.meters if m.area}
     masters = {m.area for m in settings.meters if m.role == "area_master"}
-    return (f"{_plural(len(settings.buses), 'bus')}, "
+    dialin = ""
+    if settings.listeners or settings.concentrators:
+        dialin = (f"{_plural(len(settings.listeners), 'listener')}, "
+                  f"{_plural(len(settings.concentrators), 'concentrator')}, ")
+    return (f"{_plural(len(settings.buses), 'bus')}, {dialin}"
             f"{_plural(len(settings.meters), 'meter')} ({per_protocol}), "
             f"{_plural(len(settings.schedules), 'schedule')}, "
             f"{_plural(len(areas), 'area')} ({len(masters)} with an area master)")
@@ -53,7 +58,8 @@ def config() -> None:
               type=click.Path(dir_okay=True, path_type=Path),
               help="The configuration to check (instead of FILE).")
 @click.option("-v", "--verbose", is_flag=True,
-              help="Also list the buses and, for each schedule, what it reads from whom.")
+              help="Also list the buses, listeners and concentrators and, for each "
+                   "schedule, what it reads from whom.")
 def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
     """Check FILE (or -c FILE, and the ledger it names) completely; start nothing.
 
@@ -84,6 +90,15 @@ def check(file: Path | None, config_path: Path | None, verbose: bool) -> None:
                 where = f"serial {b.device} {b.baud} {b.bytesize}{b.parity}{b.stopbits:g}"
             n = sum(1 for m in settings.meters if m.bus == b.name)
             click.echo(f"  bus {b.name}: {where}, {_plural(n, 'meter')}")
+        for li in settings.listeners:
+            tls = ", TLS" if li.tls_cert_file is not None else ""
+            n = sum(1 for c in settings.concentrators if c.listener == li.name)
+            click.echo(f"  listener {li.name}: {li.listen}, protocol {li.protocol}{tls}, "
+                       f"{_plural(n, 'concentrator')}")
+        for c in settings.concentrators:
+            n = sum(1 for m in settings.meters if m.bus == c.name)
+            click.echo(f"  concentrator {c.name}: a1/a2 {c.a1}/{c.a2} via listener "
+                       f"{c.listener}, {_plural(n, 'meter')} behind it")
         for s in settings.schedules:
             n = len(select_meters(settings, s))
             click.echo(f"  schedule {s.name}: every {_duration(s.interval)}, "

@@ -8,6 +8,7 @@ import importlib
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -148,6 +149,103 @@ def as_json(r: StoredReading) -> dict[str, Any]:
             "area": r.area, "bus": r.bus}
 
 
+# ---- load curves (amic query --curve, amic export --curve) -------------------------------
+
+CURVE_STEP = dt.timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveDay:
+    """One meter's curve of one local day: ``times`` every point of the day (aware, in
+    the day's zone; 96 on a day without a clock change) and, per quantity, the value at
+    each (None: missing)."""
+
+    meter: str
+    times: list[dt.datetime]
+    values: dict[str, list[float | None]]
+    units: dict[str, str]
+
+    def present(self) -> int:
+        """Points with a value of at least one quantity."""
+        return sum(any(v[i] is not None for v in self.values.values())
+                   for i in range(len(self.times)))
+
+
+def day_points(day: dt.date, zone: dt.tzinfo) -> list[dt.datetime]:
+    """The quarter hours of local ``day`` in ``zone``, as aware datetimes."""
+    start = dt.datetime.combine(day, dt.time(), zone).astimezone(dt.UTC)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
+    out = []
+    t = start
+    while t < end:
+        out.append(t.astimezone(zone))
+        t += CURVE_STEP
+    return out
+
+
+def curve_day(store: Store, meter: str, day: dt.date, zone: dt.tzinfo,
+              quantities: list[str] | None = None) -> CurveDay:
+    """The stored curve points of ``meter`` on local ``day``: readings with a meter
+    timestamp on a quarter hour of the day (daily freezes left out); ``quantities``
+    None: every quantity found."""
+    times = day_points(day, zone)
+    lo = int(times[0].timestamp() * 1000)
+    hi = int((times[-1] + CURVE_STEP).timestamp() * 1000)
+    rows = store.thread_connection().execute(
+        "SELECT quantity, value, unit, meter_ts FROM indexed_readings WHERE meter = ? "
+        "AND ts >= ? AND meter_ts >= ? AND meter_ts < ? ORDER BY id",
+        (meter, lo, lo, hi)).fetchall()
+    slot = {int(t.timestamp() * 1000): i for i, t in enumerate(times)}
+    values: dict[str, list[float | None]] = {q: [None] * len(times) for q in quantities or ()}
+    units: dict[str, str] = {}
+    for quantity, value, unit, meter_ts in rows:
+        i = slot.get(meter_ts)
+        if i is None or quantity.startswith("freeze_"):
+            continue
+        if quantities is not None and quantity not in quantities:
+            continue
+        values.setdefault(quantity, [None] * len(times))[i] = value
+        units[quantity] = unit
+    for q in values:
+        units.setdefault(q, QUANTITIES[q].unit if q in QUANTITIES else "")
+    return CurveDay(meter, times, dict(sorted(values.items())), units)
+
+
+def curve_text(c: CurveDay) -> str:
+    """TIME (local HH:MM) and one column a quantity; ``-`` where a point is missing."""
+    header = ["TIME", *(f"{q} ({c.units[q]})" if c.units.get(q) else q for q in c.values)]
+    cells = [header]
+    for i, t in enumerate(c.times):
+        cells.append([t.strftime("%H:%M"), *(format_value(v[i]) for v in c.values.values())])
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    return "\n".join("  ".join(x.rjust(w) if k else x.ljust(w)
+                                for k, (x, w) in enumerate(zip(row, widths, strict=True)))
+                      .rstrip() for row in cells)
+
+
+def _show_curve(store: Store, meter: str, day_text: str, quantity: str | None,
+                json_out: bool) -> None:
+    try:
+        day = dt.date.fromisoformat(day_text.strip())
+    except ValueError:
+        _fail(f"--day: {day_text!r} is not a date: give YYYY-MM-DD")
+    zone = dt.datetime.now().astimezone().tzinfo or dt.UTC
+    c = curve_day(store, meter, day, zone, [quantity] if quantity else None)
+    if json_out:
+        for i, t in enumerate(c.times):
+            click.echo(json.dumps({"meter": meter, "time": t.isoformat(),
+                                   "utc": t.astimezone(dt.UTC).isoformat(),
+                                   **{q: v[i] for q, v in c.values.items()}}))
+        return
+    offset = c.times[0].strftime("%z") if c.times else ""
+    click.echo(f"load curve of {meter} on {day.isoformat()} (local time, UTC"
+               f"{offset[:3]}:{offset[3:]}): {c.present()} of {len(c.times)} points")
+    if not c.values:
+        click.echo(f"no curve points of {meter} stored for {day.isoformat()}", err=True)
+        return
+    click.echo(curve_text(c))
+
+
 def data_dir_from_config(config: Path) -> Path | None:
     """The configured data dir, or None when collector.config is not available."""
     try:
@@ -185,17 +283,27 @@ def data_dir_from_config(config: Path) -> Path | None:
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True,
               metavar="N", help="At most this many readings (the newest).")
 @click.option("--json", "json_out", is_flag=True, help="One JSON object per line.")
+@click.option("--curve", "curve_meter", default=None, metavar="METER",
+              help="The load curve of this meter on --day: every 15-minute point, "
+                   "missing ones as -.")
+@click.option("--day", "day_text", default=None, metavar="YYYY-MM-DD",
+              help="With --curve: the local day.")
 def query(data_dir: Path | None, config_path: Path | None, meter: str | None,
           area: str | None, quantity: str | None, since: str | None, limit: int,
-          json_out: bool) -> None:
+          json_out: bool, curve_meter: str | None, day_text: str | None) -> None:
     """Show the newest stored readings, oldest first, in local time.
 
-    The store keeps UTC; times are shown in this machine's time zone (TZ).
+    The store keeps UTC; times are shown in this machine's time zone (TZ).  With
+    ``--curve METER --day D``: that meter's load curve of the local day D instead.
 
     Exit status: 0 shown (possibly none), 2 bad arguments or no store.
     """
     if meter is not None and area is not None:
         _fail("give --meter or --area, not both")
+    if curve_meter is not None and (day_text is None or meter or area or since):
+        _fail("--curve METER takes --day D (and --quantity), not --meter, --area or --since")
+    if day_text is not None and curve_meter is None:
+        _fail("--day goes with --curve METER")
     if data_dir is None and config_path is None:
         _fail("give --data-dir DIR or --config FILE")
     if data_dir is None:
@@ -218,6 +326,10 @@ def query(data_dir: Path | None, config_path: Path | None, meter: str | None,
     except Exception as e:  # sqlite3.DatabaseError: not a database file
         _fail(f"{path}: cannot open: {e}")
     with store:
+        if curve_meter is not None:
+            assert day_text is not None
+            _show_curve(store, curve_meter, day_text, quantity, json_out)
+            return
         if area is not None and not store.meters(area):
             click.echo(f"amic query: no meters of area {area!r} in the store (the meters are "
                        f"synced from the configuration by amic run)", err=True)

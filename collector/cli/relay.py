@@ -390,10 +390,19 @@ def topup(meter: str, amount: str, ref: str, operator: str | None, secrets_path:
         click.echo(json.dumps(reply, ensure_ascii=False))
     else:
         click.echo(f"meter {meter}: {amount} yuan recorded; balance {reply.get('balance')}")
+        written = reply.get("written")
+        if isinstance(written, dict):
+            click.echo(f"written into the meter: {written.get('status')} (purchase "
+                       f"{written.get('count')})"
+                       + (f": {written.get('detail')}" if written.get("detail") else ""))
         restore = reply.get("restore") or []
         if restore:
             _show(restore, False, {})
-    sys.exit(exit_status(reply.get("restore") or []))
+    code = exit_status(reply.get("restore") or [])
+    written = reply.get("written")
+    if isinstance(written, dict) and written.get("status") != "confirmed":
+        code = max(code, 1)  # recorded, but not (yet) in the meter: retried, or refused
+    sys.exit(code)
 
 
 @click.command()
@@ -447,7 +456,7 @@ def _kwh(v: object) -> str:
 
 def why(detail: Mapping[str, Any]) -> str:
     # A denied request's detail is its reply: the refusal is its "error".
-    return str(detail.get("reason") or detail.get("error", ""))
+    return str(detail.get("reason") or detail.get("error") or detail.get("detail") or "")
 
 
 def _forced(detail: Mapping[str, Any]) -> str:

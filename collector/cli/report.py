@@ -11,6 +11,7 @@ problems; 2 bad arguments, an unusable configuration or no store.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import json
@@ -23,6 +24,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from collector.api.formats import (
+    decode_ledger,
+    issue_json,
+    issue_lines,
+    ledger_summary,
+    lineloss_json,
+    success_json,
+)
 from collector.config import ConfigError, load_settings
 from collector.config.settings import DailySettings, Settings
 from collector.daily.reports import (
@@ -40,6 +49,9 @@ from collector.daily.reports import (
 )
 from collector.daily.voltage import VoltageRow, voltage_report
 from collector.store import DB_NAME, Store, StoreError
+from protocols.quantities import QUANTITIES
+
+from .query import curve_day
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_PROBLEMS", "EXIT_USAGE", "export", "ledger", "report"]
 
@@ -176,20 +188,6 @@ def lineloss_table(areas: Sequence[AreaLineLoss]) -> str:
                    "STATUS", "MISSING", "SOURCE"), rows, right={2, 3, 4, 5})
 
 
-def lineloss_json(a: AreaLineLoss) -> dict[str, Any]:
-    return {"area": a.area, "master": a.master, "customers": a.customers,
-            "supplied_kwh": a.supplied_kwh, "sold_kwh": a.sold_kwh, "loss_kwh": a.loss_kwh,
-            "loss_pct": a.loss_pct, "complete": a.complete, "missing": list(a.missing),
-            "reason": a.reason, "source": a.source,
-            "meters": [{"meter": u.meter, "role": u.role, "opening_kwh": u.opening,
-                        "closing_kwh": u.closing, "usage_kwh": _round(u.usage),
-                        "source": u.source, "energy": u.energy} for u in a.meters]}
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 4)
-
-
 @report.command("lineloss")
 @_config_option
 @_day_options
@@ -233,12 +231,6 @@ def success_table(rows: Sequence[SuccessRow]) -> str:
              for r in rows]
     return _table((by.upper(), "PLANNED", "SUCCEEDED", "FAILED", "SUCCESS_%", "CYCLES",
                    "READS_OK/TOTAL"), cells, right={1, 2, 3, 4, 5, 6})
-
-
-def success_json(r: SuccessRow) -> dict[str, Any]:
-    return {r.by: r.key, "total": r.is_total, "planned": r.planned,
-            "succeeded": r.succeeded, "failed": r.failed, "pct": r.pct, "cycles": r.cycles,
-            "reads_ok": r.reads_ok, "reads_total": r.reads_total}
 
 
 @report.command("success")
@@ -343,8 +335,13 @@ def voltage(config_path: Path, day_text: str | None, tz_name: str, by: str,
               help="Output format.")
 @click.option("--output", "-o", default="-", show_default=True, metavar="FILE",
               help="Write here (UTF-8 with a BOM, for Excel); - for standard output.")
+@click.option("--curve", is_flag=True,
+              help="The load curves of the day instead: one row per meter and 15-minute "
+                   "point.")
+@click.option("--area", default=None, metavar="ID",
+              help="With --curve: the meters of this transformer area only.")
 def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
-           output: str) -> None:
+           output: str, curve: bool, area: str | None) -> None:
     """Billing export of one local day: each meter's daily frozen energy by tariff.
 
     One row per meter: opening and closing values (kWh) and usage, total and t1..t4, the
@@ -352,10 +349,19 @@ def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
     meter whose profile has no forward energy total is billed on combined energy, and
     its status says so: "complete (combined)".
 
+    With --curve: the stored load curves of the day (of --area's meters): meter, local
+    and UTC time of each point, one column a quantity, empty cells where a point is
+    missing.
+
     Exit status: 0 written, 2 bad arguments or the output cannot be written.
     """
     command = "export"
     assert fmt == "csv"
+    if area is not None and not curve:
+        _fail(command, "--area goes with --curve")
+    if curve:
+        _export_curves(config_path, day_text, tz_name, output, area)
+        return
     store, day, zone, energy = _prepare_energy(command, config_path, day_text, tz_name)
     with store:
         rows = billing_export(store, day, zone, energy=energy)
@@ -374,6 +380,52 @@ def export(config_path: Path, day_text: str | None, tz_name: str, fmt: str,
     status = {s: sum(r.status == s for r in rows) for s in ("complete", "partial", "missing")}
     click.echo(f"{n} meter(s) for {day.isoformat()} ({tz_name}): "
                + ", ".join(f"{v} {k}" for k, v in status.items())
+               + ("" if output == "-" else f"; written to {output}"), err=True)
+
+
+def _export_curves(config_path: Path, day_text: str | None, tz_name: str, output: str,
+                   area: str | None) -> None:
+    command = "export"
+    zone = _zone(command, tz_name)
+    try:
+        day = parse_day(day_text, zone)
+    except ValueError as e:
+        _fail(command, f"--day: {e}")
+    settings = _settings(command, config_path)
+    meters = [m.meter_id for m in settings.meters if area is None or m.area == area]
+    if not meters:
+        _fail(command, f"--area: no meter of the configuration is in area {area!r}")
+    store = _open_store(command, settings)
+    with store:
+        curves = [curve_day(store, m, day, zone) for m in meters]
+    quantities = sorted({q for c in curves for q in c.values})
+    header = ["meter", "time", "utc", *(
+        f"{q} ({QUANTITIES[q].unit})" if q in QUANTITIES and QUANTITIES[q].unit else q
+        for q in quantities)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(header)
+    rows = 0
+    for c in curves:
+        for i, t in enumerate(c.times):
+            writer.writerow([c.meter, t.isoformat(timespec="minutes"),
+                             t.astimezone(dt.UTC).isoformat(timespec="minutes"),
+                             *("" if c.values.get(q) is None or c.values[q][i] is None
+                               else format(c.values[q][i], ".15g") for q in quantities)])
+            rows += 1
+    if output == "-":
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        target = Path(output)
+        if target.is_dir():
+            _fail(command, f"--output: {target} is a directory")
+        try:
+            target.write_text(buf.getvalue(), encoding="utf-8-sig", newline="")
+        except OSError as e:
+            _fail(command, f"--output: cannot write {target}: {e.strerror or e}")
+    points = sum(c.present() for c in curves)
+    click.echo(f"{len(curves)} meter(s), {rows} row(s) for {day.isoformat()} ({tz_name}): "
+               f"{points} point(s) stored, {rows - points} missing"
                + ("" if output == "-" else f"; written to {output}"), err=True)
 
 
@@ -411,35 +463,7 @@ def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
         raw = file.read_bytes()
     except OSError as e:
         _fail("ledger check", f"{file}: {e.strerror or e}")
-    try:
-        return raw.decode("utf-8-sig"), None
-    except UnicodeDecodeError as e:
-        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw[:start].count(b"\n") + 1
-        return None, LedgerIssue("invalid", line, f"not UTF-8 text (the byte 0x{raw[start]:02x}); "
-                                 f'save the ledger as "CSV UTF-8"')
-
-
-def issue_json(i: LedgerIssue) -> dict[str, Any]:
-    return {"kind": i.kind, "line": i.line, "lines": list(i.lines), "meter": i.meter,
-            "column": i.column, "message": i.message}
-
-
-def _plural(n: int, word: str, plural: str) -> str:
-    return f"{n} {word if n == 1 else plural}"
-
-
-def ledger_summary(r: LedgerReport) -> str:
-    if r.ok:
-        return f"{r.file}: OK: {_plural(r.rows, 'meter', 'meters')}"
-    counts = [(len(r.duplicate_addresses), "duplicate address", "duplicate addresses"),
-              (len(r.duplicate_meter_ids), "duplicate meter id", "duplicate meter ids"),
-              (len(r.missing_fields), "missing field", "missing fields"),
-              (len(r.unknown_buses), "unknown bus", "unknown buses"),
-              (len(r.invalid), "other problem", "other problems")]
-    return (f"{r.file}: {_plural(len(r.issues), 'problem', 'problems')} "
-            f"({', '.join(_plural(n, a, b) for n, a, b in counts if n)}); "
-            f"{r.valid} of {r.rows} row(s) valid")
+    return decode_ledger(raw)
 
 
 @ledger.command("check")
@@ -467,9 +491,8 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
             click.echo(json.dumps({"file": result.file, **issue_json(i)}, ensure_ascii=False))
         click.echo(ledger_summary(result), err=True)
     else:
-        for i in result.issues:
-            where = f"{result.file}:{i.line}" if i.line is not None else result.file
-            click.echo(f"{where}: {i.kind.replace('_', ' ')}: {i.message}")
+        for line in issue_lines(result):
+            click.echo(line)
         click.echo(ledger_summary(result))
     if not result.ok:
         sys.exit(EXIT_PROBLEMS)

@@ -89,8 +89,11 @@ class RelayService:
                  secrets: Secrets | None, profile: Callable[[str], Profile],
                  record: Callable[[CommandRecord], None],
                  settings: CommandSettings | None = None,
-                 protected: Callable[[], Mapping[str, str]] | None = None) -> None:
+                 protected: Callable[[], Mapping[str, str]] | None = None,
+                 security: object = None) -> None:
         self.meters = meters
+        # A security module ([security] relay = true): relay commands as its ciphertext.
+        self.security = security
         self.protected = protected  # meter id -> why (see protected_meters)
         self.workers = workers
         self.secrets = secrets
@@ -256,7 +259,8 @@ class RelayService:
             password = self.secrets.password(m.meter_id)
             assert password is not None  # checked before
             credentials = Credentials(password.reveal(),
-                                      self.secrets.operator_code(operator).reveal(), expires)
+                                      self.secrets.operator_code(operator).reveal(), expires,
+                                      security=self.security)
         outcome = await execute(action, meter, credentials, direct_close=s.direct_close,
                                 verify_timeout=s.verify_timeout,
                                 poll_interval=s.poll_interval, dry_run=dry_run)

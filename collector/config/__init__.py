@@ -142,14 +142,22 @@ class _Loader(TablesMixin, LedgerMixin):
         timeseries = self.timeseries(data.get("timeseries"))
         gateways = self.gateways(data.get("gateway"), mqtt is not None)
         listeners = self.listeners(data.get("listener"))
-        buses, declared = self.buses(data.get("bus"),
-                                     required=not data.get("concentrator"))
+        buses, declared = self.buses(data.get("bus"), required=not (
+            data.get("concentrator") or data.get("dtu")))
         raw_listeners = data.get("listener")
         # every [[listener]] named, valid or not: its own problems are enough
         listener_names = {li.get("name") for li in raw_listeners if isinstance(li, dict)} \
             if isinstance(raw_listeners, list) else set()
         concentrators = self.concentrators(
             data.get("concentrator"), {n for n in listener_names if isinstance(n, str)},
+            declared)
+        protocols = {li["name"]: li.get("protocol") for li in raw_listeners
+                     if isinstance(li, dict) and isinstance(li.get("name"), str)} \
+            if isinstance(raw_listeners, list) else {}
+        concentrators = self.refuse_concentrators_on_dtu_listeners(
+            data.get("concentrator"), concentrators, protocols)
+        dtus = self.dtus(data.get("dtu"), protocols, {
+            li.name: (li.registration, li.registration_length) for li in listeners if li.dtu},
             declared)
         bus_names = set(declared)
         for i, b in enumerate(buses):
@@ -159,11 +167,15 @@ class _Loader(TablesMixin, LedgerMixin):
         rows = self.inline_meters(data.get("meter"), bus_names)
         rows += self.ledger(data.get("meters"), bus_names)
         meters = self.check_meters(rows)
+        self.check_dtu_meters(rows, dtus, protocols)
+        meters = [r.meter for r in rows if r.meter is not None]
         schedules = self.schedules(data.get("schedule"), rows)
         commands = self.commands(data.get("commands"))
         prepaid = self.prepaid(data.get("prepaid"), rows)
         alarms = self.alarms(data.get("alarms"))
         daily = self.daily(data.get("daily"))
+        security = self.security(data.get("security"))
+        api = self.api(data.get("api"), commands)
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
@@ -171,7 +183,8 @@ class _Loader(TablesMixin, LedgerMixin):
                         meters=tuple(meters), schedules=tuple(schedules), mqtt=mqtt,
                         gateways=tuple(gateways), timeseries=timeseries,
                         commands=commands, prepaid=prepaid, alarms=alarms, daily=daily,
-                        listeners=tuple(listeners), concentrators=tuple(concentrators))
+                        listeners=tuple(listeners), concentrators=tuple(concentrators),
+                        dtus=tuple(dtus), security=security, api=api)
 
 
 def check_ledger_text(file: str, text: str, bus_names: Iterable[str]

@@ -14,6 +14,7 @@ from .fields import conv_of, default_of, is_required, key_of
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
 from .problems import show_value
+from .routes import behind_concentrator
 from .safefile import FileRefused, read_regular
 from .schema import (
     LEDGER_COLUMNS,
@@ -204,7 +205,7 @@ class LedgerMixin(LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer")}
+        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer", "phone")}
         prepaid = get("prepaid")
         role = get("role")
         route_ok = True
@@ -221,6 +222,11 @@ class LedgerMixin(LoaderBase):
                          f"on concentrator {_q(bus)})", "an empty cell" if csv_cells
                          else "nothing", meter=mid, file=file, line=line)
             route_ok = pn is not None and port is not None and baud is not None
+            refused = behind_concentrator(protocol, bus) if protocol is not None else None
+            if refused is not None:
+                self.add(t, "protocol", refused, _q(protocol), meter=mid, file=file,
+                         line=line)
+                route_ok = False
         elif bus and bus in bus_names:
             for key in ROUTE_COLUMNS:
                 if key in values:
@@ -256,7 +262,8 @@ class LedgerMixin(LoaderBase):
                              protocol=cast(Protocol, protocol),
                              station=texts["station"] or "", feeder=texts["feeder"] or "",
                              area=texts["area"] or "", box=texts["box"] or "",
-                             customer=texts["customer"] or "", prepaid=prepaid,
+                             customer=texts["customer"] or "", phone=texts["phone"] or "",
+                             prepaid=prepaid,
                              role=cast(Role, role), pn=pn, port=port, baud=baud)
 
     def profile_problem(self, name: str) -> str:

@@ -18,6 +18,7 @@ from protocols.dlt645 import Version
 from .settings import (
     LIMIT,
     AlarmsTable,
+    ApiTable,
     As,
     Baud,
     BusMqttTable,
@@ -29,6 +30,7 @@ from .settings import (
     ConcentratorTable,
     ConfigFile,
     DailyTable,
+    DtuTable,
     GatewayTable,
     ListenerTable,
     MeterRouteTable,
@@ -38,6 +40,7 @@ from .settings import (
     PrepaidTable,
     Role,
     ScheduleTable,
+    SecurityTable,
     Table,
     TimeseriesTable,
 )
@@ -97,6 +100,8 @@ ALARM_KEYS = keys(AlarmsTable)
 ALARM_LIMITS = tuple(key_of(AlarmsTable, n) for n in AlarmsTable.model_fields
                      if marker(AlarmsTable, n) == LIMIT)
 COMMANDS_KEYS = keys(CommandsTable)
+API_KEYS = keys(ApiTable)
+SECURITY_KEYS = keys(SecurityTable)
 PREPAID_KEYS = keys(PrepaidTable)
 TIMESERIES_KEYS = keys(TimeseriesTable)
 TOKEN_ENV = "AMIC_TSDB_TOKEN"
@@ -104,6 +109,7 @@ MQTT_KEYS = keys(MqttTable)
 GATEWAY_KEYS = keys(GatewayTable)
 LISTENER_KEYS = keys(ListenerTable)
 CONCENTRATOR_KEYS = keys(ConcentratorTable)
+DTU_KEYS = keys(DtuTable)
 # ledger columns only a meter behind a concentrator has
 ROUTE_COLUMNS = keys(MeterRouteTable)
 BUS_COMMON_KEYS = keys(BusTable)
@@ -134,6 +140,9 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "daily": (DailyTable,),
     "listener": (ListenerTable,),
     "concentrator": (ConcentratorTable,),
+    "dtu": (DtuTable,),
+    "security": (SecurityTable,),
+    "api": (ApiTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

@@ -15,6 +15,11 @@ versioned and shown while this file stays ``chmod 600``::
     key = "hex:00112233..."          # optional HMAC key for signed remote commands:
                                      # "hex:...", "base64:..." or plain hex, >= 16 bytes
 
+    [api_tokens.billing]             # an HTTP API bearer token (amic api-token prints one)
+    hash = "sha256:9f86d0..."        # the token's SHA-256, never the token itself
+    role = "viewer"                  # viewer, operator or admin
+    operator = "alice"               # optional: whose operator code its commands send
+
 :func:`load_secrets` refuses a file that group or others may access, that someone else
 owns (unless amic runs as root), that is not a regular file, or whose content is wrong;
 every problem found is reported at once in one :class:`SecretsError`.  A secret value is
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import os
 import re
@@ -47,6 +53,7 @@ __all__ = [
     "MIN_KEY_BYTES",
     "OPERATOR_KEYS",
     "TOP_KEYS",
+    "ApiToken",
     "Secret",
     "Secrets",
     "SecretsError",
@@ -54,12 +61,16 @@ __all__ = [
     "decode_key",
     "load_secrets",
     "parse_secrets",
+    "token_hash",
 ]
 
-TOP_KEYS = ("default", "meters", "operators")
+TOP_KEYS = ("default", "meters", "operators", "api_tokens")
 DEFAULT_KEYS = ("password", "modbus_password")
 METER_KEYS = ("password", "modbus_password")
 OPERATOR_KEYS = ("operator_code", "key")
+API_TOKEN_KEYS = ("hash", "role", "operator")
+API_ROLES = ("viewer", "operator", "admin")
+_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
 
 #: Shorter HMAC-SHA256 keys are refused: 128 bits is the least that resists guessing.
 MIN_KEY_BYTES = 16
@@ -133,16 +144,48 @@ class _Operator:
     key: bytes | None = field(repr=False)  # raw bytes: a repr would print them
 
 
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An HTTP API token as the secrets file describes it (its hash, never the token)."""
+
+    name: str
+    role: str
+    operator: str  # whose operator code the token's commands send
+    digest: bytes = field(repr=False)
+
+
+def token_hash(token: str) -> str:
+    """The ``hash`` of a token as written in the secrets file: ``sha256:<hex>``.
+
+    A plain SHA-256 is enough: tokens are 256 random bits, not passwords to stretch."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
 class Secrets:
     """The checked content of a secrets file; its ``repr()`` reveals no secret."""
 
     def __init__(self, file: str, default: _Meter | None = None,
                  meters: Mapping[str, _Meter] | None = None,
-                 operators: Mapping[str, _Operator] | None = None) -> None:
+                 operators: Mapping[str, _Operator] | None = None,
+                 api_tokens: Mapping[str, ApiToken] | None = None) -> None:
         self.file = file
         self._default = default or _Meter()
         self._meters = dict(meters or {})
         self._operators = dict(operators or {})
+        self._tokens = dict(api_tokens or {})
+
+    def api_tokens(self) -> list[str]:
+        """The names of the API tokens, sorted."""
+        return sorted(self._tokens)
+
+    def api_token(self, token: str) -> ApiToken | None:
+        """The API token whose hash matches ``token``, or None."""
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for t in self._tokens.values():  # every one compared: the time says nothing
+            if hmac.compare_digest(t.digest, digest):
+                found = t
+        return found
 
     def __repr__(self) -> str:
         # Names of meters and operators are not secret; the values never appear.
@@ -441,6 +484,19 @@ class _Parser:
                 m = self.table("meters", meter_id, value)
                 if m is not None:
                     meters[meter_id] = self.meter(f"meters.{_name(meter_id)}", m, METER_KEYS)
+        tokens: dict[str, ApiToken] = {}
+        if "api_tokens" in data:
+            ts = self.table("", "api_tokens", data["api_tokens"])
+            for name, value in (ts or {}).items():
+                if not _OPERATOR_NAME.fullmatch(name):
+                    self.add("api_tokens", name, "expected a token name of 1 to 64 "
+                             "characters without control characters")
+                    continue
+                t = self.table("api_tokens", name, value)
+                if t is not None:
+                    tok = self.api_token(f"api_tokens.{_name(name)}", name, t)
+                    if tok is not None:
+                        tokens[name] = tok
         operators: dict[str, _Operator] = {}
         if "operators" in data:
             ops = self.table("", "operators", data["operators"])
@@ -456,4 +512,24 @@ class _Parser:
                         operators[name] = op
         if self.problems:
             raise SecretsError(self.problems)
-        return Secrets(self.file, default, meters, operators)
+        return Secrets(self.file, default, meters, operators, tokens)
+
+    def api_token(self, table: str, name: str, data: Mapping[str, object]) -> ApiToken | None:
+        self.unknown(table, data, API_TOKEN_KEYS)
+        text = self.string(table, data, "hash")
+        m = _SHA256.fullmatch(text) if text is not None else None
+        if text is None and "hash" not in data:
+            self.add(table, "hash", "missing: the token's \"sha256:...\" (amic api-token "
+                     "prints it)")
+        elif text is not None and m is None:
+            self.add(table, "hash", f"expected \"sha256:\" and 64 lower-case hex digits, got "
+                     f"{len(text)} characters (the token itself does not belong here)")
+        role = self.string(table, data, "role")
+        if role is None and "role" not in data:
+            self.add(table, "role", f"missing: one of {', '.join(API_ROLES)}")
+        elif role is not None and role not in API_ROLES:
+            self.add(table, "role", f"expected one of {', '.join(API_ROLES)}, got {_q(role)}")
+        operator = self.string(table, data, "operator") or name
+        if m is None or role not in API_ROLES or not _OPERATOR_NAME.fullmatch(operator):
+            return None
+        return ApiToken(name, str(role), operator, bytes.fromhex(m.group(1)))

@@ -46,6 +46,9 @@ ModbusFraming = Literal["rtu", "tcp"]
 Role = Literal["customer", "area_master"]
 Baud = Literal[1200, 2400, 4800, 9600, 19200]
 Precision = Literal["s", "ms", "us", "ns"]
+ListenerProtocol = Literal["3761", "dtu-dlt645", "dtu-modbus"]
+# a DTU listener's protocol -> the frame family (MeterKind.frame_family) its meters speak
+DTU_PROTOCOLS = {"dtu-dlt645": "dlt645", "dtu-modbus": "modbus"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,8 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
+    phone: Annotated[str, As("customer")] = Field(
+        "", description="customer's phone (personal data: masked by the API but for admins)")
     prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
     profile: Annotated[str, TEXT] = Field(
@@ -272,6 +277,10 @@ class ScheduleTable(Table):
                                             description="overrides the bus's reply timeout")
     backoff_max: Seconds = Field(
         3600.0, ge=1, description="cap of the back-off for dead meters")
+    curve: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="quantities (or groups) whose load curve each meter is read for")
+    curve_days: Annotated[StrictInt, As("int", unit=" days")] = Field(
+        1, ge=1, le=10, description="how far back a meter's first curve read goes")
 
 
 class MqttTable(Table):
@@ -335,6 +344,22 @@ class CommandsTable(Table):
         0.5, gt=0, le=60, description="between verification reads")
     direct_close: StrictBool = Field(False, description="restore = 1C direct close")
     signed: StrictBool = Field(True, description="commands through the broker signed (HMAC)")
+
+
+class SecurityTable(Table):
+    """``[security]``: the security module that protects top-ups (and relay commands)."""
+
+    module: Annotated[str, NAME] = Field(
+        description='"soft", "command", or an entry point of the group amic.security')
+    key_file: Annotated[Path | None, FILE] = Field(
+        None, description="soft: the master key (hex), mode 0600")
+    test_keys: StrictBool = Field(
+        False, description="soft: the simulator's test keys (never for real meters)")
+    command: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="command: the program and its arguments (JSON lines)")
+    timeout: Seconds = Field(5.0, gt=0, le=120, description="per request to the module")
+    relay: StrictBool = Field(
+        False, description="relay commands too: authenticated, N1..N8 as ciphertext")
 
 
 class PrepaidTable(Table):
@@ -418,11 +443,14 @@ class DailyTable(Table):
 
 
 class ListenerTable(Table):
-    """``[[listener]]``: a TCP (or TLS) port that concentrators dial in to."""
+    """``[[listener]]``: a TCP (or TLS) port that concentrators or DTUs dial in to."""
 
-    name: Annotated[str, NAME] = Field(description="the listener's name, as concentrators name it")
+    name: Annotated[str, NAME] = Field(
+        description="the listener's name, as concentrators and DTUs name it")
     listen: Annotated[str, As("listen")] = Field(description='"HOST:PORT" to listen on')
-    protocol: Literal["3761"] = Field(description="what terminals speak: 3761 (Q/GDW 1376.1)")
+    protocol: ListenerProtocol = Field(
+        description="3761 (Q/GDW 1376.1 concentrators), or dtu-dlt645 / dtu-modbus "
+                    "(DTUs passing DL/T645 or Modbus RTU frames through)")
     login_reply: Literal["F1", "F3"] = Field(
         "F1", description="confirm login/heartbeat with AFN00 F1 or F3")
     idle_timeout: Seconds = Field(
@@ -432,6 +460,26 @@ class ListenerTable(Table):
     tls_cert_file: Annotated[Path | None, FILE] = Field(
         None, description="TLS certificate (with tls_key_file); none: plain TCP")
     tls_key_file: Annotated[Path | None, FILE] = Field(None, description="its private key")
+    # DTU listeners only: how a DTU's first packet gives its id, and its heartbeat packet
+    registration: Literal["ascii", "regex"] = Field(
+        "ascii", description="dtu-*: the id is the registration packet as printable ASCII, "
+                             "or what registration_regex finds in it")
+    registration_length: Annotated[StrictInt | None, As("int", unit=" characters")] = Field(
+        None, ge=1, le=128, description="ascii: the id's exact length; none: the packet")
+    registration_regex: Annotated[str | None, CUSTOM] = Field(
+        None, description='regex: a regular expression over the bytes; group "id" is the id')
+    heartbeat: Annotated[str | None, CUSTOM] = Field(
+        None, description='the heartbeat packet, text or "hex:..."; taken out of the line')
+
+
+class DtuTable(Table):
+    """``[[dtu]]``: a DTU that dials in to a DTU listener; meters name it in their ``bus``."""
+
+    name: Annotated[str, NAME] = Field(description="its name, used like a bus name")
+    id: Annotated[str, As("nonempty", "the DTU's registration id")] = Field(
+        description="the id its registration packet carries")
+    listener: Annotated[str, As("name", "the name of a [[listener]]")] = Field(
+        description="the DTU [[listener]] it dials in to")
 
 
 class ConcentratorTable(Table):
@@ -443,6 +491,25 @@ class ConcentratorTable(Table):
                                                 description="terminal address A2")
     listener: Annotated[str, As("name", "the name of a [[listener]]")] = Field(
         description="the [[listener]] it dials in to")
+    group: Annotated[StrictInt, As("int", unit=" points")] = Field(
+        1, ge=1, le=64, description="measuring points per class-1 request (1: one each)")
+
+
+class ApiTable(Table):
+    """``[api]``: the HTTP API (collector/api); its bearer tokens are in the secrets file."""
+
+    listen: Annotated[str, As("listen")] = Field(
+        description='"HOST:PORT" the API listens on')
+    cert_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the server certificate (PEM); none: plain HTTP")
+    key_file: Annotated[Path | None, FILE] = Field(
+        None, description="TLS: the certificate's private key (PEM)")
+    client_ca_file: Annotated[Path | None, FILE] = Field(
+        None, description="mTLS: clients must show a certificate from this CA (PEM)")
+    secrets_file: Annotated[Path | None, FILE] = Field(
+        None, description="the [api_tokens.NAME] tables; none: [commands] secrets_file")
+    max_rows: Annotated[StrictInt, As("int")] = Field(
+        10_000, ge=1, le=1_000_000, description="the most rows one readings page holds")
 
 
 class ConfigFile(Table):
@@ -463,6 +530,9 @@ class ConfigFile(Table):
     daily: DailyTable | None = None
     listener: tuple[ListenerTable, ...] = ()
     concentrator: tuple[ConcentratorTable, ...] = ()
+    dtu: tuple[DtuTable, ...] = ()
+    security: SecurityTable | None = None
+    api: ApiTable | None = None
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -504,6 +574,25 @@ class ListenerSettings:
     request_timeout: float = _d(ListenerTable, "request_timeout")
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    registration: str = _d(ListenerTable, "registration")
+    registration_length: int | None = _d(ListenerTable, "registration_length")
+    registration_regex: str | None = _d(ListenerTable, "registration_regex")
+    heartbeat: bytes | None = None  # the packet, parsed from the key's text
+
+    @property
+    def dtu(self) -> bool:
+        """DTUs dial in here (else 376.1 concentrators)."""
+        return self.protocol in DTU_PROTOCOLS
+
+
+@dataclass(frozen=True, slots=True)
+class DtuSettings:
+    """A DTU: its registration id and the listener it dials in to; meters name it in
+    ``bus`` like a bus."""
+
+    name: str
+    id: str
+    listener: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +604,7 @@ class ConcentratorSettings:
     a1: str
     a2: int
     listener: str
+    group: int = _d(ConcentratorTable, "group")
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +678,7 @@ class MeterSettings:
     area: str = _d(MeterTable, "area")
     box: str = _d(MeterTable, "box")
     customer: str = _d(MeterTable, "customer")  # never logged in full
+    phone: str = _d(MeterTable, "phone")  # personal data, like customer
     prepaid: bool = _d(MeterTable, "prepaid")
     role: Role = _d(MeterTable, "role")
     profile: str = _d(MeterTable, "profile")
@@ -611,6 +702,8 @@ class ScheduleSettings:
     td: float | None = _d(ScheduleTable, "td")
     meters: tuple[str, ...] = _d(ScheduleTable, "meters")
     backoff_max: float = _d(ScheduleTable, "backoff_max")
+    curve: tuple[str, ...] = _d(ScheduleTable, "curve")  # quantity names (groups expanded)
+    curve_days: int = _d(ScheduleTable, "curve_days")
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +717,24 @@ class CommandSettings:
     poll_interval: float = _d(CommandsTable, "poll_interval")
     direct_close: bool = _d(CommandsTable, "direct_close")
     signed: bool = _d(CommandsTable, "signed")
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """``[security]``: see drivers/security.py."""
+
+    module: str
+    key_file: Path | None = _d(SecurityTable, "key_file")
+    test_keys: bool = _d(SecurityTable, "test_keys")
+    command: tuple[str, ...] = _d(SecurityTable, "command")
+    timeout: float = _d(SecurityTable, "timeout")
+    relay: bool = _d(SecurityTable, "relay")
+
+    def table(self) -> dict[str, object]:
+        """As drivers.security.load_module takes it."""
+        return {"module": self.module, "key_file": str(self.key_file or ""),
+                "test_keys": self.test_keys, "command": list(self.command),
+                "timeout": self.timeout, "relay": self.relay}
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,6 +754,18 @@ class PrepaidSettings:
     price: Decimal | None = _d(PrepaidTable, "price")
     prices: tuple[tuple[str, Decimal], ...] = tuple(_d(PrepaidTable, "prices").items())
     opening_balance: Decimal = _d(PrepaidTable, "opening_balance")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """``[api]``: the HTTP API (see collector/api)."""
+
+    listen: str
+    cert_file: Path | None = _d(ApiTable, "cert_file")
+    key_file: Path | None = _d(ApiTable, "key_file")
+    client_ca_file: Path | None = _d(ApiTable, "client_ca_file")
+    secrets_file: Path | None = _d(ApiTable, "secrets_file")
+    max_rows: int = _d(ApiTable, "max_rows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,6 +819,9 @@ class Settings:
     daily: DailySettings | None = None
     listeners: tuple[ListenerSettings, ...] = ()
     concentrators: tuple[ConcentratorSettings, ...] = ()
+    dtus: tuple[DtuSettings, ...] = ()
+    security: SecuritySettings | None = None
+    api: ApiSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

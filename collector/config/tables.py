@@ -8,9 +8,12 @@ import os
 import stat
 from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import cast
 
 from collector.config.secrets import SecretsError, load_secrets
+from drivers.device import MeterRef
+from drivers.meters import kind_of
 from protocols.quantities import (
     GROUPS,
     QUANTITIES,
@@ -19,6 +22,7 @@ from protocols.quantities import (
 from .alarms import KNOWN_RULES, RULES, AlarmSettings
 from .checks import ChecksMixin
 from .convert import path_conv, to_seconds
+from .dtus import DTU_LISTENER_KEYS, DtuMixin
 from .fields import bounds, conv_of, default_of, key_of, marker
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
@@ -27,6 +31,7 @@ from .safefile import FileRefused, read_regular
 from .schema import (
     ALARM_KEYS,
     ALARM_LIMITS,
+    API_KEYS,
     BUS_COMMON_KEYS,
     BUS_MODELS,
     BUS_MQTT_KEYS,
@@ -45,6 +50,7 @@ from .schema import (
     PASSWORD_ENV,
     PREPAID_KEYS,
     SCHEDULE_KEYS,
+    SECURITY_KEYS,
     TIMESERIES_KEYS,
     TOKEN_ENV,
 )
@@ -53,6 +59,8 @@ from .settings import (
     TIME,
     AlarmConfig,
     AlarmsTable,
+    ApiSettings,
+    ApiTable,
     BusSerialTable,
     BusSettings,
     BusTable,
@@ -68,6 +76,7 @@ from .settings import (
     GatewayTable,
     ListenerSettings,
     ListenerTable,
+    MeterSettings,
     ModbusFraming,
     MqttSettings,
     MqttTable,
@@ -75,6 +84,8 @@ from .settings import (
     PrepaidTable,
     ScheduleSettings,
     ScheduleTable,
+    SecuritySettings,
+    SecurityTable,
     TimeseriesSettings,
     TimeseriesTable,
     hours_in_order,
@@ -83,7 +94,7 @@ from .settings import (
 from .windows import parse_window
 
 
-class TablesMixin(SelectorsMixin, ChecksMixin):
+class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
     """Each table's keys, converted and checked."""
 
     # -- [collector]
@@ -402,6 +413,101 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                                expiry=expiry, verify_timeout=verify, poll_interval=poll,
                                direct_close=direct, signed=signed)
 
+    def security(self, value: object) -> SecuritySettings | None:
+        """``[security]``: the module and what it needs (checked, not started)."""
+        if value is None:
+            return None
+        data = self.table("", "security", value, "a [security] table")
+        if data is None:
+            return None
+        t = "security"
+        before = len(self.problems)
+        self.unknown_keys(t, data, SECURITY_KEYS, elsewhere={
+            "key": "never in the configuration: the key is in key_file"})
+        S = SecurityTable
+        module = self.req(t, data, S, "module")
+        key_file = self.opt(t, data, S, "key_file")
+        test_keys = self.opt(t, data, S, "test_keys")
+        timeout = self.opt(t, data, S, "timeout")
+        relay = self.opt(t, data, S, "relay")
+        command: tuple[str, ...] = ()
+        if "command" in data:
+            argv = self.strings(t, data, "command", 'the program and its arguments, e.g. '
+                                '["/usr/lib/esam-bridge", "--port", "/dev/ttyUSB0"]')
+            command = tuple(argv or ())
+        path = self.relative(key_file) if key_file else None
+        if module == "soft":
+            if path is None and not test_keys:
+                self.add(t, "key_file", 'a key file (or test_keys = true for the simulator)',
+                         "nothing")
+            elif path is not None and test_keys:
+                self.add(t, "test_keys", "key_file or test_keys, not both", "both")
+            elif path is not None:
+                from drivers.security import read_key_file
+                try:
+                    if len(read_key_file(path)) < 16:
+                        self.add(t, "key_file", "a key of 16 bytes or more (32 hex digits)",
+                                 f"{path}: shorter")
+                except (OSError, ValueError) as e:
+                    self.add(t, "key_file", "a readable key file (hex, mode 0600)", str(e))
+        elif module == "command" and not command:
+            self.add(t, "command", 'the program to run, e.g. ["/usr/lib/esam-bridge"]',
+                     "nothing")
+        elif module is not None and module not in ("soft", "command"):
+            from importlib.metadata import entry_points
+            if not [ep for ep in entry_points(group="amic.security") if ep.name == module]:
+                self.add(t, "module", '"soft", "command" or an installed entry point of the '
+                         "group amic.security", _q(module))
+        if module is None or len(self.problems) > before:
+            return None
+        return SecuritySettings(module=module, key_file=path, test_keys=bool(test_keys),
+                                command=command, timeout=timeout, relay=bool(relay))
+
+    def api(self, value: object, commands: CommandSettings | None) -> ApiSettings | None:
+        """``[api]``: where the HTTP API listens, its TLS files and its tokens' file."""
+        if value is None:
+            return None
+        data = self.table("", "api", value, "an [api] table")
+        if data is None:
+            return None
+        t = "api"
+        before = len(self.problems)
+        self.unknown_keys(t, data, API_KEYS, elsewhere={
+            "token": "never in the configuration: tokens are hashed in the secrets file "
+                     "([api_tokens.NAME]; make one with amic api-token)"})
+        A = ApiTable
+        listen = self.req(t, data, A, "listen")
+        files: dict[str, Path | None] = {}
+        for key in ("cert_file", "key_file", "client_ca_file", "secrets_file"):
+            name = self.opt(t, data, A, key)
+            files[key] = self.relative(name) if name is not None else None
+            path = files[key]
+            if path is not None and key != "secrets_file" and not path.is_file():
+                self.add(t, key, "a readable PEM file", f"{path}: no such file")
+        if (files["cert_file"] is None) != (files["key_file"] is None):
+            missing = "key_file" if files["key_file"] is None else "cert_file"
+            self.add(t, missing, "cert_file and key_file together (TLS), or neither",
+                     "only one of them")
+        if files["client_ca_file"] is not None and files["cert_file"] is None:
+            self.add(t, "client_ca_file", "cert_file and key_file too (mTLS is TLS)",
+                     "no cert_file")
+        secrets_file = files["secrets_file"] or (commands.secrets_file if commands else None)
+        if secrets_file is None:
+            self.add(t, "secrets_file", "the secrets file holding [api_tokens.NAME] (or "
+                     "[commands] secrets_file)", "nothing")
+        elif files["secrets_file"] is not None:
+            try:
+                load_secrets(secrets_file)
+            except SecretsError as e:
+                for text in e.problems:
+                    self.add(t, "secrets_file", "a secrets file amic accepts", text)
+        max_rows = self.opt(t, data, A, "max_rows")
+        if listen is None or max_rows is None or len(self.problems) > before:
+            return None
+        return ApiSettings(listen=listen, cert_file=files["cert_file"],
+                           key_file=files["key_file"], client_ca_file=files["client_ca_file"],
+                           secrets_file=secrets_file, max_rows=max_rows)
+
     def prepaid(self, value: object, rows: list[Row]) -> PrepaidSettings | None:
         if value is None:
             return None
@@ -517,7 +623,9 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             self.unknown_keys(t, data, LISTENER_KEYS, name=name)
             L = ListenerTable
             got = {f: (self.req if f in ("name", "listen", "protocol") else self.opt)(
-                t, data, L, f, name=name) for f in L.model_fields}
+                t, data, L, f, name=name) for f in L.model_fields
+                if f not in DTU_LISTENER_KEYS}
+            dtu = self.dtu_listener(t, data, got["protocol"], name)
             paths = {k: self.relative(got[k]) if got[k] else None
                      for k in ("tls_cert_file", "tls_key_file")}
             for k, path in paths.items():
@@ -532,14 +640,14 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             if got["name"] in seen:
                 self.add(t, "name", "a listener name used once", _q(got["name"]), name=name)
                 continue
-            if any(v is None for k, v in got.items() if k not in paths):
+            if any(v is None for k, v in got.items() if k not in paths) or dtu is None:
                 continue
             seen.add(got["name"])
             out.append(ListenerSettings(
                 name=got["name"], listen=got["listen"], protocol=got["protocol"],
                 login_reply=got["login_reply"], idle_timeout=got["idle_timeout"],
                 request_timeout=got["request_timeout"], tls_cert_file=paths["tls_cert_file"],
-                tls_key_file=paths["tls_key_file"]))
+                tls_key_file=paths["tls_key_file"], **dtu))
         return out
 
     def concentrators(self, value: object, listeners: set[str],
@@ -563,6 +671,7 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
             ok_name = self.req(t, data, C, "name", name=name)
             a2 = self.req(t, data, C, "a2", name=name)
             listener = self.req(t, data, C, "listener", name=name)
+            group = self.opt(t, data, C, "group", name=name)
             a1 = data.get("a1")
             if "a1" not in data:
                 self.add(t, "a1", "4 BCD digits such as \"4403\"", "nothing", name=name)
@@ -591,9 +700,10 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
                              f"again (first at {first})", name=name)
                     continue
                 addresses[(a1, a2)] = f"{self.file}:{self.lines.of(t)}"
-            if ok_name is None or a1 is None or a2 is None or listener is None:
+            if ok_name is None or a1 is None or a2 is None or listener is None \
+                    or group is None:
                 continue
-            out.append(ConcentratorSettings(ok_name, a1, a2, listener))
+            out.append(ConcentratorSettings(ok_name, a1, a2, listener, group))
         return out
 
     # -- [[bus]]
@@ -732,12 +842,56 @@ class TablesMixin(SelectorsMixin, ChecksMixin):
         selectors, selected = self.selectors(t, data, rows)
         if quantities and selected:
             self.readability(t, quantities, selected)
+        curve, curve_days = self.curve(t, data, selected)
         if interval is None or jitter is None or retries is None or backoff is None \
-                or quantities is None or selectors is None or ("td_ms" in data and td is None):
+                or quantities is None or selectors is None or ("td_ms" in data and td is None) \
+                or curve is None or curve_days is None:
             return None
         return ScheduleSettings(name=name, interval=interval, quantities=tuple(quantities),
                                 jitter=jitter, retries=retries, td=td,
-                                meters=tuple(selectors), backoff_max=backoff)
+                                meters=tuple(selectors), backoff_max=backoff,
+                                curve=tuple(curve), curve_days=curve_days)
+
+    def curve(self, t: str, data: Mapping[str, object], selected: list[MeterSettings] | None
+              ) -> tuple[list[str] | None, int | None]:
+        """``curve`` (load-curve quantities, groups expanded; every selected meter must
+        keep a curve of each) and ``curve_days``."""
+        days = self.opt(t, data, ScheduleTable, "curve_days")
+        if "curve" not in data or data["curve"] == []:
+            return [], days
+        what = "a list of quantity names or groups (" + ", ".join(GROUPS) + ")"
+        names = self.strings(t, data, "curve", what)
+        if names is None:
+            return None, days
+        out: list[str] = []
+        for n in names:
+            key = n.lower()
+            found = GROUPS.get(key) or ((key,) if key in QUANTITIES else None)
+            if found is None:
+                self.add(t, "curve", what, f"{_q(n)}, which is neither",
+                         hint=_did_you_mean(key, [*GROUPS, *QUANTITIES]))
+                return None, days
+            out += [q for q in found if q not in out]
+        for m in selected or ():
+            kind = kind_of(m.protocol)
+            profile = None
+            if kind.needs_profile():
+                from .profiles import load_profile
+
+                try:
+                    profile = load_profile(m.profile or "", search=[self.base])
+                except Exception:
+                    continue  # the meter's own row says what is wrong with its profile
+            kept = kind.capabilities(MeterRef(m.meter_id, m.protocol, m.address,
+                                              profile)).curve
+            missing = [q for q in out if q not in kept]
+            if missing:
+                self.add(t, "curve", f"load-curve quantities the meter keeps (protocol "
+                         f"{m.protocol}: {', '.join(sorted(kept)) or 'none'})",
+                         ", ".join(missing), meter=m.meter_id,
+                         hint="leave the meter out of this schedule or those quantities out")
+                return None, days
+        return out, days
 
     def quantities(self, t: str, data: Mapping[str, object]) -> list[str] | None:
         what = "a non-empty list of quantity names or groups (" + ", ".join(GROUPS) + ")"

@@ -8,7 +8,9 @@
   collection is incomplete gets a ``lineloss_incomplete`` event listing the missing meters;
 - ``timesync_at`` (02:00): clock drift read on every meter whose clock amic sets by
   broadcast (DL/T645), one broadcast time sync per bus when some meter is off by more
-  than ``min_drift`` and at most 10 min (collector/daily/timesync.py);
+  than ``min_drift`` and at most 10 min (collector/daily/timesync.py); each
+  concentrator's own clock read and set (AFN05 F31) under the same policy, before its
+  meters;
 - ``backfill_at`` (01:30): missed days of daily frozen energy read back from the meters
   that keep daily freezes (collector/daily/backfill.py), with the meters' own timestamps,
   idempotently;
@@ -36,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 from collector.config.settings import DailySettings, MeterSettings
 from collector.store.records import DailyRecord, Event, utcnow
+from drivers.concentrator_meter import TerminalLink
 
 from .audit_reads import AuditPlanner, AuditResult, AuditSettings, audit_sample, choose_sample
 from .backfill import backfill_meter, daily_freezes
@@ -48,6 +51,10 @@ if TYPE_CHECKING:
     from collector.polling.context import DaemonContext
 
 log = logging.getLogger("amic.daily")
+
+
+# How long the daily time sync waits for a concentrator that is not logged in (s).
+CONCENTRATOR_WAIT = 60.0
 
 
 class DailyJobs:
@@ -195,14 +202,33 @@ class DailyJobs:
         ctx = self.ctx
 
         async def one(bus: str, meters: list[Any]) -> None:
-            result = await self.timesync.run_bus(ctx.workers()[bus], meters, now)
+            worker = ctx.workers()[bus]
+            link = worker.line.terminal
+            if isinstance(link, TerminalLink):
+                if not link.online:
+                    # Just started, or a 4G link being re-dialled: the concentrators dial
+                    # in within moments (all waited for at once, not one after another).
+                    with contextlib.suppress(TimeoutError):
+                        await link.master.wait_online(link.terminal, CONCENTRATOR_WAIT)
+                # the concentrator first: it keeps its meters' time too
+                done = await self.timesync.run_concentrator(worker, link, now)
+                for e in done.events:
+                    self._event(e)
+            if not meters:
+                return
+            result = await self.timesync.run_bus(worker, meters, now)
             for e in result.events:
                 self._event(e)
             writer = ctx.writer()
             if result.readings and writer is not None:
                 writer.put_many(result.readings)
 
-        await asyncio.gather(*(one(b, ms) for b, ms in self._bus_meters(clock_settable).items()))
+        per_bus = self._bus_meters(clock_settable)
+        workers = ctx.workers()
+        for c in ctx.settings().concentrators:
+            if c.name in workers:
+                per_bus.setdefault(c.name, [])
+        await asyncio.gather(*(one(b, ms) for b, ms in per_bus.items()))
         self._save()
 
     async def backfill(self, now: dt.datetime) -> None:

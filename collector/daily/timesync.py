@@ -16,8 +16,11 @@ of every meter whose kind has a clock set by broadcast (DL/T645; the others, Mod
 skipped), then, when at least one meter is off by more than ``min_drift`` and at most
 ``max_sync_drift``, broadcasts the time (08 to 999999999999, one per clock group: a
 DL/T645 edition) -- at most once per local day per bus -- and reads those meters again to
-see whether they took it.  A broadcast cannot be aimed at one meter and meters accept
-one about once a day and only within some minutes of their own clock, so a meter further
+see whether they took it.  :meth:`TimeSync.run_concentrator` applies the same policy to
+a concentrator's own clock, set directly (AFN05 F31) instead of by broadcast (its events
+have the concentrator as bus and no meter).  A broadcast cannot be aimed at one meter
+and meters accept one about once a day and only within some minutes of their own clock,
+so a meter further
 off than ``max_sync_drift`` is not a reason to broadcast: it raises ``clock_drift_large``
 and must be set on site or by an authorised write.
 
@@ -49,6 +52,7 @@ from collector.config.settings import MeterSettings
 from collector.polling.scheduler import BusWorker, Lane
 from collector.store.records import Event, Quality, Reading, assume_utc
 from drivers.bus import Bus
+from drivers.concentrator_meter import TerminalLink
 from drivers.device import Meter
 from drivers.errors import DriverError
 from drivers.meters import kind_of
@@ -428,6 +432,100 @@ class TimeSync:
                                        severity=1, value=a.drift if a else None,
                                        detail=detail))
         result.events.append(Event("clock_synced", ts, bus=bus, severity=0,
+                                   value=float(len(result.corrected)),
+                                   detail=",".join(result.corrected)))
+        return result
+
+
+    # ---- a concentrator's own clock ------------------------------------------------------
+
+    @staticmethod
+    def concentrator_key(name: str) -> str:
+        """The key of concentrator ``name`` in :attr:`last_broadcast` (its meters' bus
+        has the same name)."""
+        return f"concentrator:{name}"
+
+    async def _terminal_clock(self, worker: BusWorker, link: TerminalLink) -> float:
+        s = self.settings
+        opts = CallOptions(retries=s.retries, td=s.td)
+        got = await worker.submit(Lane.ON_DEMAND, lambda w: link.read_clock(self.clock, opts))
+        # whole seconds shown, as a meter's: on average half a second on
+        return round(_to_epoch(got.shown, self.tz) + 0.5 - (got.t0 + got.t1) / 2, 3)
+
+    async def run_concentrator(self, worker: BusWorker, link: TerminalLink,
+                               now: dt.datetime | None = None) -> TimeSyncResult:
+        """Read the clock of the concentrator behind ``worker`` (AFN0C F2) and set it
+        (AFN05 F31) under the meters' policy: only when off by more than ``min_drift``
+        and at most ``max_sync_drift`` (beyond: ``clock_drift_large``, set it on site),
+        once per local day, not before ``time_of_day`` nor near midnight; then read it
+        again (``clock_synced`` or ``clock_sync_failed``).  The events name the
+        concentrator as their bus and no meter; ``drifts`` is keyed by its name."""
+        s = self.settings
+        name = worker.name
+        key = self.concentrator_key(name)
+        ts = assume_utc(now) if now is not None else dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        result = TimeSyncResult(name, self.local(ts).date())
+        try:
+            drift = await self._terminal_clock(worker, link)
+        except DriverError as e:
+            result.unread[name] = str(e)
+            result.reason = f"clock not read: {e}"
+            log.info("time sync: concentrator %s: clock not read: %s", name, e)
+            return result
+        result.drifts[name] = drift
+        if abs(drift) > s.max_sync_drift:
+            result.large.append(name)
+            result.reason = "beyond max_sync_drift"
+            result.events.append(Event(
+                "clock_drift_large", ts, bus=name, severity=2, value=drift,
+                detail=f"concentrator {name} clock {drift:+.0f} s off; beyond automatic "
+                       f"sync ({s.max_sync_drift:.0f} s): check it and set it on site"))
+            return result
+        if abs(drift) <= s.min_drift:
+            result.reason = "within min_drift"
+            return result
+        result.candidates.append(name)
+        why = self.blocked(key, ts)
+        if why:
+            result.reason = why
+            log.info("time sync: concentrator %s %+.0f s off, not set: %s", name, drift, why)
+            return result
+
+        async def set_clock(w: BusWorker) -> None:
+            await link.set_clock(_to_local(round(self.clock()), self.tz),
+                                 CallOptions(retries=s.retries, td=s.td))
+
+        try:
+            await worker.submit(Lane.ON_DEMAND, set_clock)
+        except DriverError as e:
+            result.reason = f"time set failed: {e}"
+            result.failed.append(name)
+            log.warning("time sync: concentrator %s: time set failed: %s", name, e)
+            result.events.append(Event("clock_sync_failed", ts, bus=name, severity=1,
+                                       value=drift, detail=f"concentrator {name}: time set "
+                                                           f"(AFN05 F31) failed: {e}"))
+            return result
+        result.broadcast = True
+        self.last_broadcast[key] = result.day
+        log.info("time sync: concentrator %s was %+.1f s off: time set", name, drift)
+        if s.settle:
+            await asyncio.sleep(s.settle)
+        try:
+            after: float | None = await self._terminal_clock(worker, link)
+        except DriverError as e:
+            after, unread = None, str(e)
+        if after is not None:
+            result.after[name] = after
+        if after is not None and abs(after) <= s.min_drift:
+            result.corrected.append(name)
+        else:
+            result.failed.append(name)
+            result.events.append(Event(
+                "clock_sync_failed", ts, bus=name, severity=1, value=after,
+                detail=(f"concentrator {name} still {after:+.0f} s off after the time set"
+                        if after is not None
+                        else f"concentrator {name} not read after the time set: {unread}")))
+        result.events.append(Event("clock_synced", ts, bus=name, severity=0,
                                    value=float(len(result.corrected)),
                                    detail=",".join(result.corrected)))
         return result

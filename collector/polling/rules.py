@@ -152,6 +152,9 @@ SEVERITY: dict[str, int] = {
     "restore_requested": 0,
     "topup": 0,
     "topup_duplicate": 1,
+    "topup_written": 0,
+    "topup_not_written": 2,
+    "purchase_unknown": 1,
     # read audits (audit_reads.py)
     "audit_failed": 1,
     "audit_mismatch": 2,
@@ -165,6 +168,11 @@ SEVERITY: dict[str, int] = {
     "report_rejected": 1,
     "collector_started": 0,
     "collector_stopped": 0,
+    "dtu_offline": 1,
+    "dtu_online": 0,
+    "concentrator_erc1": 1,
+    "concentrator_erc3": 0,
+    "concentrator_erc14": 1,
     "concentrator_offline": 1,
     "concentrator_online": 0,
     # the command channel and the broker (control.py, mqttlink.py)

@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 from collector.config.profiles import load_profile
 from collector.config.settings import MeterSettings, ModbusFraming, ScheduleSettings
-from collector.store.records import CycleRecord, Event, Reading, utcnow
+from collector.store import Store
+from collector.store.records import CycleRecord, Event, Quality, Reading, utcnow
 from drivers.bus import Bus
 from drivers.device import Line, Meter, MeterRead, MeterRef, Route
 from drivers.errors import (
@@ -249,6 +250,24 @@ async def read_meter(worker: BusWorker, meter: MeterSettings, quantities: tuple[
     return got.readings
 
 
+CURVE_STEP = dt.timedelta(minutes=15)  # the meters' load-record interval
+
+
+def last_curve_point(store: Store, meter: str, quantities: tuple[str, ...]
+                     ) -> dt.datetime | None:
+    """The newest load-curve point stored for ``meter`` (readings of ``quantities``
+    with a meter timestamp), UTC; None: none."""
+    if not quantities:
+        return None
+    marks = ", ".join("?" * len(quantities))
+    row = store.thread_connection().execute(
+        "SELECT max(meter_ts) FROM indexed_readings WHERE meter = ? AND meter_ts IS NOT NULL "
+        f"AND quantity IN ({marks})", (meter, *quantities)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return dt.datetime.fromtimestamp(row[0] / 1000, dt.UTC)
+
+
 # ---- polling ---------------------------------------------------------------------------
 
 def _silent(error: Exception) -> bool:
@@ -298,6 +317,12 @@ class Sinks:
     # Awaited before each read job is queued: the store's back-pressure (e.g. while the
     # disk is full and rows wait in memory, polling waits instead of piling them up).
     room: Callable[[], Awaitable[None]] | None = None
+    # The newest stored load-curve point of a meter (UTC; None: none), so a restarted
+    # collector reads a curve on from there (see last_curve_point).
+    curve_last: Callable[[str, tuple[str, ...]], dt.datetime | None] | None = None
+    # Load-curve points go here instead of ``readings`` when given: stored and forwarded,
+    # never fed to the live alarm rules or the prepaid engine (they are past values).
+    curve: Callable[[list[Reading]], None] | None = None
 
 
 class Poller:
@@ -320,6 +345,11 @@ class Poller:
         self.values_failed = 0  # quantities not obtained from meters that answered
         self.last_cycle: dict[str, CycleRecord] = {}
         self.current: dict[str, CycleRecord] = {}
+        # Load curves: the meters' zone (None: the collector's) and, per (schedule,
+        # meter), the last curve point read (meter local time).
+        self.curve_tz: dt.tzinfo | None = None
+        self.curve_read: dict[tuple[str, str], dt.datetime] = {}
+        self.curve_points = 0  # curve readings handed to the sinks
 
     def backoff(self, failures: int, interval: float, cap: float) -> float:
         """Seconds a meter waits after ``failures`` consecutive failed cycles."""
@@ -433,8 +463,53 @@ class Poller:
             # Handed over here, in the bus worker, so readings of a transaction that
             # completes after its cycle was cancelled are still stored.
             self.sinks.readings(records)
+            if schedule.curve:
+                try:
+                    await self.read_curve(worker, schedule, m, retries)
+                except DriverError as e:
+                    log.warning("meter %s on %s: load curve not read (%s)", m.meter_id, m.bus,
+                                e)
+                    failed.append("curve")
             return failed
         return run
+
+    async def read_curve(self, worker: BusWorker, schedule: ScheduleSettings,
+                         m: MeterSettings, retries: int) -> int:
+        """The load curve of ``m`` since its last point read (or stored; the first time
+        ``schedule.curve_days`` back from local midnight), handed to the sinks: points at
+        the meter's time, BACKFILLED when late (older than two intervals when read); they
+        go to the ``curve`` sink, which the live alarm rules never see.
+        A point the meter never recorded stays missing and is not asked again.  Returns
+        the readings handed over."""
+        tz = self.curve_tz
+        now = dt.datetime.now(tz).replace(tzinfo=None) if tz is not None else dt.datetime.now()
+        key = (schedule.name, m.meter_id)
+        last = self.curve_read.get(key)
+        if last is None and self.sinks.curve_last is not None:
+            stored = self.sinks.curve_last(m.meter_id, schedule.curve)
+            if stored is not None:
+                last = stored.astimezone(tz).replace(tzinfo=None)
+        if last is not None:
+            start = last + CURVE_STEP
+        else:
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0) \
+                - dt.timedelta(days=schedule.curve_days)
+        if start > now:
+            return 0
+        device = worker.device(m, self.profiles)
+        got = await device.read_curve(schedule.curve, start, now,
+                                      CallOptions(retries=retries, td=schedule.td), tz=tz)
+        if got.refused:
+            log.info("meter %s keeps no curve of %s", m.meter_id, ", ".join(got.refused))
+        late = utcnow() - 2 * CURVE_STEP
+        rows = [replace(r, quality=r.quality | Quality.BACKFILLED)
+                if r.meter_ts is None or r.meter_ts < late else r for r in got.readings]
+        if rows:
+            (self.sinks.curve or self.sinks.readings)(rows)
+            self.curve_points += len(rows)
+        if got.points:
+            self.curve_read[key] = max(got.points)
+        return len(rows)
 
     async def _probe(self, cycle: CycleRecord, schedule: ScheduleSettings, worker: BusWorker,
                      items: list[tuple[MeterSettings, int]]

@@ -61,11 +61,13 @@ from collector.commands.remote import (
     parse_ts,
 )
 from collector.commands.signing import ReplayCache, SignatureError, Verifier
+from collector.commands.topup_writer import TopupWriter
 from collector.config import meters_matching
 from collector.config.secrets import Secrets
 from collector.config.settings import Settings
 from collector.daily.reports import meter_energies
 from collector.store.records import CommandRecord, Event, Reading, utcnow
+from drivers.security import SecurityModule, load_module
 
 if TYPE_CHECKING:
     from collector.polling.context import DaemonContext
@@ -112,10 +114,26 @@ class Control:
         self.secrets = secrets
         settings = ctx.settings().commands
         self.signed = settings.signed if settings is not None else True
+        sec = ctx.settings().security
+        self.security: SecurityModule | None = load_module(sec.table()) if sec else None
         self.relay = RelayService(
             meters=lambda: ctx.settings().meters, workers=ctx.workers,
             secrets=secrets, profile=ctx.profile, record=self._record,
-            settings=settings, protected=lambda: protected_meters(ctx.settings()))
+            settings=settings, protected=lambda: protected_meters(ctx.settings()),
+            security=self.security if sec is not None and sec.relay else None)
+        prepaid = ctx.settings().prepaid
+        self.topups: TopupWriter | None = None
+        if self.security is not None:
+            self.topups = TopupWriter(
+                security=self.security,
+                meters=lambda: {m.meter_id: m for m in ctx.settings().meters},
+                workers=ctx.workers, profile=ctx.profile, record=self._record,
+                event=ctx.on_event, data_dir=ctx.settings().collector.data_dir,
+                retry_interval=prepaid.retry_interval if prepaid is not None else 300.0)
+        # Purchases recorded here that others (the sales system) write into the meter:
+        # the purchase counts they will move, by meter.
+        self._expected_purchases: dict[str, int] = {}
+        self._retry: asyncio.Task[None] | None = None
         self.verifier = Verifier(secrets.find_key if secrets is not None else {},
                                  seen=ReplayCache())
         self.engine = build_engine(ctx.settings())
@@ -291,20 +309,32 @@ class Control:
                                    operator=operator, status="recorded",
                                    detail=json.dumps({"amount": str(amount), "ref": ref,
                                                       "balance": _num(balance)})))
-        restore = await self.act(actions, wait=True)
-        return {"meter": meter, "amount": str(amount), "balance": _num(balance),
-                "restore": restore}
+        done = await self.act(actions, wait=True)
+        written = [d for d in done if "receipt" in d]
+        restore = [d for d in done if "receipt" not in d]
+        out: JsonDict = {"meter": meter, "amount": str(amount), "balance": _num(balance),
+                         "restore": restore}
+        if written:
+            out["written"] = written[0]
+        return out
 
     # ---- the prepaid engine ------------------------------------------------------------
 
     def observe(self, meter: str, readings: list[Reading]) -> None:
         """One meter's readings of a poll, for the prepaid engine."""
+        if self.topups is not None:
+            used = self.topups.observe(meter, readings,
+                                       expected=self._expected_purchases.get(meter, 0))
+            if used:
+                self._expected_purchases[meter] -= used
         if self.engine is None or meter not in self.engine.accounts:
             return
         self._dirty = True
         self._spawn(self.act(self.engine.observe(meter, readings, utcnow())))
 
     def start(self) -> None:
+        if self.topups is not None and self._retry is None:
+            self._retry = asyncio.create_task(self.topups.retry_loop(), name="topup-retry")
         if self.engine is not None and self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="prepaid")
 
@@ -330,10 +360,19 @@ class Control:
                 else:
                     self._spawn(self._switch(a))
             elif a.kind == "write_topup":
-                # Writing a purchase into a meter needs its ESAM (encrypted); the meter's
-                # own balance shows the top-up once the sales system has written it.
-                log.info("top-up for meter %s recorded; its balance comes from the meter",
-                         a.meter)
+                if self.topups is not None and a.amount is not None and a.ref:
+                    # into the meter through the security module, verified by its count
+                    if wait:
+                        done.append(await self.topups.write(a.meter, a.amount, a.ref))
+                    else:
+                        self._spawn(self.topups.write(a.meter, a.amount, a.ref))
+                else:
+                    # Without a security module the sales system writes it (with its
+                    # ESAM); the meter's own balance shows it once written.
+                    self._expected_purchases[a.meter] = \
+                        self._expected_purchases.get(a.meter, 0) + 1
+                    log.info("top-up for meter %s recorded; its balance comes from the "
+                             "meter", a.meter)
         return done
 
     async def _switch(self, a: Action) -> list[JsonDict]:
@@ -360,11 +399,13 @@ class Control:
             log.error("prepaid action failed: %r", task.exception())
 
     async def stop(self) -> None:
-        tasks = list(self._tasks) + ([self._ticker] if self._ticker else [])
+        tasks = list(self._tasks) + [t for t in (self._ticker, self._retry) if t]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.save_state()
+        if self.security is not None:
+            await self.security.close()
 
 
 def check_request(doc: JsonDict, verifier: Verifier | None, *, collector: str,

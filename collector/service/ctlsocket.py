@@ -14,6 +14,11 @@ One JSON request per line, one JSON reply per line (``status``: ok or error)::
         -> {"status": "ok", "results": [...], "exit": 0}
     {"op": "read", "meter": "M1", "quantities": ["voltage"]}
         -> {"status": "ok", "readings": [...]}
+    {"op": "concentrators"} -> {"status": "ok", "concentrators": [{"name": ..., "a1": ...,
+        "a2": ..., "listener": ..., "online": true, "since": "...", "meters": 8}]}
+    {"op": "sync_archive", "name": "tq-1", "operator": "alice"}
+        -> {"status": "ok", "exit": 0, "differences": [{"pn": 1, "field": "baud",
+            "ledger": "2400", "concentrator": "9600", ...}], "error": ...}
 
 Relay commands run through the daemon's relay service (the bus worker's command lane,
 the same checks and audit as every other path; the operator and reason given are
@@ -223,12 +228,17 @@ class CtlServer:
                 return {"status": "ok", **await self._relay(request, uid)}
             if op == "read":
                 return {"status": "ok", **await self._read(request)}
+            if op == "concentrators":
+                return {"status": "ok", "concentrators": self._concentrators()}
+            if op == "sync_archive":
+                return {"status": "ok", **await self._sync_archive(request, uid)}
         except CtlError as e:
             return {"status": "error", "error": str(e)}
         except Exception as e:  # a request never takes the daemon down
             log.exception("control socket: %s request failed", op)
             return {"status": "error", "error": f"{type(e).__name__}: {e}"}
-        return {"status": "error", "error": f"op: expected hello, relay or read, got {op!r}"}
+        return {"status": "error", "error": "op: expected hello, relay or read (or "
+                                            f"concentrators, sync_archive), got {op!r}"}
 
     async def _relay(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         from collector.commands.relay_service import CommandRejected, exit_status
@@ -280,6 +290,83 @@ class CtlServer:
                                                     "quantities": quantities})
         except (CommandError, ValueError) as e:
             raise CtlError(str(e)) from None
+
+
+    # ---- concentrators ------------------------------------------------------------------
+
+    def _concentrators(self) -> list[dict[str, Any]]:
+        from drivers.concentrator_meter import TerminalLink
+
+        settings = self.ctx.settings()
+        workers = self.ctx.workers()
+        out = []
+        for c in settings.concentrators:
+            worker = workers.get(c.name)
+            link = worker.line.terminal if worker is not None else None
+            since = link.since if isinstance(link, TerminalLink) else None
+            out.append({"name": c.name, "a1": c.a1, "a2": c.a2, "listener": c.listener,
+                        "online": since is not None,
+                        "since": since.isoformat() if since is not None else None,
+                        "meters": sum(m.bus == c.name for m in settings.meters)})
+        return out
+
+    async def _sync_archive(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
+        """AFN04 F10 from the ledger, read back; ``exit`` 0 in sync, 1 differences
+        remain (or refused), 2 offline or unknown.  Journaled as a ``sync_archive``
+        command (who, the outcome, the differences) and logged."""
+        from collector.polling.scheduler import Lane
+        from drivers.concentrator_meter import TerminalLink, sync_archive
+        from drivers.errors import DriverError, LinkDown, NoReply
+
+        name = request.get("name")
+        operator = request.get("operator") or f"uid {uid}"
+        if not isinstance(name, str) or not name or not isinstance(operator, str):
+            raise CtlError("name: expected a concentrator name")
+        settings = self.ctx.settings()
+        conc = next((c for c in settings.concentrators if c.name == name), None)
+        worker = self.ctx.workers().get(name)
+        link = worker.line.terminal if worker is not None else None
+        if conc is None or worker is None or not isinstance(link, TerminalLink):
+            known = ", ".join(c.name for c in settings.concentrators) or "none"
+            return {"exit": 2, "error": f"no concentrator {name} in this configuration "
+                                        f"(known: {known})"}
+        meters = [m for m in settings.meters if m.bus == name and m.pn is not None]
+        out: dict[str, Any] = {"concentrator": name, "terminal": str(link.terminal),
+                               "meters": len(meters), "differences": []}
+        log.info("control socket: archive sync of concentrator %s (%d meters) by %s",
+                 name, len(meters), operator)
+        try:
+            devices = [worker.device(m) for m in meters]
+            diffs = await worker.submit(Lane.COMMAND,
+                                        lambda w: sync_archive(link, devices))
+        except (LinkDown, NoReply) as e:
+            out.update(exit=2, error=f"concentrator {name} is offline: {e}")
+        except (DriverError, ValueError) as e:
+            out.update(exit=1, error=f"concentrator {name}: {e}")
+        else:
+            out["differences"] = [{"serial": d.serial, "pn": d.pn, "field": d.field,
+                                   "ledger": d.ledger, "concentrator": d.concentrator}
+                                  for d in diffs]
+            out["exit"] = 1 if diffs else 0
+        self._audit(name, operator, out)
+        return out
+
+    def _audit(self, name: str, operator: str, out: dict[str, Any]) -> None:
+        import uuid
+
+        from collector.store.records import CommandRecord, utcnow
+
+        status = {0: "verified", 1: "failed", 2: "failed"}[out["exit"]]
+        outcome = out.get("error") or (f"{len(out['differences'])} difference(s) remain"
+                                       if out["differences"] else "in sync")
+        log.log(logging.INFO if out["exit"] == 0 else logging.WARNING,
+                "archive sync of concentrator %s: %s", name, outcome)
+        writer = self.ctx.writer()
+        if writer is not None:
+            writer.put_command(CommandRecord(
+                uuid.uuid4().hex, name, "sync_archive", utcnow(), operator, status,
+                json.dumps({k: v for k, v in out.items() if k != "concentrator"},
+                           ensure_ascii=False, default=str)))
 
 
 # ---- the CLI's side ---------------------------------------------------------------------

@@ -16,13 +16,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import ConfigError, load_settings, select_meters
 from collector.config.profiles import load_profile
@@ -30,20 +31,36 @@ from collector.config.secrets import load_secrets
 from collector.config.settings import (
     BusSettings,
     ConcentratorSettings,
+    DtuSettings,
     ListenerSettings,
     MeterSettings,
     ScheduleSettings,
     Settings,
 )
 from collector.daily.jobs import DailyJobs
+from collector.daily.timesync import DEFAULT_TZ, zone
 from collector.forward.forwarder import Forwarder
 from collector.polling.context import DaemonContext
 from collector.polling.rules import AlarmEngine, AlarmSettings, severity
-from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
+from collector.polling.scheduler import (
+    BusHealth,
+    BusWorker,
+    Lane,
+    MeterHealth,
+    Poller,
+    Sinks,
+    last_curve_point,
+)
 from collector.store import CommitInfo, Store, StoreWriter
 from collector.store.records import CycleRecord, Event, Reading, utcnow
 from drivers.bus import Bus
-from drivers.concentrator_meter import concentrator_line
+from drivers.concentrator_meter import (
+    RecordBatch,
+    TerminalLink,
+    concentrator_line,
+    terminal_records,
+)
+from drivers.dialin import DialInBus, DialInListener, DtuEvent, RegistrationFormat
 from drivers.mqtt import MqttBus
 from drivers.qgdw3761 import MasterStation, TerminalEvent, TerminalId, TerminalSession
 from drivers.serial import SerialBus
@@ -58,7 +75,17 @@ from .metrics import Metrics, MetricsServer, parse_listen
 from .mqttlink import MqttLink
 from .notify import Notifier, watchdog_loop
 
+if TYPE_CHECKING:
+    from collector.api.context import ApiContext
+    from collector.api.server import ApiServer
+
 log = logging.getLogger("amic.daemon")
+
+# ERC code -> event kind and severity of a concentrator's own records (others:
+# concentrator_ercN, severity 1)
+TERMINAL_EVENT_KINDS = {1: "concentrator_erc1", 3: "concentrator_erc3",
+                        14: "concentrator_erc14"}
+TERMINAL_EVENT_SEVERITY = {1: 1, 3: 0, 14: 1}
 
 FORWARDER = "timeseries"  # outbox cursor name of the time-series forwarder
 DRAIN_SECONDS = 6.0  # buses finish their job in flight; the store commits in what is left
@@ -89,9 +116,30 @@ def make_station(li: ListenerSettings, known: Callable[[TerminalId], bool],
                          ssl=context, on_event=on_event)
 
 
+def make_dialin(li: ListenerSettings, known: Callable[[str], bool],
+                on_event: Callable[[DtuEvent], None]) -> DialInListener:
+    """The DTU listener a ``[[listener]]`` with a dtu-* protocol describes (not started)."""
+    host, port = parse_listen(li.listen)
+    beat = li.heartbeat
+    if li.registration == "regex" and li.registration_regex is not None:
+        fmt = RegistrationFormat.regex(li.registration_regex.encode(),
+                                       re.escape(beat) if beat else None)
+    else:
+        fmt = RegistrationFormat.ascii(li.registration_length, heartbeat=beat)
+    context = None
+    if li.tls_cert_file is not None and li.tls_key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(li.tls_cert_file, li.tls_key_file)
+    return DialInListener(host, port, registration=fmt, known=known,
+                          idle_timeout=li.idle_timeout, ssl=context, on_event=on_event)
+
+
+LineSettings = BusSettings | ConcentratorSettings | DtuSettings  # what a bus worker serves
+
+
 @dataclass
 class _BusEntry:
-    settings: BusSettings | ConcentratorSettings
+    settings: LineSettings
     worker: BusWorker
 
 
@@ -110,7 +158,7 @@ class _ScheduleRun:
 
 
 # Applied by a reload only after a restart: section -> the fields that matter.
-RESTART_SECTIONS = ("collector", "mqtt", "commands", "prepaid")
+RESTART_SECTIONS = ("collector", "mqtt", "commands", "prepaid", "api")
 
 
 def restart_needed(old: Settings, new: Settings) -> list[str]:
@@ -151,6 +199,7 @@ class Daemon:
         self.align = align
         self.buses: dict[str, _BusEntry] = {}
         self.stations: dict[str, MasterStation] = {}  # by [[listener]] name
+        self.dialins: dict[str, DialInListener] = {}  # DTU listeners, by name
         self.health: dict[str, MeterHealth] = {}
         self.bus_health: dict[str, BusHealth] = {}  # kept across reloads, like health
         self.poller: Poller | None = None
@@ -175,7 +224,10 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics_server: MetricsServer | None = None
+        self.api: ApiServer | None = None  # [api]: the HTTP API
         self._reloading = asyncio.Lock()  # one reload at a time, in signal order
+        # concentrator name -> (next event pointer to read, keys of the records stored)
+        self._terminal_records: dict[str, tuple[int | None, set[tuple[object, ...]]]] = {}
         # What Control, MqttLink, DailyJobs and the control socket see of the daemon.
         self.context = DaemonContext(
             settings=lambda: self.settings,
@@ -303,9 +355,11 @@ class Daemon:
 
     # ---- applying a configuration ------------------------------------------------------
 
-    async def _start_bus(self, b: BusSettings | ConcentratorSettings) -> _BusEntry:
+    async def _start_bus(self, b: LineSettings) -> _BusEntry:
         if isinstance(b, ConcentratorSettings):
             return await self._start_concentrator(b)
+        if isinstance(b, DtuSettings):
+            return await self._start_dtu(b)
         worker = BusWorker(b.name, make_bus(b, self.mqtt), preamble=b.preamble,
                            modbus=b.modbus, observe=self._observe, profiles=self._profile)
         if not await worker.start():
@@ -315,7 +369,8 @@ class Daemon:
     async def _start_concentrator(self, c: ConcentratorSettings) -> _BusEntry:
         """A worker whose line reaches the meters behind ``c`` through its listener's
         master station (schedules, lanes, health and events apply as to a bus)."""
-        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2))
+        line = concentrator_line(await self._station(c.listener), TerminalId(c.a1, c.a2),
+                                 group=c.group)
         worker = BusWorker(c.name, line.bus, observe=self._observe, profiles=self._profile)
         worker.line = line
         worker.refused = line.refused
@@ -377,6 +432,10 @@ class Daemon:
         return FleetHooks(terminal_of=terminal_of, session_since=session_since, drop=drop,
                           runs_bus=runs_bus, known_meter=lambda m: m in self._meter_bus)
 
+    def _curve_last(self, meter: str, quantities: tuple[str, ...]) -> dt.datetime | None:
+        """The newest curve point stored for ``meter``: a restart resumes after it."""
+        return last_curve_point(self.store, meter, quantities) if self.store else None
+
     def _elsewhere(self, bus: str) -> bool:
         """A concentrator whose session another collector of the fleet holds: its meters
         are polled there."""
@@ -416,8 +475,82 @@ class Daemon:
         elif ev.kind == "replaced":
             log.warning("concentrator %s (%s): a new connection replaced the old one%s", name,
                         ev.terminal, f" ({ev.reason})" if ev.reason else "")
+        elif ev.kind == "report":
+            for batch in terminal_records(ev.units):
+                self._store_records(name, batch)
+        elif ev.kind == "events" and ev.ec is not None:
+            self._read_records(name, ev.ec)
         else:
             log.debug("concentrator %s (%s): %s", name, ev.terminal, ev.kind)
+
+    # ---- a concentrator's own event records (AFN0E): reported or read ------------------
+
+    def _records_state(self, name: str) -> tuple[int | None, set[tuple[object, ...]]]:
+        """The next pointer to read and the records already stored (first: from the
+        store, so a restart does not store them again)."""
+        state = self._terminal_records.get(name)
+        if state is None:
+            seen: set[tuple[object, ...]] = set()
+            if self.store is not None:
+                for kind in TERMINAL_EVENT_KINDS.values():
+                    for e in self.store.events(kind=kind, limit=512):
+                        if e.bus == name and e.detail.startswith("EC "):
+                            seen.add((e.kind, e.detail.split(":", 1)[0], e.ts))
+            state = self._terminal_records[name] = (None, seen)
+        return state
+
+    def _store_records(self, name: str, batch: RecordBatch) -> None:
+        """Each record as an event (kind ``concentrator_ercN``, the terminal's own time),
+        once: keyed by its EC pointer and time."""
+        _, seen = self._records_state(name)
+        tz = zone(self.settings.daily.tz if self.settings.daily is not None else DEFAULT_TZ)
+        for r in batch.records:
+            kind = TERMINAL_EVENT_KINDS.get(r.code, f"concentrator_erc{r.code}")
+            ts = (r.time.replace(tzinfo=tz).astimezone(dt.UTC) if r.time is not None
+                  else utcnow()).replace(microsecond=0)
+            tag = f"EC {r.pointer}"
+            if (kind, tag, ts) in seen:
+                continue
+            seen.add((kind, tag, ts))
+            self._on_event(Event(kind, ts, bus=name, severity=TERMINAL_EVENT_SEVERITY.get(
+                r.code, 1), value=float(r.code), detail=f"{tag}: {name}: {r.detail}"))
+        self._terminal_records[name] = (batch.end, seen)
+
+    def _read_records(self, name: str, ec: int, tries: int = 30) -> None:
+        """The terminal says it holds records up to ``ec``: read those not yet read
+        (all it keeps, the first time) on its worker, behind commands."""
+        entry = self.buses.get(name)
+        link = entry.worker.line.terminal if entry is not None else None
+        if entry is None or not isinstance(link, TerminalLink):
+            if tries and not self.stop_requested.is_set():
+                # a login while the daemon starts comes before the concentrator's worker
+                asyncio.get_running_loop().call_later(1.0, self._read_records, name, ec,
+                                                      tries - 1)
+            return
+        start = self._records_state(name)[0]
+        if start is None:
+            start = (ec + 1) % 256  # the ring's oldest possible record
+        if start == ec:
+            return
+        worker = entry.worker
+
+        async def read(_: BusWorker) -> RecordBatch:
+            begin = self._records_state(name)[0]  # a report may have come meanwhile
+            first = begin if begin is not None else start
+            if first == ec:
+                return RecordBatch(ec, ec)
+            return await link.read_records(first, ec)
+
+        def done(fut: asyncio.Future[RecordBatch]) -> None:
+            if fut.cancelled():
+                return
+            if fut.exception() is not None:
+                log.info("concentrator %s: event records not read: %s", name,
+                         fut.exception())
+                return
+            self._store_records(name, fut.result())
+
+        worker.submit(Lane.ON_DEMAND, read).add_done_callback(done)
 
     def _start_run(self, s: ScheduleSettings, meters: list[MeterSettings], *,
                    immediate: bool) -> None:
@@ -453,11 +586,10 @@ class Daemon:
         old = self.buses
         self.settings = settings  # before any bus starts: mqtt buses find their gateway
         keep: dict[str, _BusEntry] = {}
-        replaced: list[BusSettings | ConcentratorSettings] = []
-        lines: list[BusSettings | ConcentratorSettings] = [*settings.buses,
-                                                            *settings.concentrators]
+        replaced: list[LineSettings] = []
+        lines: list[LineSettings] = [*settings.buses, *settings.concentrators, *settings.dtus]
         for li in settings.listeners:  # before the buses: concentrators dial in to them
-            await self._station(li.name)
+            await (self._dialin(li.name) if li.dtu else self._station(li.name))
         for b in lines:
             entry = old.get(b.name)
             if entry is not None and entry.settings == b:
@@ -476,7 +608,9 @@ class Daemon:
             await self.mqtt.apply(settings)
         if self.poller is None:
             self.poller = Poller({}, Sinks(self._on_readings, self._on_event, self._on_cycle,
-                                           self._on_progress, room=self._room),
+                                           self._on_progress, room=self._room,
+                                           curve_last=self._curve_last,
+                                           curve=self._store_readings),
                                  health=self.health, profiles=self._profile,
                                  bus_health=self.bus_health, elsewhere=self._elsewhere)
         poller = self.poller
@@ -534,6 +668,7 @@ class Daemon:
             poller.workers = {n: e.worker for n, e in self.buses.items()}
         for s, meters in later:
             self._start_run(s, meters, immediate=first)
+        self._hang_up_dtus()  # after their workers stopped: no job of theirs is cut
         return True
 
     @property
@@ -691,7 +826,113 @@ class Daemon:
         self.forwarder = None
         return True
 
+    # ---- dial-in DTUs ------------------------------------------------------------------
+
+    async def _start_dtu(self, d: DtuSettings) -> _BusEntry:
+        """A worker on the line behind DTU ``d``: its registered connection to the DTU
+        listener (schedules, lanes, health and events apply as to a bus)."""
+        listener = await self._dialin(d.listener)
+        li = next(x for x in self.settings.listeners if x.name == d.listener)
+        # connecting waits briefly for the DTU: a read fails fast while it is offline
+        bus = DialInBus(listener, d.id, td=li.request_timeout, connect_timeout=2.0,
+                        reconnect_min=0.0)
+        worker = BusWorker(d.name, bus, observe=self._observe, profiles=self._profile)
+        await worker.start()
+        return _BusEntry(d, worker)
+
+    async def _dialin(self, name: str) -> DialInListener:
+        """The started DTU listener of the ``[[listener]]`` ``name`` (started on first use;
+        a changed listener needs a restart, a DTU added by a reload is known at once)."""
+        listener = self.dialins.get(name)
+        if listener is None:
+            li = next(x for x in self.settings.listeners if x.name == name)
+            listener = make_dialin(li, lambda dtu: self._dtu_of(name, dtu) is not None,
+                                   lambda ev: self._on_dtu(name, ev))
+            await listener.start()
+            self.dialins[name] = listener
+            log.info("listener %s: waiting for DTUs (%s) on port %d", name, li.protocol,
+                     listener.port)
+        return listener
+
+    def _dtu_of(self, listener: str, dtu_id: str) -> str | None:
+        for d in self.settings.dtus:
+            if d.listener == listener and d.id == dtu_id:
+                return d.name
+        return None
+
+    def _hang_up_dtus(self) -> None:
+        """Close the connections of DTUs a reload took out of the configuration."""
+        for name, listener in self.dialins.items():
+            for dtu in listener.online():
+                if self._dtu_of(name, dtu) is None:
+                    listener.hang_up(dtu, "no longer configured")
+
+    def _on_dtu(self, listener: str, ev: DtuEvent) -> None:
+        if self.stop_requested.is_set():
+            return  # the stop closes every link: no event for each DTU
+        name = self._dtu_of(listener, ev.dtu)
+        if name is None:  # taken out by a reload: its events went with it
+            log.info("DTU %s (no longer configured): %s %s", ev.dtu, ev.kind, ev.reason)
+        elif ev.kind in ("online", "offline"):
+            kind = f"dtu_{ev.kind}"
+            log.log(logging.WARNING if ev.kind == "offline" else logging.INFO,
+                    "DTU %s (%s) %s%s", name, ev.dtu, ev.kind,
+                    f": {ev.reason}" if ev.reason else "")
+            self._on_event(Event(kind, utcnow(), bus=name, severity=severity(kind),
+                                 detail=f"{ev.dtu}: {ev.reason}" if ev.reason else ev.dtu))
+        else:  # replaced: the DTU stays online on its new connection
+            log.warning("DTU %s (%s): %s", name, ev.dtu, ev.reason)
+
+    async def _close_dialins(self) -> None:
+        for listener in self.dialins.values():
+            with contextlib.suppress(Exception):
+                await listener.close()
+
+    # ---- the HTTP API ([api], collector/api) --------------------------------------------
+
+    def _api_context(self) -> ApiContext:
+        from collector.api.context import ApiContext
+
+        def buses() -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for name, e in self.buses.items():
+                h = self.bus_health.get(name)
+                out[name] = {"kind": type(e.settings).__name__.removesuffix("Settings")
+                             .lower(), "alive": e.worker.alive,
+                             "down": bool(h and h.down), "reason": h.reason if h else ""}
+            return out
+
+        return ApiContext(
+            settings=lambda: self.settings, store=lambda: self.store,
+            writer=lambda: self.writer, control=lambda: self.control, reload=self.reload,
+            buses=buses, on_event=self._on_event,
+            cycles=lambda: list(self.poller.current.values()) if self.poller else [])
+
+    async def _start_api(self) -> None:
+        if self.settings.api is None:
+            return
+        from collector.api.server import ApiServer
+        host, port = parse_listen(self.settings.api.listen)
+        self.api = ApiServer(self._api_context(), host, port)
+        await self.api.start()
+
+    async def _stop_api(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+
     # ---- running -----------------------------------------------------------------------
+
+    def listener_status(self) -> dict[str, tuple[MasterStation, dict[str, bool]]]:
+        """Per ``[[listener]]`` started: its master station and, for each of its
+        concentrators (by name), whether it is logged in now (for /metrics)."""
+        out: dict[str, tuple[MasterStation, dict[str, bool]]] = {}
+        for name, station in self.stations.items():
+            online = set(station.online())
+            out[name] = (station, {c.name: TerminalId(c.a1, c.a2) in online
+                                   for c in self.settings.concentrators
+                                   if c.listener == name})
+        return out
 
     def healthy(self) -> bool:
         """For the watchdog: the event loop runs and every bus worker is alive."""
@@ -705,6 +946,9 @@ class Daemon:
                 self.metrics.set_bus_counters(name, w.bus)
                 for lane in Lane:
                     self.metrics.set_queue_depth(name, lane.name.lower(), w.queue_depth(lane))
+            for name, (station, concentrators) in self.listener_status().items():
+                self.metrics.set_listener(name, station, online=len(station.online()),
+                                          concentrators=concentrators)
             if self.store is not None and self.writer is not None:
                 self.metrics.set_store_size(self.store.store_size_bytes())
                 # Rows the time-series forwarder has not shipped, plus those not yet
@@ -756,6 +1000,7 @@ class Daemon:
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
         await self._apply(self.settings, first=True)
+        await self._start_api()
         self.control.start()
         self._start_daily()
         self._start_forwarder()
@@ -790,6 +1035,7 @@ class Daemon:
             if t.get_name() != "forwarder":
                 t.cancel()
         await self._stop_schedules()
+        await self._stop_api()
         if self.ctl is not None:
             await self.ctl.close()
         if self.control is not None:
@@ -798,6 +1044,7 @@ class Daemon:
         for station in self.stations.values():
             with contextlib.suppress(Exception):
                 await station.close()
+        await self._close_dialins()
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.mqtt.stop(), 2.0)

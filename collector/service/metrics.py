@@ -44,11 +44,38 @@ outbox_lag_rows                                             rows not yet forward
 store_full                                                  1 while the store has no room
 readings_committed_total                                    readings committed to the store
 config_reloads_total                     result             SIGHUP reloads (applied, rejected)
+listener_terminals_online                listener           terminals logged in now
+listener_connections_total               listener           TCP connections accepted
+listener_logins_total                    listener           logins confirmed (AFN02 F1)
+listener_logouts_total                   listener           logouts (AFN02 F2)
+listener_heartbeats_total                listener           heartbeats answered (AFN02 F3)
+listener_refused_unknown_total           listener           logins of terminals not in the
+                                                            configuration: refused, never
+                                                            served
+listener_refused_no_login_total          listener           connections whose first frame was
+                                                            not a login: refused
+listener_bad_frames_total                listener           frames with a bad length, protocol
+                                                            id, checksum or end, or from another
+                                                            address on a terminal's connection
+listener_replaced_total                  listener           sessions replaced by a new login of
+                                                            the same terminal
+listener_idle_timeouts_total             listener           connections closed after the idle
+                                                            timeout
+listener_requests_total                  listener           requests sent to terminals
+listener_retries_total                   listener           requests sent again (no reply)
+listener_no_reply_total                  listener           requests without a reply after the
+                                                            retries
+listener_denied_total                    listener           requests denied (AFN00 F2, or F3
+                                                            with an error)
+concentrator_online                      concentrator,      1 while the [[concentrator]] is
+                                         listener           logged in, else 0
 =======================================  =================  ===================================
 
 The bus counters mirror :meth:`drivers.bus.Bus.counters`; they stay monotonic when a
 reload replaces a bus object (whose own counters start again at zero).  A bus that a
-reload removes loses every series (:meth:`Metrics.forget_bus`).
+reload removes loses every series (:meth:`Metrics.forget_bus`).  The listener counters
+mirror :meth:`drivers.qgdw3761.MasterStation.counters` the same way
+(:meth:`Metrics.set_listener`).
 """
 
 from __future__ import annotations
@@ -107,12 +134,28 @@ _COUNTERS = (  # Bus.counters() key -> (family attribute, extra label values)
     ("busy_time", "bus_busy_seconds", ()),
 )
 
+_LISTENER_COUNTERS = (  # MasterStation.counters() key -> family attribute
+    ("connections", "listener_connections"),
+    ("logins", "listener_logins"),
+    ("logouts", "listener_logouts"),
+    ("heartbeats", "listener_heartbeats"),
+    ("refused_unknown", "listener_refused_unknown"),
+    ("refused_no_login", "listener_refused_no_login"),
+    ("bad_frames", "listener_bad_frames"),
+    ("replaced", "listener_replaced"),
+    ("timeouts", "listener_idle_timeouts"),
+    ("requests", "listener_requests"),
+    ("retries", "listener_retries"),
+    ("no_reply", "listener_no_reply"),
+    ("denied", "listener_denied"),
+)
+
 
 @runtime_checkable
 class HasCounters(Protocol):
     """Anything with :meth:`drivers.bus.Bus.counters`."""
 
-    def counters(self) -> dict[str, float]: ...
+    def counters(self) -> Mapping[str, float]: ...
 
 
 def failure_reason(outcome: str) -> str | None:
@@ -200,12 +243,39 @@ class MetricsServer:
         return f"<MetricsServer {self.url}>"
 
 
-class _BusState:
-    """What was last mirrored from one bus: to turn its counters into increments."""
+class _Mirror:
+    """What was last mirrored from one source of counters: to turn them into increments."""
 
     def __init__(self) -> None:
         self.source: weakref.ref[Any] | None = None
         self.last: dict[str, float] = {}
+
+    def deltas(self, source: HasCounters | Mapping[str, float]) -> dict[str, float]:
+        """How much each counter grew since the last call.  A new source object, or
+        counters that went down, count from zero again."""
+        if isinstance(source, HasCounters):
+            values: Mapping[str, float] = source.counters()
+            if self.source is None or self.source() is not source:
+                self.last = {}
+            try:
+                self.source = weakref.ref(source)
+            except TypeError:  # not weak-referenceable: rely on the decrease check
+                self.source = None
+        else:
+            values = source
+        if any(values.get(k, 0) < v for k, v in self.last.items()):
+            self.last = {}  # the counters were reset
+        out = {k: v - self.last.get(k, 0) for k, v in values.items()
+               if isinstance(v, int | float)}
+        self.last = {k: v for k, v in values.items() if isinstance(v, int | float)}
+        return out
+
+
+class _BusState(_Mirror):
+    """A bus's mirror, and its busy time for the utilisation ratio."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.busy: deque[tuple[float, float]] = deque()  # (monotonic, total busy seconds)
         self.busy_total = 0.0
 
@@ -282,7 +352,37 @@ class Metrics:
                                           "Readings committed to the store.", registry=r)
         self.reloads = Counter("amic_config_reloads", "Configuration reloads (SIGHUP).",
                                ["result"], registry=r)
+        listener_help = {
+            "listener_connections": "TCP connections accepted by the listener.",
+            "listener_logins": "Terminal logins confirmed.",
+            "listener_logouts": "Terminal logouts.",
+            "listener_heartbeats": "Terminal heartbeats answered.",
+            "listener_refused_unknown": "Logins of terminals not in the configuration "
+                                        "(refused, never served).",
+            "listener_refused_no_login": "Connections whose first frame was not a login "
+                                         "(refused).",
+            "listener_bad_frames": "Bad frames (length, protocol id, checksum, end) or frames "
+                                   "from another address on a terminal's connection.",
+            "listener_replaced": "Terminal sessions replaced by a new login of the same "
+                                 "terminal.",
+            "listener_idle_timeouts": "Connections closed after the idle timeout.",
+            "listener_requests": "Requests sent to terminals.",
+            "listener_retries": "Requests sent again for want of a reply.",
+            "listener_no_reply": "Requests without a reply after the retries.",
+            "listener_denied": "Requests the terminal denied.",
+        }
+        for _, family in _LISTENER_COUNTERS:
+            setattr(self, family, Counter(f"amic_{family}", listener_help[family],
+                                          ["listener"], registry=r))
+        self.listener_online = Gauge("amic_listener_terminals_online",
+                                     "Terminals logged in to the listener now.", ["listener"],
+                                     registry=r)
+        self.concentrator_online = Gauge("amic_concentrator_online",
+                                         "1 while the concentrator is logged in, else 0.",
+                                         ["concentrator", "listener"], registry=r)
         self._buses: dict[str, _BusState] = {}
+        self._listeners: dict[str, _Mirror] = {}
+        self._concentrators: dict[str, str] = {}  # concentrator -> its listener label
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -314,29 +414,14 @@ class Metrics:
         state = self._buses.get(bus)
         if state is None:
             state = self._buses[bus] = _BusState()
-        if isinstance(source, HasCounters):
-            values: Mapping[str, float] = source.counters()
-            if state.source is None or state.source() is not source:
-                state.last = {}
-            try:
-                state.source = weakref.ref(source)
-            except TypeError:  # not weak-referenceable: rely on the decrease check
-                state.source = None
-        else:
-            values = source
-        if any(values.get(k, 0) < v for k, v in state.last.items()):
-            state.last = {}  # the counters were reset
+        deltas = state.deltas(source)
         for key, family, extra in _COUNTERS:
-            value = values.get(key)
-            if value is None:
-                continue
-            delta = value - state.last.get(key, 0)
+            delta = deltas.get(key, 0)
             if delta > 0:
                 counter: Counter = getattr(self, family)
                 counter.labels(bus, *extra).inc(delta)
                 if key == "busy_time":
                     state.busy_total += delta
-        state.last = {k: v for k, v in values.items() if isinstance(v, int | float)}
         self._update_utilisation(bus, state, time.monotonic() if now is None else now)
 
     def _update_utilisation(self, bus: str, state: _BusState, now: float) -> None:
@@ -374,9 +459,36 @@ class Metrics:
             self.latency, self.bus_requests, self.bus_timeouts, self.bus_link_drops,
             self.bus_connects, self.bus_connect_failures, self.bus_bytes_discarded,
             self.bus_busy_seconds, self.bus_utilisation, self.bus_success)]
+        listener = self._concentrators.pop(bus, None)
+        if listener is not None:  # a concentrator is a bus of the scheduler
+            series.append((self.concentrator_online, (bus, listener)))
         for family, labels in series:
             with contextlib.suppress(KeyError):  # older prometheus_client raise on absent
                 family.remove(*labels)
+
+    # ---- listeners (master stations) -----------------------------------------------------
+
+    def set_listener(self, listener: str, source: HasCounters | Mapping[str, float], *,
+                     online: int, concentrators: Mapping[str, bool] | None = None) -> None:
+        """Mirror a master station's counters (``MasterStation`` or its ``counters()``),
+        the number of terminals ``online``, and whether each of the listener's
+        ``concentrators`` (by name) is logged in.  Call it every few seconds."""
+        state = self._listeners.get(listener)
+        if state is None:
+            state = self._listeners[listener] = _Mirror()
+        deltas = state.deltas(source)
+        for key, family in _LISTENER_COUNTERS:
+            family_counter: Counter = getattr(self, family)
+            # every family shows from the first call on, at 0: rate() needs a start
+            family_counter.labels(listener).inc(max(deltas.get(key, 0), 0))
+        self.listener_online.labels(listener).set(online)
+        for name, up in (concentrators or {}).items():
+            old = self._concentrators.get(name)
+            if old is not None and old != listener:  # moved to another listener
+                with contextlib.suppress(KeyError):
+                    self.concentrator_online.remove(name, old)
+            self._concentrators[name] = listener
+            self.concentrator_online.labels(name, listener).set(1 if up else 0)
 
     # ---- cycles -------------------------------------------------------------------------
 

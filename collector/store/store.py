@@ -434,7 +434,7 @@ class Store:
         """Relay commands and top-ups (not the journal of remote requests), and remote
         requests refused for security (status ``denied``), oldest first."""
         kinds = ("trip", "restore", "hold", "release", "alarm", "alarm_release", "dry_run",
-                 "topup")
+                 "topup", "topup_write", "sync_archive")
         # The remote channel's journal shares the table (status received / done); a
         # denied request is its journal row, kept as the audit of the attempt.
         sql = (f"SELECT * FROM commands WHERE ((kind IN ({','.join('?' * len(kinds))}) "

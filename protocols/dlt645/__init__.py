@@ -26,9 +26,14 @@ from ._catalogue import (
 from ._connection import Master, ReplyMismatch, check_reply
 from ._errors import DLT645Error, FrameError, PayloadError, UnknownDataItem
 from ._events import (
+    DI_AUTHENTICATE,
+    DI_TOPUP,
     ERROR_BITS,
+    SECURITY_ERROR_BITS,
     AbnormalReply,
     Ack,
+    AuthAnswer,
+    AuthChallenge,
     ChangeBaudReply,
     ChangeBaudRequest,
     ChangePasswordReply,
@@ -46,12 +51,16 @@ from ._events import (
     ReadRequest,
     RelayCommand,
     RemoteControlRequest,
+    SecurityReply,
+    SecurityRequest,
     TimeSyncRequest,
+    TopupPayload,
     Unknown,
     WriteAddressRequest,
     WriteRequest,
     decode_message,
     error_names,
+    security_error_names,
 )
 from ._frame import (
     HEADER_SIZE,
@@ -93,7 +102,29 @@ __all__ = [
     "version_of",
 ]
 # for the collector, the simulators and `amic decode`, instead of the private modules
+__all__ += ["DI_AUTHENTICATE", "DI_TOPUP", "SECURITY_ERROR_BITS", "AuthAnswer",
+            "AuthChallenge", "SecurityReply", "SecurityRequest", "TopupPayload",
+            "security_error_names"]
 __all__ += ["DAILY_FREEZES", "HEADER_SIZE", "START", "freeze_di", "skip_preamble"]
 # event records (_records.py)
 __all__ += ["LAYOUTS", "RECORDS_KEPT", "EventRecord", "RecordLayout", "decode_record",
             "encode_record", "record_di", "record_of"]
+
+# load records (负荷记录, 0610xxxx): curves by given time and count
+from ._curve import (  # noqa: E402
+    CURVE_INTERVAL,
+    CURVE_ITEMS,
+    CURVE_QUANTITIES,
+    CurveItem,
+    CurvePoint,
+    curve_di,
+    curve_item,
+    curve_request_extra,
+    decode_curve,
+    encode_curve,
+    parse_curve_request,
+)
+
+__all__ += ["CURVE_INTERVAL", "CURVE_ITEMS", "CURVE_QUANTITIES", "CurveItem", "CurvePoint",
+            "curve_di", "curve_item", "curve_request_extra", "decode_curve", "encode_curve",
+            "parse_curve_request"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from construct import Bytes, GreedyBytes, Int8ub, SizeofError, Struct
+from construct import Bytes, GreedyBytes, Int8ub, Int32ub, SizeofError, Struct
 
 from ..quantities import BROADCAST_ADDRESS, WILDCARD_ADDRESS
 from ._bcd import bcd_digits, decode_number, digits_to_bcd
@@ -118,6 +118,13 @@ LAYOUTS: dict[str, Any] = {
     "control": Struct("password" / PASSWORD, "operator" / OPERATOR, "body" / GreedyBytes),
     "control_plain": Struct("command" / Int8ub, "n2" / Int8ub, "expiry" / Bytes(6)),
     "error": Struct("code" / Int8ub, "extra" / GreedyBytes),
+    # 03 security (安全认证, the State Grid cost-control extension): DI, operator, payload
+    "security": Struct("di" / Bytes(4), "operator" / OPERATOR, "body" / GreedyBytes),
+    "security_reply": Struct("di" / Bytes(4), "body" / GreedyBytes),
+    "auth_payload": Struct("ciphertext" / Bytes(8), "random" / Bytes(8), "factor" / Bytes(8)),
+    "auth_reply": Struct("random" / Bytes(4), "esam_serial" / Bytes(8)),
+    "topup_payload": Struct("amount" / Int32ub, "count" / Int32ub, "mac1" / Bytes(4),
+                            "customer" / Bytes(6), "mac2" / Bytes(4)),
 }
 COMPILED: dict[str, Any] = {k: v.compile() for k, v in LAYOUTS.items()}
 
@@ -435,6 +442,108 @@ class RemoteControlRequest(Message):
                       operator=_operator_wire(self.operator), body=body)
 
 
+# Security DIs of the 03 function (the State Grid cost-control extension, Q/GDW 1354).
+DI_AUTHENTICATE = 0x070000FF  # identity authentication (身份认证)
+DI_TOPUP = 0x070102FF  # remote top-up (远程充值)
+
+# SERR, the 2-byte error word of an abnormal 03 reply (C3), bit by bit (check: vendor
+# documents number them alike; the software module and the simulator use these).
+SECURITY_ERROR_BITS: dict[int, str] = {
+    0: "other_error", 1: "repeated_topup", 2: "esam_verification_failed",
+    3: "authentication_failed", 4: "customer_mismatch", 5: "purchase_count_wrong",
+    6: "over_hoarding_limit",
+}
+
+
+def security_error_names(code: int) -> tuple[str, ...]:
+    return tuple(SECURITY_ERROR_BITS.get(b, f"reserved_bit_{b}") for b in range(16)
+                 if code >> b & 1)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """Identity authentication request payload: ciphertext 1, random 1, the
+    diversification factor (the meter address padded to 8 bytes, usually)."""
+
+    ciphertext: bytes
+    random: bytes
+    factor: bytes
+
+    def payload(self) -> bytes:
+        return _build("auth_payload", ciphertext=self.ciphertext, random=self.random,
+                      factor=self.factor)
+
+    @classmethod
+    def parse(cls, data: bytes) -> AuthChallenge:
+        c = _parse("auth_payload", data, "identity authentication")
+        return cls(bytes(c.ciphertext), bytes(c.random), bytes(c.factor))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAnswer:
+    """The meter's answer to identity authentication: random 2 and its ESAM serial."""
+
+    random: bytes
+    esam_serial: bytes
+
+    def payload(self) -> bytes:
+        return _build("auth_reply", random=self.random, esam_serial=self.esam_serial)
+
+    @classmethod
+    def parse(cls, data: bytes) -> AuthAnswer:
+        c = _parse("auth_reply", data, "identity authentication reply")
+        return cls(bytes(c.random), bytes(c.esam_serial))
+
+
+@dataclass(frozen=True, slots=True)
+class TopupPayload:
+    """Remote top-up payload: amount in fen, the purchase count it makes, the customer
+    number (6 bytes) and the two MACs of the security module."""
+
+    amount_fen: int
+    count: int
+    customer: bytes
+    mac1: bytes
+    mac2: bytes
+
+    def payload(self) -> bytes:
+        return _build("topup_payload", amount=self.amount_fen, count=self.count,
+                      mac1=self.mac1, customer=self.customer, mac2=self.mac2)
+
+    @classmethod
+    def parse(cls, data: bytes) -> TopupPayload:
+        c = _parse("topup_payload", data, "remote top-up")
+        return cls(c.amount, c.count, bytes(c.customer), bytes(c.mac1), bytes(c.mac2))
+
+
+@dataclass(slots=True, kw_only=True)
+class SecurityRequest(Message):
+    """03: a security operation ``di`` (identity authentication, remote top-up ...) with
+    the protected ``payload`` a security module made."""
+
+    di: int
+    operator: str = "00000000"
+    payload: bytes = field(default=b"", repr=False)
+    FUNCTION: ClassVar[dict[Version, int]] = {V7: 0x03}
+
+    def data(self) -> bytes:
+        return _build("security", di=_di_bytes(self.di, V7),
+                      operator=_operator_wire(self.operator), body=self.payload)
+
+
+@dataclass(slots=True, kw_only=True)
+class SecurityReply(Message):
+    """83: the meter's answer to a security operation (payload may be empty)."""
+
+    di: int
+    payload: bytes = b""
+    FUNCTION: ClassVar[dict[Version, int]] = {V7: 0x03}
+    REPLY: ClassVar[bool] = True
+
+    def data(self) -> bytes:
+        return _build("security_reply", di=_di_bytes(self.di, V7), body=self.payload)
+
+
 @dataclass(slots=True, kw_only=True)
 class Ack(Message):
     """A normal reply without data (94, 95, 96, 99, 9A, 9B, 9C and the 1997 ones)."""
@@ -591,6 +700,15 @@ def _dec_clear_events(f: Frame, v: Version) -> Message:
                               operator=bcd_digits(c.operator), di=_di(c.di))
 
 
+def _dec_security(f: Frame, v: Version) -> Message:
+    if f.is_reply:
+        c = _parse("security_reply", f.data, "security reply")
+        return SecurityReply(address=f.address, version=v, di=_di(c.di), payload=c.body)
+    c = _parse("security", f.data, "security request")
+    return SecurityRequest(address=f.address, version=v, di=_di(c.di),
+                           operator=bcd_digits(c.operator), payload=c.body)
+
+
 def _dec_control(f: Frame, v: Version) -> Message:
     c = _parse("control", f.data, "remote control request")
     password, operator = _password_text(c.password), bcd_digits(c.operator)
@@ -624,6 +742,7 @@ _REQUESTS: dict[tuple[Version, int], _Decoder] = {
     (V7, 0x1A): _dec_auth(ClearMeterRequest),
     (V7, 0x1B): _dec_clear_events,
     (V7, 0x1C): _dec_control,
+    (V7, 0x03): _dec_security,
 }
 _REPLIES: dict[tuple[Version, int], _Decoder] = {
     (V7, 0x11): _dec_read_reply, (V97, 0x01): _dec_read_reply,
@@ -631,6 +750,7 @@ _REPLIES: dict[tuple[Version, int], _Decoder] = {
     (V7, 0x13): _dec_read_address_reply,
     (V7, 0x17): _dec_baud, (V97, 0x0C): _dec_baud,
     (V7, 0x18): _dec_password, (V97, 0x0F): _dec_password,
+    (V7, 0x03): _dec_security,
 }
 
 

@@ -42,6 +42,7 @@ class Function2007(IntEnum):
     CLEAR_METER = 0x1A
     CLEAR_EVENTS = 0x1B
     REMOTE_CONTROL = 0x1C
+    SECURITY = 0x03  # 安全认证: the State Grid cost-control extension (ESAM)
 
 
 class Function1997(IntEnum):

@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple, cast
 from protocols.quantities import QUANTITIES, Kind
 
 from ._profile import (
+    CURVE_SOURCES,
     WORDS,
     Function,
     Profile,
@@ -35,7 +36,7 @@ __all__ = ["MAX_READ_REGISTERS", "ProfileError", "parse_profile", "profile_from_
 MAX_READ_REGISTERS = 125
 
 _TOP_KEYS = ("profile", "register", "unmapped", "relay")
-_PROFILE_KEYS = ("manufacturer", "model", "manual", "max_registers", "max_gap")
+_PROFILE_KEYS = ("manufacturer", "model", "manual", "max_registers", "max_gap", "curve")
 _REGISTER_KEYS = ("name", "function", "address", "type", "word_order", "scale", "unit",
                   "public", "note")
 _UNMAPPED_KEYS = ("function", "address", "words", "writable", "low", "high", "public", "note")
@@ -207,6 +208,7 @@ class _Checker:
         manufacturer = model = manual = None
         max_registers: int | None = MAX_READ_REGISTERS
         max_gap: int | None = 0
+        curve: str | None = "none"
         if meta is not None:
             self.unknown_keys("[profile]", meta, _PROFILE_KEYS)
             manufacturer = self.string("[profile]", meta, "manufacturer", required=True)
@@ -218,6 +220,8 @@ class _Checker:
                                          default=MAX_READ_REGISTERS)
             max_gap = self.integer("[profile]", meta, "max_gap", required=False, low=0,
                                    high=MAX_READ_REGISTERS - 1, default=0)
+            curve = self.choice("[profile]", meta, "curve", CURVE_SOURCES, required=False,
+                                default="none")
 
         raw_registers = data.get("register", [])
         registers: list[Register] = []
@@ -249,12 +253,13 @@ class _Checker:
         if "relay" in data:
             relay = self.relay(data["relay"])
 
-        if None in (manufacturer, model, manual, max_registers, max_gap) or self.problems:
+        if None in (manufacturer, model, manual, max_registers, max_gap, curve) \
+                or self.problems:
             return None
         return Profile(name=name, manufacturer=cast(str, manufacturer), model=cast(str, model),
                        manual=cast(str, manual), registers=tuple(registers), relay=relay,
                        max_registers=cast(int, max_registers), max_gap=cast(int, max_gap),
-                       unmapped=tuple(unmapped))
+                       unmapped=tuple(unmapped), curve=cast(str, curve))
 
     def register(self, index: int, item: Any, seen: dict[str, int],
                  max_registers: int | None, spans: list[_Span]) -> Register | None:

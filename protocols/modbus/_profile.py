@@ -72,6 +72,11 @@ class RelayControl:
     note: str = ""
 
 
+CURVE_SOURCES: tuple[str, ...] = ("none",)
+"""Load-curve sources a profile may declare.  Only "none" so far: no public register map
+of a load-curve record area is known for the devices profiled (amic reads none over Modbus)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str  # file stem, e.g. "acrel-dtsy1352"
@@ -84,6 +89,7 @@ class Profile:
     max_gap: int = 0  # unused registers a merged read may span (some devices refuse gaps)
     byte_order: Literal["big"] = "big"  # Modbus registers are big-endian on the wire
     unmapped: tuple[Unmapped, ...] = ()  # listed registers that are no quantity
+    curve: str = "none"  # where its load curve comes from (CURVE_SOURCES); "none": no curve
 
     def register(self, name: str) -> Register:
         for r in self.registers:
