@@ -371,7 +371,8 @@ def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
         'schedule, mqtt, gateway, timeseries, commands, prepaid, alarms, daily, listener, '
-        'concentrator, dtu, got an unknown key; did you mean "bus"?')
+        'concentrator, dtu, notify, notify_webhook, notify_email, notify_sms, got an '
+        'unknown key; did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:
@@ -584,7 +585,7 @@ def test_no_bus() -> None:
      'with role "area_master", got nothing'),
     ('bus = "line-1"', 'bus = "line-1"\ncustomr = "1"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "customr": expected one of the keys '
-     'meter_id, address, bus, protocol, station, feeder, area, box, customer, prepaid, role, '
+     'meter_id, address, bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, '
      'profile, pn, port, baud, got an unknown key; did you mean "customer"?'),
     ('meter_id = "M1"', 'meter_id = "M 1"',
      'amic.toml:11: [[meter]] #1 (meter_id "M 1"): key "meter_id": expected a name of '
@@ -705,7 +706,7 @@ def test_ledger_columns_in_any_order_and_optional_ones_left_out() -> None:
 def test_ledger_unknown_and_missing_columns() -> None:
     assert problems(WITH_LEDGER, "meter_id,adress,bus\nM1,1,line-1\n") == [
         'meters.csv:1: header: column "adress": expected one of the columns meter_id, address, '
-        'bus, protocol, station, feeder, area, box, customer, prepaid, role, profile, pn, port, '
+        'bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, profile, pn, port, '
         'baud, got an '
         'unknown column; did you mean "address"?',
         'meters.csv:1: header: column "address": expected a header naming the columns '
@@ -740,7 +741,7 @@ def test_ledger_excel_scientific_address() -> None:
 def test_ledger_empty_and_not_utf8() -> None:
     assert problems(WITH_LEDGER, "# nothing yet\n")[0] == (
         "meters.csv: header: expected a header line: meter_id, address, bus, protocol, "
-        "station, feeder, area, box, customer, prepaid, role, profile, got an empty file")
+        "station, feeder, area, box, customer, phone, prepaid, role, profile, got an empty file")
     Path("meters.csv").write_bytes((HEADER + "M1,1,line-1,,,,台区,,,,\n").encode("gbk"))
     Path("amic.toml").write_text(WITH_LEDGER)
     with pytest.raises(ConfigError) as info:

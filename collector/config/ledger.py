@@ -204,7 +204,8 @@ class LedgerMixin(LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer")}
+        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer",
+                                     "phone")}
         prepaid = get("prepaid")
         role = get("role")
         route_ok = True
@@ -256,7 +257,8 @@ class LedgerMixin(LoaderBase):
                              protocol=cast(Protocol, protocol),
                              station=texts["station"] or "", feeder=texts["feeder"] or "",
                              area=texts["area"] or "", box=texts["box"] or "",
-                             customer=texts["customer"] or "", prepaid=prepaid,
+                             customer=texts["customer"] or "", phone=texts["phone"] or "",
+                             prepaid=prepaid,
                              role=cast(Role, role), pn=pn, port=port, baud=baud)
 
     def profile_problem(self, name: str) -> str:

@@ -36,6 +36,10 @@ from .settings import (
     MetersTable,
     MeterTable,
     MqttTable,
+    NotifyEmailTable,
+    NotifySmsTable,
+    NotifyTable,
+    NotifyWebhookTable,
     PrepaidTable,
     Role,
     ScheduleTable,
@@ -106,6 +110,10 @@ GATEWAY_KEYS = keys(GatewayTable)
 LISTENER_KEYS = keys(ListenerTable)
 CONCENTRATOR_KEYS = keys(ConcentratorTable)
 DTU_KEYS = keys(DtuTable)
+NOTIFY_KEYS = keys(NotifyTable)
+NOTIFY_WEBHOOK_KEYS = keys(NotifyWebhookTable)
+NOTIFY_EMAIL_KEYS = keys(NotifyEmailTable)
+NOTIFY_SMS_KEYS = keys(NotifySmsTable)
 # ledger columns only a meter behind a concentrator has
 ROUTE_COLUMNS = keys(MeterRouteTable)
 BUS_COMMON_KEYS = keys(BusTable)
@@ -137,6 +145,10 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "listener": (ListenerTable,),
     "concentrator": (ConcentratorTable,),
     "dtu": (DtuTable,),
+    "notify": (NotifyTable,),
+    "notify_webhook": (NotifyWebhookTable,),
+    "notify_email": (NotifyEmailTable,),
+    "notify_sms": (NotifySmsTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;
