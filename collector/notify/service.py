@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from collector.config.settings import MeterSettings, NotifySettings
+from collector.config.settings import MeterSettings, NotifySettings, SmsSettings
 from collector.polling.rules import SEVERITY
 from collector.store import Store
 from collector.store.records import from_ms
@@ -103,9 +103,11 @@ class Notifications:
                                 c.name, k)
 
     def route(self, src: Source) -> list[str]:
-        """The channels whose rule takes ``src``."""
+        """The channels whose rule takes ``src`` (an SMS only to a meter with a phone)."""
+        meter = self.meters().get(src.meter) if src.meter else None
         return [c.name for c in self.settings.channels
-                if c.wants(src.kind, src.severity, src.meter)]
+                if c.wants(src.kind, src.severity, src.meter)
+                and not (isinstance(c, SmsSettings) and (meter is None or not meter.phone))]
 
     # ---- one round ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from collector.config.settings import (
 )
 from collector.daily.jobs import DailyJobs
 from collector.forward.forwarder import Forwarder
+from collector.notify import Notifications
 from collector.polling.context import DaemonContext
 from collector.polling.rules import AlarmEngine, AlarmSettings, severity
 from collector.polling.scheduler import BusHealth, BusWorker, Lane, MeterHealth, Poller, Sinks
@@ -185,6 +186,7 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.mqtt: MqttLink | None = None
         self.forwarder: Forwarder | None = None
+        self.notifications: Notifications | None = None  # [notify]
         self.reloads = 0
         self.reload_failures = 0
         self.readings_seen = 0
@@ -703,6 +705,21 @@ class Daemon:
                                    collector=self.settings.collector.id)
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
+    def _start_notify(self) -> None:
+        """Notifications read the events once stored (see collector/notify)."""
+        if self.settings.notify is None or self.store is None:
+            return
+        by_id: dict[str, tuple[Settings, dict[str, MeterSettings]]] = {}
+
+        def meters() -> dict[str, MeterSettings]:  # the ledger as now, indexed once
+            s = self.settings
+            if "m" not in by_id or by_id["m"][0] is not s:
+                by_id["m"] = (s, {m.meter_id: m for m in s.meters})
+            return by_id["m"][1]
+
+        self.notifications = Notifications(self.settings.notify, self.store, meters)
+        self.notifications.start()
+
     async def _stop_forwarder(self) -> bool:
         """Stop the forwarder after its batch in flight; its cursor stays in the store.
 
@@ -848,6 +865,7 @@ class Daemon:
         self.control.start()
         self._start_daily()
         self._start_forwarder()
+        self._start_notify()
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
                  len(self.buses), len(self.settings.meters), len(self.settings.schedules),
@@ -895,6 +913,8 @@ class Daemon:
             if t.get_name() == "forwarder":  # finishes the batch in flight, keeps its cursor
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(t, 3.0)
+        if self.notifications is not None:  # undelivered messages wait in the store
+            await self.notifications.stop(timeout=3.0)
         if self.writer is not None:
             self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
             # Without room the rows in memory cannot be saved: leave before systemd's
