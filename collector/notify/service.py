@@ -150,7 +150,7 @@ class Notifications:
             self.outbox.retry_at(msg.id, now + dt.timedelta(seconds=delay), str(e))
             down.add(msg.channel)
             r.retried += 1
-            log.warning("notify %s: %s for meter %s not delivered (%s); again in %.0f s",
+            log.warning("notify %s: %s for meter %s not delivered (%s); again in %g s",
                         msg.channel, msg.kind, msg.meter or "-", e, delay)
         except GiveUp as e:
             self.outbox.give_up(msg.id, str(e), now)
