@@ -164,3 +164,73 @@ async def test_a_prepaid_trip_mails_and_calls_the_webhook_once(tmp_path: Path) -
             assert await asyncio.wait_for(run, 15) == 0
             hook.down()
             smtp.down()
+
+
+RELOAD = """
+[collector]
+id = "notify-gw"
+data_dir = "data"
+commit_interval = "100ms"
+
+[[bus]]
+name = "conc-1"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+td_ms = 200
+
+[[meter]]
+meter_id = "M1"
+address = "000000000001"
+bus = "conc-1"
+
+{m9}
+[schedule.poll]
+interval = "1s"
+quantities = ["voltage_a"]
+retries = 0
+
+[alarms]
+comm_loss_after = 1
+
+[notify]
+interval = "200ms"
+
+[[notify_webhook]]
+name = "ops"
+url = "{hook}"
+events = ["{kind}"]
+quiet = false
+"""
+
+
+async def test_a_reload_applies_new_notify_rules_and_urls(tmp_path: Path) -> None:
+    # M9, added by the reload, does not answer: meter_dead, after the reload only
+    meters = make_meters(["000000000001"])
+    m9 = '[[meter]]\nmeter_id = "M9"\naddress = "000000000009"\nbus = "conc-1"\n'
+    old, new = HttpReceiver(), HttpReceiver()
+    old.up()
+    new.up()
+    server = BusServer(meters, baud=19200, td=0.005)
+    try:
+        async with server:
+            cfg = tmp_path / "amic.toml"
+            cfg.write_text(RELOAD.format(port=server.port, hook=old.url, kind="meter_dead",
+                                         m9=""))
+            daemon = Daemon(load_settings(cfg), notifier=Notifier.from_env({}), align=False)
+            run = asyncio.create_task(daemon.run())
+            try:
+                await until(lambda: daemon.notifications is not None)
+                cfg.write_text(RELOAD.format(port=server.port, hook=new.url,
+                                             kind="meter_dead", m9=m9))
+                assert await daemon.reload()
+                await until(lambda: len(new.delivered) == 1, 20)
+                (got,) = new.delivered.values()
+                assert (got["body"]["kind"], got["body"]["meter"]) == ("meter_dead", "M9")
+                assert old.requests == []
+            finally:
+                daemon.stop_requested.set()
+                assert await asyncio.wait_for(run, 15) == 0
+    finally:
+        old.down()
+        new.down()

@@ -169,6 +169,10 @@ class Notifications:
         """:meth:`run_once` in the service's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.run_once)
 
+    async def reload(self, settings: NotifySettings) -> None:
+        """:meth:`apply` between two rounds (a reload of the configuration)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.apply, settings)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="notify")
 

@@ -643,7 +643,8 @@ class Daemon:
         return True
 
     async def _apply_sections(self, old: Settings, new: Settings) -> bool:
-        """``[alarms]``, ``metrics_listen``, ``[timeseries]``, ``[daily]`` of a reload."""
+        """``[alarms]``, ``metrics_listen``, ``[timeseries]``, ``[notify]``, ``[daily]`` of a
+        reload."""
         if self.alarms is not None and old.alarms.values != new.alarms.values:
             self.alarms.settings = AlarmSettings(**dict(new.alarms.values))  # type: ignore[arg-type]
         if old.collector.metrics_listen != new.collector.metrics_listen:
@@ -658,6 +659,8 @@ class Daemon:
             log.info("reload: [timeseries] applied (forwarder restarted on its cursor)")
         elif self.forwarder is not None and old.meters != new.meters:
             self.forwarder.set_meters(new.meters)
+        if old.notify != new.notify:
+            await self._reload_notify(new)
         if old.daily != new.daily:
             if self.daily is not None:
                 jobs = self.daily
@@ -719,6 +722,16 @@ class Daemon:
 
         self.notifications = Notifications(self.settings.notify, self.store, meters)
         self.notifications.start()
+
+    async def _reload_notify(self, new: Settings) -> None:
+        if self.notifications is not None and new.notify is not None:
+            await self.notifications.reload(new.notify)
+        elif self.notifications is not None:  # [notify] removed: the outbox keeps the rest
+            await self.notifications.stop()
+            self.notifications = None
+        else:
+            self._start_notify()
+        log.info("reload: [notify] applied")
 
     async def _stop_forwarder(self) -> bool:
         """Stop the forwarder after its batch in flight; its cursor stays in the store.
