@@ -370,3 +370,18 @@ def test_notify_config_refusals_name_file_line_key(tmp_path: Path,
                                '"templates": expected a text with'), texts
     assert "{amount}" in texts[2] and len(texts) == 3
     assert all("k-123" not in t for t in texts)
+
+
+def test_a_bad_phone_is_refused_without_showing_it(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for bad, found in (('phone = "13812345678x"', '"13812345****"'),
+                       ("phone = 13812345678", "a number (not shown)")):
+        _write(tmp_path, BASE.replace('phone = "13812345678"', bad))
+        with pytest.raises(ConfigError) as info:
+            load_settings(Path("amic.toml"))
+        (p,) = info.value.problems
+        assert str(p).startswith(f'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "phone": '
+                                 f'expected a phone number of digits (an optional leading '
+                                 f'"+"), got {found}'), str(p)
+        assert "5678" not in str(p)

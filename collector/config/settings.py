@@ -240,7 +240,7 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
-    phone: Annotated[str, As("customer")] = Field(
+    phone: Annotated[str, As("phone")] = Field(
         "", description="the customer's mobile number, for SMS; masked in logs")
     prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
