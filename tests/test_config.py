@@ -585,8 +585,8 @@ def test_no_bus() -> None:
      'with role "area_master", got nothing'),
     ('bus = "line-1"', 'bus = "line-1"\ncustomr = "1"',
      'amic.toml:14: [[meter]] #1 (meter_id "M1"): key "customr": expected one of the keys '
-     'meter_id, address, bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, '
-     'profile, pn, port, baud, got an unknown key; did you mean "customer"?'),
+     'meter_id, address, bus, protocol, station, feeder, area, box, customer, phone, prepaid, '
+     'role, profile, pn, port, baud, got an unknown key; did you mean "customer"?'),
     ('meter_id = "M1"', 'meter_id = "M 1"',
      'amic.toml:11: [[meter]] #1 (meter_id "M 1"): key "meter_id": expected a name of '
      'letters, digits, "_", "." and "-" (at most 64), got "M 1"'),
@@ -706,8 +706,8 @@ def test_ledger_columns_in_any_order_and_optional_ones_left_out() -> None:
 def test_ledger_unknown_and_missing_columns() -> None:
     assert problems(WITH_LEDGER, "meter_id,adress,bus\nM1,1,line-1\n") == [
         'meters.csv:1: header: column "adress": expected one of the columns meter_id, address, '
-        'bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, profile, pn, port, '
-        'baud, got an '
+        'bus, protocol, station, feeder, area, box, customer, phone, prepaid, role, profile, pn, '
+        'port, baud, got an '
         'unknown column; did you mean "address"?',
         'meters.csv:1: header: column "address": expected a header naming the columns '
         'meter_id, address, bus at least, got no address column']
