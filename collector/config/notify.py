@@ -29,7 +29,7 @@ from .settings import (
     SmsSettings,
     Table,
     WebhookSettings,
-    _wrapping_window,
+    wrapping_window,
 )
 from .tables import TablesMixin
 
@@ -72,7 +72,7 @@ class NotifyMixin(TablesMixin):
         quiet: tuple[float, float] | None = None
         if "quiet_hours" in data:
             try:
-                got_window = _wrapping_window(data["quiet_hours"])
+                got_window = wrapping_window(data["quiet_hours"])
                 if not isinstance(got_window, tuple):
                     raise ValueError('local hours such as "22:00-07:00"')
                 quiet = got_window

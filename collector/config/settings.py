@@ -122,7 +122,7 @@ def _window(value: object) -> object:
     return window
 
 
-def _wrapping_window(value: object) -> object:
+def wrapping_window(value: object) -> object:
     if not isinstance(value, str):
         return value
     window = local_hours(value)
@@ -474,7 +474,7 @@ class NotifyTable(Table):
 
     tz: Annotated[str, ZONE] = Field("Asia/Shanghai", description="for quiet hours and texts")
     quiet_hours: Annotated[tuple[float, float] | None, CUSTOM,
-                           BeforeValidator(_wrapping_window)] = Field(
+                           BeforeValidator(wrapping_window)] = Field(
         None, description='local hours, e.g. "22:00-07:00"; none: no quiet hours')
     urgent_severity: Annotated[StrictInt, As("int")] = Field(
         2, ge=0, le=3, description="sent during quiet hours too, from this severity; 3: none")
