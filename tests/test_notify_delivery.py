@@ -47,10 +47,10 @@ class Clock:
 
 
 def put_event(store: Store, kind: str, meter: str | None, severity: int = 1,
-              value: float | None = None) -> None:
+              value: float | None = None, ts: dt.datetime = NOON) -> None:
     conn = store.thread_connection()
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute(INSERT_EVENT, (to_ms(NOON), kind, meter, None, severity, value, "test"))
+    conn.execute(INSERT_EVENT, (to_ms(ts), kind, meter, None, severity, value, "test"))
     conn.execute("COMMIT")
 
 
@@ -250,7 +250,8 @@ def test_confirmed_relay_switchings_become_messages(store: Store) -> None:
                                         ("restore", "failed"), ("restore", "confirmed"))):
         conn.execute("INSERT OR REPLACE INTO commands (command_id, meter, kind, ts, status, "
                      "detail, updated) VALUES (?, 'M1', ?, 0, ?, ?, ?)",
-                     (f"c{i // 2}", kind, status, json.dumps({"reason": "prepaid"}), i))
+                     (f"c{i // 2}", kind, status, json.dumps({"reason": "prepaid"}),
+                      to_ms(NOON) + i))
     conn.execute("COMMIT")
     assert n.outbox.pump(n.route) == 2
     rows = n.outbox.rows()
@@ -276,6 +277,7 @@ def test_upgrade_from_version_6_adds_the_outbox_and_notifies_from_then_on(
         n = service(s, Clock(NOON), webhooks=(hook("http://127.0.0.1:9/x"),))
         assert n.outbox.pump(n.route) == 0  # history is not notified
         put_event(s, "balance_exhausted", "M1", severity=2)
+        put_event(s, "topup", "M1", ts=NOON - dt.timedelta(days=2))  # stale: not sent
         assert n.outbox.pump(n.route) == 1
         assert [r["kind"] for r in n.outbox.rows()] == ["balance_exhausted"]
 

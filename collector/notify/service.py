@@ -38,6 +38,9 @@ from .outbox import RELAY_KINDS, Message, Outbox, Source
 log = logging.getLogger("amic.notify")
 
 HOUR = dt.timedelta(hours=1)
+# Older rows are not notified: a [notify] taken out and put back days later (its cursor
+# kept) must not flood customers with what happened meanwhile.
+STALE = dt.timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -103,7 +106,10 @@ class Notifications:
                                 c.name, k)
 
     def route(self, src: Source) -> list[str]:
-        """The channels whose rule takes ``src`` (an SMS only to a meter with a phone)."""
+        """The channels whose rule takes ``src`` (an SMS only to a meter with a phone;
+        nothing for a row older than :data:`STALE`)."""
+        if from_ms(src.ts) < self.clock() - STALE:
+            return []
         meter = self.meters().get(src.meter) if src.meter else None
         return [c.name for c in self.settings.channels
                 if c.wants(src.kind, src.severity, src.meter)
