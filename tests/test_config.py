@@ -371,7 +371,8 @@ def test_unknown_top_level_table() -> None:
     assert problem(BASE + '\n[buses]\nx = 1\n') == (
         'amic.toml:19: key "buses": expected one of the keys collector, bus, meter, meters, '
         'schedule, mqtt, gateway, timeseries, commands, prepaid, alarms, daily, listener, '
-        'concentrator, dtu, security, api, got an unknown key; did you mean "bus"?')
+        'concentrator, dtu, security, api, notify, notify_webhook, notify_email, notify_sms, '
+        'got an unknown key; did you mean "bus"?')
 
 
 def test_single_bracket_bus_table() -> None:

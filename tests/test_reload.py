@@ -346,7 +346,7 @@ def test_store_upgrade_from_version_4_adds_the_cut_flag(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         old = s.cycle("old")
         assert old is not None and not old.cut and old.succeeded == 3
 

@@ -484,7 +484,7 @@ async def test_upgrade_from_version_4_keeps_the_commands_outbox(tmp_path: Path) 
     conn.commit()
     conn.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         assert [r["status"] for r in s.outbox("fwd", "commands")] == ["verified"]
         async with StoreWriter(s) as w:
             w.put_command(CommandRecord("c1", "m1", "trip", T0, status="received"))

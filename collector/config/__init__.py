@@ -35,6 +35,7 @@ from .checks import readable
 from .convert import parse_duration
 from .ledger import CsvRecordError, LedgerMixin, csv_records
 from .messages import quote as _q
+from .notify import NotifyMixin
 from .problems import ConfigError, Problem
 from .schema import (
     ALARM_KEYS,
@@ -72,7 +73,6 @@ from .schema import (
 )
 from .selectors import meters_matching, parse_selector, select_meters
 from .settings import Settings
-from .tables import TablesMixin
 
 log = logging.getLogger("amic.config")
 
@@ -123,7 +123,7 @@ __all__ = [
 ]
 
 
-class _Loader(TablesMixin, LedgerMixin):
+class _Loader(NotifyMixin, LedgerMixin):
     """The whole file: each part is a mixin (tables, ledger, selectors, checks)."""
 
     # -- the whole file
@@ -176,6 +176,7 @@ class _Loader(TablesMixin, LedgerMixin):
         daily = self.daily(data.get("daily"))
         security = self.security(data.get("security"))
         api = self.api(data.get("api"), commands)
+        notify = self.notify(data)
         if self.problems:
             raise ConfigError(self.sorted_problems())
         assert collector is not None
@@ -184,7 +185,7 @@ class _Loader(TablesMixin, LedgerMixin):
                         gateways=tuple(gateways), timeseries=timeseries,
                         commands=commands, prepaid=prepaid, alarms=alarms, daily=daily,
                         listeners=tuple(listeners), concentrators=tuple(concentrators),
-                        dtus=tuple(dtus), security=security, api=api)
+                        dtus=tuple(dtus), security=security, api=api, notify=notify)
 
 
 def check_ledger_text(file: str, text: str, bus_names: Iterable[str]

@@ -94,6 +94,22 @@ def customer_conv() -> Conv[str]:
     return Conv("a string", fn)
 
 
+def phone_conv() -> Conv[str]:
+    """A phone number (personal data: a refusal shows it with its last four digits
+    hidden)."""
+    def fn(v: object) -> str:
+        if not isinstance(v, str):
+            kind = "a number" if isinstance(v, int | float) else f"a {type(v).__name__}"
+            raise BadValue(found=f"{kind} (not shown)", hint='quote it: phone = "..."'
+                           if isinstance(v, int | float) else "")
+        s = v.strip()
+        if s and not re.fullmatch(r"\+?[0-9][0-9 \-]{4,19}", s):
+            shown = s[:-4] + "****" if len(s) > 4 else "****"
+            raise BadValue(found=_q(shown))
+        return s
+    return Conv('a phone number of digits (an optional leading "+")', fn)
+
+
 def int_conv(lo: int, hi: int, unit: str = "") -> Conv[int]:
     def fn(v: object) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

@@ -26,6 +26,7 @@ from .convert import (
     nonempty_conv,
     parity_conv,
     path_conv,
+    phone_conv,
     text_conv,
     toml_bool_conv,
     topic_conv,
@@ -101,7 +102,8 @@ def conv_of(model: type[Table], name: str, csv: bool = False) -> Conv[Any]:
         return name_conv(mark.what) if mark.what else name_conv()
     if kind in ("path", "nonempty"):
         return (path_conv if kind == "path" else nonempty_conv)(mark.what)
-    simple = {"text": text_conv, "customer": customer_conv, "address": address_conv,
+    simple = {"text": text_conv, "customer": customer_conv, "phone": phone_conv,
+              "address": address_conv,
               "unit": unit_conv, "host": host_conv, "listen": listen_conv,
               "mqtt_url": mqtt_url_conv, "http_url": http_url_conv, "topic": topic_conv,
               "zone": zone_conv, "parity": parity_conv}

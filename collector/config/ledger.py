@@ -205,7 +205,8 @@ class LedgerMixin(LoaderBase):
                 self.add(t, "profile", "a loadable device profile", problem, meter=mid,
                          file=file, line=line)
                 profile = None
-        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer", "phone")}
+        texts = {k: get(k) for k in ("station", "feeder", "area", "box", "customer",
+                                     "phone")}
         prepaid = get("prepaid")
         role = get("role")
         route_ok = True

@@ -37,10 +37,11 @@ class Problem:
     def where(self) -> str:
         """The table as a person finds it in the file: ``[[bus]] #2 (name "rs485-a")``."""
         t = self.table
-        m = re.fullmatch(r"(bus|meter|ledger|gateway|listener|concentrator|dtu)\[(\d+)\]", t)
+        m = re.fullmatch(r"(bus|meter|ledger|gateway|listener|concentrator|dtu|"
+                         r"notify_webhook|notify_email|notify_sms)\[(\d+)\]", t)
         if m:
             kind, n = m.group(1), int(m.group(2)) + 1
-            if kind in ("bus", "gateway", "listener", "concentrator", "dtu"):
+            if kind not in ("meter", "ledger"):
                 return f"[[{kind}]] #{n}" + (f" (name {_q(self.name)})" if self.name else "")
             head = f"[[meter]] #{n}" if kind == "meter" else f"row {n}"
             return head + (f" (meter_id {_q(self.meter)})" if self.meter else "")

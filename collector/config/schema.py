@@ -37,6 +37,10 @@ from .settings import (
     MetersTable,
     MeterTable,
     MqttTable,
+    NotifyEmailTable,
+    NotifySmsTable,
+    NotifyTable,
+    NotifyWebhookTable,
     PrepaidTable,
     Role,
     ScheduleTable,
@@ -110,6 +114,10 @@ GATEWAY_KEYS = keys(GatewayTable)
 LISTENER_KEYS = keys(ListenerTable)
 CONCENTRATOR_KEYS = keys(ConcentratorTable)
 DTU_KEYS = keys(DtuTable)
+NOTIFY_KEYS = keys(NotifyTable)
+NOTIFY_WEBHOOK_KEYS = keys(NotifyWebhookTable)
+NOTIFY_EMAIL_KEYS = keys(NotifyEmailTable)
+NOTIFY_SMS_KEYS = keys(NotifySmsTable)
 # ledger columns only a meter behind a concentrator has
 ROUTE_COLUMNS = keys(MeterRouteTable)
 BUS_COMMON_KEYS = keys(BusTable)
@@ -143,6 +151,10 @@ TABLE_MODELS: dict[str, tuple[type[Table], ...]] = {
     "dtu": (DtuTable,),
     "security": (SecurityTable,),
     "api": (ApiTable,),
+    "notify": (NotifyTable,),
+    "notify_webhook": (NotifyWebhookTable,),
+    "notify_email": (NotifyEmailTable,),
+    "notify_sms": (NotifySmsTable,),
 }
 TABLE_KEYS: dict[str, tuple[str, ...]] = {t: keys(*m) for t, m in TABLE_MODELS.items()}
 # key -> the settings field it fills, where the two names differ (all others: the same name;

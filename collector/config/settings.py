@@ -122,6 +122,16 @@ def _window(value: object) -> object:
     return window
 
 
+def wrapping_window(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    window = local_hours(value)
+    if window is None or not (0 <= window[0] < 24 and 0 <= window[1] <= 24) \
+            or window[0] == window[1]:
+        raise ValueError('local hours such as "22:00-07:00" (may cross midnight)')
+    return window
+
+
 NAME = As("name")
 TEXT = As("text")
 DURATION = As("duration")
@@ -230,8 +240,9 @@ class MeterTable(Table):
     box: Annotated[str, TEXT] = Field("", description="meter box")
     customer: Annotated[str, As("customer")] = Field(
         "", description="customer number; never logged in full")
-    phone: Annotated[str, As("customer")] = Field(
-        "", description="customer's phone (personal data: masked by the API but for admins)")
+    phone: Annotated[str, As("phone")] = Field(
+        "", description="the customer's mobile number, for SMS (personal data: masked in "
+                        "logs, and by the API but for admins)")
     prepaid: StrictBool = Field(False, description="kept by the prepaid engine")
     role: Role = Field("customer", description="customer or area_master")
     profile: Annotated[str, TEXT] = Field(
@@ -512,6 +523,75 @@ class ApiTable(Table):
         10_000, ge=1, le=1_000_000, description="the most rows one readings page holds")
 
 
+# ---- [notify] and its channels (collector/notify)
+
+NotifyLanguage = Literal["zh", "en"]
+
+
+class NotifyTable(Table):
+    """``[notify]``: what every notification channel shares."""
+
+    tz: Annotated[str, ZONE] = Field("Asia/Shanghai", description="for quiet hours and texts")
+    quiet_hours: Annotated[tuple[float, float] | None, CUSTOM,
+                           BeforeValidator(wrapping_window)] = Field(
+        None, description='local hours, e.g. "22:00-07:00"; none: no quiet hours')
+    urgent_severity: Annotated[StrictInt, As("int")] = Field(
+        2, ge=0, le=3, description="sent during quiet hours too, from this severity; 3: none")
+    max_per_hour: Annotated[StrictInt, As("int", unit=" messages")] = Field(
+        3, ge=0, le=1000, description="per meter and channel; 0: no limit")
+    retry_min: Seconds = Field(10.0, gt=0, le=3600, description="first back-off")
+    retry_max: Seconds = Field(600.0, gt=0, le=86400, description="longest back-off")
+    interval: Seconds = Field(1.0, gt=0, le=60, description="between two outbox rounds")
+
+
+class NotifyChannelTable(Table):
+    """The keys of every channel: its name and its rule."""
+
+    name: Annotated[str, NAME] = Field(description="the channel's name (in the outbox)")
+    events: Annotated[tuple[str, ...], CUSTOM] = Field(
+        (), description="event kinds sent, plus relay_tripped and relay_restored")
+    min_severity: Annotated[StrictInt | None, As("int")] = Field(
+        None, ge=0, le=2, description="also any event of this severity or above")
+    quiet: StrictBool = Field(True, description="held during [notify] quiet_hours")
+    rate_limited: StrictBool = Field(True, description="[notify] max_per_hour applies")
+    timeout: Seconds = Field(10.0, gt=0, le=120, description="of one delivery attempt")
+
+
+class NotifyWebhookTable(NotifyChannelTable):
+    """``[[notify_webhook]]``: an HTTP POST of JSON, signed with HMAC-SHA256."""
+
+    url: Annotated[str, As("http_url")] = Field(description="where to POST")
+    secret: Annotated[str | None, CUSTOM] = Field(
+        None, alias="secret_file", description="a file holding the HMAC key")
+
+
+class NotifyEmailTable(NotifyChannelTable):
+    """``[[notify_email]]``: SMTP, with STARTTLS."""
+
+    host: Annotated[str, As("host")] = Field(description="the SMTP server")
+    port: Annotated[StrictInt, As("int")] = Field(587, ge=1, le=65535)
+    starttls: StrictBool = Field(True, description="STARTTLS before logging in")
+    ca_file: Annotated[Path | None, FILE] = Field(
+        None, description="CA certificate(s) of the server; none: the system's")
+    username: Annotated[str | None, As("nonempty", "a user name")] = None
+    password: Annotated[str | None, CUSTOM] = Field(
+        None, alias="password_file", description="a file holding the password")
+    sender: Annotated[str, As("nonempty", "an email address")] = Field(
+        alias="from", description="the From address")
+    to: Annotated[tuple[str, ...], CUSTOM] = Field(description="the recipients")
+
+
+class NotifySmsTable(NotifyChannelTable):
+    """``[[notify_sms]]``: an SMS gateway over HTTP; the phone is the ledger's ``phone``."""
+
+    url: Annotated[str, As("http_url")] = Field(description="the gateway's send URL")
+    token: Annotated[str | None, CUSTOM] = Field(
+        None, alias="token_file", description="a file holding the gateway's bearer token")
+    language: NotifyLanguage = Field("zh", description="zh or en")
+    templates: Annotated[dict[str, str], CUSTOM] = Field(
+        {}, description="message kind -> text, overriding the built-in ones")
+
+
 class ConfigFile(Table):
     """The file's top-level tables."""
 
@@ -533,6 +613,10 @@ class ConfigFile(Table):
     dtu: tuple[DtuTable, ...] = ()
     security: SecurityTable | None = None
     api: ApiTable | None = None
+    notify: NotifyTable | None = None
+    notify_webhook: tuple[NotifyWebhookTable, ...] = ()
+    notify_email: tuple[NotifyEmailTable, ...] = ()
+    notify_sms: tuple[NotifySmsTable, ...] = ()
 
 
 def model_default(model: type[Table], name: str) -> Any:
@@ -678,7 +762,7 @@ class MeterSettings:
     area: str = _d(MeterTable, "area")
     box: str = _d(MeterTable, "box")
     customer: str = _d(MeterTable, "customer")  # never logged in full
-    phone: str = _d(MeterTable, "phone")  # personal data, like customer
+    phone: str = field(default=_d(MeterTable, "phone"), repr=False)  # logged masked only
     prepaid: bool = _d(MeterTable, "prepaid")
     role: Role = _d(MeterTable, "role")
     profile: str = _d(MeterTable, "profile")
@@ -804,6 +888,71 @@ class AlarmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyChannel:
+    """What every channel has: its name, its rule, its policies."""
+
+    name: str
+    events: tuple[str, ...] = _d(NotifyChannelTable, "events")
+    min_severity: int | None = _d(NotifyChannelTable, "min_severity")
+    quiet: bool = _d(NotifyChannelTable, "quiet")
+    rate_limited: bool = _d(NotifyChannelTable, "rate_limited")
+    timeout: float = _d(NotifyChannelTable, "timeout")
+
+    def wants(self, kind: str, severity: int, meter: str | None) -> bool:
+        return kind in self.events or (self.min_severity is not None
+                                       and severity >= self.min_severity)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings(NotifyChannel):
+    url: str = ""
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSettings(NotifyChannel):
+    host: str = ""
+    port: int = _d(NotifyEmailTable, "port")
+    starttls: bool = _d(NotifyEmailTable, "starttls")
+    ca_file: Path | None = _d(NotifyEmailTable, "ca_file")
+    username: str | None = _d(NotifyEmailTable, "username")
+    password: str | None = field(default=None, repr=False)
+    sender: str = ""
+    to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSettings(NotifyChannel):
+    url: str = ""
+    token: str | None = field(default=None, repr=False)
+    language: NotifyLanguage = _d(NotifySmsTable, "language")
+    templates: tuple[tuple[str, str], ...] = tuple(_d(NotifySmsTable, "templates").items())
+
+    def wants(self, kind: str, severity: int, meter: str | None) -> bool:
+        return meter is not None and NotifyChannel.wants(self, kind, severity, meter)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """``[notify]`` and its channels (collector/notify)."""
+
+    tz: str = _d(NotifyTable, "tz")
+    quiet_hours: tuple[float, float] | None = _d(NotifyTable, "quiet_hours")
+    urgent_severity: int = _d(NotifyTable, "urgent_severity")
+    max_per_hour: int = _d(NotifyTable, "max_per_hour")
+    retry_min: float = _d(NotifyTable, "retry_min")
+    retry_max: float = _d(NotifyTable, "retry_max")
+    interval: float = _d(NotifyTable, "interval")
+    webhooks: tuple[WebhookSettings, ...] = ()
+    emails: tuple[EmailSettings, ...] = ()
+    sms: tuple[SmsSettings, ...] = ()
+
+    @property
+    def channels(self) -> tuple[NotifyChannel, ...]:
+        return (*self.webhooks, *self.emails, *self.sms)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     collector: CollectorSettings
@@ -822,6 +971,7 @@ class Settings:
     dtus: tuple[DtuSettings, ...] = ()
     security: SecuritySettings | None = None
     api: ApiSettings | None = None
+    notify: NotifySettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def bus(self, name: str) -> BusSettings:

@@ -40,6 +40,7 @@ from collector.config.settings import (
 from collector.daily.jobs import DailyJobs
 from collector.daily.timesync import DEFAULT_TZ, zone
 from collector.forward.forwarder import Forwarder
+from collector.notify import Notifications
 from collector.polling.context import DaemonContext
 from collector.polling.rules import AlarmEngine, AlarmSettings, severity
 from collector.polling.scheduler import (
@@ -209,6 +210,7 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.mqtt: MqttLink | None = None
         self.forwarder: Forwarder | None = None
+        self.notifications: Notifications | None = None  # [notify]
         self.reloads = 0
         self.reload_failures = 0
         self.readings_seen = 0
@@ -749,7 +751,8 @@ class Daemon:
         return True
 
     async def _apply_sections(self, old: Settings, new: Settings) -> bool:
-        """``[alarms]``, ``metrics_listen``, ``[timeseries]``, ``[daily]`` of a reload."""
+        """``[alarms]``, ``metrics_listen``, ``[timeseries]``, ``[notify]``, ``[daily]`` of a
+        reload."""
         if self.alarms is not None and old.alarms.values != new.alarms.values:
             self.alarms.settings = AlarmSettings(**dict(new.alarms.values))  # type: ignore[arg-type]
         if old.collector.metrics_listen != new.collector.metrics_listen:
@@ -764,6 +767,8 @@ class Daemon:
             log.info("reload: [timeseries] applied (forwarder restarted on its cursor)")
         elif self.forwarder is not None and old.meters != new.meters:
             self.forwarder.set_meters(new.meters)
+        if old.notify != new.notify:
+            await self._reload_notify(new)
         if old.daily != new.daily:
             if self.daily is not None:
                 jobs = self.daily
@@ -810,6 +815,31 @@ class Daemon:
                                    on_event=self._on_event_threadsafe,
                                    collector=self.settings.collector.id)
         self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+
+    def _start_notify(self) -> None:
+        """Notifications read the events once stored (see collector/notify)."""
+        if self.settings.notify is None or self.store is None:
+            return
+        by_id: dict[str, tuple[Settings, dict[str, MeterSettings]]] = {}
+
+        def meters() -> dict[str, MeterSettings]:  # the ledger as now, indexed once
+            s = self.settings
+            if "m" not in by_id or by_id["m"][0] is not s:
+                by_id["m"] = (s, {m.meter_id: m for m in s.meters})
+            return by_id["m"][1]
+
+        self.notifications = Notifications(self.settings.notify, self.store, meters)
+        self.notifications.start()
+
+    async def _reload_notify(self, new: Settings) -> None:
+        if self.notifications is not None and new.notify is not None:
+            await self.notifications.reload(new.notify)
+        elif self.notifications is not None:  # [notify] removed: the outbox keeps the rest
+            await self.notifications.stop()
+            self.notifications = None
+        else:
+            self._start_notify()
+        log.info("reload: [notify] applied")
 
     async def _stop_forwarder(self) -> bool:
         """Stop the forwarder after its batch in flight; its cursor stays in the store.
@@ -1004,6 +1034,7 @@ class Daemon:
         self.control.start()
         self._start_daily()
         self._start_forwarder()
+        self._start_notify()
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
                  len(self.buses), len(self.settings.meters), len(self.settings.schedules),
@@ -1052,6 +1083,8 @@ class Daemon:
             if t.get_name() == "forwarder":  # finishes the batch in flight, keeps its cursor
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(t, 3.0)
+        if self.notifications is not None:  # undelivered messages wait in the store
+            await self.notifications.stop(timeout=3.0)
         if self.writer is not None:
             self.writer.put_event(Event("collector_stopped", utcnow(), severity=0))
             # Without room the rows in memory cannot be saved: leave before systemd's

@@ -6,7 +6,7 @@ import sqlite3
 from typing import Final, Literal
 
 DB_NAME: Final = "amic.db"
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 Table = Literal["readings", "events", "commands", "cycles"]
 OUTBOX_TABLES: Final[tuple[str, ...]] = ("readings", "events", "commands", "cycles", "daily")
@@ -177,6 +177,30 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- A cycle ended before every planned meter was tried (the collector stopped): its
     -- untried meters are neither succeeded nor failed (planned > succeeded + failed).
     ALTER TABLE cycles ADD COLUMN cut INTEGER NOT NULL DEFAULT 0;
+    """,
+    """
+    -- Notifications (collector/notify): a message is committed here before any delivery
+    -- attempt, and kept until delivered (or refused for good).  `key` is the message's
+    -- idempotency key (its source row and channel): a source row becomes a message once,
+    -- and receivers de-duplicate on it.  The recipient's phone is not stored: it is
+    -- looked up in the ledger when the message is sent.
+    CREATE TABLE notify_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        channel TEXT NOT NULL,     -- the channel's name in [notify]
+        kind TEXT NOT NULL,        -- the event kind (or relay_tripped, relay_restored)
+        meter TEXT,
+        severity INTEGER NOT NULL,
+        created INTEGER NOT NULL,  -- UTC epoch ms
+        not_before INTEGER NOT NULL,  -- held until (quiet hours, rate limit, back-off)
+        state TEXT NOT NULL DEFAULT 'pending',  -- pending, delivered, failed (for good)
+        attempts INTEGER NOT NULL DEFAULT 0,
+        done INTEGER,              -- when delivered or given up, UTC epoch ms
+        error TEXT NOT NULL DEFAULT '',
+        payload TEXT NOT NULL      -- JSON: the event
+    );
+    CREATE INDEX notify_outbox_due ON notify_outbox (state, not_before);
+    CREATE INDEX notify_outbox_sent ON notify_outbox (channel, meter, done);
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
