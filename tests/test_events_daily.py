@@ -32,10 +32,14 @@ def utc(t: dt.datetime) -> dt.datetime:
     return t.replace(tzinfo=dt.UTC)
 
 
+CLOCKS: dict[Path, ManualClock] = {}
+"""The simulated meters' clock of each test's setup, by its tmp path."""
+
+
 @asynccontextmanager
 async def setup(tmp: Path) -> AsyncIterator[tuple[EventRecords, dict[str, MeterModel], Store,
                                                  StoreWriter]]:
-    clock = ManualClock(START)
+    clock = CLOCKS[tmp] = ManualClock(START)
     models = {m.meter_id: MeterModel(m.address, MeterConfig(base_kw=Decimal(2)), seed=m.address,
                                      clock=clock) for m in (M1, M2)}
     settings = Settings(source=tmp / "amic.toml",
@@ -140,3 +144,41 @@ def test_records_wanted_follow_the_counters() -> None:
     assert wanted_records({"power_down_count": 7.0}, {"power_down_count": None}, first=2) == \
         {"power_down": 2}
     assert wanted_records({"power_down_count": 0.0}, {"power_down_count": 9.0}, first=2) == {}
+
+
+async def test_an_event_read_while_going_on_gets_its_end_from_a_later_read(
+        tmp_path: Path) -> None:
+    async with setup(tmp_path) as (records, models, store, writer):
+        lost = START - dt.timedelta(hours=1)
+        back = START + dt.timedelta(hours=2)  # still to come at the first read
+        models["m1"].lose_voltage("a", lost, back)
+        await records.daily(NOW)
+        await writer.flush()
+        starts = [e for e in meter_events(store) if e.kind == "meter_voltage_loss_a"]
+        assert len(starts) == 1 and "going on" in (starts[0].detail or "")
+        assert not [e for e in meter_events(store) if e.kind.endswith("_cleared")]
+        # the counter does not move again; the daily run reads the record once more
+        CLOCKS[tmp_path].advance(86400)
+        await records.daily(NOW + dt.timedelta(days=1))
+        await writer.flush()
+        ends = [e for e in meter_events(store) if e.kind == "meter_voltage_loss_a_cleared"]
+        assert [(e.ts, e.severity) for e in ends] == [(utc(back), 0)]
+        assert lost.isoformat() in (ends[0].detail or "")
+        # read again: nothing new, neither the start nor the end
+        await records.daily(NOW + dt.timedelta(days=2))
+        await writer.flush()
+        kinds = [e.kind for e in meter_events(store)]
+        assert kinds.count("meter_voltage_loss_a") == 1
+        assert kinds.count("meter_voltage_loss_a_cleared") == 1
+
+
+async def test_an_event_already_over_at_the_first_read_has_its_end_stored_once(
+        tmp_path: Path) -> None:
+    async with setup(tmp_path) as (records, models, store, writer):
+        down, up = START - dt.timedelta(hours=5), START - dt.timedelta(hours=4, minutes=50)
+        models["m1"].power_down_event(down, up)
+        await records.daily(NOW)
+        await records.fetch(records.ctx.workers()["b1"], M1, {"power_down": 2}, NOW)
+        await writer.flush()
+        got = [(e.kind, e.ts) for e in meter_events(store) if e.kind.startswith("meter_power")]
+        assert got == [("meter_power_down", utc(down)), ("meter_power_down_cleared", utc(up))]

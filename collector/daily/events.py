@@ -19,7 +19,9 @@ the end time and the record number in its detail, through the alarm engine's
 alarm; a voltage loss record while another meter of the bus answered within
 ``bus_up_window_s`` also raises ``voltage_loss``).  The same record read twice is stored
 once: an event of the same meter, kind and start time already stored is not stored
-again (a record first read while going on keeps its "going on" detail).
+again.  An event that lasts (voltage loss, power down, cover open ...) also gets
+``meter_<kind>_cleared`` at its end: at once when the record already has one, or from
+a later read, since the daily run reads again the records stored while going on.
 """
 
 from __future__ import annotations
@@ -76,6 +78,36 @@ def stored(store: Store, meter: str, e: MeterEvent) -> bool:
     """Whether the record ``e`` of ``meter`` is already an event in the store."""
     kind = f"meter_{e.kind}"
     return any(x.ts == e.start for x in store.events(e.start, 50, meter=meter, kind=kind))
+
+
+def end_stored(store: Store, meter: str, e: MeterEvent) -> bool:
+    """Whether the end of the record ``e`` (which has one) is already stored."""
+    assert e.end is not None
+    kind = f"meter_{e.kind}_cleared"
+    return any(x.ts == e.end for x in store.events(e.end, 50, meter=meter, kind=kind))
+
+
+ONGOING_DAYS = 62
+"""How far back a record stored while going on is looked for, to read its end."""
+
+
+def ongoing(store: Store, meter: str, kinds: Sequence[str], now: dt.datetime) -> dict[str, int]:
+    """Kinds with records stored while going on and no end stored since: kind -> how
+    many (their records are read again until the meter gives their end)."""
+    since = now - dt.timedelta(days=ONGOING_DAYS)
+    out: dict[str, int] = {}
+    for kind in kinds:
+        starts = [e for e in store.events(since, 50, meter=meter, kind=f"meter_{kind}")
+                  if e.detail and " going on " in e.detail]
+        if not starts:
+            continue
+        ended = store.events(min(e.ts for e in starts), 200, meter=meter,
+                             kind=f"meter_{kind}_cleared")
+        open_ = [e for e in starts
+                 if not any(x.detail and e.ts.isoformat() in x.detail for x in ended)]
+        if open_:
+            out[kind] = len(open_)
+    return out
 
 
 def bus_up(store: Store, meters: Sequence[MeterSettings], meter: MeterSettings,
@@ -165,14 +197,22 @@ class EventRecords:
             return result
         for kind, why in got.failed.items():
             result.failed[kind] = str(why)
-        new = [e for e in got.events if not stored(store, meter.meter_id, e)]
+        new, ended = [], []
+        for e in got.events:
+            if not stored(store, meter.meter_id, e):
+                new.append(e)
+            elif e.end is not None and not end_stored(store, meter.meter_id, e):
+                ended.append(e)  # first read while going on; its end is known now
         result.records.extend(new)
-        if new:
+        if new or ended:
             engine = self._engine()
+        if new:
             up = bus_up(store, self.ctx.settings().meters, meter, now,
                         engine.settings.bus_up_window_s)
             result.events.extend(engine.records(meter.meter_id, new, bus=meter.bus,
                                                 bus_up=up))
+        if ended:
+            result.events.extend(engine.ends(meter.meter_id, ended, bus=meter.bus))
         for ev in result.events:
             self.ctx.on_event(ev)
         return result
@@ -204,8 +244,13 @@ class EventRecords:
                 self.ctx.store_readings(counters)
                 for q, v in values.items():
                     self.counts[(m.meter_id, q)] = v
-                await self.fetch(worker, m, wanted_records(values, previous, self.records),
-                                 now, result)
+                wanted = wanted_records(values, previous, self.records)
+                # a record stored while going on is read again until it has an end: it
+                # moved down by the counter's growth since
+                kinds = [COUNTER_KIND[q] for q in values if q in COUNTER_KIND]
+                for kind, n in ongoing(store, m.meter_id, kinds, now).items():
+                    wanted[kind] = min(RECORDS_KEPT, wanted.get(kind, 0) + n)
+                await self.fetch(worker, m, wanted, now, result)
                 results.append(result)
 
         await asyncio.gather(*(one(b, ms) for b, ms in per_bus.items()))
@@ -247,5 +292,16 @@ class EventRecords:
         return results
 
 
-__all__ = ["COUNTER_KIND", "EventRecords", "EventsResult", "bus_up", "fetch_records",
-           "keeps_events", "read_counters", "stored", "wanted_records"]
+__all__ = [
+    "COUNTER_KIND",
+    "EventRecords",
+    "EventsResult",
+    "bus_up",
+    "end_stored",
+    "fetch_records",
+    "keeps_events",
+    "ongoing",
+    "read_counters",
+    "stored",
+    "wanted_records",
+]

@@ -295,6 +295,7 @@ class AlarmEngine:
             if e.kind == "cover_open" and "meter_cover_open" not in self.settings.rules:
                 continue
             out.append(Event(kind, e.start, meter, bus, SEVERITY[kind], float(e.n), detail))
+            out.extend(self.ends(meter, [e], bus=bus))
             phase = e.kind.removeprefix("voltage_loss_")
             if e.kind.startswith("voltage_loss_") and "voltage_loss" in self.settings.rules \
                     and up:
@@ -302,6 +303,21 @@ class AlarmEngine:
                                  None, f"phase {phase.upper()} lost its voltage at "
                                        f"{e.start.isoformat()} ({end}) while the bus is up "
                                        "(meter record)"))
+        return out
+
+    def ends(self, meter: str, events: Sequence[MeterEvent], *,
+             bus: str | None = None) -> list[Event]:
+        """``meter_<kind>_cleared`` (severity 0) at the end of each record that has one:
+        an event that lasts is a start and a cleared event, whether its end was known at
+        the first read or came with a later one (the caller keeps those stored out)."""
+        out: list[Event] = []
+        for e in events:
+            if e.end is None or (e.kind == "cover_open"
+                                 and "meter_cover_open" not in self.settings.rules):
+                continue
+            out.append(Event(f"meter_{e.kind}_cleared", e.end, meter, bus, 0, float(e.n),
+                             f"{e.kind} from {e.start.isoformat()} ended at "
+                             f"{e.end.isoformat()} (record {e.n})"))
         return out
 
     def active(self, meter: str) -> frozenset[str]:
