@@ -15,7 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from collector.config.personal import PersonalKey, seal_ledger_text
 from collector.config.schema import MAX_LEDGER_BYTES
+from collector.config.secrets import SecretsError, load_secrets
 from collector.daily.reports import LedgerReport, validate_ledger
 from collector.store.records import CommandRecord, utcnow
 
@@ -41,7 +43,7 @@ def ledger_path(config: Path) -> Path | None:
     return path if path.is_absolute() else config.parent / path
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a reload never sees half a ledger)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -54,6 +56,21 @@ def _replace(path: Path, data: bytes) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def seal_personal(text: str, secrets: Path | None) -> str | None:
+    """``text`` with its plain customer and phone cells sealed, when the secrets file has
+    a ``[ledger] key`` (None: written as sent; the key was checked by the validation)."""
+    if secrets is None:
+        return None
+    try:
+        key = load_secrets(secrets).ledger_key()
+    except SecretsError:
+        return None
+    if key is None:
+        return None
+    out, n = seal_ledger_text(text, PersonalKey(key))
+    return out if n else None
 
 
 def _record(api: Api, who: Principal, status: str, detail: dict[str, Any]) -> None:
@@ -98,7 +115,8 @@ async def _import(api: Api, who: Principal, path: Path, raw: bytes) -> JSONRespo
         assert unreadable is not None
         result = LedgerReport(str(path), issues=[unreadable])
     else:
-        result = validate_ledger(text, [b.name for b in settings.buses], file=str(path))
+        result = validate_ledger(text, [b.name for b in settings.buses], file=str(path),
+                                 secrets=settings.secrets_path())
     if not result.ok:
         doc = _refused(result)
         _record(api, who, "refused", {"summary": doc["summary"],
@@ -109,13 +127,15 @@ async def _import(api: Api, who: Principal, path: Path, raw: bytes) -> JSONRespo
         before = path.read_bytes()
     except FileNotFoundError:
         before = None
-    _replace(path, raw)
+    assert text is not None
+    sealed = seal_personal(text, settings.secrets_path())
+    replace_file(path, raw if sealed is None else sealed.encode())
     if not await api.ctx.reload():
         # Keep the file the running configuration came from.
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            _replace(path, before)
+            replace_file(path, before)
         _record(api, who, "refused", {"summary": "the reload refused the configuration"})
         return JSONResponse({"status": "refused", "problems": [
             f"{settings.source}: the configuration with this ledger was refused by the "

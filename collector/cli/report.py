@@ -11,6 +11,7 @@ problems; 2 bad arguments, an unusable configuration or no store.
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
@@ -32,7 +33,10 @@ from collector.api.formats import (
     lineloss_json,
     success_json,
 )
+from collector.api.ledger import ledger_path, replace_file
 from collector.config import ConfigError, load_settings
+from collector.config.personal import PersonalKey, new_key, seal_ledger_text
+from collector.config.secrets import SecretsError, load_secrets
 from collector.config.settings import DailySettings, Settings
 from collector.daily.reports import (
     DEFAULT_TZ,
@@ -458,6 +462,22 @@ def _bus_names(config_path: Path) -> list[str]:
     return [b["name"] for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)]
 
 
+def _secrets_of(config_path: Path) -> Path | None:
+    """The secrets file the configuration names (``[commands]``, else ``[api]``), read
+    from the TOML itself so that a refused ledger does not hide it."""
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    for table in ("commands", "api"):
+        t = data.get(table)
+        name = t.get("secrets_file") if isinstance(t, dict) else None
+        if isinstance(name, str) and name:
+            p = Path(name).expanduser()
+            return p if p.is_absolute() else config_path.parent / p
+    return None
+
+
 def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:
     try:
         raw = file.read_bytes()
@@ -485,7 +505,8 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
         assert unreadable is not None
         result = LedgerReport(str(file), issues=[unreadable])
     else:
-        result = validate_ledger(text, buses, file=str(file))
+        result = validate_ledger(text, buses, file=str(file),
+                                 secrets=_secrets_of(config_path))
     if as_json:  # JSON Lines: one object per problem; the summary on stderr
         for i in result.issues:
             click.echo(json.dumps({"file": result.file, **issue_json(i)}, ensure_ascii=False))
@@ -496,3 +517,61 @@ def check(file: Path, config_path: Path, as_json: bool) -> None:
         click.echo(ledger_summary(result))
     if not result.ok:
         sys.exit(EXIT_PROBLEMS)
+
+
+@ledger.command("key")
+def ledger_key() -> None:
+    """Print a new key for sealing the ledger's customer and phone cells.
+
+    Put the two lines it prints in the secrets file (the one [commands] secrets_file
+    names; chmod 600), then run amic ledger seal.  Losing the key loses the sealed names
+    and phones: keep a copy where the secrets file's backups are."""
+    key = base64.b64encode(new_key()).decode()
+    click.echo(f'[ledger]\nkey = "base64:{key}"')
+
+
+@ledger.command("seal")
+@_config_option
+@click.option("--file", "file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ledger to seal [default: the configuration's [meters] ledger].")
+def ledger_seal(config_path: Path, file: Path | None) -> None:
+    """Seal the plain customer and phone cells of the ledger with the [ledger] key.
+
+    The file is checked first (as amic ledger check does) and replaced whole, keeping
+    its mode; cells already sealed, comments and other rows keep their bytes.  amic run
+    opens the cells with the same key; every view masks them by role as before.
+
+    Exit status: 0 sealed (or nothing to seal), 1 the ledger has problems, 2 no key,
+    no ledger or bad arguments."""
+    command = "ledger seal"
+    secrets = _secrets_of(config_path)
+    if secrets is None:
+        _fail(command, f"{config_path}: no secrets file ([commands] secrets_file)")
+    try:
+        raw_key = load_secrets(secrets).ledger_key()
+    except SecretsError as e:
+        _fail(command, "; ".join(e.problems))
+    if raw_key is None:
+        _fail(command, f"{secrets}: no [ledger] key (amic ledger key prints one)")
+    if file is None:
+        try:
+            file = ledger_path(config_path)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            _fail(command, f"{config_path}: {e}")
+        if file is None:
+            _fail(command, f"{config_path}: no [meters] ledger")
+    text, unreadable = _read_ledger(file)
+    if text is None:
+        assert unreadable is not None
+        result = LedgerReport(str(file), issues=[unreadable])
+    else:
+        result = validate_ledger(text, _bus_names(config_path), file=str(file),
+                                 secrets=secrets)
+    if not result.ok or text is None:
+        for line in issue_lines(result):
+            click.echo(line, err=True)
+        _fail(command, f"{file}: not sealed: {ledger_summary(result)}", EXIT_PROBLEMS)
+    out, n = seal_ledger_text(text, PersonalKey(raw_key))
+    if n:
+        replace_file(file, out.encode())
+    click.echo(f"{file}: {n} cell(s) sealed")

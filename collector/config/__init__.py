@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .checks import readable
 from .convert import parse_duration
@@ -128,6 +129,15 @@ class _Loader(NotifyMixin, LedgerMixin):
 
     # -- the whole file
 
+    def secrets_path(self, data: dict[str, Any]) -> Path | None:
+        """The secrets file named by ``[commands]`` (else ``[api]``), unchecked."""
+        for table in ("commands", "api"):
+            t = data.get(table)
+            name = t.get("secrets_file") if isinstance(t, dict) else None
+            if isinstance(name, str) and name:
+                return self.relative(name)
+        return None
+
     def load(self) -> Settings:
         data = self.read_toml()
         if data is None:
@@ -164,6 +174,7 @@ class _Loader(NotifyMixin, LedgerMixin):
             if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:
                 self.add(f"bus[{i}]", "gateway", "the name of a [[gateway]]", _q(b.gateway),
                          name=b.name)
+        self.personal_secrets = self.secrets_path(data)
         rows = self.inline_meters(data.get("meter"), bus_names)
         rows += self.ledger(data.get("meters"), bus_names)
         meters = self.check_meters(rows)
@@ -188,11 +199,13 @@ class _Loader(NotifyMixin, LedgerMixin):
                         dtus=tuple(dtus), security=security, api=api, notify=notify)
 
 
-def check_ledger_text(file: str, text: str, bus_names: Iterable[str]
-                      ) -> tuple[int, int, list[Problem]]:
+def check_ledger_text(file: str, text: str, bus_names: Iterable[str],
+                      secrets: Path | None = None) -> tuple[int, int, list[Problem]]:
     """What ``amic run`` makes of a ledger CSV's ``text``: (rows, valid meters, problems),
-    the problems naming ``file`` (for ``amic ledger check``)."""
+    the problems naming ``file`` (for ``amic ledger check``); ``secrets``: the secrets
+    file whose ``[ledger] key`` opens sealed cells."""
     loader = _Loader(Path(f"<validate {file}>"))
+    loader.personal_secrets = secrets
     rows = loader.ledger_rows(file, text, set(bus_names))
     valid = loader.check_meters(rows)
     return len(rows), len(valid), list(loader.problems)

@@ -13,6 +13,7 @@ from .convert import Conv, unit_conv
 from .fields import conv_of, default_of, is_required, key_of
 from .messages import did_you_mean as _did_you_mean
 from .messages import quote as _q
+from .personal import PERSONAL_COLUMNS, PersonalKey, SealError, is_sealed
 from .problems import show_value
 from .routes import behind_concentrator
 from .safefile import FileRefused, read_regular
@@ -60,6 +61,55 @@ def csv_records(text: str) -> Iterator[tuple[int, list[str]]]:
 
 class LedgerMixin(LoaderBase):
     """[[meter]] tables, [meters] ledger = "..." and each meter's keys."""
+
+    personal_secrets: Path | None = None
+    """The secrets file whose ``[ledger] key`` opens sealed personal cells."""
+    personal_key: PersonalKey | str | None = None
+    """The key (or why there is none), found on the first sealed cell."""
+
+    def _personal_key(self) -> PersonalKey | str:
+        if self.personal_key is None:
+            self.personal_key = self._find_personal_key()
+        return self.personal_key
+
+    def _find_personal_key(self) -> PersonalKey | str:
+        from .secrets import SecretsError, load_secrets
+
+        path = self.personal_secrets
+        if path is None:
+            return ("no secrets file to open it ([commands] secrets_file with a [ledger] "
+                    "key)")
+        try:
+            key = load_secrets(path).ledger_key()
+        except SecretsError as e:
+            return f"the secrets file cannot be read: {'; '.join(e.problems)}"
+        if key is None:
+            return f"no [ledger] key in the secrets file {path}"
+        return PersonalKey(key)
+
+    def unsealed(self, values: Mapping[str, object], t: str, mid: str | None,
+                 file: str | None, line: int | None) -> Mapping[str, object]:
+        """``values`` with the sealed personal cells opened (see config/personal.py); a
+        cell that does not open is a problem that names the cell, never its content."""
+        sealed = [c for c in PERSONAL_COLUMNS
+                  if isinstance(values.get(c), str) and is_sealed(str(values[c]))]
+        if not sealed:
+            return values
+        out = dict(values)
+        key = self._personal_key()
+        expected = "a value sealed with the [ledger] key of the secrets file"
+        for c in sealed:
+            cell = str(out.pop(c))
+            if isinstance(key, str):
+                self.add(t, c, expected, f"a sealed value ({key})", meter=mid, file=file,
+                         line=line)
+            elif mid:
+                try:
+                    out[c] = key.open(mid, c, cell)
+                except SealError as e:
+                    self.add(t, c, expected, f"a sealed value that does not open: {e}",
+                             meter=mid, file=file, line=line)
+        return out
 
     # -- meters: [[meter]] tables and the ledger
 
@@ -183,6 +233,7 @@ class LedgerMixin(LoaderBase):
                 return _METER[key]
             return self.convert(t, key, values[key], conv, meter=mid, file=file, line=line)
 
+        values = self.unsealed(values, t, mid, file, line)
         ok_id = get("meter_id")
         protocol = get("protocol")
         modbus = protocol == "modbus"

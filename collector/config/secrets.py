@@ -15,6 +15,9 @@ versioned and shown while this file stays ``chmod 600``::
     key = "hex:00112233..."          # optional HMAC key for signed remote commands:
                                      # "hex:...", "base64:..." or plain hex, >= 16 bytes
 
+    [ledger]                         # seals the ledger's customer and phone cells
+    key = "base64:..."               # 32 bytes (amic ledger key prints one)
+
     [api_tokens.billing]             # an HTTP API bearer token (amic api-token prints one)
     hash = "sha256:9f86d0..."        # the token's SHA-256, never the token itself
     role = "viewer"                  # viewer, operator or admin
@@ -64,7 +67,7 @@ __all__ = [
     "token_hash",
 ]
 
-TOP_KEYS = ("default", "meters", "operators", "api_tokens")
+TOP_KEYS = ("default", "meters", "operators", "api_tokens", "ledger")
 DEFAULT_KEYS = ("password", "modbus_password")
 METER_KEYS = ("password", "modbus_password")
 OPERATOR_KEYS = ("operator_code", "key")
@@ -167,12 +170,18 @@ class Secrets:
     def __init__(self, file: str, default: _Meter | None = None,
                  meters: Mapping[str, _Meter] | None = None,
                  operators: Mapping[str, _Operator] | None = None,
-                 api_tokens: Mapping[str, ApiToken] | None = None) -> None:
+                 api_tokens: Mapping[str, ApiToken] | None = None,
+                 ledger_key: bytes | None = None) -> None:
         self.file = file
+        self._ledger_key = Secret(ledger_key.hex()) if ledger_key is not None else None
         self._default = default or _Meter()
         self._meters = dict(meters or {})
         self._operators = dict(operators or {})
         self._tokens = dict(api_tokens or {})
+
+    def ledger_key(self) -> bytes | None:
+        """The key that seals the ledger's personal cells (``[ledger] key``), or None."""
+        return None if self._ledger_key is None else bytes.fromhex(self._ledger_key.reveal())
 
     def api_tokens(self) -> list[str]:
         """The names of the API tokens, sorted."""
@@ -510,9 +519,34 @@ class _Parser:
                     op = self.operator(f"operators.{_name(name)}", o)
                     if op is not None:
                         operators[name] = op
+        ledger_key: bytes | None = None
+        if "ledger" in data:
+            lt = self.table("", "ledger", data["ledger"])
+            if lt is not None:
+                ledger_key = self.ledger_key(lt)
         if self.problems:
             raise SecretsError(self.problems)
-        return Secrets(self.file, default, meters, operators, tokens)
+        return Secrets(self.file, default, meters, operators, tokens, ledger_key)
+
+    def ledger_key(self, data: Mapping[str, object]) -> bytes | None:
+        self.unknown("ledger", data, ("key",))
+        text = self.string("ledger", data, "key")
+        if text is None:
+            if "key" not in data:
+                self.add("ledger", "key", "missing: 32 bytes as \"base64:...\" or "
+                         "\"hex:...\" (amic ledger key prints one)")
+            return None
+        try:
+            key = decode_key(text)
+        except ValueError as e:
+            self.add("ledger", "key", f"expected \"hex:...\", \"base64:...\" or hex "
+                     f"digits: {e}")
+            return None
+        if len(key) != 32:
+            self.add("ledger", "key", f"expected 32 bytes (AES-256), got {len(key)} "
+                     "(amic ledger key prints one)")
+            return None
+        return key
 
     def api_token(self, table: str, name: str, data: Mapping[str, object]) -> ApiToken | None:
         self.unknown(table, data, API_TOKEN_KEYS)

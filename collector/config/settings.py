@@ -974,6 +974,14 @@ class Settings:
     notify: NotifySettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    def secrets_path(self) -> Path | None:
+        """The secrets file (``[commands]``, else ``[api]``): its ``[ledger] key`` seals
+        the ledger's personal cells."""
+        for t in (self.commands, self.api):
+            if t is not None and t.secrets_file is not None:
+                return t.secrets_file
+        return None
+
     def bus(self, name: str) -> BusSettings:
         for b in self.buses:
             if b.name == name:

@@ -727,7 +727,7 @@ def _address_key(cells: Mapping[str, str]) -> str:
 
 
 def validate_ledger(rows: Iterable[str] | str, buses: Iterable[str], *,
-                    file: str = "ledger.csv") -> LedgerReport:
+                    file: str = "ledger.csv", secrets: Path | None = None) -> LedgerReport:
     """Check a meter ledger (CSV lines, e.g. an open file, or its whole text).
 
     ``buses``: the configured bus names.  The ledger is read by collector.config's own
@@ -735,6 +735,7 @@ def validate_ledger(rows: Iterable[str] | str, buses: Iterable[str], *,
     when not one of the kinds below), and checked for: the same address twice on a bus
     (addresses normalised as config does: Excel's lost leading zeros put back), the same
     meter id twice, empty required cells (meter_id, address, bus), buses not configured.
+    ``secrets``: the secrets file whose ``[ledger] key`` opens sealed personal cells.
     """
     text = rows if isinstance(rows, str) else "".join(rows)
     text = text.removeprefix("\ufeff")
@@ -782,7 +783,7 @@ def validate_ledger(rows: Iterable[str] | str, buses: Iterable[str], *,
                                 f"meter {seen[0][1]} at line {seen[0][0]})", meter=mid,
                                 column="address", lines=tuple(x[0] for x in seen)))
     # collector.config's reading of the same text: everything else amic run refuses.
-    report.rows, report.valid, problems = check_ledger_text(file, text, bus_names)
+    report.rows, report.valid, problems = check_ledger_text(file, text, bus_names, secrets)
     for p in problems:
         if p.file != file or (p.line, p.key) in covered:
             continue
