@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from . import commands, ledger, reads
-from .auth import Tokens
+from .auth import DenialLimit, Tokens
 from .context import ApiContext
 from .deps import Api
 
@@ -23,6 +23,7 @@ def build_app(ctx: ApiContext) -> FastAPI:
                               "amic collector.  Bearer tokens; roles viewer, operator, "
                               "admin.")
     app.state.api = Api(ctx, settings, Tokens(settings.secrets_file))
+    app.state.denials = DenialLimit()
     for module in (reads, commands, ledger):
         app.include_router(module.router)
     return app

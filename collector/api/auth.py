@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -79,19 +81,67 @@ class Tokens:
         return self._secrets.api_token(token) if self._secrets is not None else None
 
 
+class DenialLimit:
+    """At most ``per_minute`` refusals a minute audited one by one per client address;
+    beyond that they are counted, and the count is audited as one row when that client
+    is next refused after its minute: a flood of forged requests cannot fill the store,
+    and the trail still says how many there were."""
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, per_minute: int = 60, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._clients: dict[str, list[float]] = {}  # host -> [window start, count, held]
+
+    def admit(self, client: str) -> tuple[bool, int]:
+        """(audit this refusal one by one?, refusals held back before it to audit now)."""
+        now = self.clock()
+        st = self._clients.get(client)
+        report = 0
+        if st is None or now - st[0] >= 60.0:
+            report = int(st[2]) if st is not None else 0
+            if st is None and len(self._clients) >= self.MAX_CLIENTS:
+                self._clients = {k: v for k, v in self._clients.items()
+                                 if now - v[0] < 60.0 or v[2]}
+            st = self._clients[client] = [now, 0.0, 0.0]
+        st[1] += 1
+        if st[1] <= self.per_minute:
+            return True, report
+        if st[2] == 0:
+            log.warning("api: more than %d refusals a minute from %s: counted, audited as "
+                        "one row", self.per_minute, client)
+        st[2] += 1
+        return False, report
+
+
 def audit_denial(ctx: ApiContext, request: Request, *, status: int, reason: str,
                  refusal: str, who: str = "", meter: str = "", kind: str = "") -> None:
     """A refused request in the audit trail (commands table, status ``denied``): ``reason``
-    in words (``amic audit`` shows it), ``refusal`` its code."""
+    in words (``amic audit`` shows it), ``refusal`` its code; past the client's
+    :class:`DenialLimit`, counted instead."""
+    client = request.client.host if request.client else ""
+    limit = getattr(request.app.state, "denials", None)
+    one, held = limit.admit(client) if isinstance(limit, DenialLimit) else (True, 0)
+    writer = ctx.writer()
+    if held and writer is not None:
+        writer.put_command(CommandRecord(
+            f"api-{uuid.uuid4().hex}", "", "api refusals held back", utcnow(),
+            operator=who, status=DENIED, detail=json.dumps(
+                {"via": "api", "client": client, "refusals": held,
+                 "error": f"{held} more refusals from {client} within a minute, past the "
+                          f"limit of {limit.per_minute if limit else 0}"}, sort_keys=True)))
+    if not one:
+        return
     log.warning("api: %s %s refused (%d): %s; token %s", request.method, request.url.path,
                 status, reason, who or "-")
-    writer = ctx.writer()
     if writer is None:
         return
     detail = {"via": "api", "http": status, "error": reason, "refusal": refusal,
               "method": request.method,
               "path": request.url.path, "token": who,
-              "client": request.client.host if request.client else ""}
+              "client": client}
     writer.put_command(CommandRecord(f"api-{uuid.uuid4().hex}", meter,
                                      kind or _kind(request), utcnow(), operator=who,
                                      status=DENIED, detail=json.dumps(detail, sort_keys=True)))
