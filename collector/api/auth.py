@@ -60,6 +60,17 @@ class Tokens:
         self._secrets: Secrets | None = None
 
     def find(self, token: str) -> ApiToken | None:
+        secrets = self._current()
+        return secrets.api_token(token) if secrets is not None else None
+
+    def still_valid(self, found: ApiToken) -> bool:
+        """``found`` is still in the file, with the same hash and role (a console session
+        ends when its token is revoked or changed)."""
+        secrets = self._current()
+        now = secrets._tokens.get(found.name) if secrets is not None else None
+        return now is not None and now.digest == found.digest and now.role == found.role
+
+    def _current(self) -> Secrets | None:
         try:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size)
@@ -76,7 +87,7 @@ class Tokens:
                 log.info("api tokens read from %s: %s", self.path,
                          ", ".join(self._secrets.api_tokens()) or "none")
             self._stamp = stamp
-        return self._secrets.api_token(token) if self._secrets is not None else None
+        return self._secrets
 
 
 def audit_denial(ctx: ApiContext, request: Request, *, status: int, reason: str,
