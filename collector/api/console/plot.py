@@ -38,13 +38,13 @@ class LinePlot:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.6g}"
+    return f"{v:.4g}"
 
 
 def curve_plot(points: Sequence[tuple[dt.datetime, float]], day_start: dt.datetime,
                unit: str, *, width: int = 720, height: int = 260) -> LinePlot:
     """Points of one local day (``day_start`` its local midnight) against the hour."""
-    left, right, top, bottom = 64, 12, 12, 28
+    left, right, top, bottom = 64, 24, 12, 28
     w, h = width - left - right, height - top - bottom
     values = [v for _, v in points]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)

@@ -254,7 +254,13 @@ def _today(api: Api) -> tuple[dt.date, dt.tzinfo]:
 @router.get("/")
 def status(api: ApiDep, s: Viewer) -> HTMLResponse:
     day, zone = _today(api)
-    buses = api.ctx.buses()
+    settings = api.ctx.settings()
+    kinds = {b.name: str(b.kind) for b in settings.buses}
+    per_bus: dict[str, int] = {}
+    for m in settings.meters:
+        per_bus[m.bus] = per_bus.get(m.bus, 0) + 1
+    buses = {n: {**b, "kind": kinds.get(n, b.get("kind", "")), "meters": per_bus.get(n, 0)}
+             for n, b in api.ctx.buses().items()}
     lines = {n: b for n, b in buses.items() if b.get("kind") in ("concentrator", "dtu")}
     plain = {n: b for n, b in buses.items() if n not in lines}
     cycles = reads.cycles(api, s.who, None, 10)
@@ -267,7 +273,7 @@ def status(api: ApiDep, s: Viewer) -> HTMLResponse:
     bars, label_w, height = bar_plot(rows)
     return render(api, "status.html", s, nav="status", day=day, buses=plain, lines=lines,
                   running=running, cycles=cycles["cycles"], bars=bars, label_w=label_w,
-                  bars_h=height, meters=len(api.ctx.settings().meters),
+                  bars_h=height, meters=len(settings.meters),
                   local=lambda iso: _local(iso, zone))
 
 
