@@ -5,6 +5,8 @@ expiry and logout, masking in the HTML and escaping of hostile ledger and event 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import html
 import http.client
 import json
 import logging
@@ -21,7 +23,7 @@ from test_api_server import LEDGER, TOKENS, Running, audit_rows, no_token_anywhe
 
 from collector.api.console.views import console_of
 from collector.api.deps import Api
-from collector.store.records import Event, utcnow
+from collector.store.records import CommandRecord, Event, utcnow
 
 HOSTILE = "<script>alert('x')</script>赵"
 LEDGER_HOSTILE = LEDGER + f'M4,000000000004,conc-1,TQ-2,"{HOSTILE}",13700001111,customer\n'
@@ -261,3 +263,31 @@ async def test_secure_cookie_over_tls(tmp_path: Path) -> None:
         assert login and all("; Secure" in h for h in login)
         status, _, page = await c("GET", "/console/")
         assert status == 200 and "viewer-1 (viewer)" in page
+
+
+async def test_audit_trail_newest_first_a_page_at_a_time(api: Running) -> None:
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    for i in range(120):
+        api.daemon.writer.put_command(CommandRecord(  # type: ignore[union-attr]
+            f"r{i}/M2", "M2", "trip" if i % 2 else "restore", t0 + dt.timedelta(minutes=i),
+            operator="alice", status="confirmed",
+            detail=json.dumps({"reason": f"ticket {i}"})))
+    api.daemon.writer.put_command(CommandRecord(  # type: ignore[union-attr]
+        "journal-1", "M2", "trip", t0, operator="alice", status="done"))  # not audit
+    await api.daemon.writer.flush()  # type: ignore[union-attr]
+    c = Client(api.url)
+    assert (await c.login(TOKENS["viewer"]))[0] == 303
+    seen: list[str] = []
+    path = "/console/audit"
+    pages = 0
+    while True:
+        status, _, page = await c("GET", path)
+        assert status == 200
+        pages += 1
+        seen += re.findall(r"<td>(ticket \d+)</td>", page)
+        m = re.search(r'href="(/console/audit\?before=[^"]+)" id="older"', page)
+        if m is None:
+            break
+        path = html.unescape(m[1])
+    assert pages == 3
+    assert seen == [f"ticket {i}" for i in range(119, -1, -1)]
