@@ -9,6 +9,8 @@ masking, journal and audit.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse, Response
@@ -39,16 +41,13 @@ def install(app: FastAPI, api: Api) -> None:
         if exc.status_code == 401 and request.method in ("GET", "HEAD") \
                 and not path.endswith("/outcome"):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"{PREFIX}/login?next={_quote(target)}", status_code=303)
-        s = getattr(request.state, "console_session", None)
-        if path.endswith("/outcome"):
+            return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}",
+                                    status_code=303)
+        if path.endswith("/outcome"):  # polled by the script: JSON
             return await http_exception_handler(request, exc)
+        s = getattr(request.state, "console_session", None)
         return render(api, "error.html", s, status=exc.status_code, nav="",
                       message=str(exc.detail), code=exc.status_code)
 
     app.add_exception_handler(StarletteHTTPException, errors)
 
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-    return quote(text, safe="")

@@ -493,10 +493,10 @@ def _done(task: asyncio.Task[Response]) -> None:
         log.error("console: %s failed: %r", task.get_name(), task.exception())
 
 
-def outcome(api: Api, rid: str) -> dict[str, Any]:
+async def outcome(api: Api, rid: str) -> dict[str, Any]:
     """Where the command of ``rid`` is: running, or done with the API's answer; and its
     lines of the audit trail."""
-    run = console_of(api).runs.get(rid)
+    run = console_of(api).runs.get(rid)  # the task is looked at on the loop, its own
     doc: dict[str, Any] | None = None
     meter = ""
     if run is not None:
@@ -512,7 +512,7 @@ def outcome(api: Api, rid: str) -> dict[str, Any]:
             else:
                 doc = json.loads(bytes(run.task.result().body))
     else:
-        prior = commands._journal(api).get(rid)
+        prior = await asyncio.to_thread(commands._journal(api).get, rid)
         if prior is None:
             raise HTTPException(404, f"no command {rid}")
         status, reply = prior
@@ -523,10 +523,7 @@ def outcome(api: Api, rid: str) -> dict[str, Any]:
         if doc is None:
             doc = {"status": "error", "error": f"outcome unknown ({status}): see the audit"}
         meter = next((str(r.get("meter")) for r in doc.get("results", [])), "")
-    lines: list[dict[str, Any]] = []
-    if meter:
-        lines = [audit_line(dict(r)) for r in reads._store(api).audit(meter=meter)
-                 if str(r["command_id"]).startswith(rid + "/")]
+    lines = await asyncio.to_thread(_audit_of, api, rid, meter) if meter else []
     results = doc.get("results", []) if doc else []
     final = [x for x in lines if x["status"] != "sent"]
     settled = doc is not None and len(final) >= len(results)
@@ -535,17 +532,22 @@ def outcome(api: Api, rid: str) -> dict[str, Any]:
             "action": run.action if run else (doc or {}).get("command", ""), "meter": meter}
 
 
+def _audit_of(api: Api, rid: str, meter: str) -> list[dict[str, Any]]:
+    return [audit_line(dict(r)) for r in reads._store(api).audit(meter=meter)
+            if str(r["command_id"]).startswith(rid + "/")]
+
+
 @router.get("/command/{rid}")
-def command_result(api: ApiDep, s: Operator, rid: str) -> HTMLResponse:
-    out = outcome(api, rid)
+async def command_result(api: ApiDep, s: Operator, rid: str) -> HTMLResponse:
+    out = await outcome(api, rid)
     _, zone = _today(api)
     return render(api, "result.html", s, nav="command", out=out,
                   local=lambda iso: _local(iso, zone))
 
 
 @router.get("/command/{rid}/outcome")
-def command_outcome(api: ApiDep, s: Operator, rid: str) -> JSONResponse:
-    out = outcome(api, rid)
+async def command_outcome(api: ApiDep, s: Operator, rid: str) -> JSONResponse:
+    out = await outcome(api, rid)
     _, zone = _today(api)
     for line in out["audit"]:
         line["local"] = _local(line["ts"], zone)
