@@ -21,6 +21,7 @@ import pytest
 from mosquitto import make_certificates
 from test_api_server import LEDGER, TOKENS, Running, audit_rows, no_token_anywhere, start
 
+from collector.api.console import views
 from collector.api.console.views import console_of
 from collector.api.deps import Api
 from collector.store.records import CommandRecord, Event, utcnow
@@ -194,7 +195,8 @@ async def test_login_cookie_csrf_expiry_and_logout(api: Running,
     no_token_anywhere(api, caplog.text)
 
 
-async def test_masking_and_hostile_text_escaped(api: Running) -> None:
+async def test_masking_and_hostile_text_escaped(api: Running,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     api.daemon._on_event(Event("cover_open", utcnow(), meter="M4", severity=2,
                                detail="<img src=x onerror=alert(1)>"))
     await api.daemon.writer.flush()  # type: ignore[union-attr]
@@ -216,6 +218,15 @@ async def test_masking_and_hostile_text_escaped(api: Running) -> None:
     status, _, page = await admin("GET", "/console/meters?customer=" +
                                   urllib.parse.quote("张三"))
     assert "1 meter found" in page and "张三" in page and "13812345678" in page
+
+    # the search's pages
+    monkeypatch.setattr(views, "PAGE", 3)
+    status, _, page = await viewer("GET", "/console/meters?area=TQ-1&page=x")
+    assert "3 meters found" in page and 'id="more"' not in page
+    status, _, page = await viewer("GET", "/console/meters")
+    assert re.findall(r">(M\d)</a>", page) == ["M1", "M2", "M3"] and 'id="more"' in page
+    status, _, page = await viewer("GET", "/console/meters?page=1")
+    assert re.findall(r">(M\d)</a>", page) == ["M4"] and 'id="more"' not in page
 
     status, _, page = await viewer("GET", "/console/meters/M1")
     assert status == 200 and '<td id="customer">张*</td>' in page

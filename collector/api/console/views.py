@@ -302,16 +302,16 @@ def _matches(m: MeterSettings, who: Principal, q: str, area: str, customer: str)
 
 @router.get("/meters")
 def meter_search(api: ApiDep, s: Viewer, q: str = "", area: str = "", customer: str = "",
-                 page: int = 0) -> HTMLResponse:
+                 page: str = "0") -> HTMLResponse:
     ms = api.ctx.settings().meters
     found = [m for m in ms if _matches(m, s.who, q.strip(), area.strip(), customer)]
-    page = max(page, 0)
+    n = int(page) if page.isdigit() and len(page) < 7 else 0
     shown = [reads.meter_out(m, s.who, reads._protection(api, m))
-             for m in found[page * PAGE:(page + 1) * PAGE]]
+             for m in found[n * PAGE:(n + 1) * PAGE]]
     areas = sorted({m.area for m in ms if m.area})
     return render(api, "meters.html", s, nav="meters", q=q, area=area, customer=customer,
-                  areas=areas, meters=shown, total=len(found), page=page,
-                  more=len(found) > (page + 1) * PAGE, searched=bool(q or area or customer))
+                  areas=areas, meters=shown, total=len(found), page=n,
+                  more=len(found) > (n + 1) * PAGE, searched=bool(q or area or customer))
 
 
 @router.get("/meters/{meter_id}")
