@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_api_server
 from mosquitto import make_certificates
 from test_api_server import LEDGER, TOKENS, Running, audit_rows, no_token_anywhere, start
+from test_api_server import http as api_http
 
 from collector.api.console import views
 from collector.api.console.views import console_of
@@ -80,6 +82,11 @@ class Client:
         assert status == 200
         return await self("POST", "/console/login",
                           {"csrf": csrf_of(page), "token": token, "next": "/console/"})
+
+
+def http_get(url: str, token: str) -> tuple[int, str]:
+    status, _, body = api_http("GET", url, token=token)
+    return status, body.decode()
 
 
 def csrf_of(page: str) -> str:
@@ -302,3 +309,19 @@ async def test_audit_trail_newest_first_a_page_at_a_time(api: Running) -> None:
         path = html.unescape(m[1])
     assert pages == 3
     assert seen == [f"ticket {i}" for i in range(119, -1, -1)]
+
+
+async def test_console_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(test_api_server, "CONFIG", test_api_server.CONFIG.replace(
+        "[api]\n", "[api]\nconsole = false\nsession_minutes = 5\n"))
+    async for run in start(tmp_path):
+        c = Client(run.url)
+        status, _, _ = await c("GET", "/console/login")
+        assert status == 404
+        status, _, _ = await c("GET", "/console/static/console.js")
+        assert status == 404
+        assert run.daemon.settings.api is not None
+        assert run.daemon.settings.api.session_minutes == 5
+        status, doc = await asyncio.to_thread(http_get, run.url + "/api/v1/health",
+                                              TOKENS["viewer"])
+        assert status == 200 and "conc-1" in doc  # the API itself is served
