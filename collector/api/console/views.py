@@ -27,7 +27,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from collector.cli.relay import why
 from collector.commands.remote import DONE, valid_request_id
 from collector.config.settings import MeterSettings
 from collector.daily.reports import day_bounds
@@ -379,6 +378,12 @@ def audit_page(api: Api, before: str | None, limit: int = PAGE
     rows = rows[:limit]
     nxt = f"{rows[-1]['ts']}.{rows[-1]['id']}" if more and rows else None
     return [audit_line(r) for r in rows], nxt
+
+
+def why(detail: dict[str, Any]) -> str:
+    """The reason column of ``amic audit`` (collector/cli/relay.py, not imported: the CLI
+    imports the daemon, which imports the API)."""
+    return str(detail.get("reason") or detail.get("error") or detail.get("detail") or "")
 
 
 def audit_line(r: dict[str, Any]) -> dict[str, Any]:
