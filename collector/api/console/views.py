@@ -143,6 +143,9 @@ Operator = Annotated[Session, Depends(_page("operator"))]
 
 
 async def read_form(request: Request) -> dict[str, str]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM:  # refused before it is read
+        raise HTTPException(413, "form too large")
     body = await request.body()
     if len(body) > MAX_FORM:
         raise HTTPException(413, "form too large")
