@@ -191,7 +191,7 @@ async def test_login_cookie_csrf_expiry_and_logout(api: Running,
     status, _, _ = await c("GET", "/console/")
     assert status == 303
 
-    # a revoked token ends its sessions at once
+    # a revoked token ends its sessions at once (any change of the file ends them all)
     status, _, _ = await c.login(TOKENS["admin"])
     assert status == 303
     secrets = api.tmp / "secrets.toml"

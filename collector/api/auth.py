@@ -58,17 +58,17 @@ class Tokens:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._secrets: Secrets | None = None
+        self._generation = 0
 
     def find(self, token: str) -> ApiToken | None:
         secrets = self._current()
         return secrets.api_token(token) if secrets is not None else None
 
-    def still_valid(self, found: ApiToken) -> bool:
-        """``found`` is still in the file, with the same hash and role (a console session
-        ends when its token is revoked or changed)."""
-        secrets = self._current()
-        now = secrets._tokens.get(found.name) if secrets is not None else None
-        return now is not None and now.digest == found.digest and now.role == found.role
+    def generation(self) -> int:
+        """How many times the file was read: a console session opened at an older one
+        ends (a token revoked, or its role changed, takes effect at once)."""
+        self._current()
+        return self._generation
 
     def _current(self) -> Secrets | None:
         try:
@@ -84,6 +84,7 @@ class Tokens:
                 for p in e.problems:
                     log.error("api tokens not re-read: %s", p)
             else:
+                self._generation += 1
                 log.info("api tokens read from %s: %s", self.path,
                          ", ".join(self._secrets.api_tokens()) or "none")
             self._stamp = stamp

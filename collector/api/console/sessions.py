@@ -2,7 +2,8 @@
 
 The bearer token pasted at the login is checked against the secrets file and forgotten:
 the session keeps the token's name, role and hash (to end the session when the token is
-revoked or its role changes), never the token.  A session ends after ``minutes`` unused,
+revoked or its role changes: any change of the secrets file ends the sessions opened
+before it), never the token.  A session ends after ``minutes`` unused,
 at logout, or when the daemon stops (memory only: a restart logs everybody out).
 """
 
@@ -27,7 +28,7 @@ MAX_SESSIONS: Final = 10_000  # past this the least recently used goes
 class Session:
     sid: str
     who: Principal
-    token: ApiToken  # as in the secrets file: its name, role and hash, not the token
+    generation: int  # of the secrets file (Tokens.generation) when it was opened
     csrf: str  # the token every console POST of this session carries
     expires: float
 
@@ -41,9 +42,9 @@ class Sessions:
         self._by_id: dict[str, Session] = {}
         self._lock = threading.Lock()  # read pages run in FastAPI's thread pool
 
-    def open(self, token: ApiToken) -> Session:
+    def open(self, token: ApiToken, generation: int) -> Session:
         who = Principal(token.name, token.role, token.operator)
-        s = Session(secrets.token_urlsafe(32), who, token, secrets.token_urlsafe(32),
+        s = Session(secrets.token_urlsafe(32), who, generation, secrets.token_urlsafe(32),
                     self.clock() + self.seconds)
         with self._lock:
             now = self.clock()

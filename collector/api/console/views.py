@@ -27,9 +27,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from collector.commands.remote import DONE, valid_request_id
+from collector.commands.remote import DONE, StoreJournal, valid_request_id
 from collector.config.settings import MeterSettings
-from collector.daily.reports import day_bounds
+from collector.daily.reports import DEFAULT_TZ, as_zone, day_bounds
+from collector.store import Store, StoreWriter
 from collector.store.records import from_ms
 
 from .. import commands, reads
@@ -105,6 +106,33 @@ def static_dir() -> str:
     return str(resources.files("collector.api.console") / "static")
 
 
+# ---- the daemon's parts (as reads.py has them)
+
+
+def _store(api: Api) -> Store:
+    store = api.ctx.store()
+    if store is None:
+        raise HTTPException(503, "the store is not open yet")
+    return store
+
+
+def _writer(api: Api) -> StoreWriter:
+    writer = api.ctx.writer()
+    if writer is None:
+        raise HTTPException(503, "the store is not open yet")
+    return writer
+
+
+def _zone(api: Api) -> dt.tzinfo:
+    daily = api.ctx.settings().daily
+    return as_zone(daily.tz if daily is not None else DEFAULT_TZ)
+
+
+def _protection(api: Api, m: MeterSettings) -> str | None:
+    control = api.ctx.control()
+    return control.relay.protection(m) if control is not None else None
+
+
 # ---- rendering and sessions ----------------------------------------------------------
 
 
@@ -119,9 +147,8 @@ def session_of(request: Request) -> Session | None:
     api = api_of(request)
     c = console_of(api)
     s = c.sessions.get(request.cookies.get(COOKIE))
-    if s is not None and not api.tokens.still_valid(s.token):
-        log.info("console: session of %s ended: its token was revoked or changed",
-                 s.who.name)
+    if s is not None and api.tokens.generation() != s.generation:
+        log.info("console: session of %s ended: the tokens' file changed", s.who.name)
         c.sessions.close(s.sid)
         s = None
     request.state.console_session = s
@@ -223,7 +250,7 @@ async def login(api: ApiDep, request: Request) -> Response:
                      httponly=True, samesite="strict",
                      secure=api.settings.cert_file is not None)
         return r
-    s = console_of(api).sessions.open(found)
+    s = console_of(api).sessions.open(found, api.tokens.generation())
     log.info("console: %s (%s) logged in from %s", found.name, found.role,
              request.client.host if request.client else "-")
     ok = RedirectResponse(target, status_code=303)
@@ -249,7 +276,7 @@ async def logout(api: ApiDep, request: Request) -> Response:
 
 
 def _today(api: Api) -> tuple[dt.date, dt.tzinfo]:
-    zone = reads._zone(api, None)
+    zone = _zone(api)
     return dt.datetime.now(zone).date(), zone
 
 
@@ -308,7 +335,7 @@ def meter_search(api: ApiDep, s: Viewer, q: str = "", area: str = "", customer: 
     ms = api.ctx.settings().meters
     found = [m for m in ms if _matches(m, s.who, q.strip(), area.strip(), customer)]
     n = int(page) if page.isdigit() and len(page) < 7 else 0
-    shown = [reads.meter_out(m, s.who, reads._protection(api, m))
+    shown = [reads.meter_out(m, s.who, _protection(api, m))
              for m in found[n * PAGE:(n + 1) * PAGE]]
     areas = sorted({m.area for m in ms if m.area})
     return render(api, "meters.html", s, nav="meters", q=q, area=area, customer=customer,
@@ -334,7 +361,7 @@ def meter_page(api: ApiDep, s: Viewer, meter_id: str, day: str = "",
         pts = [(dt.datetime.fromisoformat(t), float(v)) for t, v in series[q]["points"]
                if v is not None]
         plot = curve_plot(pts, from_ms(start_ms).astimezone(zone), series[q]["unit"] or "")
-    store = reads._store(api)
+    store = _store(api)
     recent, _ = reads.query_readings(store, meter=meter_id, area=None, quantity=None,
                                      since=None, until=None, limit=30, cursor=None)
     events = reads.events(api, s.who, since=None, meter=meter_id, kind=None, min_severity=0,
@@ -373,7 +400,7 @@ def audit_page(api: Api, before: str | None, limit: int = PAGE
         ts, rid = int(m[1]), int(m[2])
         sql += " AND (ts < ? OR (ts = ? AND id < ?))"
         args += [ts, ts, rid]
-    cur = reads._store(api).thread_connection().execute(
+    cur = _store(api).thread_connection().execute(
         sql + " ORDER BY ts DESC, id DESC LIMIT ?", (*args, limit + 1))
     cur.row_factory = sqlite3.Row
     rows = [dict(r) for r in cur]
@@ -412,7 +439,10 @@ def audit(api: ApiDep, s: Viewer, before: str = "") -> HTMLResponse:
 
 
 def _meter_or_404(api: Api, meter_id: str) -> MeterSettings:
-    return reads._meter(api, meter_id)
+    m = next((m for m in api.ctx.settings().meters if m.meter_id == meter_id), None)
+    if m is None:
+        raise HTTPException(404, f"meter {meter_id} is not configured")
+    return m
 
 
 @router.get("/command")
@@ -520,7 +550,7 @@ async def outcome(api: Api, rid: str) -> dict[str, Any]:
             else:
                 doc = json.loads(bytes(run.task.result().body))
     else:
-        prior = await asyncio.to_thread(commands._journal(api).get, rid)
+        prior = await asyncio.to_thread(StoreJournal(_store(api), _writer(api)).get, rid)
         if prior is None:
             raise HTTPException(404, f"no command {rid}")
         status, reply = prior
@@ -541,7 +571,7 @@ async def outcome(api: Api, rid: str) -> dict[str, Any]:
 
 
 def _audit_of(api: Api, rid: str, meter: str) -> list[dict[str, Any]]:
-    return [audit_line(dict(r)) for r in reads._store(api).audit(meter=meter)
+    return [audit_line(dict(r)) for r in _store(api).audit(meter=meter)
             if str(r["command_id"]).startswith(rid + "/")]
 
 
