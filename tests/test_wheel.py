@@ -147,3 +147,29 @@ def test_config_example_then_check_from_the_wheel(installed: Installed) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     # The example's Modbus meter names the shipped profile acrel-ddsy1352.
     assert r.stdout.startswith("config/amic.example.toml: OK: ") and "1 modbus" in r.stdout
+
+
+def test_console_templates_and_static_files_from_the_wheel(installed: Installed) -> None:
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    shipped = [p for p in _tracked("collector/api/console") if p.suffix != ".py"]
+    assert any(p.suffix == ".html" for p in shipped) and any(p.suffix == ".js" for p in shipped)
+    absent = [str(p.relative_to(ROOT)) for p in shipped
+              if str(p.relative_to(ROOT)) not in names]
+    assert not absent, f"console files not in the wheel (package-data): {absent}"
+    # The installed console renders its pages and finds its static files in site-packages.
+    r = _run([str(installed.bin / "python"), "-c",
+              "import pathlib, types\n"
+              "from collector.api.console.views import make_console, static_dir\n"
+              "api = types.SimpleNamespace(settings=types.SimpleNamespace(session_minutes=5),"
+              " state={})\n"
+              "env = make_console(api).env\n"
+              "page = env.get_template('login.html').render(s=None, who=None, "
+              "prefix='/console', csrf='c', next='/console/', error='<b>')\n"
+              "print(static_dir())\n"
+              "print(sorted(p.name for p in pathlib.Path(static_dir()).iterdir()))\n"
+              "print('id=\"login\"' in page and '&lt;b&gt;' in page)\n"],
+             cwd=installed.work, env=installed.env)
+    assert r.returncode == 0, r.stderr
+    where, files, rendered = r.stdout.splitlines()
+    assert Path(where).is_relative_to(installed.bin.parent), where
+    assert files == "['console.css', 'console.js']" and rendered == "True"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import commands, ledger, reads
+from . import commands, console, ledger, reads
 from .auth import DenialLimit, Tokens
 from .context import ApiContext
 from .deps import Api
@@ -22,8 +22,10 @@ def build_app(ctx: ApiContext) -> FastAPI:
                               "export, cycles, ledger import and relay commands of one "
                               "amic collector.  Bearer tokens; roles viewer, operator, "
                               "admin.")
-    app.state.api = Api(ctx, settings, Tokens(settings.secrets_file))
+    app.state.api = api = Api(ctx, settings, Tokens(settings.secrets_file))
     app.state.denials = DenialLimit()
     for module in (reads, commands, ledger):
         app.include_router(module.router)
+    if settings.console:
+        console.install(app, api)
     return app

@@ -60,8 +60,19 @@ class Tokens:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._secrets: Secrets | None = None
+        self._generation = 0
 
     def find(self, token: str) -> ApiToken | None:
+        secrets = self._current()
+        return secrets.api_token(token) if secrets is not None else None
+
+    def generation(self) -> int:
+        """How many times the file was read: a console session opened at an older one
+        ends (a token revoked, or its role changed, takes effect at once)."""
+        self._current()
+        return self._generation
+
+    def _current(self) -> Secrets | None:
         try:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size)
@@ -75,10 +86,11 @@ class Tokens:
                 for p in e.problems:
                     log.error("api tokens not re-read: %s", p)
             else:
+                self._generation += 1
                 log.info("api tokens read from %s: %s", self.path,
                          ", ".join(self._secrets.api_tokens()) or "none")
             self._stamp = stamp
-        return self._secrets.api_token(token) if self._secrets is not None else None
+        return self._secrets
 
 
 class DenialLimit:

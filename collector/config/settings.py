@@ -521,6 +521,9 @@ class ApiTable(Table):
         None, description="the [api_tokens.NAME] tables; none: [commands] secrets_file")
     max_rows: Annotated[StrictInt, As("int")] = Field(
         10_000, ge=1, le=1_000_000, description="the most rows one readings page holds")
+    console: StrictBool = Field(True, description="serve the web console at /console/")
+    session_minutes: Annotated[StrictInt, As("int", unit=" minutes")] = Field(
+        30, ge=1, le=24 * 60, description="a console session ends after this long unused")
 
 
 # ---- [notify] and its channels (collector/notify)
@@ -850,6 +853,8 @@ class ApiSettings:
     client_ca_file: Path | None = _d(ApiTable, "client_ca_file")
     secrets_file: Path | None = _d(ApiTable, "secrets_file")
     max_rows: int = _d(ApiTable, "max_rows")
+    console: bool = _d(ApiTable, "console")
+    session_minutes: int = _d(ApiTable, "session_minutes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -502,11 +502,15 @@ class TablesMixin(SelectorsMixin, ChecksMixin, DtuMixin):
                 for text in e.problems:
                     self.add(t, "secrets_file", "a secrets file amic accepts", text)
         max_rows = self.opt(t, data, A, "max_rows")
-        if listen is None or max_rows is None or len(self.problems) > before:
+        console = self.opt(t, data, A, "console")
+        minutes = self.opt(t, data, A, "session_minutes")
+        if (listen is None or max_rows is None or console is None or minutes is None
+                or len(self.problems) > before):
             return None
         return ApiSettings(listen=listen, cert_file=files["cert_file"],
                            key_file=files["key_file"], client_ca_file=files["client_ca_file"],
-                           secrets_file=secrets_file, max_rows=max_rows)
+                           secrets_file=secrets_file, max_rows=max_rows, console=console,
+                           session_minutes=minutes)
 
     def prepaid(self, value: object, rows: list[Row]) -> PrepaidSettings | None:
         if value is None:
