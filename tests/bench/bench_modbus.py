@@ -15,6 +15,9 @@ reply is checked to hold the values of the unit asked; failures (timeouts, bad o
 replies, wrong values) are counted per client, not retried (``retries=0`` on both), and
 the reply timeout is ``--td`` on both.  Nothing is asserted on time.
 
+``--stall S`` blocks the clients' event loop S seconds every 0.1 s (a GC pause, a busy
+daemon): with S > Td it shows whether a reply that arrived during the stall is taken.
+
 * amic: ``await session.read_registers(unit, 3, 0, count)`` on a ``TcpBus`` (``framing``
   "tcp": MBAP; "rtu": RTU framing over TCP, as to a serial server).
 * pymodbus: ``await client.read_holding_registers(0, count=count, device_id=unit)`` on
@@ -140,8 +143,17 @@ class Client:
         return sum(self.failures.values())
 
 
+async def stalls(seconds: float) -> None:
+    """Block the event loop ``seconds`` every 0.1 s, as a long GC pause or a busy daemon
+    would: a reply that arrives meanwhile must still count."""
+    while True:
+        await asyncio.sleep(0.1)
+        time.sleep(seconds)
+
+
 async def bench(framing: str, port: int, seconds: float, repeat: int, count: int,
-                units: int, td: float) -> tuple[list[float], list[float], Client, Client]:
+                units: int, td: float, stall: float
+                ) -> tuple[list[float], list[float], Client, Client]:
     expected = {u: values(u)[:count] for u in range(1, units + 1)}
     bus = TcpBus("127.0.0.1", port, td=td, tb=td)
     session = ModbusSession(bus, framing="tcp" if framing == "tcp" else "rtu", retries=0)
@@ -180,6 +192,7 @@ async def bench(framing: str, port: int, seconds: float, repeat: int, count: int
     async with bus:
         if not await client.connect():
             raise SystemExit("pymodbus client cannot connect")
+        staller = asyncio.create_task(stalls(stall)) if stall > 0 else None
         try:
             await timed([amic_poll, pymodbus_poll], min(0.5, seconds))  # warm up
             for _ in range(repeat):
@@ -187,6 +200,8 @@ async def bench(framing: str, port: int, seconds: float, repeat: int, count: int
                 amic.append(a)
                 pym.append(p)
         finally:
+            if staller is not None:
+                staller.cancel()
             client.close()
     if session.counters()["requests"] != bus.transactions:
         raise SystemExit(f"amic: unexpected counters {session.counters()} {bus.counters()}")
@@ -219,18 +234,19 @@ def report(framing: str, count: int, units: int, amic: list[float], pym: list[fl
 
 
 async def main(seconds: float, repeat: int, count: int, framings: list[str],
-               unit_counts: list[int], td: float) -> None:
+               unit_counts: list[int], td: float, stall: float) -> None:
     import pymodbus
 
     print(f"Python {sys.version.split()[0]}, pymodbus {pymodbus.__version__}; "
           f"{seconds:g} s per run; server ({MAX_UNITS} device ids) in a separate process "
-          f"per framing; Td {td:g} s")
+          f"per framing; Td {td:g} s"
+          + (f"; the loop blocked {stall:g} s every 0.1 s" if stall > 0 else ""))
     for framing in framings:
         proc, port = start_server(framing)
         try:
             for units in unit_counts:
                 amic, pym, a_client, p_client = await bench(
-                    framing, port, seconds, repeat, count, units, td)
+                    framing, port, seconds, repeat, count, units, td, stall)
                 report(framing, count, units, amic, pym, a_client, p_client)
         finally:
             assert proc.stdin is not None
@@ -251,6 +267,8 @@ if __name__ == "__main__":
                     help=f"comma-separated numbers of units polled in turn (1-{MAX_UNITS})")
     ap.add_argument("--td", type=float, default=0.5,
                     help="reply timeout (s) of both clients (amic: Td and Tb)")
+    ap.add_argument("--stall", type=float, default=0.0,
+                    help="block the client's event loop this long (s) every 0.1 s")
     ap.add_argument("--serve", choices=("tcp", "rtu"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -260,4 +278,4 @@ if __name__ == "__main__":
         counts = [int(u) for u in a.units.split(",")]
         if not all(1 <= u <= MAX_UNITS for u in counts):
             raise SystemExit(f"--units: each must be 1-{MAX_UNITS}")
-        asyncio.run(main(a.seconds, a.repeat, a.count, chosen, counts, a.td))
+        asyncio.run(main(a.seconds, a.repeat, a.count, chosen, counts, a.td, a.stall))
