@@ -17,7 +17,9 @@ Rules of the line:
   passes for the answer to the next one;
 * the reply timeout ``td`` runs from the end of the request (plus its transmission time on
   a serial line) to the first byte; ``tb`` is the longest gap allowed between bytes; the
-  caller's ``complete`` callable decides when a reply is whole;
+  caller's ``complete`` callable decides when a reply is whole.  Bytes that arrived before
+  a timer ran count, however late the event loop got round to either (a GC pause, a busy
+  daemon);
 * a dropped link fails the transaction that saw it with :class:`LinkDown`; the next one
   reconnects, after a back-off of ``reconnect_min`` doubling up to ``reconnect_max`` while
   reconnecting keeps failing.  A link that dropped while idle is reopened silently.
