@@ -158,12 +158,12 @@ def skip_preamble(raw: bytes) -> int:
     return len(raw) - len(raw.lstrip(b"\xfe"))
 
 
-def frame_of(raw: bytes | bytearray, start: int, length: int) -> Frame:
+def frame_of(raw: bytes, start: int, length: int) -> Frame:
     """The frame whose first 68 is at ``raw[start]``, its data ``length`` bytes long,
     once the caller has checked it (start bytes, checksum, end byte)."""
     data = start + HEADER_SIZE
-    return Frame(address_from_wire(bytes(raw[start + 1 : start + 7])), raw[start + 8],
-                 bytes(raw[data : data + length]).translate(MINUS_33))
+    return Frame(address_from_wire(raw[start + 1 : start + 7]), raw[start + 8],
+                 raw[data : data + length].translate(MINUS_33))
 
 
 def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
