@@ -66,8 +66,9 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class _Link:
-    """One open connection: received bytes collect in ``buffer`` as they arrive.
+class Link:
+    """One open connection (what a transport's ``Bus._open_link`` returns): received
+    bytes collect in ``buffer`` as they arrive.
 
     A reader waits on a future that the arrival of data, the loss of the link or its
     timer completes, whichever comes first; it then takes what is in ``buffer``.  So a
@@ -131,7 +132,7 @@ class _Link:
         raise NotImplementedError
 
 
-class _ProtocolLink(_Link, asyncio.Protocol):
+class ProtocolLink(Link, asyncio.Protocol):
     """A link that is the transport's protocol: data goes from ``data_received``
     straight into the buffer and to the waiting transaction, with no task between."""
 
@@ -216,7 +217,7 @@ class _ProtocolLink(_Link, asyncio.Protocol):
             transport.abort()
 
 
-class _StreamLink(_Link):
+class _StreamLink(Link):
     """A link over a reader/writer pair: a pump task moves received bytes in."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -333,7 +334,7 @@ class Bus:
 
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._open = False
         self._dirty = False  # the last transaction ended without a complete reply
         self._failures = 0  # consecutive link failures, for the back-off
@@ -346,7 +347,7 @@ class Bus:
         (LinkDown).  A transport implements this or :meth:`_open_link`."""
         raise NotImplementedError(f"{type(self).__name__} implements no transport")
 
-    async def _open_link(self) -> _Link:
+    async def _open_link(self) -> Link:
         """Open the link.  A transport whose connection can take our protocol directly
         overrides this (see :class:`drivers.tcp.TcpBus`): a reply then reaches the
         waiting transaction from ``data_received``, without the stream pump's task."""
@@ -545,7 +546,7 @@ class Bus:
         return IncompleteReply(f"{self.name}: {why}", timeout="Tb", seconds=tb,
                                received=bytes(received))
 
-    async def _ensure_link(self) -> _Link:
+    async def _ensure_link(self) -> Link:
         if not self._open:
             raise BusClosed(f"{self.name}: bus is not open (use 'async with bus:')")
         link = self._link
@@ -576,7 +577,7 @@ class Bus:
         self._link = link
         return link
 
-    async def _lost(self, link: _Link, e: _Lost) -> LinkError:
+    async def _lost(self, link: Link, e: _Lost) -> LinkError:
         if self._link is link:
             self._link = None
             self.link_drops += 1
@@ -587,7 +588,7 @@ class Bus:
             return BusClosed(f"{self.name}: bus closed during the transaction")
         return LinkDown(f"{self.name}: link lost: {e.reason}", bus=self.name)
 
-    async def _prepare(self, link: _Link) -> None:
+    async def _prepare(self, link: Link) -> None:
         """Discard stray input; after a failure, first wait for ``guard`` of silence."""
         if self._dirty and self.guard > 0:
             # A late reply may still be on its way: swallow it before the next request.
@@ -611,9 +612,9 @@ class Bus:
         except Exception as e:  # SerialException, termios.error: the device is gone
             raise _Lost(_describe(e)) from e
 
-    async def _write(self, link: _Link, request: bytes) -> None:
+    async def _write(self, link: Link, request: bytes) -> None:
         await link.write(request, timeout=1.0 + 2 * self.tx_time(len(request)))
         self.bytes_out += len(request)
 
 
-__all__ = ["Bus", "Completion"]
+__all__ = ["Bus", "Completion", "Link", "ProtocolLink"]

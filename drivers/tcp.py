@@ -6,7 +6,7 @@ import asyncio
 import socket
 from typing import Unpack
 
-from .bus import Bus, BusOptions, _Link, _ProtocolLink
+from .bus import Bus, BusOptions, Link, ProtocolLink
 
 
 class TcpBus(Bus):
@@ -37,9 +37,9 @@ class TcpBus(Bus):
         self.port = port
         self.line_baud = line_baud
 
-    async def _open_link(self) -> _Link:
+    async def _open_link(self) -> Link:
         transport, link = await asyncio.get_running_loop().create_connection(
-            _ProtocolLink, self.host, self.port)
+            ProtocolLink, self.host, self.port)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Small frames must go at once; keepalive notices a dead server on an idle link.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from drivers.bus import Bus, _Link
+from drivers.bus import Bus, Link
 from drivers.errors import NoReply
 from drivers.modbus import ModbusSession
 from drivers.tcp import TcpBus
@@ -88,7 +88,7 @@ class StreamTcpBus(TcpBus):
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(self.host, self.port)
 
-    async def _open_link(self) -> _Link:
+    async def _open_link(self) -> Link:
         return await Bus._open_link(self)
 
 
