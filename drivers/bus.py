@@ -17,7 +17,9 @@ Rules of the line:
   passes for the answer to the next one;
 * the reply timeout ``td`` runs from the end of the request (plus its transmission time on
   a serial line) to the first byte; ``tb`` is the longest gap allowed between bytes; the
-  caller's ``complete`` callable decides when a reply is whole;
+  caller's ``complete`` callable decides when a reply is whole.  Bytes that arrived before
+  a timer ran count, however late the event loop got round to either (a GC pause, a busy
+  daemon);
 * a dropped link fails the transaction that saw it with :class:`LinkDown`; the next one
   reconnects, after a back-off of ``reconnect_min`` doubling up to ``reconnect_max`` while
   reconnecting keeps failing.  A link that dropped while idle is reopened silently.
@@ -28,7 +30,6 @@ Counters are plain attributes (see :meth:`Bus.counters`) for metrics.
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
@@ -60,62 +61,197 @@ class _Lost(Exception):
         self.reason = reason
 
 
-class _Link:
-    """One open connection: a pump task moves received bytes into ``buffer``."""
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+
+class Link:
+    """One open connection (what a transport's ``Bus._open_link`` returns): received
+    bytes collect in ``buffer`` as they arrive.
+
+    A reader waits on a future that the arrival of data, the loss of the link or its
+    timer completes, whichever comes first; it then takes what is in ``buffer``.  So a
+    reply that arrived before the timer ran counts even if the loop was late to see
+    either (a GC pause, a busy daemon): the loop hands over received data before it
+    runs the timers that are due.
+    """
+
+    writer: asyncio.StreamWriter | None = None  # stream links only (serial input flush)
+
+    def __init__(self) -> None:
         self.buffer = bytearray()
         self.lost: str | None = None
-        self._arrived = asyncio.Event()
-        self._task = asyncio.create_task(self._pump(), name="amic-bus-pump")
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def _pump(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(_READ_SIZE)
-                if not data:
-                    self.lost = "connection closed by the other end"
-                    break
-                self.buffer += data
-                self._arrived.set()
-        except asyncio.CancelledError:
-            self.lost = self.lost or "closed"
-            raise
-        except Exception as e:  # any transport error ends the link
-            self.lost = _describe(e)
-        finally:
-            self._arrived.set()
+    def received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def ended(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def take(self) -> bytes:
         data = bytes(self.buffer)
         self.buffer.clear()
-        self._arrived.clear()
         return data
 
     async def read(self, timeout: float) -> bytes:
         """Bytes received so far, waiting up to ``timeout`` for the first; b"" on timeout."""
         if not self.buffer and self.lost is None and timeout > 0:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return b""
-        data = self.take()
-        if not data and self.lost is not None:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            return data
+        if self.lost is not None:
             raise _Lost(self.lost)
-        return data
+        return b""
+
+    def write_now(self, data: bytes) -> bool:
+        """Hand ``data`` to the transport if that needs no waiting; False: use write()."""
+        return False
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class ProtocolLink(Link, asyncio.Protocol):
+    """A link that is the transport's protocol: data goes from ``data_received``
+    straight into the buffer and to the waiting transaction, with no task between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: asyncio.Transport | None = None
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drained: asyncio.Future[None] | None = None  # set while writing is paused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received(data)
+
+    # The end of the link is noticed one loop turn later, as the stream pump noticed it:
+    # whether a drop counts as idle (reopened silently) or as the next transaction's
+    # (LinkDown) stays as it was.  Only the replies skip the hop.
+    def eof_received(self) -> bool:
+        asyncio.get_running_loop().call_soon(self.ended, "connection closed by the other end")
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = "connection closed by the other end" if exc is None else _describe(exc)
+        asyncio.get_running_loop().call_soon(self.ended, reason)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def write_now(self, data: bytes) -> bool:
+        transport = self.transport
+        # Into an empty send buffer a request cannot reach the high-water mark (64 KiB
+        # by default): written at once, nothing to drain.
+        if self.lost is not None or transport is None or len(data) > _READ_SIZE \
+                or transport.get_write_buffer_size():
+            return False
+        try:
+            transport.write(data)
+        except (OSError, RuntimeError) as e:
+            raise _Lost(_describe(e)) from e
+        return True
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        transport = self.transport
+        if self.lost is not None or transport is None:
+            raise _Lost(self.lost or "not connected")
+        try:
+            transport.write(data)
+        except (OSError, RuntimeError) as e:
+            raise _Lost(_describe(e)) from e
+        drained = self._drained
+        if drained is None:
+            return  # below the high-water mark (the common case): nothing to wait for
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(drained)
+        except TimeoutError:
+            raise _Lost(f"write stalled for {timeout:g} s") from None
+        if self.lost is not None:
+            raise _Lost(self.lost)
+
+    async def close(self) -> None:
+        self.ended("closed")
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._closed)
+        except TimeoutError:  # a transport that never reports its end: stop waiting
+            transport.abort()
+
+
+class _StreamLink(Link):
+    """A link over a reader/writer pair: a pump task moves received bytes in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__()
+        self.reader = reader
+        self.writer = self._writer = writer
+        self._task = asyncio.create_task(self._pump(), name="amic-bus-pump")
+
+    async def _pump(self) -> None:
+        reason = "connection closed by the other end"
+        try:
+            while True:
+                data = await self.reader.read(_READ_SIZE)
+                if not data:
+                    break
+                self.received(data)
+        except asyncio.CancelledError:
+            reason = "closed"
+            raise
+        except Exception as e:  # any transport error ends the link
+            reason = _describe(e)
+        finally:
+            self.ended(reason)
 
     async def write(self, data: bytes, timeout: float) -> None:
         if self.lost is not None:
             raise _Lost(self.lost)
+        writer = self._writer
         try:
-            self.writer.write(data)
-            if self.writer.transport.get_write_buffer_size() == 0:
+            writer.write(data)
+            if writer.transport.get_write_buffer_size() == 0:
                 return  # all handed to the kernel: nothing to drain (the common case)
             async with asyncio.timeout(timeout):
-                await self.writer.drain()
+                await writer.drain()
         except TimeoutError:
             raise _Lost(f"write stalled for {timeout:g} s") from None
         except (OSError, RuntimeError) as e:  # ConnectionResetError, SerialException, ...
@@ -124,11 +260,11 @@ class _Link:
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.wait([self._task])
-        self.lost = self.lost or "closed"
+        self.ended("closed")
         try:
-            self.writer.close()
+            self._writer.close()
             async with asyncio.timeout(1.0):
-                await self.writer.wait_closed()
+                await self._writer.wait_closed()
         except (Exception, TimeoutError):  # closing a broken link may raise anything
             pass
 
@@ -145,7 +281,7 @@ class BusOptions(TypedDict, total=False):
     reconnect_max: float
 
 
-class Bus(ABC):
+class Bus:
     """A half-duplex line: open it with ``async with``; one transaction at a time.
 
     ``td``: reply timeout (s) to the first reply byte; ``tb``: longest gap (s) between
@@ -198,7 +334,7 @@ class Bus(ABC):
 
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._open = False
         self._dirty = False  # the last transaction ended without a complete reply
         self._failures = 0  # consecutive link failures, for the back-off
@@ -206,9 +342,17 @@ class Bus(ABC):
 
     # ---- subclass hooks ------------------------------------------------------------------
 
-    @abstractmethod
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open the transport; any exception means it cannot be opened (LinkDown)."""
+        """Open the transport as a stream pair; any exception means it cannot be opened
+        (LinkDown).  A transport implements this or :meth:`_open_link`."""
+        raise NotImplementedError(f"{type(self).__name__} implements no transport")
+
+    async def _open_link(self) -> Link:
+        """Open the link.  A transport whose connection can take our protocol directly
+        overrides this (see :class:`drivers.tcp.TcpBus`): a reply then reaches the
+        waiting transaction from ``data_received``, without the stream pump's task."""
+        reader, writer = await self._connect()
+        return _StreamLink(reader, writer)
 
     def tx_time(self, nbytes: int) -> float:
         """Seconds the line needs to transmit ``nbytes`` (Td starts after them)."""
@@ -327,14 +471,26 @@ class Bus(ABC):
         """
         td = self.td if td is None else td
         tb = self.tb if tb is None else tb
-        async with self.exclusive():
-            link = await self._ensure_link()
+        # exclusive(), inlined: this runs once per reply, thousands of times a second.
+        task = asyncio.current_task()
+        nested = task is not None and self._owner is task
+        if not nested:
+            await self._lock.acquire()
+            self._owner = task
+        try:
+            link = self._link
+            if link is None or link.lost is not None or not self._open:
+                link = await self._ensure_link()
             started = monotonic()
             self.transactions += 1
             ok = False
             try:
-                await self._prepare(link)
-                await self._write(link, request)
+                if self._dirty or link.buffer or link.writer is not None:
+                    await self._prepare(link)
+                if not link.write_now(request):
+                    await self._write(link, request)
+                else:
+                    self.bytes_out += len(request)
                 first = td + self.tx_time(len(request))
                 limit = monotonic() + first + self.reply_limit
                 received = bytearray()
@@ -357,6 +513,10 @@ class Bus(ABC):
             finally:
                 self.busy_time += monotonic() - started
                 self._dirty = not ok
+        finally:
+            if not nested:
+                self._owner = None
+                self._lock.release()
 
     async def send(self, request: bytes) -> None:
         """Write ``request`` and wait for no reply (broadcasts)."""
@@ -386,7 +546,7 @@ class Bus(ABC):
         return IncompleteReply(f"{self.name}: {why}", timeout="Tb", seconds=tb,
                                received=bytes(received))
 
-    async def _ensure_link(self) -> _Link:
+    async def _ensure_link(self) -> Link:
         if not self._open:
             raise BusClosed(f"{self.name}: bus is not open (use 'async with bus:')")
         link = self._link
@@ -405,7 +565,7 @@ class Bus(ABC):
                 await asyncio.sleep(wait)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await self._connect()
+                link = await self._open_link()
         except Exception as e:  # OSError, TimeoutError, but also termios.error from pyserial
             self.connect_failures += 1
             self._failures += 1
@@ -414,10 +574,10 @@ class Bus(ABC):
             raise LinkDown(f"{self.name}: cannot connect: {why}", bus=self.name) from e
         self.connects += 1
         self._dirty = False
-        self._link = _Link(reader, writer)
-        return self._link
+        self._link = link
+        return link
 
-    async def _lost(self, link: _Link, e: _Lost) -> LinkError:
+    async def _lost(self, link: Link, e: _Lost) -> LinkError:
         if self._link is link:
             self._link = None
             self.link_drops += 1
@@ -428,7 +588,7 @@ class Bus(ABC):
             return BusClosed(f"{self.name}: bus closed during the transaction")
         return LinkDown(f"{self.name}: link lost: {e.reason}", bus=self.name)
 
-    async def _prepare(self, link: _Link) -> None:
+    async def _prepare(self, link: Link) -> None:
         """Discard stray input; after a failure, first wait for ``guard`` of silence."""
         if self._dirty and self.guard > 0:
             # A late reply may still be on its way: swallow it before the next request.
@@ -445,14 +605,16 @@ class Bus(ABC):
         self.bytes_discarded += len(stray)
         if link.lost is not None:
             raise _Lost(link.lost)
+        if link.writer is None:
+            return
         try:
             self._discard_device_input(link.writer)
         except Exception as e:  # SerialException, termios.error: the device is gone
             raise _Lost(_describe(e)) from e
 
-    async def _write(self, link: _Link, request: bytes) -> None:
+    async def _write(self, link: Link, request: bytes) -> None:
         await link.write(request, timeout=1.0 + 2 * self.tx_time(len(request)))
         self.bytes_out += len(request)
 
 
-__all__ = ["Bus", "Completion"]
+__all__ = ["Bus", "Completion", "Link", "ProtocolLink"]

@@ -6,7 +6,7 @@ import asyncio
 import socket
 from typing import Unpack
 
-from .bus import Bus, BusOptions
+from .bus import Bus, BusOptions, Link, ProtocolLink
 
 
 class TcpBus(Bus):
@@ -37,14 +37,15 @@ class TcpBus(Bus):
         self.port = port
         self.line_baud = line_baud
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        sock = writer.get_extra_info("socket")
+    async def _open_link(self) -> Link:
+        transport, link = await asyncio.get_running_loop().create_connection(
+            ProtocolLink, self.host, self.port)
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             # Small frames must go at once; keepalive notices a dead server on an idle link.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return reader, writer
+        return link
 
     def tx_time(self, nbytes: int) -> float:
         return nbytes * 11 / self.line_baud if self.line_baud else 0.0

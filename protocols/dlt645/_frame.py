@@ -1,18 +1,22 @@
 """The DL/T645 link frame, shared by the 2007 and 1997 editions.
 
-``[FE..] 68 A0..A5 68 C L D0..D(L-1) CS 16``; one construct definition parses
-and builds it, compiled once at import.
+``[FE..] 68 A0..A5 68 C L D0..D(L-1) CS 16``.  :data:`FRAME_FORMAT`, a construct
+definition, is the declarative reference; :func:`parse_frame` and :func:`build_frame`
+are that layout sliced by hand, which every caller (the drivers' frame extractor too)
+uses: construct parsing cost more than the rest of a reply's decode.  The construct
+path stays behind ``compiled=False`` for the tests, which check that both give the same
+frame, bytes and error (byte offset and text) on every reference frame and on
+mutations of them.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from construct import Bytes, Const, ConstructError, Int8ub, Struct, this
 
-from .._shim_construct import fast_parser
 from ._bcd import MINUS_33, PLUS_33
 from ._errors import FrameError
 
@@ -103,11 +107,6 @@ FRAME_FORMAT = Struct(
     "checksum" / Int8ub,
     "end" / Const(bytes((END,))),
 )
-FRAME = FRAME_FORMAT.compile()
-# Compiled.parse() would rebuild a stream and a context on every call: a third of the
-# parse time (construct internals, kept in protocols/_shim_construct.py).
-_PARSE_COMPILED = fast_parser(FRAME)
-
 # Where each field of FRAME_FORMAT starts, so a construct error maps to a byte offset.
 _FIELD_OFFSETS = {"start": 0, "address": 1, "start2": 7, "control": 8, "length": 9, "data": 10}
 _FIELD_PROBLEMS = {
@@ -159,8 +158,52 @@ def skip_preamble(raw: bytes) -> int:
     return len(raw) - len(raw.lstrip(b"\xfe"))
 
 
+def frame_of(raw: bytes, start: int, length: int) -> Frame:
+    """The frame whose first 68 is at ``raw[start]``, its data ``length`` bytes long,
+    once the caller has checked it (start bytes, checksum, end byte)."""
+    data = start + HEADER_SIZE
+    return Frame(address_from_wire(raw[start + 1 : start + 7]), raw[start + 8],
+                 raw[data : data + length].translate(MINUS_33))
+
+
 def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
-    """Parse exactly one frame (with optional FE preamble); FrameError names the byte at fault."""
+    """Parse exactly one frame (with optional FE preamble); FrameError names the byte at fault.
+
+    ``compiled=False``: through the construct definition, the reference (tests only).
+    """
+    if not compiled:
+        return _parse_with_construct(raw)
+    size = len(raw)
+    base = size - len(raw.lstrip(b"\xfe"))
+    n = size - base
+    if n < HEADER_SIZE + 2:
+        raise FrameError(size, f"frame too short: {n} bytes, a frame has at least 12")
+    if raw[base] != START:
+        raise FrameError(base, f"expected start byte 68, got {raw[base]:02X}")
+    if raw[base + 7] != START:
+        raise FrameError(base + 7, "expected second start byte 68 after the address, "
+                                   f"got {raw[base + 7]:02X}")
+    length = raw[base + 9]
+    total = HEADER_SIZE + length + 2
+    if n < total:
+        raise _truncated(base, n, length)
+    cs = base + total - 2
+    if raw[cs + 1] != END:
+        raise FrameError(cs + 1, f"expected end byte 16, got {raw[cs + 1]:02X}")
+    if n > total:
+        raise FrameError(base + total, f"{n - total} bytes after the end byte 16")
+    expected = sum(raw[base:cs]) & 0xFF
+    if raw[cs] != expected:
+        raise FrameError(cs, f"checksum {raw[cs]:02X} does not match computed {expected:02X}")
+    return frame_of(raw, base, length)
+
+
+def _truncated(base: int, n: int, length: int) -> FrameError:
+    return FrameError(base + n, f"frame truncated: data length {length} needs "
+                                f"{HEADER_SIZE + length + 2} bytes, got {n}")
+
+
+def _parse_with_construct(raw: bytes) -> Frame:
     base = skip_preamble(raw)
     body = raw[base:] if base else raw
     if len(body) < HEADER_SIZE + 2:
@@ -168,27 +211,20 @@ def parse_frame(raw: bytes, *, compiled: bool = True) -> Frame:
             base + len(body), f"frame too short: {len(body)} bytes, a frame has at least 12"
         )
     try:
-        c = (_PARSE_COMPILED(body) if compiled
-             else FRAME_FORMAT.parse(body))
-    except Exception:
-        # Compiled parsers report neither the field nor the offset: ask the plain one.
-        try:
-            FRAME_FORMAT.parse(body)
-        except ConstructError as e:
-            raise _frame_error(e, body, base) from None
-        raise FrameError(base, "not a DL/T645 frame") from None
-    # Item access: Container attribute lookup costs several times more on this hot path.
-    length = c["length"]
+        c = FRAME_FORMAT.parse(body)
+    except ConstructError as e:
+        raise _frame_error(e, body, base) from None
+    length = c.length
     total = HEADER_SIZE + length + 2
     if len(body) > total:
         raise FrameError(base + total, f"{len(body) - total} bytes after the end byte 16")
     expected = sum(body[: HEADER_SIZE + length]) & 0xFF
-    if c["checksum"] != expected:
+    if c.checksum != expected:
         raise FrameError(
             base + HEADER_SIZE + length,
-            f"checksum {c['checksum']:02X} does not match computed {expected:02X}",
+            f"checksum {c.checksum:02X} does not match computed {expected:02X}",
         )
-    return Frame(address_from_wire(c["address"]), c["control"], c["data"].translate(MINUS_33))
+    return Frame(address_from_wire(c.address), c.control, c.data.translate(MINUS_33))
 
 
 def _frame_error(e: ConstructError, body: bytes, base: int) -> FrameError:
@@ -198,7 +234,7 @@ def _frame_error(e: ConstructError, body: bytes, base: int) -> FrameError:
     offsets = dict(_FIELD_OFFSETS, checksum=HEADER_SIZE + length, end=HEADER_SIZE + length + 1)
     if field in offsets:
         offset = offsets[field]
-        if offset >= len(body):
+        if offset >= len(body) or field == "data":  # data: fewer bytes than L says
             return FrameError(
                 base + len(body),
                 f"frame truncated: data length {length} needs {HEADER_SIZE + length + 2} bytes, "
@@ -210,15 +246,21 @@ def _frame_error(e: ConstructError, body: bytes, base: int) -> FrameError:
 
 
 def build_frame(frame: Frame, *, preamble: int = 4, compiled: bool = True) -> bytes:
-    """Wire bytes of ``frame``: data gets +33H, checksum computed, ``preamble`` FE bytes first."""
+    """Wire bytes of ``frame``: data gets +33H, checksum computed, ``preamble`` FE bytes first.
+
+    ``compiled=False``: through the construct definition, the reference (tests only).
+    """
     if len(frame.data) > MAX_DATA:
         raise ValueError(f"data field of {len(frame.data)} bytes exceeds {MAX_DATA}")
     address = address_to_wire(frame.address)
+    if len(address) != 6:
+        raise ValueError(f"address {frame.address!r} is not 12 digits")
     data = frame.data.translate(PLUS_33)
     head = bytes((START,)) + address + bytes((START, frame.control, len(data)))
     cs = (sum(head) + sum(data)) & 0xFF
-    fmt: Any = FRAME if compiled else FRAME_FORMAT
-    body: bytes = fmt.build(
+    if compiled:
+        return b"\xfe" * preamble + head + data + bytes((cs, END))
+    body: bytes = FRAME_FORMAT.build(
         {"address": address, "control": frame.control, "length": len(data), "data": data,
          "checksum": cs}
     )

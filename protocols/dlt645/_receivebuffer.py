@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ._bcd import MINUS_33
-from ._frame import END, HEADER_SIZE, START, Frame, address_from_wire
+from ._frame import END, HEADER_SIZE, START, Frame, frame_of
 
 AddressFilter = Callable[[str, int], bool]
 
@@ -116,11 +115,10 @@ class FrameExtractor:
                 continue
             raw = bytes(buf[:total])
             del buf[:total]
-            address = address_from_wire(raw[1:7])
-            control = raw[8]
-            if self._accept is not None and not self._accept(address, control):
+            frame = frame_of(raw, 0, length)  # parse_frame's own slicing, checks done here
+            if self._accept is not None and not self._accept(frame.address, frame.control):
                 stats.skipped_frames += 1
                 continue
             stats.frames += 1
             self.last_raw = raw
-            return Frame(address, control, raw[10 : 10 + length].translate(MINUS_33))
+            return frame
