@@ -199,6 +199,7 @@ class Forwarder:
         self.max_batches = max(1, max_batches)  # per table and round, so tables take turns
         self.cursor_save_interval = cursor_save_interval
         self.process_backlog = process_backlog  # 0: never use a worker process
+        self._backlogged = False  # converting in the worker process until caught up
         self.stats = ForwarderStats()
         self.on_event = on_event  # called from the forwarder's thread
         self.collector = collector
@@ -439,8 +440,7 @@ class Forwarder:
                       self._body(pairs), pairs)
 
     def _prepare_readings(self, after_id: int, *, local: bool = False) -> _Batch:
-        if (not local and self.process_backlog
-                and self.store.last_id("readings") - after_id >= self.process_backlog):
+        if not local and self.process_backlog and self._in_worker(after_id):
             batch = self._prepare_in_worker(after_id)
             if batch is not None:
                 return batch
@@ -450,6 +450,18 @@ class Forwarder:
             return _Batch(0, after_id, after_id, 0, b"", [])
         pairs = self._reading_pairs(after_id, last)
         return _Batch(n, after_id, last, len(pairs), self._body(pairs), pairs)
+
+    def _in_worker(self, after_id: int) -> bool:
+        """Whether the batch after ``after_id`` is for the worker process: from a backlog
+        of ``process_backlog`` rows until less than a batch is left.  The store writer
+        commits up to 50,000 rows at once, so the backlog swings around the threshold;
+        converting here meanwhile takes the GIL from the writer thread."""
+        behind = self.store.last_id("readings") - after_id
+        if behind >= self.process_backlog:
+            self._backlogged = True
+        elif behind < self.batch:
+            self._backlogged = False
+        return self._backlogged
 
     def _reading_pairs(self, after_id: int, last_id: int) -> list[tuple[int, str]]:
         """(row id, line) of the readings after ``after_id`` up to ``last_id``."""
