@@ -90,12 +90,21 @@ class LineBuilder:
         append = out.append
         meters = self._meters
         quantities = self._quantities
+        # A meter read's readings come one after the other with one timestamp.
+        last_meter: str | None = None
+        last_ts: int | None = None
+        head = tail = ts_text = ""
         for meter, quantity, value, ts in rows:
             if value is None:
                 continue
-            m = meters.get(meter) or self._meter(meter)
+            if meter != last_meter:
+                head, tail = meters.get(meter) or self._meter(meter)
+                last_meter = meter
+            if ts != last_ts:
+                ts_text = f" {ts}"
+                last_ts = ts
             q = quantities.get(quantity) or self._quantity(quantity)
-            append(f"{m[0]}{q}{m[1]}{value!r} {ts}")
+            append(f"{head}{q}{tail}{value!r}{ts_text}")
         return out
 
     def pairs(self, rows: Iterable[tuple[int, str, str, float | None, int]]
