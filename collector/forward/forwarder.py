@@ -562,11 +562,12 @@ class Forwarder:
         """Store the acknowledged position in ``cursors``.
 
         The StoreWriter holds the write lock for its large transactions while a backlog
-        is committed; waiting for it after every batch would stall forwarding.  So the
-        cursor is stored when the lock is free, and at the latest after
-        ``cursor_save_interval`` s (then waiting), when a table has no more rows, and at
-        stop.  A crash in between sends the unsaved batches again; they map to the
-        same points (idempotent).  Retention only ever sees the stored, older position.
+        is committed; waiting for it after every batch, or when a table is caught up,
+        would stall forwarding (the next rows, and the other tables).  So the cursor is
+        stored when the lock is free (tried after each batch and on every pass), at the
+        latest after ``cursor_save_interval`` s (then waiting), and at stop.  A crash in
+        between sends the unsaved batches again; they map to the same points
+        (idempotent).  Retention only ever sees the stored, older position.
         """
         acked = self._acked.get(table)
         saved, at = self._saved.get(table, (0, 0.0))
@@ -655,7 +656,7 @@ class Forwarder:
         batch = self._prepare(table, self._position(table))
         for _ in range(self.max_batches):
             if not batch.rows:
-                self._save(table, force=True)  # caught up: the store shows it
+                self._save(table, force=False)  # caught up: stored unless locked
                 return False
             full = batch.rows >= self.batch
             nxt = self._prefetch.submit(self._prepare, table, batch.last_id) if full else None
@@ -667,7 +668,7 @@ class Forwarder:
                         nxt.result()
                 raise
             if nxt is None:
-                self._save(table, force=True)
+                self._save(table, force=False)
                 return False
             batch = nxt.result()
             if self._stop.is_set():
