@@ -45,7 +45,7 @@ from collector.store.records import Event, utcnow
 
 from . import lineproto, linework
 from ._shim_influxdb import pass_gzipped_bodies
-from .lineproto import escape_tag, number, value_line
+from .lineproto import escape_tag, number
 from .lineproto import tags as _tags
 
 log = logging.getLogger("amic.forwarder")
@@ -120,26 +120,6 @@ DEFAULT_GZIP_LEVEL: Final[int] = _TS["gzip_level"]
 # Readings behind by at least this many rows are converted in a worker process.
 DEFAULT_PROCESS_BACKLOG: Final[int] = _TS["worker_backlog"]
 _WORKER_RETRY: Final = 60.0  # s before a failed worker process is tried again
-
-# Readings are the bulk: their lines are built by SQLite itself (string concatenation in
-# C, while the GIL is released), from a per-connection temp table of meter tags.
-# SQLite builds each line's head ("reading,...,collector=.. value="); the number and the
-# timestamp are added by lineproto.value_line, so the lines are the very text of
-# reading_lines.  An unconfigured meter or a quantity that is not a plain name get a NULL
-# head and Python's conversion instead.  A NULL (NaN) or infinite (9e999 in SQLite)
-# value gets '' (no point).
-_READING_SQL: Final = (
-    "SELECT r.id, CASE WHEN r.value IS NULL OR abs(r.value) >= 9e999 THEN '' "
-    "WHEN t.prefix IS NULL OR r.quantity GLOB '*[^a-z0-9_]*' "
-    "THEN NULL "
-    "ELSE t.prefix || ',quantity=' || r.quantity || t.suffix || ' value=' END, "
-    "r.value, {ts} "
-    "FROM main.readings r LEFT JOIN temp.amic_fwd_tags t ON t.meter = r.meter "
-    "WHERE r.id > ? ORDER BY r.id LIMIT ?")
-_TS_SQL: Final[dict[str, str]] = {
-    "s": "(coalesce(r.meter_ts, r.ts) / 1000)", "ms": "coalesce(r.meter_ts, r.ts)",
-    "us": "(coalesce(r.meter_ts, r.ts) * 1000)", "ns": "(coalesce(r.meter_ts, r.ts) * 1000000)"}
-
 
 @dataclass(slots=True)
 class ForwarderStats:
@@ -219,6 +199,7 @@ class Forwarder:
         self.max_batches = max(1, max_batches)  # per table and round, so tables take turns
         self.cursor_save_interval = cursor_save_interval
         self.process_backlog = process_backlog  # 0: never use a worker process
+        self._backlogged = False  # converting in the worker process until caught up
         self.stats = ForwarderStats()
         self.on_event = on_event  # called from the forwarder's thread
         self.collector = collector
@@ -231,8 +212,8 @@ class Forwarder:
         self._meter_bus: dict[str, str] = {}
         self._tags_lock = threading.Lock()
         self._tags_version = 0
-        self._local = threading.local()  # per thread: the tags version its SQL table has
-        self._reading_sql = _READING_SQL.format(ts=_TS_SQL[precision])
+        self._builder: tuple[int, linework.LineBuilder] | None = None  # for a tags version
+        self._tag_text: tuple[int, linework.Tags] | None = None  # for a tags version
         if meters is not None:
             self.set_meters(meters)
         self._meters_given = meters is not None
@@ -459,26 +440,45 @@ class Forwarder:
                       self._body(pairs), pairs)
 
     def _prepare_readings(self, after_id: int, *, local: bool = False) -> _Batch:
-        if (not local and self.process_backlog
-                and self.store.last_id("readings") - after_id >= self.process_backlog):
+        if not local and self.process_backlog and self._in_worker(after_id):
             batch = self._prepare_in_worker(after_id)
             if batch is not None:
                 return batch
         conn = self.store.thread_connection()
-        if getattr(self._local, "tags", None) != self._tags_version:
-            version, items = self._tag_rows()
-            linework.load_tags(conn, items)
-            self._local.tags = version
-        rows: list[tuple[int, str | None]] = [
-            (rid, value_line(head, value, ts) if head else head)
-            for rid, head, value, ts in conn.execute(self._reading_sql,
-                                                     (after_id, self.batch))]
-        if not rows:
+        n, last = conn.execute(linework.SPAN_SQL, (after_id, self.batch)).fetchone()
+        if not n:
             return _Batch(0, after_id, after_id, 0, b"", [])
-        if any(line is None for _, line in rows):
-            rows = self._fill_in(rows)
-        pairs = [(rid, line) for rid, line in rows if line]
-        return _Batch(len(rows), after_id, rows[-1][0], len(pairs), self._body(pairs), pairs)
+        pairs = self._reading_pairs(after_id, last)
+        return _Batch(n, after_id, last, len(pairs), self._body(pairs), pairs)
+
+    def _in_worker(self, after_id: int) -> bool:
+        """Whether the batch after ``after_id`` is for the worker process: from a backlog
+        of ``process_backlog`` rows until less than a batch is left.  The store writer
+        commits up to 50,000 rows at once, so the backlog swings around the threshold;
+        converting here meanwhile takes the GIL from the writer thread."""
+        behind = self.store.last_id("readings") - after_id
+        if behind >= self.process_backlog:
+            self._backlogged = True
+        elif behind < self.batch:
+            self._backlogged = False
+        return self._backlogged
+
+    def _reading_pairs(self, after_id: int, last_id: int) -> list[tuple[int, str]]:
+        """(row id, line) of the readings after ``after_id`` up to ``last_id``."""
+        rows = self.store.thread_connection().execute(
+            linework.rows_sql(self.precision, ids=True), (after_id, last_id))
+        return self._line_builder().pairs(rows)
+
+    def _line_builder(self) -> linework.LineBuilder:
+        """The builder of the current meter tags (a new one when they change)."""
+        got = self._builder
+        with self._tags_lock:
+            version = self._tags_version
+        if got is None or got[0] != version:
+            got = (version, linework.LineBuilder(self._tag_payload()[1],
+                                                 self._collector_tag))
+            self._builder = got
+        return got[1]
 
     def _prepare_in_worker(self, after_id: int) -> _Batch | None:
         """A readings batch built by the worker process; None: build it here instead."""
@@ -486,17 +486,17 @@ class Forwarder:
         if self._worker_failed_at is not None and now - self._worker_failed_at < _WORKER_RETRY:
             return None
         level = self.gzip_level if self.gzip else None
-        version, items = self._tag_rows()
+        version, tags = self._tag_payload()
         if self._worker is None:
             self._worker = linework.Worker()
             self._worker_tags = -1
-        args = (str(self.store.path), self._reading_sql, after_id, self.batch, version)
+        args = (str(self.store.path), self.precision, after_id, self.batch, version)
         timeout_ms = int(self.store.busy_timeout * 1000)
         try:
-            tags = items if self._worker_tags != version else None
-            got = self._worker.call(*args, tags, level, timeout_ms)
+            got = self._worker.call(*args, tags if self._worker_tags != version else None,
+                                    level, timeout_ms)
             if got == linework.NEED_TAGS:  # a new worker process
-                got = self._worker.call(*args, items, level, timeout_ms)
+                got = self._worker.call(*args, tags, level, timeout_ms)
             self._worker_tags = version
         except linework.WorkerError as e:
             log.warning("forwarder %s: worker process failed (%s); converting in-thread "
@@ -504,7 +504,7 @@ class Forwarder:
             self._worker_failed_at = now
             self._stop_worker()
             return None
-        if isinstance(got, str):  # LOCAL: a row needs Python's conversion
+        if isinstance(got, str):  # LOCAL: a reading of an unconfigured meter
             return None
         n, last_id, points, body = got
         self.stats.worker_batches += 1
@@ -521,22 +521,17 @@ class Forwarder:
         return linework.body([line for _, line in pairs],
                              self.gzip_level if self.gzip else None)
 
-    def _fill_in(self, rows: list[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
-        """Python's conversion for the rows SQLite left NULL (unconfigured meter, odd name)."""
-        missing = [rid for rid, line in rows if line is None]
-        conn = self.store.thread_connection()
-        cur = conn.execute(f"SELECT * FROM readings WHERE id IN "
-                           f"({','.join('?' * len(missing))}) ORDER BY id", missing)
-        cur.row_factory = sqlite3.Row
-        done = {int(r["id"]): (self.reading_lines([r]) or [""])[0] for r in cur}
-        return [(rid, done.get(rid, "") if line is None else line) for rid, line in rows]
-
-    def _tag_rows(self) -> tuple[int, list[linework.TagRow]]:
-        """(version, rows) of the meter tags for the reading SQL's temp table."""
+    def _tag_payload(self) -> tuple[int, linework.Tags]:
+        """(version, the tags after each configured meter's id), made once per version
+        of the meter tags."""
         with self._tags_lock:
-            return self._tags_version, [(m, f"reading,meter={escape_tag(m)}",
-                                         tags + self._collector_tag)
-                                        for m, tags in self._meter_tags.items()]
+            got = self._tag_text
+            if got is None or got[0] != self._tags_version:
+                ctag = self._collector_tag
+                got = (self._tags_version,
+                       {m: tags + ctag for m, tags in self._meter_tags.items()})
+                self._tag_text = got
+            return got
 
     def _write(self, payload: bytes) -> None:
         assert self._write_api is not None
@@ -553,9 +548,8 @@ class Forwarder:
                 if e.status not in PERMANENT_STATUS:
                     raise
                 pairs = batch.pairs
-                if pairs is None:  # built by the worker: the lines again, here
-                    pairs = self._prepare_readings(batch.after_id, local=True).pairs
-                    assert pairs is not None
+                if pairs is None:  # built by the worker: the same lines again, here
+                    pairs = self._reading_pairs(batch.after_id, batch.last_id)
                 self._isolate(table, pairs)
             else:
                 self.stats.points_sent += batch.points
@@ -568,11 +562,12 @@ class Forwarder:
         """Store the acknowledged position in ``cursors``.
 
         The StoreWriter holds the write lock for its large transactions while a backlog
-        is committed; waiting for it after every batch would stall forwarding.  So the
-        cursor is stored when the lock is free, and at the latest after
-        ``cursor_save_interval`` s (then waiting), when a table has no more rows, and at
-        stop.  A crash in between sends the unsaved batches again; they map to the
-        same points (idempotent).  Retention only ever sees the stored, older position.
+        is committed; waiting for it after every batch, or when a table is caught up,
+        would stall forwarding (the next rows, and the other tables).  So the cursor is
+        stored when the lock is free (tried after each batch and on every pass), at the
+        latest after ``cursor_save_interval`` s (then waiting), and at stop.  A crash in
+        between sends the unsaved batches again; they map to the same points
+        (idempotent).  Retention only ever sees the stored, older position.
         """
         acked = self._acked.get(table)
         saved, at = self._saved.get(table, (0, 0.0))
@@ -661,7 +656,7 @@ class Forwarder:
         batch = self._prepare(table, self._position(table))
         for _ in range(self.max_batches):
             if not batch.rows:
-                self._save(table, force=True)  # caught up: the store shows it
+                self._save(table, force=False)  # caught up: stored unless locked
                 return False
             full = batch.rows >= self.batch
             nxt = self._prefetch.submit(self._prepare, table, batch.last_id) if full else None
@@ -673,7 +668,7 @@ class Forwarder:
                         nxt.result()
                 raise
             if nxt is None:
-                self._save(table, force=True)
+                self._save(table, force=False)
                 return False
             batch = nxt.result()
             if self._stop.is_set():

@@ -3,7 +3,7 @@
 ``measurement,tag=value,... field=number,... timestamp``: :func:`escape_measurement` for
 the measurement, :func:`escape_tag` for tag keys, tag values and field keys,
 :func:`number` for every field value (a float, as the TSDB stores it), :func:`line` to put
-them together; :func:`value_line` for the forwarder's readings, whose rest SQLite builds.
+them together; :func:`value_line` for a reading's line from its prepared head.
 SQLite never writes a number: its printf gets the 16th and 17th digit wrong now and then
 (3.40) and its text-to-real conversion is off by one unit in the last place at times, so
 its lines could not be the same text, nor always the same double.
@@ -53,8 +53,7 @@ def line(measurement: str, tag_text: str, field_text: str, ts: int) -> str:
 
 def value_line(head: str, value: float, ts: int) -> str:
     """``head`` (``measurement,tags field=``, escaped), the float ``value`` as
-    :func:`number` writes it, the timestamp: the forwarder's reading lines, whose heads
-    SQLite builds."""
+    :func:`number` writes it, the timestamp: a reading's line."""
     return f"{head}{float(value)!r} {ts}"  # number() inlined: once per reading
 
 

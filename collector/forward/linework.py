@@ -23,25 +23,103 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Iterable
 from typing import IO, Any, Final
 
 if __package__:
-    from .lineproto import value_line
+    from .lineproto import escape_tag, value_line
 else:  # run as a script: this file's directory is first on sys.path
-    from lineproto import value_line  # type: ignore[import-not-found,no-redef]
+    from lineproto import escape_tag, value_line  # type: ignore[import-not-found,no-redef]
 
-# (meter, "reading,meter=<escaped id>", ",area=..,bus=..,feeder=..,station=..")
-TagRow = tuple[str, str, str]
+# A meter's tags after its id: ",area=..,bus=..,feeder=..,station=..,collector=.." (escaped)
+Tags = dict[str, str]
 
-_TAGS_DDL: Final = ("CREATE TEMP TABLE IF NOT EXISTS amic_fwd_tags (meter TEXT PRIMARY KEY, "
-                    "prefix TEXT NOT NULL, suffix TEXT NOT NULL) WITHOUT ROWID")
+# The rows of a batch: how many, and the last id.  Then their columns, by id up to that
+# last one: the two queries see the same rows though the writer commits in between.
+SPAN_SQL: Final = ("SELECT count(*), max(id) FROM (SELECT id FROM main.readings "
+                   "WHERE id > ? ORDER BY id LIMIT ?)")
+# An infinite value (9e999 in SQLite) or NULL (NaN) comes back as None: no point.
+_ROWS_SQL: Final = ("SELECT {id}meter, quantity, CASE WHEN abs(value) < 9e999 THEN value END, "
+                    "{ts} FROM main.readings WHERE id > ? AND id <= ? ORDER BY id")
+_TS_SQL: Final[dict[str, str]] = {
+    "s": "(coalesce(meter_ts, ts) / 1000)", "ms": "coalesce(meter_ts, ts)",
+    "us": "(coalesce(meter_ts, ts) * 1000)", "ns": "(coalesce(meter_ts, ts) * 1000000)"}
 
 
-def load_tags(conn: sqlite3.Connection, items: list[TagRow]) -> None:
-    """(Re)fill ``conn``'s temp table of meter tags, which the reading SQL joins."""
-    conn.execute(_TAGS_DDL)
-    conn.execute("DELETE FROM temp.amic_fwd_tags")
-    conn.executemany("INSERT INTO temp.amic_fwd_tags VALUES (?, ?, ?)", items)
+def rows_sql(precision: str, *, ids: bool = False) -> str:
+    """The columns of the readings after an id up to another: ([id,] meter, quantity,
+    value or None, timestamp at ``precision``)."""
+    return _ROWS_SQL.format(id="id, " if ids else "", ts=_TS_SQL[precision])
+
+
+class UnknownMeter(LookupError):
+    """A reading of a meter the builder has no tags for."""
+
+
+class LineBuilder:
+    """Reading rows to ``reading,meter=..,quantity=..<tags> value=V TS`` lines.
+
+    The text around a meter's id and a quantity's name is built once per meter and per
+    quantity (not per pair: 100k meters x 30 quantities would not fit), so each line
+    costs a float repr and one f-string; the lines are the very text of
+    ``Forwarder.reading_lines``.
+    """
+
+    def __init__(self, tags: Tags, default: str | None) -> None:
+        self._tags = tags
+        # An unconfigured meter's tags (the collector's); None: raise UnknownMeter.
+        self._default = default
+        self._meters: dict[str, tuple[str, str]] = {}
+        self._quantities: dict[str, str] = {}
+
+    def _meter(self, meter: str) -> tuple[str, str]:
+        tags = self._tags.get(meter, self._default)
+        if tags is None:
+            raise UnknownMeter(meter)
+        got = (f"reading,meter={escape_tag(meter)},quantity=", f"{tags} value=")
+        self._meters[meter] = got
+        return got
+
+    def _quantity(self, quantity: str) -> str:
+        got = self._quantities[quantity] = escape_tag(quantity)
+        return got
+
+    def lines(self, rows: Iterable[tuple[str, str, float | None, int]]) -> list[str]:
+        """The lines of (meter, quantity, value or None, ts) rows; None has no line."""
+        out: list[str] = []
+        append = out.append
+        meters = self._meters
+        quantities = self._quantities
+        # A meter read's readings come one after the other with one timestamp.
+        last_meter: str | None = None
+        last_ts: int | None = None
+        head = tail = ts_text = ""
+        for meter, quantity, value, ts in rows:
+            if value is None:
+                continue
+            if meter != last_meter:
+                head, tail = meters.get(meter) or self._meter(meter)
+                last_meter = meter
+            if ts != last_ts:
+                ts_text = f" {ts}"
+                last_ts = ts
+            q = quantities.get(quantity) or self._quantity(quantity)
+            append(f"{head}{q}{tail}{value!r}{ts_text}")
+        return out
+
+    def pairs(self, rows: Iterable[tuple[int, str, str, float | None, int]]
+              ) -> list[tuple[int, str]]:
+        """(row id, line) of (id, meter, quantity, value or None, ts) rows."""
+        out: list[tuple[int, str]] = []
+        meters = self._meters
+        quantities = self._quantities
+        for rid, meter, quantity, value, ts in rows:
+            if value is None:
+                continue
+            m = meters.get(meter) or self._meter(meter)
+            q = quantities.get(quantity) or self._quantity(quantity)
+            out.append((rid, value_line(f"{m[0]}{q}{m[1]}", value, ts)))
+        return out
 
 
 def body(lines: list[str], gzip_level: int | None) -> bytes:
@@ -59,19 +137,21 @@ def body(lines: list[str], gzip_level: int | None) -> bytes:
 _conn: sqlite3.Connection | None = None
 _path = ""
 _tags_version = -1
+_builder: LineBuilder | None = None
 
 # Results of reading_batch besides a batch: send the tags along / convert this batch in
-# the forwarder (some row needs Python's conversion).
+# the forwarder (a reading of an unconfigured meter, rare: Python's path is the reference
+# for such rows).
 NEED_TAGS: Final = "tags"
 LOCAL: Final = "local"
 
 
-def reading_batch(path: str, sql: str, after_id: int, limit: int, tags_version: int,
-                  tags: list[TagRow] | None, gzip_level: int | None,
+def reading_batch(path: str, precision: str, after_id: int, limit: int, tags_version: int,
+                  tags: Tags | None, gzip_level: int | None,
                   busy_timeout_ms: int) -> tuple[int, int, int, bytes] | str:
     """The readings after ``after_id`` as (rows, last id, points, body); (0, after_id,
     0, b"") when there are none.  Runs in the worker process."""
-    global _conn, _path, _tags_version
+    global _conn, _path, _tags_version, _builder
     if _conn is None or _path != path:
         if _conn is not None:
             _conn.close()
@@ -79,26 +159,27 @@ def reading_batch(path: str, sql: str, after_id: int, limit: int, tags_version: 
         _conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None,
                                 timeout=busy_timeout_ms / 1000)
         _conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        _conn.execute("PRAGMA temp_store = MEMORY")
         _path = path
-        _tags_version = -1
-    if tags_version != _tags_version:
+    if tags_version != _tags_version or _builder is None:
         if tags is None:
             return NEED_TAGS
-        load_tags(_conn, tags)
+        _builder = LineBuilder(tags, None)
         _tags_version = tags_version
-    # (id, line head or '' (no point) or NULL (Python's conversion), value, timestamp)
-    rows: list[tuple[int, str | None, float, int]] = _conn.execute(
-        sql, (after_id, limit)).fetchall()
-    if not rows:
+    try:
+        return build_batch(_conn, _builder, precision, after_id, limit, gzip_level)
+    except UnknownMeter:
+        return LOCAL
+
+
+def build_batch(conn: sqlite3.Connection, builder: LineBuilder, precision: str,
+                after_id: int, limit: int,
+                gzip_level: int | None) -> tuple[int, int, int, bytes]:
+    """(rows, last id, points, body) of the readings after ``after_id``."""
+    n, last = conn.execute(SPAN_SQL, (after_id, limit)).fetchone()
+    if not n:
         return 0, after_id, 0, b""
-    lines: list[str] = []
-    for _, head, value, ts in rows:
-        if head is None:
-            return LOCAL
-        if head:
-            lines.append(value_line(head, value, ts))
-    return len(rows), rows[-1][0], len(lines), body(lines, gzip_level)
+    lines = builder.lines(conn.execute(rows_sql(precision), (after_id, last)).fetchall())
+    return n, last, len(lines), body(lines, gzip_level)
 
 
 # ---- the pipe between the two ---------------------------------------------------------------

@@ -18,6 +18,10 @@ store, against a bare influxdb-client write loop.
    ceiling: HTTP, gzip and the server).
 Goal: pipeline >= 50k points/s and >= 0.8x bare.
 
+Each phase also prints its CPU seconds: this process (all threads), the forwarder's
+worker process and the VictoriaMetrics server.  On a shared machine the wall-clock
+ratios move with the load; the CPU seconds hardly do.
+
 The meter reads themselves are not in this figure: a bus delivers a few readings per
 second, and tests/bench/bench_scale.py measures polling (CPU per 1000 reads).  This
 measures whether everything after the poll keeps up with any number of buses.
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import datetime as dt
 import gzip
+import os
 import sys
 import tempfile
 import time
@@ -52,6 +57,37 @@ from collector.store.records import Reading
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 QUANTITIES = ("voltage_a", "voltage_b", "voltage_c", "current_a", "current_b", "current_c",
               "power_active_total", "energy_active_forward_total")
+
+
+class CpuMeter:
+    """CPU seconds of this process, its reaped children (the worker process) and a
+    running server process, from start() to stop()."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+
+    def _server(self) -> float:
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> CpuMeter:
+        t = os.times()
+        self._own, self._children, self._srv = t.user + t.system, \
+            t.children_user + t.children_system, self._server()
+        return self
+
+    def stop(self) -> tuple[float, float, float]:
+        """(this process, children, server) seconds."""
+        t = os.times()
+        return (t.user + t.system - self._own,
+                t.children_user + t.children_system - self._children,
+                self._server() - self._srv)
+
+
+def cpu_text(cpu: tuple[float, float, float], points: int) -> str:
+    own, children, server = (c * 1e6 / points for c in cpu)
+    return (f"{own + children + server:.2f} CPU-s per 1M points (this process {own:.2f}, "
+            f"worker process {children:.2f}, server {server:.2f})")
 
 
 def meter_reads(rows: int, meters: list[MeterSettings]) -> list[list[Reading]]:
@@ -86,8 +122,9 @@ async def run_pipeline(path: Path, url: str, reads: list[list[Reading]], batch: 
         if n % 500 == 499:
             await asyncio.sleep(0)  # the poller yields between jobs
             if n % 20_000 == 19_999:
-                max_lag = max(max_lag, writer.pending + store.outbox_lag("timeseries",
-                                                                         "readings"))
+                # by id, not outbox_lag's count(*): that scans the backlog in this loop
+                max_lag = max(max_lag, writer.pending + store.last_id("readings")
+                              - store.cursor("timeseries", "readings"))
     await writer.flush()
     committed = time.perf_counter() - t
     await wait_shipped(store, "timeseries", task)
@@ -136,29 +173,39 @@ def main() -> None:
     points = sum(len(r) for r in reads)
     with tempfile.TemporaryDirectory() as d:
         with VictoriaMetrics(Path(d) / "vm1") as vm:
+            assert vm.proc is not None
+            cpu = CpuMeter(vm.proc.pid).start()
             committed, acked, sent, lag = asyncio.run(
                 run_pipeline(Path(d) / "amic.db", vm.url, reads, args.batch, meters,
                              args.gzip_level))
+            pipe_cpu = cpu.stop()
         rate = sent / acked
         print(f"pipeline: {points:,} points handed over, {sent:,} acknowledged in "
               f"{acked:.2f} s = {rate:,.0f} points/s (all committed after {committed:.2f} s;"
-              f" largest backlog seen {lag:,} rows)")
+              f" largest backlog seen {lag:,} rows); {cpu_text(pipe_cpu, sent)}")
         conv = Forwarder(Store(Path(d) / "amic.db"), "http://unused", org="o", bucket="b",
                          meters=meters)
         lines = conv.reading_lines(conv.store.outbox("x", "readings", after_id=0,
                                                      limit=points))
         conv.store.close()
         with VictoriaMetrics(Path(d) / "vm2") as vm:
+            assert vm.proc is not None
+            cpu = CpuMeter(vm.proc.pid).start()
             secs, n = run_bare_readings(vm.url, reads, args.batch, conv._meter_tags)
+            bare_cpu = cpu.stop()
         bare = n / secs
         print(f"bare influxdb-client from readings: {n:,} points in {secs:.2f} s = "
-              f"{bare:,.0f} points/s")
+              f"{bare:,.0f} points/s; {cpu_text(bare_cpu, n)}")
         with VictoriaMetrics(Path(d) / "vm4") as vm:
+            assert vm.proc is not None
+            cpu = CpuMeter(vm.proc.pid).start()
             secs, n = run_bare_readings(vm.url, reads, args.batch, conv._meter_tags,
                                         args.gzip_level)
+            same_cpu = cpu.stop()
         same = n / secs
         print(f"bare influxdb-client from readings, gzip level {args.gzip_level} as the "
-              f"pipeline: {n:,} points in {secs:.2f} s = {same:,.0f} points/s")
+              f"pipeline: {n:,} points in {secs:.2f} s = {same:,.0f} points/s; "
+              f"{cpu_text(same_cpu, n)}")
         with VictoriaMetrics(Path(d) / "vm3") as vm:
             secs = run_bare(vm.url, lines, args.batch, True)
         ceiling = len(lines) / secs
@@ -167,6 +214,8 @@ def main() -> None:
         print(f"ratio pipeline/bare: {rate / bare:.2f}; at the same gzip level: "
               f"{rate / same:.2f}; pipeline/pre-built: {rate / ceiling:.2f} "
               f"(goal >= 50,000 points/s and >= 0.8)")
+        print(f"CPU ratio bare/pipeline: {sum(bare_cpu) / sum(pipe_cpu):.2f}; at the same "
+              f"gzip level: {sum(same_cpu) / sum(pipe_cpu):.2f}")
 
 
 if __name__ == "__main__":
