@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocols.dlt645 import (  # noqa: E402
+from protocols.dlt645 import (
     AbnormalReply,
     DataItem,
     Format,
