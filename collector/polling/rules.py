@@ -229,6 +229,8 @@ class AlarmEngine:
         self.settings = settings or AlarmSettings()
         self._meters: dict[str, _MeterState] = {}
         self._bus_of: dict[str, str] = {}  # meter -> the bus it was last seen on
+        # bus -> its meters (as _bus_of says), so bus_up looks at one bus, not the fleet
+        self._on_bus: dict[str, dict[str, None]] = {}
 
     # -- public -----------------------------------------------------------------
 
@@ -252,7 +254,7 @@ class AlarmEngine:
         if latest:
             st.seen = max(r.ts for r in latest.values())
             if bus is not None:
-                self._bus_of[meter] = bus
+                self._seen_on(meter, bus)
         ctx = _Ctx(self.settings, meter, bus, st, out)
         ctx.bus_up = self.bus_up(meter, bus, st.seen)
         ctx.relay(latest.get(STATUS3), expected_relay_open)
@@ -273,11 +275,22 @@ class AlarmEngine:
         if bus is None or at is None:
             return False
         window = dt.timedelta(seconds=self.settings.bus_up_window_s)
-        for other, on in self._bus_of.items():
-            seen = self._meters[other].seen if other in self._meters else None
-            if other != meter and on == bus and seen is not None and abs(at - seen) <= window:
+        meters = self._meters
+        for other in self._on_bus.get(bus, ()):
+            st = meters.get(other)
+            seen = st.seen if st is not None else None
+            if other != meter and seen is not None and abs(at - seen) <= window:
                 return True
         return False
+
+    def _seen_on(self, meter: str, bus: str) -> None:
+        was = self._bus_of.get(meter)
+        if was == bus:
+            return
+        if was is not None:
+            self._on_bus[was].pop(meter, None)
+        self._bus_of[meter] = bus
+        self._on_bus.setdefault(bus, {})[meter] = None
 
     def records(self, meter: str, events: Sequence[MeterEvent], *, bus: str | None = None,
                 bus_up: bool | None = None) -> list[Event]:
