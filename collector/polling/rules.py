@@ -61,7 +61,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from collector.config.alarms import RULES, AlarmSettings
@@ -211,13 +212,20 @@ class _MeterState:
     energy: _Energy | None = None
     flat_since: dt.datetime | None = None  # collector time energy last moved (relay closed)
     pre_drop: _Energy | None = None  # the energy before a drop, while energy_backwards is on
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] | None = None  # made when the first counter is read
     relay_open: bool | None = None  # last known relay state
     # Immutable, replaced on a (rare) change: the empty one is shared, where an empty set
     # per meter costs 216 bytes (two of them: 43 MB at 100k meters).
     active: frozenset[str] = frozenset()  # "voltage_high:a", "zero_use", ...
     seen: dt.datetime | None = None  # collector time of its last readings
     wired: frozenset[str] = frozenset()  # phases seen with voltage
+
+
+@lru_cache(maxsize=256)
+def _plus(conditions: frozenset[str], key: str) -> frozenset[str]:
+    """``conditions`` and ``key``: one shared set for meters in the same state (most are
+    in a few: the three phases wired, nothing active)."""
+    return conditions | {key}
 
 
 def _fmt(x: float) -> str:
@@ -342,7 +350,7 @@ class AlarmEngine:
                 "energy": energy(st.energy),
                 "flat_since": None if st.flat_since is None else to_ms(st.flat_since),
                 "pre_drop": energy(st.pre_drop),
-                "counters": dict(st.counters),
+                "counters": dict(st.counters or {}),
                 "relay_open": st.relay_open,
                 "active": sorted(st.active),
             }
@@ -400,7 +408,7 @@ class _Ctx:
     def raise_(self, key: str, ts: dt.datetime, value: float | None, detail: str) -> None:
         """Raise condition ``key`` (``kind`` or ``kind:phase``) unless already on."""
         if key not in self.st.active:
-            self.st.active |= {key}
+            self.st.active = _plus(self.st.active, key)
             self.emit(key.partition(":")[0], ts, value, detail)
 
     def clear(self, key: str, ts: dt.datetime, value: float | None, detail: str) -> None:
@@ -449,7 +457,7 @@ class _Ctx:
                 if st.pre_drop is None:
                     st.pre_drop = last
                 # One event per drop: each drop is news, even with the condition on.
-                st.active |= {"energy_backwards"}
+                st.active = _plus(st.active, "energy_backwards")
                 self.emit("energy_backwards", r.ts, delta,
                           f"energy {r.value:.2f} kWh < last {last.value:.2f} kWh "
                           f"({delta:+.2f} kWh)")
@@ -580,7 +588,7 @@ class _Ctx:
             v = volts.get(p)
             bit = w is not None and int(w.value) & LOSS_OF_VOLTAGE_BIT
             if v is not None and v.value >= s.voltage_absent_v and p not in self.st.wired:
-                self.st.wired |= {p}
+                self.st.wired = _plus(self.st.wired, p)
             # 0 V on a phase never seen with voltage is one that is not wired
             dead = v is not None and v.value < s.voltage_absent_v and powered \
                 and p in self.st.wired
@@ -649,8 +657,11 @@ class _Ctx:
                                f"voltage_{p} {r.value:.1f} V")
 
     def counter(self, rule: str, r: Reading) -> None:
-        last = self.st.counters.get(r.quantity)
-        self.st.counters[r.quantity] = r.value
+        counters = self.st.counters
+        if counters is None:
+            counters = self.st.counters = {}
+        last = counters.get(r.quantity)
+        counters[r.quantity] = r.value
         if last is None or r.value <= last or not self.on(rule):
             return  # baseline, unchanged, or reset (meter cleared): no event
         self.emit(rule, r.ts, r.value,
