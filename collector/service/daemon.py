@@ -200,11 +200,18 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
-def settle_heap() -> int:
-    """Collect everything once, freeze what is alive (out of later collections) and set
-    :data:`GC_THRESHOLDS`; returns the number of objects frozen."""
-    gc.unfreeze()  # what a reload replaced is garbage to be found like any other
-    gc.collect()
+def settle_heap(*, full: bool = False) -> int:
+    """Freeze what is alive (out of later collections) and set :data:`GC_THRESHOLDS`;
+    returns the number of objects frozen.  ``full``: collect everything first (a pause
+    as long as the heap is big: only before any poll is in flight, where a reply's
+    timeout could run out during it); else only the young generations, the older
+    being frozen as they are (frozen objects are still freed once unreferenced; only
+    cyclic garbage among them waits for the stop)."""
+    if full:
+        gc.unfreeze()
+        gc.collect()
+    else:
+        gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     return gc.get_freeze_count()
@@ -381,11 +388,11 @@ class Daemon:
     def _observe(self, bus: str, seconds: float, outcome: str) -> None:
         self.metrics.observe_job(bus, seconds, outcome)
 
-    def _settle_heap(self, why: str) -> None:
+    def _settle_heap(self, why: str, *, full: bool = False) -> None:
         if self._gc_before is None:
             self._gc_before = gc.get_threshold()
         t0 = time.monotonic()
-        frozen = settle_heap()
+        frozen = settle_heap(full=full)
         log.info("heap settled (%s): %d objects frozen in %.2f s", why, frozen,
                  time.monotonic() - t0)
 
@@ -1072,13 +1079,13 @@ class Daemon:
             # Before the buses: mqtt buses talk through this connection.
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
+        self._settle_heap("configuration loaded", full=True)  # no poll in flight yet
         await self._apply(self.settings, first=True)
         await self._start_api()
         self.control.start()
         self._start_daily()
         self._start_forwarder()
         self._start_notify()
-        self._settle_heap("configuration loaded")
         self.notifier.ready()
         log.info("collector %s ready: %d buses, %d meters, %d schedules; store %s", c.id,
                  len(self.buses), len(self.settings.meters), len(self.settings.schedules),
