@@ -200,18 +200,13 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
-def settle_heap(*, full: bool = False) -> int:
+def settle_heap() -> int:
     """Freeze what is alive (out of later collections) and set :data:`GC_THRESHOLDS`;
-    returns the number of objects frozen.  ``full``: collect everything first (a pause
-    as long as the heap is big: only before any poll is in flight, where a reply's
-    timeout could run out during it); else only the young generations, the older
-    being frozen as they are (frozen objects are still freed once unreferenced; only
+    returns the number of objects frozen.  Only the young generations are collected
+    first: a full collection pauses as long as the heap is big, and a reply's timeout
+    can run out during it (frozen objects are still freed once unreferenced; only
     cyclic garbage among them waits for the stop)."""
-    if full:
-        gc.unfreeze()
-        gc.collect()
-    else:
-        gc.collect(1)
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     return gc.get_freeze_count()
@@ -388,11 +383,11 @@ class Daemon:
     def _observe(self, bus: str, seconds: float, outcome: str) -> None:
         self.metrics.observe_job(bus, seconds, outcome)
 
-    def _settle_heap(self, why: str, *, full: bool = False) -> None:
+    def _settle_heap(self, why: str) -> None:
         if self._gc_before is None:
             self._gc_before = gc.get_threshold()
         t0 = time.monotonic()
-        frozen = settle_heap(full=full)
+        frozen = settle_heap()
         log.info("heap settled (%s): %d objects frozen in %.2f s", why, frozen,
                  time.monotonic() - t0)
 
@@ -1079,7 +1074,7 @@ class Daemon:
             # Before the buses: mqtt buses talk through this connection.
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
-        self._settle_heap("configuration loaded", full=True)  # no poll in flight yet
+        self._settle_heap("configuration loaded")  # before any poll is in flight
         await self._apply(self.settings, first=True)
         await self._start_api()
         self.control.start()
