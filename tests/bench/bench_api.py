@@ -31,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,6 +215,30 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError("the API did not come up")
 
 
+@asynccontextmanager
+async def running_daemon(d: Path) -> AsyncIterator[tuple[int, dict[str, str]]]:
+    """``amic run`` on the store in ``d`` with simulated meters: (API port, tokens); a
+    token found in the daemon's log at the end is reported."""
+    meters = make_meters([f"{j + 1:012d}" for j in range(SIMULATED)])
+    async with BusServer(meters, baud=19200, td=0.005) as bus:
+        api_port = free_port()
+        cfg, tokens = write_config(d, api_port, bus.port)
+        log = (d / "amic.log").open("w")
+        proc = subprocess.Popen([*amic_command(), "run", "--config", str(cfg), "-q"],
+                                cwd=d, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            await asyncio.to_thread(wait_port, api_port)
+            yield api_port, tokens
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            log.close()
+            text = (d / "amic.log").read_text()
+            if any(t in text for t in tokens.values()):
+                print("A TOKEN IS IN THE LOG")
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         d = Path(tmp)
@@ -225,48 +251,32 @@ async def main(args: argparse.Namespace) -> None:
         print(f"store: {n:,} readings ({METERS} meters x {len(QUANTITIES)} quantities), "
               f"{size:.2f} GB, built in {took:.0f} s")
         reads = n // (METERS * len(QUANTITIES))
-        meters = make_meters([f"{j + 1:012d}" for j in range(SIMULATED)])
-        async with BusServer(meters, baud=19200, td=0.005) as bus:
-            api_port = free_port()
-            cfg, tokens = write_config(d, api_port, bus.port)
-            log = (d / "amic.log").open("w")
-            proc = subprocess.Popen([*amic_command(), "run", "--config", str(cfg), "-q"],
-                                    cwd=d, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-            try:
-                await asyncio.to_thread(wait_port, api_port)
-                print(f"\n1. readings queries, {args.clients} concurrent clients, "
-                      f"{args.seconds:g} s:")
-                got = await asyncio.to_thread(query_load, api_port, tokens["viewer"],
-                                              args.clients, args.seconds, start, reads)
-                every = [x for v in got.values() for x in v]
-                for kind, v in (*got.items(), ("all", every)):
-                    if v:
-                        print(f"   {kind:6s} n={len(v):6d}  p50 {1000 * pct(v, 50):7.1f} ms  "
-                              f"p99 {1000 * pct(v, 99):7.1f} ms  max "
-                              f"{1000 * max(v):7.1f} ms")
-                print(f"   throughput {len(every) / args.seconds:.0f} requests/s")
-                print(f"\n2. command round trip through the API ({args.commands} commands, "
-                      "one at a time, verified on the meter):")
-                times: list[float] = []
-                statuses: dict[str, int] = {}
-                for i in range(args.commands):
-                    action = "trip" if i % (2 * SIMULATED) < SIMULATED else "restore"
-                    took, status = await asyncio.to_thread(
-                        command, api_port, tokens["operator"], action,
-                        meter_id(i % SIMULATED))
-                    times.append(took)
-                    statuses[status] = statuses.get(status, 0) + 1
-                print(f"   p50 {1000 * statistics.median(times):.0f} ms  p99 "
-                      f"{1000 * pct(times, 99):.0f} ms  max {1000 * max(times):.0f} ms  "
-                      f"outcomes {statuses}")
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-                log.close()
-                text = (d / "amic.log").read_text()
-                if any(t in text for t in tokens.values()):
-                    print("A TOKEN IS IN THE LOG")
+        async with running_daemon(d) as (api_port, tokens):
+            print(f"\n1. readings queries, {args.clients} concurrent clients, "
+                  f"{args.seconds:g} s:")
+            got = await asyncio.to_thread(query_load, api_port, tokens["viewer"],
+                                          args.clients, args.seconds, start, reads)
+            every = [x for v in got.values() for x in v]
+            for kind, v in (*got.items(), ("all", every)):
+                if v:
+                    print(f"   {kind:6s} n={len(v):6d}  p50 {1000 * pct(v, 50):7.1f} ms  "
+                          f"p99 {1000 * pct(v, 99):7.1f} ms  max "
+                          f"{1000 * max(v):7.1f} ms")
+            print(f"   throughput {len(every) / args.seconds:.0f} requests/s")
+            print(f"\n2. command round trip through the API ({args.commands} commands, "
+                  "one at a time, verified on the meter):")
+            times: list[float] = []
+            statuses: dict[str, int] = {}
+            for i in range(args.commands):
+                action = "trip" if i % (2 * SIMULATED) < SIMULATED else "restore"
+                took, status = await asyncio.to_thread(
+                    command, api_port, tokens["operator"], action,
+                    meter_id(i % SIMULATED))
+                times.append(took)
+                statuses[status] = statuses.get(status, 0) + 1
+            print(f"   p50 {1000 * statistics.median(times):.0f} ms  p99 "
+                  f"{1000 * pct(times, 99):.0f} ms  max {1000 * max(times):.0f} ms  "
+                  f"outcomes {statuses}")
 
 
 if __name__ == "__main__":

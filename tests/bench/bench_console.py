@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +35,10 @@ sys.path.insert(0, str(ROOT / "tests" / "bench"))
 from bench_api import (  # noqa: E402
     AREAS,
     METERS,
-    SIMULATED,
     build_store,
     meter_id,
-    wait_port,
-    write_config,
+    running_daemon,
 )
-from conftest import amic_command, free_port  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -53,8 +47,6 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from collector.store.schema import INSERT_READING  # noqa: E402
-from simulators.bus import BusServer  # noqa: E402
-from simulators.dlt645 import make_meters  # noqa: E402
 
 ZONE = ZoneInfo("Asia/Shanghai")  # [daily] tz's default: the console's local day
 FCP = """const e = performance.getEntriesByName('first-contentful-paint');
@@ -132,24 +124,11 @@ async def main(args: argparse.Namespace) -> None:
         add_curve(d / "data" / "amic.db")
         print(f"store: {args.rows:,} readings of {METERS} meters in {AREAS} areas, built in "
               f"{took:.0f} s; today's curve of {meter_id(0)} (96 points)")
-        meters = make_meters([f"{j + 1:012d}" for j in range(SIMULATED)])
-        async with BusServer(meters, baud=19200, td=0.005) as bus:
-            api_port = free_port()
-            cfg, tokens = write_config(d, api_port, bus.port)
-            log = (d / "amic.log").open("w")
-            proc = subprocess.Popen([*amic_command(), "run", "--config", str(cfg), "-q"],
-                                    cwd=d, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-            try:
-                await asyncio.to_thread(wait_port, api_port)
-                print(f"\nconsole first paint, headless Chromium, {args.loads} loads a page "
-                      "(logged in as a viewer):")
-                await asyncio.to_thread(measure, f"http://127.0.0.1:{api_port}",
-                                        tokens["viewer"], args.loads)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-                log.close()
+        async with running_daemon(d) as (api_port, tokens):
+            print(f"\nconsole first paint, headless Chromium, {args.loads} loads a page "
+                  "(logged in as a viewer):")
+            await asyncio.to_thread(measure, f"http://127.0.0.1:{api_port}",
+                                    tokens["viewer"], args.loads)
 
 
 if __name__ == "__main__":
