@@ -8,9 +8,7 @@ random bytes; and the driver's decode path must never reach construct.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -33,18 +31,13 @@ from protocols.dlt645 import (
     encode_value,
     parse_frame,
 )
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dlt645_frames.jsonl"
-LOCAL_COPY = Path(__file__).with_name("data") / "dlt645_frames.jsonl"
+from tests.test_dlt645_reference import FRAMES as REFERENCE_FRAMES
+from tests.test_dlt645_reference import LOCAL_COPY
 
 
 def _reference_frames() -> list[bytes]:
-    frames: list[bytes] = []
-    for path in (REFERENCE, LOCAL_COPY):  # both when ../shared is there (they are equal)
-        if path.exists():
-            frames += [bytes.fromhex(json.loads(line)["hex"])
-                       for line in path.read_text().splitlines() if line.strip()]
-    return frames
+    # test_dlt645_reference checks that the local copy equals ../shared's file
+    return [bytes.fromhex(str(case["hex"])) for case in REFERENCE_FRAMES]
 
 
 def _built_frames() -> list[bytes]:
