@@ -34,7 +34,7 @@ from collector.api.formats import (
     success_json,
 )
 from collector.api.ledger import ledger_path, replace_file
-from collector.config import ConfigError, load_settings
+from collector.config import ConfigError, load_settings, secrets_file_named
 from collector.config.personal import PersonalKey, new_key, seal_ledger_text
 from collector.config.secrets import SecretsError, load_secrets
 from collector.config.settings import DailySettings, Settings
@@ -469,13 +469,7 @@ def _secrets_of(config_path: Path) -> Path | None:
         data = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
-    for table in ("commands", "api"):
-        t = data.get(table)
-        name = t.get("secrets_file") if isinstance(t, dict) else None
-        if isinstance(name, str) and name:
-            p = Path(name).expanduser()
-            return p if p.is_absolute() else config_path.parent / p
-    return None
+    return secrets_file_named(data, config_path.parent)
 
 
 def _read_ledger(file: Path) -> tuple[str | None, LedgerIssue | None]:

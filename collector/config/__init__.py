@@ -120,23 +120,27 @@ __all__ = [
     "parse_duration",
     "parse_selector",
     "readable",
+    "secrets_file_named",
     "select_meters",
 ]
+
+
+def secrets_file_named(data: dict[str, Any], base: Path) -> Path | None:
+    """The secrets file a configuration's TOML ``data`` names (``[commands]``, else
+    ``[api]``), relative to ``base``, unchecked: found even when the rest is refused."""
+    for table in ("commands", "api"):
+        t = data.get(table)
+        name = t.get("secrets_file") if isinstance(t, dict) else None
+        if isinstance(name, str) and name:
+            p = Path(name).expanduser()
+            return p if p.is_absolute() else base / p
+    return None
 
 
 class _Loader(NotifyMixin, LedgerMixin):
     """The whole file: each part is a mixin (tables, ledger, selectors, checks)."""
 
     # -- the whole file
-
-    def secrets_path(self, data: dict[str, Any]) -> Path | None:
-        """The secrets file named by ``[commands]`` (else ``[api]``), unchecked."""
-        for table in ("commands", "api"):
-            t = data.get(table)
-            name = t.get("secrets_file") if isinstance(t, dict) else None
-            if isinstance(name, str) and name:
-                return self.relative(name)
-        return None
 
     def load(self) -> Settings:
         data = self.read_toml()
@@ -174,7 +178,7 @@ class _Loader(NotifyMixin, LedgerMixin):
             if b.kind == "mqtt" and b.gateway not in {g.name for g in gateways}:
                 self.add(f"bus[{i}]", "gateway", "the name of a [[gateway]]", _q(b.gateway),
                          name=b.name)
-        self.personal_secrets = self.secrets_path(data)
+        self.personal_secrets = secrets_file_named(data, self.base)
         rows = self.inline_meters(data.get("meter"), bus_names)
         rows += self.ledger(data.get("meters"), bus_names)
         meters = self.check_meters(rows)
