@@ -141,6 +141,8 @@ class StoreWriter:
         self.room_failures = 0  # of those, how many failed (SQLite error)
         self.reserve_releases = 0
         self._wal_budget = 8 << 20  # bytes of file system the WAL may need; set at start
+        self._cap_pages = 0  # max_page_count as configured (the size cap, or SQLite's)
+        self._floored = False  # max_page_count lowered to keep the WAL's room free
 
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Chunk] = []
@@ -370,6 +372,7 @@ class StoreWriter:
         pages = min(max(reserve // 2 // page, 64), 1000)  # 1000: SQLite's default
         conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         self._wal_budget = 2 * pages * page
+        self._cap_pages = int(conn.execute("PRAGMA max_page_count").fetchone()[0])
         assert self._started is not None
         self._call_loop(_resolve, self._started)
         purge: Iterator[tuple[str, int]] | None = None
@@ -490,6 +493,8 @@ class StoreWriter:
         careful = False
         if self._tight:
             self._keep_room(conn)
+        elif self._floored:  # the file system has room again
+            self._release_floor(conn)
         while True:
             t0 = time.perf_counter()
             try:
@@ -615,13 +620,21 @@ class StoreWriter:
         self.room_attempts += 1
         self._release_reserve()
         self._truncate_wal(conn)
-        try:
-            n = purge_shipped(conn)
-        except sqlite3.Error as e:
+        n = 0
+        error: sqlite3.Error | None = None
+        for chunk in (20_000, 2_000, 200):  # a smaller delete needs fewer pages of WAL
+            try:
+                n = purge_shipped(conn, chunk=chunk)
+                break
+            except sqlite3.Error as e:
+                error = e
+                self._truncate_wal(conn)
+        else:
             self.room_failures += 1
-            log.error("store: cannot delete shipped rows to make room: %s", e)
+            log.error("store: cannot delete shipped rows to make room: %s", error)
             return False
         self._truncate_wal(conn)
+        self._keep_floor(conn)
         if n:
             self.rows_purged_for_room += n
             log.warning("store: full: deleted the %d oldest rows already forwarded", n)
@@ -639,12 +652,37 @@ class StoreWriter:
         if self.pending < self.commit_rows and self._room_bytes(conn) >= self._low_water():
             self._room_again()
 
+    def _keep_floor(self, conn: sqlite3.Connection) -> None:
+        """Once the store ran out of room: the database file may grow only while the file
+        system keeps the WAL's budget free.  A store that filled the file system to the
+        last byte could not delete a row again (a delete is written to the WAL first),
+        and the reserve file is gone by then."""
+        try:
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            free = shutil.disk_usage(self.store.path.parent).free
+            wal = self.store.path.with_name(self.store.path.name + "-wal")
+            with contextlib.suppress(FileNotFoundError):
+                free += wal.stat().st_size  # the WAL's own pages are reused, not grown
+            grow = max(free - self._wal_budget, 0) // page
+            limit = min(self._cap_pages, pages + grow)
+            conn.execute(f"PRAGMA max_page_count = {max(limit, pages)}").fetchone()
+            self._floored = True
+        except (sqlite3.Error, OSError) as e:
+            log.debug("store: cannot set the page limit: %s", e)
+
+    def _release_floor(self, conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA max_page_count = {self._cap_pages}").fetchone()
+            self._floored = False
+
     def _keep_room(self, conn: sqlite3.Connection) -> None:
         """Once the store ran out of room: make room before it runs out again, so a
         store kept at its limit by a forwarder that keeps up raises no new episode."""
         with contextlib.suppress(OSError):
             if shutil.disk_usage(self.store.path.parent).free < self._wal_budget:
                 self._truncate_wal(conn)  # a reader kept the WAL from starting over
+        self._keep_floor(conn)
         for _ in range(8):  # bounded: each round deletes up to 20,000 rows a table
             if self._room_bytes(conn) >= self._low_water():
                 return
