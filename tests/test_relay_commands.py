@@ -122,7 +122,8 @@ async def test_signed_commands_through_the_broker(tmp_path: Path,
             run = asyncio.create_task(daemon.run())
             try:
                 await until(lambda: daemon.mqtt is not None and daemon.mqtt.commands
-                            is not None and daemon.poller is not None
+                            is not None and daemon.mqtt.conn.connected
+                            and daemon.poller is not None
                             and "poll" in daemon.poller.last_cycle)
                 via = ["--via", broker.url, "--collector", "relay-gw"]
                 # 1. Two meters, one bus: both confirmed, the relays really open, and the
@@ -388,7 +389,8 @@ async def test_area_trip_through_the_broker_skips_protected_unless_forced(
             run = asyncio.create_task(daemon.run())
             try:
                 await until(lambda: daemon.mqtt is not None and daemon.mqtt.commands
-                            is not None and daemon.poller is not None
+                            is not None and daemon.mqtt.conn.connected
+                            and daemon.poller is not None
                             and "poll" in daemon.poller.last_cycle)
                 via = ["--via", broker.url, "--collector", "relay-gw", "--operator",
                        "alice", "--secrets", str(operator_secrets), "--json"]

@@ -111,7 +111,8 @@ async def test_top_ups_written_into_the_meter_through_the_daemon(tmp_path: Path)
             run = asyncio.create_task(daemon.run())
             try:
                 await until(lambda: daemon.control is not None and daemon.mqtt is not None
-                            and daemon.mqtt.commands is not None, 20)
+                            and daemon.mqtt.commands is not None
+                            and daemon.mqtt.conn.connected, 20)  # subscribed: not lost
                 count0, balance0 = model.purchase_count, float(model.remaining)
                 # 1. written and confirmed: the meter's count +1, its balance +50
                 code, doc = await asyncio.to_thread(topup, broker, secrets, "50", "r-1")
