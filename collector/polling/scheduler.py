@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 from collector.config.profiles import load_profile
 from collector.config.settings import MeterSettings, ModbusFraming, ScheduleSettings
@@ -46,6 +46,7 @@ from .rules import SEVERITY
 
 log = logging.getLogger("amic.scheduler")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class Lane(IntEnum):
@@ -58,10 +59,11 @@ class Lane(IntEnum):
 
 @dataclass(slots=True)
 class _Job:
-    run: Callable[[BusWorker], Awaitable[Any]]
+    run: Callable[..., Awaitable[Any]]  # called with the worker, then ``args``
     future: asyncio.Future[Any]
     lane: Lane
     queued: float
+    args: tuple[Any, ...] = ()
 
 
 class WorkerStopped(Exception):
@@ -106,12 +108,15 @@ class BusWorker:
         return open_meter(self.line, MeterRef(meter.meter_id, meter.protocol, meter.address,
                                               profile, route=route))
 
-    def submit(self, lane: Lane, run: Callable[[BusWorker], Awaitable[T]]) -> asyncio.Future[T]:
+    def submit(self, lane: Lane, run: Callable[[BusWorker, *Ts], Awaitable[T]],
+               *args: *Ts) -> asyncio.Future[T]:
+        """Queue ``run(worker, *args)``; its result (or exception) comes in the future.
+        Passing ``args`` rather than a closure spares the closure for each job."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if self._stopping:
             fut.set_exception(WorkerStopped(f"bus {self.name} is stopping"))
             return fut
-        self._queues[lane].append(_Job(run, fut, lane, time.monotonic()))
+        self._queues[lane].append(_Job(run, fut, lane, time.monotonic(), args))
         self._wake.set()
         return fut
 
@@ -156,7 +161,7 @@ class BusWorker:
             t0 = time.monotonic()
             outcome = "ok"
             try:
-                result = await job.run(self)
+                result = await job.run(self, *job.args)
             except asyncio.CancelledError:
                 if not job.future.done():
                     job.future.cancel()
@@ -367,17 +372,27 @@ class Poller:
                 meters = [m for m in meters if m.bus not in away]
         cycle = CycleRecord(uuid.uuid4().hex, schedule.name, utcnow())
         self.current[schedule.name] = cycle
-        due: dict[str, list[tuple[MeterSettings, int]]] = {}
+        # Nothing per meter is made for a cycle (at 100k meters that is 100k objects
+        # the garbage collector walks until the cycle ends): the due meters by bus, and
+        # the few dead ones, which get one probe instead of the schedule's retries.
+        due: dict[str, list[MeterSettings]] = {}
+        dead: set[str] = set()
         skipped: list[MeterSettings] = []
+        health, workers, bus_meters = self.health, self.workers, self.bus_meters
         for m in meters:
-            h = self.health.setdefault(m.meter_id, MeterHealth())
-            if m.bus not in self.workers or h.next_try > now:
+            h = health.get(m.meter_id)
+            if h is None:
+                h = health[m.meter_id] = MeterHealth()
+            on_bus = bus_meters.get(m.bus)
+            if on_bus is None:
+                on_bus = bus_meters[m.bus] = {}
+            on_bus[m.meter_id] = m
+            if m.bus not in workers or h.next_try > now:
                 skipped.append(m)  # backed off: counts as not collected this cycle
                 continue
-            # A dead meter gets one probe, not the schedule's retries.
-            due.setdefault(m.bus, []).append((m, 0 if h.dead else schedule.retries))
-        for m in meters:
-            self.bus_meters.setdefault(m.bus, {})[m.meter_id] = m
+            if h.dead:
+                dead.add(m.meter_id)
+            due.setdefault(m.bus, []).append(m)
         cycle.planned = len(meters)
         for m in skipped:
             self._count(cycle, m, ok=False)
@@ -400,7 +415,7 @@ class Poller:
             self.sinks.progress(cycle)
             return True
 
-        async def feed(worker: BusWorker, items: list[tuple[MeterSettings, int]]) -> None:
+        async def feed(worker: BusWorker, items: list[MeterSettings]) -> None:
             # Two jobs queued per bus at most: memory stays flat however many meters a
             # cycle has, the bus never idles between jobs, and commands still overtake
             # every poll not yet started.
@@ -408,15 +423,17 @@ class Poller:
             if bus.down:
                 items = await self._probe(cycle, schedule, worker, items)
             pending = deque(items)
+            items = []  # the deque alone holds the meters not yet queued
             queued: deque[tuple[MeterSettings, asyncio.Future[list[str]]]] = deque()
             try:
                 while (pending or queued) and not bus.down:
                     if pending and len(queued) < 2:
-                        m, retries = pending.popleft()
+                        m = pending.popleft()
+                        retries = 0 if m.meter_id in dead else schedule.retries
                         if self.sinks.room is not None:
                             await self.sinks.room()
-                        queued.append((m, worker.submit(Lane.SCHEDULED,
-                                                        self._job(schedule, m, retries))))
+                        queued.append((m, worker.submit(Lane.SCHEDULED, self._read, schedule,
+                                                        m, retries)))
                         if len(queued) < 2 and pending:
                             continue
                     if not await settle(*queued.popleft()):
@@ -429,15 +446,16 @@ class Poller:
                     if queued and queued[0][1] is in_flight \
                             and not await settle(*queued.popleft()):
                         return
-                    self._not_queued(cycle, bus, [m for m, _ in queued]
-                                     + [m for m, _ in pending])
+                    self._not_queued(cycle, bus, [m for m, _ in queued] + list(pending))
             finally:
                 for _, fut in queued:
                     fut.cancel()
 
         try:
             # Buses run side by side, each through its meters in order.
-            await asyncio.gather(*(feed(self.workers[bus], items) for bus, items in due.items()))
+            feeds = [feed(self.workers[bus], items) for bus, items in due.items()]
+            due.clear()  # each bus's list is its feed's, consumed as it goes
+            await asyncio.gather(*feeds)
         finally:
             # Also when cancelled (shutdown): the cycle is recorded as far as it got, and
             # marked cut when some planned meter was never tried.
@@ -448,30 +466,28 @@ class Poller:
             self.sinks.cycle(cycle)
         return cycle
 
-    def _job(self, schedule: ScheduleSettings, m: MeterSettings, retries: int
-             ) -> Callable[[BusWorker], Awaitable[list[str]]]:
-        """The read of one meter; its result: the quantities that failed (none: all read)."""
-        async def run(worker: BusWorker) -> list[str]:
-            got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
-                                        td=schedule.td, profiles=self.profiles)
-            records, errors = got.readings, got.failed
-            failed = list(errors)
-            if failed:
-                log.warning("meter %s on %s: %s not read (%s); the other values kept",
-                            m.meter_id, m.bus, ", ".join(failed),
-                            type(next(iter(errors.values()))).__name__)
-            # Handed over here, in the bus worker, so readings of a transaction that
-            # completes after its cycle was cancelled are still stored.
-            self.sinks.readings(records)
-            if schedule.curve:
-                try:
-                    await self.read_curve(worker, schedule, m, retries)
-                except DriverError as e:
-                    log.warning("meter %s on %s: load curve not read (%s)", m.meter_id, m.bus,
-                                e)
-                    failed.append("curve")
-            return failed
-        return run
+    async def _read(self, worker: BusWorker, schedule: ScheduleSettings, m: MeterSettings,
+                    retries: int) -> list[str]:
+        """The read of one meter, as a job of its bus worker; its result: the quantities
+        that failed (none: all read)."""
+        got = await read_meter_each(worker, m, schedule.quantities, retries=retries,
+                                    td=schedule.td, profiles=self.profiles)
+        records, errors = got.readings, got.failed
+        failed = list(errors)
+        if failed:
+            log.warning("meter %s on %s: %s not read (%s); the other values kept",
+                        m.meter_id, m.bus, ", ".join(failed),
+                        type(next(iter(errors.values()))).__name__)
+        # Handed over here, in the bus worker, so readings of a transaction that
+        # completes after its cycle was cancelled are still stored.
+        self.sinks.readings(records)
+        if schedule.curve:
+            try:
+                await self.read_curve(worker, schedule, m, retries)
+            except DriverError as e:
+                log.warning("meter %s on %s: load curve not read (%s)", m.meter_id, m.bus, e)
+                failed.append("curve")
+        return failed
 
     async def read_curve(self, worker: BusWorker, schedule: ScheduleSettings,
                          m: MeterSettings, retries: int) -> int:
@@ -512,19 +528,18 @@ class Poller:
         return len(rows)
 
     async def _probe(self, cycle: CycleRecord, schedule: ScheduleSettings, worker: BusWorker,
-                     items: list[tuple[MeterSettings, int]]
-                     ) -> list[tuple[MeterSettings, int]]:
-        """A down bus: try a few meters (last read first); the items left to read if one
-        answers (``bus_up``), else none, every meter counted as not collected."""
+                     items: list[MeterSettings]) -> list[MeterSettings]:
+        """A down bus: try a few meters (last read first); the meters left to read if
+        one answers (``bus_up``), else none, every meter counted as not collected."""
         bus = self.buses[worker.name]
         if worker.bus.reconnect_wait > 0:
             # The link failed moments ago: a probe would first sleep out the bus's
             # reconnect back-off (up to seconds) and overrun the cycle.  Next cycle.
-            self._not_queued(cycle, bus, [m for m, _ in items])
+            self._not_queued(cycle, bus, items)
             return []
 
-        def last_ok(item: tuple[MeterSettings, int]) -> float:
-            when = self.health[item[0].meter_id].last_ok
+        def last_ok(m: MeterSettings) -> float:
+            when = self.health[m.meter_id].last_ok
             return when.timestamp() if when is not None else 0.0
 
         # Meters read before first (the latest first), then, in turn from one down cycle
@@ -537,8 +552,8 @@ class Poller:
             never = never[start:] + never[:start]
         candidates = (known + never)[:PROBE_METERS]
         bus.probe_from += sum(1 for i in candidates if not last_ok(i))
-        for m, _ in candidates:
-            fut = worker.submit(Lane.SCHEDULED, self._job(schedule, m, 0))
+        for m in candidates:
+            fut = worker.submit(Lane.SCHEDULED, self._read, schedule, m, 0)
             try:
                 failed = await fut
             except asyncio.CancelledError:
@@ -557,8 +572,8 @@ class Poller:
                 self._bus_up(worker.name, bus, m)
                 self._succeeded(cycle, m, failed)
             self.sinks.progress(cycle)
-            return [item for item in items if item[0] is not m]
-        self._not_queued(cycle, bus, [m for m, _ in items])
+            return [other for other in items if other is not m]
+        self._not_queued(cycle, bus, items)
         return []
 
     def _not_queued(self, cycle: CycleRecord, bus: BusHealth, meters: list[MeterSettings]

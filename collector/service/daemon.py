@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import re
 import signal
@@ -189,6 +190,28 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
     return out
 
 
+# Garbage collection for a long-running daemon.  Its old objects (configuration, and the
+# per-meter state its first cycle makes) live as long as it does: frozen out of the
+# collector's reach, full collections stop walking them.  The first generation is made
+# big (700 by default) because a read in flight on each of up to thousands of buses is
+# alive at every small collection: it got promoted and walked again by each older one
+# only to die there.  50,000 young objects are a few MB; the older generations keep
+# their ratios so cyclic garbage is still found.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def settle_heap() -> int:
+    """Freeze what is alive (out of later collections) and set :data:`GC_THRESHOLDS`;
+    returns the number of objects frozen.  Only the young generations are collected
+    first: a full collection pauses as long as the heap is big, and a reply's timeout
+    can run out during it (frozen objects are still freed once unreferenced; only
+    cyclic garbage among them waits for the stop)."""
+    gc.collect(1)
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return gc.get_freeze_count()
+
+
 class Daemon:
     """Owns the buses, the poller, the store writer and the service protocol."""
 
@@ -216,6 +239,8 @@ class Daemon:
         self.readings_seen = 0
         self._last_progress = 0.0
         self._waiting_for_room = 0
+        self._gc_before: tuple[int, int, int] | None = None  # thresholds before settle_heap
+        self._settle_after_cycle = True  # the first cycle makes the per-meter state
         self.alarms: AlarmEngine | None = AlarmEngine(
             AlarmSettings(**dict(settings.alarms.values)))  # type: ignore[arg-type]
         self._meter_bus = {m.meter_id: m.bus for m in settings.meters}
@@ -289,6 +314,9 @@ class Daemon:
             return
         log.info("cycle %s done: %d/%d meters read (%.1f%%) in %.1f s", cycle.schedule,
                  cycle.succeeded, cycle.planned, 100 * cycle.success_rate, took)
+        if self._settle_after_cycle:
+            self._settle_after_cycle = False
+            self._settle_heap("first cycle")
         self.metrics.observe_cycle(cycle.schedule, took)
         interval = next((s.interval for s in self.settings.schedules
                          if s.name == cycle.schedule), None)
@@ -354,6 +382,21 @@ class Daemon:
 
     def _observe(self, bus: str, seconds: float, outcome: str) -> None:
         self.metrics.observe_job(bus, seconds, outcome)
+
+    def _settle_heap(self, why: str) -> None:
+        if self._gc_before is None:
+            self._gc_before = gc.get_threshold()
+        t0 = time.monotonic()
+        frozen = settle_heap()
+        log.info("heap settled (%s): %d objects frozen in %.2f s", why, frozen,
+                 time.monotonic() - t0)
+
+    def _release_heap(self) -> None:
+        """At stop: the frozen objects can be collected again, the thresholds restored."""
+        gc.unfreeze()
+        if self._gc_before is not None:
+            gc.set_threshold(*self._gc_before)
+            self._gc_before = None
 
     # ---- applying a configuration ------------------------------------------------------
 
@@ -737,6 +780,8 @@ class Daemon:
             return False
         self.reloads += 1
         self.metrics.observe_reload(True)
+        self._settle_heap("reload")
+        self._settle_after_cycle = True  # meters the reload added get their state then
         summary = (f"{len(settings.buses)} buses, {len(settings.meters)} meters, "
                    f"{len(settings.schedules)} schedules")
         pending = restart_needed(old, settings)
@@ -1029,6 +1074,7 @@ class Daemon:
             # Before the buses: mqtt buses talk through this connection.
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
+        self._settle_heap("configuration loaded")  # before any poll is in flight
         await self._apply(self.settings, first=True)
         await self._start_api()
         self.control.start()
@@ -1090,6 +1136,7 @@ class Daemon:
             # Without room the rows in memory cannot be saved: leave before systemd's
             # kill, and say how many were lost (logged by the writer).
             await self.writer.close(timeout=3.0 if self.writer.full_since else None)
+        self._release_heap()
         log.info("stopped in %.1f s; %d readings this run", time.monotonic() - t0,
                  self.readings_seen)
 
