@@ -69,8 +69,8 @@ async def test_configuration_and_meter_state_frozen_at_start_reload_and_first_cy
     settled: list[int] = []
     real = daemon_module.settle_heap
 
-    def counting() -> int:
-        settled.append(n := real())
+    def counting(full: bool = False) -> int:
+        settled.append(n := real(full))
         return n
 
     monkeypatch.setattr(daemon_module, "settle_heap", counting)

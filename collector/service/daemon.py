@@ -200,13 +200,14 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
-def settle_heap() -> int:
+def settle_heap(full: bool = False) -> int:
     """Freeze what is alive (out of later collections) and set :data:`GC_THRESHOLDS`;
-    returns the number of objects frozen.  Only the young generations are collected
-    first: a full collection pauses as long as the heap is big, and a reply's timeout
-    can run out during it (frozen objects are still freed once unreferenced; only
-    cyclic garbage among them waits for the stop)."""
-    gc.collect(1)
+    returns the number of objects frozen.  ``full`` collects every generation first:
+    at start, before any poll is in flight.  Later only the young generations are: a
+    full collection pauses as long as the heap is big, and a reply's timeout can run
+    out during it (frozen objects are still freed once unreferenced; only cyclic
+    garbage among them waits for the stop)."""
+    gc.collect(2 if full else 1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     return gc.get_freeze_count()
@@ -383,11 +384,11 @@ class Daemon:
     def _observe(self, bus: str, seconds: float, outcome: str) -> None:
         self.metrics.observe_job(bus, seconds, outcome)
 
-    def _settle_heap(self, why: str) -> None:
+    def _settle_heap(self, why: str, *, full: bool = False) -> None:
         if self._gc_before is None:
             self._gc_before = gc.get_threshold()
         t0 = time.monotonic()
-        frozen = settle_heap()
+        frozen = settle_heap(full)
         log.info("heap settled (%s): %d objects frozen in %.2f s", why, frozen,
                  time.monotonic() - t0)
 
@@ -1074,7 +1075,7 @@ class Daemon:
             # Before the buses: mqtt buses talk through this connection.
             self.mqtt = MqttLink(self.context, self.control, self._fleet_hooks())
             await self.mqtt.start()
-        self._settle_heap("configuration loaded")  # before any poll is in flight
+        self._settle_heap("configuration loaded", full=True)  # no poll in flight yet
         await self._apply(self.settings, first=True)
         await self._start_api()
         self.control.start()
