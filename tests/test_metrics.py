@@ -269,3 +269,38 @@ def test_one_listen_parser() -> None:
 
     simulate = importlib.import_module("collector.cli.simulate")  # the module, not the group
     assert simulate.parse_listen is parse_listen
+
+
+def test_a_bus_forgotten_then_added_again_counts_from_zero_and_is_scraped() -> None:
+    """The mirror keeps each bus's labelled series; a bus removed by a reload and added
+    back later gets them again (not the removed ones, which a scrape no longer shows)."""
+    m = Metrics(utilisation_window=60.0)
+    m.set_bus_counters("b1", {"transactions": 7, "busy_time": 1.0}, now=1.0)
+    m.forget_bus("b1")
+    m.set_bus_counters("b1", {"transactions": 2, "busy_time": 0.0}, now=2.0)
+    m.set_bus_counters("b1", {"transactions": 5, "busy_time": 1.0}, now=12.0)
+    s = samples(m.render().decode())
+    assert value(s, "amic_bus_requests_total", bus="b1") == 5
+    assert value(s, "amic_bus_utilisation_ratio", bus="b1") == pytest.approx(0.1)
+
+
+def test_housekeeping_mirrors_every_bus_in_bounded_rounds() -> None:
+    """At most MIRROR_BUSES_PER_ROUND buses a round (its cost does not grow with the
+    fleet), and every bus within ceil(buses / that) rounds, also as buses come and go."""
+    from collector.service.daemon import MIRROR_BUSES_PER_ROUND, mirror_round
+
+    few = [f"b{i}" for i in range(MIRROR_BUSES_PER_ROUND)]
+    assert mirror_round(few, 37) == (few, 0)
+    names = [f"b{i}" for i in range(1000)]
+    start, seen = 0, []
+    for _ in range(10):
+        got, start = mirror_round(names, start)
+        assert len(got) == MIRROR_BUSES_PER_ROUND
+        seen += got
+    assert sorted(seen) == sorted(names)
+    names = names[:250]  # a reload removed buses: the rounds wrap over what is left
+    seen = []
+    for _ in range(3):
+        got, start = mirror_round(names, start)
+        seen += got
+    assert set(seen) == set(names) and len(seen) == 300

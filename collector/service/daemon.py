@@ -200,6 +200,19 @@ def restart_needed(old: Settings, new: Settings) -> list[str]:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+MIRROR_BUSES_PER_ROUND = 100  # buses whose counters the metrics mirror every 2 s
+
+
+def mirror_round(names: list[str], start: int, n: int = MIRROR_BUSES_PER_ROUND
+                 ) -> tuple[list[str], int]:
+    """The buses to mirror this round (``n`` of them from ``start``, wrapping) and where
+    the next round starts: every bus once in ``ceil(len(names) / n)`` rounds."""
+    if len(names) <= n:
+        return names, 0
+    start %= len(names)
+    return (names[start:] + names[:start])[:n], start + n
+
+
 def settle_heap(full: bool = False) -> int:
     """Freeze what is alive (out of later collections) and set :data:`GC_THRESHOLDS`;
     returns the number of objects frozen.  ``full`` collects every generation first:
@@ -1015,9 +1028,17 @@ class Daemon:
         return all(e.worker.alive for e in self.buses.values())
 
     async def _housekeeping(self) -> None:
+        start = 0
         while True:
             await asyncio.sleep(2.0)
-            for name, e in self.buses.items():
+            # A slice of the buses a round: the mirror's cost per second stays the same
+            # however many buses there are (at 1,000 buses each is mirrored every 20 s;
+            # mirroring all every round cost ~4 % of the CPU per read at 100k meters).
+            names, start = mirror_round(list(self.buses), start)
+            for name in names:
+                e = self.buses.get(name)
+                if e is None:
+                    continue
                 w = e.worker
                 self.metrics.set_bus_counters(name, w.bus)
                 for lane in Lane:

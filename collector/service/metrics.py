@@ -253,7 +253,9 @@ class _Mirror:
     def deltas(self, source: HasCounters | Mapping[str, float]) -> dict[str, float]:
         """How much each counter grew since the last call.  A new source object, or
         counters that went down, count from zero again."""
-        if isinstance(source, HasCounters):
+        # Not isinstance(source, HasCounters): a runtime Protocol check walks the
+        # protocol's attributes each time (a fifth of the mirror's cost at 1,000 buses).
+        if not isinstance(source, Mapping):
             values: Mapping[str, float] = source.counters()
             if self.source is None or self.source() is not source:
                 self.last = {}
@@ -278,6 +280,8 @@ class _BusState(_Mirror):
         super().__init__()
         self.busy: deque[tuple[float, float]] = deque()  # (monotonic, total busy seconds)
         self.busy_total = 0.0
+        self.children: list[tuple[str, Any]] = []  # (counter key, the bus's labelled child)
+        self.utilisation: Any = None  # the bus's bus_utilisation_ratio child
 
 
 class Metrics:
@@ -414,12 +418,13 @@ class Metrics:
         state = self._buses.get(bus)
         if state is None:
             state = self._buses[bus] = _BusState()
+            state.children = [(key, getattr(self, family).labels(bus, *extra))
+                              for key, family, extra in _COUNTERS]
         deltas = state.deltas(source)
-        for key, family, extra in _COUNTERS:
+        for key, child in state.children:
             delta = deltas.get(key, 0)
             if delta > 0:
-                counter: Counter = getattr(self, family)
-                counter.labels(bus, *extra).inc(delta)
+                child.inc(delta)
                 if key == "busy_time":
                     state.busy_total += delta
         self._update_utilisation(bus, state, time.monotonic() if now is None else now)
@@ -436,7 +441,9 @@ class Metrics:
             return
         t0, busy0 = samples[0]
         ratio = (state.busy_total - busy0) / (now - t0)
-        self.bus_utilisation.labels(bus).set(min(max(ratio, 0.0), 1.0))
+        if state.utilisation is None:  # not before there are two samples
+            state.utilisation = self.bus_utilisation.labels(bus)
+        state.utilisation.set(min(max(ratio, 0.0), 1.0))
 
     def set_queue_depth(self, bus: str, lane: str, n: int) -> None:
         """Jobs waiting on ``bus`` in ``lane`` (``command``, ``on_demand``, ``scheduled``)."""
