@@ -1035,11 +1035,8 @@ class Daemon:
             # however many buses there are (at 1,000 buses each is mirrored every 20 s;
             # mirroring all every round cost ~4 % of the CPU per read at 100k meters).
             names, start = mirror_round(list(self.buses), start)
-            for name in names:
-                e = self.buses.get(name)
-                if e is None:
-                    continue
-                w = e.worker
+            for name in names:  # no await in this loop: every name is still a bus
+                w = self.buses[name].worker
                 self.metrics.set_bus_counters(name, w.bus)
                 for lane in Lane:
                     self.metrics.set_queue_depth(name, lane.name.lower(), w.queue_depth(lane))

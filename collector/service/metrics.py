@@ -88,7 +88,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping
 from socketserver import ThreadingMixIn
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -151,7 +151,6 @@ _LISTENER_COUNTERS = (  # MasterStation.counters() key -> family attribute
 )
 
 
-@runtime_checkable
 class HasCounters(Protocol):
     """Anything with :meth:`drivers.bus.Bus.counters`."""
 

@@ -502,10 +502,15 @@ class Store:
 
     # ---- health ----------------------------------------------------------------------
 
+    @property
+    def wal_path(self) -> Path:
+        """The database's write-ahead log (WAL mode), beside it."""
+        return self.path.with_name(self.path.name + "-wal")
+
     def store_size_bytes(self) -> int:
         """Bytes on disk: the database file and its WAL."""
         total = 0
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+        for p in (self.path, self.wal_path):
             with contextlib.suppress(OSError):
                 total += p.stat().st_size
         return total

@@ -661,9 +661,8 @@ class StoreWriter:
             page = int(conn.execute("PRAGMA page_size").fetchone()[0])
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
             free = shutil.disk_usage(self.store.path.parent).free
-            wal = self.store.path.with_name(self.store.path.name + "-wal")
-            with contextlib.suppress(FileNotFoundError):
-                free += wal.stat().st_size  # the WAL's own pages are reused, not grown
+            with contextlib.suppress(FileNotFoundError):  # the WAL's pages are reused
+                free += self.store.wal_path.stat().st_size
             grow = max(free - self._wal_budget, 0) // page
             limit = min(self._cap_pages, pages + grow)
             conn.execute(f"PRAGMA max_page_count = {max(limit, pages)}").fetchone()
